@@ -1,0 +1,34 @@
+"""Shared fixtures: one tiny random Qwen3 reranker with the real tokenizer, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tuner.contract import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from tuner.tiny import write_tiny_model
+
+    # Larger-than-default init spread so that scores differ visibly between documents (a near-constant
+    # scorer would let ordering bugs pass).
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", layers=2, hidden=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tiny_model_dir):
+    from tuner.scoring import Reranker
+
+    return Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")

@@ -1,0 +1,72 @@
+"""`tuner tiny-model` and `tuner score` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+
+def _tuner(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], capture_output=True, text=True, check=check)
+
+
+def test_tiny_model_is_an_ordinary_hf_directory(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "tiny"
+    _tuner("tiny-model", out, "--layers", 1, "--hidden", 32, "--seed", 3)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 32
+    assert model.config.vocab_size == len(tok) == 151669
+    assert tok.pad_token == "<|endoftext|>"
+    assert (out / "model.safetensors").is_file()
+    # the seed fixes the weights
+    again = tmp_path / "again"
+    _tuner("tiny-model", again, "--layers", 1, "--hidden", 32, "--seed", 3)
+    other = AutoModelForCausalLM.from_pretrained(again)
+    assert torch.equal(model.model.embed_tokens.weight, other.model.embed_tokens.weight)
+
+
+def test_score_prints_a_ranking(tiny_model_dir, tiny_reranker, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    rows = ["plain string document", {"title": "Title", "text": "object document"}, "third"]
+    docs.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    res = _tuner(
+        "score",
+        "--model",
+        tiny_model_dir,
+        "--query",
+        "a query",
+        "--documents",
+        docs,
+        "--top-k",
+        2,
+        "--device",
+        "cpu",
+    )
+    ranking = json.loads(res.stdout)
+    expected = tiny_reranker.rank("a query", rows, top_k=2)
+    assert [r["index"] for r in ranking] == [r["index"] for r in expected]
+    assert ranking[0]["score"] == expected[0]["score"] or abs(ranking[0]["score"] - expected[0]["score"]) < 1e-6
+    # one document per line works too
+    lines = tmp_path / "docs.txt"
+    lines.write_text("first line\nsecond line\n", encoding="utf-8")
+    res = _tuner("score", "--model", tiny_model_dir, "--query", "q", "--documents", lines, "--device", "cpu")
+    assert sorted(r["document"] for r in json.loads(res.stdout)) == ["first line", "second line"]
+
+
+def test_score_errors_name_the_file_and_line(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"ok"\n{"text": "fine"}\n{broken\n', encoding="utf-8")
+    res = _tuner("score", "--model", tiny_model_dir, "--query", "q", "--documents", bad, check=False)
+    assert res.returncode == 2
+    assert f"{bad}:3: invalid JSON" in res.stderr
+    assert "Traceback" not in res.stderr
+    good = tmp_path / "good.txt"
+    good.write_text("a document\n", encoding="utf-8")
+    res = _tuner("score", "--model", tmp_path / "nope", "--query", "q", "--documents", good, check=False)
+    assert res.returncode == 2 and "not found: no such directory" in res.stderr

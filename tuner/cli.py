@@ -1,0 +1,125 @@
+"""`tuner <verb>`: argument parsing and dispatch only; the work lives in the library modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error the user can fix (bad path, bad data, bad option): printed as one line, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------- tiny-model
+def _add_tiny_model(sub) -> None:
+    p = sub.add_parser("tiny-model", help="write a random-weight tiny Qwen3 reranker with the real tokenizer")
+    p.add_argument("out_dir", help="output directory (a Hugging Face model folder)")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--kv-heads", type=int, default=2, help="key/value heads (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_run_tiny_model)
+
+
+def _run_tiny_model(args) -> int:
+    from tuner.tiny import write_tiny_model
+
+    out = write_tiny_model(args.out_dir, args.layers, args.hidden, args.seed, args.heads, args.kv_heads)
+    print(f"wrote tiny Qwen3 reranker to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ score
+def read_documents(path: str | Path) -> list:
+    """Documents from a JSONL file (strings, `{"text"[, "title"]}` or `{"document": ...}`) or plain lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    is_jsonl = path.suffix in (".jsonl", ".json") or (lines and lines[0].lstrip().startswith(("{", '"')))
+    docs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            docs.append(line)
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+        if isinstance(value, dict) and "document" in value:
+            value = value["document"]
+        if isinstance(value, dict) and "text" not in value:
+            raise UserError(f"{path}:{n}: a document object needs a 'text' field")
+        if not isinstance(value, (str, dict)):
+            raise UserError(f"{path}:{n}: expected a string or an object, got {type(value).__name__}")
+        docs.append(value)
+    return docs
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="rank documents for one query; prints JSON")
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged or seq-cls export)")
+    p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
+    p.add_argument("--query", required=True, help="query text")
+    p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}) or one per line")
+    p.add_argument("--instruction", help="task instruction (default: the model card's)")
+    p.add_argument("--top-k", type=int, help="keep the best K")
+    p.add_argument("--max-length", type=int, default=8192, help="prompt token budget (default 8192)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> int:
+    from tuner.scoring import Reranker
+
+    docs = read_documents(args.documents)
+    reranker = Reranker.from_pretrained(
+        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
+    )
+    ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
+    json.dump(ranking, sys.stdout, ensure_ascii=False, indent=2)
+    print()
+    return 0
+
+
+# Each verb registers its parser here; the issue that adds a verb adds one line.
+COMMANDS: list[Callable] = [_add_tiny_model, _add_score]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuner", description="Domain-adapt Qwen3-Reranker with LoRA.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"tuner {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OSError) as err:
+        # Errors the library raises for bad input carry a message that names the path or field.
+        from tuner.scoring import ModelNotFoundError
+
+        if isinstance(err, (ModelNotFoundError, FileNotFoundError, ValueError)):
+            print(f"tuner {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""The Qwen3-Reranker scoring contract: the one owner of the prompt, token ids, truncation and score.
+
+Every module that trains, evaluates, exports or serves a reranker builds its inputs here, so that all of
+them score an (instruction, query, document) triple exactly as the official Qwen3-Reranker model card does.
+See docs/reranker-contract.md for the sources of each fact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SYSTEM_PROMPT = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".'
+)
+PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+BODY_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+# The model card's default instruction (the repository's example class uses another text; the card wins).
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+DEFAULT_MAX_LENGTH = 8192
+YES_TOKEN = "yes"
+NO_TOKEN = "no"
+# Written into every export's tuner.json so that a loader can check what it is scoring with.
+CONTRACT_VERSION = 1
+
+Document = str | Mapping[str, Any]
+
+
+def tokenizer_dir() -> Path:
+    """Path of the real Qwen3 tokenizer files shipped inside the package (vocab, merges, config)."""
+    return Path(str(resources.files("tuner") / "assets" / "tokenizer"))
+
+
+def config_dir(name: str) -> Path:
+    """Path of a shipped model config folder (`Qwen3-Reranker-0.6B` real, `Qwen3-Reranker-4B` reconstructed)."""
+    path = Path(str(resources.files("tuner") / "assets" / "configs" / name))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no shipped config named {name!r} (looked in {path})")
+    return path
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """Load a Qwen3 tokenizer (the shipped one by default) and prepare it for batching.
+
+    Args:
+        path: tokenizer directory or hub id; `None` for the copy shipped in `tuner/assets/tokenizer`.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path or tokenizer_dir()))
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer):
+    """Set the pad token (Qwen3 ships none for batching in some copies) and left padding, in place."""
+    if tokenizer.pad_token is None:
+        # <|endoftext|> is Qwen3's documented pad token; it never appears inside a reranker prompt.
+        tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def yes_no_ids(tokenizer) -> tuple[int, int]:
+    """Return (yes_id, no_id); raise if either is not exactly one token."""
+    ids = []
+    for word in (YES_TOKEN, NO_TOKEN):
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(
+                f"tokenizer encodes {word!r} as {len(encoded)} tokens {encoded}; the Qwen3-Reranker contract "
+                "needs a single token for 'yes' and for 'no' (is this a Qwen3 tokenizer?)"
+            )
+        ids.append(encoded[0])
+    return ids[0], ids[1]
+
+
+def document_text(document: Document) -> str:
+    """Render a document given as a string or as `{"title", "text"}` (BEIR style: `title + " " + text`)."""
+    if isinstance(document, str):
+        return document
+    if isinstance(document, Mapping):
+        title = str(document.get("title") or "").strip()
+        text = str(document.get("text") or "")
+        return f"{title} {text}" if title else text
+    raise TypeError(f"a document must be a string or a {{'title', 'text'}} mapping, got {type(document).__name__}")
+
+
+def render_body(query: str, document: Document, instruction: str | None = None) -> str:
+    """The user turn between prefix and suffix. `instruction=None` means the default; `""` means none."""
+    if instruction is None:
+        instruction = DEFAULT_INSTRUCTION
+    return BODY_TEMPLATE.format(instruction=instruction, query=query, document=document_text(document))
+
+
+def render_prompt(query: str, document: Document, instruction: str | None = None) -> str:
+    """The full prompt string, exactly as the model card builds it (before tokenization)."""
+    return PREFIX + render_body(query, document, instruction) + SUFFIX
+
+
+def score_from_logit(logit: float) -> float:
+    """Probability of `yes` from the yes−no logit: sigmoid = softmax([no, yes])[1]."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)
+    return z / (1.0 + z)
+
+
+def _data_tokenizer(tokenizer):
+    """A copy of the fast backend tokenizer that never produces a control token from user text.
+
+    `split_special_tokens=True` covers only tokens marked special; Qwen3's `<think>`/`</think>` (and other
+    added tokens) are not, so we mark every added token special in a private copy and turn on
+    `encode_special_tokens`, which makes the backend read them as plain text. Ordinary text tokenizes
+    exactly as with the original tokenizer (same normalizer, pre-tokenizer and BPE model).
+    """
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError("safe text encoding needs a fast (tokenizers-backed) tokenizer")
+    spec = json.loads(backend.to_str())
+    for added in spec.get("added_tokens", []):
+        added["special"] = True
+    data = Tokenizer.from_str(json.dumps(spec))
+    data.encode_special_tokens = True
+    data.no_padding()
+    data.no_truncation()
+    return data
+
+
+@dataclass
+class PromptEncoder:
+    """Turns (query, document, instruction) into prompt token ids under the contract's truncation rule.
+
+    Only the document is cut when a pair is too long: prefix, instruction, query and suffix always survive,
+    and `max_length` counts all of them. The body is tokenized as one string (as the model card does), then
+    cut from the right; the cut is allowed only inside the document, so an untruncated pair or one cut
+    inside its document gives exactly the model card's ids.
+
+    Args:
+        tokenizer: a Qwen3 tokenizer (see `load_tokenizer`).
+        max_length: token budget for the whole prompt, prefix and suffix included.
+        safe_text: encode user text so that no control token can come from it (default). `False` restores
+            the model card's behaviour, for strict parity checks on texts with control-token strings.
+    """
+
+    tokenizer: Any
+    max_length: int = DEFAULT_MAX_LENGTH
+    safe_text: bool = True
+
+    def __post_init__(self) -> None:
+        prepare_tokenizer(self.tokenizer)
+        self.yes_id, self.no_id = yes_no_ids(self.tokenizer)
+        self.prefix_ids: list[int] = self.tokenizer.encode(PREFIX, add_special_tokens=False)
+        self.suffix_ids: list[int] = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
+        if self.max_length <= len(self.prefix_ids) + len(self.suffix_ids):
+            raise ValueError(
+                f"max_length={self.max_length} leaves no room for the prompt body "
+                f"(prefix {len(self.prefix_ids)} + suffix {len(self.suffix_ids)} tokens)"
+            )
+
+    @cached_property
+    def _backend(self):
+        if self.safe_text:
+            return _data_tokenizer(self.tokenizer)
+        backend = getattr(self.tokenizer, "_tokenizer", None) or self.tokenizer.backend_tokenizer
+        return backend
+
+    @property
+    def body_budget(self) -> int:
+        """Tokens left for the body once prefix and suffix are counted."""
+        return self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+
+    def encode(self, query: str, document: Document, instruction: str | None = None) -> list[int]:
+        """Token ids of the full prompt (prefix + body + suffix), at most `max_length` long."""
+        return self.encode_many([(query, document, instruction)])[0]
+
+    def encode_many(self, triples: Sequence[tuple[str, Document, str | None]]) -> list[list[int]]:
+        """Batch version of `encode` (the backend tokenizes in parallel)."""
+        heads, bodies = [], []
+        for query, document, instruction in triples:
+            if not isinstance(query, str):
+                raise TypeError(f"a query must be a string, got {type(query).__name__}")
+            body = render_body(query, document, instruction)
+            doc = document_text(document)
+            heads.append(len(body) - len(doc))  # character offset where the document starts
+            bodies.append(body)
+        encodings = self._backend.encode_batch(bodies, add_special_tokens=False)
+        out = []
+        budget = self.body_budget
+        for enc, doc_start in zip(encodings, heads, strict=True):
+            ids = enc.ids
+            if len(ids) > budget:
+                # Tokens that start before the document belong to instruction + query (+ "<Document>:").
+                head = sum(1 for start, _ in enc.offsets if start < doc_start)
+                if head > budget:
+                    raise ValueError(
+                        f"instruction + query take {head} tokens, over the body budget of {budget} "
+                        f"(max_length {self.max_length} - prefix {len(self.prefix_ids)} - suffix "
+                        f"{len(self.suffix_ids)}); shorten the query or instruction, or raise max_length"
+                    )
+                ids = ids[:budget]
+            out.append(self.prefix_ids + ids + self.suffix_ids)
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        """The contract facts an export records in its `tuner.json`."""
+        return {
+            "contract_version": CONTRACT_VERSION,
+            "prefix": PREFIX,
+            "body_template": BODY_TEMPLATE,
+            "suffix": SUFFIX,
+            "default_instruction": DEFAULT_INSTRUCTION,
+            "yes_token_id": self.yes_id,
+            "no_token_id": self.no_id,
+            "max_length": self.max_length,
+            "safe_text": self.safe_text,
+            "score": "logit = h_last . (w_yes - w_no) in fp32; probability = sigmoid(logit)",
+        }

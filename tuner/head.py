@@ -1,0 +1,109 @@
+"""The yes−no head: the one piece of math that turns a prompt into a relevance logit.
+
+`Reranker` (inference) and the trainer both call `yes_no_logits`, so training optimises exactly the score
+that is served. The full-vocabulary logits are never computed: only the final-norm hidden state at the last
+real token is projected on `w_yes − w_no` (two rows of lm_head, tied to the input embedding in the 4B model),
+in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def unwrap_backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack (embeddings → layers → final norm) inside a causal-LM, seq-cls or PEFT model.
+
+    LoRA layers live inside this module, so calling it runs the adapted model.
+    """
+    inner = model
+    # PeftModel → LoraModel → the transformers model
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    backbone = getattr(inner, "model", None)
+    if backbone is None or not hasattr(backbone, "layers"):
+        raise TypeError(f"cannot find the decoder stack in {type(model).__name__} (expected `.model.layers`)")
+    return backbone
+
+
+def head_vector(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
+    """`w_yes − w_no` in fp32, shape [hidden]; from lm_head, or from a 1-label seq-cls `score` layer."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    score = getattr(inner, "score", None)
+    if score is not None:  # Qwen3ForSequenceClassification: score.weight = w_yes − w_no
+        weight = score.weight
+        if weight.shape[0] != 1:
+            raise ValueError(
+                f"sequence-classification head has {weight.shape[0]} labels; the tuner contract needs "
+                "num_labels=1 with score.weight = w_yes − w_no (a 2-label [no, yes] head is not supported)"
+            )
+        if getattr(score, "bias", None) is not None:
+            raise ValueError("sequence-classification head has a bias; the contract's head has none")
+        return weight[0].detach().float()
+    lm_head = inner.get_output_embeddings()
+    if lm_head is None:
+        raise TypeError(f"{type(inner).__name__} has neither an lm_head nor a score layer")
+    weight = lm_head.weight
+    return (weight[yes_id].float() - weight[no_id].float()).detach()
+
+
+def head_rows(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
+    """The live (differentiable) `[2, hidden]` rows (yes, no) of lm_head, for training with a trainable head."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    weight = inner.get_output_embeddings().weight
+    return weight[[yes_id, no_id]]
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists into a batch.
+
+    Right padding with an attention mask leaves every real token's computation identical to the unpadded
+    sequence (causal attention never looks right), so the score at `last_index` equals the unpadded one.
+
+    Returns:
+        input_ids [batch, seq], attention_mask [batch, seq], last_index [batch] (position of the last real
+        token of each row).
+    """
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    last = torch.as_tensor([len(x) - 1 for x in ids], dtype=torch.long)
+    if device is not None:
+        input_ids, mask, last = input_ids.to(device), mask.to(device), last.to(device)
+    return {"input_ids": input_ids, "attention_mask": mask, "last_index": last}
+
+
+def last_hidden(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor
+) -> torch.Tensor:
+    """Final-norm hidden state at each row's last real token, shape [batch, hidden]."""
+    backbone = unwrap_backbone(model)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [batch, seq, hidden]
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_index.to(hidden.device)]
+
+
+def yes_no_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    last_index: torch.Tensor,
+    yes_id: int,
+    no_id: int,
+) -> torch.Tensor:
+    """Relevance logits `h_last · (w_yes − w_no)` in fp32, shape [batch]. Differentiable (training uses it)."""
+    h = last_hidden(model, input_ids, attention_mask, last_index).float()  # [batch, hidden]
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(inner, "score", None) is not None:
+        w = inner.score.weight[0].float()
+    else:
+        rows = head_rows(model, yes_id, no_id).float()  # [2, hidden]
+        w = rows[0] - rows[1]
+    return h @ w

@@ -1,0 +1,80 @@
+"""Random-weight Qwen3 models with the real vocabulary: tiny ones for tests and demos, 4B-shaped ones for
+GPU benchmarks (built directly on the device, so no 8 GB file is ever written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tuner.contract import config_dir, load_tokenizer
+
+QWEN3_VOCAB_SIZE = 151669
+
+
+def tiny_config(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2):
+    """A small `Qwen3Config` with the real 151,669-token vocabulary and tied embeddings (like the 4B)."""
+    from transformers import Qwen3Config
+
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
+    return Qwen3Config(
+        vocab_size=QWEN3_VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        architectures=["Qwen3ForCausalLM"],
+    )
+
+
+def write_tiny_model(
+    out_dir: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0, heads: int = 4, kv_heads: int = 2
+) -> Path:
+    """Write a random-weight Qwen3ForCausalLM + the real tokenizer as an ordinary Hugging Face directory.
+
+    Returns the directory, loadable with `AutoModelForCausalLM` / `AutoTokenizer` / `Reranker`.
+    """
+    from transformers import Qwen3ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(tiny_config(layers, hidden, heads, kv_heads)).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer().save_pretrained(out)
+    return out
+
+
+def random_model(
+    config: str = "Qwen3-Reranker-4B",
+    device: str | torch.device = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+):
+    """A Qwen3ForCausalLM of a shipped shape with random weights, allocated directly on `device`.
+
+    Args:
+        config: name of a config in `tuner/assets/configs` (the 4B one is reconstructed from published
+            figures; its compute equals the real model's).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(config_dir(config))
+    cfg._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval()
