@@ -1,0 +1,118 @@
+"""BEIR folders: `corpus.jsonl[.gz]`, `queries.jsonl`, `qrels/<split>.tsv`.
+
+Hand-written rather than through `datasets`: BEIR qrels are headered TSV with string ids, and every error
+must name the file and line, which a generic loader does not do.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+@dataclass
+class BeirData:
+    """A BEIR collection restricted to one split's judged queries.
+
+    Attributes:
+        corpus: doc id → `{"title", "text"}`.
+        queries: query id → text (only queries with qrels in the split).
+        qrels: query id → {doc id → graded relevance}; 0 means judged non-relevant.
+        name: folder name.
+    """
+
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    name: str = ""
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: str | Path):
+    """Yield (line number, object) from a JSONL(.gz) file; raise `DataError` naming file and line."""
+    path = Path(path)
+    try:
+        with _open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    except (OSError, EOFError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: no {stem}.jsonl or {stem}.jsonl.gz (is this a BEIR folder?)")
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """`query-id<TAB>corpus-id<TAB>score` with a header line (BEIR); also accepts 4-column TREC qrels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such qrels file")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if not row or (n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id")):
+                continue
+            if len(row) == 4:  # TREC: qid iter docid rel
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise DataError(f"{path}:{n}: expected 3 tab-separated columns (query-id, corpus-id, score)")
+            try:
+                score = int(row[2])
+            except ValueError:
+                raise DataError(f"{path}:{n}: score {row[2]!r} is not an integer") from None
+            qrels.setdefault(row[0].strip(), {})[row[1].strip()] = score
+    return qrels
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirData:
+    """Load a BEIR folder's corpus, and the queries and qrels of `split`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory")
+    corpus: dict[str, dict[str, str]] = {}
+    corpus_path = _find(folder, "corpus")
+    for n, row in read_jsonl(corpus_path):
+        if not isinstance(row, dict) or "_id" not in row:
+            raise DataError(f"{corpus_path}:{n}: a corpus row needs an '_id' field")
+        corpus[str(row["_id"])] = {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+        raise DataError(f"{qrels_path}: no qrels for split {split!r} (available: {', '.join(splits) or 'none'})")
+    qrels = read_qrels(qrels_path)
+    queries_path = _find(folder, "queries")
+    queries: dict[str, str] = {}
+    for n, row in read_jsonl(queries_path):
+        if not isinstance(row, dict) or "_id" not in row or "text" not in row:
+            raise DataError(f"{queries_path}:{n}: a query row needs '_id' and 'text'")
+        if str(row["_id"]) in qrels:
+            queries[str(row["_id"])] = str(row["text"])
+    missing = [q for q in qrels if q not in queries]
+    if missing:
+        raise DataError(f"{qrels_path}: {len(missing)} query ids have no text in {queries_path} (e.g. {missing[0]!r})")
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels, name=folder.name)

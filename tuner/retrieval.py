@@ -1,0 +1,111 @@
+"""First-stage retrieval: BM25 through `bm25s`, with the index cached on disk, and TREC run files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+Run = dict[str, list[tuple[str, float]]]  # query id → [(doc id, score)], best first
+
+
+def corpus_fingerprint(corpus: Mapping[str, Mapping[str, str]]) -> str:
+    """A short hash of ids and texts: a cached index is reused only for the same corpus."""
+    h = hashlib.sha256()
+    for doc_id in sorted(corpus):
+        doc = corpus[doc_id]
+        h.update(f"{doc_id}\x00{doc.get('title', '')}\x00{doc.get('text', '')}\x01".encode())
+    return h.hexdigest()[:16]
+
+
+class BM25:
+    """BM25 over a BEIR corpus (title + text), English stopwords and stemming when PyStemmer is present."""
+
+    def __init__(self, corpus: Mapping[str, Mapping[str, str]], cache_dir: str | Path | None = None) -> None:
+        import bm25s
+
+        self.doc_ids = list(corpus)
+        self._stemmer = _stemmer()
+        fingerprint = corpus_fingerprint(corpus)
+        cache = Path(cache_dir) / f"bm25-{fingerprint}" if cache_dir else None
+        if cache is not None and (cache / "params.index.json").is_file():
+            self.index = bm25s.BM25.load(str(cache))
+            self.doc_ids = json.loads((cache / "doc_ids.json").read_text(encoding="utf-8"))
+            self.cached = True
+            return
+        texts = [f"{corpus[d].get('title', '')} {corpus[d].get('text', '')}".strip() for d in self.doc_ids]
+        tokens = bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
+        self.index = bm25s.BM25()
+        self.index.index(tokens, show_progress=False)
+        self.cached = False
+        if cache is not None:
+            # build in a temporary folder and rename, so that an interrupted run never leaves half an index
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".bm25-"))
+            self.index.save(str(tmp), show_progress=False)
+            (tmp / "doc_ids.json").write_text(json.dumps(self.doc_ids), encoding="utf-8")
+            os.replace(tmp, cache)
+
+    def search(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Top-`k` documents for each query, best first."""
+        import bm25s
+
+        qids = list(queries)
+        if not qids:
+            return {}
+        k = min(k, len(self.doc_ids))
+        tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=self._stemmer, show_progress=False)
+        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False)
+        run: Run = {}
+        for row, qid in enumerate(qids):
+            run[qid] = [(self.doc_ids[int(d)], float(s)) for d, s in zip(docs[row], scores[row], strict=True)]
+        return run
+
+
+def _stemmer():
+    try:
+        import Stemmer
+
+        return Stemmer.Stemmer("english")
+    except ImportError:  # bm25s works without stemming; results are a little weaker
+        return None
+
+
+def write_run(run: Run, path: str | Path, tag: str = "tuner") -> None:
+    """Write a TREC run file (`qid Q0 docid rank score tag`) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for qid, ranked in run.items():
+            for rank, (doc_id, score) in enumerate(ranked, 1):
+                f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+    os.replace(tmp, path)
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a TREC run file; each query's documents are sorted best first by score."""
+    from tuner.data.beir import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such run file")
+    run: Run = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(f"{path}:{n}: expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}")
+            try:
+                score = float(parts[4])
+            except ValueError:
+                raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
+            run.setdefault(parts[0], []).append((parts[2], score))
+    for ranked in run.values():
+        ranked.sort(key=lambda x: -x[1])
+    return run
