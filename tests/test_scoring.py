@@ -168,3 +168,47 @@ def test_unreachable_model_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"neither config\.json nor adapter_config\.json"):
         Reranker.from_pretrained(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("mode", ["prefix", "packing", "both"])
+def test_fast_paths_equal_the_reference(tiny_model_dir, mode):
+    """Prefix reuse and packed rows give the plain path's scores, truncated documents and per-pair
+    instructions included."""
+    pairs = _pairs()
+    plain = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", max_length=MAX_LENGTH)
+    fast = Reranker.from_pretrained(
+        tiny_model_dir,
+        device="cpu",
+        dtype="float32",
+        max_length=MAX_LENGTH,
+        prefix_reuse=mode in ("prefix", "both"),
+        packing=mode in ("packing", "both"),
+        batch_tokens=1024,
+    )
+    expected = plain.score_pairs(pairs, normalize=False)
+    got = fast.score_pairs(pairs, normalize=False)
+    assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < 1e-5
+    ref = reference_scores(plain.model, plain.tokenizer, pairs, MAX_LENGTH, return_logits=True)
+    assert max(abs(a - b) for a, b in zip(ref, got, strict=True)) < 1e-4
+
+
+def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
+    from tuner import scoring
+
+    fast = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", prefix_reuse="auto")
+    calls = []
+    original = Reranker._logits_shared_prefix
+
+    def spy(self, prefix, rests, batch_tokens):
+        calls.append((len(prefix), len(rests)))
+        return original(self, prefix, rests, batch_tokens)
+
+    monkeypatch.setattr(Reranker, "_logits_shared_prefix", spy)
+    docs = ["first document", "second document text", "third"]
+    fast.score("a shared query", docs)
+    fast.score("a lone query", ["only one"])  # one document: no reuse under "auto"
+    assert len(calls) == 1 and calls[0][1] == 3
+    ids = fast.encode([("a shared query", d, None) for d in docs])
+    assert calls[0][0] == scoring._shared_prefix(ids) >= scoring.MIN_SHARED_PREFIX
+    assert scoring._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # every prompt keeps a token of its own
+    assert scoring._shared_prefix([[1, 2, 3], [1, 5]]) == 1
