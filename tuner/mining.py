@@ -147,9 +147,15 @@ def mine_negatives(
     index = BM25(beir.corpus, cache_dir=cache_dir)
     run = index.search({q: beir.queries[q] for q in positives}, k=depth)
 
+    # Queries that share a text (SciFact train has two such pairs) share their positives: one query's
+    # positive must not become the other's negative.
+    pos_by_text: dict[str, set[str]] = {}
+    for qid, pos_ids in positives.items():
+        pos_by_text.setdefault(beir.queries[qid].strip(), set()).update(pos_ids)
+
     groups: list[Group] = []
     for qid in tqdm(positives, desc="mining", unit="query", disable=not show_progress):
-        judged_pos = {d for d, rel in beir.qrels[qid].items() if rel > 0}
+        judged_pos = pos_by_text[beir.queries[qid].strip()]
         pos_texts = {document_text(beir.corpus[d]).strip() for d in judged_pos}
         candidates = [
             d

@@ -70,7 +70,10 @@ def _is_gz(path: Path) -> bool:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, value) per non-blank line; bytes are decoded per line so a bad byte names its line."""
+    """(location, value) per non-blank line; bytes are decoded per line so a bad byte names its line.
+
+    A line that is not UTF-8 or not JSON yields a `DataError` as its value, so that a check can go on.
+    """
     opener = gzip.open if _is_gz(path) else open
     try:
         with opener(path, "rb") as f:
@@ -79,7 +82,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    raise DataError(f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)") from None
+                    yield where, DataError(f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)")
+                    continue
                 if n == 1:
                     line = line.removeprefix("\ufeff")  # a BOM is harmless; tolerate it
                 if not line.strip():
@@ -87,7 +91,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+                    yield where, DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
+                    continue
                 yield where, value
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
@@ -165,7 +170,10 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
 
 
 def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
-    """(location, raw row) from a local JSONL/JSON/Parquet file, a folder with `<split>.*`, or a hub id."""
+    """(location, raw row) from a local JSONL/JSON/Parquet file, a folder with `<split>.*`, or a hub id.
+
+    A JSONL line that cannot be decoded comes as (location, `DataError`); a file that cannot be read raises.
+    """
     path = resolve_path(path_or_id, split)
     if path is None:
         yield from _iter_datasets(str(path_or_id), split, args=(str(path_or_id),))
@@ -180,17 +188,18 @@ def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tupl
 
 
 def _is_json_document(path: Path) -> bool:
-    """A `.json` file is one JSON document if it starts with `[`, or with `{` spanning several lines."""
+    """A `.json` file is one JSON document if it starts with `[`, is `{"data": [...]}`, or spans lines."""
     if _first_char(path) == "[":
         return True
     opener = gzip.open if _is_gz(path) else open
     with opener(path, "rb") as f:
         first = f.readline()
     try:
-        json.loads(first)
-        return False  # the first line is a whole object: JSONL named .json
+        value = json.loads(first)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return True
+    # the first line is a whole object: JSONL named .json, unless it is the {"data": [...]} layout
+    return isinstance(value, Mapping) and isinstance(value.get("data"), list) and "query" not in value
 
 
 # --------------------------------------------------------------------------------------------- validating
@@ -327,6 +336,8 @@ def read_groups(
     for where, row in iter_rows(path_or_id, split):
         result.rows += 1
         try:
+            if isinstance(row, DataError):
+                raise row
             if _is_pair(row):
                 query, instruction, document, label, qid = parse_pair(row, where)
                 key = (query, instruction)
