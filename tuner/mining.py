@@ -1,8 +1,9 @@
 """Hard-negative mining: BM25 candidates from a BEIR collection → training groups.
 
 For each judged query: retrieve the top `depth` documents with BM25, keep ranks `[range_min, range_max)`
-(0-based, so `range_min=5` skips the first five), drop every judged positive and every document whose text
-equals a positive's, then take `num_negatives` of the rest (random sample or the top ones). Optionally a
+(0-based, so `range_min=5` skips the first five), drop every judged positive, every document whose text
+equals a positive's and every document that shares no term with the query (BM25 score 0: an arbitrary pick,
+not a hard negative), then take `num_negatives` of the rest (random sample or the top ones). Optionally a
 `Reranker` filters likely false negatives (candidates that score within a margin of the query's weakest
 positive, as sentence-transformers' `mine_hard_negatives` does) and writes its scores as teacher scores.
 
@@ -159,8 +160,8 @@ def mine_negatives(
         pos_texts = {document_text(beir.corpus[d]).strip() for d in judged_pos}
         candidates = [
             d
-            for d, _ in run.get(qid, [])[range_min:range_max]
-            if d not in judged_pos and document_text(beir.corpus[d]).strip() not in pos_texts
+            for d, score in run.get(qid, [])[range_min:range_max]
+            if score > 0 and d not in judged_pos and document_text(beir.corpus[d]).strip() not in pos_texts
         ]
         if sampling == "random":
             # A per-query stream: string seeds hash with SHA-512, so this is stable across processes.
