@@ -93,6 +93,12 @@ def test_parquet_goes_through_datasets(tmp_path):
         load_groups(tmp_path / "bad.parquet")
 
 
+def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="someuser/somedata: cannot load"):
+        load_groups("someuser/somedata")
+
+
 def test_a_beir_folder_or_missing_file_is_named(tmp_path):
     (tmp_path / "corpus.jsonl").write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="tuner mine"):

@@ -155,6 +155,11 @@ def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
     assert len(list(out.parent.glob("bm25-*"))) == 1
     report = check_file(out, tokens=False)
     assert report.ok and report.stats["neg_per_query"]["min"] == 3
+    assert main(["data", "check", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for line in ("rows: 3    groups: 3", "negatives per query: 3 / 3 / 3", "query tokens:", "prompt tokens:"):
+        assert line in printed
+    assert "truncated at max_length 8192: 0 pairs" in printed and printed.rstrip().endswith("0 errors, 0 warnings")
     assert main([*args, "--teacher-scores"]) == 2
     assert "--teacher-scores needs --reranker" in capsys.readouterr().err
     assert main(["mine", "--beir", str(tmp_path / "nope"), "--out", str(out)]) == 2
