@@ -198,6 +198,14 @@ def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tok
     assert check_file(path, max_length=lengths[1], tokenizer=tokenizer).stats["truncated"] == 0
 
 
+def test_check_warns_about_unknown_fields(tmp_path):
+    rows = [{"query": "q", "pos": ["a"], "negs": ["b"]}, {"query": "r", "document": "d", "label": 1, "score": 3}]
+    report = check_file(_jsonl(tmp_path / "g.jsonl", rows), tokens=False)
+    assert report.ok
+    assert f"{tmp_path / 'g.jsonl'}:1: field 'negs' is not read by tuner (first row that has it)" in report.warnings
+    assert any(w.startswith(f"{tmp_path / 'g.jsonl'}:2: field 'score'") for w in report.warnings)
+
+
 def test_percentile_is_nearest_rank():
     assert percentile([5, 1, 3, 2, 4], 50) == 3
     assert percentile(list(range(1, 101)), 95) == 95

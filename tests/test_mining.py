@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import main
-from tuner.data import load_beir, load_groups
+from tuner.data import load_beir, load_groups, write_groups
 from tuner.data.check import check_file
 from tuner.mining import MiningStats, mine_negatives
 
@@ -121,6 +121,8 @@ def test_reranker_filters_false_negatives_and_gives_teacher_scores(beir, tmp_pat
     assert {c[2] for c in reranker.calls} == {"Judge it"}
     for g in groups:
         assert g.pos_scores == [4.0] * len(g.pos) and g.neg_scores == [-3.0] * len(g.neg)
+    report = check_file(write_groups(groups, tmp_path / "teacher.jsonl"), tokens=False)
+    assert report.ok and report.stats["with_teacher_scores"] == len(groups)
 
     # margins off: nothing is dropped; max_score alone drops the high ones again
     loose = mine_negatives(beir, num_negatives=10, reranker=FakeReranker(beir, ("filler0x5",)), margin=None, **kwargs)
