@@ -292,9 +292,7 @@ def export(
         )
         report["passed"] = not failed and not bad_template
         if not report["passed"]:
-            details = ", ".join(
-                f"{f}: max |Δ logit| {report['formats'][f]['max_abs_logit_delta']:.3g}" for f in failed
-            )
+            details = ", ".join(f"{f}: max |Δ logit| {report['formats'][f]['max_abs_logit_delta']:.3g}" for f in failed)
             if bad_template:
                 details += f"; chat template matched {report['template']} of {len(PROBES)} probes"
             raise ParityError(

@@ -162,7 +162,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any]) -> str:
         ]
     parts += ["", "### vLLM", ""]
     if fmt == "adapter":
-        parts += ["vLLM serves the merged or seq-cls export (`tuner serve --engine vllm EXPORT_DIR` prints the command)."]
+        parts += ["vLLM serves merged or seq-cls exports (`tuner serve --engine vllm EXPORT_DIR` prints the command)."]
     else:
         parts += [
             "```bash",

@@ -300,7 +300,8 @@ def create_app(
             raise ApiError(400, "queries: at least one query is required", "queries")
         if len(queries) not in (1, len(documents)):
             raise ApiError(
-                400, f"queries: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
+                400,
+                f"queries: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
                 "queries",
             )
         if len(queries) == 1:
