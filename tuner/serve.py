@@ -210,7 +210,8 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
         first = err.errors()[0]
-        where = _field_of(tuple(first.get("loc", ())))
+        invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
+        where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
         message = f"{where}: {first.get('msg', 'invalid value')}"
         body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
         return JSONResponse(body, status_code=400)
