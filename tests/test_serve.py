@@ -226,3 +226,23 @@ def test_shutdown_lets_in_flight_requests_finish(tiny_model_dir):
     assert result["response"].status_code == 200
     expected = slow._normalize(original(slow.encode([("q", "a", None)]))[0])
     assert result["response"].json()["results"][0]["relevance_score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_export_and_serve_import_no_training_only_packages():
+    import ast
+    from pathlib import Path
+
+    import tuner
+
+    forbidden = {"trl", "datasets", "wandb", "bitsandbytes", "sentence_transformers"}
+    package = Path(tuner.__file__).parent
+    for name in ("export.py", "export_card.py", "chat_template.py", "serve.py", "serve_metrics.py", "serve_vllm.py"):
+        tree = ast.parse((package / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not roots & forbidden, f"{name} imports {roots & forbidden}"
