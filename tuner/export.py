@@ -99,6 +99,24 @@ def _base_model(adapter_dir: Path, meta: dict[str, Any], override: str | None) -
     return str(local.resolve()) if local.exists() else base
 
 
+def _tokenizer_for(adapter_dir: Path, base: str):
+    """The run's tokenizer (saved next to the adapter), else the base's, prepared for batching."""
+    from transformers import AutoTokenizer
+
+    from tuner.contract import load_tokenizer, prepare_tokenizer
+
+    for source in (adapter_dir, base):
+        local = Path(source)
+        if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            continue
+        try:
+            return prepare_tokenizer(AutoTokenizer.from_pretrained(str(source)))
+        except (OSError, ValueError):
+            continue
+    log.warning("no tokenizer next to %s or %s; using the Qwen3 tokenizer shipped with tuner", adapter_dir, base)
+    return load_tokenizer()
+
+
 def save_model(model, path: Path, max_shard_size: str) -> None:
     """Write a transformers model as safetensors (sharded above `max_shard_size`)."""
     model.save_pretrained(path, safe_serialization=True, max_shard_size=max_shard_size)
@@ -205,9 +223,7 @@ def export(
     instruction = meta.get("instruction")
 
     # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.
-    from tuner.scoring import _load_tokenizer_for
-
-    tokenizer = _load_tokenizer_for(base, str(adapter_dir))
+    tokenizer = _tokenizer_for(adapter_dir, base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).to(dev).eval()
     scorer = Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
