@@ -37,8 +37,15 @@ def make_run(root: Path, base_dir: Path, seed: int = 1) -> Path:
         "tuner_version": "0.1.0",
         "contract": encoder.metadata(),
         "recipe": {"name": "tiny", "data": {"train": "data/scifact"}, "lora": {"r": 4}},
-        "eval": {"bm25": {"ndcg@10": 0.662}, "base": {"ndcg@10": 0.196}, "tuned": {"ndcg@10": 0.358}},
+        "eval": {
+            "bm25": {"ndcg@10": 0.662},
+            "base": {"ndcg@10": 0.196},
+            "tuned": {"ndcg@10": 0.358},
+            "best": {"checkpoint": "checkpoints/checkpoint-30", "value": 0.358},
+        },
         "calibration": {"temperature": 2.0, "bias": 0.25},
     }
     (adapter / "tuner.json").write_text(json.dumps(meta), encoding="utf-8")
+    # the trainer saves the resolved recipe next to adapter/; exports carry it
+    (root / "config.yaml").write_text("name: tiny\ndata:\n  beir: data/scifact\n  group_size: 4\n", encoding="utf-8")
     return root

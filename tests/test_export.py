@@ -45,6 +45,8 @@ def test_export_all_writes_three_formats_with_parity_figures(exported, run_dir):
         card = (exported / fmt / "README.md").read_text()
         assert "## Parity" in card and "## Evaluation" in card and "0.3580" in card
         assert str(exported / fmt) in card  # exact load commands name the export's path
+        assert "checkpoint-30" not in card  # bookkeeping rows stay out of the eval table
+        assert (exported / fmt / "recipe.yaml").read_text() in card and "data/scifact" in card
     config = json.loads((exported / "seq-cls" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3ForSequenceClassification"]
     assert len(config["id2label"]) == 1 and config.get("num_labels", 1) == 1

@@ -221,6 +221,8 @@ def export(
     base = _base_model(adapter_dir, meta, base_model)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     instruction = meta.get("instruction")
+    run_config = adapter_dir.parent / "config.yaml"  # the trainer saves the resolved recipe next to adapter/
+    recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
 
     # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.
     tokenizer = _tokenizer_for(adapter_dir, base)
@@ -270,6 +272,8 @@ def export(
         del model, scorer
         for fmt, path in dirs.items():
             _write_json(path / TUNER_META, _export_meta(meta, fmt, base, dtype, encoder))
+            if recipe_yaml is not None:
+                (path / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
             (path / "chat_template.jinja").write_text(template, encoding="utf-8")
 
         # 3. Load every format back fresh and score the probes again.
@@ -322,7 +326,7 @@ def export(
             export_meta["parity"] = report
             _write_json(path / TUNER_META, export_meta)
             (path / "README.md").write_text(
-                model_card(out if len(formats) == 1 else out / fmt, export_meta),
+                model_card(out if len(formats) == 1 else out / fmt, export_meta, recipe_yaml),
                 encoding="utf-8",
             )
         if len(formats) > 1:

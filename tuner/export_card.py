@@ -15,6 +15,10 @@ def _eval_table(evaluation: Any) -> str:
     if not isinstance(evaluation, dict) or not evaluation:
         return ""
     if all(isinstance(v, dict) for v in evaluation.values()):
+        # rows of metrics only (a "best": {"checkpoint": ...} entry is bookkeeping, not a system)
+        evaluation = {k: v for k, v in evaluation.items() if v and all(isinstance(x, (int, float)) for x in v.values())}
+        if not evaluation:
+            return ""
         metrics = sorted({m for row in evaluation.values() for m in row})
         lines = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         for name, row in evaluation.items():
@@ -55,14 +59,23 @@ def vllm_args(path: str, meta: dict[str, Any]) -> list[str]:
     return args
 
 
-def model_card(final_path: str | Path, meta: dict[str, Any]) -> str:
-    """README.md text for the export that will live at `final_path`."""
+def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | None = None) -> str:
+    """README.md text for the export that will live at `final_path` (`recipe_yaml`: the run's resolved config)."""
     path = str(final_path)
     fmt = meta["format"]
     base = meta.get("base_model")
     instruction = meta.get("instruction")
     recipe = meta.get("recipe")
     data = recipe.get("data") if isinstance(recipe, dict) else None
+    if recipe_yaml is not None:
+        import yaml
+
+        try:
+            resolved = yaml.safe_load(recipe_yaml)
+        except yaml.YAMLError:
+            resolved = None
+        if isinstance(resolved, dict) and data is None:
+            data = resolved.get("data")
     parts = [
         f"# {Path(path).name}: Qwen3-Reranker LoRA fine-tune, {_TITLES[fmt]}",
         "",
@@ -79,7 +92,10 @@ def model_card(final_path: str | Path, meta: dict[str, Any]) -> str:
         parts.append(f"- **Calibration (tuner only):** {json.dumps(meta['calibration'])} applied before the sigmoid")
     if data is not None:
         parts.append(f"- **Data:** `{json.dumps(data, ensure_ascii=False)}`")
-    if recipe is not None:
+    if recipe_yaml is not None:
+        parts += ["", "## Recipe", "", "The run's resolved config (also in `recipe.yaml`):", "", "```yaml"]
+        parts += [recipe_yaml.rstrip(), "```"]
+    elif recipe is not None:
         parts += ["", "## Recipe", "", "```json", json.dumps(recipe, indent=2, ensure_ascii=False), "```"]
     table = _eval_table(meta.get("eval"))
     if table:
