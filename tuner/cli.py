@@ -92,6 +92,105 @@ def _run_score(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run's adapter as adapter / merged / seq-cls, parity-checked")
+    p.add_argument("source", help="training run directory (uses RUN/adapter) or an adapter directory")
+    p.add_argument("--out", required=True, help="export directory (one subdirectory per format with 'all')")
+    p.add_argument("--format", default="all", choices=["adapter", "merged", "seq-cls", "all"], help="default all")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (float32)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--base", help="base model path or hub id (default: the one recorded in the run)")
+    p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out once the export passed")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from tuner.export import FORMATS, ParityError, export
+
+    formats = list(FORMATS) if args.format == "all" else [args.format]
+    try:
+        report = export(
+            args.source,
+            args.out,
+            formats=formats,
+            dtype=args.dtype,
+            device=args.device,
+            base_model=args.base,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
+    except ParityError as err:
+        print(f"tuner export: {err}", file=sys.stderr)
+        return 3
+    except FileExistsError as err:
+        raise UserError(str(err)) from None
+    for name, row in report["formats"].items():
+        print(f"{name:<26} max |Δ logit| {row['max_abs_logit_delta']:.2e}  {'ok' if row['passed'] else 'FAIL'}")
+    print(f"parity gate passed ({args.dtype}); wrote {Path(args.out).resolve()}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ serve
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP reranking API (/v1/rerank, /score) over an export, or print a vLLM command")
+    p.add_argument("model", help="export directory (merged, seq-cls or adapter), or any model Reranker loads")
+    p.add_argument("--engine", default="tuner", choices=["tuner", "vllm"], help="tuner (default) or vllm")
+    p.add_argument("--exec", action="store_true", help="with --engine vllm: run the command instead of printing it")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key-env", help="name of an environment variable holding the bearer API key")
+    p.add_argument("--model-name", help="served model name (default: the export directory's name)")
+    p.add_argument("--max-documents", type=int, default=1000, help="documents per request (default 1000)")
+    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass (default: Reranker's)")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192; vllm: the export's)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import os
+
+    api_key = None
+    if args.api_key_env and args.engine == "tuner":
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+    if args.engine == "vllm":
+        from tuner.serve_vllm import run_vllm, vllm_command
+
+        command = vllm_command(
+            args.model,
+            host=args.host,
+            port=args.port,
+            served_name=args.model_name,
+            api_key_env=args.api_key_env,
+            max_length=args.max_length,
+            dtype=args.dtype,
+        )
+        if args.exec:
+            return run_vllm(command)
+        print(command)
+        return 0
+    from tuner.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        model_name=args.model_name,
+        max_documents=args.max_documents,
+        max_batch_tokens=args.max_batch_tokens,
+        max_length=args.max_length or 8192,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ data / mine
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="check or split training data")
@@ -220,7 +319,7 @@ def _run_mine(args) -> int:
 
 
 # Each verb registers its parser here; the issue that adds a verb adds one line.
-COMMANDS: list[Callable] = [_add_tiny_model, _add_score, _add_data, _add_mine]
+COMMANDS: list[Callable] = [_add_tiny_model, _add_score, _add_data, _add_mine, _add_export, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,117 @@
+"""`tuner export`: every format passes the parity gate, a corrupted export fails it and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from exporting import RUN_INSTRUCTION, make_run
+
+from tuner import export as export_mod
+from tuner.cli import main
+from tuner.export import PROBES, export
+from tuner.scoring import Reranker
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "all"
+    assert main(["export", str(run_dir), "--out", str(out), "--format", "all", "--device", "cpu"]) == 0
+    return out
+
+
+def test_export_all_writes_three_formats_with_parity_figures(exported, run_dir):
+    assert sorted(p.name for p in exported.iterdir()) == ["adapter", "merged", "parity.json", "seq-cls"]
+    assert not list(exported.parent.glob(".*tmp"))  # the temporary directory is gone
+    for fmt in ("adapter", "merged", "seq-cls"):
+        meta = json.loads((exported / fmt / "tuner.json").read_text())
+        assert meta["format"] == fmt
+        assert meta["instruction"] == RUN_INSTRUCTION
+        assert meta["calibration"] == {"temperature": 2.0, "bias": 0.25}
+        assert meta["contract"]["yes_token_id"] == 9693 and meta["contract"]["no_token_id"] == 2152
+        parity = meta["parity"]
+        assert parity["passed"] and parity["probes"] == len(PROBES)
+        for name, row in parity["formats"].items():
+            assert row["max_abs_logit_delta"] < 1e-4, name
+        assert set(parity["formats"]) == {"adapter", "merged", "merged (model-card code)", "seq-cls"}
+        assert parity["template"]["prompt_strings_equal"] == len(PROBES)
+        assert parity["template"]["token_ids_equal"] == len(PROBES)
+        card = (exported / fmt / "README.md").read_text()
+        assert "## Parity" in card and "## Evaluation" in card and "0.3580" in card
+        assert str(exported / fmt) in card  # exact load commands name the export's path
+        assert "checkpoint-30" not in card  # bookkeeping rows stay out of the eval table
+        assert (exported / fmt / "recipe.yaml").read_text() in card and "data/scifact" in card
+    config = json.loads((exported / "seq-cls" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForSequenceClassification"]
+    assert len(config["id2label"]) == 1 and config.get("num_labels", 1) == 1
+    assert config["pad_token_id"] == 151643
+    merged_card = (exported / "merged" / "README.md").read_text()
+    assert "is_original_qwen3_reranker" in merged_card and "--chat-template" in merged_card
+    assert "is_original_qwen3_reranker" not in (exported / "seq-cls" / "README.md").read_text()
+    # the probe set exercises truncation: the long document fills the probe budget
+    reranker = Reranker.from_pretrained(exported / "merged", device="cpu", dtype="float32", max_length=192)
+    assert max(len(x) for x in reranker.encode(PROBES)) == 192
+
+
+def test_reranker_loads_all_three_formats_with_instruction_and_calibration(exported, run_dir, tiny_reranker):
+    from peft import PeftModel
+
+    pairs = [("what produces lift?", "Lift comes from the pressure difference."), ("q", "Bananas are yellow.")]
+    # the training-time scorer: base + adapter, with the run's instruction
+    base_logits = tiny_reranker.score_pairs(pairs, instruction=RUN_INSTRUCTION, normalize=False)
+    base = type(tiny_reranker.model).from_pretrained(tiny_reranker.model.name_or_path, dtype=torch.float32)
+    adapted = Reranker(PeftModel.from_pretrained(base, run_dir / "adapter").eval(), tiny_reranker.tokenizer)
+    expected = adapted.score_pairs(pairs, instruction=RUN_INSTRUCTION, normalize=False)
+    assert max(abs(a - b) for a, b in zip(base_logits, expected, strict=True)) > 1e-3  # the adapter matters
+    for fmt in ("adapter", "merged", "seq-cls"):
+        reranker = Reranker.from_pretrained(exported / fmt, device="cpu", dtype="float32")
+        assert reranker.instruction == RUN_INSTRUCTION  # picked up from tuner.json
+        assert reranker.calibration == {"temperature": 2.0, "bias": 0.25}
+        logits = reranker.score_pairs(pairs, normalize=False)
+        assert logits == pytest.approx(expected, abs=1e-4), fmt
+        probs = reranker.score_pairs(pairs)
+        calibrated = [torch.sigmoid(torch.tensor(x / 2.0 + 0.25)).item() for x in logits]
+        assert probs == pytest.approx(calibrated, abs=1e-6)
+
+
+def test_corrupted_weight_fails_the_gate_and_leaves_nothing(run_dir, tmp_path, monkeypatch, capsys):
+    original = export_mod.save_model
+
+    def corrupt_then_save(model, path, max_shard_size):
+        # a deliberately corrupted weight: one layer's MLP output projection is shifted before it is written
+        with torch.no_grad():
+            model.model.layers[0].mlp.down_proj.weight.add_(0.05)
+        original(model, path, max_shard_size)
+
+    monkeypatch.setattr(export_mod, "save_model", corrupt_then_save)
+    out = tmp_path / "exports" / "broken"
+    code = main(["export", str(run_dir), "--out", str(out), "--format", "merged", "--device", "cpu"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "parity gate failed" in err and "merged" in err
+    assert not out.exists()
+    assert list((tmp_path / "exports").iterdir()) == []  # no temporary directory either
+
+
+def test_bfloat16_export_passes_its_documented_tolerance(run_dir, tmp_path):
+    report = export(run_dir / "adapter", tmp_path / "bf16", formats=["seq-cls"], dtype="bfloat16", device="cpu")
+    row = report["formats"]["seq-cls"]
+    assert report["tolerance"] == {"atol": 5e-2, "rtol": 5e-2}
+    assert row["passed"] and 0 < row["max_abs_logit_delta"] < 5e-2
+    weights = (tmp_path / "bf16" / "config.json").read_text()
+    assert '"dtype": "bfloat16"' in weights
+
+
+def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
+    assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such run or adapter directory" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "taken"), "--format", "adapter"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Exports load in transformers, sentence-transformers and (by command) vLLM, and score as tuner does."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import torch
+from exporting import RUN_INSTRUCTION, make_run
+
+from tuner.chat_template import pair_messages
+from tuner.cli import main
+from tuner.contract import PromptEncoder, render_prompt
+from tuner.export import export
+from tuner.reference import reference_scores
+from tuner.scoring import Reranker
+
+MAX_LENGTH = 160
+LONG = " ".join(["The wing section produces lift in proportion to dynamic pressure."] * 30)
+PAIRS = [
+    ("what produces lift on a wing?", "Lift is produced by the pressure difference across the wing."),
+    ("what produces lift on a wing?", LONG),  # truncated at MAX_LENGTH
+    ("量子计算的基本原理是什么", "量子计算利用叠加和纠缠来处理信息。"),
+    ("¿Cuál es la capital de Francia?", "París es la capital de Francia."),
+    ("empty", ""),
+]
+
+
+def _ids(tokenizer, messages) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compat")
+    run = make_run(root / "run", tiny_model_dir)
+    export(run, root / "out", formats=["merged", "seq-cls"], device="cpu")
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def ours(exports):
+    return Reranker.from_pretrained(exports / "merged", device="cpu", dtype="float32", max_length=MAX_LENGTH)
+
+
+def test_merged_loads_in_automodel_and_equals_the_model_card_code(exports, ours):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(exports / "merged", dtype=torch.float32).eval()
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    tokenizer = AutoTokenizer.from_pretrained(exports / "merged")
+    triples = [(q, d, RUN_INSTRUCTION) for q, d in PAIRS]
+    card = reference_scores(model, tokenizer, triples, max_length=MAX_LENGTH, return_logits=True)
+    assert ours.encode([triples[1]])[0].__len__() == MAX_LENGTH
+    assert ours.score_pairs(PAIRS, normalize=False) == pytest.approx(card, abs=1e-4)
+
+
+def test_seq_cls_loads_and_its_logit_is_yes_minus_no(exports):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    seq = AutoModelForSequenceClassification.from_pretrained(exports / "seq-cls", dtype=torch.float32).eval()
+    causal = AutoModelForCausalLM.from_pretrained(exports / "merged", dtype=torch.float32).eval()
+    assert seq.config.num_labels == 1 and seq.score.bias is None and seq.score.weight.shape[0] == 1
+    tokenizer = AutoTokenizer.from_pretrained(exports / "seq-cls")
+    messages = [pair_messages(q, d) for q, d in PAIRS[:4] if d is not LONG]
+    for side in ("left", "right"):  # the pad id locates the last token either way
+        tokenizer.padding_side = side
+        batch = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, padding=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            logit = seq(**batch).logits[:, 0]
+            rows = [causal(input_ids=torch.tensor([_ids(tokenizer, m)])).logits[0, -1].float() for m in messages]
+        yes_minus_no = torch.stack([r[9693] - r[2152] for r in rows])
+        assert torch.allclose(logit, yes_minus_no, atol=1e-4), side
+        assert (yes_minus_no.max() - yes_minus_no.min()) > 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["merged", "seq-cls"])
+def test_sentence_transformers_cross_encoder_scores_equal_ours(exports, ours, fmt):
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(exports / fmt), max_length=MAX_LENGTH, device="cpu")
+    identity = torch.nn.Identity()
+    st = model.predict(PAIRS, activation_fn=identity, batch_size=4).tolist()
+    assert st == pytest.approx(ours.score_pairs(PAIRS, normalize=False), abs=1e-4)
+    # another instruction: sentence-transformers' prompt= becomes the system message the template reads
+    st_custom = model.predict(PAIRS, prompt="Find the answer", activation_fn=identity).tolist()
+    assert st_custom == pytest.approx(ours.score_pairs(PAIRS, instruction="Find the answer", normalize=False), abs=1e-4)
+    assert st_custom != pytest.approx(st, abs=1e-4)
+    # its default activation is the sigmoid: probabilities equal the uncalibrated ones
+    probs = model.predict(PAIRS[:2]).tolist()
+    assert probs == pytest.approx(torch.sigmoid(torch.tensor(st[:2])).tolist(), abs=1e-6)
+
+
+def test_chat_template_renders_the_contract_prompt_bit_for_bit(exports, tokenizer):
+    from transformers import AutoTokenizer
+
+    exported = AutoTokenizer.from_pretrained(exports / "merged")
+    assert exported.chat_template == (exports / "merged" / "chat_template.jinja").read_text()
+    card_ids = PromptEncoder(tokenizer, max_length=10**6, safe_text=False)
+    cases = [(q, d, i) for q, d in PAIRS for i in (None, "Custom instruction", "")]
+    cases.append(("q", {"title": "Titel", "text": "Körper"}, None))
+    for query, doc, instruction in cases:
+        expected = render_prompt(query, doc, RUN_INSTRUCTION if instruction is None else instruction)
+        messages = pair_messages(query, doc, instruction)
+        rendered = exported.apply_chat_template(messages, tokenize=False)
+        assert rendered == expected
+        assert _ids(exported, messages) == card_ids.encode(
+            query, doc, RUN_INSTRUCTION if instruction is None else instruction
+        )
+        # the structured message format (content parts) renders the same
+        structured = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+        assert exported.apply_chat_template(structured, tokenize=False) == expected
+    # an `instruction` template variable (vLLM chat_template_kwargs) wins over the baked default
+    kw = exported.apply_chat_template(pair_messages("q", "d"), tokenize=False, instruction="From kwargs")
+    assert kw == render_prompt("q", "d", "From kwargs")
+
+
+def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
+    assert main(["serve", "--engine", "vllm", str(exports / "merged"), "--port", "8011"]) == 0
+    argv = shlex.split(capsys.readouterr().out)
+    assert argv[:3] == ["vllm", "serve", str(exports / "merged")]
+    assert argv[argv.index("--runner") + 1] == "pooling"
+    overrides = json.loads(argv[argv.index("--hf-overrides") + 1])
+    assert overrides == {
+        "architectures": ["Qwen3ForSequenceClassification"],
+        "classifier_from_token": ["no", "yes"],
+        "is_original_qwen3_reranker": True,
+    }
+    template = argv[argv.index("--chat-template") + 1]
+    assert template == str(exports / "merged" / "chat_template.jinja")
+    assert argv[argv.index("--port") + 1] == "8011" and argv[argv.index("--max-model-len") + 1] == "512"
+
+    assert main(["serve", "--engine", "vllm", str(exports / "seq-cls"), "--api-key-env", "MY_KEY"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "--hf-overrides" not in line and "--chat-template" in line
+    assert line.startswith("env VLLM_API_KEY=${MY_KEY} vllm serve ")  # the key itself is never printed
+
+
+def test_vllm_command_errors(exports, tmp_path, capsys, monkeypatch):
+    assert main(["serve", "--engine", "vllm", str(tmp_path)]) == 2
+    assert "vLLM serves merged or seq-cls exports" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no vllm executable
+    assert main(["serve", "--engine", "vllm", "--exec", str(exports / "seq-cls")]) == 2
+    assert "vllm is not installed" in capsys.readouterr().err

@@ -1,0 +1,248 @@
+"""`tuner serve`: a real uvicorn server on 127.0.0.1, spoken to with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tuner.serve import create_app
+
+DOCS = [
+    "Lift is produced by the pressure difference across a wing.",
+    {"text": "Bananas are rich in potassium.", "title": "Fruit"},
+    "量子计算利用叠加和纠缠来处理信息。",
+    "The engine burns fuel to produce thrust.",
+    "",
+]
+QUERY = "what produces lift on a wing?"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app):
+    """Run `app` with uvicorn in a thread on a free port; yield its base URL; shut it down gracefully."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server, thread
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_reranker):
+    app = create_app(tiny_reranker, model_name="tiny", api_key=None, max_documents=8, max_batch_tokens=2048)
+    with running(app) as (url, _, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+def test_rerank_schema_order_top_n_and_scores_equal_offline(client, tiny_reranker):
+    offline = tiny_reranker.score(QUERY, DOCS)
+    for path in ("/v1/rerank", "/rerank"):
+        r = client.post(path, json={"model": "tiny", "query": QUERY, "documents": DOCS, "top_n": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tiny" and body["id"].startswith("rerank-")
+        prompts = tiny_reranker.encode([(QUERY, d, None) for d in DOCS])
+        assert body["usage"]["prompt_tokens"] == sum(len(x) for x in prompts)
+        results = body["results"]
+        assert [x["index"] for x in results] == sorted(range(len(DOCS)), key=lambda i: -offline[i])[:3]
+        for row in results:
+            assert row["relevance_score"] == pytest.approx(offline[row["index"]], abs=1e-6)
+            doc = DOCS[row["index"]]
+            assert row["document"] == ({"text": doc} if isinstance(doc, str) else doc)
+    # no top_n → all documents; return_documents false → no document field; instruction is honoured
+    r = client.post(
+        "/v1/rerank", json={"query": QUERY, "documents": DOCS, "return_documents": False, "instruction": "Find fruit"}
+    )
+    body = r.json()
+    assert len(body["results"]) == len(DOCS) and all("document" not in x for x in body["results"])
+    custom = tiny_reranker.score(QUERY, DOCS, instruction="Find fruit")
+    served = {x["index"]: x["relevance_score"] for x in body["results"]}
+    assert served == pytest.approx(dict(enumerate(custom)), abs=1e-6)
+    assert custom != pytest.approx(offline, abs=1e-6)
+
+
+def test_score_endpoint_vllm_shape(client, tiny_reranker):
+    r = client.post("/score", json={"queries": QUERY, "documents": DOCS[:3]})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [x["index"] for x in data] == [0, 1, 2]
+    assert [x["score"] for x in data] == pytest.approx(tiny_reranker.score(QUERY, DOCS[:3]), abs=1e-6)
+    # N:N pairs, and the vLLM field names text_1 / text_2
+    r = client.post("/score", json={"text_1": ["a", "b"], "text_2": ["doc a", "doc b"]})
+    assert [x["score"] for x in r.json()["data"]] == pytest.approx(
+        tiny_reranker.score_pairs([("a", "doc a"), ("b", "doc b")]), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({"query": QUERY, "documents": []}, 400, "documents"),
+        ({"query": QUERY, "documents": "not a list"}, 400, "documents"),
+        ({"query": QUERY, "documents": ["ok", 5]}, 400, "documents.1"),
+        ({"query": QUERY, "documents": [{"title": "no text"}]}, 400, "documents.0"),
+        ({"query": 42, "documents": ["a"]}, 400, "query"),
+        ({"documents": ["a"]}, 400, "query"),
+        ({"query": QUERY, "documents": ["a"], "top_n": 0}, 400, "top_n"),
+        ({"query": QUERY, "documents": ["a"], "top_n": "3"}, 400, "top_n"),
+        ({"query": QUERY, "documents": ["a"], "instruction": ["x"]}, 400, "instruction"),
+        ({"query": QUERY, "documents": ["d"] * 9}, 413, "documents"),
+        ({"model": "other-model", "query": QUERY, "documents": ["a"]}, 404, "model"),
+        ({"query": "word " * 9000, "documents": ["a"]}, 400, "query"),  # query over the token budget
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(client, payload, status, field):
+    r = client.post("/v1/rerank", json=payload)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["field"] == field and field.split(".")[0] in error["message"]
+
+
+def test_malformed_json_and_score_errors(client):
+    r = client.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "body"
+    r = client.post("/score", json={"queries": ["a", "b", "c"], "documents": ["x", "y"]})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "queries"
+    r = client.post("/score", json={"queries": "a", "documents": []})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "documents"
+
+
+def test_health_and_metrics(client):
+    assert client.get("/health").json() == {"status": "ok", "model": "tiny"}
+    client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
+    text = client.get("/metrics").text
+    assert 'tuner_requests_total{path="/v1/rerank",code="200"}' in text
+    assert "tuner_documents_total" in text and "tuner_batch_rows_bucket" in text
+    assert 'tuner_request_duration_seconds_bucket{path="/v1/rerank",le="+Inf"}' in text
+
+
+def test_api_key_is_required_and_checked(tiny_reranker):
+    app = create_app(tiny_reranker, model_name="tiny", api_key="s3cret-key")
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
+        body = {"query": "q", "documents": ["a"]}
+        assert c.post("/v1/rerank", json=body).status_code == 401
+        wrong = c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret-kez"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["field"] == "authorization"
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        assert c.post("/v1/rerank", json=body, headers={"Authorization": "Basic s3cret-key"}).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/health").status_code == 200  # liveness probes need no key
+        ok = c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret-key"})
+        assert ok.status_code == 200
+
+
+def test_concurrent_clients_are_batched_together_with_identical_scores(tiny_reranker):
+    app = create_app(tiny_reranker, model_name="tiny", max_documents=64, max_batch_tokens=4096)
+    words = ["wing", "lift", "drag", "engine", "fuel", "protein", "cell", "gene", "ocean", "graph", "proof"]
+    requests = []
+    for n in range(16):  # 16 distinct requests, each sent many times by different clients
+        docs = [" ".join(words[(n + k + j) % len(words)] for j in range(3 + (k * n) % 9)) for k in range(2 + n % 7)]
+        requests.append((f"query {n} about {words[n % len(words)]}", docs))
+    expected = [tiny_reranker.score(q, docs) for q, docs in requests]
+    total, clients = 320, 32
+
+    async def run(url: str) -> list[tuple[int, list[float]]]:
+        out: list[tuple[int, list[float]]] = []
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+            async def worker(w: int) -> None:
+                for i in range(w, total, clients):
+                    k = i % len(requests)
+                    q, docs = requests[k]
+                    r = await c.post("/v1/rerank", json={"query": q, "documents": docs, "return_documents": False})
+                    assert r.status_code == 200, r.text
+                    scores = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+                    out.append((k, [scores[j] for j in range(len(docs))]))
+
+            await asyncio.gather(*(worker(w) for w in range(clients)))
+        return out
+
+    with running(app) as (url, _, _):
+        results = asyncio.run(run(url))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert len(results) == total
+    worst = max(abs(a - b) for k, got in results for a, b in zip(got, expected[k], strict=True))
+    assert worst < 1e-5  # the same score whichever requests shared the forward pass
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line[:1] != "#"}
+    forward = values["tuner_forward_passes_total"]
+    shared = values['tuner_batch_requests_bucket{le="1"}']  # forward passes that held one request only
+    assert forward < total  # documents of concurrent requests shared forward passes
+    assert shared < forward  # the others held documents of several requests
+
+
+def test_shutdown_lets_in_flight_requests_finish(tiny_model_dir):
+    from tuner.scoring import Reranker
+
+    slow = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    original = slow.logits_for_ids
+
+    def slow_logits(ids, batch_tokens=None):
+        time.sleep(1.0)  # a long forward pass, so the request is in flight when shutdown starts
+        return original(ids, batch_tokens)
+
+    slow.logits_for_ids = slow_logits
+    app = create_app(slow, model_name="tiny")
+    with running(app) as (url, server, thread):
+        result: dict = {}
+
+        def call() -> None:
+            result["response"] = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=30)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.4)
+        server.should_exit = True  # what SIGTERM does
+        caller.join(30)
+        thread.join(30)
+        assert not thread.is_alive()
+    assert result["response"].status_code == 200
+    expected = slow._normalize(original(slow.encode([("q", "a", None)]))[0])
+    assert result["response"].json()["results"][0]["relevance_score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_export_and_serve_import_no_training_only_packages():
+    import ast
+    from pathlib import Path
+
+    import tuner
+
+    forbidden = {"trl", "datasets", "wandb", "bitsandbytes", "sentence_transformers"}
+    package = Path(tuner.__file__).parent
+    for name in ("export.py", "export_card.py", "chat_template.py", "serve.py", "serve_metrics.py", "serve_vllm.py"):
+        tree = ast.parse((package / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not roots & forbidden, f"{name} imports {roots & forbidden}"

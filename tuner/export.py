@@ -1,0 +1,347 @@
+"""Export a trained adapter as adapter / merged / seq-cls checkpoints that score identically, proven at export.
+
+Flow (`export`): load the base in fp32 with the adapter (the training-time scorer), score a probe set, write every
+requested format into a temporary directory next to the destination, load each one back fresh and score the
+probes again; if any format is further than the tolerance from the training-time logits, or the chat template
+does not render the contract's prompt, the temporary directory is deleted and `ParityError` is raised. Only a
+passing export is renamed into place, with its parity figures in `tuner.json` and its model card.
+
+Imports torch, transformers and peft only (no training-only packages).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuner.chat_template import build_chat_template, pair_messages
+from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
+from tuner.export_card import model_card
+from tuner.scoring import TUNER_META, Reranker, read_meta
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("adapter", "merged", "seq-cls")
+# Max |Δ logit| allowed between the training-time scorer (fp32) and a loaded-back export.
+# fp32: only summation-order noise remains (measured ~1e-6 on the tiny model).
+# bf16: the weights themselves are rounded to 8 mantissa bits, so logits move by a fraction of their size; the
+# gate allows 0.05 + 5% of |logit|, which catches a wrong head, a lost adapter or a corrupted layer (those
+# move logits by whole units) while passing honest bf16 rounding.
+TOLERANCE = {"float32": (1e-4, 0.0), "bfloat16": (5e-2, 5e-2)}
+PROBE_MAX_LENGTH = 192  # small, so that the long probe document is truncated and the check stays cheap
+VLLM_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+
+_LONG = " ".join(f"The wing section {n} produces lift proportional to the dynamic pressure." for n in range(40))
+# (query, document, instruction): None → the export's default instruction (the run's), "" → no instruction.
+PROBES: list[tuple[str, Document, str | None]] = [
+    ("what produces lift on a wing?", _LONG, None),  # truncated at PROBE_MAX_LENGTH
+    ("what produces lift on a wing?", "Lift is produced by the pressure difference across the wing.", None),
+    ("what produces lift on a wing?", "Bananas are rich in potassium.", None),
+    ("量子计算的基本原理是什么", "量子计算利用叠加和纠缠来处理信息。", None),
+    ("¿Cuál es la capital de Francia?", "París es la capital de Francia.", "Responde a la pregunta del usuario"),
+    ("Wie funktioniert ein Impfstoff?", {"title": "Impfstoffe", "text": "Er trainiert das Immunsystem."}, None),
+    ("effect of vaccines on children", "Пример документа на русском языке.", "Retrieve abstracts that support it"),
+    ("empty instruction", "A document scored without any instruction.", ""),
+    ("empty document", "", None),
+]
+
+
+class ParityError(RuntimeError):
+    """An export whose formats do not score like the training-time scorer (nothing was written)."""
+
+
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """The adapter directory of a training run (`RUN/adapter`) or an adapter directory given directly."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run or adapter directory")
+    for candidate in (path / "adapter", path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/")
+
+
+def tolerance_for(dtype: str, reference: float) -> float:
+    """The allowed |Δ logit| for one probe whose training-time logit is `reference`."""
+    atol, rtol = TOLERANCE[dtype]
+    return atol + rtol * abs(reference)
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"--dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def _base_model(adapter_dir: Path, meta: dict[str, Any], override: str | None) -> str:
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = override or meta.get("base_model") or cfg.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_dir}: tuner.json and adapter_config.json name no base model; pass --base")
+    local = Path(base).expanduser()
+    if not local.is_absolute() and not local.exists() and (adapter_dir / base).exists():
+        local = adapter_dir / base  # a base recorded relative to the run
+    return str(local.resolve()) if local.exists() else base
+
+
+def _tokenizer_for(adapter_dir: Path, base: str):
+    """The run's tokenizer (saved next to the adapter), else the base's, prepared for batching."""
+    from transformers import AutoTokenizer
+
+    from tuner.contract import load_tokenizer, prepare_tokenizer
+
+    for source in (adapter_dir, base):
+        local = Path(source)
+        if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            continue
+        try:
+            return prepare_tokenizer(AutoTokenizer.from_pretrained(str(source)))
+        except (OSError, ValueError):
+            continue
+    log.warning("no tokenizer next to %s or %s; using the Qwen3 tokenizer shipped with tuner", adapter_dir, base)
+    return load_tokenizer()
+
+
+def save_model(model, path: Path, max_shard_size: str) -> None:
+    """Write a transformers model as safetensors (sharded above `max_shard_size`)."""
+    model.save_pretrained(path, safe_serialization=True, max_shard_size=max_shard_size)
+
+
+def _export_meta(meta: dict[str, Any], fmt: str, base: str, dtype: str, encoder: PromptEncoder) -> dict[str, Any]:
+    from tuner import __version__
+
+    out = {
+        "format": fmt,
+        "base_model": base,
+        "instruction": meta.get("instruction"),
+        "max_length": meta.get("max_length", encoder.max_length),
+        "yes_token_id": encoder.yes_id,
+        "no_token_id": encoder.no_id,
+        "dtype": dtype,
+        "tuner_version": __version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "contract": encoder.metadata(),
+    }
+    for key in ("calibration", "recipe", "eval"):
+        if meta.get(key) is not None:
+            out[key] = meta[key]
+    if fmt == "merged":
+        out["vllm_hf_overrides"] = VLLM_OVERRIDES
+    return out
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _check_template(tokenizer, template: str, default_instruction: str | None) -> dict[str, Any]:
+    """Render every probe through the chat template; compare with the contract's prompt string and ids."""
+    encoder = PromptEncoder(tokenizer, max_length=10**6, safe_text=False)  # untruncated card ids
+    strings = ids = 0
+    for query, doc, instruction in PROBES:
+        expected = render_prompt(query, doc, default_instruction if instruction is None else instruction)
+        rendered = tokenizer.apply_chat_template(
+            pair_messages(query, doc, instruction), chat_template=template, tokenize=False
+        )
+        strings += rendered == expected
+        got = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        want = encoder.encode(query, doc, default_instruction if instruction is None else instruction)
+        ids += got == want
+    return {"probes": len(PROBES), "prompt_strings_equal": strings, "token_ids_equal": ids}
+
+
+def _probe_logits(reranker: Reranker) -> list[float]:
+    return reranker.score_pairs(PROBES, normalize=False)
+
+
+def _compare(name: str, got: Sequence[float], ref: Sequence[float], dtype: str) -> dict[str, Any]:
+    deltas = [abs(a - b) for a, b in zip(got, ref, strict=True)]
+    worst = max(range(len(deltas)), key=lambda i: deltas[i] - tolerance_for(dtype, ref[i]))
+    return {
+        "max_abs_logit_delta": max(deltas),
+        "passed": all(d <= tolerance_for(dtype, r) for d, r in zip(deltas, ref, strict=True)),
+        "worst_probe": worst,
+        "logits": [round(x, 6) for x in got],
+    }
+
+
+def export(
+    source: str | Path,
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+    dtype: str = "float32",
+    device: str | None = None,
+    base_model: str | None = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the requested formats of a run's adapter to `out`, or raise `ParityError` and write nothing.
+
+    Args:
+        source: a training run directory (its `adapter/` is used) or an adapter directory.
+        out: destination. One format → the export itself; several → one subdirectory per format.
+        formats: any of "adapter", "merged", "seq-cls".
+        dtype: weights of merged / seq-cls exports and the dtype they are checked in ("float32" or "bfloat16").
+        device: where to merge and score (default: cuda if available).
+        base_model: override the base recorded in the run.
+        max_shard_size: safetensors shard size for merged / seq-cls.
+        overwrite: replace an existing `out` (only after the new export passed).
+
+    Returns:
+        The parity report (also written into each export's `tuner.json`).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)} or 'all'")
+    torch_dtype = _dtype(dtype)
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    adapter_dir = resolve_adapter_dir(source)
+    meta = read_meta(adapter_dir) or read_meta(adapter_dir.parent)
+    base = _base_model(adapter_dir, meta, base_model)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    instruction = meta.get("instruction")
+    run_config = adapter_dir.parent / "config.yaml"  # the trainer saves the resolved recipe next to adapter/
+    recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
+
+    # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.
+    tokenizer = _tokenizer_for(adapter_dir, base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).to(dev).eval()
+    scorer = Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
+    reference = _probe_logits(scorer)
+    encoder = PromptEncoder(tokenizer, max_length=int(meta.get("max_length") or DEFAULT_MAX_LENGTH))
+    template = build_chat_template(instruction)
+    tokenizer.chat_template = template
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        dirs = {f: (tmp if len(formats) == 1 else tmp / f) for f in formats}
+        # 2. Write. The adapter first (merging consumes the PEFT model), then merged, then seq-cls from it.
+        if "adapter" in dirs:
+            model.save_pretrained(dirs["adapter"], safe_serialization=True)
+            tokenizer.save_pretrained(dirs["adapter"])
+        if "merged" in dirs or "seq-cls" in dirs:
+            merged = model.merge_and_unload()
+            merged.config.architectures = ["Qwen3ForCausalLM"]
+            lm_head, embed = merged.get_output_embeddings(), merged.get_input_embeddings()
+            if merged.config.tie_word_embeddings and lm_head.weight.data_ptr() != embed.weight.data_ptr():
+                merged.config.tie_word_embeddings = False  # a trained head (modules_to_save) must not be re-tied
+            # w_yes − w_no from the fp32 merged head, before any cast (the seq-cls head and the card's math).
+            head = (lm_head.weight[encoder.yes_id].float() - lm_head.weight[encoder.no_id].float()).detach().clone()
+            merged.to(torch_dtype)
+            if "merged" in dirs:
+                save_model(merged, dirs["merged"], max_shard_size)
+                tokenizer.save_pretrained(dirs["merged"])
+            if "seq-cls" in dirs:
+                config = copy.deepcopy(merged.config)
+                config.architectures = ["Qwen3ForSequenceClassification"]
+                config.num_labels = 1
+                # Qwen3ForSequenceClassification finds each row's last real token through the pad id
+                config.pad_token_id = tokenizer.pad_token_id
+                with torch.device("meta"):
+                    seq = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
+                seq.model = merged.model
+                seq.score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=head.device, dtype=torch_dtype)
+                with torch.no_grad():
+                    seq.score.weight.copy_(head.unsqueeze(0).to(torch_dtype))
+                save_model(seq, dirs["seq-cls"], max_shard_size)
+                tokenizer.save_pretrained(dirs["seq-cls"])
+            del merged
+        del model, scorer
+        for fmt, path in dirs.items():
+            _write_json(path / TUNER_META, _export_meta(meta, fmt, base, dtype, encoder))
+            if recipe_yaml is not None:
+                (path / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+            (path / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+        # 3. Load every format back fresh and score the probes again.
+        report: dict[str, Any] = {
+            "reference": "in-memory PEFT model, fp32, tuner Reranker",
+            "dtype": dtype,
+            "device": str(dev),
+            "tolerance": {"atol": TOLERANCE[dtype][0], "rtol": TOLERANCE[dtype][1]},
+            "probe_max_length": PROBE_MAX_LENGTH,
+            "probes": len(PROBES),
+            "reference_logits": [round(x, 6) for x in reference],
+            "formats": {},
+        }
+        for fmt, path in dirs.items():
+            loaded = Reranker.from_pretrained(
+                path, device=dev, dtype=torch_dtype, max_length=PROBE_MAX_LENGTH, show_progress=False
+            )
+            report["formats"][fmt] = _compare(fmt, _probe_logits(loaded), reference, dtype)
+            if fmt == "merged":
+                from tuner.reference import reference_scores
+
+                card = reference_scores(
+                    loaded.model,
+                    loaded.tokenizer,
+                    [(q, d, instruction if i is None else i) for q, d, i in PROBES],
+                    max_length=PROBE_MAX_LENGTH,
+                    batch_size=2,  # full-vocabulary logits: keep the [batch, seq, 151669] tensor small
+                    return_logits=True,
+                )
+                report["formats"]["merged (model-card code)"] = _compare("card", card, reference, dtype)
+            del loaded
+        report["template"] = _check_template(tokenizer, template, instruction)
+        failed = [f for f, r in report["formats"].items() if not r["passed"]]
+        bad_template = report["template"]["prompt_strings_equal"] != len(PROBES) or (
+            report["template"]["token_ids_equal"] != len(PROBES)
+        )
+        report["passed"] = not failed and not bad_template
+        if not report["passed"]:
+            details = ", ".join(f"{f}: max |Δ logit| {report['formats'][f]['max_abs_logit_delta']:.3g}" for f in failed)
+            if bad_template:
+                details += f"; chat template matched {report['template']} of {len(PROBES)} probes"
+            raise ParityError(
+                f"parity gate failed ({dtype}, tolerance {TOLERANCE[dtype][0]:g} + {TOLERANCE[dtype][1]:g}·|logit|): "
+                f"{details.strip(', ')}; nothing was written to {out}"
+            )
+
+        # 4. Record the figures and the model card, then move the export into place in one rename.
+        for fmt, path in dirs.items():
+            export_meta = read_meta(path)
+            export_meta["parity"] = report
+            _write_json(path / TUNER_META, export_meta)
+            (path / "README.md").write_text(
+                model_card(out if len(formats) == 1 else out / fmt, export_meta, recipe_yaml),
+                encoding="utf-8",
+            )
+        if len(formats) > 1:
+            _write_json(tmp / "parity.json", report)
+        # mkdtemp (and safetensors) make files private; an export is an ordinary, shareable directory.
+        for item in (tmp, *tmp.rglob("*")):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        return report
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,202 @@
+"""The model card (README.md) written into every export: what it is, how it scored, how to load it everywhere."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+_TITLES = {"adapter": "PEFT LoRA adapter", "merged": "merged causal LM", "seq-cls": "1-label sequence classifier"}
+
+
+def _eval_table(evaluation: Any) -> str:
+    """A markdown table from `{metric: value}` or `{system: {metric: value}}`."""
+    if not isinstance(evaluation, dict) or not evaluation:
+        return ""
+    if all(isinstance(v, dict) for v in evaluation.values()):
+        # rows of metrics only (a "best": {"checkpoint": ...} entry is bookkeeping, not a system)
+        evaluation = {k: v for k, v in evaluation.items() if v and all(isinstance(x, (int, float)) for x in v.values())}
+        if not evaluation:
+            return ""
+        metrics = sorted({m for row in evaluation.values() for m in row})
+        lines = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for name, row in evaluation.items():
+            cells = [_fmt(row.get(m)) for m in metrics]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in evaluation.items()]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _parity_table(parity: dict[str, Any]) -> str:
+    lines = ["| format (loaded back fresh) | max abs logit delta | passed |", "|---|---|---|"]
+    for name, row in parity.get("formats", {}).items():
+        lines.append(f"| {name} | {row['max_abs_logit_delta']:.2e} | {'yes' if row['passed'] else 'NO'} |")
+    template = parity.get("template", {})
+    if template:
+        lines.append(
+            f"| chat template → contract prompt | {template['prompt_strings_equal']}/{template['probes']} strings, "
+            f"{template['token_ids_equal']}/{template['probes']} token ids equal | "
+            f"{'yes' if template['prompt_strings_equal'] == template['probes'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def vllm_args(path: str, meta: dict[str, Any]) -> list[str]:
+    """`vllm serve` arguments for a merged or seq-cls export (overrides only for merged)."""
+    args = ["vllm", "serve", path, "--runner", "pooling", "--chat-template", f"{path}/chat_template.jinja"]
+    if meta.get("format") == "merged":
+        args += ["--hf-overrides", json.dumps(meta.get("vllm_hf_overrides"), separators=(",", ":"))]
+    args += ["--max-model-len", str(meta.get("max_length") or 8192)]
+    return args
+
+
+def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | None = None) -> str:
+    """README.md text for the export that will live at `final_path` (`recipe_yaml`: the run's resolved config)."""
+    path = str(final_path)
+    fmt = meta["format"]
+    base = meta.get("base_model")
+    instruction = meta.get("instruction")
+    recipe = meta.get("recipe")
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    if recipe_yaml is not None:
+        import yaml
+
+        try:
+            resolved = yaml.safe_load(recipe_yaml)
+        except yaml.YAMLError:
+            resolved = None
+        if isinstance(resolved, dict) and data is None:
+            data = resolved.get("data")
+    parts = [
+        f"# {Path(path).name}: Qwen3-Reranker LoRA fine-tune, {_TITLES[fmt]}",
+        "",
+        f"Exported by tuner {meta.get('tuner_version')} on {meta.get('exported_at')}.",
+        "",
+        f"- **Base model:** `{base}`",
+        f"- **Format:** {fmt} ({meta.get('dtype')})",
+        f"- **Default instruction:** {'the model card default' if instruction is None else json.dumps(instruction)}",
+        f"- **Max length:** {meta.get('max_length')} tokens (only the document is truncated)",
+        f"- **Score:** logit = h_last · (w_yes − w_no) (yes id {meta.get('yes_token_id')}, no id "
+        f"{meta.get('no_token_id')}); relevance = sigmoid(logit)",
+    ]
+    if meta.get("calibration"):
+        parts.append(f"- **Calibration (tuner only):** {json.dumps(meta['calibration'])} applied before the sigmoid")
+    if data is not None:
+        parts.append(f"- **Data:** `{json.dumps(data, ensure_ascii=False)}`")
+    if recipe_yaml is not None:
+        parts += ["", "## Recipe", "", "The run's resolved config (also in `recipe.yaml`):", "", "```yaml"]
+        parts += [recipe_yaml.rstrip(), "```"]
+    elif recipe is not None:
+        parts += ["", "## Recipe", "", "```json", json.dumps(recipe, indent=2, ensure_ascii=False), "```"]
+    table = _eval_table(meta.get("eval"))
+    if table:
+        parts += ["", "## Evaluation", "", table]
+    if meta.get("parity"):
+        parity = meta["parity"]
+        parts += [
+            "",
+            "## Parity (checked at export)",
+            "",
+            f"{parity['probes']} probe pairs (a truncated document, non-English text, custom and empty instructions)"
+            f" scored by the training-time scorer ({parity['reference']}) and by each format written, loaded back "
+            f"in {parity['dtype']}; tolerance {parity['tolerance']['atol']:g} + {parity['tolerance']['rtol']:g}"
+            "·|logit|.",
+            "",
+            _parity_table(parity),
+        ]
+    parts += ["", "## Load it", "", "### tuner", "", "```python", "from tuner.scoring import Reranker", ""]
+    parts += [
+        f"reranker = Reranker.from_pretrained({path!r})",
+        'reranker.rank("what produces lift?", ["Lift comes from pressure.", "Bananas."], top_k=1)',
+        "```",
+        "",
+        "```bash",
+        f"tuner score --model {shlex.quote(path)} --query 'what produces lift?' --documents docs.jsonl",
+        f"tuner serve {shlex.quote(path)} --port 8000" if fmt != "adapter" else f"tuner serve {shlex.quote(path)}",
+        "```",
+        "",
+        "### transformers",
+        "",
+        "```python",
+        "import torch",
+    ]
+    messages = (
+        'messages = [{"role": "query", "content": "what produces lift?"},'
+        ' {"role": "document", "content": "Lift comes from pressure."}]'
+    )
+    if fmt == "seq-cls":
+        parts += [
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            f"tok = AutoTokenizer.from_pretrained({path!r})",
+            f"model = AutoModelForSequenceClassification.from_pretrained({path!r}).eval()",
+            "# the chat template renders the reranker prompt; add a system message to change the instruction",
+            messages,
+            "ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors='pt')",
+            "with torch.no_grad():",
+            "    logit = model(**ids).logits[0, 0]  # = logit(yes) - logit(no)",
+            "print(torch.sigmoid(logit))",
+        ]
+    else:
+        load = f"AutoModelForCausalLM.from_pretrained({base!r})" if fmt == "adapter" else ""
+        parts += ["from transformers import AutoModelForCausalLM, AutoTokenizer"]
+        if fmt == "adapter":
+            parts += ["from peft import PeftModel", ""]
+            parts += [f"model = PeftModel.from_pretrained({load}, {path!r}).eval()"]
+        else:
+            parts += ["", f"model = AutoModelForCausalLM.from_pretrained({path!r}).eval()"]
+        parts += [
+            f"tok = AutoTokenizer.from_pretrained({path!r})",
+            messages,
+            "ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors='pt')",
+            "with torch.no_grad():",
+            "    last = model(**ids).logits[0, -1]",
+            f"logit = last[{meta.get('yes_token_id')}] - last[{meta.get('no_token_id')}]",
+            "print(torch.sigmoid(logit))",
+        ]
+    parts += ["```", "", "### sentence-transformers (>= 6)", ""]
+    if fmt == "adapter":
+        parts += ["Load the merged or seq-cls export (`tuner export ... --format merged`)."]
+    else:
+        parts += [
+            "```python",
+            "from sentence_transformers import CrossEncoder",
+            "",
+            f"model = CrossEncoder({path!r}, max_length={meta.get('max_length') or 8192})",
+            'model.predict([("what produces lift?", "Lift comes from pressure.")])  # sigmoid(logit)',
+            '# another instruction: model.predict(pairs, prompt="Given a claim, retrieve supporting abstracts")',
+            "```",
+        ]
+    parts += ["", "### vLLM", ""]
+    if fmt == "adapter":
+        parts += ["vLLM serves merged or seq-cls exports (`tuner serve --engine vllm EXPORT_DIR` prints the command)."]
+    else:
+        parts += [
+            "```bash",
+            " ".join(shlex.quote(a) for a in vllm_args(path, meta)),
+            "```",
+            "",
+            "Then `POST /v1/rerank` with `{query, documents}`. The chat template renders the contract prompt; pass "
+            'another instruction as `"chat_template_kwargs": {"instruction": ...}` where your vLLM version accepts it. '
+            "vLLM does not truncate only the document: keep prompts within `--max-model-len`.",
+        ]
+    parts += [
+        "",
+        "## Notes",
+        "",
+        "- tuner encodes user text so that control-token strings inside documents (`<|im_end|>`, `<think>`) stay "
+        "plain text; transformers, sentence-transformers and vLLM read them as control tokens. Scores agree for "
+        "every text that contains no such string.",
+        "- Calibration, if any, is applied by tuner only; other engines return sigmoid(logit).",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,350 @@
+"""HTTP reranking API over a tuner export: `POST /v1/rerank` (`/rerank`), `POST /score`, `GET /health`, `GET /metrics`.
+
+Requests are scored by one worker thread that owns the model. While it runs a forward pass, new requests queue up;
+it then takes everything pending, tokenizes it, length-sorts all the documents together and cuts them into
+token-budget batches, so documents of concurrent requests share forward passes (never one forward per request).
+The event loop only validates, waits on a future and formats the answer.
+
+Imports torch (through scoring), FastAPI, pydantic and uvicorn only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import queue
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from tuner.scoring import Reranker
+from tuner.serve_metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DOCUMENTS = 1000
+# A drain takes at most this many pairs, so that one burst cannot delay the requests behind it without bound.
+MAX_PAIRS_PER_DRAIN = 4096
+_FIELDS = {"model", "query", "queries", "documents", "top_n", "instruction", "return_documents", "text", "title"}
+
+
+class ApiError(Exception):
+    """A client error: HTTP status, message and the request field it is about."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+# ------------------------------------------------------------------------------------------- schemas
+class DocumentObject(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: StrictStr
+    title: StrictStr | None = None
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = None
+    query: StrictStr
+    documents: list[StrictStr | DocumentObject]
+    top_n: StrictInt | None = Field(default=None, ge=1)
+    instruction: StrictStr | None = None
+    return_documents: StrictBool = True
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr | None = None
+    queries: StrictStr | list[StrictStr] = Field(validation_alias=AliasChoices("queries", "text_1"))
+    documents: StrictStr | list[StrictStr | DocumentObject] = Field(
+        validation_alias=AliasChoices("documents", "text_2")
+    )
+    instruction: StrictStr | None = None
+
+
+# ------------------------------------------------------------------------------------------- batcher
+@dataclass
+class _Job:
+    triples: list[tuple[str, Any, str | None]]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    ids: list[list[int]] | None = None
+
+
+class Batcher:
+    """One worker thread that scores the pending requests of all clients together, by token budget."""
+
+    def __init__(self, reranker: Reranker, max_batch_tokens: int | None = None, metrics: Metrics | None = None):
+        self.reranker = reranker
+        self.max_batch_tokens = max_batch_tokens or reranker.batch_tokens
+        self.metrics = metrics or Metrics()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="tuner-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Finish the queued work, then end the worker."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, triples: list[tuple[str, Any, str | None]]) -> concurrent.futures.Future:
+        """Queue (query, document, instruction) triples; the future gives (logits, prompt_tokens)."""
+        job = _Job(triples)
+        self._queue.put(job)
+        return job.future
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs, pairs, stop = [job], len(job.triples), False
+            while pairs < MAX_PAIRS_PER_DRAIN:  # everything that arrived while the last batch ran
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+                pairs += len(nxt.triples)
+            self._run(jobs)
+            if stop:
+                return
+
+    def _run(self, jobs: list[_Job]) -> None:
+        live = []
+        for job in jobs:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.ids = self.reranker.encode(job.triples)
+            except Exception as err:  # e.g. a query over the token budget: that request alone fails
+                job.future.set_exception(err)
+                continue
+            live.append(job)
+        if not live:
+            return
+        flat = [ids for job in live for ids in job.ids]
+        owner = [n for n, job in enumerate(live) for _ in job.ids]
+        logits = [0.0] * len(flat)
+        try:
+            for batch in self.reranker.batches([len(x) for x in flat], self.max_batch_tokens):
+                # one forward pass per planned batch (the budget is already respected)
+                values = self.reranker.logits_for_ids([flat[i] for i in batch], batch_tokens=1 << 62)
+                for i, value in zip(batch, values, strict=True):
+                    logits[i] = value
+                self.metrics.observe_batch(rows=len(batch), requests=len({owner[i] for i in batch}))
+        except Exception as err:
+            log.exception("scoring failed")
+            for job in live:
+                job.future.set_exception(err)
+            return
+        start = 0
+        for job in live:
+            n = len(job.ids)
+            job.future.set_result((logits[start : start + n], sum(len(x) for x in job.ids)))
+            start += n
+
+
+# ----------------------------------------------------------------------------------------------- app
+def _field_of(loc: tuple) -> str:
+    parts = [str(x) for x in loc[1:] if isinstance(x, int) or x in _FIELDS]
+    return ".".join(parts) or "body"
+
+
+def create_app(
+    reranker: Reranker,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_documents: int = DEFAULT_MAX_DOCUMENTS,
+    max_batch_tokens: int | None = None,
+) -> FastAPI:
+    """The FastAPI app; its lifespan starts and stops the batching worker.
+
+    Args:
+        reranker: the loaded model (see `Reranker.from_pretrained`).
+        model_name: the name requests may give in `model` (default: the reranker's name's last part).
+        api_key: if set, every route but `/health` needs `Authorization: Bearer <api_key>`.
+        max_documents: documents per request; more get 413.
+        max_batch_tokens: padded tokens per forward pass (default: the reranker's).
+    """
+    name = model_name or Path(str(reranker.name)).name or "tuner-reranker"
+    metrics = Metrics()
+    batcher = Batcher(reranker, max_batch_tokens, metrics)
+    key = api_key.encode("utf-8") if api_key else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            # uvicorn has already waited for in-flight requests; the queue is empty or finishes here
+            await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(title="tuner reranker", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        body = {"error": {"message": err.message, "type": "invalid_request_error", "field": err.field}}
+        return JSONResponse(body, status_code=err.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError):
+        first = err.errors()[0]
+        invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
+        where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
+        message = f"{where}: {first.get('msg', 'invalid value')}"
+        body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
+        return JSONResponse(body, status_code=400)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        start = time.perf_counter()
+        metrics.inflight(+1)
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            metrics.inflight(-1)
+            metrics.observe_request(request.url.path, status, time.perf_counter() - start)
+
+    async def authorize(request: Request) -> None:
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        # compare_digest takes constant time in the length of the expected key: no timing oracle
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key):
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "authorization")
+
+    def check_model(requested: str | None) -> None:
+        if requested is not None and requested != name:
+            raise ApiError(404, f"model {requested!r} is not served here; this server serves {name!r}", "model")
+
+    def check_documents(documents: list) -> None:
+        if not documents:
+            raise ApiError(400, "documents: at least one document is required", "documents")
+        if len(documents) > max_documents:
+            message = f"documents: {len(documents)} documents, over the limit of {max_documents}"
+            raise ApiError(413, message, "documents")
+
+    async def score(triples: list[tuple[str, Any, str | None]]) -> tuple[list[float], int]:
+        try:
+            return await asyncio.wrap_future(batcher.submit(triples))
+        except (ValueError, TypeError) as err:
+            raise ApiError(400, f"query: {err}", "query") from None
+
+    def doc_value(doc: str | DocumentObject) -> Any:
+        return doc if isinstance(doc, str) else doc.model_dump(exclude_none=True)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": name}
+
+    @app.get("/metrics", dependencies=[Depends(authorize)])
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def rerank(body: RerankRequest) -> dict[str, Any]:
+        check_model(body.model)
+        check_documents(body.documents)
+        docs = [doc_value(d) for d in body.documents]
+        logits, tokens = await score([(body.query, d, body.instruction) for d in docs])
+        metrics.add_documents(len(docs))
+        scores = [reranker._normalize(x) for x in logits]
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: body.top_n]
+        results = []
+        for i in order:
+            row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+            if body.return_documents:
+                doc = body.documents[i]
+                row["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump(exclude_none=True)
+            results.append(row)
+        return {
+            "id": f"rerank-{uuid.uuid4().hex}",
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "results": results,
+        }
+
+    app.post("/v1/rerank", dependencies=[Depends(authorize)])(rerank)
+    app.post("/rerank", dependencies=[Depends(authorize)])(rerank)
+
+    @app.post("/score", dependencies=[Depends(authorize)])
+    async def score_route(body: ScoreRequest) -> dict[str, Any]:
+        check_model(body.model)
+        queries = [body.queries] if isinstance(body.queries, str) else body.queries
+        documents = [body.documents] if isinstance(body.documents, (str, DocumentObject)) else body.documents
+        check_documents(documents)
+        if not queries:
+            raise ApiError(400, "queries: at least one query is required", "queries")
+        if len(queries) not in (1, len(documents)):
+            raise ApiError(
+                400,
+                f"queries: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
+                "queries",
+            )
+        if len(queries) == 1:
+            queries = queries * len(documents)
+        triples = [(q, doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)]
+        logits, tokens = await score(triples)
+        metrics.add_documents(len(triples))
+        return {
+            "id": f"score-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": name,
+            "data": [{"index": i, "object": "score", "score": reranker._normalize(x)} for i, x in enumerate(logits)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    return app
+
+
+def serve(
+    model: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    max_documents: int = DEFAULT_MAX_DOCUMENTS,
+    max_batch_tokens: int | None = None,
+    max_length: int = 8192,
+    device: str | None = None,
+    dtype: str | None = None,
+    graceful_timeout: float = 30.0,
+) -> None:
+    """Load `model` and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests are allowed to finish)."""
+    import uvicorn
+
+    reranker = Reranker.from_pretrained(model, device=device, dtype=dtype, max_length=max_length, show_progress=False)
+    app = create_app(
+        reranker,
+        model_name=model_name or Path(str(model)).expanduser().resolve().name,
+        api_key=api_key,
+        max_documents=max_documents,
+        max_batch_tokens=max_batch_tokens,
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_timeout)
+    uvicorn.Server(config).run()

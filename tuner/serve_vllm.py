@@ -1,0 +1,62 @@
+"""The exact `vllm serve` command for a tuner export (vLLM is not a dependency: we print or exec its CLI)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from tuner.export_card import vllm_args
+from tuner.scoring import read_meta
+
+
+def vllm_argv(
+    export_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_name: str | None = None,
+    api_key_env: str | None = None,
+    max_length: int | None = None,
+    dtype: str | None = None,
+) -> list[str]:
+    """`vllm serve` argv for a merged (with hf-overrides) or seq-cls (none) export, with its chat template.
+
+    Raises:
+        ValueError: the directory is not a merged or seq-cls tuner export.
+    """
+    path = Path(export_dir).expanduser().resolve()
+    meta = read_meta(path)
+    fmt = meta.get("format")
+    if fmt not in ("merged", "seq-cls"):
+        hint = "an adapter export" if fmt == "adapter" else "not a tuner export (no tuner.json with a format)"
+        raise ValueError(
+            f"{path}: vLLM serves merged or seq-cls exports, and this is {hint}; run "
+            "`tuner export RUN --format merged` (or seq-cls) first"
+        )
+    if not (path / "chat_template.jinja").is_file():
+        raise ValueError(f"{path}: chat_template.jinja is missing; re-export it")
+    if max_length is not None:
+        meta = {**meta, "max_length": max_length}
+    argv = vllm_args(str(path), meta)
+    argv += ["--served-model-name", served_name or path.name, "--host", host, "--port", str(port)]
+    if dtype:
+        argv += ["--dtype", dtype]
+    if api_key_env:
+        # vLLM reads VLLM_API_KEY itself; the key never appears on the command line.
+        argv = ["env", f"VLLM_API_KEY=${{{api_key_env}}}", *argv] if api_key_env != "VLLM_API_KEY" else argv
+    return argv
+
+
+def vllm_command(export_dir: str | Path, **kwargs) -> str:
+    """`vllm_argv` as one shell-quoted line (the `${VAR}` of an API key stays expandable)."""
+    argv = vllm_argv(export_dir, **kwargs)
+    return " ".join(a if a.startswith("VLLM_API_KEY=${") else shlex.quote(a) for a in argv)
+
+
+def run_vllm(command: str) -> int:
+    """Replace this process with the vLLM server (`--exec`)."""
+    if shutil.which("vllm") is None:
+        raise FileNotFoundError(f"vllm is not installed here (pip install vllm); the command is:\n{command}")
+    os.execvp("bash", ["bash", "-c", "exec " + command])
+    return 0  # not reached
