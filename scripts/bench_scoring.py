@@ -126,6 +126,9 @@ def main() -> int:
         default="plain,prefix,packed",
         help="Reranker paths to time, comma-separated: plain, prefix, packed, compiled (default: plain,prefix,packed)",
     )
+    ap.add_argument(
+        "--st", action="store_true", help="also time sentence-transformers' CrossEncoder on a merged export"
+    )
     ap.add_argument("--out", default="runs/bench/scoring.json")
     args = ap.parse_args()
 
@@ -176,6 +179,30 @@ def main() -> int:
         reranker = Reranker(model, tokenizer, max_length=args.max_length, batch_tokens=args.batch_tokens, **kwargs)
         scores, seconds, peak = timed(lambda r=reranker: r.score_pairs(pairs), device, args.repeats)
         rows.append((key, label, scores, seconds, peak, {"batch_tokens": reranker.batch_tokens, **kwargs}))
+    if args.st:
+        # sentence-transformers' CrossEncoder on what `tuner export --format merged` writes: the causal LM, the
+        # tokenizer and the chat template that renders the contract's prompt.
+        from sentence_transformers import CrossEncoder
+
+        from tuner.chat_template import build_chat_template
+        from tuner.contract import document_text
+
+        merged_dir = Path(tempfile.mkdtemp(prefix="tuner-bench-merged-"))
+        tokenizer.chat_template = build_chat_template(None)
+        model.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+        st = CrossEncoder(
+            str(merged_dir), max_length=args.max_length, device=str(device), model_kwargs={"dtype": dtype}
+        )
+        st_pairs = [(q, document_text(d)) for q, d, _ in pairs]
+        sigmoid = torch.nn.Sigmoid()
+
+        def run_st():
+            return st.predict(st_pairs, batch_size=32, activation_fn=sigmoid, show_progress_bar=False).tolist()
+
+        scores, seconds, peak = timed(run_st, device, args.repeats)
+        rows.append(("st", "sentence-transformers CrossEncoder (merged export)", scores, seconds, peak, {"batch": 32}))
+        del st
     ref, t_ref, m_ref = timed(run_reference, device, args.repeats)
     rows.insert(
         0, ("reference", "model-card reference (left pad, full vocab)", ref, t_ref, m_ref, {"batch": ref_batch})
