@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class Evaluator:
         name: str = "dev",
         metrics: Sequence[str] = DEFAULT_METRICS,
         primary_metric: str = "ndcg@10",
-        chunk_pairs: int = 4096,
+        chunk_pairs: int = 1024,
         show_progress: bool | None = None,
     ) -> None:
         if top_k < 1:
@@ -204,23 +204,30 @@ class Evaluator:
             chunks.append(current)
         return chunks
 
-    def _encoded(self, reranker, instruction: str | None) -> list[tuple[list[str], list]]:
-        """Prompt ids per chunk; cached per tokenizer, budget and instruction."""
+    def _encoded(self, reranker, instruction: str | None) -> Iterator[tuple[list[str], list]]:
+        """(query ids, prompt ids) per chunk, encoded lazily; kept per tokenizer, budget and instruction."""
         enc = reranker.encoder
         effective = reranker.instruction if instruction is None else instruction
         tok = enc.tokenizer
         key = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok), enc.max_length, enc.safe_text, effective)
         chunks = self._chunks()
         if key in self._cache:
-            return list(zip(chunks, self._cache[key], strict=True))
-        out = []
+            yield from zip(chunks, self._cache[key], strict=True)
+            return
+        kept: list[list[np.ndarray]] | None = []
+        tokens = 0
         for qids in chunks:
             triples = [(self.queries[q], self.corpus[d], instruction) for q in qids for d in self.candidates[q]]
             # int32 arrays: a tenth of the memory of Python int lists; collate accepts any sequence
-            out.append([np.asarray(ids, dtype=np.int32) for ids in reranker.encode(triples)])
-        if sum(len(x) for chunk in out for x in chunk) <= CACHE_TOKENS:
-            self._cache[key] = out
-        return list(zip(chunks, out, strict=True))
+            ids = [np.asarray(x, dtype=np.int32) for x in reranker.encode(triples)]
+            tokens += sum(len(x) for x in ids)
+            if kept is not None and tokens <= CACHE_TOKENS:
+                kept.append(ids)
+            else:
+                kept = None  # too large to keep: encode again next time
+            yield qids, ids
+        if kept is not None:
+            self._cache[key] = kept
 
     def rerank(self, reranker, instruction: str | None = _UNSET, label: str = "reranker") -> tuple[Run, float]:
         """Reranked lists `{qid: [(doc id, logit)]}` in trec_eval order, and the scoring wall time (s)."""
