@@ -224,14 +224,17 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
             assert stats["p_randomization"] is not None
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # a TREC run file as candidates gives the same first stage
+    # a TREC run file as candidates gives the same first stage; --compare loads an adapter on --model
     out2 = tmp_path / "out2"
     run_file = out / by_label["first stage (BM25)"]["run_file"]
     argv2 = ["eval", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--candidates", str(run_file)]
-    assert main([*argv2, "--top-k", "5", "--out", str(out2), "--no-progress", "--cache-dir", ""]) == 0
+    argv2 += ["--compare", str(adapter), "--top-k", "5", "--out", str(out2), "--no-progress", "--cache-dir", ""]
+    assert main(argv2) == 0
     second = json.loads((out2 / "metrics.json").read_text())["systems"]
+    assert [s["label"] for s in second] == [f"first stage ({run_file.name})", "model", "adapter"]
     assert second[0]["metrics"] == pytest.approx(by_label["first stage (BM25)"]["metrics"], abs=1e-12)
     assert second[1]["metrics"] == pytest.approx(by_label["base [default]"]["metrics"], abs=1e-9)
+    assert second[2]["metrics"] == pytest.approx(by_label["tuned [default]"]["metrics"], abs=1e-9)
 
 
 def test_cli_eval_user_errors(tmp_path, tiny_model_dir, beir_dir, capsys):

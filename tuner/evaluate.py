@@ -376,7 +376,7 @@ def run_eval(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
     )
     source = "BM25" if str(candidates).lower() == "bm25" else str(candidates)
-    results = [evaluator.first_stage_result(f"first stage ({source})")]
+    results = [evaluator.first_stage_result(f"first stage ({Path(source).name})")]
     results[0].info = {"model": source}
     taken = {results[0].label}
     load_kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
