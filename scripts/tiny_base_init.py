@@ -1,7 +1,7 @@
 """A lexical-matching starting point for the tiny base reranker, written into Qwen3 weights.
 
 Training a tiny model from random weights on a shared 2-core CPU for ~20 minutes does not learn relevance
-(measured: docs/shared anchors and `train_tiny_base.py` runs from random weights stay at chance). So the base
+(`train_tiny_base.py --init random` stays at chance; figures in models/tiny-reranker/README.md). So the base
 starts from weights that implement a soft, IDF-weighted term-match count in three attention layers, and is then
 trained on general relevance groups. The circuit, in the prompt `... <Query>: q \n<Document>: d <suffix>`:
 
