@@ -74,15 +74,20 @@ def _stemmer():
         return None
 
 
-def write_run(run: Run, path: str | Path, tag: str = "tuner") -> None:
-    """Write a TREC run file (`qid Q0 docid rank score tag`) atomically."""
+def write_run(run: Run, path: str | Path, tag: str = "tuner", digits: int | None = 6) -> None:
+    """Write a TREC run file (`qid Q0 docid rank score tag`) atomically.
+
+    `digits` decimals per score; None writes the shortest text that reads back as the same float, so that
+    trec_eval (which breaks score ties by doc id) ranks the file exactly as the scores did.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for qid, ranked in run.items():
             for rank, (doc_id, score) in enumerate(ranked, 1):
-                f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+                text = repr(float(score)) if digits is None else f"{score:.{digits}f}"
+                f.write(f"{qid} Q0 {doc_id} {rank} {text} {tag}\n")
     os.replace(tmp, path)
 
 

@@ -1,0 +1,304 @@
+"""Rerank first-stage candidates with a `Reranker` and score the result against qrels.
+
+`Evaluator` is the one evaluator of the project: `tuner eval` calls it for the base, the tuned model and any
+comparison, and training calls it every N steps on the live (PEFT) model. It returns `{metric: value}` with
+`ndcg@10` as the primary metric, and the first stage's metrics on the same queries and candidates
+(`first_stage_metrics()`), so a reranker is always judged next to the order it started from.
+
+Scores are the raw yes−no logits (ranking by the sigmoid would tie saturated scores). Candidate sets are
+encoded and scored in chunks of queries; inside a chunk the reranker length-sorts the prompts into token-budget
+batches, and only Python floats are kept, never score tensors.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.metrics import DEFAULT_METRICS, Qrels, evaluate_per_query, mean, ranked_ids
+from tuner.retrieval import Run
+
+__all__ = ["EvalResult", "Evaluator", "first_stage_run", "sample_queries"]
+
+_UNSET: Any = object()
+# Encoded prompts are kept between calls (training evaluates the same pairs every N steps) while their total
+# stays under this many tokens (int32: 4 bytes each).
+CACHE_TOKENS = 50_000_000
+
+
+@dataclass
+class EvalResult:
+    """One system's evaluation: mean metrics, per-query metrics and its ranked lists.
+
+    Attributes:
+        label: the system's name in reports.
+        metrics: metric → mean over queries.
+        per_query: query id → {metric → value}.
+        run: query id → [(doc id, score)] in trec_eval order (scores are yes−no logits for rerankers).
+        seconds: wall time of scoring (0 for the first stage).
+        pairs: (query, document) pairs scored.
+        info: free-form facts for the report (model path, instruction, ...).
+    """
+
+    label: str
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: Run
+    seconds: float = 0.0
+    pairs: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_queries(qids: Sequence[str], n: int | None, seed: int = 0) -> list[str]:
+    """`n` query ids drawn reproducibly (all of them, in input order, when `n` is None or >= len)."""
+    qids = list(qids)
+    if n is None or n >= len(qids):
+        return qids
+    keep = set(random.Random(seed).sample(qids, n))
+    return [q for q in qids if q in keep]
+
+
+def first_stage_run(
+    corpus: Mapping[str, Mapping[str, str]],
+    queries: Mapping[str, str],
+    candidates: str | Path | Run = "bm25",
+    top_k: int = 100,
+    cache_dir: str | Path | None = None,
+) -> Run:
+    """Candidates for `queries`: BM25 over `corpus` (`"bm25"`), a TREC run file, or a ready `Run`."""
+    from tuner.retrieval import BM25, read_run
+
+    if isinstance(candidates, Mapping):
+        return {q: list(candidates[q]) for q in queries if q in candidates}
+    if str(candidates).lower() == "bm25":
+        return BM25(corpus, cache_dir=cache_dir).search(queries, k=top_k)
+    run = read_run(candidates)
+    return {q: run[q] for q in queries if q in run}
+
+
+class Evaluator:
+    """Rerank the top-`top_k` candidates of each query and compute ranking metrics.
+
+    Args:
+        queries: query id → text. Only queries that also have qrels are evaluated.
+        corpus: doc id → `{"title", "text"}` (or a string).
+        qrels: query id → {doc id → grade}.
+        candidates: the first stage, query id → [(doc id, score)]. A judged query without candidates counts 0
+            for every system (so a first stage that drops queries cannot flatter anyone).
+        top_k: candidates reranked per query (cut in trec_eval order: score desc, doc id desc).
+        instruction: instruction for every pair; None → the reranker's default (its `tuner.json` or the
+            model card's); `""` → no instruction.
+        name: the evaluation's name (progress bars, logs).
+        metrics: metric names (see `tuner.metrics`); the first is not necessarily primary, `primary_metric` is.
+        primary_metric: the metric training selects on.
+        chunk_pairs: pairs encoded and scored per chunk (bounds memory on large candidate sets).
+        show_progress: progress bar over pairs; None → only for 1,000 pairs or more.
+    """
+
+    def __init__(
+        self,
+        queries: Mapping[str, str],
+        corpus: Mapping[str, Any],
+        qrels: Qrels,
+        candidates: Run,
+        top_k: int = 100,
+        instruction: str | None = None,
+        name: str = "dev",
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        primary_metric: str = "ndcg@10",
+        chunk_pairs: int = 4096,
+        show_progress: bool | None = None,
+    ) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.name = name
+        self.top_k = top_k
+        self.instruction = instruction
+        self.metrics = tuple(metrics)
+        self.primary_metric = primary_metric
+        if primary_metric not in self.metrics:
+            self.metrics = (primary_metric, *self.metrics)
+        self.chunk_pairs = chunk_pairs
+        self.show_progress = show_progress
+        self.qids = [q for q in qrels if q in queries]
+        if not self.qids:
+            raise ValueError(f"{name}: no query has both text and qrels")
+        self.queries = {q: queries[q] for q in self.qids}
+        self.qrels = {q: dict(qrels[q]) for q in self.qids}
+        self.candidates: dict[str, list[str]] = {}
+        for q in self.qids:
+            docs = ranked_ids(candidates.get(q, ()))[:top_k]
+            unknown = [d for d in docs if d not in corpus]
+            if unknown:
+                raise ValueError(
+                    f"{name}: candidate document {unknown[0]!r} of query {q!r} is not in the corpus "
+                    f"({len(unknown)} unknown ids for this query)"
+                )
+            self.candidates[q] = docs
+        self.corpus = {d: corpus[d] for docs in self.candidates.values() for d in docs}
+        self.first_stage = {q: [(d, float(s)) for d, s in _cut(candidates.get(q, ()), top_k)] for q in self.qids}
+        self._cache: dict[tuple, list[list[np.ndarray]]] = {}
+        self._first_stage_result: EvalResult | None = None
+
+    @classmethod
+    def from_beir(
+        cls,
+        folder: str | Path,
+        split: str = "test",
+        candidates: str | Path = "bm25",
+        top_k: int = 100,
+        max_queries: int | None = None,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> Evaluator:
+        """Evaluator on a BEIR folder's split with BM25 (or run-file) candidates; `max_queries` samples queries."""
+        from tuner.data.beir import load_beir
+
+        data = load_beir(folder, split)
+        keep = sample_queries([q for q in data.qrels if q in data.queries], max_queries, seed)
+        queries = {q: data.queries[q] for q in keep}
+        run = first_stage_run(data.corpus, queries, candidates, top_k, cache_dir)
+        kwargs.setdefault("name", f"{data.name}/{split}")
+        return cls(queries, data.corpus, {q: data.qrels[q] for q in keep}, run, top_k=top_k, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- metrics
+    @property
+    def num_pairs(self) -> int:
+        """(query, document) pairs one evaluation scores."""
+        return sum(len(d) for d in self.candidates.values())
+
+    def score_run(self, run: Run, label: str = "run") -> EvalResult:
+        """Metrics of any run on this evaluator's queries (missing queries count 0)."""
+        per_query = evaluate_per_query(self.qrels, run, self.metrics, missing="zero")
+        ordered = {q: _cut(run.get(q, ()), None) for q in self.qids}
+        return EvalResult(label, mean(per_query, self.metrics), per_query, ordered)
+
+    def first_stage_result(self, label: str = "first stage") -> EvalResult:
+        """The first stage's top-`top_k` candidates, evaluated as they come (computed once)."""
+        if self._first_stage_result is None:
+            self._first_stage_result = self.score_run(self.first_stage, label)
+        self._first_stage_result.label = label
+        return self._first_stage_result
+
+    def first_stage_metrics(self) -> dict[str, float]:
+        """`{metric: value}` of the first stage on the same queries and candidates."""
+        return dict(self.first_stage_result().metrics)
+
+    # ------------------------------------------------------------------------------------------- rerank
+    def _chunks(self) -> list[list[str]]:
+        chunks, current, size = [], [], 0
+        for q in self.qids:
+            if current and size + len(self.candidates[q]) > self.chunk_pairs:
+                chunks.append(current)
+                current, size = [], 0
+            current.append(q)
+            size += len(self.candidates[q])
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _encoded(self, reranker, instruction: str | None) -> list[tuple[list[str], list]]:
+        """Prompt ids per chunk; cached per tokenizer, budget and instruction."""
+        enc = reranker.encoder
+        effective = reranker.instruction if instruction is None else instruction
+        tok = enc.tokenizer
+        key = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok), enc.max_length, enc.safe_text, effective)
+        chunks = self._chunks()
+        if key in self._cache:
+            return list(zip(chunks, self._cache[key], strict=True))
+        out = []
+        for qids in chunks:
+            triples = [(self.queries[q], self.corpus[d], instruction) for q in qids for d in self.candidates[q]]
+            # int32 arrays: a tenth of the memory of Python int lists; collate accepts any sequence
+            out.append([np.asarray(ids, dtype=np.int32) for ids in reranker.encode(triples)])
+        if sum(len(x) for chunk in out for x in chunk) <= CACHE_TOKENS:
+            self._cache[key] = out
+        return list(zip(chunks, out, strict=True))
+
+    def rerank(self, reranker, instruction: str | None = _UNSET, label: str = "reranker") -> tuple[Run, float]:
+        """Reranked lists `{qid: [(doc id, logit)]}` in trec_eval order, and the scoring wall time (s)."""
+        from tqdm.auto import tqdm
+
+        instruction = self.instruction if instruction is _UNSET else instruction
+        model = reranker.model
+        was_training = bool(getattr(model, "training", False))
+        saved_progress = reranker.show_progress
+        show = self.show_progress if self.show_progress is not None else self.num_pairs >= 1000
+        run: Run = {}
+        start = time.perf_counter()
+        try:
+            model.eval()  # dropout off while evaluating inside training; restored below
+            reranker.show_progress = False  # one bar for the whole evaluation, not one per chunk
+            with tqdm(total=self.num_pairs, desc=f"{self.name}: {label}", unit="pair", disable=not show) as bar:
+                for qids, ids in self._encoded(reranker, instruction):
+                    logits = reranker.logits_for_ids(ids)
+                    pos = 0
+                    for q in qids:
+                        docs = self.candidates[q]
+                        scored = dict(zip(docs, logits[pos : pos + len(docs)], strict=True))
+                        run[q] = [(d, scored[d]) for d in ranked_ids(scored)]
+                        pos += len(docs)
+                    bar.update(len(logits))
+        finally:
+            reranker.show_progress = saved_progress
+            if was_training:
+                model.train()
+        return run, time.perf_counter() - start
+
+    def evaluate(
+        self,
+        model,
+        tokenizer=None,
+        instruction: str | None = _UNSET,
+        label: str | None = None,
+        **reranker_kwargs: Any,
+    ) -> EvalResult:
+        """Rerank with `model` (a `Reranker`, or a model with its `tokenizer`) and evaluate.
+
+        Args:
+            model: a `tuner.scoring.Reranker`, or a causal-LM / seq-cls / PEFT model (then `tokenizer` is needed).
+            tokenizer: the model's tokenizer when `model` is not a `Reranker`.
+            instruction: overrides the evaluator's instruction for this call (`""` → none).
+            label: the system's name in reports.
+            reranker_kwargs: passed to `Reranker(...)` when wrapping a bare model (`max_length`, `batch_tokens`).
+        """
+        reranker = _as_reranker(model, tokenizer, reranker_kwargs)
+        label = label or getattr(reranker, "name", None) or "reranker"
+        instruction = self.instruction if instruction is _UNSET else instruction
+        run, seconds = self.rerank(reranker, instruction, label)
+        result = self.score_run(run, label)
+        result.seconds, result.pairs = seconds, self.num_pairs
+        result.info["instruction"] = reranker.instruction if instruction is None else instruction
+        return result
+
+    def __call__(self, model, tokenizer=None, instruction: str | None = _UNSET, **kwargs: Any) -> dict[str, float]:
+        """`{metric: mean}` of `model` reranking the candidates (see `evaluate`); `primary_metric` is the key."""
+        return dict(self.evaluate(model, tokenizer, instruction, **kwargs).metrics)
+
+
+def _cut(ranking, k: int | None) -> list[tuple[str, float]]:
+    scores: dict[str, float] = {}
+    for d, s in ranking.items() if isinstance(ranking, Mapping) else ranking:
+        scores.setdefault(str(d), float(s))
+    ids = ranked_ids(scores)
+    return [(d, float(scores[d])) for d in (ids if k is None else ids[:k])]
+
+
+def _as_reranker(model, tokenizer, kwargs: dict[str, Any]):
+    from tuner.scoring import Reranker
+
+    if isinstance(model, Reranker):
+        return model
+    if hasattr(model, "logits_for_ids") and hasattr(model, "encoder"):  # Reranker-like
+        return model
+    if tokenizer is None:
+        raise TypeError("evaluating a bare model needs its tokenizer: evaluator(model, tokenizer)")
+    kwargs.setdefault("show_progress", False)
+    return Reranker(model, tokenizer, **kwargs)
