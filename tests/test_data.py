@@ -1,0 +1,245 @@
+"""Training-file formats, validation errors, train/dev split, atomic writes and `tuner data check`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+from tuner.data import DataError, Group, load_groups, read_groups, split_groups, write_groups
+from tuner.data.check import check_file, percentile
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+GROUPED = [
+    {"query": "what is bm25", "pos": ["a ranking function"], "neg": ["a car", {"title": "T", "text": "a boat"}]},
+    {
+        "query": "qwen",
+        "pos": [{"title": "Qwen3", "text": "a model"}],
+        "neg": ["x"],
+        "instruction": "find models",
+        "pos_scores": [2.5],
+        "neg_scores": [-1],
+        "qid": 7,
+    },
+]
+
+
+# ----------------------------------------------------------------------------------------------- formats
+def test_grouped_rows_keep_documents_instructions_and_scores(tmp_path):
+    groups = load_groups(_jsonl(tmp_path / "g.jsonl", GROUPED))
+    assert [g.query for g in groups] == ["what is bm25", "qwen"]
+    assert groups[0].neg == ["a car", {"title": "T", "text": "a boat"}]
+    assert groups[0].instruction is None and groups[0].pos_scores is None
+    assert groups[1].instruction == "find models"
+    assert groups[1].pos_scores == [2.5] and groups[1].neg_scores == [-1.0]
+    assert groups[1].qid == "7"
+
+
+def test_labeled_pairs_are_grouped_per_query_and_instruction(tmp_path, caplog):
+    rows = [
+        {"query": "q1", "document": "d1", "label": 1},
+        {"query": "q2", "document": "d2", "label": 0},
+        {"query": "q1", "document": {"text": "d3"}, "label": 0},
+        {"query": "q1", "document": "d4", "label": 2.0},  # graded: any label > 0 is a positive
+        {"query": "q1", "document": "d5", "label": 1, "instruction": "other task"},
+        {"query": "q3", "document": "d6", "label": True},
+    ]
+    result = read_groups(_jsonl(tmp_path / "p.jsonl", rows))
+    assert result.rows == 6
+    by_key = {(g.query, g.instruction): g for g in result.groups}
+    assert list(by_key) == [("q1", None), ("q1", "other task"), ("q3", None)]  # first-appearance order
+    assert by_key[("q1", None)].pos == ["d1", "d4"] and by_key[("q1", None)].neg == [{"text": "d3"}]
+    assert by_key[("q1", "other task")].pos == ["d5"]
+    assert result.skipped_no_positive == 1  # q2 has only a 0 label
+
+
+def test_json_array_gzip_and_folder_with_split(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(GROUPED, indent=2), encoding="utf-8")
+    assert [g.query for g in load_groups(tmp_path / "a.json")] == ["what is bm25", "qwen"]
+    (tmp_path / "b.json").write_text(json.dumps({"data": GROUPED}), encoding="utf-8")
+    assert len(load_groups(tmp_path / "b.json")) == 2
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(json.dumps(r) for r in GROUPED))
+    assert len(load_groups(tmp_path / "c.jsonl.gz")) == 2
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", GROUPED)
+    _jsonl(folder / "dev.jsonl", GROUPED[:1])
+    assert len(load_groups(folder)) == 2
+    assert len(load_groups(folder, split="dev")) == 1
+    with pytest.raises(DataError, match=r"no test\.jsonl"):
+        load_groups(folder, split="test")
+
+
+def test_parquet_goes_through_datasets(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [{"query": "q", "pos": ["p1"], "neg": ["n1", "n2"]}, {"query": "r", "pos": ["p2"], "neg": []}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "g.parquet")
+    groups = load_groups(tmp_path / "g.parquet")
+    assert [(g.query, g.pos, g.neg) for g in groups] == [("q", ["p1"], ["n1", "n2"]), ("r", ["p2"], [])]
+    bad = [{"query": "q", "pos": [], "neg": ["n"]}]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet: row 1: field 'pos' is empty"):
+        load_groups(tmp_path / "bad.parquet")
+
+
+def test_a_beir_folder_or_missing_file_is_named(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="tuner mine"):
+        load_groups(tmp_path)
+    with pytest.raises(DataError, match="no such file"):
+        load_groups(tmp_path / "nope.jsonl")
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+GOOD = '{"query": "q", "pos": ["p"], "neg": ["n"]}\n'
+# case → (the bad line, placed on line 2; the message expected after "<file>:2: ")
+BAD_CASES = {
+    "malformed JSON": (b'{"query": "q", "pos": ["p"]', "invalid JSON"),
+    "missing query": (b'{"pos": ["p"], "neg": ["n"]}', "missing field 'query'"),
+    "missing pos": (b'{"query": "q", "neg": ["n"]}', "missing field 'pos'"),
+    "missing label": (b'{"query": "q", "document": "d"}', "missing field 'label'"),
+    "wrong type pos": (b'{"query": "q", "pos": "p"}', "field 'pos' must be a list of documents, got str"),
+    "wrong type query": (b'{"query": 3, "pos": ["p"]}', "field 'query' must be a string, got int"),
+    "wrong type doc": (b'{"query": "q", "pos": [5]}', "field 'pos[0]' must be a string or a {title, text} object"),
+    "row not object": (b'["q", "p"]', "a row must be a JSON object, got list"),
+    "empty pos": (b'{"query": "q", "pos": [], "neg": ["n"]}', "field 'pos' is empty"),
+    "empty query": (b'{"query": "  ", "pos": ["p"]}', "field 'query' is empty text"),
+    "empty neg text": (b'{"query": "q", "pos": ["p"], "neg": ["n", ""]}', "field 'neg[1]' is empty text"),
+    "empty doc object": (b'{"query": "q", "pos": [{"title": "", "text": ""}]}', "field 'pos[0]' is empty text"),
+    "non-UTF-8": (b'{"query": "caf\xe9", "pos": ["p"]}', "not UTF-8"),
+    "score length": (
+        b'{"query": "q", "pos": ["p"], "neg": ["n", "m"], "neg_scores": [0.1]}',
+        "field 'neg_scores' has 1 scores for 2 documents in 'neg'",
+    ),
+    "score type": (b'{"query": "q", "pos": ["p"], "pos_scores": ["high"]}', "field 'pos_scores[0]' must be a"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_row_names_file_line_and_field(tmp_path, case, capsys):
+    content, message = BAD_CASES[case]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(GOOD.encode() + content + b"\n" + GOOD.encode())
+    expected = f"{path}:2: {message}"
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value).startswith(expected)
+    # the check goes on past the bad line, reports it and exits non-zero
+    assert main(["data", "check", str(path), "--no-tokens"]) == 1
+    out = capsys.readouterr().out
+    assert f"error: {expected}" in out
+    assert "rows: 3    groups: 2" in out
+    assert "FAILED: 1 errors" in out
+
+
+def test_check_collects_every_bad_row(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"{oops\n" + GOOD.encode() + b'{"query": "q", "pos": []}\n')
+    report = check_file(path, tokens=False)
+    assert not report.ok and report.rows == 3 and report.groups == 1
+    assert [e.split(": ")[0] for e in report.errors] == [f"{path}:1", f"{path}:3"]
+
+
+def test_unreadable_input_exits_2(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "arr.json").write_text('[{"query": "q",', encoding="utf-8")
+    assert main(["data", "check", str(tmp_path / "arr.json"), "--no-tokens"]) == 2
+    assert "arr.json:1: invalid JSON" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- check
+def test_check_counts_duplicates_conflicts_and_missing_negatives(tmp_path):
+    rows = [
+        {"query": "q", "pos": ["a"], "neg": ["b", "c"]},
+        {"query": "q", "pos": ["b"], "neg": ["d"]},  # same query: b is positive here, negative above
+        {"query": "r", "pos": ["a", "e"]},
+    ]
+    report = check_file(_jsonl(tmp_path / "g.jsonl", rows), tokens=False)
+    s = report.stats
+    assert report.ok
+    assert s["queries"] == 2 and s["duplicate_queries"] == 1 and s["pos_neg_conflicts"] == 1
+    assert s["groups_without_negatives"] == 1
+    assert s["pos_per_query"] == {"min": 1, "p50": 1, "p95": 2, "max": 2}
+    assert s["neg_per_query"] == {"min": 0, "p50": 1, "p95": 2, "max": 2}
+    assert len(report.warnings) == 3
+
+
+def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tokenizer):
+    from tuner.contract import PromptEncoder
+
+    long_doc = "word " * 300
+    rows = [{"query": "short query", "pos": ["a short positive"], "neg": [long_doc], "instruction": "Find it"}]
+    path = _jsonl(tmp_path / "g.jsonl", rows)
+    encoder = PromptEncoder(tokenizer, max_length=100_000)
+    lengths = sorted(len(encoder.encode("short query", d, "Find it")) for d in ("a short positive", long_doc))
+    report = check_file(path, max_length=lengths[0] + 1, tokenizer=tokenizer)
+    s = report.stats
+    assert s["pairs"] == 2 and s["prompt_tokens"]["max"] == lengths[1] and s["prompt_tokens"]["min"] == lengths[0]
+    assert s["query_tokens"]["max"] == len(tokenizer("short query", add_special_tokens=False)["input_ids"])
+    assert s["truncated"] == 1
+    assert check_file(path, max_length=lengths[1], tokenizer=tokenizer).stats["truncated"] == 0
+
+
+def test_percentile_is_nearest_rank():
+    assert percentile([5, 1, 3, 2, 4], 50) == 3
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert percentile([7], 95) == 7
+
+
+# ----------------------------------------------------------------------------------------- split, write
+def _groups(n: int) -> list[Group]:
+    return [Group(query=f"q{i}", pos=[f"p{i}"], neg=[f"n{i}"]) for i in range(n)]
+
+
+def test_split_is_by_query_seeded_and_keeps_order():
+    groups = [*_groups(50), Group(query="q3", pos=["again"])]  # q3 twice: both copies on one side
+    train, dev = split_groups(groups, 0.2, seed=1)
+    assert len({g.query for g in dev}) == 10
+    assert not {g.query for g in train} & {g.query for g in dev}
+    assert len(train) + len(dev) == 51
+    assert [g.query for g in train] == [g.query for g in groups if g in train]  # input order kept
+    assert split_groups(groups, 0.2, seed=1) == (train, dev)
+    assert split_groups(groups, 0.2, seed=2)[1] != dev
+    assert len(split_groups(_groups(5), 0.01, 0)[1]) == 1  # a positive fraction gives at least one query
+    with pytest.raises(ValueError, match="dev_fraction"):
+        split_groups(groups, 1.0)
+
+
+def test_write_groups_round_trips_and_is_atomic(tmp_path):
+    groups = load_groups(_jsonl(tmp_path / "in.jsonl", GROUPED))
+    out = tmp_path / "out" / "g.jsonl"
+    write_groups(groups, out)
+    assert load_groups(out) == groups
+    before = out.read_bytes()
+
+    def failing():
+        yield groups[0]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_groups(failing(), out)
+    assert out.read_bytes() == before  # the old file survives a failed write
+    assert [p.name for p in out.parent.iterdir()] == ["g.jsonl"]  # no temp file left behind
+
+
+def test_cli_data_split(tmp_path, capsys):
+    src = tmp_path / "all.jsonl"
+    write_groups(_groups(20), src)
+    rc = main(["data", "split", str(src), "--dev-fraction", "0.25", "--seed", "3",
+               "--train-out", str(tmp_path / "train.jsonl"), "--dev-out", str(tmp_path / "dev.jsonl")])  # fmt: skip
+    assert rc == 0
+    train, dev = load_groups(tmp_path / "train.jsonl"), load_groups(tmp_path / "dev.jsonl")
+    assert (len(train), len(dev)) == (15, 5)
+    assert (train, dev) == split_groups(_groups(20), 0.25, 3)

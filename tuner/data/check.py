@@ -1,0 +1,230 @@
+"""`tuner data check`: validate a training file (or a BEIR folder) and describe it before GPU hours are spent."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.contract import DEFAULT_MAX_LENGTH, document_text
+from tuner.data.beir import load_beir
+from tuner.data.groups import read_groups
+from tuner.data.schema import Group
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (`p` in [0, 100]) of a non-empty sequence; 0 for an empty one."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """min / median (p50) / p95 / max."""
+    return {
+        "min": min(values) if values else 0,
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": max(values) if values else 0,
+    }
+
+
+@dataclass
+class CheckReport:
+    """What `check_file` found. `ok` is False when any row was bad.
+
+    Attributes:
+        path: what was checked.
+        rows: rows read; groups: groups built from them.
+        errors: one message per bad row (file, line or row, field).
+        warnings: problems that do not stop training (duplicates, conflicts, groups without negatives).
+        stats: figures for printing, see `check_file`.
+    """
+
+    path: str
+    rows: int = 0
+    groups: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _doc_key(doc: Any) -> str:
+    return document_text(doc).strip()
+
+
+def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
+    """Counts that need no tokenizer, plus warnings: duplicates, pos/neg conflicts, groups without negatives."""
+    warnings: list[str] = []
+    seen: dict[tuple[str, str | None], int] = {}
+    duplicates = 0
+    pos_by_query: dict[tuple[str, str | None], set[str]] = {}
+    neg_by_query: dict[tuple[str, str | None], set[str]] = {}
+    for i, g in enumerate(groups):
+        key = (g.query, g.instruction)
+        if key in seen:
+            duplicates += 1
+        else:
+            seen[key] = i
+        pos_by_query.setdefault(key, set()).update(_doc_key(d) for d in g.pos)
+        neg_by_query.setdefault(key, set()).update(_doc_key(d) for d in g.neg)
+    conflicts = {k: pos_by_query[k] & neg_by_query[k] for k in pos_by_query}
+    conflicts = {k: v for k, v in conflicts.items() if v}
+    no_neg = sum(1 for g in groups if not g.neg)
+    stats = {
+        "queries": len(seen),
+        "duplicate_queries": duplicates,
+        "pos_per_query": summary([len(g.pos) for g in groups]),
+        "neg_per_query": summary([len(g.neg) for g in groups]),
+        "groups_without_negatives": no_neg,
+        "pos_neg_conflicts": sum(len(v) for v in conflicts.values()),
+        "with_teacher_scores": sum(1 for g in groups if g.pos_scores is not None or g.neg_scores is not None),
+        "instructions": len({g.instruction for g in groups if g.instruction is not None}),
+    }
+    if duplicates:
+        warnings.append(f"{duplicates} groups repeat an earlier group's query (same query and instruction)")
+    if conflicts:
+        (query, _), docs = next(iter(conflicts.items()))
+        warnings.append(
+            f"{stats['pos_neg_conflicts']} documents are both positive and negative for their query "
+            f"(e.g. query {query[:60]!r}: {next(iter(docs))[:60]!r})"
+        )
+    if no_neg:
+        warnings.append(f"{no_neg} groups have no negatives (they add nothing to a listwise loss)")
+    return stats, warnings
+
+
+def token_stats(groups: Sequence[Group], max_length: int, tokenizer: Any = None) -> dict[str, Any]:
+    """Token lengths with the contract's tokenizer: queries, and full prompts (prefix + body + suffix).
+
+    Prompts are measured untruncated, so `truncated` counts the pairs whose document `max_length` would cut.
+    """
+    from tuner.contract import PromptEncoder, load_tokenizer
+
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
+    encoder = PromptEncoder(tokenizer, max_length=1 << 30)
+    queries = list(dict.fromkeys(g.query for g in groups))
+    query_lengths = [len(ids) for ids in tokenizer(queries, add_special_tokens=False)["input_ids"]]
+    triples = list(dict.fromkeys((g.query, document_text(d), g.instruction) for g in groups for d in (*g.pos, *g.neg)))
+    prompt_lengths = [len(ids) for ids in encoder.encode_many(triples)]
+    truncated = sum(1 for n in prompt_lengths if n > max_length)
+    return {
+        "max_length": max_length,
+        "query_tokens": summary(query_lengths),
+        "prompt_tokens": summary(prompt_lengths),
+        "pairs": len(prompt_lengths),
+        "truncated": truncated,
+    }
+
+
+def check_file(
+    path: str | Path,
+    split: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    tokens: bool = True,
+    tokenizer: Any = None,
+) -> CheckReport:
+    """Validate every row of a grouped/pairs file and gather the figures `tuner data check` prints.
+
+    Args:
+        path: file, folder with `<split>.*`, or hub id (see `load_groups`).
+        split: folder file stem or hub split.
+        max_length: prompt token budget whose truncation is counted.
+        tokens: measure token lengths (needs the tokenizer; a few seconds per 10k pairs).
+        tokenizer: a loaded Qwen3 tokenizer (default: the shipped one).
+
+    Raises:
+        DataError: the file cannot be read at all (missing, not UTF-8 JSON document, ...).
+    """
+    loaded = read_groups(path, split, collect_errors=True)
+    report = CheckReport(path=str(path), rows=loaded.rows, groups=len(loaded.groups), errors=list(loaded.errors))
+    stats, warnings = group_stats(loaded.groups)
+    stats["empty_texts"] = sum(1 for e in loaded.errors if "empty text" in e)
+    stats["pair_queries_without_positive"] = loaded.skipped_no_positive
+    if loaded.skipped_no_positive:
+        warnings.append(f"{loaded.skipped_no_positive} pair-file queries have no positive label and were left out")
+    if tokens and loaded.groups:
+        stats.update(token_stats(loaded.groups, max_length, tokenizer))
+        if stats["truncated"]:
+            warnings.append(
+                f"{stats['truncated']} of {stats['pairs']} pairs are longer than {max_length} tokens; "
+                "their documents will be cut"
+            )
+    report.stats, report.warnings = stats, warnings
+    return report
+
+
+def check_beir(folder: str | Path, split: str = "test") -> CheckReport:
+    """Load a BEIR folder's split (every error names file and line) and count what mining will see."""
+    beir = load_beir(folder, split)
+    report = CheckReport(path=str(folder))
+    rel = [sum(1 for r in judged.values() if r > 0) for judged in beir.qrels.values()]
+    missing = sorted({d for judged in beir.qrels.values() for d in judged if d not in beir.corpus})
+    empty = sum(1 for d in beir.corpus.values() if not (d["title"].strip() or d["text"].strip()))
+    report.stats = {
+        "split": split,
+        "documents": len(beir.corpus),
+        "queries": len(beir.queries),
+        "qrels": sum(len(j) for j in beir.qrels.values()),
+        "pos_per_query": summary(rel),
+        "queries_without_positive": sum(1 for n in rel if n == 0),
+        "judged_docs_missing_from_corpus": len(missing),
+        "empty_documents": empty,
+    }
+    if missing:
+        report.errors.append(f"{folder}: {len(missing)} judged documents are not in the corpus (e.g. {missing[0]!r})")
+    if empty:
+        report.warnings.append(f"{empty} corpus documents have no title and no text")
+    if report.stats["queries_without_positive"]:
+        report.warnings.append(f"{report.stats['queries_without_positive']} queries have no relevant document")
+    return report
+
+
+def _fmt_summary(s: dict[str, float], keys: Sequence[str] = ("min", "p50", "max")) -> str:
+    return " / ".join(f"{s[k]:g}" for k in keys) + f"  ({' / '.join(keys)})"
+
+
+def format_report(report: CheckReport) -> str:
+    """Human-readable lines for the terminal."""
+    s = report.stats
+    lines = [f"{report.path}"]
+    if "documents" in s:  # a BEIR folder
+        lines += [
+            f"  split: {s['split']}",
+            f"  documents: {s['documents']}",
+            f"  queries: {s['queries']}    qrels: {s['qrels']}",
+            f"  positives per query: {_fmt_summary(s['pos_per_query'])}",
+            f"  queries without positive: {s['queries_without_positive']}",
+            f"  empty documents: {s['empty_documents']}",
+        ]
+    else:
+        lines += [
+            f"  rows: {report.rows}    groups: {report.groups}    queries: {s.get('queries', 0)}",
+            f"  positives per query: {_fmt_summary(s['pos_per_query'])}" if report.groups else "",
+            f"  negatives per query: {_fmt_summary(s['neg_per_query'])}" if report.groups else "",
+            f"  duplicate queries: {s.get('duplicate_queries', 0)}",
+            f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}",
+            f"  empty texts: {s.get('empty_texts', 0)}",
+            f"  groups with teacher scores: {s.get('with_teacher_scores', 0)}",
+        ]
+        if "prompt_tokens" in s:
+            keys = ("p50", "p95", "max")
+            lines += [
+                f"  query tokens: {_fmt_summary(s['query_tokens'], keys)}",
+                f"  prompt tokens: {_fmt_summary(s['prompt_tokens'], keys)}  over {s['pairs']} distinct pairs",
+                f"  truncated at max_length {s['max_length']}: {s['truncated']} pairs "
+                f"({100 * s['truncated'] / max(1, s['pairs']):.1f}%)",
+            ]
+    lines = [line for line in lines if line]
+    lines += [f"warning: {w}" for w in report.warnings]
+    lines += [f"error: {e}" for e in report.errors]
+    lines.append(f"{'OK' if report.ok else 'FAILED'}: {len(report.errors)} errors, {len(report.warnings)} warnings")
+    return "\n".join(lines)

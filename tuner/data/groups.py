@@ -1,0 +1,430 @@
+"""Training files: grouped rows and labeled pairs, read into `Group`s with errors that name file, line and field.
+
+Two row shapes are accepted (one file may mix them):
+
+- grouped (FlagEmbedding's field names): `{"query", "pos": [...], "neg": [...], "instruction"?, "pos_scores"?,
+  "neg_scores"?, "qid"?}`; `neg` may be left out (no negatives);
+- labeled pairs: `{"query", "document", "label", "instruction"?}`, grouped per (query, instruction) in order of
+  first appearance: `label > 0` → positive, otherwise negative (binary or graded labels).
+
+A document is a non-empty string or `{"title"?, "text"}`.
+
+Local JSONL/JSON files are read line by line here rather than through `datasets`: Arrow needs one type per
+column (a file that mixes string and `{title, text}` documents cannot be loaded by its JSON builder), and its
+errors do not name the line. Parquet files and hub dataset ids go through `datasets`; their rows are named by
+row number.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.data.beir import DataError
+from tuner.data.schema import Group
+
+log = logging.getLogger(__name__)
+
+_GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid"}
+_PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+
+
+@dataclass
+class RowSource:
+    """Where rows come from: `where(i)` names row `i` in messages (`file:line` or `file: row n`)."""
+
+    name: str
+    rows: Iterator[tuple[str, Any]]
+
+
+@dataclass
+class LoadResult:
+    """Groups plus what a check reports besides them.
+
+    Attributes:
+        groups: one per grouped row, one per (query, instruction) of pair rows that has a positive.
+        rows: rows read.
+        errors: messages for bad rows (only filled when loading with `collect_errors=True`).
+        skipped_no_positive: pair-file queries whose labels were all <= 0 (no training signal; left out).
+    """
+
+    groups: list[Group] = field(default_factory=list)
+    rows: int = 0
+    errors: list[str] = field(default_factory=list)
+    skipped_no_positive: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _is_gz(path: Path) -> bool:
+    return path.suffix == ".gz"
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, value) per non-blank line; bytes are decoded per line so a bad byte names its line.
+
+    A line that is not UTF-8 or not JSON yields a `DataError` as its value, so that a check can go on.
+    """
+    opener = gzip.open if _is_gz(path) else open
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                where = f"{path}:{n}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield where, DataError(f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)")
+                    continue
+                if n == 1:
+                    line = line.removeprefix("\ufeff")  # a BOM is harmless; tolerate it
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield where, DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
+                    continue
+                yield where, value
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
+    opener = gzip.open if _is_gz(path) else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+    if isinstance(value, Mapping) and isinstance(value.get("data"), list):
+        value = value["data"]  # {"data": [...]}, the other layout `datasets`' JSON builder reads
+    if not isinstance(value, list):
+        raise DataError(f"{path}: a JSON file must hold a list of rows (or be JSONL, one row per line)")
+    for n, row in enumerate(value, 1):
+        yield f"{path}: row {n}", row
+
+
+def _first_char(path: Path) -> str:
+    opener = gzip.open if _is_gz(path) else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4096)
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return chr(text[0]) if text else ""
+
+
+def _iter_datasets(source: str, split: str | None, **kwargs) -> Iterator[tuple[str, Any]]:
+    """Rows of a Parquet file or a hub dataset through `datasets`."""
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - `datasets` is in the data extra
+        raise DataError(f"{source}: reading it needs `datasets` (pip install tuner[data])") from err
+    try:
+        ds = datasets.load_dataset(*kwargs.pop("args"), split=split or "train", **kwargs)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
+        raise DataError(f"{source}: cannot load ({type(err).__name__}: {err})") from None
+    except Exception as err:  # datasets raises its own hierarchy (DatasetNotFoundError, ArrowInvalid, ...)
+        raise DataError(f"{source}: cannot load ({type(err).__name__}: {err})") from None
+    for n, row in enumerate(ds, 1):
+        yield f"{source}: row {n}", row
+
+
+def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | None:
+    """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet`."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        if any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz")):
+            raise DataError(f"{path}: a BEIR folder holds no training rows; turn it into groups with `tuner mine`")
+        name = split or "train"
+        for suffix in _LOCAL_SUFFIXES:
+            if (path / f"{name}{suffix}").is_file():
+                return path / f"{name}{suffix}"
+        raise DataError(f"{path}: no {name}.jsonl, {name}.json or {name}.parquet in this folder")
+    if path.is_file():
+        return path
+    text = str(path_or_id)
+    looks_local = text.startswith((".", "/", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
+    if looks_local:
+        raise DataError(f"{path}: no such file")
+    return None
+
+
+def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(location, raw row) from a local JSONL/JSON/Parquet file, a folder with `<split>.*`, or a hub id.
+
+    A JSONL line that cannot be decoded comes as (location, `DataError`); a file that cannot be read raises.
+    """
+    path = resolve_path(path_or_id, split)
+    if path is None:
+        yield from _iter_datasets(str(path_or_id), split, args=(str(path_or_id),))
+        return
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        yield from _iter_datasets(str(path), None, args=("parquet",), data_files=str(path))
+    elif name.endswith((".json", ".json.gz")) and _first_char(path) in ("[", "{") and _is_json_document(path):
+        yield from _iter_json_array(path)
+    else:
+        yield from _iter_jsonl(path)
+
+
+def _is_json_document(path: Path) -> bool:
+    """A `.json` file is one JSON document if it starts with `[`, is `{"data": [...]}`, or spans lines."""
+    if _first_char(path) == "[":
+        return True
+    opener = gzip.open if _is_gz(path) else open
+    with opener(path, "rb") as f:
+        first = f.readline()
+    try:
+        value = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True
+    # the first line is a whole object: JSONL named .json, unless it is the {"data": [...]} layout
+    return isinstance(value, Mapping) and isinstance(value.get("data"), list) and "query" not in value
+
+
+# --------------------------------------------------------------------------------------------- validating
+def _text(value: Any, where: str, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field_name}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: field '{field_name}' is empty text")
+    return value
+
+
+def _document(value: Any, where: str, field_name: str) -> str | dict[str, str]:
+    if isinstance(value, str):
+        return _text(value, where, field_name)
+    if isinstance(value, Mapping):
+        if "text" not in value or value["text"] is None:
+            raise DataError(f"{where}: field '{field_name}' is an object without a 'text' field")
+        title = value.get("title")
+        if title is not None and not isinstance(title, str):
+            raise DataError(f"{where}: field '{field_name}.title' must be a string, got {type(title).__name__}")
+        text = value["text"]
+        if not isinstance(text, str):
+            raise DataError(f"{where}: field '{field_name}.text' must be a string, got {type(text).__name__}")
+        if not text.strip() and not (title or "").strip():
+            raise DataError(f"{where}: field '{field_name}' is empty text")
+        return {"title": title or "", "text": text} if title else {"text": text}
+    raise DataError(
+        f"{where}: field '{field_name}' must be a string or a {{title, text}} object, got {type(value).__name__}"
+    )
+
+
+def _documents(row: Mapping, key: str, where: str, required: bool) -> list:
+    if key not in row or row[key] is None:
+        if required:
+            raise DataError(f"{where}: missing field '{key}'")
+        return []
+    value = row[key]
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field '{key}' must be a list of documents, got {type(value).__name__}")
+    return [_document(doc, where, f"{key}[{i}]") for i, doc in enumerate(value)]
+
+
+def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str) -> list[float] | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field '{key}' must be a list of numbers, got {type(value).__name__}")
+    out = []
+    for i, s in enumerate(value):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise DataError(f"{where}: field '{key}[{i}]' must be a finite number, got {s!r}")
+        out.append(float(s))
+    if len(out) != n_docs:
+        raise DataError(f"{where}: field '{key}' has {len(out)} scores for {n_docs} documents in '{docs_key}'")
+    return out
+
+
+def _instruction(row: Mapping, where: str) -> str | None:
+    value = row.get("instruction")
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: field 'instruction' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _qid(row: Mapping, where: str) -> str | None:
+    value = row.get("qid")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: field 'qid' must be a string or an integer, got {type(value).__name__}")
+    return str(value)
+
+
+def parse_group(row: Any, where: str) -> Group:
+    """Validate one grouped row and return its `Group`."""
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    if "query" not in row or row["query"] is None:
+        raise DataError(f"{where}: missing field 'query'")
+    query = _text(row["query"], where, "query")
+    pos = _documents(row, "pos", where, required=True)
+    if not pos:
+        raise DataError(f"{where}: field 'pos' is empty (a group needs at least one positive)")
+    neg = _documents(row, "neg", where, required=False)
+    return Group(
+        query=query,
+        pos=pos,
+        neg=neg,
+        instruction=_instruction(row, where),
+        pos_scores=_scores(row, "pos_scores", "pos", len(pos), where),
+        neg_scores=_scores(row, "neg_scores", "neg", len(neg), where),
+        qid=_qid(row, where),
+    )
+
+
+def parse_pair(row: Mapping, where: str) -> tuple[str, str | None, str | dict, float, str | None]:
+    """Validate one labeled pair: (query, instruction, document, label, qid)."""
+    if "query" not in row or row["query"] is None:
+        raise DataError(f"{where}: missing field 'query'")
+    query = _text(row["query"], where, "query")
+    if "document" not in row or row["document"] is None:
+        raise DataError(f"{where}: missing field 'document'")
+    document = _document(row["document"], where, "document")
+    if "label" not in row or row["label"] is None:
+        raise DataError(f"{where}: missing field 'label'")
+    label = row["label"]
+    if isinstance(label, bool):
+        label = int(label)
+    if not isinstance(label, (int, float)) or not math.isfinite(label):
+        raise DataError(f"{where}: field 'label' must be a number, got {label!r}")
+    return query, _instruction(row, where), document, float(label), _qid(row, where)
+
+
+def _is_pair(row: Any) -> bool:
+    return isinstance(row, Mapping) and "pos" not in row and ("document" in row or "label" in row)
+
+
+def read_groups(
+    path_or_id: str | Path, split: str | None = None, collect_errors: bool = False, max_errors: int = 50
+) -> LoadResult:
+    """Read and validate every row; the workhorse behind `load_groups` and `tuner data check`.
+
+    Args:
+        path_or_id: a JSONL/JSON/Parquet file, a folder with `<split>.jsonl|.json|.parquet`, or a hub dataset id.
+        split: folder file stem or hub split (default "train").
+        collect_errors: keep going after a bad row and record up to `max_errors` messages (for `data check`);
+            otherwise the first bad row raises `DataError`. Unreadable files always raise.
+        max_errors: cap on recorded messages.
+    """
+    result = LoadResult()
+    pairs: dict[tuple[str, str | None], Group] = {}
+    order: list[Group | tuple[str, str | None]] = []
+    for where, row in iter_rows(path_or_id, split):
+        result.rows += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            if _is_pair(row):
+                query, instruction, document, label, qid = parse_pair(row, where)
+                key = (query, instruction)
+                if key not in pairs:
+                    pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
+                    order.append(key)
+                (pairs[key].pos if label > 0 else pairs[key].neg).append(document)
+            else:
+                order.append(parse_group(row, where))
+        except DataError as err:
+            if not collect_errors:
+                raise
+            if len(result.errors) < max_errors:
+                result.errors.append(str(err))
+            else:
+                result.errors[-1] = f"... more errors not shown (stopped listing at {max_errors})"
+    if result.rows == 0:
+        raise DataError(f"{path_or_id}: no rows")
+    for item in order:
+        if isinstance(item, Group):
+            result.groups.append(item)
+        elif pairs[item].pos:
+            result.groups.append(pairs[item])
+        else:
+            result.skipped_no_positive += 1
+    if result.skipped_no_positive:
+        log.warning("%s: %d queries have no positive label and were left out", path_or_id, result.skipped_no_positive)
+    return result
+
+
+def load_groups(path_or_id: str | Path, split: str | None = None) -> list[Group]:
+    """Read grouped rows and/or labeled pairs into `Group`s; the first bad row raises `DataError`.
+
+    Args:
+        path_or_id: a local `.jsonl`/`.json`/`.parquet` file (`.gz` allowed for JSON), a folder holding
+            `<split>.jsonl|.json|.parquet`, or a hub dataset id (when the hub is reachable).
+        split: folder file stem or hub split; default "train".
+
+    Returns:
+        Groups in file order (pairs grouped by (query, instruction) at their first appearance). Pair queries
+        without any positive label are left out with a warning.
+
+    Raises:
+        DataError: the message names the file, line (or row) and field of the first bad row.
+    """
+    return read_groups(path_or_id, split).groups
+
+
+# --------------------------------------------------------------------------------------------- writing
+def write_groups(groups: Iterable[Group], path: str | Path) -> Path:
+    """Write groups as JSONL atomically (temp file in the same folder, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for group in groups:
+                f.write(json.dumps(group.to_json(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------- splitting
+def split_groups(groups: Sequence[Group], dev_fraction: float, seed: int = 0) -> tuple[list[Group], list[Group]]:
+    """Split groups into train and dev by query, seeded, so that no query text is in both.
+
+    Rows that share a query text go to the same side. The dev side gets `round(dev_fraction * queries)`
+    queries (at least one when the fraction is positive and there are two or more queries). Both sides keep
+    the input order.
+
+    Args:
+        groups: groups to split.
+        dev_fraction: share of distinct queries for dev, in [0, 1).
+        seed: the same seed and input give the same split.
+    """
+    if not 0.0 <= dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
+    queries = list(dict.fromkeys(g.query for g in groups))
+    n_dev = round(dev_fraction * len(queries))
+    if dev_fraction > 0 and n_dev == 0 and len(queries) > 1:
+        n_dev = 1
+    n_dev = min(n_dev, len(queries) - 1) if queries else 0
+    rng = random.Random(seed)
+    dev_queries = set(rng.sample(sorted(queries), n_dev))  # sorted: independent of input order
+    train = [g for g in groups if g.query not in dev_queries]
+    dev = [g for g in groups if g.query in dev_queries]
+    return train, dev
