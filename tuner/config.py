@@ -166,6 +166,8 @@ class Config:
 
 # ------------------------------------------------------------------------------------------ validation
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -227,7 +229,7 @@ def _build(cls, data: Any, prefix: str, where: str):
     for key, value in data.items():
         if key not in known:
             close = ", ".join(sorted(known))
-            raise ConfigError(f"{where}unknown key {prefix}{key!r} (known in this section: {close})")
+            raise ConfigError(f"{where}unknown key '{prefix}{key}' (known in this section: {close})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.", where)

@@ -170,15 +170,17 @@ class _MetricsWriter(TrainerCallback):
 
 # ------------------------------------------------------------------------------------------------ result
 class TrainResult(dict):
-    """What `train` returns: `output_dir`, `adapter_dir`, `metrics` (the metrics.json content)."""
+    """What `train` returns: `output_dir`, `adapter_dir`, `metrics` (the metrics.json content), `model` (the
+    trained model object, for callers that keep working with it in the same process)."""
 
 
-def train(config: Config, resume: bool = False) -> TrainResult:
+def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Run a recipe end to end. Only this entry point unpacks the config.
 
     Args:
         config: a validated recipe (`tuner.config.load_config`).
         resume: continue from the latest checkpoint in `<output>/checkpoints` (same data order and LR schedule).
+        callbacks: extra `TrainerCallback`s (tests use one to interrupt a run).
 
     Returns:
         `TrainResult` with the output directory, the adapter (or model) directory and the metrics.
@@ -234,7 +236,6 @@ def train(config: Config, resume: bool = False) -> TrainResult:
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
-        logging_dir=str(out / "logs"),
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps if t.save_steps > 0 else 500,
         save_total_limit=t.save_total_limit,
@@ -344,6 +345,8 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     trainer.add_callback(_MetricsWriter(write_metrics))
     trainer.remove_callback(PrinterCallback)  # replaced by _LogLines: the same dicts, also into train.log
     trainer.add_callback(_LogLines())
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     if tracker is not None and record["dev"].get("base"):
         tracker.log({f"base/{k}": v for k, v in record["dev"]["base"].items()}, commit=False)
         tracker.log({f"first_stage/{k}": v for k, v in record["dev"]["first_stage"].items()}, commit=False)
@@ -352,6 +355,11 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
+    # every rank leaves a note (multi-process runs: shows that each rank trained the same number of steps)
+    atomic_write_json(
+        out / "logs" / f"rank{args.process_index}.json",
+        {"rank": args.process_index, "world_size": args.world_size, "global_step": trainer.state.global_step},
+    )
     if rank_eval is not None:
         if not trainer.eval_history or trainer.eval_history[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
@@ -388,7 +396,7 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     if tracker is not None:
         tracker.finish()
     args.distributed_state.wait_for_everyone()
-    return TrainResult(output_dir=out, adapter_dir=target, metrics=record)
+    return TrainResult(output_dir=out, adapter_dir=target, metrics=record, model=model)
 
 
 def _fmt(metrics: dict[str, float] | None) -> str:
