@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback
+from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
 
 from tuner.config import Config, ConfigError, atomic_write_json
 from tuner.head import last_hidden
@@ -270,7 +270,8 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         groups = load_training_groups(config.data, config.loss.kind, config.train.seed, out)
     log.info("%d training groups of %d documents", len(groups), config.data.group_size)
 
-    # 3. model: base (+ 4-bit) (+ LoRA)
+    # 3. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
+    set_seed(t.seed)
     m = config.model
     model = load_base(
         base_path,
