@@ -44,7 +44,7 @@ def test_wrong_type_and_bad_choice_are_named(tmp_path):
         load_config(None, ["loss.kind=hinge"])
     with pytest.raises(ConfigError, match=r"model\.tiny"):
         load_config(None, ["model.tiny=3"])
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
 
 

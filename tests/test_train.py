@@ -23,8 +23,16 @@ def beir(tmp_path_factory):
 def trained(tiny_model_dir, beir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = tiny_config(
-        tiny_model_dir, beir, out, "train.max_steps=24", "eval.beir=" + str(beir), "eval.split=test",
-        "eval.top_k=12", "eval.steps=12", "eval.before=true", "train.save_steps=12",
+        tiny_model_dir,
+        beir,
+        out,
+        "train.max_steps=24",
+        "eval.beir=" + str(beir),
+        "eval.split=test",
+        "eval.top_k=12",
+        "eval.steps=12",
+        "eval.before=true",
+        "train.save_steps=12",
     )
     return train(config)
 
@@ -60,8 +68,17 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     assert {"adapter_config.json", "adapter_model.safetensors", "tuner.json"} <= {p.name for p in adapter.iterdir()}
     assert any((adapter / f).is_file() for f in ("tokenizer.json", "vocab.json"))
     meta = json.loads((adapter / "tuner.json").read_text())
-    assert set(meta) >= {"base_model", "instruction", "max_length", "yes_token_id", "no_token_id", "tuner_version",
-                         "contract", "recipe", "eval"}
+    assert set(meta) >= {
+        "base_model",
+        "instruction",
+        "max_length",
+        "yes_token_id",
+        "no_token_id",
+        "tuner_version",
+        "contract",
+        "recipe",
+        "eval",
+    }
     assert meta["base_model"] == str(tiny_model_dir) and meta["recipe"] == "test-tiny"
     assert (meta["yes_token_id"], meta["no_token_id"]) == (9693, 2152)
     assert meta["eval"]["final"]["ndcg@10"] == trained["metrics"]["dev"]["final"]["ndcg@10"]
@@ -79,11 +96,13 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
 
 
 def test_named_errors(tiny_model_dir, beir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.train_file"):
+    with pytest.raises(FileNotFoundError, match=r"data\.train_file"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "a", "data.train_file=" + str(tmp_path / "missing.jsonl")))
     with pytest.raises(ModelNotFoundError, match="no/such/model"):
-        train(tiny_config(tiny_model_dir, beir, tmp_path / "b", "model.name_or_path=" + str(tmp_path / "no/such/model")))
-    with pytest.raises(FileNotFoundError, match="eval.beir"):
+        train(
+            tiny_config(tiny_model_dir, beir, tmp_path / "b", "model.name_or_path=" + str(tmp_path / "no/such/model"))
+        )
+    with pytest.raises(FileNotFoundError, match=r"eval\.beir"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "c", "eval.beir=" + str(tmp_path / "nobeir")))
     with pytest.raises(ConfigError, match="--resume"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "d"), resume=True)

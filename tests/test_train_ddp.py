@@ -23,16 +23,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not installed",
+)
 def test_two_cpu_processes_gloo(tiny_model_dir, tmp_path):
     beir = write_beir(tmp_path / "beir")
     out = tmp_path / "run"
     recipe = tmp_path / "ddp.yaml"
     tiny_config(tiny_model_dir, beir, out, "train.max_steps=3", "train.ddp_backend=gloo").save(recipe)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "tuner", "train", str(recipe)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "tuner",
+        "train",
+        str(recipe),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     notes = [json.loads((out / "logs" / f"rank{r}.json").read_text()) for r in (0, 1)]

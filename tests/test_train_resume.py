@@ -38,8 +38,7 @@ class _CrashAfterSave(TrainerCallback):
 def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     # 6 train groups, 2 per step: 3 steps per epoch, so the interruption at step 4 falls inside epoch 1,
     # where negatives and order differ from epoch 0. Dropout is on: its RNG state must be restored too.
-    common = ("train.max_steps=8", "train.save_steps=4", "lora.dropout=0.1", "train.scheduler=cosine",
-              "train.warmup=2")
+    common = ("train.max_steps=8", "train.save_steps=4", "lora.dropout=0.1", "train.scheduler=cosine", "train.warmup=2")
     full = train(tiny_config(tiny_model_dir, beir, tmp_path / "full", *common))
     with pytest.raises(_Crash):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), callbacks=[_CrashAfterSave(4)])
@@ -74,7 +73,11 @@ def test_sampling_is_a_pure_function_of_seed_epoch_index():
 def test_qlora_trains_on_cpu(tiny_model_dir, beir, tmp_path):
     result = train(
         tiny_config(
-            tiny_model_dir, beir, tmp_path / "q", "model.load_in_4bit=true", "model.bnb_4bit_compute_dtype=float32",
+            tiny_model_dir,
+            beir,
+            tmp_path / "q",
+            "model.load_in_4bit=true",
+            "model.bnb_4bit_compute_dtype=float32",
             "train.max_steps=3",
         )
     )
@@ -90,8 +93,16 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
     monkeypatch.setenv("WANDB_SILENT", "true")
     result = train(
         tiny_config(
-            tiny_model_dir, beir, tmp_path / "w", "tracking.report_to=wandb", "tracking.project=tuner-test",
-            "tracking.tags=[ci, tiny]", "eval.beir=" + str(beir), "eval.split=test", "eval.top_k=6", "eval.steps=2",
+            tiny_model_dir,
+            beir,
+            tmp_path / "w",
+            "tracking.report_to=wandb",
+            "tracking.project=tuner-test",
+            "tracking.tags=[ci, tiny]",
+            "eval.beir=" + str(beir),
+            "eval.split=test",
+            "eval.top_k=6",
+            "eval.steps=2",
             "train.max_steps=4",
         )
     )

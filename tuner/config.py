@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -26,12 +25,9 @@ class ConfigError(ValueError):
     """A bad recipe: unknown key, wrong type or bad value. The message names the file and the key."""
 
 
-def _f(default: Any, doc: str, **kw):
-    """A dataclass field with a one-line doc (mutable defaults go through default_factory)."""
-    if isinstance(default, (list, dict)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"doc": doc}, **kw)
-    return field(default=default, metadata={"doc": doc}, **kw)
+def _f(default: Any, doc: str):
+    """A dataclass field with an immutable default and a one-line doc."""
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass
@@ -57,7 +53,9 @@ class LoraSection:
     r: int = _f(16, "LoRA rank")
     alpha: int = _f(32, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rslora)")
     dropout: float = _f(0.05, "dropout on the LoRA input")
-    target_modules: str | list[str] = _f("all-linear", "modules to adapt: 'all-linear' or a list of names")
+    target_modules: str | list[str] = field(
+        default="all-linear", metadata={"doc": "modules to adapt: 'all-linear' or a list of names"}
+    )
     use_rslora: bool = _f(False, "rank-stabilised LoRA scaling alpha / sqrt(r)")
     use_dora: bool = _f(False, "weight-decomposed LoRA (DoRA)")
 
@@ -112,7 +110,10 @@ class EvalSection:
     top_k: int = _f(100, "rerank the first stage's (BM25) top-k")
     max_queries: int | None = _f(None, "evaluate at most this many queries (seeded choice); null = all")
     steps: int = _f(0, "evaluate every N steps (0 = only before and after training)")
-    metrics: list[str] = _f(["ndcg@10", "mrr@10", "recall@100"], "metrics reported; the first is primary")
+    metrics: list[str] = field(
+        default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"],
+        metadata={"doc": "metrics reported; the first is primary (best checkpoint)"},
+    )
     ood: str | None = _f(None, "optional out-of-domain BEIR folder, evaluated before and after")
     ood_split: str = _f("test", "qrels split of the out-of-domain folder")
     batch_tokens: int | None = _f(None, "padded tokens per scoring batch; null = the Reranker's default")
@@ -125,7 +126,7 @@ class TrackingSection:
     project: str = _f("tuner", "wandb project")
     entity: str | None = _f(None, "wandb entity (team or user); null = your default")
     run_name: str | None = _f(None, "run name in the tracker; null = the output directory name")
-    tags: list[str] = _f([], "wandb tags")
+    tags: list[str] = field(default_factory=list, metadata={"doc": "wandb tags"})
 
 
 @dataclass
@@ -316,6 +317,13 @@ def validate(config: Config, where: str = "") -> None:
     if config.eval.metrics and not all("@" in m or m in ("map", "mrr") for m in config.eval.metrics):
         bad = [m for m in config.eval.metrics if "@" not in m and m not in ("map", "mrr")]
         raise ConfigError(f"{where}eval.metrics: {bad} (use names like ndcg@10, mrr@10, recall@100, map)")
+    evaluated_and_saved = config.eval.beir and config.eval.steps > 0 and config.train.save_steps > 0
+    if evaluated_and_saved and config.train.save_steps % config.eval.steps:
+        # the best checkpoint (by the primary metric) must be a step that was both evaluated and saved
+        raise ConfigError(
+            f"{where}train.save_steps ({config.train.save_steps}) must be a multiple of eval.steps "
+            f"({config.eval.steps})"
+        )
     for key in ("batch_groups", "grad_accum", "logging_steps"):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"{where}train.{key}: must be >= 1")

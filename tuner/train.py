@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -307,12 +306,19 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         record["dev"]["first_stage"] = evaluators["dev"].first_stage_metrics()
         if config.eval.before:
             record["dev"]["base"] = rank_eval.base(model)
-            log.info("dev %s: first stage %s | base %s", record["dev"]["name"], _fmt(record["dev"]["first_stage"]),
-                     _fmt(record["dev"]["base"]))
+            log.info(
+                "dev %s: first stage %s | base %s",
+                record["dev"]["name"],
+                _fmt(record["dev"]["first_stage"]),
+                _fmt(record["dev"]["base"]),
+            )
     if "ood" in evaluators and config.eval.before:
         ood = RankEval(evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction)
-        record["ood"] = {"name": evaluators["ood"].name, "first_stage": evaluators["ood"].first_stage_metrics(),
-                         "base": ood.base(model)}
+        record["ood"] = {
+            "name": evaluators["ood"].name,
+            "first_stage": evaluators["ood"].first_stage_metrics(),
+            "base": ood.base(model),
+        }
 
     # 5. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
     tracker = start_tracking(config, out, main)
@@ -340,7 +346,10 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     def write_metrics() -> None:
         record["dev"]["history"] = trainer.eval_history
         if trainer.state.best_metric is not None:
-            record["dev"]["best"] = {"value": trainer.state.best_metric, "checkpoint": trainer.state.best_model_checkpoint}
+            record["dev"]["best"] = {
+                "value": trainer.state.best_metric,
+                "checkpoint": trainer.state.best_model_checkpoint,
+            }
         atomic_write_json(out / METRICS_FILE, record)
 
     trainer.add_callback(_MetricsWriter(write_metrics))
@@ -379,7 +388,9 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     write_metrics()
     if main:
         tokenizer.save_pretrained(target)
-        eval_summary = {k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)}
+        eval_summary = {
+            k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)
+        }
         write_meta(
             target,
             base_model=str(base_path),
@@ -402,4 +413,3 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
 
 def _fmt(metrics: dict[str, float] | None) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in (metrics or {}).items()) or "-"
-

@@ -32,8 +32,14 @@ def prepare_base(model: ModelConfig, out: Path) -> str:
         path = out / "tiny-model"
         if not (path / "config.json").is_file():  # deterministic from the seed: reuse it on --resume
             heads = 4 if model.tiny_hidden % 4 == 0 else 1
-            write_tiny_model(path, model.tiny_layers, model.tiny_hidden, model.tiny_seed, heads=heads,
-                             kv_heads=2 if heads == 4 else 1)
+            write_tiny_model(
+                path,
+                model.tiny_layers,
+                model.tiny_hidden,
+                model.tiny_seed,
+                heads=heads,
+                kv_heads=2 if heads == 4 else 1,
+            )
         return str(path)
     from tuner.scoring import _check_reachable
 
