@@ -116,3 +116,62 @@ def test_cli_bad_key_exit_code(capsys, tmp_path):
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "r.yaml" in err and "train.lrate" in err
+
+
+def _write_scored_groups(path):
+    from train_helpers import TOPICS
+
+    rows = []
+    for word, near, extra in TOPICS[:6]:
+        negs = [f"{w} {n}: {e}" for w, n, e in TOPICS if w != word][:5]
+        rows.append(
+            {
+                "query": f"what about {word}?",
+                "pos": [f"{word} {near}: {extra}"],
+                "neg": negs,
+                "pos_scores": [3.0],
+                "neg_scores": [-1.0, -2.0, 0.5, -0.5, -3.0],
+                "instruction": "Find the topic",
+            }
+        )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "distill", "sft"])
+def test_each_loss_trains_from_a_train_file(kind, tiny_model_dir, beir, tmp_path):
+    groups = _write_scored_groups(tmp_path / "groups.jsonl")
+    result = train(
+        tiny_config(
+            tiny_model_dir,
+            beir,
+            tmp_path / kind,
+            f"data.train_file={groups}",
+            f"loss.kind={kind}",
+            "loss.pos_weight=3",
+            "loss.hard_label_weight=0.3",
+            "train.max_steps=2",
+        )
+    )
+    loss = result["metrics"]["train"]["train_loss"]
+    assert loss == loss and 0 < loss < 50  # finite and positive
+    assert any(p.abs().sum() > 0 for n, p in result["model"].named_parameters() if "lora_B" in n)
+
+
+def test_distill_without_teacher_scores_is_a_named_error(tiny_model_dir, beir, tmp_path):
+    with pytest.raises(ConfigError, match="teacher scores"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "loss.kind=distill"))
+
+
+def test_full_finetuning_writes_a_loadable_model(tiny_model_dir, beir, tmp_path):
+    result = train(
+        tiny_config(tiny_model_dir, beir, tmp_path / "full", "lora.enabled=false", "train.max_steps=2", "train.lr=1e-3")
+    )
+    model_dir = result["adapter_dir"]
+    assert model_dir.name == "model" and (model_dir / "config.json").is_file()
+    assert json.loads((model_dir / "tuner.json").read_text())["base_model"] == str(tiny_model_dir)
+    moved = load_file(next(model_dir.glob("*.safetensors")))
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(moved[k], base[k]) for k in base if k in moved)
+    reranker = Reranker.from_pretrained(model_dir, device="cpu", dtype="float32", max_length=96)
+    assert len(reranker.score("q", ["a", "b"])) == 2

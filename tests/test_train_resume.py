@@ -77,6 +77,7 @@ def test_qlora_trains_on_cpu(tiny_model_dir, beir, tmp_path):
             beir,
             tmp_path / "q",
             "model.load_in_4bit=true",
+            "model.gradient_checkpointing=true",
             "model.bnb_4bit_compute_dtype=float32",
             "train.max_steps=3",
         )
