@@ -33,6 +33,8 @@ def trained(tiny_model_dir, beir, tmp_path_factory):
         "eval.steps=12",
         "eval.before=true",
         "train.save_steps=12",
+        "eval.ood=" + str(beir),
+        "eval.ood_split=train",
     )
     return train(config)
 
@@ -85,6 +87,7 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"first_stage", "base", "final", "history"} <= set(metrics["dev"])
     assert [h["step"] for h in metrics["dev"]["history"]] == [12, 24]
+    assert {"first_stage", "base", "final"} <= set(metrics["ood"]) and metrics["ood"]["name"].endswith("/train")
     assert metrics["dev"]["best"]["checkpoint"].endswith(("checkpoint-12", "checkpoint-24"))
 
     loaded = Reranker.from_pretrained(adapter, device="cpu", dtype="float32", max_length=96)

@@ -13,6 +13,7 @@ checkpoints with optimizer/scheduler/RNG state, resume and trackers, and we over
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -255,6 +256,8 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     main = args.process_index == 0
     setup_logging(out / "logs" / "train.log", main)
     if main:
+        if has_ckpt and not resume:  # output.overwrite: stale checkpoints would confuse a later --resume
+            shutil.rmtree(ckpt_dir)
         config.save(out / CONFIG_FILE)
         log.info("run directory: %s", out)
 
