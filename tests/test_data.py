@@ -93,6 +93,12 @@ def test_parquet_goes_through_datasets(tmp_path):
         load_groups(tmp_path / "bad.parquet")
 
 
+def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="someuser/somedata: cannot load"):
+        load_groups("someuser/somedata")
+
+
 def test_a_beir_folder_or_missing_file_is_named(tmp_path):
     (tmp_path / "corpus.jsonl").write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="tuner mine"):
@@ -190,6 +196,14 @@ def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tok
     assert s["query_tokens"]["max"] == len(tokenizer("short query", add_special_tokens=False)["input_ids"])
     assert s["truncated"] == 1
     assert check_file(path, max_length=lengths[1], tokenizer=tokenizer).stats["truncated"] == 0
+
+
+def test_check_warns_about_unknown_fields(tmp_path):
+    rows = [{"query": "q", "pos": ["a"], "negs": ["b"]}, {"query": "r", "document": "d", "label": 1, "score": 3}]
+    report = check_file(_jsonl(tmp_path / "g.jsonl", rows), tokens=False)
+    assert report.ok
+    assert f"{tmp_path / 'g.jsonl'}:1: field 'negs' is not read by tuner (first row that has it)" in report.warnings
+    assert any(w.startswith(f"{tmp_path / 'g.jsonl'}:2: field 'score'") for w in report.warnings)
 
 
 def test_percentile_is_nearest_rank():

@@ -61,23 +61,32 @@ def _pairs() -> list[tuple[str, object, str | None]]:
     return pairs
 
 
-def test_scores_equal_the_model_card_reference(tiny_model_dir):
+@pytest.fixture(scope="module")
+def parity(tiny_model_dir):
+    """The plain Reranker and the model-card reference on the same 56 pairs, computed once for this module."""
     reranker = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", max_length=MAX_LENGTH)
     pairs = _pairs()
+    ref_logits = reference_scores(
+        reranker.model, reranker.tokenizer, pairs, MAX_LENGTH, batch_size=4, return_logits=True
+    )
+    return reranker, pairs, ref_logits
+
+
+def test_scores_equal_the_model_card_reference(parity):
+    reranker, pairs, ref_logits = parity
     assert len(pairs) >= 50
     lengths = [len(x) for x in reranker.encode(pairs)]
     assert max(lengths) == MAX_LENGTH and min(lengths) < 80  # mixed lengths, some truncated
     ours = reranker.score_pairs(pairs)
-    ref = reference_scores(reranker.model, reranker.tokenizer, pairs, max_length=MAX_LENGTH)
-    assert len(ours) == len(ref)
-    assert max(abs(a - b) for a, b in zip(ours, ref, strict=True)) < 1e-5
+    # the card's probability: exp(log_softmax([no, yes]))[yes], on a handful of pairs (full logits are slow)
+    ref = reference_scores(reranker.model, reranker.tokenizer, pairs[:8], max_length=MAX_LENGTH, batch_size=4)
+    assert max(abs(a - b) for a, b in zip(ours[:8], ref, strict=True)) < 1e-5
     logits = reranker.score_pairs(pairs, normalize=False)
-    ref_logits = reference_scores(reranker.model, reranker.tokenizer, pairs, MAX_LENGTH, return_logits=True)
     assert max(abs(a - b) for a, b in zip(logits, ref_logits, strict=True)) < 1e-4
-    # scores are not a constant: the check above would be vacuous otherwise
+    # probabilities over all pairs: sigmoid of the reference logit
+    assert max(abs(p - 1 / (1 + math.exp(-x))) for p, x in zip(ours, ref_logits, strict=True)) < 1e-5
+    # scores are not a constant: the checks above would be vacuous otherwise
     assert max(logits) - min(logits) > 1e-3
-    # probability = sigmoid(logit)
-    assert all(abs(p - 1 / (1 + math.exp(-x))) < 1e-9 for p, x in zip(ours, logits, strict=True))
 
 
 def test_batching_does_not_change_scores(tiny_model_dir):
@@ -168,3 +177,43 @@ def test_unreachable_model_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"neither config\.json nor adapter_config\.json"):
         Reranker.from_pretrained(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("mode", ["prefix", "packing", "both"])
+def test_fast_paths_equal_the_reference(tiny_model_dir, parity, mode):
+    """Prefix reuse and packed rows give the reference scores, truncated documents and per-pair instructions
+    included."""
+    _, pairs, ref_logits = parity
+    fast = Reranker.from_pretrained(
+        tiny_model_dir,
+        device="cpu",
+        dtype="float32",
+        max_length=MAX_LENGTH,
+        prefix_reuse=mode in ("prefix", "both"),
+        packing=mode in ("packing", "both"),
+        batch_tokens=1024,
+    )
+    got = fast.score_pairs(pairs, normalize=False)
+    assert max(abs(a - b) for a, b in zip(ref_logits, got, strict=True)) < 1e-4
+
+
+def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
+    from tuner import scoring
+
+    fast = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", prefix_reuse="auto")
+    calls = []
+    original = Reranker._logits_shared_prefix
+
+    def spy(self, prefix, rests, batch_tokens):
+        calls.append((len(prefix), len(rests)))
+        return original(self, prefix, rests, batch_tokens)
+
+    monkeypatch.setattr(Reranker, "_logits_shared_prefix", spy)
+    docs = ["first document", "second document text", "third"]
+    fast.score("a shared query", docs)
+    fast.score("a lone query", ["only one"])  # one document: no reuse under "auto"
+    assert len(calls) == 1 and calls[0][1] == 3
+    ids = fast.encode([("a shared query", d, None) for d in docs])
+    assert calls[0][0] == scoring._shared_prefix(ids) >= scoring.MIN_SHARED_PREFIX
+    assert scoring._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # every prompt keeps a token of its own
+    assert scoring._shared_prefix([[1, 2, 3], [1, 5]]) == 1

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError, OSError) as err:
         # Errors the library raises for bad input carry a message that names the path or field.
-        from tuner.scoring import ModelNotFoundError
+        from tuner.loading import ModelNotFoundError
 
         if isinstance(err, (ModelNotFoundError, FileNotFoundError, ValueError)):
             print(f"tuner {args.command}: error: {err}", file=sys.stderr)

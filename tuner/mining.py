@@ -1,20 +1,23 @@
 """Hard-negative mining: BM25 candidates from a BEIR collection → training groups.
 
 For each judged query: retrieve the top `depth` documents with BM25, keep ranks `[range_min, range_max)`
-(0-based, so `range_min=5` skips the first five), drop every judged positive and every document whose text
-equals a positive's, then take `num_negatives` of the rest (random sample or the top ones). Optionally a
+(0-based, so `range_min=5` skips the first five), drop every judged positive, every document whose text
+equals a positive's and every document that shares no term with the query (BM25 score 0: an arbitrary pick,
+not a hard negative), then take `num_negatives` of the rest (random sample or the top ones). Optionally a
 `Reranker` filters likely false negatives (candidates that score within a margin of the query's weakest
 positive, as sentence-transformers' `mine_hard_negatives` does) and writes its scores as teacher scores.
 
-Defaults and why:
+Defaults and why (sentence-transformers' `mine_hard_negatives` defaults to the top 3 with no range or margin,
+and its published recipes skip the top 10, sample from the top 50-100 at random and take 5; FlagEmbedding's
+`hn_mine.py` samples 15 from ranks 2-200):
 - `num_negatives=7`: groups of 1 positive + 7 negatives, the ratio the Qwen maintainers advise (~1:8) and
   ms-swift's default;
 - `range_min=5`: sparse judgments (SciFact has ~1.1 positives per query) leave relevant but unjudged
-  documents near the top of BM25; skipping the first few lowers false negatives while staying hard
-  (FlagEmbedding skips 2, sentence-transformers 10);
-- `range_max=depth=100`: deep enough for 7 negatives even with sampling, and cheap for BM25;
-- `sampling="random"` (FlagEmbedding's choice): diverse negatives across epochs of similar queries;
-- margins: relative 0.1 on the probability scale, as in sentence-transformers.
+  documents near the top of BM25; skipping the first few lowers false negatives while staying hard;
+- `range_max=depth=100`: deep enough for 7 negatives even after filtering, and cheap for BM25;
+- `sampling="random"`: diverse negatives rather than near-duplicates of the top few;
+- `margin=0.1` (relative, on the probability scale): a candidate the reranker scores within 10% of the
+  query's weakest positive is more likely an unjudged positive than a negative.
 """
 
 from __future__ import annotations
@@ -159,8 +162,8 @@ def mine_negatives(
         pos_texts = {document_text(beir.corpus[d]).strip() for d in judged_pos}
         candidates = [
             d
-            for d, _ in run.get(qid, [])[range_min:range_max]
-            if d not in judged_pos and document_text(beir.corpus[d]).strip() not in pos_texts
+            for d, score in run.get(qid, [])[range_min:range_max]
+            if score > 0 and d not in judged_pos and document_text(beir.corpus[d]).strip() not in pos_texts
         ]
         if sampling == "random":
             # A per-query stream: string seeds hash with SHA-512, so this is stable across processes.

@@ -5,7 +5,7 @@ Imports torch, transformers and peft only: no training-only packages.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -14,162 +14,44 @@ from typing import Any
 
 import torch
 
-from tuner.contract import (
-    DEFAULT_MAX_LENGTH,
-    Document,
-    PromptEncoder,
-    load_tokenizer,
-    prepare_tokenizer,
-)
-from tuner.head import collate, yes_no_logits
+from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_tokenizer
+from tuner.head import collate, head_vector, unwrap_backbone, yes_no_logits
+from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
+
+__all__ = ["TUNER_META", "ModelNotFoundError", "Reranker", "_check_reachable", "load_model", "read_meta"]
 
 log = logging.getLogger(__name__)
 
-TUNER_META = "tuner.json"
 # Rows of a batch are grouped so that longest_row_tokens * rows <= batch_tokens (padding is bounded because
 # the rows are length-sorted).
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 MAX_BATCH_ROWS = 256
+# Prefix reuse ("auto") only when the shared head is long enough to be worth a separate forward pass.
+MIN_SHARED_PREFIX = 32
+# Packed rows hold at most this many tokens (a longer prompt gets a row of its own length).
+PACKED_ROW_TOKENS = 2048
 
 
-class ModelNotFoundError(OSError):
-    """A model or adapter path that is neither a local directory nor fetchable from the hub."""
+@functools.cache
+def _cache_kwarg() -> str:
+    """transformers renamed `past_key_values` to `cache` in 5.2x; the GPU machine's 5.17 has the old name."""
+    import inspect
+
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
+
+    return "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
-
-
-def _check_reachable(name: str, what: str = "model") -> None:
-    """Raise one clear error for a path that does not exist locally and that the hub cannot provide."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json")
-        return
-    if _looks_local(name):
-        raise ModelNotFoundError(f"{what} {name!r} not found: no such directory")
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()  # one clear error below instead of a page of retry warnings
-        hf_hub_download(name, "config.json" if what == "model" else "adapter_config.json")
-    except Exception as err:  # every hub failure becomes the same user-facing error
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise ModelNotFoundError(
-            f"{what} {name!r} not found: it is not a local directory and the Hugging Face Hub could not "
-            f"provide it ({type(err).__name__}: {reason})"
-        ) from None
-
-
-def read_meta(path: str | Path | None) -> dict[str, Any]:
-    """The `tuner.json` of an export or run directory, or `{}`."""
-    if path is None:
-        return {}
-    file = Path(path) / TUNER_META
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: invalid JSON ({err})") from None
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "float32": torch.float32,
-        "fp32": torch.float32,
-    }
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
-    return table[dtype]
-
-
-def load_model(
-    model: str | Path,
-    adapter: str | Path | None = None,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    attn_implementation: str | None = None,
-):
-    """Load a causal-LM or 1-label seq-cls Qwen3 reranker, with an optional PEFT adapter, for inference.
-
-    `model` may also be an adapter directory; its base comes from `tuner.json` or `adapter_config.json`.
-
-    Returns:
-        (model, tokenizer, meta): the eval-mode model on `device`, a prepared tokenizer, the merged
-        `tuner.json` metadata of the model and adapter directories.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    model, adapter = str(model), (str(adapter) if adapter is not None else None)
-    _check_reachable(model)
-    if adapter is None and (Path(model) / "adapter_config.json").is_file():
-        adapter = model
-        meta = read_meta(adapter)
-        cfg = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
-        model = meta.get("base_model") or cfg.get("base_model_name_or_path")
-        if not model:
-            raise ModelNotFoundError(f"adapter {adapter!r} names no base model; pass the base explicitly")
-        _check_reachable(model)
-    if adapter is not None:
-        _check_reachable(adapter, "adapter")
-
-    dev = torch.device(device) if device is not None else _default_device()
-    torch_dtype = _resolve_dtype(dtype, dev)
-    config = AutoConfig.from_pretrained(model)
-    archs = getattr(config, "architectures", None) or []
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        if getattr(config, "num_labels", 1) != 1:
-            raise ValueError(
-                f"{model}: sequence-classification model has num_labels={config.num_labels}; tuner needs 1 "
-                "(score.weight = w_yes − w_no)"
-            )
-        net = AutoModelForSequenceClassification.from_pretrained(model, **kwargs)
-    else:
-        net = AutoModelForCausalLM.from_pretrained(model, **kwargs)
-    if adapter is not None:
-        from peft import PeftModel
-
-        net = PeftModel.from_pretrained(net, adapter)
-    net.to(dev).eval()
-
-    tokenizer = _load_tokenizer_for(model, adapter)
-    meta = {**read_meta(model), **read_meta(adapter)}
-    return net, tokenizer, meta
-
-
-def _load_tokenizer_for(model: str, adapter: str | None):
-    from transformers import AutoTokenizer
-
-    for source in (adapter, model):
-        if source is None:
-            continue
-        local = Path(source)
-        if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            continue
-        try:
-            return prepare_tokenizer(AutoTokenizer.from_pretrained(source))
-        except (OSError, ValueError):
-            continue
-    log.warning("no tokenizer next to %s; using the Qwen3 tokenizer shipped with tuner", model)
-    return load_tokenizer()
+def _shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving at least one own token to every sequence."""
+    first = seqs[0]
+    n = min(len(x) for x in seqs) - 1
+    for seq in seqs[1:]:
+        k = 0
+        while k < n and seq[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 class Reranker:
@@ -187,6 +69,12 @@ class Reranker:
         instruction: default instruction (else the contract's).
         safe_text: user text never becomes control tokens (see `PromptEncoder`).
         calibration: optional `{"temperature", "bias"}` applied to the logit before the sigmoid.
+        prefix_reuse: compute the shared head of a query's prompts (system text, instruction, query) once and
+            reuse its KV cache for that query's documents ("auto": when a query has at least 2 documents and the
+            shared head is at least `MIN_SHARED_PREFIX` tokens).
+        packing: put several prompts in one row (position ids restart, no padding); pays with an attention
+            kernel that skips masked blocks (flex_attention on GPU), not with sdpa on CPU.
+        compile: wrap the decoder in `torch.compile(dynamic=True)` (long warm-up; GPU serving).
     """
 
     def __init__(
@@ -201,6 +89,9 @@ class Reranker:
         calibration: dict[str, float] | None = None,
         show_progress: bool | None = None,
         name: str | None = None,
+        prefix_reuse: bool | str = False,
+        packing: bool = False,
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = prepare_tokenizer(tokenizer)
@@ -211,6 +102,13 @@ class Reranker:
         self.calibration = calibration
         self.show_progress = show_progress
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or "tuner-reranker"
+        if prefix_reuse not in (True, False, "auto"):
+            raise ValueError(f"prefix_reuse must be True, False or 'auto', got {prefix_reuse!r}")
+        self.prefix_reuse = prefix_reuse
+        self.packing = packing
+        self._backbone = unwrap_backbone(model)
+        if compile:
+            self._backbone = torch.compile(self._backbone, dynamic=True)
 
     @classmethod
     def from_pretrained(
@@ -225,6 +123,9 @@ class Reranker:
         safe_text: bool = True,
         attn_implementation: str | None = None,
         show_progress: bool | None = None,
+        prefix_reuse: bool | str = False,
+        packing: bool = False,
+        compile: bool = False,
     ) -> Reranker:
         """Load a base checkpoint, an adapter (on its base), a merged export or a seq-cls export.
 
@@ -242,6 +143,9 @@ class Reranker:
             calibration=meta.get("calibration"),
             show_progress=show_progress,
             name=str(adapter or path_or_hub_id),
+            prefix_reuse=prefix_reuse,
+            packing=packing,
+            compile=compile,
         )
 
     # ----------------------------------------------------------------------------------------- scoring
@@ -271,20 +175,145 @@ class Reranker:
             yield batch
 
     @torch.inference_mode()
-    def logits_for_ids(self, ids: Sequence[Sequence[int]], batch_tokens: int | None = None) -> list[float]:
-        """Raw yes−no logits for already-encoded prompts, in input order."""
+    def logits_for_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        batch_tokens: int | None = None,
+        groups: Sequence[Sequence[int]] | None = None,
+    ) -> list[float]:
+        """Raw yes−no logits for already-encoded prompts, in input order.
+
+        Args:
+            ids: prompt token ids (see `encode`).
+            batch_tokens: token budget per forward pass (default: the instance's).
+            groups: index lists of prompts that share a query and instruction (candidates for prefix reuse).
+        """
         out = [0.0] * len(ids)
-        lengths = [len(x) for x in ids]
         show = self.show_progress if self.show_progress is not None else len(ids) >= 1024
         from tqdm.auto import tqdm
 
         with tqdm(total=len(ids), desc="scoring", unit="pair", disable=not show) as bar:
-            for batch in self.batches(lengths, batch_tokens):
-                inputs = collate([ids[i] for i in batch], self.tokenizer.pad_token_id, self.device)
-                logits = yes_no_logits(self.model, **inputs, yes_id=self.encoder.yes_id, no_id=self.encoder.no_id)
-                for i, value in zip(batch, logits.tolist(), strict=True):
-                    out[i] = value
-                bar.update(len(batch))
+            rest = list(range(len(ids)))
+            if self.prefix_reuse and groups:
+                done: set[int] = set()
+                for group in groups:
+                    shared = _shared_prefix([ids[i] for i in group])
+                    if self.prefix_reuse == "auto" and (len(group) < 2 or shared < MIN_SHARED_PREFIX):
+                        continue
+                    if shared == 0:
+                        continue
+                    values = self._logits_shared_prefix(
+                        ids[group[0]][:shared], [ids[i][shared:] for i in group], batch_tokens
+                    )
+                    for i, value in zip(group, values, strict=True):
+                        out[i] = value
+                    done.update(group)
+                    bar.update(len(group))
+                rest = [i for i in rest if i not in done]
+            run = self._logits_packed if self.packing else self._logits_padded
+            for i, value in zip(rest, run([ids[i] for i in rest], batch_tokens, bar), strict=True):
+                out[i] = value
+        return out
+
+    def _logits_padded(self, ids, batch_tokens, bar) -> list[float]:
+        """Length-sorted, right-padded token-budget batches."""
+        out = [0.0] * len(ids)
+        for batch in self.batches([len(x) for x in ids], batch_tokens):
+            inputs = collate([ids[i] for i in batch], self.tokenizer.pad_token_id, self.device)
+            logits = yes_no_logits(self.model, **inputs, yes_id=self.encoder.yes_id, no_id=self.encoder.no_id)
+            for i, value in zip(batch, logits.tolist(), strict=True):
+                out[i] = value
+            bar.update(len(batch))
+        return out
+
+    def _head(self) -> torch.Tensor:
+        return head_vector(self.model, self.encoder.yes_id, self.encoder.no_id).to(self.device)
+
+    def _logits_packed(self, ids, batch_tokens, bar) -> list[float]:
+        """Prompts packed into rows: position ids restart at each prompt and no attention mask is passed, which
+        transformers reads as packed sequences (block-diagonal causal attention). The row tail is filled with a
+        pad segment that starts at position 0, so it is a sequence of its own that nothing attends to."""
+        out = [0.0] * len(ids)
+        budget = batch_tokens or self.batch_tokens
+        if not ids:
+            return out
+        # row capacity: PACKED_ROW_TOKENS (within the budget), or the longest prompt if that is longer
+        row_len = max(max(len(x) for x in ids), min(PACKED_ROW_TOKENS, budget))
+        # first-fit decreasing: longest prompts first, each into the first row with room
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
+            for r, free in enumerate(room):
+                if len(ids[i]) <= free:
+                    rows[r].append(i)
+                    room[r] -= len(ids[i])
+                    break
+            else:
+                rows.append([i])
+                room.append(row_len - len(ids[i]))
+        w = self._head()
+        per_batch = max(1, budget // max(row_len, 1))
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(rows), per_batch):
+            chunk = rows[start : start + per_batch]
+            width = max(row_len - room[start + r] for r in range(len(chunk)))  # no all-pad columns
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            positions = torch.zeros((len(chunk), width), dtype=torch.long)
+            where: list[tuple[int, int, int]] = []  # (prompt index, row, position of its last token)
+            for r, members in enumerate(chunk):
+                col = 0
+                for i in members:
+                    n = len(ids[i])
+                    input_ids[r, col : col + n] = torch.as_tensor(ids[i])
+                    positions[r, col : col + n] = torch.arange(n)
+                    where.append((i, r, col + n - 1))
+                    col += n
+                positions[r, col:] = torch.arange(width - col)  # the pad segment
+            hidden = self._backbone(
+                input_ids=input_ids.to(self.device), position_ids=positions.to(self.device), use_cache=False
+            ).last_hidden_state
+            rows_idx = torch.as_tensor([r for _, r, _ in where], device=self.device)
+            cols_idx = torch.as_tensor([c for _, _, c in where], device=self.device)
+            logits = (hidden[rows_idx, cols_idx].float() @ w).tolist()
+            for (i, _, _), value in zip(where, logits, strict=True):
+                out[i] = value
+            bar.update(len(where))
+        return out
+
+    def _logits_shared_prefix(self, prefix: list[int], rests: list[list[int]], batch_tokens) -> list[float]:
+        """Run the shared prefix once, then each batch of remainders on a copy of its KV cache."""
+        from transformers import DynamicCache
+
+        backbone = self._backbone
+        config = unwrap_backbone(self.model).config
+        head = backbone(
+            input_ids=torch.as_tensor([prefix], device=self.device),
+            **{_cache_kwarg(): DynamicCache(config=config)},
+            use_cache=True,
+        )
+        cache = getattr(head, "cache", None) or head.past_key_values
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        n_prefix = len(prefix)
+        w = self._head()
+        out = [0.0] * len(rests)
+        for batch in self.batches([len(x) for x in rests], batch_tokens):
+            inputs = collate([rests[i] for i in batch], self.tokenizer.pad_token_id, self.device)
+            rows, width = inputs["input_ids"].shape
+            batch_cache = DynamicCache(config=config)
+            for layer, (k, v) in enumerate(kv):
+                batch_cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), layer)
+            ones = torch.ones((rows, n_prefix), dtype=inputs["attention_mask"].dtype, device=self.device)
+            positions = (torch.arange(width, device=self.device) + n_prefix).expand(rows, width)
+            hidden = backbone(
+                input_ids=inputs["input_ids"],
+                attention_mask=torch.cat([ones, inputs["attention_mask"]], dim=1),
+                position_ids=positions,
+                use_cache=True,
+                **{_cache_kwarg(): batch_cache},
+            ).last_hidden_state
+            last = hidden[torch.arange(rows, device=self.device), inputs["last_index"]].float()
+            for i, value in zip(batch, (last @ w).tolist(), strict=True):
+                out[i] = value
         return out
 
     def score_pairs(
@@ -312,7 +341,13 @@ class Reranker:
                 else (instruction[n] if isinstance(instruction, (list, tuple)) else instruction)
             )
             triples.append((pair[0], pair[1], inst))
-        logits = self.logits_for_ids(self.encode(triples))
+        groups = None
+        if self.prefix_reuse:
+            by_key: dict[tuple[str, str | None], list[int]] = {}
+            for n, (query, _, inst) in enumerate(triples):
+                by_key.setdefault((query, inst), []).append(n)
+            groups = list(by_key.values())
+        logits = self.logits_for_ids(self.encode(triples), groups=groups)
         return [self._normalize(x) for x in logits] if normalize else logits
 
     def score(

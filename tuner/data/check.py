@@ -149,6 +149,8 @@ def check_file(
     stats, warnings = group_stats(loaded.groups)
     stats["empty_texts"] = sum(1 for e in loaded.errors if "empty text" in e)
     stats["pair_queries_without_positive"] = loaded.skipped_no_positive
+    for key, where in loaded.unknown_fields.items():
+        warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it)")
     if loaded.skipped_no_positive:
         warnings.append(f"{loaded.skipped_no_positive} pair-file queries have no positive label and were left out")
     if tokens and loaded.groups:

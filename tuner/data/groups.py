@@ -40,14 +40,6 @@ _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
 
 
 @dataclass
-class RowSource:
-    """Where rows come from: `where(i)` names row `i` in messages (`file:line` or `file: row n`)."""
-
-    name: str
-    rows: Iterator[tuple[str, Any]]
-
-
-@dataclass
 class LoadResult:
     """Groups plus what a check reports besides them.
 
@@ -56,12 +48,15 @@ class LoadResult:
         rows: rows read.
         errors: messages for bad rows (only filled when loading with `collect_errors=True`).
         skipped_no_positive: pair-file queries whose labels were all <= 0 (no training signal; left out).
+        unknown_fields: field name → first row that has it, for fields no loader reads (often a typo,
+            such as "negs", that would silently drop data).
     """
 
     groups: list[Group] = field(default_factory=list)
     rows: int = 0
     errors: list[str] = field(default_factory=list)
     skipped_no_positive: int = 0
+    unknown_fields: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -141,8 +136,6 @@ def _iter_datasets(source: str, split: str | None, **kwargs) -> Iterator[tuple[s
         raise DataError(f"{source}: reading it needs `datasets` (pip install tuner[data])") from err
     try:
         ds = datasets.load_dataset(*kwargs.pop("args"), split=split or "train", **kwargs)
-    except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
-        raise DataError(f"{source}: cannot load ({type(err).__name__}: {err})") from None
     except Exception as err:  # datasets raises its own hierarchy (DatasetNotFoundError, ArrowInvalid, ...)
         raise DataError(f"{source}: cannot load ({type(err).__name__}: {err})") from None
     for n, row in enumerate(ds, 1):
@@ -338,6 +331,9 @@ def read_groups(
         try:
             if isinstance(row, DataError):
                 raise row
+            if isinstance(row, Mapping):
+                for key in row.keys() - (_PAIR_KEYS if _is_pair(row) else _GROUP_KEYS):
+                    result.unknown_fields.setdefault(str(key), where)
             if _is_pair(row):
                 query, instruction, document, label, qid = parse_pair(row, where)
                 key = (query, instruction)

@@ -1,0 +1,195 @@
+"""Hard-negative mining: BM25 candidates, judged positives never negatives, seeded sampling, reranker filter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+from tuner.data import load_beir, load_groups, write_groups
+from tuner.data.check import check_file
+from tuner.mining import MiningStats, mine_negatives
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_beir(root: Path) -> Path:
+    """A 40-document collection where each query's words appear, fading, in many documents."""
+    root.mkdir(parents=True, exist_ok=True)
+    topics = ["solar panel efficiency", "protein folding energy", "river flood model"]
+    docs = []
+    for t, topic in enumerate(topics):
+        words = topic.split()
+        for i in range(12):
+            # doc i repeats the topic words fewer times as i grows, so BM25 ranks them in order i
+            text = " ".join([*(words * max(1, 12 - i)), f"filler{t}x{i}"])
+            docs.append({"_id": f"{t}-{i}", "title": "", "text": text})
+    docs.append({"_id": "dup", "title": "", "text": docs[3]["text"]})  # same text as the positive 0-3
+    docs += [{"_id": f"other{i}", "title": "misc", "text": f"unrelated words number {i}"} for i in range(3)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    queries = [{"_id": f"q{t}", "text": topic} for t, topic in enumerate(topics)]
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    (root / "qrels").mkdir(exist_ok=True)
+    qrels = ["query-id\tcorpus-id\tscore", "q0\t0-3\t1", "q0\t0-6\t0", "q1\t1-0\t2", "q1\t1-1\t1", "q2\t2-5\t1"]
+    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def beir(tmp_path):
+    return load_beir(make_beir(tmp_path / "mini"), "train")
+
+
+def _ids(group, corpus) -> list[str]:
+    by_text = {}
+    for doc_id, doc in corpus.items():
+        by_text.setdefault(doc["text"], doc_id)
+    return [by_text[d["text"]] for d in group.neg]
+
+
+def test_negatives_come_from_the_rank_range_and_never_are_judged_positives(beir, tmp_path):
+    stats = MiningStats()
+    groups = mine_negatives(
+        beir, depth=20, range_min=1, range_max=12, num_negatives=20, sampling="top",
+        cache_dir=tmp_path / "cache", show_progress=False, stats=stats,
+    )  # fmt: skip
+    assert [g.qid for g in groups] == ["q0", "q1", "q2"]
+    assert (stats.queries, stats.groups, stats.full) == (3, 3, 0)
+    q0 = _ids(groups[0], beir.corpus)
+    # rank 0 is 0-0 (skipped by range_min=1); 0-3 is the positive and "dup" has its text: both excluded.
+    # 0-6 is judged non-relevant (score 0): a valid negative.
+    assert "0-0" not in q0 and "0-3" not in q0 and "dup" not in q0
+    assert "0-6" in q0 and q0 == [d for d in q0 if d.startswith("0-")]
+    assert [d["text"] for d in groups[0].pos] == [beir.corpus["0-3"]["text"]]
+    q1 = _ids(groups[1], beir.corpus)
+    assert "1-0" not in q1 and "1-1" not in q1 and len(groups[1].pos) == 2  # graded positives (2 and 1)
+    for g in groups:
+        pos_texts = {d["text"] for d in g.pos}
+        assert not any(d["text"] in pos_texts for d in g.neg)
+    # "top" sampling keeps BM25 order; range_max=12 bounds it
+    assert q0 == sorted(q0, key=lambda d: int(d.split("-")[1]))
+    assert len(q0) <= 11
+
+
+def test_sampling_is_seeded_and_per_query(beir, tmp_path):
+    kwargs = dict(depth=20, range_min=0, range_max=20, num_negatives=4, cache_dir=tmp_path / "c", show_progress=False)
+    a = mine_negatives(beir, seed=0, **kwargs)
+    assert mine_negatives(beir, seed=0, **kwargs) == a
+    assert mine_negatives(beir, seed=1, **kwargs) != a
+    # a query's negatives do not depend on which other queries are mined
+    beir.qrels = {"q1": beir.qrels["q1"]}
+    assert mine_negatives(beir, seed=0, **kwargs) == [a[1]]
+
+
+def test_bm25_index_is_cached(beir, tmp_path):
+    cache = tmp_path / "cache"
+    first = mine_negatives(beir, cache_dir=cache, show_progress=False)
+    (index,) = list(cache.glob("bm25-*"))
+    stamp = index.stat().st_mtime_ns
+    assert mine_negatives(beir, cache_dir=cache, show_progress=False) == first
+    assert [p.name for p in cache.iterdir()] == [index.name] and index.stat().st_mtime_ns == stamp
+
+
+class FakeReranker:
+    """Logit 4 for judged positives and documents with a marker word (likely false negatives), else -3."""
+
+    def __init__(self, beir, markers: tuple[str, ...]) -> None:
+        self.high = {beir.corpus[d]["text"] for j in beir.qrels.values() for d, rel in j.items() if rel > 0}
+        self.markers = markers
+        self.calls: list[tuple] = []
+
+    def score_pairs(self, pairs, instruction=None, normalize=True):
+        assert normalize is False  # mining works on logits
+        self.calls.extend((q, d["text"], instruction) for q, d in pairs)
+        return [4.0 if d["text"] in self.high or any(m in d["text"] for m in self.markers) else -3.0 for _, d in pairs]
+
+
+def test_reranker_filters_false_negatives_and_gives_teacher_scores(beir, tmp_path):
+    reranker = FakeReranker(beir, ("filler0x5", "filler1x4"))
+    stats = MiningStats()
+    kwargs = dict(depth=20, range_min=0, range_max=20, sampling="top", cache_dir=tmp_path / "c", show_progress=False)
+    groups = mine_negatives(
+        beir, num_negatives=10, reranker=reranker, teacher_scores=True, instruction="Judge it", stats=stats, **kwargs
+    )
+    by_qid = {g.qid: g for g in groups}
+    q0, q1 = _ids(by_qid["q0"], beir.corpus), _ids(by_qid["q1"], beir.corpus)
+    assert "0-5" not in q0 and "1-4" not in q1  # scored like a positive: dropped as a likely false negative
+    assert len(q0) == 10 and len(q1) == 9
+    assert stats.filtered == 2 and stats.scored_pairs == len(reranker.calls)
+    assert {c[2] for c in reranker.calls} == {"Judge it"}
+    for g in groups:
+        assert g.pos_scores == [4.0] * len(g.pos) and g.neg_scores == [-3.0] * len(g.neg)
+    report = check_file(write_groups(groups, tmp_path / "teacher.jsonl"), tokens=False)
+    assert report.ok and report.stats["with_teacher_scores"] == len(groups)
+
+    # margins off: nothing is dropped; max_score alone drops the high ones again
+    loose = mine_negatives(beir, num_negatives=10, reranker=FakeReranker(beir, ("filler0x5",)), margin=None, **kwargs)
+    assert "0-5" in _ids(loose[0], beir.corpus) and loose[0].neg_scores is None
+    capped = mine_negatives(
+        beir, num_negatives=10, reranker=FakeReranker(beir, ("filler0x5",)), margin=None, max_score=0.5, **kwargs
+    )
+    assert "0-5" not in _ids(capped[0], beir.corpus)
+
+    # candidates are scored lazily: enough for 2 negatives needs one chunk of 8, not the whole range
+    lazy = FakeReranker(beir, ())
+    mine_negatives(beir, num_negatives=2, reranker=lazy, **kwargs)
+    assert len(lazy.calls) == sum(len(g.pos) + 8 for g in groups)
+
+
+def test_tiny_reranker_teacher_scores_match_its_logits(beir, tmp_path, tiny_reranker):
+    groups = mine_negatives(
+        beir, depth=10, range_min=0, range_max=10, num_negatives=2, reranker=tiny_reranker, margin=None,
+        teacher_scores=True, cache_dir=tmp_path / "c", show_progress=False,
+    )  # fmt: skip
+    g = groups[0]
+    expected = tiny_reranker.score_pairs([(g.query, d) for d in g.pos + g.neg], normalize=False)
+    assert g.pos_scores + g.neg_scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
+    folder = make_beir(tmp_path / "mini")
+    out = tmp_path / "out" / "train.jsonl"
+    args = ["mine", "--beir", str(folder), "--split", "train", "--out", str(out), "--num-negatives", "3"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "wrote 3 groups for 3 judged queries" in capsys.readouterr().out
+    assert len(list(out.parent.glob("bm25-*"))) == 1
+    report = check_file(out, tokens=False)
+    assert report.ok and report.stats["neg_per_query"]["min"] == 3
+    assert main(["data", "check", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for line in ("rows: 3    groups: 3", "negatives per query: 3 / 3 / 3", "query tokens:", "prompt tokens:"):
+        assert line in printed
+    assert "truncated at max_length 8192: 0 pairs" in printed and printed.rstrip().endswith("0 errors, 0 warnings")
+    assert main([*args, "--teacher-scores"]) == 2
+    assert "--teacher-scores needs --reranker" in capsys.readouterr().err
+    assert main(["mine", "--beir", str(tmp_path / "nope"), "--out", str(out)]) == 2
+
+
+def test_bundled_scifact_train_mines_seven_bm25_negatives(tmp_path):
+    """The acceptance figure: >= 7 negatives for >= 95% of SciFact train queries, none judged positive."""
+    beir = load_beir(REPO / "data" / "scifact", "train")
+    out = tmp_path / "scifact-train.jsonl"
+    assert main(["mine", "--beir", str(REPO / "data" / "scifact"), "--out", str(out), "--no-progress"]) == 0
+    groups = load_groups(out)
+    assert len(beir.queries) == 809
+    full = sum(1 for g in groups if len(g.neg) >= 7)
+    assert full >= 0.95 * len(beir.queries)
+    id_by_text = {}
+    for doc_id, doc in beir.corpus.items():
+        id_by_text.setdefault((doc["title"], doc["text"]), set()).add(doc_id)
+    for g in groups:
+        judged = {d for d, rel in beir.qrels[g.qid].items() if rel > 0}
+        for doc in g.neg:
+            assert not id_by_text[(doc.get("title", ""), doc["text"])] & judged
+    assert check_file(out, tokens=False).ok
+
+
+def test_bundled_collections_have_readme_and_license():
+    for name, split in (("scifact", "test"), ("cranfield", "test")):
+        folder = REPO / "data" / name
+        readme = (folder / "README.md").read_text(encoding="utf-8")
+        assert "## License" in readme
+        beir = load_beir(folder, split)
+        assert beir.queries and all(d in beir.corpus for j in beir.qrels.values() for d in j)
