@@ -137,3 +137,112 @@ def test_bad_candidates_and_sampling():
     assert ev.first_stage_metrics()["ndcg@10"] == pytest.approx(0.5)  # r has no candidates: 0
     assert sample_queries(list("abcdef"), 3, seed=0) == sample_queries(list("abcdef"), 3, seed=0)
     assert len(sample_queries(list("abcdef"), 3)) == 3 and sample_queries(list("ab"), None) == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------------- report
+def test_paired_stats_hand_computed():
+    from scipy.stats import ttest_rel
+
+    from tuner.report import paired_stats
+
+    ref, other = [0.0, 0.0, 0.0, 1.0, 0.5], [1.0, 0.0, 0.5, 0.0, 0.75]
+    st = paired_stats(ref, other)
+    assert st["delta"] == pytest.approx(0.15)
+    assert (st["wins"], st["ties"], st["losses"], st["queries"]) == (3, 1, 1, 5)
+    assert st["p_ttest"] == pytest.approx(ttest_rel(other, ref).pvalue)
+    assert 0.0 < st["p_randomization"] <= 1.0
+    same = paired_stats(ref, ref)
+    assert (same["delta"], same["ties"], same["p_ttest"], same["p_randomization"]) == (0.0, 5, 1.0, 1.0)
+    better = paired_stats([0.0] * 40, [0.5 + 0.01 * i for i in range(40)])
+    assert better["p_randomization"] < 0.001 and better["p_ttest"] < 0.001
+    with pytest.raises(ValueError):
+        paired_stats([0.0], [0.0, 1.0])
+
+
+def _random_adapter(base_dir, out_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def _table_rows(markdown: str) -> dict[str, list[float]]:
+    """The first table of report.md: label → the four metric values (deltas dropped)."""
+    rows = {}
+    for line in markdown.split("## Paired")[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[1][:1].isdigit():
+            rows[cells[0].strip("*")] = [float(c.split()[0]) for c in cells[1:5]]
+    return rows
+
+
+def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
+    from tuner.cli import main
+    from tuner.metrics import evaluate_per_query, mean
+    from tuner.retrieval import read_run
+
+    adapter = _random_adapter(tiny_model_dir, tmp_path / "adapter")
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--beir", str(beir_dir)]
+    argv += ["--top-k", "5", "--out", str(out), "--instructions", "default", "none", "--no-progress"]
+    assert main([*argv, "--cache-dir", ""]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    labels = [s["label"] for s in summary["systems"]]
+    assert labels == ["first stage (BM25)", "base [default]", "base [none]", "tuned [default]", "tuned [none]"]
+    assert summary["reference"] == "base [default]" and summary["queries"] == 5
+    by_label = {s["label"]: s for s in summary["systems"]}
+    assert by_label["tuned [default]"]["metrics"] != by_label["base [default]"]["metrics"]  # the adapter matters
+
+    # report.md shows exactly the figures of metrics.json
+    table = _table_rows((out / "report.md").read_text())
+    assert set(table) == set(labels)
+    for label, values in table.items():
+        expected = [by_label[label]["metrics"][m] for m in summary["metrics_order"]]
+        assert values == pytest.approx(expected, abs=5e-5)
+
+    # per_query.jsonl averages to metrics.json, and every run file re-evaluates to the same figures
+    rows = [json.loads(line) for line in (out / "per_query.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    qrels = {q: QRELS[q] for q in QRELS}
+    for label, entry in by_label.items():
+        per_query = {row["qid"]: row["metrics"][label] for row in rows}
+        assert mean(per_query) == pytest.approx(entry["metrics"], abs=1e-12)
+        from_file = mean(evaluate_per_query(qrels, read_run(out / entry["run_file"]), missing="zero"))
+        assert from_file == pytest.approx(entry["metrics"], abs=1e-12)
+        assert entry["pytrec_eval_max_abs_diff"] < 1e-6
+        if label != "base [default]":
+            stats = entry["vs_reference"]["ndcg@10"]
+            assert stats["wins"] + stats["ties"] + stats["losses"] == 5
+            assert stats["p_randomization"] is not None
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a TREC run file as candidates gives the same first stage; --compare loads an adapter on --model
+    out2 = tmp_path / "out2"
+    run_file = out / by_label["first stage (BM25)"]["run_file"]
+    argv2 = ["eval", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--candidates", str(run_file)]
+    argv2 += ["--compare", str(adapter), "--top-k", "5", "--out", str(out2), "--no-progress", "--cache-dir", ""]
+    assert main(argv2) == 0
+    second = json.loads((out2 / "metrics.json").read_text())["systems"]
+    assert [s["label"] for s in second] == [f"first stage ({run_file.name})", "model", "adapter"]
+    assert second[0]["metrics"] == pytest.approx(by_label["first stage (BM25)"]["metrics"], abs=1e-12)
+    assert second[1]["metrics"] == pytest.approx(by_label["base [default]"]["metrics"], abs=1e-9)
+    assert second[2]["metrics"] == pytest.approx(by_label["tuned [default]"]["metrics"], abs=1e-9)
+
+
+def test_cli_eval_user_errors(tmp_path, tiny_model_dir, beir_dir, capsys):
+    from tuner.cli import main
+
+    base = ["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main([*base, "--beir", str(beir_dir), "--candidates", str(tmp_path / "nope.trec")]) == 2
+    assert "neither 'bm25' nor an existing run file" in capsys.readouterr().err
+    assert main([*base, "--beir", str(beir_dir), "--split", "dev"]) == 2
+    assert "no qrels for split 'dev'" in capsys.readouterr().err
+    assert main([*base, "--beir", str(beir_dir), "--top-k", "0"]) == 2

@@ -258,8 +258,78 @@ def _run_config(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- eval
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="rerank first-stage candidates on a BEIR split; report first stage, base and tuned side by side",
+        description="Writes metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into --out.",
+    )
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
+    p.add_argument("--adapter", help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned")
+    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
+    p.add_argument("--split", default="test", help="qrels split (default test)")
+    p.add_argument("--candidates", default="bm25", help="'bm25' (default) or a TREC run file")
+    p.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default 100)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--instruction", help="task instruction for every pair (default: the model's)")
+    group.add_argument(
+        "--instructions",
+        nargs="+",
+        metavar="SPEC",
+        help="compare instructions: 'default', 'none' or a text, e.g. --instructions default none 'Find ...'",
+    )
+    p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_ADAPTER", help="more systems to score")
+    p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
+    p.add_argument("--max-queries", type=int, help="evaluate a reproducible sample of this many queries")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from tuner.evaluate import parse_instruction, run_eval
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_queries is not None and args.max_queries < 1:
+        raise UserError(f"--max-queries must be >= 1, got {args.max_queries}")
+    if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
+        raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
+    # None → the model's default instruction; "" → no instruction
+    instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
+    out = Path(args.out or Path("runs") / "eval" / f"{Path(args.beir).name}-{args.split}")
+    run_eval(
+        args.model,
+        args.beir,
+        out,
+        adapter=args.adapter,
+        split=args.split,
+        candidates=args.candidates,
+        top_k=args.top_k,
+        instructions=instructions,
+        compare=args.compare,
+        max_queries=args.max_queries,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        cache_dir=args.cache_dir or None,
+        show_progress=False if args.no_progress else None,
+    )
+    print((out / "report.md").read_text(encoding="utf-8").split("\n## Systems")[0].rstrip())
+    print(f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png")
+    return 0
+
+
 # Each verb registers its parser here; the issue that adds a verb adds one line.
-COMMANDS: list[Callable] = [_add_tiny_model, _add_score, _add_data, _add_mine, _add_train, _add_config]
+COMMANDS: list[Callable] = [_add_tiny_model, _add_score, _add_data, _add_mine, _add_eval, _add_train, _add_config]
 
 
 def build_parser() -> argparse.ArgumentParser:

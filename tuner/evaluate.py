@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class Evaluator:
         name: str = "dev",
         metrics: Sequence[str] = DEFAULT_METRICS,
         primary_metric: str = "ndcg@10",
-        chunk_pairs: int = 4096,
+        chunk_pairs: int = 1024,
         show_progress: bool | None = None,
     ) -> None:
         if top_k < 1:
@@ -204,23 +204,30 @@ class Evaluator:
             chunks.append(current)
         return chunks
 
-    def _encoded(self, reranker, instruction: str | None) -> list[tuple[list[str], list]]:
-        """Prompt ids per chunk; cached per tokenizer, budget and instruction."""
+    def _encoded(self, reranker, instruction: str | None) -> Iterator[tuple[list[str], list]]:
+        """(query ids, prompt ids) per chunk, encoded lazily; kept per tokenizer, budget and instruction."""
         enc = reranker.encoder
         effective = reranker.instruction if instruction is None else instruction
         tok = enc.tokenizer
         key = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok), enc.max_length, enc.safe_text, effective)
         chunks = self._chunks()
         if key in self._cache:
-            return list(zip(chunks, self._cache[key], strict=True))
-        out = []
+            yield from zip(chunks, self._cache[key], strict=True)
+            return
+        kept: list[list[np.ndarray]] | None = []
+        tokens = 0
         for qids in chunks:
             triples = [(self.queries[q], self.corpus[d], instruction) for q in qids for d in self.candidates[q]]
             # int32 arrays: a tenth of the memory of Python int lists; collate accepts any sequence
-            out.append([np.asarray(ids, dtype=np.int32) for ids in reranker.encode(triples)])
-        if sum(len(x) for chunk in out for x in chunk) <= CACHE_TOKENS:
-            self._cache[key] = out
-        return list(zip(chunks, out, strict=True))
+            ids = [np.asarray(x, dtype=np.int32) for x in reranker.encode(triples)]
+            tokens += sum(len(x) for x in ids)
+            if kept is not None and tokens <= CACHE_TOKENS:
+                kept.append(ids)
+            else:
+                kept = None  # too large to keep: encode again next time
+            yield qids, ids
+        if kept is not None:
+            self._cache[key] = kept
 
     def rerank(self, reranker, instruction: str | None = _UNSET, label: str = "reranker") -> tuple[Run, float]:
         """Reranked lists `{qid: [(doc id, logit)]}` in trec_eval order, and the scoring wall time (s)."""
@@ -302,3 +309,118 @@ def _as_reranker(model, tokenizer, kwargs: dict[str, Any]):
         raise TypeError("evaluating a bare model needs its tokenizer: evaluator(model, tokenizer)")
     kwargs.setdefault("show_progress", False)
     return Reranker(model, tokenizer, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ tuner eval
+def parse_instruction(spec: str | None) -> str | None:
+    """CLI instruction spec → instruction: `default` (or None) → None (the model's default), `none` → ""."""
+    if spec is None or spec.strip().lower() == "default":
+        return None
+    if spec.strip().lower() == "none":
+        return ""
+    return spec
+
+
+def _instruction_tag(instruction: str | None, n: int) -> str:
+    if instruction is None:
+        return "default"
+    if instruction == "":
+        return "none"
+    return f"custom {n}"
+
+
+def _unique(label: str, taken: set[str]) -> str:
+    out, n = label, 2
+    while out in taken:
+        out, n = f"{label} ({n})", n + 1
+    taken.add(out)
+    return out
+
+
+def run_eval(
+    model: str,
+    beir: str | Path,
+    out_dir: str | Path,
+    adapter: str | None = None,
+    split: str = "test",
+    candidates: str | Path = "bm25",
+    top_k: int = 100,
+    instructions: Sequence[str | None] = (None,),
+    compare: Sequence[str] = (),
+    max_queries: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool | None = True,
+) -> dict[str, Any]:
+    """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
+
+    With an adapter, the base is the same loaded model with the adapter disabled (no second copy in memory).
+    Each model is scored under each instruction of `instructions` (None → its default, "" → none). Comparison
+    adapters load on `model` as base; comparison models load on their own, one at a time, after the main model
+    is released. The first model row is the reference for deltas and paired tests.
+
+    Returns:
+        The summary written to `out_dir/metrics.json`.
+    """
+    import gc
+
+    from tuner.report import write_report
+    from tuner.scoring import Reranker
+
+    instructions = list(instructions) or [None]
+    evaluator = Evaluator.from_beir(
+        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
+    )
+    source = "BM25" if str(candidates).lower() == "bm25" else str(candidates)
+    results = [evaluator.first_stage_result(f"first stage ({Path(source).name})")]
+    results[0].info = {"model": source}
+    taken = {results[0].label}
+    load_kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
+    if max_length is not None:
+        load_kwargs["max_length"] = max_length
+
+    def score_all(reranker, label: str, info: dict[str, Any]) -> None:
+        for n, instruction in enumerate(instructions, 1):
+            name = label if len(instructions) == 1 else f"{label} [{_instruction_tag(instruction, n)}]"
+            result = evaluator.evaluate(reranker, instruction=instruction, label=_unique(name, taken))
+            result.info = {**info, **result.info}
+            results.append(result)
+
+    reranker = Reranker.from_pretrained(model, adapter=adapter, **load_kwargs)
+    if hasattr(reranker.model, "disable_adapter"):  # PEFT: base = adapter disabled, same weights in memory
+        adapter_name = adapter or model
+        with reranker.model.disable_adapter():
+            score_all(reranker, "base", {"model": model, "adapter": None, "note": "adapter disabled"})
+        score_all(reranker, "tuned", {"model": model, "adapter": adapter_name})
+    else:
+        score_all(reranker, Path(model).name or model, {"model": model, "adapter": None})
+    del reranker
+    gc.collect()
+
+    main_is_adapter = adapter is None and (Path(model) / "adapter_config.json").is_file()
+    for other in compare:
+        if (Path(other) / "adapter_config.json").is_file() and not main_is_adapter:
+            other_reranker = Reranker.from_pretrained(model, adapter=other, **load_kwargs)
+            info = {"model": model, "adapter": other}
+        else:
+            other_reranker = Reranker.from_pretrained(other, **load_kwargs)
+            info = {"model": other, "adapter": None}
+        score_all(other_reranker, Path(other).name or other, info)
+        del other_reranker
+        gc.collect()
+
+    meta = {
+        "dataset": Path(beir).name,
+        "split": split,
+        "candidates": source,
+        "top_k": top_k,
+        "pairs_per_model": evaluator.num_pairs,
+        "instructions": instructions,
+        "max_queries": max_queries,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return write_report(out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels)

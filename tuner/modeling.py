@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tuner.scoring import ModelNotFoundError, _check_reachable
+from tuner.loading import ModelNotFoundError, _check_reachable
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def prepare_base(model: ModelConfig, out: Path) -> str:
                 kv_heads=2 if heads == 4 else 1,
             )
         return str(path)
-    from tuner.scoring import _check_reachable
+    from tuner.loading import _check_reachable
 
     _check_reachable(model.name_or_path)
     return model.name_or_path
@@ -49,7 +49,7 @@ def prepare_base(model: ModelConfig, out: Path) -> str:
 
 def read_tokenizer(base: str):
     """The base's tokenizer (or the shipped Qwen3 one when the base has none), prepared for batching."""
-    from tuner.scoring import _load_tokenizer_for
+    from tuner.loading import _load_tokenizer_for
 
     return _load_tokenizer_for(base, None)
 
@@ -210,7 +210,7 @@ def write_meta(
     eval: dict[str, Any],
 ) -> None:
     """The adapter's `tuner.json`: what `Reranker.from_pretrained` and the export helper read."""
-    from tuner.scoring import TUNER_META
+    from tuner.loading import TUNER_META
 
     atomic_write_json(
         Path(target) / TUNER_META,

@@ -1,0 +1,307 @@
+"""The evaluation report: paired statistics, `metrics.json`, `per_query.jsonl`, run files, `report.md`, `report.png`.
+
+Every figure in `report.md` and `report.png` is read from the same summary that becomes `metrics.json`, so the
+three cannot disagree. Comparisons are paired by query against a reference system (the first model listed):
+mean delta, wins / ties / losses, a paired t-test and a paired randomization (sign-flip) test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.evaluate import EvalResult
+from tuner.metrics import Qrels, parse_metric, ranked_ids
+
+__all__ = [
+    "atomic_write",
+    "build_summary",
+    "crosscheck_pytrec_eval",
+    "paired_stats",
+    "plot_deltas",
+    "render_markdown",
+    "slug",
+    "write_report",
+]
+
+TIE_TOLERANCE = 1e-9  # per-query differences this small are ties (float noise, not a win)
+_PRETTY = {"ndcg": "nDCG", "mrr": "MRR", "map": "MAP", "recall": "Recall", "precision": "P"}
+
+
+def pretty_metric(name: str) -> str:
+    """`ndcg@10` → `nDCG@10`."""
+    kind, k = parse_metric(name)
+    return _PRETTY[kind] + (f"@{k}" if k else "")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a system label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower() or "run"
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write a file through a temporary file in the same folder and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def paired_stats(
+    reference: Sequence[float], other: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """Paired comparison of per-query values (same query order in both).
+
+    Returns:
+        `delta` (mean of other − reference), `wins` / `ties` / `losses` (queries where other is better / equal /
+        worse), `p_ttest` (two-sided paired t-test, scipy) and `p_randomization` (two-sided sign-flip test with
+        `resamples` draws, add-one smoothed). p-values are 1.0 when every difference is 0 and None when the test
+        is undefined (e.g. one query, or all differences equal and non-zero for the t-test).
+    """
+    a, b = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in length: {a.shape} vs {b.shape}")
+    diff = b - a
+    n = diff.size
+    out: dict[str, Any] = {
+        "delta": float(diff.mean()) if n else 0.0,
+        "wins": int((diff > TIE_TOLERANCE).sum()),
+        "ties": int((np.abs(diff) <= TIE_TOLERANCE).sum()),
+        "losses": int((diff < -TIE_TOLERANCE).sum()),
+        "queries": int(n),
+        "p_ttest": None,
+        "p_randomization": None,
+    }
+    if n == 0 or np.all(np.abs(diff) <= TIE_TOLERANCE):
+        out["p_ttest"] = out["p_randomization"] = 1.0 if n else None
+        return out
+    if n > 1:
+        from scipy.stats import ttest_rel
+
+        p = float(ttest_rel(b, a).pvalue)
+        out["p_ttest"] = None if math.isnan(p) else p
+    rng = np.random.default_rng(seed)
+    observed = abs(diff.mean())
+    extreme = 0
+    for start in range(0, resamples, 1000):  # blocks bound memory on large query sets
+        size = min(1000, resamples - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(size, n))
+        extreme += int((np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12).sum())
+    out["p_randomization"] = (extreme + 1) / (resamples + 1)
+    return out
+
+
+def crosscheck_pytrec_eval(qrels: Qrels, run: Mapping[str, Sequence[tuple[str, float]]], per_query) -> float | None:
+    """Largest |ours − trec_eval| over queries and metrics, computed through pytrec_eval; None if not installed.
+
+    MRR@k is checked as trec_eval's `recip_rank` on the run cut to its top k; a query the run lacks is left out
+    (pytrec_eval does not see it; ours counts it 0 in the means).
+    """
+    try:
+        import pytrec_eval
+    except ImportError:
+        return None
+    names = {"ndcg": "ndcg_cut", "map": "map_cut", "recall": "recall", "precision": "P"}
+    metrics = list(next(iter(per_query.values()), {}))
+    judged = {q: dict(v) for q, v in qrels.items() if q in run}
+    as_dict = {q: {d: float(s) for d, s in run[q]} for q in judged if run[q]}
+    worst = 0.0
+    for metric in metrics:
+        kind, k = parse_metric(metric)
+        if kind == "mrr":
+            cut = as_dict if k is None else {q: {d: r[d] for d in ranked_ids(r)[:k]} for q, r in as_dict.items()}
+            ref = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
+            key = "recip_rank"
+        else:
+            measure = names[kind] + (f".{k}" if k else "")
+            ref = pytrec_eval.RelevanceEvaluator(judged, {measure}).evaluate(as_dict)
+            key = measure.replace(".", "_")
+        for q, values in ref.items():
+            worst = max(worst, abs(values[key] - per_query[q][metric]))
+    return worst
+
+
+# --------------------------------------------------------------------------------------------- summary
+def build_summary(
+    results: Sequence[EvalResult],
+    reference: int,
+    metrics: Sequence[str],
+    primary_metric: str,
+    meta: Mapping[str, Any],
+    qrels: Qrels | None = None,
+) -> dict[str, Any]:
+    """The content of `metrics.json`: one entry per system with its means and paired stats vs the reference."""
+    ref = results[reference]
+    qids = list(ref.per_query)
+    systems = []
+    for i, result in enumerate(results):
+        entry: dict[str, Any] = {
+            "label": result.label,
+            "metrics": {m: result.metrics[m] for m in metrics},
+            "seconds": round(result.seconds, 3),
+            "pairs": result.pairs,
+            "run_file": f"runs/{i:02d}-{slug(result.label)}.trec",
+            **result.info,
+        }
+        if i != reference:
+            entry["vs_reference"] = {
+                m: paired_stats([ref.per_query[q][m] for q in qids], [result.per_query[q][m] for q in qids])
+                for m in metrics
+            }
+        if qrels is not None:
+            entry["pytrec_eval_max_abs_diff"] = crosscheck_pytrec_eval(qrels, result.run, result.per_query)
+        systems.append(entry)
+    return {
+        **meta,
+        "queries": len(qids),
+        "metrics_order": list(metrics),
+        "primary_metric": primary_metric,
+        "reference": ref.label,
+        "systems": systems,
+    }
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """`report.md` from a summary (see `build_summary`)."""
+    metrics = summary["metrics_order"]
+    primary = summary["primary_metric"]
+    ref = summary["reference"]
+    title = f"{summary.get('dataset', 'evaluation')} / {summary.get('split', '')}".rstrip(" /")
+    lines = [f"# Evaluation: {title}", ""]
+    facts = [
+        f"{summary['queries']} queries",
+        f"candidates: {summary.get('candidates', '?')} top-{summary.get('top_k')}",
+    ]
+    if summary.get("pairs_per_model"):
+        facts.append(f"{summary['pairs_per_model']:,} pairs per model")
+    facts.append(f"reference: **{ref}** (deltas in parentheses are against it)")
+    lines += [" · ".join(facts), ""]
+    lines.append("| system | " + " | ".join(pretty_metric(m) for m in metrics) + " | time (s) |")
+    lines.append("|---" * (len(metrics) + 2) + "|")
+    for s in summary["systems"]:
+        cells = []
+        for m in metrics:
+            value = f"{s['metrics'][m]:.4f}"
+            if "vs_reference" in s:
+                value += f" ({s['vs_reference'][m]['delta']:+.4f})"
+            cells.append(value)
+        label = f"**{s['label']}**" if s["label"] == ref else s["label"]
+        seconds = f"{s['seconds']:.1f}" if s.get("pairs") else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds} |")
+    lines += ["", f"## Paired comparison against {ref} ({pretty_metric(primary)}, per query)", ""]
+    lines.append("| system | mean delta | wins / ties / losses | p (paired t-test) | p (randomization) |")
+    lines.append("|---|---|---|---|---|")
+    for s in summary["systems"]:
+        if "vs_reference" not in s:
+            continue
+        st = s["vs_reference"][primary]
+        lines.append(
+            f"| {s['label']} | {st['delta']:+.4f} | {st['wins']} / {st['ties']} / {st['losses']} | "
+            f"{_fmt_p(st['p_ttest'])} | {_fmt_p(st['p_randomization'])} |"
+        )
+    lines += ["", "Wins, ties and losses count queries where the system scores above, equal to or below the "]
+    lines[-1] += "reference; p-values are two-sided (randomization: 10,000 sign flips)."
+    lines += ["", "## Systems", "", "| system | model | adapter | instruction | run file | trec_eval check |"]
+    lines.append("|---|---|---|---|---|---|")
+    for s in summary["systems"]:
+        inst = s.get("instruction")
+        inst = (
+            "n/a" if "instruction" not in s else ("(none)" if inst == "" else ("(default)" if inst is None else inst))
+        )
+        check = s.get("pytrec_eval_max_abs_diff")
+        check = "n/a" if check is None else f"max diff {check:.1e}"
+        lines.append(
+            f"| {s['label']} | {s.get('model') or '-'} | {s.get('adapter') or '-'} | {_md(inst)} | "
+            f"`{s['run_file']}` | {check} |"
+        )
+    lines += ["", "![per-query deltas](report.png)", ""]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def plot_deltas(summary: Mapping[str, Any], per_query: Mapping[str, Mapping[str, Mapping[str, float]]], path) -> Path:
+    """`report.png`: per-query deltas of the primary metric against the reference, sorted, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primary, ref = summary["primary_metric"], summary["reference"]
+    others = [s["label"] for s in summary["systems"] if s["label"] != ref]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    qids = list(per_query)
+    for label in others:
+        deltas = sorted(per_query[q][label][primary] - per_query[q][ref][primary] for q in qids)
+        mean_delta = sum(deltas) / len(deltas) if deltas else 0.0
+        ax.plot(range(1, len(deltas) + 1), deltas, drawstyle="steps-mid", label=f"{label} (mean {mean_delta:+.4f})")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("queries, sorted by delta")
+    ax.set_ylabel(f"{pretty_metric(primary)} − {ref}")
+    ax.set_title(f"Per-query {pretty_metric(primary)} against {ref} ({len(qids)} queries)")
+    if others:
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp.name, format="png")
+    plt.close(fig)
+    os.replace(tmp.name, path)
+    return path
+
+
+def write_report(
+    out_dir: str | Path,
+    results: Sequence[EvalResult],
+    reference: int,
+    metrics: Sequence[str],
+    primary_metric: str,
+    meta: Mapping[str, Any],
+    qrels: Qrels | None = None,
+) -> dict[str, Any]:
+    """Write metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into `out_dir`; return the summary.
+
+    Labels must be unique (they key `per_query.jsonl`).
+    """
+    from tuner.retrieval import write_run
+
+    labels = [r.label for r in results]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"system labels must be unique, got {labels}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = build_summary(results, reference, metrics, primary_metric, meta, qrels)
+    for result, entry in zip(results, summary["systems"], strict=True):
+        write_run(result.run, out / entry["run_file"], tag=slug(result.label)[:40], digits=None)
+    qids = list(results[reference].per_query)
+    per_query = {q: {r.label: r.per_query[q] for r in results} for q in qids}
+    rows = [json.dumps({"qid": q, "metrics": per_query[q]}, ensure_ascii=False) for q in qids]
+    atomic_write(out / "per_query.jsonl", "\n".join(rows) + "\n")
+    atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / "report.md", render_markdown(summary))
+    plot_deltas(summary, per_query, out / "report.png")
+    return summary
