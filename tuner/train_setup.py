@@ -79,6 +79,7 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         groups = mine_negatives(
             beir,
             depth=data.mine_depth,
+            range_min=data.mine_range_min,
             num_negatives=data.num_negatives,
             seed=seed,
             cache_dir=cache,
