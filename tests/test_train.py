@@ -1,0 +1,180 @@
+"""End-to-end training on the tiny model (CPU): it learns, only the adapter moves, the output is loadable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import tiny_config, write_beir
+
+from tuner.config import ConfigError
+from tuner.scoring import ModelNotFoundError, Reranker
+from tuner.train import train
+
+
+@pytest.fixture(scope="module")
+def beir(tmp_path_factory):
+    return write_beir(tmp_path_factory.mktemp("beir") / "topics")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, beir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = tiny_config(
+        tiny_model_dir,
+        beir,
+        out,
+        "train.max_steps=24",
+        "eval.beir=" + str(beir),
+        "eval.split=test",
+        "eval.top_k=12",
+        "eval.steps=12",
+        "eval.before=true",
+        "train.save_steps=12",
+        "eval.ood=" + str(beir),
+        "eval.ood_split=train",
+    )
+    return train(config)
+
+
+def test_loss_falls_on_a_learnable_slice(trained):
+    history = [r for r in _log_history(trained) if "loss" in r]
+    first = sum(r["loss"] for r in history[:4]) / 4
+    last = sum(r["loss"] for r in history[-4:]) / 4
+    assert last < 0.7 * first, (first, last)
+
+
+def _log_history(result):
+    state = sorted((result["output_dir"] / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((state[-1] / "trainer_state.json").read_text())["log_history"]
+
+
+def test_lora_moved_and_base_bit_identical(trained, tiny_model_dir):
+    model = trained["model"]
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: every adapter moved
+    base = load_file(tiny_model_dir / "model.safetensors")
+    live = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in model.named_parameters()}
+    compared = 0
+    for name, weight in base.items():
+        assert torch.equal(live[name].detach().cpu(), weight), name
+        compared += 1
+    assert compared == len(base)
+
+
+def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_model_dir):
+    out, adapter = trained["output_dir"], trained["adapter_dir"]
+    assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file() and (out / "logs/train.log").is_file()
+    assert {"adapter_config.json", "adapter_model.safetensors", "tuner.json"} <= {p.name for p in adapter.iterdir()}
+    assert any((adapter / f).is_file() for f in ("tokenizer.json", "vocab.json"))
+    meta = json.loads((adapter / "tuner.json").read_text())
+    assert set(meta) >= {
+        "base_model",
+        "instruction",
+        "max_length",
+        "yes_token_id",
+        "no_token_id",
+        "tuner_version",
+        "contract",
+        "recipe",
+        "eval",
+    }
+    assert meta["base_model"] == str(tiny_model_dir) and meta["recipe"] == "test-tiny"
+    assert (meta["yes_token_id"], meta["no_token_id"]) == (9693, 2152)
+    assert meta["eval"]["final"]["ndcg@10"] == trained["metrics"]["dev"]["final"]["ndcg@10"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"first_stage", "base", "final", "history"} <= set(metrics["dev"])
+    assert [h["step"] for h in metrics["dev"]["history"]] == [12, 24]
+    assert {"first_stage", "base", "final"} <= set(metrics["ood"]) and metrics["ood"]["name"].endswith("/train")
+    assert metrics["dev"]["best"]["checkpoint"].endswith(("checkpoint-12", "checkpoint-24"))
+
+    loaded = Reranker.from_pretrained(adapter, device="cpu", dtype="float32", max_length=96)
+    live = Reranker(trained["model"], loaded.tokenizer, max_length=96)
+    docs = ["notes on cats and feline: whiskers", "lava and magma", "espresso beans"]
+    assert loaded.score("what about cats feline?", docs, normalize=False) == pytest.approx(
+        live.score("what about cats feline?", docs, normalize=False), abs=1e-4
+    )
+
+
+def test_named_errors(tiny_model_dir, beir, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data\.train_file"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "a", "data.train_file=" + str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ModelNotFoundError, match="no/such/model"):
+        train(
+            tiny_config(tiny_model_dir, beir, tmp_path / "b", "model.name_or_path=" + str(tmp_path / "no/such/model"))
+        )
+    with pytest.raises(FileNotFoundError, match=r"eval\.beir"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "c", "eval.beir=" + str(tmp_path / "nobeir")))
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "d"), resume=True)
+
+
+def test_cli_bad_key_exit_code(capsys, tmp_path):
+    from tuner.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# tuner train r.yaml\ntrain:\n  lrate: 1\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "r.yaml" in err and "train.lrate" in err
+
+
+def _write_scored_groups(path):
+    from train_helpers import TOPICS
+
+    rows = []
+    for word, near, extra in TOPICS[:6]:
+        negs = [f"{w} {n}: {e}" for w, n, e in TOPICS if w != word][:5]
+        rows.append(
+            {
+                "query": f"what about {word}?",
+                "pos": [f"{word} {near}: {extra}"],
+                "neg": negs,
+                "pos_scores": [3.0],
+                "neg_scores": [-1.0, -2.0, 0.5, -0.5, -3.0],
+                "instruction": "Find the topic",
+            }
+        )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "distill", "sft"])
+def test_each_loss_trains_from_a_train_file(kind, tiny_model_dir, beir, tmp_path):
+    groups = _write_scored_groups(tmp_path / "groups.jsonl")
+    result = train(
+        tiny_config(
+            tiny_model_dir,
+            beir,
+            tmp_path / kind,
+            f"data.train_file={groups}",
+            f"loss.kind={kind}",
+            "loss.pos_weight=3",
+            "loss.hard_label_weight=0.3",
+            "train.max_steps=2",
+        )
+    )
+    loss = result["metrics"]["train"]["train_loss"]
+    assert loss == loss and 0 < loss < 50  # finite and positive
+    assert any(p.abs().sum() > 0 for n, p in result["model"].named_parameters() if "lora_B" in n)
+
+
+def test_distill_without_teacher_scores_is_a_named_error(tiny_model_dir, beir, tmp_path):
+    with pytest.raises(ConfigError, match="teacher scores"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "loss.kind=distill"))
+
+
+def test_full_finetuning_writes_a_loadable_model(tiny_model_dir, beir, tmp_path):
+    result = train(
+        tiny_config(tiny_model_dir, beir, tmp_path / "full", "lora.enabled=false", "train.max_steps=2", "train.lr=1e-3")
+    )
+    model_dir = result["adapter_dir"]
+    assert model_dir.name == "model" and (model_dir / "config.json").is_file()
+    assert json.loads((model_dir / "tuner.json").read_text())["base_model"] == str(tiny_model_dir)
+    moved = load_file(next(model_dir.glob("*.safetensors")))
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(moved[k], base[k]) for k in base if k in moved)
+    reranker = Reranker.from_pretrained(model_dir, device="cpu", dtype="float32", max_length=96)
+    assert len(reranker.score("q", ["a", "b"])) == 2

@@ -1,0 +1,56 @@
+"""Two CPU processes (torchrun, gloo) train the tiny recipe together: both ranks step, one adapter is saved."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from train_helpers import tiny_config, write_beir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    # torchrun's --master_port 0 does not pick a port with the static rendezvous; ask the OS for one
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not installed",
+)
+def test_two_cpu_processes_gloo(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    out = tmp_path / "run"
+    recipe = tmp_path / "ddp.yaml"
+    tiny_config(tiny_model_dir, beir, out, "train.max_steps=3", "train.ddp_backend=gloo").save(recipe)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "tuner",
+        "train",
+        str(recipe),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    notes = [json.loads((out / "logs" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [n["world_size"] for n in notes] == [2, 2]
+    assert [n["global_step"] for n in notes] == [3, 3]
+    adapters = list(out.rglob("adapter_model.safetensors"))
+    assert [p.parent.name for p in adapters if "checkpoint-" not in str(p)] == ["adapter"]
+    assert json.loads((out / "adapter" / "tuner.json").read_text())["recipe"] == "test-tiny"

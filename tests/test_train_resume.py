@@ -1,0 +1,115 @@
+"""Resume equivalence, QLoRA on CPU, per-epoch negative resampling, and offline wandb tracking."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import tiny_config, write_beir
+from transformers import TrainerCallback
+
+from tuner.data.schema import Group
+from tuner.train import train
+from tuner.train_data import EpochSampler, sample_group
+
+
+@pytest.fixture(scope="module")
+def beir(tmp_path_factory):
+    return write_beir(tmp_path_factory.mktemp("beir") / "topics")
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashAfterSave(TrainerCallback):
+    """Simulates an interrupted run: dies right after the checkpoint at `step` is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash(f"interrupted after step {self.step}")
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
+    # 6 train groups, 2 per step: 3 steps per epoch, so the interruption at step 4 falls inside epoch 1,
+    # where negatives and order differ from epoch 0. Dropout is on: its RNG state must be restored too.
+    common = ("train.max_steps=8", "train.save_steps=4", "lora.dropout=0.1", "train.scheduler=cosine", "train.warmup=2")
+    full = train(tiny_config(tiny_model_dir, beir, tmp_path / "full", *common))
+    with pytest.raises(_Crash):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), callbacks=[_CrashAfterSave(4)])
+    assert not (tmp_path / "cut" / "adapter").exists()
+    resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
+    a = load_file(full["adapter_dir"] / "adapter_model.safetensors")
+    b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+    # and the run did move away from its initial adapter (the comparison is not between two untrained ones)
+    assert any(t.abs().sum() > 0 for n, t in a.items() if "lora_B" in n)
+
+
+def test_sampling_is_a_pure_function_of_seed_epoch_index():
+    group = Group(query="q", pos=["p0", "p1"], neg=[f"n{i}" for i in range(10)])
+    first = sample_group(group, 4, seed=1, epoch=0, index=3)
+    assert first == sample_group(group, 4, seed=1, epoch=0, index=3)
+    epochs = {tuple(sample_group(group, 4, seed=1, epoch=e, index=3)["docs"]) for e in range(6)}
+    assert len(epochs) > 1  # negatives are resampled each epoch
+    assert len(set(first["docs"][1:])) == 3 and first["docs"][0] in group.pos
+    sampler = EpochSampler(5, seed=7)
+    order0 = list(sampler)
+    sampler.set_epoch(1)
+    order1 = list(sampler)
+    assert {i for _, i in order0} == set(range(5)) and all(e == 1 for e, _ in order1)
+    assert [i for _, i in order0] != [i for _, i in order1]  # a new order each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == order0
+
+
+def test_qlora_trains_on_cpu(tiny_model_dir, beir, tmp_path):
+    result = train(
+        tiny_config(
+            tiny_model_dir,
+            beir,
+            tmp_path / "q",
+            "model.load_in_4bit=true",
+            "model.gradient_checkpointing=true",
+            "model.bnb_4bit_compute_dtype=float32",
+            "train.max_steps=3",
+        )
+    )
+    model = result["model"]
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    assert (result["adapter_dir"] / "adapter_model.safetensors").is_file()
+
+
+def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = train(
+        tiny_config(
+            tiny_model_dir,
+            beir,
+            tmp_path / "w",
+            "tracking.report_to=wandb",
+            "tracking.project=tuner-test",
+            "tracking.tags=[ci, tiny]",
+            "eval.beir=" + str(beir),
+            "eval.split=test",
+            "eval.top_k=6",
+            "eval.steps=2",
+            "train.max_steps=4",
+        )
+    )
+    runs = sorted((result["output_dir"] / "logs" / "wandb").glob("offline-run-*"))
+    assert runs, os.listdir(result["output_dir"] / "logs")
+    records = b"".join(p.read_bytes() for p in runs[-1].glob("*.wandb"))
+    assert b"eval/ndcg@10" in records
+    assert b"train/loss" in records
+    assert b"tuner-test" in records and b"tiny" in records

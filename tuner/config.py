@@ -1,0 +1,369 @@
+"""Typed recipe config: YAML files plus dotted `section.key=value` overrides.
+
+Every field is a typed dataclass field with a one-line doc (`tuner config` prints them with their defaults).
+Unknown keys and values of the wrong type are errors that name the key and the recipe file, raised before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A bad recipe: unknown key, wrong type or bad value. The message names the file and the key."""
+
+
+def _f(default: Any, doc: str):
+    """A dataclass field with an immutable default and a one-line doc."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("Qwen/Qwen3-Reranker-4B", "base model: hub id or local directory")
+    tiny: bool = _f(False, "ignore name_or_path and write a random tiny Qwen3 (real tokenizer) into the run dir")
+    tiny_layers: int = _f(4, "tiny model: decoder layers")
+    tiny_hidden: int = _f(128, "tiny model: hidden size")
+    tiny_seed: int = _f(0, "tiny model: weight init seed")
+    dtype: Literal["bfloat16", "float16", "float32"] = _f("bfloat16", "weight dtype of the (unquantized) base")
+    attn_implementation: str | None = _f("sdpa", "attention kernel: sdpa, eager, flash_attention_2; null = default")
+    max_length: int = _f(1024, "prompt token budget (documents are cut, never the query or the suffix)")
+    load_in_4bit: bool = _f(False, "QLoRA: quantize the base to 4 bit with bitsandbytes")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = _f("nf4", "QLoRA: 4-bit data type")
+    bnb_4bit_use_double_quant: bool = _f(True, "QLoRA: also quantize the quantization constants")
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = _f("bfloat16", "QLoRA: matmul dtype")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = _f(True, "train a LoRA adapter; false = full fine-tuning of every weight")
+    r: int = _f(16, "LoRA rank")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rslora)")
+    dropout: float = _f(0.05, "dropout on the LoRA input")
+    target_modules: str | list[str] = field(
+        default="all-linear", metadata={"doc": "modules to adapt: 'all-linear' or a list of names"}
+    )
+    use_rslora: bool = _f(False, "rank-stabilised LoRA scaling alpha / sqrt(r)")
+    use_dora: bool = _f(False, "weight-decomposed LoRA (DoRA)")
+
+
+@dataclass
+class DataSection:
+    train_file: str | None = _f(None, "grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}")
+    beir: str | None = _f(None, "BEIR folder to mine training groups from (when no train_file)")
+    split: str = _f("train", "qrels split of `beir` used for training groups")
+    mine_depth: int = _f(100, "mining: BM25 depth the negatives are drawn from")
+    mine_range_min: int = _f(5, "mining: skip the top N BM25 candidates (likely unjudged positives)")
+    num_negatives: int = _f(15, "mining: negatives kept per query")
+    max_groups: int | None = _f(None, "use at most this many groups (a quick look); null = all")
+    group_size: int = _f(8, "documents per group in a step: 1 positive + group_size - 1 negatives")
+    instruction: str | None = _f(None, "instruction for rows that carry none; null = the contract's default")
+    cache_dir: str | None = _f(None, "cache for BM25 indexes and mined groups; null = <output>/cache")
+
+
+@dataclass
+class TrainSection:
+    seed: int = _f(42, "seed of everything: init, negative sampling, data order, dropout")
+    lr: float = _f(1e-4, "peak learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    scheduler: str = _f("cosine", "LR schedule after warmup: linear, cosine, constant_with_warmup, ...")
+    warmup: float = _f(0.05, "warmup: a fraction of all steps if < 1, else a number of steps")
+    epochs: float = _f(1.0, "passes over the training groups (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "optimizer steps; -1 = use epochs")
+    batch_groups: int = _f(4, "groups per device per micro-batch (rows = batch_groups * group_size)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    precision: Literal["bf16", "fp16", "fp32"] = _f("bf16", "mixed precision of the training step")
+    logging_steps: int = _f(10, "log loss and LR every N steps")
+    save_steps: int = _f(500, "write a checkpoint every N steps (0 = only at the end)")
+    save_total_limit: int | None = _f(2, "keep at most N checkpoints (the best one is always kept)")
+    optim: str = _f("adamw_torch", "optimizer name as transformers knows it (adamw_torch, paged_adamw_8bit, ...)")
+    ddp_backend: str | None = _f(None, "torch.distributed backend under torchrun/accelerate (nccl, gloo)")
+    dataloader_workers: int = _f(0, "dataloader worker processes")
+
+
+@dataclass
+class LossSection:
+    kind: Literal["pointwise", "listwise", "distill", "sft"] = _f("listwise", "training loss")
+    temperature: float = _f(1.0, "listwise/distill: logits are divided by this before the group softmax")
+    pos_weight: float = _f(1.0, "pointwise: weight of the positive term of the BCE")
+    teacher_temperature: float = _f(1.0, "distill: temperature of the teacher's group softmax")
+    hard_label_weight: float = _f(0.0, "distill: mix in listwise CE on the labels with this weight (0..1)")
+
+
+@dataclass
+class EvalSection:
+    beir: str | None = _f(None, "BEIR folder evaluated during training (never the training queries)")
+    split: str = _f("test", "qrels split of `beir` used for evaluation")
+    top_k: int = _f(100, "rerank the first stage's (BM25) top-k")
+    max_queries: int | None = _f(None, "evaluate at most this many queries (seeded choice); null = all")
+    steps: int = _f(0, "evaluate every N steps (0 = only before and after training)")
+    metrics: list[str] = field(
+        default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"],
+        metadata={"doc": "metrics reported; the first is primary (best checkpoint)"},
+    )
+    ood: str | None = _f(None, "optional out-of-domain BEIR folder, evaluated before and after")
+    ood_split: str = _f("test", "qrels split of the out-of-domain folder")
+    batch_tokens: int | None = _f(None, "padded tokens per scoring batch; null = the Reranker's default")
+    before: bool = _f(True, "evaluate the base model before training (logged once)")
+
+
+@dataclass
+class TrackingSection:
+    report_to: Literal["none", "wandb", "tensorboard"] = _f("none", "experiment tracker")
+    project: str = _f("tuner", "wandb project")
+    entity: str | None = _f(None, "wandb entity (team or user); null = your default")
+    run_name: str | None = _f(None, "run name in the tracker; null = the output directory name")
+    tags: list[str] = field(default_factory=list, metadata={"doc": "wandb tags"})
+
+
+@dataclass
+class OutputSection:
+    dir: str | None = _f(None, "run directory; null = runs/<recipe name>")
+    overwrite: bool = _f(False, "allow training into a directory that already has checkpoints (without --resume)")
+
+
+@dataclass
+class Config:
+    """A whole recipe."""
+
+    name: str = _f("run", "recipe name (recorded in tuner.json)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    loss: LossSection = field(default_factory=LossSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    # where the recipe came from (not a recipe key)
+    source: str | None = field(default=None, metadata={"doc": "", "internal": True}, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (what `save` writes), without internal fields."""
+        out = dataclasses.asdict(self)
+        out.pop("source", None)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML, atomically."""
+        import yaml
+
+        text = f"# resolved config (recipe: {self.source or '-'})\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write_text(path, text)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats. Raise `ConfigError`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, key, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}{key}: {value!r} is not {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}{key}: expected null")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept numeric strings for float fields.
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config type {tp!r} for {key}")
+    raise ConfigError(f"{where}{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _section_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, data: Any, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(data).__name__}")
+    hints = _section_types(cls)
+    known = {f.name for f in fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            close = ", ".join(sorted(known))
+            raise ConfigError(f"{where}unknown key '{prefix}{key}' (known in this section: {close})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.", where)
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}", where)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """An override's value as YAML (so `1e-4`, `true`, `null`, `[a, b]` work); bare words stay strings."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to a nested mapping (a copy); errors name the override."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a recipe (YAML), apply dotted overrides, validate every key and type.
+
+    Args:
+        path: recipe file; `None` for the defaults.
+        overrides: `["train.lr=1e-4", "lora.r=8"]`.
+
+    Raises:
+        ConfigError: unknown key, wrong type or bad value (the message names the file and key).
+        FileNotFoundError: the recipe file does not exist.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {str(path)!r} not found")
+        where = f"{path}: "
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+        data.setdefault("name", path.stem)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    config = _build(Config, data, "", where)
+    config.source = str(path) if path is not None else None
+    validate(config, where)
+    return config
+
+
+def validate(config: Config, where: str = "") -> None:
+    """Cross-field checks that types alone cannot express."""
+    if config.data.group_size < 2 and config.loss.kind in ("listwise", "distill"):
+        raise ConfigError(f"{where}data.group_size: {config.loss.kind} needs at least 2 documents per group")
+    if config.data.group_size < 1:
+        raise ConfigError(f"{where}data.group_size: must be >= 1")
+    if not 0.0 <= config.loss.hard_label_weight <= 1.0:
+        raise ConfigError(f"{where}loss.hard_label_weight: must be in [0, 1]")
+    if config.loss.temperature <= 0 or config.loss.teacher_temperature <= 0:
+        raise ConfigError(f"{where}loss.temperature: must be > 0")
+    if config.model.load_in_4bit and not config.lora.enabled:
+        raise ConfigError(f"{where}model.load_in_4bit: a 4-bit base cannot be fully fine-tuned (set lora.enabled)")
+    if config.eval.metrics and not all("@" in m or m in ("map", "mrr") for m in config.eval.metrics):
+        bad = [m for m in config.eval.metrics if "@" not in m and m not in ("map", "mrr")]
+        raise ConfigError(f"{where}eval.metrics: {bad} (use names like ndcg@10, mrr@10, recall@100, map)")
+    evaluated_and_saved = config.eval.beir and config.eval.steps > 0 and config.train.save_steps > 0
+    if evaluated_and_saved and config.train.save_steps % config.eval.steps:
+        # the best checkpoint (by the primary metric) must be a step that was both evaluated and saved
+        raise ConfigError(
+            f"{where}train.save_steps ({config.train.save_steps}) must be a multiple of eval.steps "
+            f"({config.eval.steps})"
+        )
+    for key in ("batch_groups", "grad_accum", "logging_steps"):
+        if getattr(config.train, key) < 1:
+            raise ConfigError(f"{where}train.{key}: must be >= 1")
+
+
+def describe_fields(config: Config | None = None) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, value, doc) for every field, values from `config` (defaults if None)."""
+    config = config or Config()
+    rows = []
+
+    def walk(obj, prefix: str):
+        hints = _section_types(type(obj))
+        for f in fields(obj):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((prefix + f.name, _type_name(hints[f.name]), json.dumps(value), f.metadata.get("doc", "")))
+
+    walk(config, "")
+    return rows
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """`atomic_write_text` of indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

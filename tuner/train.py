@@ -1,0 +1,418 @@
+"""`tuner train RECIPE`: the training run, readable top to bottom.
+
+    output dir → base model path → training groups → model (+ LoRA / 4-bit) → evaluators
+    → Trainer → train (or resume) → final evaluation → adapter/ + tuner.json + metrics.json
+
+Why transformers' `Trainer` and not trl: the loss is a ranking loss over groups of prompts scored by the yes−no
+head, not language modelling, so none of trl's trainers (SFT, reward, DPO...) fits without overriding its core;
+the plain `Trainer` gives gradient accumulation, mixed precision, LR schedules, DDP/FSDP through accelerate,
+checkpoints with optimizer/scheduler/RNG state, resume and trackers, and we override only `compute_loss`,
+`evaluate` (ranking metrics instead of a loss over an eval dataset) and the train sampler (seeded epochs).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
+
+from tuner.config import Config, ConfigError, atomic_write_json
+from tuner.head import last_hidden
+from tuner.losses import distill_loss, listwise_loss, pointwise_loss, sft_loss
+from tuner.train_data import EpochSampler, GroupCollator, GroupDataset
+
+log = logging.getLogger("tuner.train")
+
+__all__ = ["RerankTrainer", "TrainResult", "train"]
+
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"  # full fine-tuning writes the whole model here instead of adapter/
+CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def install_score_forward(model, yes_id: int, no_id: int) -> None:
+    """Make `model(...)` return the contract's yes−no logits (or last-position vocab logits for `sft`).
+
+    The Trainer wraps the model in DDP/FSDP, and DDP only synchronises gradients of a forward that goes through
+    the wrapper, so the score must be the model's forward. The instance attribute shadows the class's forward
+    for this object only (saving, loading and PEFT's adapter handling are untouched); `remove_score_forward`
+    restores it.
+    """
+    from tuner.head import yes_no_logits
+
+    def forward(input_ids, attention_mask, last_index, vocab: bool = False, **_: Any) -> torch.Tensor:
+        if not vocab:
+            return yes_no_logits(model, input_ids, attention_mask, last_index, yes_id, no_id)  # [rows] fp32
+        # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab]
+        h = last_hidden(model, input_ids, attention_mask, last_index).float()
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return h @ inner.get_output_embeddings().weight.float().T
+
+    model.forward = forward
+
+
+def remove_score_forward(model) -> None:
+    """Undo `install_score_forward`."""
+    model.__dict__.pop("forward", None)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class RerankTrainer(Trainer):
+    """A `Trainer` whose loss is a ranking loss over groups and whose evaluation reranks a dev collection.
+
+    Args (beyond Trainer's):
+        loss_kind / loss_kwargs: which `tuner.losses` function and its options.
+        yes_id / no_id: the contract's token ids (for the `sft` loss).
+        rank_eval: `RankEval` (or None): reranks the dev set with the live model and returns `{metric: value}`.
+    """
+
+    def __init__(
+        self,
+        *args,
+        loss_kind: str,
+        loss_kwargs: dict[str, float],
+        yes_id: int,
+        no_id: int,
+        rank_eval=None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.loss_kind = loss_kind
+        self.loss_kwargs = loss_kwargs
+        self.yes_id, self.no_id = yes_id, no_id
+        self.rank_eval = rank_eval
+        self.eval_history: list[dict[str, Any]] = []
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        self.epoch_sampler = EpochSampler(len(dataset), self.args.seed)
+        return self.epoch_sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
+        groups, size = labels.shape
+        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "last_index")}
+        if self.loss_kind == "sft":
+            vocab = model(**batch, vocab=True)  # [rows, vocab]
+            loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id)
+            logits = (vocab[:, self.yes_id] - vocab[:, self.no_id]).view(groups, size)
+        else:
+            logits = model(**batch).view(groups, size)  # yes−no logits, fp32
+            kw = self.loss_kwargs
+            if self.loss_kind == "pointwise":
+                loss = pointwise_loss(logits, labels, pos_weight=kw["pos_weight"])
+            elif self.loss_kind == "listwise":
+                loss = listwise_loss(logits, kw["temperature"], labels)
+            elif self.loss_kind == "distill":
+                loss = distill_loss(
+                    logits,
+                    inputs["teacher_scores"],
+                    kw["temperature"],
+                    kw["teacher_temperature"],
+                    kw["hard_label_weight"],
+                    labels,
+                )
+            else:
+                raise ValueError(f"unknown loss {self.loss_kind!r}")
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Rerank the dev set with the live model; logs and returns `{eval_<metric>: value}`."""
+        if self.rank_eval is None:
+            return {}
+        values = self.rank_eval(self.model)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
+        self.log(metrics)
+        self.eval_history.append({"step": self.state.global_step, **values})
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class _EpochFromState(TrainerCallback):
+    """Set the sampler's epoch from the trainer state at each epoch start (robust to dataloader wrappers)."""
+
+    def __init__(self, trainer: RerankTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sampler = getattr(self.trainer, "epoch_sampler", None)
+        if sampler is not None:
+            # state.epoch is the float progress; at an epoch start (fresh or resumed) its floor is the epoch
+            sampler.set_epoch(int(state.epoch + 1e-9) if state.epoch else 0)
+
+
+class _LogLines(TrainerCallback):
+    """Trainer logs (loss, LR, grad norm, eval metrics) as one line each, to stdout and train.log."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+            log.info("step %d: %s", state.global_step, items)
+
+
+class _MetricsWriter(TrainerCallback):
+    """Rewrite metrics.json (atomically) after every evaluation and at the end."""
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write()
+
+
+# ------------------------------------------------------------------------------------------------ result
+class TrainResult(dict):
+    """What `train` returns: `output_dir`, `adapter_dir`, `metrics` (the metrics.json content), `model` (the
+    trained model object, for callers that keep working with it in the same process)."""
+
+
+def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Run a recipe end to end. Only this entry point unpacks the config.
+
+    Args:
+        config: a validated recipe (`tuner.config.load_config`).
+        resume: continue from the latest checkpoint in `<output>/checkpoints` (same data order and LR schedule).
+        callbacks: extra `TrainerCallback`s (tests use one to interrupt a run).
+
+    Returns:
+        `TrainResult` with the output directory, the adapter (or model) directory and the metrics.
+    """
+    from transformers import TrainingArguments
+
+    from tuner import __version__
+    from tuner.contract import PromptEncoder
+    from tuner.modeling import attach_lora, load_base, trainable_summary
+    from tuner.train_setup import (
+        RankEval,
+        build_evaluators,
+        load_training_groups,
+        output_dir_for,
+        prepare_base,
+        read_tokenizer,
+        setup_logging,
+        start_tracking,
+        write_meta,
+    )
+
+    started = time.time()
+    out = output_dir_for(config)
+    ckpt_dir = out / CHECKPOINTS_DIR
+    has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+    if resume and not has_ckpt:
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
+    if has_ckpt and not resume and not config.output.overwrite:
+        raise ConfigError(
+            f"{ckpt_dir} already has checkpoints; pass --resume to continue, or output.overwrite=true to start over"
+        )
+
+    t = config.train
+    precision = t.precision
+    if precision != "fp32" and not torch.cuda.is_available():
+        log.warning("train.precision=%s without CUDA: training in fp32 on CPU", precision)
+        precision = "fp32"
+    eval_steps = config.eval.steps if (config.eval.beir and config.eval.steps > 0) else 0
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=t.batch_groups,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        optim=t.optim,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
+        metric_for_best_model=config.eval.metrics[0] if eval_steps else None,
+        greater_is_better=True,
+        report_to=[] if config.tracking.report_to == "none" else [config.tracking.report_to],
+        run_name=config.tracking.run_name or out.name,
+        remove_unused_columns=False,  # our batches are prompt tensors the Trainer must not filter
+        dataloader_num_workers=t.dataloader_workers,
+        ddp_backend=t.ddp_backend,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=True,  # one log line per logging step instead of a bar (readable in files and CI)
+        use_cpu=not torch.cuda.is_available(),
+        save_only_model=False,  # optimizer + scheduler + RNG state are what make --resume exact
+    )
+    main = args.process_index == 0
+    setup_logging(out / "logs" / "train.log", main)
+    if main:
+        if has_ckpt and not resume:  # output.overwrite: stale checkpoints would confuse a later --resume
+            shutil.rmtree(ckpt_dir)
+        config.save(out / CONFIG_FILE)
+        log.info("run directory: %s", out)
+
+    # 1. base model (a tiny random one written into the run directory when model.tiny)
+    with args.main_process_first(desc="base model"):
+        base_path = prepare_base(config.model, out)
+    tokenizer = read_tokenizer(base_path)
+    encoder = PromptEncoder(tokenizer, max_length=config.model.max_length)
+
+    # 2. training groups (mined with BM25 once, cached in the run directory)
+    with args.main_process_first(desc="training data"):
+        groups = load_training_groups(config.data, config.loss.kind, config.train.seed, out)
+    log.info("%d training groups of %d documents", len(groups), config.data.group_size)
+
+    # 3. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
+    set_seed(t.seed)
+    m = config.model
+    model = load_base(
+        base_path,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        load_in_4bit=m.load_in_4bit,
+        quant_type=m.bnb_4bit_quant_type,
+        double_quant=m.bnb_4bit_use_double_quant,
+        compute_dtype=m.bnb_4bit_compute_dtype,
+        gradient_checkpointing=m.gradient_checkpointing,
+        device=args.device,
+    )
+    if config.lora.enabled:
+        lc = config.lora
+        model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
+    log.info("%s", trainable_summary(model))
+
+    # 4. evaluators (dev set + optional out-of-domain), the first stage and the base measured once
+    with args.main_process_first(desc="evaluation data"):
+        evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
+    rank_eval = None
+    if evaluators:
+        rank_eval = RankEval(
+            evaluators["dev"],
+            tokenizer,
+            max_length=m.max_length,
+            batch_tokens=config.eval.batch_tokens,
+            instruction=config.data.instruction,
+        )
+    record: dict[str, Any] = {"recipe": config.name, "output_dir": str(out), "dev": {}, "ood": {}}
+    if rank_eval is not None:
+        record["dev"]["name"] = evaluators["dev"].name
+        record["dev"]["first_stage"] = evaluators["dev"].first_stage_metrics()
+        if config.eval.before:
+            record["dev"]["base"] = rank_eval.base(model)
+            log.info(
+                "dev %s: first stage %s | base %s",
+                record["dev"]["name"],
+                _fmt(record["dev"]["first_stage"]),
+                _fmt(record["dev"]["base"]),
+            )
+    if "ood" in evaluators and config.eval.before:
+        ood = RankEval(evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction)
+        record["ood"] = {
+            "name": evaluators["ood"].name,
+            "first_stage": evaluators["ood"].first_stage_metrics(),
+            "base": ood.base(model),
+        }
+
+    # 5. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
+    tracker = start_tracking(config, out, main)
+    yes_id, no_id = encoder.yes_id, encoder.no_id
+    install_score_forward(model, yes_id, no_id)
+    trainer = RerankTrainer(
+        model=model,
+        args=args,
+        train_dataset=GroupDataset(groups, config.data.group_size, config.train.seed),
+        eval_dataset=list(evaluators["dev"].qids) if rank_eval is not None else None,
+        data_collator=GroupCollator(encoder, tokenizer.pad_token_id, config.data.instruction),
+        loss_kind=config.loss.kind,
+        loss_kwargs={
+            "pos_weight": config.loss.pos_weight,
+            "temperature": config.loss.temperature,
+            "teacher_temperature": config.loss.teacher_temperature,
+            "hard_label_weight": config.loss.hard_label_weight,
+        },
+        yes_id=yes_id,
+        no_id=no_id,
+        rank_eval=rank_eval,
+    )
+    trainer.add_callback(_EpochFromState(trainer))
+
+    def write_metrics() -> None:
+        record["dev"]["history"] = trainer.eval_history
+        if trainer.state.best_metric is not None:
+            record["dev"]["best"] = {
+                "value": trainer.state.best_metric,
+                "checkpoint": trainer.state.best_model_checkpoint,
+            }
+        atomic_write_json(out / METRICS_FILE, record)
+
+    trainer.add_callback(_MetricsWriter(write_metrics))
+    trainer.remove_callback(PrinterCallback)  # replaced by _LogLines: the same dicts, also into train.log
+    trainer.add_callback(_LogLines())
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    if tracker is not None and record["dev"].get("base"):
+        tracker.log({f"base/{k}": v for k, v in record["dev"]["base"].items()}, commit=False)
+        tracker.log({f"first_stage/{k}": v for k, v in record["dev"]["first_stage"].items()}, commit=False)
+
+    # 6. train
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    record["train"]["global_step"] = trainer.state.global_step
+    # every rank leaves a note (multi-process runs: shows that each rank trained the same number of steps)
+    atomic_write_json(
+        out / "logs" / f"rank{args.process_index}.json",
+        {"rank": args.process_index, "world_size": args.world_size, "global_step": trainer.state.global_step},
+    )
+    if rank_eval is not None:
+        if not trainer.eval_history or trainer.eval_history[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()
+        record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
+        log.info("dev final %s", _fmt(record["dev"]["final"]))
+    if "ood" in evaluators and record["ood"]:
+        record["ood"]["final"] = RankEval(
+            evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction
+        )(model)
+
+    # 7. save: adapter (or full model) + tokenizer + tuner.json; metrics.json
+    remove_score_forward(model)
+    target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
+    trainer.save_model(str(target))  # main process only; PEFT format for a LoRA model
+    record["train"]["seconds"] = round(time.time() - started, 1)
+    write_metrics()
+    if main:
+        tokenizer.save_pretrained(target)
+        eval_summary = {
+            k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)
+        }
+        write_meta(
+            target,
+            base_model=str(base_path),
+            instruction=config.data.instruction,
+            max_length=m.max_length,
+            encoder=encoder,
+            version=__version__,
+            recipe=config.name,
+            eval=eval_summary,
+        )
+        if tracker is not None and record["dev"].get("final"):
+            tracker.summary.update({f"final/{k}": v for k, v in record["dev"]["final"].items()})
+        log.info("adapter: %s", target)
+        log.info("metrics: %s", out / METRICS_FILE)
+    if tracker is not None:
+        tracker.finish()
+    args.distributed_state.wait_for_everyone()
+    return TrainResult(output_dir=out, adapter_dir=target, metrics=record, model=model)
+
+
+def _fmt(metrics: dict[str, float] | None) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in (metrics or {}).items()) or "-"

@@ -1,0 +1,125 @@
+"""Training data for the loop: seeded per-epoch group sampling and the collator that builds prompt batches.
+
+The documents a step sees are a pure function of (seed, epoch, group index): the sampler yields
+`(epoch, index)` pairs in a seeded per-epoch order and the dataset draws the positive and the negatives of a
+group from a stream seeded by those three numbers. A run resumed from a checkpoint therefore replays exactly
+the data the uninterrupted run would have seen, and negatives are resampled every epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from tuner.contract import PromptEncoder
+from tuner.data.schema import Group
+from tuner.head import collate
+
+__all__ = ["EpochSampler", "GroupCollator", "GroupDataset", "sample_group"]
+
+
+def _stream(seed: int, epoch: int, index: int) -> random.Random:
+    # An int seed is hashed the same way on every machine and process (unlike hash() of a tuple of strs).
+    return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+def sample_group(group: Group, group_size: int, seed: int, epoch: int, index: int) -> dict[str, Any]:
+    """One training example: the group's query, 1 positive + `group_size - 1` negatives, teacher scores.
+
+    Negatives are drawn without replacement when the group has enough, with replacement otherwise.
+
+    Returns:
+        `{"query", "instruction", "docs" (positive first), "teacher" (list or None)}`.
+    """
+    rng = _stream(seed, epoch, index)
+    p = rng.randrange(len(group.pos))
+    need = group_size - 1
+    if need and not group.neg:
+        raise ValueError(f"group {group.qid or index} has no negatives; group_size {group_size} needs {need}")
+    if len(group.neg) >= need:
+        negs = rng.sample(range(len(group.neg)), need)
+    else:
+        negs = [rng.randrange(len(group.neg)) for _ in range(need)]
+    teacher = None
+    if group.pos_scores is not None and group.neg_scores is not None:
+        teacher = [float(group.pos_scores[p])] + [float(group.neg_scores[j]) for j in negs]
+    return {
+        "query": group.query,
+        "instruction": group.instruction,
+        "docs": [group.pos[p]] + [group.neg[j] for j in negs],
+        "teacher": teacher,
+    }
+
+
+class GroupDataset(Dataset):
+    """Groups indexed by `(epoch, index)`; see the module docstring."""
+
+    def __init__(self, groups: Sequence[Group], group_size: int, seed: int) -> None:
+        self.groups = list(groups)
+        self.group_size = group_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        return sample_group(self.groups[index], self.group_size, self.seed, epoch, index)
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation of the groups per epoch, yielding `(epoch, index)`.
+
+    The Trainer calls `set_epoch` at the start of every epoch (also the epoch a resumed run restarts in);
+    `TrainLoop` additionally sets it from the trainer state so that the order never depends on which
+    wrapper the dataloader ended up in.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        for index in torch.randperm(self.size, generator=g).tolist():
+            yield (self.epoch, index)
+
+
+@dataclass
+class GroupCollator:
+    """Turns a batch of sampled groups into one flat batch of prompts `[n_groups * group_size]`.
+
+    Keys: `input_ids`, `attention_mask`, `last_index` (see `tuner.head.collate`), `group_labels`
+    `[n_groups, group_size]` (1 for the positive in column 0), and `teacher_scores` when every group has them.
+    Named `group_labels` (not `labels`) so that the Trainer does not treat them as token labels.
+    """
+
+    encoder: PromptEncoder
+    pad_id: int
+    default_instruction: str | None = None
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        triples = []
+        for s in samples:
+            instruction = s["instruction"] if s["instruction"] is not None else self.default_instruction
+            triples.extend((s["query"], doc, instruction) for doc in s["docs"])
+        batch = collate(self.encoder.encode_many(triples), self.pad_id)
+        size = len(samples[0]["docs"])
+        labels = torch.zeros(len(samples), size)
+        labels[:, 0] = 1.0
+        batch["group_labels"] = labels
+        if all(s["teacher"] is not None for s in samples):
+            batch["teacher_scores"] = torch.tensor([s["teacher"] for s in samples], dtype=torch.float32)
+        return batch

@@ -1,0 +1,229 @@
+"""The pieces `tuner.train.train` assembles: run directory, base model path, training groups, evaluators,
+logging, tracking and the `tuner.json` an adapter carries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuner.config import Config, ConfigError, DataSection, EvalSection, ModelConfig, atomic_write_json
+
+log = logging.getLogger("tuner.train")
+
+RUNS_DIR = "runs"
+
+
+def output_dir_for(config: Config) -> Path:
+    """`output.dir`, or `runs/<recipe name>` under the current directory."""
+    out = Path(config.output.dir) if config.output.dir else Path(RUNS_DIR) / config.name
+    out = out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def prepare_base(model: ModelConfig, out: Path) -> str:
+    """The base model's path or hub id; with `model.tiny`, a random tiny Qwen3 written into `<out>/tiny-model`."""
+    if model.tiny:
+        from tuner.tiny import write_tiny_model
+
+        path = out / "tiny-model"
+        if not (path / "config.json").is_file():  # deterministic from the seed: reuse it on --resume
+            heads = 4 if model.tiny_hidden % 4 == 0 else 1
+            write_tiny_model(
+                path,
+                model.tiny_layers,
+                model.tiny_hidden,
+                model.tiny_seed,
+                heads=heads,
+                kv_heads=2 if heads == 4 else 1,
+            )
+        return str(path)
+    from tuner.loading import _check_reachable
+
+    _check_reachable(model.name_or_path)
+    return model.name_or_path
+
+
+def read_tokenizer(base: str):
+    """The base's tokenizer (or the shipped Qwen3 one when the base has none), prepared for batching."""
+    from tuner.loading import _load_tokenizer_for
+
+    return _load_tokenizer_for(base, None)
+
+
+def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path) -> list:
+    """Training groups from `data.train_file` (grouped JSONL) or mined with BM25 from `data.beir`.
+
+    Raises:
+        FileNotFoundError: the train file or BEIR folder does not exist (the message names the recipe key).
+        ConfigError: neither source is set, or `distill` without teacher scores.
+    """
+    if data.train_file:
+        from tuner.data import load_groups
+
+        if not Path(data.train_file).exists():
+            raise FileNotFoundError(f"data.train_file: {data.train_file!r} not found")
+        groups = load_groups(data.train_file)
+        source = data.train_file
+    elif data.beir:
+        from tuner.data.beir import load_beir
+        from tuner.mining import mine_negatives
+
+        if not Path(data.beir).is_dir():
+            raise FileNotFoundError(f"data.beir: {data.beir!r} is not a directory (a BEIR folder)")
+        beir = load_beir(data.beir, data.split)
+        cache = Path(data.cache_dir) if data.cache_dir else out / "cache"
+        groups = mine_negatives(
+            beir,
+            depth=data.mine_depth,
+            range_min=data.mine_range_min,
+            num_negatives=data.num_negatives,
+            seed=seed,
+            cache_dir=cache,
+            show_progress=False,
+        )
+        source = f"{data.beir} ({data.split}, BM25 negatives)"
+    else:
+        raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
+    groups = [g for g in groups if g.pos and (g.neg or data.group_size == 1)]
+    if data.max_groups is not None:
+        groups = groups[: data.max_groups]
+    if not groups:
+        raise ConfigError(f"data: no usable group (with a positive and a negative) in {source}")
+    if loss_kind == "distill":
+        missing = sum(1 for g in groups if g.pos_scores is None or g.neg_scores is None)
+        if missing:
+            raise ConfigError(
+                f"loss.kind=distill needs teacher scores (pos_scores / neg_scores) in every group; "
+                f"{missing} of {len(groups)} groups in {source} have none (mine with a reranker teacher)"
+            )
+    return groups
+
+
+def build_evaluators(ev: EvalSection, seed: int, cache_dir: Path) -> dict[str, Any]:
+    """`{"dev": Evaluator, "ood": Evaluator}` for the configured BEIR folders (empty without `eval.beir`)."""
+    from tuner.evaluate import Evaluator
+
+    out: dict[str, Any] = {}
+    for key, folder, split in (("dev", ev.beir, ev.split), ("ood", ev.ood, ev.ood_split)):
+        if not folder:
+            continue
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"eval.{'beir' if key == 'dev' else 'ood'}: {folder!r} is not a directory")
+        out[key] = Evaluator.from_beir(
+            folder,
+            split,
+            candidates="bm25",
+            top_k=ev.top_k,
+            max_queries=ev.max_queries,
+            seed=seed,
+            cache_dir=cache_dir,
+            metrics=ev.metrics,
+            primary_metric=ev.metrics[0],
+            show_progress=False,
+        )
+    return out
+
+
+class RankEval:
+    """Reranks an evaluator's candidates with a live (PEFT) model: `rank_eval(model) -> {metric: value}`."""
+
+    def __init__(self, evaluator, tokenizer, max_length: int, batch_tokens: int | None, instruction: str | None):
+        self.evaluator = evaluator
+        self.tokenizer = tokenizer
+        self.kwargs = {"max_length": max_length, "batch_tokens": batch_tokens, "instruction": instruction}
+        self._rerankers: dict[int, Any] = {}
+
+    def __call__(self, model) -> dict[str, float]:
+        from tuner.scoring import Reranker
+
+        # One Reranker per model object: the evaluator caches its encoded prompts across calls.
+        reranker = self._rerankers.get(id(model))
+        if reranker is None:
+            reranker = Reranker(model, self.tokenizer, show_progress=False, **self.kwargs)
+            self._rerankers[id(model)] = reranker
+        return self.evaluator(reranker)  # switches to eval mode and back
+
+    def base(self, model) -> dict[str, float]:
+        """Metrics of the base model (the adapter switched off; a fresh full fine-tune is its own base)."""
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                return self(model)
+        return self(model)
+
+
+def setup_logging(file: Path, main: bool) -> None:
+    """`tuner.train` logs to stdout and to `file` on the main process; other ranks log warnings only."""
+    logger = logging.getLogger("tuner")
+    logger.setLevel(logging.INFO if main else logging.WARNING)
+    for h in list(logger.handlers):
+        if getattr(h, "_tuner_run", False):
+            logger.removeHandler(h)
+            h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if main:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+    for h in handlers:
+        h._tuner_run = True  # type: ignore[attr-defined]
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    logger.propagate = False
+
+
+def start_tracking(config: Config, out: Path, main: bool):
+    """Start the wandb run ourselves (project, entity, name, tags, resolved config) so the Trainer's callback
+    reuses it; point tensorboard at `<out>/logs/tensorboard`. Returns the wandb run or None."""
+    tr = config.tracking
+    if tr.report_to == "tensorboard":
+        # TensorBoardCallback reads its directory from the environment when the Trainer builds it.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs" / "tensorboard")
+        return None
+    if tr.report_to != "wandb" or not main:
+        return None
+    import wandb
+
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=tr.project,
+        entity=tr.entity,
+        name=tr.run_name or out.name,
+        tags=tr.tags or None,
+        config=config.to_dict(),
+        dir=str(out / "logs"),
+        reinit="finish_previous",
+    )
+
+
+def write_meta(
+    target: Path,
+    *,
+    base_model: str,
+    instruction: str | None,
+    max_length: int,
+    encoder,
+    version: str,
+    recipe: str,
+    eval: dict[str, Any],
+) -> None:
+    """The adapter's `tuner.json`: what `Reranker.from_pretrained` and the export helper read."""
+    from tuner.loading import TUNER_META
+
+    atomic_write_json(
+        Path(target) / TUNER_META,
+        {
+            "base_model": base_model,
+            "instruction": instruction,
+            "max_length": max_length,
+            "yes_token_id": encoder.yes_id,
+            "no_token_id": encoder.no_id,
+            "tuner_version": version,
+            "contract": encoder.metadata(),
+            "recipe": recipe,
+            "eval": eval,
+        },
+    )
