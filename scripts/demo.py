@@ -46,19 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     dev = result["metrics"]["dev"]
     metrics = list(config.eval.metrics)
-    rows = [
-        ("BM25 (first stage)", dev.get("first_stage")),
-        ("tiny base (random weights)", dev.get("base")),
-        (f"tiny + LoRA ({result['metrics']['train']['global_step']} steps)", dev.get("final")),
-    ]
-    print()
-    print(f"{dev.get('name', 'dev')}: BM25 top-{config.eval.top_k} reranked, queries never seen in training")
-    print(f"{'system':<34}" + "".join(f"{m:>12}" for m in metrics))
-    for label, values in rows:
-        if values:
-            print(f"{label:<34}" + "".join(f"{values[m]:>12.4f}" for m in metrics))
+    steps = result["metrics"]["train"]["global_step"]
+    base_name = "random tiny" if config.model.tiny else config.model.name_or_path
+    lines = ["| system | collection | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
+    for section, note in (("dev", "in-domain test queries, never trained on"), ("ood", "out-of-domain check")):
+        record = result["metrics"].get(section) or {}
+        for label, key in (
+            ("BM25 (first stage)", "first_stage"),
+            (f"base ({base_name})", "base"),
+            (f"tuned (base + LoRA, {steps} steps)", "final"),
+        ):
+            values = record.get(key)
+            if values:
+                name = f"{record.get('name', section)} ({note})"
+                lines.append(f"| {label} | {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    table = "\n".join(lines)
+    print(f"\nBM25 top-{config.eval.top_k} reranked\n{table}")
     if dev.get("best"):
         print(f"best {metrics[0]} during training: {dev['best']['value']:.4f} ({dev['best']['checkpoint']})")
+    if dev.get("base") and dev.get("final"):
+        delta = dev["final"][metrics[0]] - dev["base"][metrics[0]]
+        print(f"tuned - base on {dev.get('name', 'dev')}: {delta:+.4f} {metrics[0]}")
+    (out / "demo_report.md").write_text(f"# tuner demo ({config.name})\n\n{table}\n", encoding="utf-8")
 
     # The saved adapter, loaded the way a user would, on one test query and its BM25 top 3.
     from tuner.data.beir import load_beir
@@ -77,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     for (doc_id, _), score in zip(top, scores, strict=True):
         mark = "relevant" if test.qrels[qid].get(doc_id, 0) > 0 else ""
         print(f"  {score:.3f}  {doc_id:<10} {test.corpus[doc_id]['title'][:70]}  {mark}")
+
+    # One command from adapter to every format, each loaded back and parity-checked before it is kept.
+    from tuner.export import export
+
+    exports = out / "export"
+    report = export(out, exports, formats=("adapter", "merged", "seq-cls"), device="cpu", overwrite=True)
+    worst = max(r["max_abs_logit_delta"] for r in report["formats"].values())
+    print(f"\nexported adapter, merged and seq-cls to {exports} (parity gate passed, max |Δ logit| {worst:.1e})")
 
     print(f"\ntrained and evaluated in {seconds / 60:.1f} min")
     print(f"adapter (PEFT + tokenizer + tuner.json): {result['adapter_dir']}")

@@ -155,5 +155,6 @@ def _load_tokenizer_for(model: str, adapter: str | None):
             return prepare_tokenizer(AutoTokenizer.from_pretrained(source))
         except (OSError, ValueError):
             continue
-    log.warning("no tokenizer next to %s; using the Qwen3 tokenizer shipped with tuner", model)
+    # Qwen3 checkpoints share one tokenizer; tuner ships it, so a weights-only folder still loads.
+    log.info("no tokenizer next to %s; using the Qwen3 tokenizer shipped with tuner", model)
     return load_tokenizer()
