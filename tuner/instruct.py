@@ -120,6 +120,10 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
     return written
 
 
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.4f}"
+
+
 def _render_search(summary: Mapping[str, Any]) -> str:
     search_info = summary["instruction_search"]
     primary = summary["primary_metric"]
@@ -128,6 +132,18 @@ def _render_search(summary: Mapping[str, Any]) -> str:
         "",
         f"Winner: **{search_info['winner_label']}** ({primary} {search_info['winner_value']:.4f}, "
         f"{search_info['delta_vs_default']:+.4f} against the default); written as `instruction` to `tuner.json`.",
+    ]
+    stats = search_info.get("winner_vs_default")
+    if stats:
+        p_t, p_r = stats.get("p_ttest"), stats.get("p_randomization")
+        lines.append("")
+        lines.append(
+            f"Paired against the default over {stats['queries']} queries: {stats['wins']} wins / {stats['ties']} ties "
+            f"/ {stats['losses']} losses, p = {_fmt_p(p_t)} (t-test), {_fmt_p(p_r)} (randomization)."
+        )
+        if p_r is None or p_r >= 0.05:
+            lines.append("The difference is not significant at 0.05: more queries would be needed to trust it.")
+    lines += [
         "",
         "| candidate | instruction |",
         "|---|---|",
