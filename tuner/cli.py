@@ -427,6 +427,119 @@ def _run_eval(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- instruct / calibrate
+def _add_model_args(p) -> None:
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
+    p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+
+
+def _add_instruct(sub) -> None:
+    p = sub.add_parser(
+        "instruct",
+        help="search task instructions on a BEIR split; write the winner to tuner.json",
+        description="Scores the default instruction, no instruction and each line of --instructions on the same "
+        "first-stage candidates; writes report.md, metrics.json, per_query.jsonl, runs/, report.png and "
+        "tuner.json (the winner as 'instruction') into --out.",
+    )
+    _add_model_args(p)
+    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
+    p.add_argument("--split", default="test", help="qrels split, e.g. dev or test (default test)")
+    p.add_argument("--candidates", default="bm25", help="first-stage TREC run file, or 'bm25' (default)")
+    p.add_argument("--instructions", help="text file with one candidate instruction per line ('#' comments)")
+    p.add_argument("--top-k", type=int, default=50, help="candidates reranked per query (default 50)")
+    p.add_argument("--max-queries", type=int, help="search on a reproducible sample of this many queries")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
+    p.add_argument("--apply", metavar="DIR", help="also write the winner into this adapter/export dir's tuner.json")
+    p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_instruct)
+
+
+def _run_instruct(args) -> int:
+    from tuner.instruct import read_instructions, run_instruct
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_queries is not None and args.max_queries < 1:
+        raise UserError(f"--max-queries must be >= 1, got {args.max_queries}")
+    if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
+        raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
+    if args.apply and not Path(args.apply).is_dir():
+        raise UserError(f"--apply {args.apply}: no such directory")
+    custom = read_instructions(args.instructions) if args.instructions else []
+    out = Path(args.out or Path("runs") / "instruct" / f"{Path(args.beir).name}-{args.split}")
+    summary = run_instruct(
+        args.model,
+        args.beir,
+        out,
+        adapter=args.adapter,
+        split=args.split,
+        candidates=args.candidates,
+        instructions=custom,
+        top_k=args.top_k,
+        max_queries=args.max_queries,
+        seed=args.seed,
+        apply=args.apply,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        cache_dir=args.cache_dir or None,
+        show_progress=False if args.no_progress else None,
+    )
+    print((out / "report.md").read_text(encoding="utf-8").split("\n## Systems")[0].rstrip())
+    info = summary["instruction_search"]
+    print(f"\nwinner: {info['winner_label']} ({info['winner']!r}) in {info['seconds']:.1f} s; wrote {out}/tuner.json")
+    for path in info["applied_to"] or []:
+        print(f"applied to {path}")
+    return 0
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit temperature and bias (Platt scaling) on labeled dev pairs; report ECE and log loss",
+        description="Writes calibration.json, report.md and reliability.png into --out.",
+    )
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="labeled pairs or grouped JSONL (pos → 1, neg → 0)")
+    p.add_argument("--split", help="file stem when --data is a folder (default train)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--apply", metavar="DIR", help="store {temperature, bias} in this adapter/export dir's tuner.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default 0)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from tuner.calibrate import run_calibrate
+
+    if args.apply and not Path(args.apply).is_dir():
+        raise UserError(f"--apply {args.apply}: no such directory")
+    summary = run_calibrate(
+        args.model,
+        args.data,
+        args.out,
+        adapter=args.adapter,
+        split=args.split,
+        apply=args.apply,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        seed=args.seed,
+    )
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8").split("\n![")[0].rstrip())
+    print(f"\nwrote {args.out}/calibration.json, report.md, reliability.png in {summary['seconds']:.1f} s")
+    for path in summary["applied_to"] or []:
+        print(f"applied to {path}")
+    return 0
+
+
 # Each verb registers its parser here; the issue that adds a verb adds one line.
 COMMANDS: list[Callable] = [
     _add_tiny_model,
@@ -436,6 +549,8 @@ COMMANDS: list[Callable] = [
     _add_train,
     _add_config,
     _add_eval,
+    _add_instruct,
+    _add_calibrate,
     _add_export,
     _add_serve,
 ]

@@ -1,0 +1,146 @@
+"""Platt scaling: recovery on synthetic logits, hand-computed ECE / log loss, and the calibration (and instruction)
+being picked up by `Reranker`, `tuner export` and `tuner serve`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import numpy as np
+import pytest
+from exporting import make_run
+from test_serve import running
+
+from tuner.calibrate import (
+    apply_calibration,
+    calibration_metrics,
+    expected_calibration_error,
+    fit_platt,
+    log_loss,
+    reliability_bins,
+)
+from tuner.cli import main
+from tuner.export import export
+from tuner.instruct import apply_meta
+from tuner.scoring import Reranker
+from tuner.serve import create_app
+
+QUERY = "what produces lift on a wing?"
+DOCS = ["Lift comes from pressure differences.", "Bananas are rich in potassium.", "Engines burn fuel.", "Wings."]
+CALIBRATION = {"temperature": 1.7, "bias": -0.4}
+INSTRUCTION = "Given an engineering question, find the passage that answers it"
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# ------------------------------------------------------------------------------------------------ pure math
+@pytest.mark.parametrize(("temperature", "bias"), [(2.5, -0.7), (0.5, 1.2)])
+def test_fit_recovers_known_temperature_and_bias_within_5_percent(temperature, bias):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(1.0, 3.0, size=100_000)
+    labels = (rng.random(logits.size) < 1.0 / (1.0 + np.exp(-(logits / temperature + bias)))).astype(float)
+    t, b = fit_platt(logits, labels)
+    assert t == pytest.approx(temperature, rel=0.05)
+    assert b == pytest.approx(bias, rel=0.05)
+    # the fit is the likelihood optimum: it beats the true parameters (in-sample) and the identity
+    assert log_loss(logits / t + b, labels) <= log_loss(logits / temperature + bias, labels) + 1e-12
+    assert log_loss(logits / t + b, labels) < log_loss(logits, labels)
+
+
+def test_fit_needs_both_labels_and_keeps_a_positive_slope():
+    with pytest.raises(ValueError, match="positive and one negative"):
+        fit_platt([0.1, 0.2], [1, 1])
+    # anti-correlated scores: the slope stays at its positive floor instead of reversing the ranking
+    t, _ = fit_platt([-2.0, -1.0, 1.0, 2.0], [1, 1, 0, 0])
+    assert t > 0
+
+
+def test_ece_and_log_loss_on_hand_computed_values():
+    # 15 bins: 0.1 → bin 1, 0.2 → bin 3, 0.9 → bin 13, 0.95 → bin 14; each alone: |0.1-0|+|0.2-1|+|0.9-1|+|0.95-1|
+    assert expected_calibration_error([0.1, 0.2, 0.9, 0.95], [0, 1, 1, 1]) == pytest.approx(1.05 / 4)
+    # two in one bin (13): |mean 0.91 − fraction 0.5|
+    assert expected_calibration_error([0.9, 0.92], [1, 0]) == pytest.approx(0.41)
+    bins = reliability_bins([1.0, 0.0], [1, 0])
+    assert len(bins) == 15 and bins[-1]["count"] == 1 and bins[0]["count"] == 1  # p = 1.0 is in the last bin
+    assert log_loss([0.0, 0.0], [1, 0]) == pytest.approx(math.log(2))
+    assert log_loss([1000.0, -1000.0], [1, 0]) == pytest.approx(0.0)  # computed on logits: no log(0)
+    metrics = calibration_metrics([0.0], [1])
+    assert metrics["brier"] == pytest.approx(0.25) and metrics["ece"] == pytest.approx(0.5)
+
+
+def test_calibration_is_monotone_so_the_ranking_never_changes():
+    logits = np.array([-3.0, 2.5, 0.1, 7.0, -0.2])
+    probs = apply_calibration(logits, 3.0, -1.5)
+    assert list(np.argsort(-probs)) == list(np.argsort(-logits))
+    assert probs[0] == pytest.approx(_sigmoid(-3.0 / 3.0 - 1.5))
+
+
+# ------------------------------------------------------------------------------- picked up downstream
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir):
+    """A training run whose adapter got a calibration and an instruction applied (as the CLIs do)."""
+    run = make_run(tmp_path_factory.mktemp("run"), tiny_model_dir)
+    apply_meta(run, {"calibration": CALIBRATION, "instruction": INSTRUCTION})
+    return run
+
+
+def _check_reranker(reranker: Reranker) -> list[float]:
+    """The loaded reranker uses the applied instruction and calibration; returns its probabilities for DOCS."""
+    assert reranker.instruction == INSTRUCTION and reranker.calibration == CALIBRATION
+    raw = reranker.score(QUERY, DOCS, normalize=False)
+    assert raw == pytest.approx(reranker.score(QUERY, DOCS, instruction=INSTRUCTION, normalize=False), abs=1e-6)
+    probs = reranker.score(QUERY, DOCS)
+    assert probs == pytest.approx([_sigmoid(x / 1.7 - 0.4) for x in raw], abs=1e-9)
+    assert [r["index"] for r in reranker.rank(QUERY, DOCS)] == sorted(range(len(DOCS)), key=lambda i: -raw[i])
+    return probs
+
+
+def test_reranker_export_and_server_pick_up_instruction_and_calibration(run_dir, tmp_path):
+    adapter = Reranker.from_pretrained(run_dir / "adapter", device="cpu", dtype="float32")
+    expected = _check_reranker(adapter)
+    out = tmp_path / "export"
+    report = export(run_dir, out, formats=["seq-cls"], device="cpu")
+    assert report["passed"]
+    meta = json.loads((out / "tuner.json").read_text())
+    assert meta["instruction"] == INSTRUCTION and meta["calibration"] == CALIBRATION
+    loaded = Reranker.from_pretrained(out, device="cpu", dtype="float32")
+    assert _check_reranker(loaded) == pytest.approx(expected, abs=1e-5)
+    app = create_app(loaded, model_name="tiny")
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as client:
+        body = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()
+        served = {r["index"]: r["relevance_score"] for r in body["results"]}
+        assert served == pytest.approx(dict(enumerate(expected)), abs=1e-5)
+        scores = client.post("/score", json={"queries": QUERY, "documents": DOCS}).json()["data"]
+        assert [x["score"] for x in scores] == pytest.approx(expected, abs=1e-5)
+
+
+def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
+    rows = []
+    for n in range(12):
+        rows.append({"query": f"question {n} about wings", "pos": [f"wing fact {n}"], "neg": DOCS[1:3]})
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    target = tmp_path / "model"
+    target.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (target / f.name).symlink_to(f)
+    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    out = tmp_path / "out"
+    argv = ["calibrate", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--apply", str(target)]
+    assert main(argv) == 0
+    summary = json.loads((out / "calibration.json").read_text())
+    assert summary["pairs"] == 36 and summary["positives"] == 12
+    assert summary["after"]["log_loss"] <= summary["before"]["log_loss"] + 1e-9  # the fit minimizes it
+    assert "15 equal-width bins" in summary["binning"] and len(summary["reliability_after"]) == 15
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ECE (15 equal-width bins)" in (out / "report.md").read_text()
+    applied = json.loads((target / "tuner.json").read_text())
+    assert applied["instruction"] == "keep me"
+    assert applied["calibration"] == {"temperature": summary["temperature"], "bias": summary["bias"]}
+    loaded = Reranker.from_pretrained(target, device="cpu", dtype="float32")
+    raw = loaded.score(QUERY, DOCS, normalize=False)
+    t, b = summary["temperature"], summary["bias"]
+    assert loaded.score(QUERY, DOCS) == pytest.approx([_sigmoid(x / t + b) for x in raw], abs=1e-9)

@@ -1,0 +1,131 @@
+"""Instruction search on the tiny model and a small BEIR slice written into tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_evaluate import write_beir
+
+from tuner.cli import main
+from tuner.contract import DEFAULT_INSTRUCTION
+from tuner.evaluate import Evaluator
+from tuner.instruct import Candidate, apply_meta, candidate_instructions, read_instructions, search
+from tuner.scoring import Reranker
+
+CUSTOM = [
+    "Given a health question, retrieve the abstract that answers it",
+    "Find fruit",
+    "Retrieve relevant passages",
+]
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory):
+    return write_beir(tmp_path_factory.mktemp("beir") / "mini")
+
+
+@pytest.fixture(scope="module")
+def evaluator(beir_dir):
+    return Evaluator.from_beir(beir_dir, "test", candidates="bm25", top_k=5, show_progress=False)
+
+
+def test_candidates_always_include_default_and_none_without_duplicates():
+    cands = candidate_instructions(["Find X", DEFAULT_INSTRUCTION, "", "Find X"], None)
+    assert cands == [
+        Candidate("default", DEFAULT_INSTRUCTION),
+        Candidate("no instruction", ""),
+        Candidate("custom 1", "Find X"),
+    ]
+    # a model whose tuner.json has its own default: that one is the reference, the card's is still tried
+    cands = candidate_instructions([], "Find papers")
+    assert [(c.label, c.text) for c in cands] == [
+        ("default", "Find papers"),
+        ("model card default", DEFAULT_INSTRUCTION),
+        ("no instruction", ""),
+    ]
+
+
+def test_read_instructions_skips_blanks_and_comments(tmp_path):
+    path = tmp_path / "inst.txt"
+    path.write_text("# a comment\n\n  Find papers  \nRetrieve passages\n", encoding="utf-8")
+    assert read_instructions(path) == ["Find papers", "Retrieve passages"]
+    path.write_text("# only a comment\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"inst\.txt: no instruction"):
+        read_instructions(path)
+
+
+def test_search_picks_the_instruction_with_the_best_measured_ndcg(evaluator, beir_dir, tiny_reranker):
+    cands = candidate_instructions(CUSTOM, tiny_reranker.instruction)
+    results, best = search(tiny_reranker, evaluator, cands)
+    # a direct evaluation, on a fresh evaluator (no shared encoding cache), of every instruction
+    fresh = Evaluator.from_beir(beir_dir, "test", candidates="bm25", top_k=5, show_progress=False)
+    direct = [fresh.evaluate(tiny_reranker, instruction=c.text).metrics["ndcg@10"] for c in cands]
+    assert [r.metrics["ndcg@10"] for r in results] == pytest.approx(direct, abs=1e-12)
+    assert len(set(round(x, 9) for x in direct)) > 1, "instructions must change the ranking for this test to bite"
+    assert direct[best] == max(direct)
+    assert best == min(i for i, x in enumerate(direct) if x == max(direct))  # ties: the earlier (default first)
+    assert results[best].info["instruction"] == cands[best].text
+
+
+def test_cli_instruct_writes_reports_and_applies_the_winner(tmp_path, beir_dir, tiny_model_dir, tokenizer):
+    inst = tmp_path / "inst.txt"
+    inst.write_text("\n".join(CUSTOM) + "\n", encoding="utf-8")
+    export_dir = tmp_path / "export"  # a model dir with a tuner.json holding other keys that must survive
+    export_dir.mkdir()
+    (export_dir / "config.json").write_text((tiny_model_dir / "config.json").read_text(), encoding="utf-8")
+    (export_dir / "tuner.json").write_text(json.dumps({"base_model": "x", "calibration": {"temperature": 2.0}}))
+    out = tmp_path / "out"
+    argv = ["instruct", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--split", "test", "--top-k", "5"]
+    argv += ["--instructions", str(inst), "--out", str(out), "--apply", str(export_dir), "--cache-dir", ""]
+    assert main([*argv, "--no-progress"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    info = summary["instruction_search"]
+    labels = [c["label"] for c in info["candidates"]]
+    assert labels == ["default", "no instruction", "custom 1", "custom 2", "custom 3"]
+    values = [c["ndcg@10"] for c in info["candidates"]]
+    assert (
+        info["winner_value"] == max(values) and info["winner"] == info["candidates"][values.index(max(values))]["text"]
+    )
+    assert summary["reference"] == "default"  # paired tests are against the default
+    for system in summary["systems"][2:]:
+        assert {"p_ttest", "p_randomization", "wins"} <= set(system["vs_reference"]["ndcg@10"])
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Instruction search") and "p (paired t-test)" in report
+    assert (out / "report.png").is_file() and (out / "per_query.jsonl").is_file()
+    assert json.loads((out / "tuner.json").read_text())["instruction"] == info["winner"]
+    applied = json.loads((export_dir / "tuner.json").read_text())
+    assert applied == {"base_model": "x", "calibration": {"temperature": 2.0}, "instruction": info["winner"]}
+
+
+def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_path):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    assert apply_meta(run, {"instruction": "A"}) == [run / "adapter" / "tuner.json"]
+    multi = tmp_path / "multi"
+    for fmt in ("merged", "seq-cls"):
+        (multi / fmt).mkdir(parents=True)
+        (multi / fmt / "config.json").write_text("{}")
+        (multi / fmt / "tuner.json").write_text(json.dumps({"format": fmt}))
+    written = apply_meta(multi, {"instruction": "B"})
+    assert [json.loads(p.read_text()) for p in written] == [
+        {"format": "merged", "instruction": "B"},
+        {"format": "seq-cls", "instruction": "B"},
+    ]
+    with pytest.raises(FileNotFoundError, match="neither a model"):
+        apply_meta(tmp_path, {"instruction": "C"})
+
+
+def test_reranker_default_instruction_comes_from_the_applied_tuner_json(tmp_path, tiny_model_dir, tiny_reranker):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (model_dir / f.name).symlink_to(f)
+    apply_meta(model_dir, {"instruction": "Find fruit"})
+    loaded = Reranker.from_pretrained(model_dir, device="cpu", dtype="float32")
+    assert loaded.instruction == "Find fruit"
+    docs = ["Bananas are yellow.", "Wings make lift."]
+    assert loaded.score("q", docs, normalize=False) == pytest.approx(
+        tiny_reranker.score("q", docs, instruction="Find fruit", normalize=False), abs=1e-6
+    )

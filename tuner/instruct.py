@@ -1,0 +1,242 @@
+"""Instruction search: score candidate task instructions on the same first-stage candidates and keep the best.
+
+Qwen3-Reranker is instruction-aware, so the cheapest customization is choosing the instruction. Every candidate
+is scored by the one `Evaluator` on the same queries and the same top-k candidates (so the comparison is paired by
+query), and compared with the model's default through `report.paired_stats`. The winner is the instruction with
+the best mean primary metric (nDCG@10), ties going to the default, then to the earlier candidate; it is written
+as `instruction` into a `tuner.json`, which `Reranker.from_pretrained`, `tuner export` and `tuner serve` read as
+their default instruction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.contract import DEFAULT_INSTRUCTION
+from tuner.evaluate import EvalResult, Evaluator
+from tuner.loading import TUNER_META, read_meta
+
+__all__ = ["Candidate", "apply_meta", "candidate_instructions", "read_instructions", "run_instruct", "search"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One instruction under test: its report label and its text (`""` = no instruction)."""
+
+    label: str
+    text: str
+
+
+def read_instructions(path: str | Path) -> list[str]:
+    """Instructions from a text file, one per line; blank lines and lines starting with `#` are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such instructions file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    out = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not out:
+        raise ValueError(f"{path}: no instruction in the file (one per line; '#' starts a comment)")
+    return out
+
+
+def candidate_instructions(custom: Sequence[str], model_default: str | None) -> list[Candidate]:
+    """The default (the model's, else the model card's), the card's if different, no instruction, then `custom`.
+
+    Duplicates are dropped (the first label wins), so "default" is always candidate 0: the paired reference.
+    """
+    default = DEFAULT_INSTRUCTION if model_default is None else model_default
+    items = [Candidate("default", default)]
+    if default != DEFAULT_INSTRUCTION:
+        items.append(Candidate("model card default", DEFAULT_INSTRUCTION))
+    items.append(Candidate("no instruction", ""))
+    items += [Candidate(f"custom {n}", text) for n, text in enumerate(custom, 1)]
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        if item.text not in seen:
+            seen.add(item.text)
+            unique.append(item)
+    return unique
+
+
+def search(reranker, evaluator: Evaluator, candidates: Sequence[Candidate]) -> tuple[list[EvalResult], int]:
+    """Evaluate `reranker` under each candidate instruction; return the results and the winner's index.
+
+    The winner has the highest mean `evaluator.primary_metric`; ties go to the default (index 0), then to the
+    earlier candidate, so a custom instruction must measurably beat the default to be chosen.
+    """
+    results = []
+    for cand in candidates:
+        result = evaluator.evaluate(reranker, instruction=cand.text, label=cand.label)
+        result.info["instruction"] = cand.text
+        results.append(result)
+    primary = evaluator.primary_metric
+    best = max(range(len(results)), key=lambda i: (results[i].metrics[primary], -i))
+    return results, best
+
+
+def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
+    """Merge `updates` into the `tuner.json` of an adapter / export directory, atomically, keeping other keys.
+
+    `target` may be a model or adapter directory (config.json or adapter_config.json), a training run (its
+    `adapter/` is used, as `tuner export` does), or a multi-format export (each format subdirectory is updated).
+
+    Returns:
+        The `tuner.json` files written.
+    """
+    from tuner.report import atomic_write
+
+    root = Path(target).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such adapter or export directory")
+
+    def is_model(d: Path) -> bool:
+        return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
+
+    if is_model(root):
+        dirs = [root]
+    elif is_model(root / "adapter"):
+        dirs = [root / "adapter"]
+    else:
+        dirs = sorted(d for d in root.iterdir() if d.is_dir() and is_model(d) and (d / TUNER_META).is_file())
+    if not dirs:
+        raise FileNotFoundError(
+            f"{root}: neither a model/adapter directory (config.json or adapter_config.json), a run with adapter/, "
+            "nor an export with format subdirectories"
+        )
+    written = []
+    for d in dirs:
+        meta = read_meta(d)
+        meta.update(updates)
+        written.append(atomic_write(d / TUNER_META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n"))
+    return written
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.4f}"
+
+
+def _render_search(summary: Mapping[str, Any]) -> str:
+    search_info = summary["instruction_search"]
+    primary = summary["primary_metric"]
+    lines = [
+        "# Instruction search",
+        "",
+        f"Winner: **{search_info['winner_label']}** ({primary} {search_info['winner_value']:.4f}, "
+        f"{search_info['delta_vs_default']:+.4f} against the default); written as `instruction` to `tuner.json`.",
+    ]
+    stats = search_info.get("winner_vs_default")
+    if stats:
+        p_t, p_r = stats.get("p_ttest"), stats.get("p_randomization")
+        lines.append("")
+        lines.append(
+            f"Paired against the default over {stats['queries']} queries: {stats['wins']} wins / {stats['ties']} ties "
+            f"/ {stats['losses']} losses, p = {_fmt_p(p_t)} (t-test), {_fmt_p(p_r)} (randomization)."
+        )
+        if p_r is None or p_r >= 0.05:
+            lines.append("The difference is not significant at 0.05: more queries would be needed to trust it.")
+    lines += [
+        "",
+        "| candidate | instruction |",
+        "|---|---|",
+    ]
+    for cand in search_info["candidates"]:
+        text = "(none)" if cand["text"] == "" else cand["text"].replace("|", "\\|")
+        lines.append(f"| {cand['label']} | {text} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run_instruct(
+    model: str,
+    beir: str | Path,
+    out_dir: str | Path,
+    adapter: str | None = None,
+    split: str = "test",
+    candidates: str | Path = "bm25",
+    instructions: Sequence[str] = (),
+    top_k: int = 50,
+    max_queries: int | None = None,
+    seed: int = 0,
+    apply: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Search instructions on a BEIR split and write the report, `tuner.json` (and `apply`'s `tuner.json`).
+
+    Writes into `out_dir` the evaluation report (`report.md`, `metrics.json`, `per_query.jsonl`, `runs/`,
+    `report.png`, through `report.write_report`, with the default instruction as the paired reference and an
+    instruction-search section on top) and `tuner.json` = `{"instruction": winner, "instruction_search": ...}`.
+
+    Returns:
+        The summary written to `metrics.json`.
+    """
+    from tuner.report import atomic_write, render_markdown, write_report
+    from tuner.scoring import Reranker
+
+    start = time.perf_counter()
+    evaluator = Evaluator.from_beir(
+        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
+    )
+    load_kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
+    if max_length is not None:
+        load_kwargs["max_length"] = max_length
+    reranker = Reranker.from_pretrained(model, adapter=adapter, **load_kwargs)
+    cands = candidate_instructions(instructions, reranker.instruction)
+    results, best = search(reranker, evaluator, cands)
+    for result in results:
+        result.info.update(model=model, adapter=adapter)
+
+    source = "BM25" if str(candidates).lower() == "bm25" else str(candidates)
+    first = evaluator.first_stage_result(f"first stage ({Path(source).name})")
+    first.info = {"model": source}
+    meta = {
+        "dataset": Path(beir).name,
+        "split": split,
+        "candidates": source,
+        "top_k": top_k,
+        "pairs_per_model": evaluator.num_pairs,
+        "max_queries": max_queries,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(out_dir)
+    # reference = 1: the default instruction (row 0 is the first stage, shown for context)
+    summary = write_report(
+        out, [first, *results], 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels
+    )
+    primary = evaluator.primary_metric
+    winner, default = results[best], results[0]
+    stats = next(s for s in summary["systems"] if s["label"] == winner.label).get("vs_reference", {}).get(primary)
+    summary["instruction_search"] = {
+        "winner_label": winner.label,
+        "winner": cands[best].text,
+        "winner_value": winner.metrics[primary],
+        "default_value": default.metrics[primary],
+        "delta_vs_default": winner.metrics[primary] - default.metrics[primary],
+        "winner_vs_default": stats,  # None when the default itself won
+        "candidates": [{"label": c.label, "text": c.text, **r.metrics} for c, r in zip(cands, results, strict=True)],
+        "seconds": round(time.perf_counter() - start, 3),
+        "applied_to": None,
+    }
+    if apply is not None:
+        written = apply_meta(apply, {"instruction": cands[best].text})
+        summary["instruction_search"]["applied_to"] = [str(p) for p in written]
+    search_meta = {k: v for k, v in summary["instruction_search"].items() if k != "candidates"}
+    search_meta.update(dataset=meta["dataset"], split=split, metric=primary, model=model, adapter=adapter)
+    atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / "report.md", _render_search(summary) + "\n" + render_markdown(summary))
+    tuner_json = {"instruction": cands[best].text, "instruction_search": search_meta}
+    atomic_write(out / TUNER_META, json.dumps(tuner_json, indent=2, ensure_ascii=False) + "\n")
+    return summary
