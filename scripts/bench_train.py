@@ -41,8 +41,13 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4
 PATHS = ["naive", "tuner", "packed", "qlora"]
 
 
-def synthetic_prompts(encoder, groups: int, group_size: int, doc_max: int, seed: int) -> list[list[int]]:
-    """Prompt ids in the contract's layout with random query (8-40) and document (40-doc_max) tokens."""
+def synthetic_prompts(
+    encoder, groups: int, group_size: int, doc_max: int, seed: int, fixed_len: int | None = None
+) -> list[list[int]]:
+    """Prompt ids in the contract's layout with random query (8-40) and document (40-doc_max) tokens.
+
+    With `fixed_len`, every prompt is cut or extended (document tokens) to exactly that many tokens.
+    """
     import torch
 
     from tuner.contract import DEFAULT_INSTRUCTION
@@ -60,7 +65,12 @@ def synthetic_prompts(encoder, groups: int, group_size: int, doc_max: int, seed:
     for _ in range(groups):
         query = rand(8, 40)
         for _ in range(group_size):
-            prompts.append(encoder.prefix_ids + head + query + mid + rand(40, doc_max) + encoder.suffix_ids)
+            fixed = encoder.prefix_ids + head + query + mid
+            doc = rand(40, doc_max)
+            if fixed_len is not None:
+                need = fixed_len - len(fixed) - len(encoder.suffix_ids)
+                doc = (doc * (need // len(doc) + 1))[:need]
+            prompts.append(fixed + doc + encoder.suffix_ids)
     return prompts
 
 
@@ -218,6 +228,7 @@ def main() -> int:
     parser.add_argument("--doc-max", type=int, default=None, help="longest document (default 600 GPU, 200 CPU)")
     parser.add_argument("--batch-tokens", type=int, default=None, help="tuner path chunk budget (16384 / 2048)")
     parser.add_argument("--row-tokens", type=int, default=None, help="packed row capacity (default 8192 / 1024)")
+    parser.add_argument("--fixed-len", type=int, default=None, help="every prompt exactly N tokens (memory target)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/tuner-bench", help="where the random checkpoint is written")
     parser.add_argument("--json", default=None, help="output JSON (default WORKDIR/bench_train-<device>.json)")
@@ -251,7 +262,7 @@ def main() -> int:
         if not (ckpt / "config.json").is_file():
             write_tiny_model(ckpt)
     enc = PromptEncoder(load_tokenizer(), max_length=8192)
-    prompts = synthetic_prompts(enc, args.groups, args.group_size, args.doc_max, args.seed)
+    prompts = synthetic_prompts(enc, args.groups, args.group_size, args.doc_max, args.seed, args.fixed_len)
     lengths = [len(p) for p in prompts]
     print(
         f"device: {device_name}; model: {ckpt.name}; {args.groups} x {args.group_size} prompts/step, "
