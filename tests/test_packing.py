@@ -104,3 +104,43 @@ def test_packing_without_restarting_positions_would_differ(lora_model):
         flat = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1])[None])
         bad = packed_yes_no_logits(lora_model, **flat, yes_id=YES, no_id=NO)
     assert abs(float(good[1] - bad[1])) > 1e-4
+
+
+def test_collator_packing_through_the_training_forward(lora_model, tokenizer):
+    """`train.packing`: GroupCollator(packing=True) + the Trainer's score forward give the padded batch's logits."""
+    from tuner.contract import PromptEncoder
+    from tuner.train import install_score_forward, remove_score_forward
+    from tuner.train_data import GroupCollator
+
+    enc = PromptEncoder(tokenizer, max_length=96)
+    samples = [
+        {
+            "query": "what heals wounds",
+            "instruction": None,
+            "docs": ["honey on burns", "tax law", "moon rocks"],
+            "teacher": None,
+        },
+        {
+            "query": "cause of scurvy",
+            "instruction": "Find evidence",
+            "docs": ["vitamin C lack " * 9, "a", "b c"],
+            "teacher": None,
+        },
+    ]
+    padded = GroupCollator(enc, tokenizer.pad_token_id)(samples)
+    packed = GroupCollator(enc, tokenizer.pad_token_id, packing=True)(samples)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    assert torch.equal(packed["group_labels"], padded["group_labels"])
+    install_score_forward(lora_model, enc.yes_id, enc.no_id)
+    try:
+        with torch.no_grad():
+            a = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")})
+            b = lora_model(**{k: packed[k] for k in ("input_ids", "position_ids", "row_index", "last_index")})
+            va = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")}, vocab=True)
+            vb = lora_model(
+                **{k: packed[k] for k in ("input_ids", "position_ids", "row_index", "last_index")}, vocab=True
+            )
+    finally:
+        remove_score_forward(lora_model)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(vb, va, atol=1e-4, rtol=1e-5)

@@ -19,7 +19,7 @@ from torch import nn
 
 from tuner.head import collate, live_head_vector, unwrap_backbone, yes_no_logits
 
-__all__ = ["chunked_yes_no_logits", "pack_rows", "packed_yes_no_logits", "sorted_chunks"]
+__all__ = ["chunked_yes_no_logits", "pack_rows", "packed_last_hidden", "packed_yes_no_logits", "sorted_chunks"]
 
 
 def pack_rows(
@@ -88,11 +88,22 @@ def packed_yes_no_logits(
     No attention mask and `use_cache=False`: that is what makes transformers treat restarting `position_ids`
     as separate sequences.
     """
+    h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index).float()  # [n, hidden]
+    return h @ live_head_vector(model, yes_id, no_id)
+
+
+def packed_last_hidden(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    row_index: torch.Tensor,
+    last_index: torch.Tensor,
+) -> torch.Tensor:
+    """Final-norm hidden state at each packed prompt's last token, shape [n, hidden] (see `pack_rows`)."""
     backbone = unwrap_backbone(model)
     out = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [rows, len, hidden]
-    h = hidden[row_index.to(hidden.device), last_index.to(hidden.device)].float()  # [n, hidden]
-    return h @ live_head_vector(model, yes_id, no_id)
+    return hidden[row_index.to(hidden.device), last_index.to(hidden.device)]
 
 
 def sorted_chunks(
