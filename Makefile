@@ -35,6 +35,7 @@ format: install
 
 bench: install
 	$(BIN)/python scripts/bench_scoring.py
+	$(BIN)/python scripts/bench_train.py
 
 demo: install
 	$(BIN)/python scripts/demo.py

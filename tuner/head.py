@@ -100,10 +100,16 @@ def yes_no_logits(
 ) -> torch.Tensor:
     """Relevance logits `h_last · (w_yes − w_no)` in fp32, shape [batch]. Differentiable (training uses it)."""
     h = last_hidden(model, input_ids, attention_mask, last_index).float()  # [batch, hidden]
+    return h @ live_head_vector(model, yes_id, no_id)
+
+
+def live_head_vector(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
+    """Differentiable fp32 `w_yes − w_no` [hidden] (lm_head rows, or a 1-label seq-cls `score` row).
+
+    Shared by `yes_no_logits` and the packed training path (`tuner.packing`), so both project on the same head.
+    """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(inner, "score", None) is not None:
-        w = inner.score.weight[0].float()
-    else:
-        rows = head_rows(model, yes_id, no_id).float()  # [2, hidden]
-        w = rows[0] - rows[1]
-    return h @ w
+        return inner.score.weight[0].float()
+    rows = head_rows(model, yes_id, no_id).float()  # [2, hidden]
+    return rows[0] - rows[1]

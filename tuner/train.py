@@ -46,8 +46,17 @@ def install_score_forward(model, yes_id: int, no_id: int) -> None:
     restores it.
     """
     from tuner.head import yes_no_logits
+    from tuner.packing import packed_last_hidden, packed_yes_no_logits
 
-    def forward(input_ids, attention_mask, last_index, vocab: bool = False, **_: Any) -> torch.Tensor:
+    def forward(
+        input_ids, last_index, attention_mask=None, position_ids=None, row_index=None, vocab: bool = False, **_: Any
+    ) -> torch.Tensor:
+        if row_index is not None:  # packed rows (train.packing): tuner.packing, same head
+            if not vocab:
+                return packed_yes_no_logits(model, input_ids, position_ids, row_index, last_index, yes_id, no_id)
+            h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index).float()
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            return h @ inner.get_output_embeddings().weight.float().T
         if not vocab:
             return yes_no_logits(model, input_ids, attention_mask, last_index, yes_id, no_id)  # [rows] fp32
         # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab]
@@ -98,7 +107,8 @@ class RerankTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
         groups, size = labels.shape
-        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "last_index")}
+        keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index")  # padded or packed
+        batch = {k: inputs[k] for k in keys if k in inputs}
         if self.loss_kind == "sft":
             vocab = model(**batch, vocab=True)  # [rows, vocab]
             loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id)
@@ -332,7 +342,9 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         args=args,
         train_dataset=GroupDataset(groups, config.data.group_size, config.train.seed),
         eval_dataset=list(evaluators["dev"].qids) if rank_eval is not None else None,
-        data_collator=GroupCollator(encoder, tokenizer.pad_token_id, config.data.instruction),
+        data_collator=GroupCollator(
+            encoder, tokenizer.pad_token_id, config.data.instruction, packing=config.train.packing
+        ),
         loss_kind=config.loss.kind,
         loss_kwargs={
             "pos_weight": config.loss.pos_weight,

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from tuner.contract import PromptEncoder
 from tuner.data.schema import Group
 from tuner.head import collate
+from tuner.packing import pack_rows
 
 __all__ = ["EpochSampler", "GroupCollator", "GroupDataset", "sample_group"]
 
@@ -109,13 +110,16 @@ class GroupCollator:
     encoder: PromptEncoder
     pad_id: int
     default_instruction: str | None = None
+    # packed rows instead of a padded batch: keys input_ids, position_ids, row_index, last_index (tuner.packing)
+    packing: bool = False
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         triples = []
         for s in samples:
             instruction = s["instruction"] if s["instruction"] is not None else self.default_instruction
             triples.extend((s["query"], doc, instruction) for doc in s["docs"])
-        batch = collate(self.encoder.encode_many(triples), self.pad_id)
+        ids = self.encoder.encode_many(triples)
+        batch = pack_rows(ids, self.pad_id) if self.packing else collate(ids, self.pad_id)
         size = len(samples[0]["docs"])
         labels = torch.zeros(len(samples), size)
         labels[:, 0] = 1.0

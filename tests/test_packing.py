@@ -1,0 +1,177 @@
+"""The fast training paths (packed rows, length-sorted chunks) give the simple padded path's loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuner.head import collate, yes_no_logits
+from tuner.losses import listwise_loss
+from tuner.modeling import attach_lora, load_base
+from tuner.packing import chunked_yes_no_logits, pack_rows, packed_yes_no_logits, sorted_chunks
+
+YES, NO, PAD = 9693, 2152, 151643
+
+
+def test_pack_rows_layout():
+    ids = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+    out = pack_rows(ids, pad_id=0, row_tokens=5)
+    # longest first, first fit: row 0 = [6 7 8 9] + [10]; row 1 = [1 2 3] + [4 5]
+    assert out["input_ids"].tolist() == [[6, 7, 8, 9, 10], [1, 2, 3, 4, 5]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert out["row_index"].tolist() == [1, 1, 0, 0]
+    assert out["last_index"].tolist() == [2, 4, 3, 4]
+    for i, seq in enumerate(ids):  # the last token of each prompt is where the indices point
+        assert out["input_ids"][out["row_index"][i], out["last_index"][i]] == seq[-1]
+
+
+def test_pack_rows_pads_tail_as_its_own_segment_and_keeps_long_prompts_whole():
+    out = pack_rows([[1] * 6, [2, 2]], pad_id=0, row_tokens=4)
+    assert out["input_ids"].tolist() == [[1] * 6, [2, 2, 0, 0, 0, 0]]
+    assert out["position_ids"][1].tolist() == [0, 1, 0, 1, 2, 3]
+    one = pack_rows([[1, 2], [3]], pad_id=0)
+    assert one["input_ids"].tolist() == [[1, 2, 3]] and one["position_ids"].tolist() == [[0, 1, 0]]
+    with pytest.raises(ValueError):
+        pack_rows([], pad_id=0)
+
+
+def test_sorted_chunks_respect_budget_and_cover_all():
+    ids = [[1] * n for n in (5, 2, 9, 3, 7, 4)]
+    chunks = sorted_chunks(ids, pad_id=0, batch_tokens=12)
+    seen = sorted(i for idx, _ in chunks for i in idx.tolist())
+    assert seen == list(range(len(ids)))
+    for idx, batch in chunks:
+        assert batch["input_ids"].numel() <= 12 or len(idx) == 1
+        assert batch["last_index"].tolist() == [len(ids[i]) - 1 for i in idx.tolist()]
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_model_dir):
+    torch.manual_seed(0)
+    model = load_base(tiny_model_dir, dtype="float32", attn_implementation="sdpa", device="cpu")
+    model = attach_lora(model, r=16, alpha=32, dropout=0.0)
+    with torch.no_grad():  # LoRA B starts at zero (then A gets no gradient): give both sides real values
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def _loss_and_grads(model, logits_fn):
+    model.zero_grad(set_to_none=True)
+    logits = logits_fn()
+    loss = listwise_loss(logits.view(3, 4))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("row_tokens", [None, 160])
+def test_packed_and_chunked_match_padded_path(lora_model, row_tokens):
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(12, 70, (12,), generator=gen).tolist()
+    ids = [torch.randint(1000, 150000, (n,), generator=gen).tolist() for n in lengths]
+
+    ref_logits, ref_loss, ref_grads = _loss_and_grads(
+        lora_model, lambda: yes_no_logits(lora_model, **collate(ids, PAD), yes_id=YES, no_id=NO)
+    )
+    packed = pack_rows(ids, PAD, row_tokens=row_tokens)
+    if row_tokens is not None:
+        assert packed["input_ids"].shape[0] > 1 and packed["input_ids"].shape[1] <= 160
+    else:
+        assert packed["input_ids"].shape[0] == 1  # several prompts share the row: cross-talk would show up
+    chunks = sorted_chunks(ids, PAD, batch_tokens=200)
+    assert len(chunks) > 1
+    for fn in (
+        lambda: packed_yes_no_logits(lora_model, **packed, yes_id=YES, no_id=NO),
+        lambda: chunked_yes_no_logits(lora_model, chunks, YES, NO),
+    ):
+        logits, loss, grads = _loss_and_grads(lora_model, fn)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+        assert abs(float(loss) - float(ref_loss)) < 1e-5
+        assert grads.keys() == ref_grads.keys() and len(grads) > 0
+        for name, g in grads.items():
+            assert float(ref_grads[name].abs().max()) > 0, name  # every LoRA tensor gets a real gradient
+            torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_packing_without_restarting_positions_would_differ(lora_model):
+    """Guards the test above: the same row read as one long sequence gives other scores."""
+    ids = [[5000 + i for i in range(30)], [9000 + i for i in range(25)]]
+    packed = pack_rows(ids, PAD)
+    with torch.no_grad():
+        good = packed_yes_no_logits(lora_model, **packed, yes_id=YES, no_id=NO)
+        flat = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1])[None])
+        bad = packed_yes_no_logits(lora_model, **flat, yes_id=YES, no_id=NO)
+    assert abs(float(good[1] - bad[1])) > 1e-4
+
+
+def test_collator_packing_through_the_training_forward(lora_model, tokenizer):
+    """`train.packing`: GroupCollator(packing=True) + the Trainer's score forward give the padded batch's logits."""
+    from tuner.contract import PromptEncoder
+    from tuner.train import install_score_forward, remove_score_forward
+    from tuner.train_data import GroupCollator
+
+    enc = PromptEncoder(tokenizer, max_length=96)
+    samples = [
+        {
+            "query": "what heals wounds",
+            "instruction": None,
+            "docs": ["honey on burns", "tax law", "moon rocks"],
+            "teacher": None,
+        },
+        {
+            "query": "cause of scurvy",
+            "instruction": "Find evidence",
+            "docs": ["vitamin C lack " * 9, "a", "b c"],
+            "teacher": None,
+        },
+    ]
+    padded = GroupCollator(enc, tokenizer.pad_token_id)(samples)
+    packed = GroupCollator(enc, tokenizer.pad_token_id, packing=True)(samples)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    assert torch.equal(packed["group_labels"], padded["group_labels"])
+    install_score_forward(lora_model, enc.yes_id, enc.no_id)
+    try:
+        with torch.no_grad():
+            a = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")})
+            b = lora_model(**{k: packed[k] for k in ("input_ids", "position_ids", "row_index", "last_index")})
+            va = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")}, vocab=True)
+            vb = lora_model(
+                **{k: packed[k] for k in ("input_ids", "position_ids", "row_index", "last_index")}, vocab=True
+            )
+    finally:
+        remove_score_forward(lora_model)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(vb, va, atol=1e-4, rtol=1e-5)
+
+
+def test_train_with_packing_follows_the_padded_run(tiny_model_dir, tmp_path):
+    """End to end through the Trainer: `train.packing=true` logs the padded default's losses and grad norms.
+
+    (Adapter weights are not compared: Adam turns float noise in near-zero gradients into lr-sized steps.)
+    """
+    from train_helpers import tiny_config, write_beir
+    from transformers import TrainerCallback
+
+    from tuner.train import train
+
+    class Logs(TrainerCallback):
+        def __init__(self):
+            self.rows = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.rows.append((logs["loss"], logs["grad_norm"]))
+
+    beir = write_beir(tmp_path / "beir")
+    logs = {}
+    for packing in ("false", "true"):
+        config = tiny_config(
+            tiny_model_dir, beir, tmp_path / f"run-{packing}", "train.max_steps=3", f"train.packing={packing}"
+        )
+        logs[packing] = Logs()
+        train(config, callbacks=[logs[packing]])
+    assert len(logs["true"].rows) == 3
+    for (loss, norm), (ref_loss, ref_norm) in zip(logs["true"].rows, logs["false"].rows, strict=True):
+        assert abs(loss - ref_loss) < 1e-5 and abs(norm - ref_norm) < 1e-4 * ref_norm
