@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     qid = next(iter(test.qrels))
     top = BM25(test.corpus, cache_dir=out / "cache").search({qid: test.queries[qid]}, k=3)[qid]
     docs = [test.corpus[d] for d, _ in top]
-    scores = reranker.score(test.queries[qid], docs)
-    print(f"\nsample query {qid}: {test.queries[qid]!r}")
-    for (doc_id, _), score in zip(top, scores, strict=True):
+    # raw yes−no logits: the tiny model's probabilities sit near 0, while its ranking is what was trained
+    logits = reranker.score(test.queries[qid], docs, normalize=False)
+    print(f"\nsample query {qid}: {test.queries[qid]!r} (yes−no logit, BM25 top 3)")
+    for (doc_id, _), logit in zip(top, logits, strict=True):
         mark = "relevant" if test.qrels[qid].get(doc_id, 0) > 0 else ""
-        print(f"  {score:.3f}  {doc_id:<10} {test.corpus[doc_id]['title'][:70]}  {mark}")
+        print(f"  {logit:+7.2f}  {doc_id:<10} {test.corpus[doc_id]['title'][:70]}  {mark}")
 
     # One command from adapter to every format, each loaded back and parity-checked before it is kept.
     from tuner.export import export
