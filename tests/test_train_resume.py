@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -109,7 +110,13 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
     )
     runs = sorted((result["output_dir"] / "logs" / "wandb").glob("offline-run-*"))
     assert runs, os.listdir(result["output_dir"] / "logs")
-    records = b"".join(p.read_bytes() for p in runs[-1].glob("*.wandb"))
+    # wandb's service process writes the run file asynchronously; give it a moment to flush after finish()
+    deadline = time.monotonic() + 30
+    while True:
+        records = b"".join(p.read_bytes() for p in runs[-1].rglob("*") if p.is_file())
+        if b"eval/ndcg@10" in records or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert b"eval/ndcg@10" in records
     assert b"train/loss" in records
     assert b"tuner-test" in records and b"tiny" in records
