@@ -358,6 +358,12 @@ def _run_config(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- eval
+def _check_candidates(candidates: str) -> None:
+    """`--candidates` of eval and instruct: 'bm25' or an existing TREC run file."""
+    if candidates.lower() != "bm25" and not Path(candidates).is_file():
+        raise UserError(f"--candidates {candidates!r}: neither 'bm25' nor an existing run file")
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
@@ -398,8 +404,7 @@ def _run_eval(args) -> int:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     if args.max_queries is not None and args.max_queries < 1:
         raise UserError(f"--max-queries must be >= 1, got {args.max_queries}")
-    if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
-        raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
+    _check_candidates(args.candidates)
     # None → the model's default instruction; "" → no instruction
     instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
     out = Path(args.out or Path("runs") / "eval" / f"{Path(args.beir).name}-{args.split}")
@@ -467,8 +472,7 @@ def _run_instruct(args) -> int:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     if args.max_queries is not None and args.max_queries < 1:
         raise UserError(f"--max-queries must be >= 1, got {args.max_queries}")
-    if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
-        raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
+    _check_candidates(args.candidates)
     if args.apply and not Path(args.apply).is_dir():
         raise UserError(f"--apply {args.apply}: no such directory")
     custom = read_instructions(args.instructions) if args.instructions else []
