@@ -7,13 +7,18 @@ One command, on a GPU (the 4B shape, random weights) or on CPU (the tiny model; 
     python scripts/bench_train.py --paths naive packed  # a subset
 
 Paths (same prompts, same LoRA r16 all-linear, listwise loss over groups, AdamW on the adapter):
-  naive   full-vocabulary logits at every position (`model(...).logits`, then the last position's yes/no),
-          one right-padded batch in data order, HF-default gradient checkpointing: what generic SFT code gives.
-  tuner   the 4B LoRA recipe's settings: 2-row head on the last token only, length-sorted padded chunks of at
-          most --batch-tokens, non-reentrant checkpointing (`tuner.packing.sorted_chunks`).
-  packed  prompts packed into rows of --row-tokens with restarting position_ids, no padding
-          (`tuner.packing.pack_rows`); flex_attention on CUDA when available, sdpa otherwise.
-  qlora   the tuner path on a 4-bit NF4 base (bitsandbytes; CUDA only, skipped on CPU).
+  naive      full-vocabulary logits at every position (`model(...).logits`, then the last position's yes/no),
+             one right-padded batch in data order, HF-default gradient checkpointing: what generic SFT code gives.
+  tuner      the 4B LoRA recipe's settings, through the trainer's own forward (`tuner.train.install_score_forward`):
+             2-row head on the last token only, `train.batching=sorted` (length-sorted padded chunks of at most
+             --batch-tokens), non-reentrant checkpointing of every layer.
+  packed     `train.batching=packed`: rows of --row-tokens with restarting position_ids, no padding;
+             flex_attention on CUDA when available (skips the blocks between prompts), sdpa otherwise.
+  half-ckpt  tuner with `model.checkpoint_ratio=0.5` (every other layer keeps its activations).
+  compiled   tuner with `train.compile=true` (torch.compile of every decoder layer; the warm-up steps compile).
+  liger      tuner with `model.liger_kernel=true` (CUDA and liger-kernel only; else skipped).
+  qlora      the tuner path on a 4-bit NF4 base (bitsandbytes; CUDA only, else skipped).
+A path that fails (out of memory, a missing package) is reported with its error; the others still run.
 
 Data: the synthetic mix documented in docs/benchmarks/README.md (query 8-40 tokens, document 40-600 tokens,
 in the contract's prompt; CPU default: documents 40-200 and 4 x 4 prompts, so the run takes a couple of
@@ -38,7 +43,17 @@ sys.path.insert(0, str(ROOT))
 
 # dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name()
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
-PATHS = ["naive", "tuner", "packed", "qlora"]
+# name: (batching, options); every path but naive goes through the trainer's score forward
+PATHS = {
+    "naive": ("naive", {}),
+    "tuner": ("sorted", {}),
+    "packed": ("packed", {}),
+    "half-ckpt": ("sorted", {"checkpoint_ratio": 0.5}),
+    "compiled": ("sorted", {"compile": True}),
+    "liger": ("sorted", {"liger_kernel": True}),
+    "qlora": ("sorted", {"load_in_4bit": True}),
+}
+CPU_DEFAULT = ["naive", "tuner", "packed", "half-ckpt"]
 
 
 def synthetic_prompts(
@@ -103,10 +118,11 @@ def non_embedding_params(model) -> int:
 def build(path: str, ckpt: Path, cuda: bool, dtype: str, seed: int):
     import torch
 
-    from tuner.modeling import attach_lora, load_base
+    from tuner.modeling import attach_lora, compile_layers, load_base
 
+    batching, options = PATHS[path]
     attn = "sdpa"
-    if path == "packed" and cuda:
+    if batching == "packed" and cuda:
         try:
             from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
 
@@ -117,9 +133,11 @@ def build(path: str, ckpt: Path, cuda: bool, dtype: str, seed: int):
         ckpt,
         dtype=dtype,
         attn_implementation=attn,
-        load_in_4bit=path == "qlora",
+        load_in_4bit=options.get("load_in_4bit", False),
         compute_dtype="bfloat16",
         gradient_checkpointing=path != "naive",
+        checkpoint_ratio=options.get("checkpoint_ratio", 1.0),
+        liger_kernel=options.get("liger_kernel", False),
         device="cuda" if cuda else "cpu",
     )
     n_params = non_embedding_params(model)
@@ -128,13 +146,16 @@ def build(path: str, ckpt: Path, cuda: bool, dtype: str, seed: int):
         model.enable_input_require_grads()
     torch.manual_seed(seed)  # same adapter init on every path
     model = attach_lora(model, r=16, alpha=32, dropout=0.05)
+    if options.get("compile"):
+        compile_layers(model)
     return model, attn, n_params
 
 
 def make_step(path: str, model, prompts, args, pad_id: int, yes_id: int, no_id: int, device):
     """A closure returning the logits [n] for this path (the batch is built inside: it is part of the cost)."""
     from tuner.head import collate
-    from tuner.packing import chunked_yes_no_logits, pack_rows, packed_yes_no_logits, sorted_chunks
+    from tuner.packing import pack_rows, sorted_chunks
+    from tuner.train import install_score_forward
 
     if path == "naive":
 
@@ -144,19 +165,25 @@ def make_step(path: str, model, prompts, args, pad_id: int, yes_id: int, no_id: 
             last = out[range(len(prompts)), batch["last_index"]]
             return (last[:, yes_id] - last[:, no_id]).float()
 
-    elif path == "packed":
+        return logits
+    install_score_forward(model, yes_id, no_id)  # the forward `tuner train` runs, fed what its collator builds
+    if PATHS[path][0] == "packed":
+        return lambda: model(**pack_rows(prompts, pad_id, row_tokens=args.row_tokens, device=device))
+    return lambda: model(chunks=sorted_chunks(prompts, pad_id, args.batch_tokens, device))
 
-        def logits():
-            packed = pack_rows(prompts, pad_id, row_tokens=args.row_tokens, device=device)
-            return packed_yes_no_logits(model, **packed, yes_id=yes_id, no_id=no_id)
 
-    else:
+def skip_reason(path: str, cuda: bool) -> str | None:
+    """Why `path` cannot run on this machine, or None."""
+    if path == "qlora" and not cuda:
+        return "bitsandbytes 4-bit training needs CUDA"
+    if path == "liger":
+        try:
+            from tuner.modeling import require_liger
 
-        def logits():
-            chunks = sorted_chunks(prompts, pad_id, args.batch_tokens, device)
-            return chunked_yes_no_logits(model, chunks, yes_id, no_id)
-
-    return logits
+            require_liger()
+        except ValueError as err:
+            return str(err)
+    return None
 
 
 def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
@@ -219,9 +246,10 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
+    default_help = "default: all on CUDA; on CPU " + " ".join(CPU_DEFAULT)
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS), help=default_help)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 6 on GPU, 2 on CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 4 on GPU, 2 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 GPU, 1 CPU)")
     parser.add_argument("--groups", type=int, default=None, help="queries per step (default 8 GPU, 4 CPU)")
     parser.add_argument("--group-size", type=int, default=None, help="documents per query (default 8 GPU, 4 CPU)")
@@ -240,7 +268,7 @@ def main() -> int:
     from tuner.tiny import random_model, write_tiny_model
 
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    gpu = dict(steps=6, warmup=2, groups=8, group_size=8, doc_max=600, batch_tokens=16384, row_tokens=8192)
+    gpu = dict(steps=4, warmup=2, groups=8, group_size=8, doc_max=600, batch_tokens=16384, row_tokens=8192)
     cpu = dict(steps=2, warmup=1, groups=4, group_size=4, doc_max=200, batch_tokens=2048, row_tokens=1024)
     for key, value in (gpu if cuda else cpu).items():
         if getattr(args, key) is None:
@@ -270,19 +298,46 @@ def main() -> int:
         f"{args.warmup} warm-up + {args.steps} timed steps",
         flush=True,
     )
-    results = []
-    for path in args.paths:
-        if path == "qlora" and not cuda:
-            print("qlora: skipped (bitsandbytes 4-bit training needs CUDA)", flush=True)
-            continue
-        print(f"{path}: running ...", flush=True)
-        results.append(run_path(path, ckpt, prompts, args, cuda, enc))
-    naive = next((r for r in results if r["path"] == "naive"), None)
-    for r in results:
-        if naive is not None:
-            r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / naive["real_tokens_per_s"], 2)
-            diff = torch.tensor(r["first_logits"]) - torch.tensor(naive["first_logits"])
-            r["first_logits_max_abs_diff_vs_naive"] = float(diff.abs().max())
+    out = Path(args.json) if args.json else workdir / f"bench_train-{'cuda' if cuda else 'cpu'}.json"
+    results, skipped = [], []
+
+    def save() -> None:
+        """Write the JSON (atomically) after every path: a run cut short by a time limit keeps what it measured."""
+        naive = next((r for r in results if r["path"] == "naive"), None)
+        for r in results:
+            if naive is not None:
+                r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / naive["real_tokens_per_s"], 2)
+                diff = torch.tensor(r["first_logits"]) - torch.tensor(naive["first_logits"])
+                r["first_logits_max_abs_diff_vs_naive"] = float(diff.abs().max())
+        payload = {
+            "device": device_name,
+            "model": "Qwen3-Reranker-4B shape, random weights" if cuda else "tiny Qwen3 (2 layers, hidden 64), random",
+            "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+            "prompt_lengths": lengths,
+            "results": [{k: v for k, v in r.items() if k != "first_logits"} for r in results],
+            "not_run": skipped,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(out)
+
+    for path in args.paths or (list(PATHS) if cuda else CPU_DEFAULT):
+        why = skip_reason(path, cuda)
+        if why:
+            print(f"{path}: skipped ({why})", flush=True)
+            skipped.append({"path": path, "skipped": why})
+        else:
+            print(f"{path}: running ...", flush=True)
+            try:
+                results.append(run_path(path, ckpt, prompts, args, cuda, enc))
+            except Exception as err:  # one path's failure (OOM, a kernel) must not cost the others' figures
+                print(f"{path}: FAILED {type(err).__name__}: {err}", flush=True)
+                skipped.append({"path": path, "error": f"{type(err).__name__}: {str(err)[:500]}"})
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+        save()
     mem_label = "peak GiB (CUDA)" if cuda else "peak RSS GiB (rough)"
     header = f"| path | attn | real tok/s | s/step | {mem_label} | % ceiling | x naive | logits diff vs naive |"
     print("\n" + header + "\n" + "|---" * 8 + "|")
@@ -292,18 +347,6 @@ def main() -> int:
             f"{r['peak_mem_gib']:.2f} | {r.get('pct_flop_ceiling', '-')} | {r.get('speedup_vs_naive', '-')} | "
             f"{r.get('first_logits_max_abs_diff_vs_naive', float('nan')):.2e} |"
         )
-    out = Path(args.json) if args.json else workdir / f"bench_train-{'cuda' if cuda else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "device": device_name,
-        "model": "Qwen3-Reranker-4B shape, random weights" if cuda else "tiny Qwen3 (2 layers, hidden 64), random",
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
-        "prompt_lengths": lengths,
-        "results": [{k: v for k, v in r.items() if k != "first_logits"} for r in results],
-    }
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out)  # atomic
     print(f"\nwrote {out}")
     return 0
 

@@ -3,9 +3,12 @@
 #
 #   device run:  bash scripts/gpu_bench.sh            (JSON and logs land in $OUT, else runs/bench)
 #
-# The lent machine has torch/transformers/peft/accelerate/sentence-transformers but no bitsandbytes: carry its
-# wheel in .whl/ (see the device README) for the QLoRA row; without it that row is reported as skipped.
-# Commit the JSON under docs/benchmarks/ and fill the tables there and in the README, with the device name.
+# The lent machine has torch/transformers/peft/accelerate/sentence-transformers but no bitsandbytes or
+# liger-kernel. Fetch their wheels here first and carry the folder (run tool: carry [".whl"]):
+#   .venv/bin/pip download --no-deps -d .whl bitsandbytes==0.50.2 liger-kernel==0.8.5
+# Without them the qlora and liger rows are reported as skipped. Each script writes its JSON after every path, so a
+# run cut short by its timeout keeps what it measured. Commit the JSON under docs/benchmarks/ and fill the tables
+# there and in the README, with the device name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/bench}
@@ -15,10 +18,12 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-# scoring: model-card code vs Reranker paths vs sentence-transformers on a merged export (4B shape, random weights)
-timeout 240 python3 scripts/bench_scoring.py --shape 4b --pairs 512 --device cuda --variants plain,prefix,packed \
-  --st --repeats 2 --out "$out/scoring-4b.json" 2>&1 | tee "$out/scoring.log"
-# training: naive vs tuner vs packed (+ QLoRA), 8 queries x 8 documents, then the 64 x 512 memory shape
-timeout 200 python3 scripts/bench_train.py --json "$out/train-4b.json" 2>&1 | tee "$out/train.log"
-timeout 150 python3 scripts/bench_train.py --fixed-len 512 --paths tuner packed qlora \
+# training: naive vs tuner (sorted chunks) vs packed (flex_attention) vs half-ckpt / compiled / liger / qlora,
+# 8 queries x 8 documents of the synthetic mix (writes the random 4B checkpoint once, ~8 GB in /tmp)
+timeout 280 python3 scripts/bench_train.py --json "$out/train-4b.json" 2>&1 | tee "$out/train.log"
+# the memory targets: 64 prompts of exactly 512 tokens, bf16 LoRA (<= 24 GiB) and QLoRA (<= 16 GiB)
+timeout 100 python3 scripts/bench_train.py --fixed-len 512 --steps 2 --warmup 1 --paths tuner qlora \
   --json "$out/train-4b-512.json" 2>&1 | tee "$out/train-512.log"
+# scoring: model-card code vs Reranker paths vs sentence-transformers on a merged export (4B shape, random weights)
+timeout 180 python3 scripts/bench_scoring.py --shape 4b --pairs 512 --device cuda --variants plain,prefix,packed \
+  --st --repeats 2 --out "$out/scoring-4b.json" 2>&1 | tee "$out/scoring.log"

@@ -106,8 +106,9 @@ def test_packing_without_restarting_positions_would_differ(lora_model):
     assert abs(float(good[1] - bad[1])) > 1e-4
 
 
-def test_collator_packing_through_the_training_forward(lora_model, tokenizer):
-    """`train.packing`: GroupCollator(packing=True) + the Trainer's score forward give the padded batch's logits."""
+@pytest.mark.parametrize("batching", ["packed", "sorted"])
+def test_collator_batching_through_the_training_forward(lora_model, tokenizer, batching):
+    """`train.batching`: GroupCollator + the Trainer's score forward give the padded batch's logits."""
     from tuner.contract import PromptEncoder
     from tuner.train import install_score_forward, remove_score_forward
     from tuner.train_data import GroupCollator
@@ -128,26 +129,31 @@ def test_collator_packing_through_the_training_forward(lora_model, tokenizer):
         },
     ]
     padded = GroupCollator(enc, tokenizer.pad_token_id)(samples)
-    packed = GroupCollator(enc, tokenizer.pad_token_id, packing=True)(samples)
-    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
-    assert torch.equal(packed["group_labels"], padded["group_labels"])
+    fast = GroupCollator(enc, tokenizer.pad_token_id, batching=batching, batch_tokens=160)(samples)
+    assert "attention_mask" not in fast
+    if batching == "packed":
+        keys = ("input_ids", "position_ids", "row_index", "last_index")
+        assert fast["input_ids"].shape[1] <= 160 and fast["input_ids"].shape[0] > 1
+    else:
+        keys = ("chunks",)
+        assert len(fast["chunks"]) > 1 and all(b["input_ids"].numel() <= 160 for _, b in fast["chunks"])
+    assert torch.equal(fast["group_labels"], padded["group_labels"])
+    assert int(fast["num_tokens"]) == int(padded["attention_mask"].sum())
     install_score_forward(lora_model, enc.yes_id, enc.no_id)
     try:
         with torch.no_grad():
             a = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")})
-            b = lora_model(**{k: packed[k] for k in ("input_ids", "position_ids", "row_index", "last_index")})
+            b = lora_model(**{k: fast[k] for k in keys})
             va = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")}, vocab=True)
-            vb = lora_model(
-                **{k: packed[k] for k in ("input_ids", "position_ids", "row_index", "last_index")}, vocab=True
-            )
+            vb = lora_model(**{k: fast[k] for k in keys}, vocab=True)
     finally:
         remove_score_forward(lora_model)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     torch.testing.assert_close(vb, va, atol=1e-4, rtol=1e-5)
 
 
-def test_train_with_packing_follows_the_padded_run(tiny_model_dir, tmp_path):
-    """End to end through the Trainer: `train.packing=true` logs the padded default's losses and grad norms.
+def test_train_batching_modes_follow_the_padded_run(tiny_model_dir, tmp_path):
+    """End to end through the Trainer: `train.batching` sorted and packed log the padded run's losses and norms.
 
     (Adapter weights are not compared: Adam turns float noise in near-zero gradients into lr-sized steps.)
     """
@@ -158,20 +164,29 @@ def test_train_with_packing_follows_the_padded_run(tiny_model_dir, tmp_path):
 
     class Logs(TrainerCallback):
         def __init__(self):
-            self.rows = []
+            self.rows, self.flos = [], None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 self.rows.append((logs["loss"], logs["grad_norm"]))
+            self.flos = state.total_flos
 
     beir = write_beir(tmp_path / "beir")
     logs = {}
-    for packing in ("false", "true"):
+    for batching in ("padded", "sorted", "packed"):
         config = tiny_config(
-            tiny_model_dir, beir, tmp_path / f"run-{packing}", "train.max_steps=3", f"train.packing={packing}"
+            tiny_model_dir,
+            beir,
+            tmp_path / f"run-{batching}",
+            "train.max_steps=3",
+            f"train.batching={batching}",
+            "train.batch_tokens=400",  # several chunks / rows per micro-batch
         )
-        logs[packing] = Logs()
-        train(config, callbacks=[logs[packing]])
-    assert len(logs["true"].rows) == 3
-    for (loss, norm), (ref_loss, ref_norm) in zip(logs["true"].rows, logs["false"].rows, strict=True):
-        assert abs(loss - ref_loss) < 1e-5 and abs(norm - ref_norm) < 1e-4 * ref_norm
+        logs[batching] = Logs()
+        train(config, callbacks=[logs[batching]])
+    for batching in ("sorted", "packed"):
+        assert len(logs[batching].rows) == 3
+        for (loss, norm), (ref_loss, ref_norm) in zip(logs[batching].rows, logs["padded"].rows, strict=True):
+            assert abs(loss - ref_loss) < 1e-5 and abs(norm - ref_norm) < 1e-4 * ref_norm
+        # FLOPs count real tokens only, so they do not depend on the batching
+        assert logs[batching].flos == logs["padded"].flos > 0

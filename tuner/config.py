@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import tempfile
@@ -17,6 +18,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -45,6 +48,14 @@ class ModelConfig:
     bnb_4bit_use_double_quant: bool = _f(True, "QLoRA: also quantize the quantization constants")
     bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = _f("bfloat16", "QLoRA: matmul dtype")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+    checkpoint_ratio: float = _f(
+        1.0,
+        "with gradient_checkpointing: share of decoder layers (evenly spaced) that recompute activations; "
+        "1.0 = all (least memory), 0.5 = every other layer (faster, more memory)",
+    )
+    liger_kernel: bool = _f(
+        False, "fused Triton kernels of liger-kernel for RMSNorm, SwiGLU and RoPE (CUDA; pip install liger-kernel)"
+    )
 
 
 @dataclass
@@ -93,10 +104,18 @@ class TrainSection:
     optim: str = _f("adamw_torch", "optimizer name as transformers knows it (adamw_torch, paged_adamw_8bit, ...)")
     ddp_backend: str | None = _f(None, "torch.distributed backend under torchrun/accelerate (nccl, gloo)")
     dataloader_workers: int = _f(0, "dataloader worker processes")
-    packing: bool = _f(
-        False,
-        "pack each micro-batch's prompts into one row with restarting position_ids (no padding; same scores; "
-        "fastest with model.attn_implementation=flex_attention on GPU)",
+    batching: Literal["sorted", "packed", "padded"] = _f(
+        "sorted",
+        "how a micro-batch's prompts reach the model (same scores each way): sorted = length-sorted padded chunks "
+        "of at most batch_tokens (little padding, any attention kernel); packed = rows of at most batch_tokens "
+        "with restarting position_ids, no padding (pays with model.attn_implementation=flex_attention, which skips "
+        "the blocks between prompts; sdpa computes and masks them); padded = one right-padded batch",
+    )
+    batch_tokens: int = _f(
+        16384, "sorted: padded tokens per chunk; packed: tokens per row (a longer prompt gets its own row)"
+    )
+    compile: bool = _f(
+        False, "torch.compile each decoder layer in place (dynamic shapes; the first steps pay the compile time)"
     )
 
 
@@ -302,10 +321,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data.setdefault("name", path.stem)
     if overrides:
         data = apply_overrides(data, overrides)
+    _upgrade(data, where)
     config = _build(Config, data, "", where)
     config.source = str(path) if path is not None else None
     validate(config, where)
     return config
+
+
+def _upgrade(data: dict[str, Any], where: str) -> None:
+    """Read keys of earlier versions (run directories keep their resolved config.yaml): `train.packing`."""
+    train = data.get("train")
+    if isinstance(train, dict) and "packing" in train:
+        packing = train.pop("packing")
+        if not isinstance(packing, bool):
+            raise ConfigError(f"{where}train.packing: expected bool, got {packing!r} (now train.batching)")
+        if packing:
+            train.setdefault("batching", "packed")
+        log.warning("%strain.packing is now train.batching (packed | sorted | padded)", where)
 
 
 def validate(config: Config, where: str = "") -> None:
@@ -330,7 +362,9 @@ def validate(config: Config, where: str = "") -> None:
             f"{where}train.save_steps ({config.train.save_steps}) must be a multiple of eval.steps "
             f"({config.eval.steps})"
         )
-    for key in ("batch_groups", "grad_accum", "logging_steps"):
+    if not 0.0 < config.model.checkpoint_ratio <= 1.0:
+        raise ConfigError(f"{where}model.checkpoint_ratio: must be in (0, 1]")
+    for key in ("batch_groups", "grad_accum", "logging_steps", "batch_tokens"):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"{where}train.{key}: must be >= 1")
 

@@ -17,9 +17,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tuner.head import collate, live_head_vector, unwrap_backbone, yes_no_logits
+from tuner.head import collate, last_hidden, live_head_vector, unwrap_backbone
 
-__all__ = ["chunked_yes_no_logits", "pack_rows", "packed_last_hidden", "packed_yes_no_logits", "sorted_chunks"]
+__all__ = [
+    "chunked_last_hidden",
+    "chunked_yes_no_logits",
+    "pack_rows",
+    "packed_last_hidden",
+    "packed_yes_no_logits",
+    "sorted_chunks",
+]
 
 
 def pack_rows(
@@ -126,17 +133,24 @@ def sorted_chunks(
     return [(torch.as_tensor(c, dtype=torch.long), collate([ids[i] for i in c], pad_id, device)) for c in chunks if c]
 
 
-def chunked_yes_no_logits(
-    model: nn.Module, chunks: list[tuple[torch.Tensor, dict[str, torch.Tensor]]], yes_id: int, no_id: int
-) -> torch.Tensor:
-    """Logits [n] in input order from `sorted_chunks` (each chunk through `tuner.head.yes_no_logits`).
+Chunks = Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # what `sorted_chunks` returns
+
+
+def chunked_last_hidden(model: nn.Module, chunks: Chunks) -> torch.Tensor:
+    """Final-norm hidden state at each prompt's last token, [n, hidden] in input order, from `sorted_chunks`.
 
     All chunks' graphs stay alive until the loss's backward; with gradient checkpointing each holds only its
     layer inputs, so the memory is that of one batch without the padding.
     """
-    parts = [(idx, yes_no_logits(model, **batch, yes_id=yes_id, no_id=no_id)) for idx, batch in chunks]
+    parts = [(idx, last_hidden(model, **batch)) for idx, batch in chunks]
     n = sum(len(idx) for idx, _ in parts)
-    out = parts[0][1].new_empty(n)
-    for idx, logits in parts:
-        out = out.index_copy(0, idx.to(out.device), logits)
+    first = parts[0][1]
+    out = first.new_empty((n, first.shape[-1]))
+    for idx, h in parts:
+        out = out.index_copy(0, idx.to(out.device), h)
     return out
+
+
+def chunked_yes_no_logits(model: nn.Module, chunks: Chunks, yes_id: int, no_id: int) -> torch.Tensor:
+    """Logits [n] (fp32, differentiable) in input order from `sorted_chunks`; the head of `yes_no_logits`."""
+    return chunked_last_hidden(model, chunks).float() @ live_head_vector(model, yes_id, no_id)

@@ -45,22 +45,30 @@ def install_score_forward(model, yes_id: int, no_id: int) -> None:
     for this object only (saving, loading and PEFT's adapter handling are untouched); `remove_score_forward`
     restores it.
     """
-    from tuner.head import yes_no_logits
-    from tuner.packing import packed_last_hidden, packed_yes_no_logits
+    from tuner.head import live_head_vector
+    from tuner.packing import chunked_last_hidden, packed_last_hidden
 
     def forward(
-        input_ids, last_index, attention_mask=None, position_ids=None, row_index=None, vocab: bool = False, **_: Any
+        input_ids=None,
+        last_index=None,
+        attention_mask=None,
+        position_ids=None,
+        row_index=None,
+        chunks=None,
+        vocab: bool = False,
+        **_: Any,
     ) -> torch.Tensor:
-        if row_index is not None:  # packed rows (train.packing): tuner.packing, same head
-            if not vocab:
-                return packed_yes_no_logits(model, input_ids, position_ids, row_index, last_index, yes_id, no_id)
-            h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index).float()
-            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-            return h @ inner.get_output_embeddings().weight.float().T
-        if not vocab:
-            return yes_no_logits(model, input_ids, attention_mask, last_index, yes_id, no_id)  # [rows] fp32
+        # the last real token's final-norm hidden state [rows, hidden], by the collator's batching
+        if chunks is not None:  # train.batching=sorted
+            h = chunked_last_hidden(model, chunks)
+        elif row_index is not None:  # train.batching=packed
+            h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index)
+        else:  # train.batching=padded
+            h = last_hidden(model, input_ids, attention_mask, last_index)
+        h = h.float()
+        if not vocab:  # the contract's score: h · (w_yes − w_no), what tuner.head.yes_no_logits computes
+            return h @ live_head_vector(model, yes_id, no_id)  # [rows] fp32
         # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab]
-        h = last_hidden(model, input_ids, attention_mask, last_index).float()
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         return h @ inner.get_output_embeddings().weight.float().T
 
@@ -104,10 +112,18 @@ class RerankTrainer(Trainer):
         self.epoch_sampler = EpochSampler(len(dataset), self.args.seed)
         return self.epoch_sampler
 
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        # the Trainer's estimate counts `input_ids` elements (padding included, none at all for sorted chunks);
+        # same 6 x non-embedding parameters x tokens convention, over the real prompt tokens
+        if not hasattr(self, "_flop_params"):
+            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            self._flop_params = inner.num_parameters(exclude_embeddings=True)
+        return 6 * int(inputs["num_tokens"]) * self._flop_params
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
         groups, size = labels.shape
-        keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index")  # padded or packed
+        keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index", "chunks")  # any batching
         batch = {k: inputs[k] for k in keys if k in inputs}
         if self.loss_kind == "sft":
             vocab = model(**batch, vocab=True)  # [rows, vocab]
@@ -199,7 +215,7 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
 
     from tuner import __version__
     from tuner.contract import PromptEncoder
-    from tuner.modeling import attach_lora, load_base, trainable_summary
+    from tuner.modeling import attach_lora, compile_layers, load_base, require_liger, trainable_summary
     from tuner.train_setup import (
         RankEval,
         build_evaluators,
@@ -213,6 +229,8 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     )
 
     started = time.time()
+    if config.model.liger_kernel:  # before any data work: this machine may not be able to run it at all
+        require_liger()
     out = output_dir_for(config)
     ckpt_dir = out / CHECKPOINTS_DIR
     has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
@@ -294,12 +312,16 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         double_quant=m.bnb_4bit_use_double_quant,
         compute_dtype=m.bnb_4bit_compute_dtype,
         gradient_checkpointing=m.gradient_checkpointing,
+        checkpoint_ratio=m.checkpoint_ratio,
+        liger_kernel=m.liger_kernel,
         device=args.device,
     )
     if config.lora.enabled:
         lc = config.lora
         model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
     log.info("%s", trainable_summary(model))
+    if t.compile:  # after LoRA, so that the adapters are traced into the compiled layers
+        log.info("torch.compile: %d decoder layers (compiled on first use)", compile_layers(model))
 
     # 4. evaluators (dev set + optional out-of-domain), the first stage and the base measured once
     with args.main_process_first(desc="evaluation data"):
@@ -343,7 +365,7 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         train_dataset=GroupDataset(groups, config.data.group_size, config.train.seed),
         eval_dataset=list(evaluators["dev"].qids) if rank_eval is not None else None,
         data_collator=GroupCollator(
-            encoder, tokenizer.pad_token_id, config.data.instruction, packing=config.train.packing
+            encoder, tokenizer.pad_token_id, config.data.instruction, t.batching, t.batch_tokens
         ),
         loss_kind=config.loss.kind,
         loss_kwargs={

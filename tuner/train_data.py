@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from tuner.contract import PromptEncoder
 from tuner.data.schema import Group
 from tuner.head import collate
-from tuner.packing import pack_rows
+from tuner.packing import pack_rows, sorted_chunks
 
 __all__ = ["EpochSampler", "GroupCollator", "GroupDataset", "sample_group"]
 
@@ -102,24 +102,41 @@ class EpochSampler(Sampler):
 class GroupCollator:
     """Turns a batch of sampled groups into one flat batch of prompts `[n_groups * group_size]`.
 
-    Keys: `input_ids`, `attention_mask`, `last_index` (see `tuner.head.collate`), `group_labels`
-    `[n_groups, group_size]` (1 for the positive in column 0), and `teacher_scores` when every group has them.
-    Named `group_labels` (not `labels`) so that the Trainer does not treat them as token labels.
+    Keys, by `batching` (the scores are the same each way; `tuner.train.install_score_forward` reads all three):
+    - `padded`: `input_ids`, `attention_mask`, `last_index` (one right-padded batch, `tuner.head.collate`);
+    - `sorted`: `chunks`, a list of `(indices, padded batch)` of length-sorted prompts, each at most
+      `batch_tokens` padded tokens (`tuner.packing.sorted_chunks`);
+    - `packed`: `input_ids`, `position_ids`, `row_index`, `last_index`, rows of at most `batch_tokens`
+      (`tuner.packing.pack_rows`).
+    Always: `group_labels` `[n_groups, group_size]` (1 for the positive in column 0; not `labels`, so that the
+    Trainer does not treat them as token labels), `num_tokens` (real prompt tokens, for the FLOP count), and
+    `teacher_scores` when every group has them.
     """
 
     encoder: PromptEncoder
     pad_id: int
     default_instruction: str | None = None
-    # packed rows instead of a padded batch: keys input_ids, position_ids, row_index, last_index (tuner.packing)
-    packing: bool = False
+    batching: str = "padded"
+    batch_tokens: int = 16384
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __post_init__(self):
+        if self.batching not in ("padded", "sorted", "packed"):
+            raise ValueError(f"batching must be padded, sorted or packed, not {self.batching!r}")
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         triples = []
         for s in samples:
             instruction = s["instruction"] if s["instruction"] is not None else self.default_instruction
             triples.extend((s["query"], doc, instruction) for doc in s["docs"])
         ids = self.encoder.encode_many(triples)
-        batch = pack_rows(ids, self.pad_id) if self.packing else collate(ids, self.pad_id)
+        batch: dict[str, Any]
+        if self.batching == "packed":
+            batch = pack_rows(ids, self.pad_id, row_tokens=self.batch_tokens)
+        elif self.batching == "sorted":
+            batch = {"chunks": sorted_chunks(ids, self.pad_id, self.batch_tokens)}
+        else:
+            batch = collate(ids, self.pad_id)
+        batch["num_tokens"] = torch.tensor(sum(len(x) for x in ids))
         size = len(samples[0]["docs"])
         labels = torch.zeros(len(samples), size)
         labels[:, 0] = 1.0

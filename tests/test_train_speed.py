@@ -1,0 +1,137 @@
+"""Training speed and memory options: selective checkpointing, compiled layers, no fp32 copies of frozen weights."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from tuner.config import ConfigError, load_config
+from tuner.head import collate, unwrap_backbone, yes_no_logits
+from tuner.losses import listwise_loss
+from tuner.modeling import attach_lora, compile_layers, evenly_spaced, load_base, set_checkpoint_ratio
+
+YES, NO, PAD = 9693, 2152, 151643
+
+
+def _batch(n: int = 8, seed: int = 3) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(10, 60, (n,), generator=gen).tolist()
+    return collate([torch.randint(1000, 150000, (k,), generator=gen).tolist() for k in lengths], PAD)
+
+
+def _lora(model_dir, **load_kwargs):
+    torch.manual_seed(0)
+    model = attach_lora(load_base(model_dir, dtype="float32", device="cpu", **load_kwargs), dropout=0.0)
+    with torch.no_grad():  # LoRA B starts at zero: give every adapter tensor a real value and gradient
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    logits = yes_no_logits(model, **batch, yes_id=YES, no_id=NO)
+    loss = listwise_loss(logits.view(2, -1))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _assert_same(a, b, atol=1e-5):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert abs(float(loss_a) - float(loss_b)) < atol
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name, g in grads_a.items():
+        assert float(g.abs().max()) > 0, name
+        torch.testing.assert_close(grads_b[name], g, atol=atol, rtol=0, msg=name)
+
+
+def test_evenly_spaced_layers():
+    assert evenly_spaced(36, 1.0) == list(range(36))
+    half = evenly_spaced(36, 0.5)
+    assert len(half) == 18 and all(b - a == 2 for a, b in itertools.pairwise(half))
+    quarter = evenly_spaced(36, 0.25)
+    assert len(quarter) == 9 and all(b - a == 4 for a, b in itertools.pairwise(quarter))
+    assert evenly_spaced(4, 0.1) == [3]  # a ratio above 0 keeps at least one layer
+    with pytest.raises(ValueError):
+        evenly_spaced(4, 0.0)
+
+
+def test_selective_checkpointing_recomputes_only_the_chosen_layers(tiny_model_dir):
+    """checkpoint_ratio=0.5 on 2 layers: one layer runs twice (forward + recompute), the other once; same grads."""
+    batch = _batch()
+    plain = _loss_and_grads(_lora(tiny_model_dir), batch)
+    model = _lora(tiny_model_dir, gradient_checkpointing=True, checkpoint_ratio=0.5)
+    layers = unwrap_backbone(model).layers
+    assert [bool(layer.gradient_checkpointing) for layer in layers] == [False, True]
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        # the MLP runs inside the checkpointed forward, so recomputes count too (a pre-hook: the recompute stops
+        # early, inside the MLP, once every saved tensor is back)
+        layer.mlp.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    selective = _loss_and_grads(model, batch)
+    assert calls == [1, 2]
+    _assert_same(plain, selective)
+    assert set_checkpoint_ratio(model, 1.0) == [0, 1]
+
+
+def test_compiled_layers_give_the_same_loss_and_gradients(tiny_model_dir):
+    """`train.compile`: torch.compile of every decoder layer (with LoRA and checkpointing inside) changes nothing."""
+    batch, other = _batch(), _batch(6, seed=4)  # two shapes: the dynamic graph serves both
+    ref = _lora(tiny_model_dir, gradient_checkpointing=True)
+    model = _lora(tiny_model_dir, gradient_checkpointing=True)
+    names = [n for n, _ in model.named_parameters()]
+    assert compile_layers(model) == 2
+    assert [n for n, _ in model.named_parameters()] == names  # in place: adapter checkpoints keep their keys
+    for b in (batch, other):
+        _assert_same(_loss_and_grads(ref, b), _loss_and_grads(model, b))
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_no_fp32_copies_of_frozen_weights(tiny_model_dir, tmp_path, four_bit):
+    """bf16 LoRA and QLoRA through `tuner train`: every frozen weight stays bf16 (or 4-bit); only adapters are fp32."""
+    from train_helpers import tiny_config, write_beir
+
+    from tuner.train import train
+
+    overrides = ["model.dtype=bfloat16", "train.precision=bf16", "train.max_steps=1"]
+    overrides.append("model.gradient_checkpointing=true")
+    if four_bit:
+        overrides += ["model.load_in_4bit=true", "model.bnb_4bit_compute_dtype=bfloat16"]
+    config = tiny_config(tiny_model_dir, write_beir(tmp_path / "beir"), tmp_path / "run", *overrides)
+    model = train(config)["model"]
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    wide = [n for n, p in frozen.items() if p.dtype == torch.float32]
+    assert not wide, f"frozen fp32 weights: {wide[:5]}"
+    embed = unwrap_backbone(model).embed_tokens.weight
+    assert embed.dtype == torch.bfloat16
+    if four_bit:
+        assert any(type(p).__name__ == "Params4bit" for p in frozen.values())
+
+
+def test_liger_kernel_needs_cuda_and_says_so(tiny_model_dir, tmp_path):
+    from train_helpers import tiny_config, write_beir
+
+    from tuner.train import train
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the error on a machine without CUDA")
+    config = tiny_config(tiny_model_dir, write_beir(tmp_path / "beir"), tmp_path / "run", "model.liger_kernel=true")
+    with pytest.raises(ValueError, match=r"model\.liger_kernel"):
+        train(config)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_speed_options_are_validated_and_old_packing_key_still_reads():
+    assert load_config(None, ["train.packing=true"]).train.batching == "packed"
+    assert load_config(None, ["train.packing=false"]).train.batching == "sorted"
+    with pytest.raises(ConfigError, match="checkpoint_ratio"):
+        load_config(None, ["model.checkpoint_ratio=0"])
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        load_config(None, ["train.batch_tokens=0"])
+    with pytest.raises(ConfigError, match="batching"):
+        load_config(None, ["train.batching=ragged"])
