@@ -59,4 +59,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tuner {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise
-
