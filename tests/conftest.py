@@ -32,3 +32,18 @@ def tiny_reranker(tiny_model_dir):
     from tuner.scoring import Reranker
 
     return Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+
+
+# The mini BEIR slice (tests/mini_beir.py) of test_evaluate and test_instruct: built once per test module.
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory):
+    from mini_beir import write_beir
+
+    return write_beir(tmp_path_factory.mktemp("beir") / "mini")
+
+
+@pytest.fixture(scope="module")
+def evaluator(beir_dir):
+    from tuner.evaluate import Evaluator
+
+    return Evaluator.from_beir(beir_dir, "test", candidates="bm25", top_k=5, show_progress=False)

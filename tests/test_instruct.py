@@ -1,11 +1,10 @@
-"""Instruction search on the tiny model and a small BEIR slice written into tmp_path."""
+"""Instruction search on the tiny model and a small BEIR slice written into tmp_path (conftest `beir_dir`)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from test_evaluate import write_beir
 
 from tuner.cli import main
 from tuner.contract import DEFAULT_INSTRUCTION
@@ -18,16 +17,6 @@ CUSTOM = [
     "Find fruit",
     "Retrieve relevant passages",
 ]
-
-
-@pytest.fixture(scope="module")
-def beir_dir(tmp_path_factory):
-    return write_beir(tmp_path_factory.mktemp("beir") / "mini")
-
-
-@pytest.fixture(scope="module")
-def evaluator(beir_dir):
-    return Evaluator.from_beir(beir_dir, "test", candidates="bm25", top_k=5, show_progress=False)
 
 
 def test_candidates_always_include_default_and_none_without_duplicates():

@@ -280,19 +280,16 @@ def run_calibrate(
         The content of `calibration.json`.
     """
     from tuner.data import load_groups
+    from tuner.evaluate import load_reranker
     from tuner.instruct import apply_meta
     from tuner.report import atomic_write
-    from tuner.scoring import Reranker
 
     start = time.perf_counter()
     pairs = labeled_pairs(load_groups(data, split))
     if not pairs:
         raise ValueError(f"{data}: no labeled pairs")
     labels = np.array([p[3] for p in pairs], dtype=np.float64)
-    load_kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
-    if max_length is not None:
-        load_kwargs["max_length"] = max_length
-    reranker = Reranker.from_pretrained(model, adapter=adapter, **load_kwargs)
+    reranker = load_reranker(model, adapter, device, dtype, max_length, batch_tokens)
     score_start = time.perf_counter()
     logits = np.array(reranker.score_pairs([p[:3] for p in pairs], normalize=False), dtype=np.float64)
     score_seconds = time.perf_counter() - score_start

@@ -329,6 +329,61 @@ def _instruction_tag(instruction: str | None, n: int) -> str:
     return f"custom {n}"
 
 
+def load_reranker(
+    model: str,
+    adapter: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+):
+    """`Reranker.from_pretrained` with the options of `tuner eval`, `instruct` and `calibrate` (None → its default).
+
+    Returns:
+        The loaded `tuner.scoring.Reranker`.
+    """
+    from tuner.scoring import Reranker
+
+    kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
+    if max_length is not None:
+        kwargs["max_length"] = max_length
+    return Reranker.from_pretrained(model, adapter=adapter, **kwargs)
+
+
+def candidates_source(candidates: str | Path) -> str:
+    """How reports name the first stage: "BM25" or the run file's path."""
+    return "BM25" if str(candidates).lower() == "bm25" else str(candidates)
+
+
+def first_stage_system(evaluator: Evaluator, source: str) -> EvalResult:
+    """The first stage as a report row, labelled by its source (see `candidates_source`)."""
+    result = evaluator.first_stage_result(f"first stage ({Path(source).name})")
+    result.info = {"model": source}
+    return result
+
+
+def report_meta(
+    evaluator: Evaluator,
+    beir: str | Path,
+    split: str,
+    source: str,
+    top_k: int,
+    max_queries: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The run facts at the top of `metrics.json`; `extra` keys go before `max_queries`."""
+    return {
+        "dataset": Path(beir).name,
+        "split": split,
+        "candidates": source,
+        "top_k": top_k,
+        "pairs_per_model": evaluator.num_pairs,
+        **extra,
+        "max_queries": max_queries,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _unique(label: str, taken: set[str]) -> str:
     out, n = label, 2
     while out in taken:
@@ -369,19 +424,15 @@ def run_eval(
     import gc
 
     from tuner.report import write_report
-    from tuner.scoring import Reranker
 
     instructions = list(instructions) or [None]
     evaluator = Evaluator.from_beir(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
     )
-    source = "BM25" if str(candidates).lower() == "bm25" else str(candidates)
-    results = [evaluator.first_stage_result(f"first stage ({Path(source).name})")]
-    results[0].info = {"model": source}
+    source = candidates_source(candidates)
+    results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
-    load_kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
-    if max_length is not None:
-        load_kwargs["max_length"] = max_length
+    load_kwargs = {"device": device, "dtype": dtype, "max_length": max_length, "batch_tokens": batch_tokens}
 
     def score_all(reranker, label: str, info: dict[str, Any]) -> None:
         for n, instruction in enumerate(instructions, 1):
@@ -390,7 +441,7 @@ def run_eval(
             result.info = {**info, **result.info}
             results.append(result)
 
-    reranker = Reranker.from_pretrained(model, adapter=adapter, **load_kwargs)
+    reranker = load_reranker(model, adapter, **load_kwargs)
     if hasattr(reranker.model, "disable_adapter"):  # PEFT: base = adapter disabled, same weights in memory
         adapter_name = adapter or model
         with reranker.model.disable_adapter():
@@ -404,23 +455,14 @@ def run_eval(
     main_is_adapter = adapter is None and (Path(model) / "adapter_config.json").is_file()
     for other in compare:
         if (Path(other) / "adapter_config.json").is_file() and not main_is_adapter:
-            other_reranker = Reranker.from_pretrained(model, adapter=other, **load_kwargs)
+            other_reranker = load_reranker(model, other, **load_kwargs)
             info = {"model": model, "adapter": other}
         else:
-            other_reranker = Reranker.from_pretrained(other, **load_kwargs)
+            other_reranker = load_reranker(other, **load_kwargs)
             info = {"model": other, "adapter": None}
         score_all(other_reranker, Path(other).name or other, info)
         del other_reranker
         gc.collect()
 
-    meta = {
-        "dataset": Path(beir).name,
-        "split": split,
-        "candidates": source,
-        "top_k": top_k,
-        "pairs_per_model": evaluator.num_pairs,
-        "instructions": instructions,
-        "max_queries": max_queries,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    meta = report_meta(evaluator, beir, split, source, top_k, max_queries, instructions=instructions)
     return write_report(out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.contract import DEFAULT_INSTRUCTION
-from tuner.evaluate import EvalResult, Evaluator
+from tuner.evaluate import EvalResult, Evaluator, candidates_source, first_stage_system, load_reranker, report_meta
 from tuner.loading import TUNER_META, read_meta
 
 __all__ = ["Candidate", "apply_meta", "candidate_instructions", "read_instructions", "run_instruct", "search"]
@@ -184,33 +184,20 @@ def run_instruct(
         The summary written to `metrics.json`.
     """
     from tuner.report import atomic_write, render_markdown, write_report
-    from tuner.scoring import Reranker
 
     start = time.perf_counter()
     evaluator = Evaluator.from_beir(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
     )
-    load_kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
-    if max_length is not None:
-        load_kwargs["max_length"] = max_length
-    reranker = Reranker.from_pretrained(model, adapter=adapter, **load_kwargs)
+    reranker = load_reranker(model, adapter, device, dtype, max_length, batch_tokens)
     cands = candidate_instructions(instructions, reranker.instruction)
     results, best = search(reranker, evaluator, cands)
     for result in results:
         result.info.update(model=model, adapter=adapter)
 
-    source = "BM25" if str(candidates).lower() == "bm25" else str(candidates)
-    first = evaluator.first_stage_result(f"first stage ({Path(source).name})")
-    first.info = {"model": source}
-    meta = {
-        "dataset": Path(beir).name,
-        "split": split,
-        "candidates": source,
-        "top_k": top_k,
-        "pairs_per_model": evaluator.num_pairs,
-        "max_queries": max_queries,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    source = candidates_source(candidates)
+    first = first_stage_system(evaluator, source)
+    meta = report_meta(evaluator, beir, split, source, top_k, max_queries)
     out = Path(out_dir)
     # reference = 1: the default instruction (row 0 is the first stage, shown for context)
     summary = write_report(

@@ -1,0 +1,136 @@
+"""`tuner data check|split` and `tuner mine`: validate, split and mine training data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tuner.cli.common import UserError
+
+
+# ------------------------------------------------------------------------------------------ data / mine
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="check or split training data")
+    verbs = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
+    c = verbs.add_parser("check", help="validate a grouped/pairs file (or a BEIR folder) and print its stats")
+    c.add_argument("path", help="JSONL/JSON/Parquet file, folder with <split>.jsonl, BEIR folder, or hub id")
+    c.add_argument("--split", help="split: file stem in a folder, hub split, or BEIR qrels (default train/test)")
+    c.add_argument("--max-length", type=int, default=8192, help="prompt token budget to count truncation against")
+    c.add_argument("--no-tokens", action="store_true", help="skip token-length statistics (no tokenizer)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=_run_data_check)
+    s = verbs.add_parser("split", help="split groups into train and dev by query (seeded)")
+    s.add_argument("path", help="grouped/pairs file (see `data check`)")
+    s.add_argument("--dev-fraction", type=float, default=0.1, help="share of queries for dev (default 0.1)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--train-out", required=True, help="output JSONL for train groups")
+    s.add_argument("--dev-out", required=True, help="output JSONL for dev groups")
+    s.set_defaults(func=_run_data_split)
+
+
+def _run_data_check(args) -> int:
+    from tuner.data.check import check_beir, check_file, format_report
+
+    path = Path(args.path)
+    if path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz")):
+        report = check_beir(path, args.split or "test")
+    else:
+        report = check_file(args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens)
+    if args.json:
+        payload = {"path": report.path, "rows": report.rows, "groups": report.groups, "ok": report.ok}
+        payload.update(stats=report.stats, warnings=report.warnings, errors=report.errors)
+        json.dump(payload, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_report(report))
+    for err in report.errors if args.json else []:
+        print(f"error: {err}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _run_data_split(args) -> int:
+    from tuner.data import load_groups, split_groups, write_groups
+
+    groups = load_groups(args.path)
+    train, dev = split_groups(groups, args.dev_fraction, args.seed)
+    write_groups(train, args.train_out)
+    write_groups(dev, args.dev_out)
+    print(f"train: {len(train)} groups -> {args.train_out}\ndev: {len(dev)} groups -> {args.dev_out}")
+    return 0
+
+
+def add_mine(sub) -> None:
+    from tuner import mining
+
+    p = sub.add_parser("mine", help="mine hard negatives for a BEIR split with BM25 (+ optional reranker)")
+    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/)")
+    p.add_argument("--split", default="train", help="qrels split (default train)")
+    p.add_argument("--out", required=True, help="output JSONL of groups; the BM25 index is cached next to it")
+    p.add_argument("--depth", type=int, default=mining.DEFAULT_DEPTH, help="BM25 candidates per query")
+    p.add_argument("--range-min", type=int, default=mining.DEFAULT_RANGE_MIN, help="skip the top N candidates")
+    p.add_argument("--range-max", type=int, default=mining.DEFAULT_RANGE_MAX, help="sample below this rank only")
+    p.add_argument("--num-negatives", type=int, default=mining.DEFAULT_NUM_NEGATIVES, help="negatives per query")
+    p.add_argument("--sampling", choices=["random", "top"], default="random", help="random sample or best ranked")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cache-dir", help="BM25 index cache folder (default: the output's folder)")
+    p.add_argument("--reranker", help="model dir or hub id that filters false negatives (and gives teacher scores)")
+    p.add_argument("--adapter", help="PEFT adapter on top of --reranker")
+    p.add_argument("--margin", type=float, default=mining.DEFAULT_MARGIN, help="relative margin to the positive")
+    p.add_argument("--absolute-margin", type=float, help="absolute margin to the positive (probability)")
+    p.add_argument("--max-score", type=float, help="drop candidates whose probability is above this")
+    p.add_argument("--teacher-scores", action="store_true", help="write the reranker's logits as pos/neg_scores")
+    p.add_argument("--instruction", help="instruction for reranker scoring (default: the contract's)")
+    p.add_argument("--max-length", type=int, default=8192, help="reranker prompt token budget")
+    p.add_argument("--device", help="reranker device")
+    p.add_argument("--dtype", help="reranker dtype")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_mine)
+
+
+def _run_mine(args) -> int:
+    import time
+
+    from tuner.data import load_beir, write_groups
+    from tuner.mining import MiningStats, mine_negatives, negatives_histogram
+
+    if args.teacher_scores and not args.reranker:
+        raise UserError("--teacher-scores needs --reranker")
+    start = time.perf_counter()
+    beir = load_beir(args.beir, args.split)
+    reranker = None
+    if args.reranker:
+        from tuner.scoring import Reranker
+
+        reranker = Reranker.from_pretrained(
+            args.reranker, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
+        )
+    out = Path(args.out)
+    stats = MiningStats()
+    groups = mine_negatives(
+        beir,
+        depth=args.depth,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        num_negatives=args.num_negatives,
+        sampling=args.sampling,
+        seed=args.seed,
+        cache_dir=args.cache_dir or out.parent,
+        reranker=reranker,
+        margin=args.margin,
+        absolute_margin=args.absolute_margin,
+        max_score=args.max_score,
+        teacher_scores=args.teacher_scores,
+        instruction=args.instruction,
+        show_progress=not args.no_progress,
+        stats=stats,
+    )
+    write_groups(groups, out)
+    hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
+    print(
+        f"wrote {len(groups)} groups for {stats.queries} judged queries to {out} in {time.perf_counter() - start:.1f} s"
+        f"\n  groups with {args.num_negatives} negatives: {stats.full} ({100 * stats.full / max(1, stats.queries):.1f}%"
+        f" of queries); negatives per group: {{{hist}}}"
+        + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
+    )
+    return 0

@@ -1,0 +1,176 @@
+"""`tuner eval`, `tuner instruct`, `tuner calibrate`: score a model on labeled data and report on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuner.cli.common import UserError
+
+
+# -------------------------------------------------------------------------------------------- shared
+def _add_model_args(p) -> None:
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
+    p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+
+
+def _model_options(args) -> dict[str, Any]:
+    """The model options of eval, instruct and calibrate, as the keyword arguments of their `run_*` functions."""
+    return {
+        "adapter": args.adapter,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_length": args.max_length,
+        "batch_tokens": args.batch_tokens,
+    }
+
+
+def _rerank_options(args) -> dict[str, Any]:
+    """eval's and instruct's shared options (first stage, query sample, model), checked, as `run_*` kwargs."""
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_queries is not None and args.max_queries < 1:
+        raise UserError(f"--max-queries must be >= 1, got {args.max_queries}")
+    if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
+        raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
+    return {
+        "split": args.split,
+        "candidates": args.candidates,
+        "top_k": args.top_k,
+        "max_queries": args.max_queries,
+        "seed": args.seed,
+        **_model_options(args),
+        "cache_dir": args.cache_dir or None,
+        "show_progress": False if args.no_progress else None,
+    }
+
+
+def _check_apply(args) -> None:
+    if args.apply and not Path(args.apply).is_dir():
+        raise UserError(f"--apply {args.apply}: no such directory")
+
+
+def _print_report_head(out: Path) -> None:
+    """The summary part of `report.md` (the systems table and the paired comparison)."""
+    print((out / "report.md").read_text(encoding="utf-8").split("\n## Systems")[0].rstrip())
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="rerank first-stage candidates on a BEIR split; report first stage, base and tuned side by side",
+        description="Writes metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into --out.",
+    )
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
+    p.add_argument("--adapter", help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned")
+    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
+    p.add_argument("--split", default="test", help="qrels split (default test)")
+    p.add_argument("--candidates", default="bm25", help="'bm25' (default) or a TREC run file")
+    p.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default 100)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--instruction", help="task instruction for every pair (default: the model's)")
+    group.add_argument(
+        "--instructions",
+        nargs="+",
+        metavar="SPEC",
+        help="compare instructions: 'default', 'none' or a text, e.g. --instructions default none 'Find ...'",
+    )
+    p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_ADAPTER", help="more systems to score")
+    p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
+    p.add_argument("--max-queries", type=int, help="evaluate a reproducible sample of this many queries")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from tuner.evaluate import parse_instruction, run_eval
+
+    options = _rerank_options(args)
+    # None → the model's default instruction; "" → no instruction
+    instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
+    out = Path(args.out or Path("runs") / "eval" / f"{Path(args.beir).name}-{args.split}")
+    run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, **options)
+    _print_report_head(out)
+    print(f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ instruct
+def add_instruct(sub) -> None:
+    p = sub.add_parser(
+        "instruct",
+        help="search task instructions on a BEIR split; write the winner to tuner.json",
+        description="Scores the default instruction, no instruction and each line of --instructions on the same "
+        "first-stage candidates; writes report.md, metrics.json, per_query.jsonl, runs/, report.png and "
+        "tuner.json (the winner as 'instruction') into --out.",
+    )
+    _add_model_args(p)
+    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
+    p.add_argument("--split", default="test", help="qrels split, e.g. dev or test (default test)")
+    p.add_argument("--candidates", default="bm25", help="first-stage TREC run file, or 'bm25' (default)")
+    p.add_argument("--instructions", help="text file with one candidate instruction per line ('#' comments)")
+    p.add_argument("--top-k", type=int, default=50, help="candidates reranked per query (default 50)")
+    p.add_argument("--max-queries", type=int, help="search on a reproducible sample of this many queries")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
+    p.add_argument("--apply", metavar="DIR", help="also write the winner into this adapter/export dir's tuner.json")
+    p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_instruct)
+
+
+def _run_instruct(args) -> int:
+    from tuner.instruct import read_instructions, run_instruct
+
+    options = _rerank_options(args)
+    _check_apply(args)
+    custom = read_instructions(args.instructions) if args.instructions else []
+    out = Path(args.out or Path("runs") / "instruct" / f"{Path(args.beir).name}-{args.split}")
+    summary = run_instruct(args.model, args.beir, out, instructions=custom, apply=args.apply, **options)
+    _print_report_head(out)
+    info = summary["instruction_search"]
+    print(f"\nwinner: {info['winner_label']} ({info['winner']!r}) in {info['seconds']:.1f} s; wrote {out}/tuner.json")
+    for path in info["applied_to"] or []:
+        print(f"applied to {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- calibrate
+def add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit temperature and bias (Platt scaling) on labeled dev pairs; report ECE and log loss",
+        description="Writes calibration.json, report.md and reliability.png into --out.",
+    )
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="labeled pairs or grouped JSONL (pos → 1, neg → 0)")
+    p.add_argument("--split", help="file stem when --data is a folder (default train)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--apply", metavar="DIR", help="store {temperature, bias} in this adapter/export dir's tuner.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default 0)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from tuner.calibrate import run_calibrate
+
+    _check_apply(args)
+    summary = run_calibrate(
+        args.model, args.data, args.out, split=args.split, apply=args.apply, seed=args.seed, **_model_options(args)
+    )
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8").split("\n![")[0].rstrip())
+    print(f"\nwrote {args.out}/calibration.json, report.md, reliability.png in {summary['seconds']:.1f} s")
+    for path in summary["applied_to"] or []:
+        print(f"applied to {path}")
+    return 0

@@ -1,0 +1,187 @@
+"""`tuner tiny-model`, `tuner score`, `tuner export`, `tuner serve`: make, score, export and serve a model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tuner.cli.common import UserError
+
+
+# ------------------------------------------------------------------------------------------- tiny-model
+def add_tiny_model(sub) -> None:
+    p = sub.add_parser("tiny-model", help="write a random-weight tiny Qwen3 reranker with the real tokenizer")
+    p.add_argument("out_dir", help="output directory (a Hugging Face model folder)")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--kv-heads", type=int, default=2, help="key/value heads (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_run_tiny_model)
+
+
+def _run_tiny_model(args) -> int:
+    from tuner.tiny import write_tiny_model
+
+    out = write_tiny_model(args.out_dir, args.layers, args.hidden, args.seed, args.heads, args.kv_heads)
+    print(f"wrote tiny Qwen3 reranker to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ score
+def read_documents(path: str | Path) -> list:
+    """Documents from a JSONL file (strings, `{"text"[, "title"]}` or `{"document": ...}`) or plain lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    is_jsonl = path.suffix in (".jsonl", ".json") or (lines and lines[0].lstrip().startswith(("{", '"')))
+    docs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            docs.append(line)
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+        if isinstance(value, dict) and "document" in value:
+            value = value["document"]
+        if isinstance(value, dict) and "text" not in value:
+            raise UserError(f"{path}:{n}: a document object needs a 'text' field")
+        if not isinstance(value, (str, dict)):
+            raise UserError(f"{path}:{n}: expected a string or an object, got {type(value).__name__}")
+        docs.append(value)
+    return docs
+
+
+def add_score(sub) -> None:
+    p = sub.add_parser("score", help="rank documents for one query; prints JSON")
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged or seq-cls export)")
+    p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
+    p.add_argument("--query", required=True, help="query text")
+    p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}) or one per line")
+    p.add_argument("--instruction", help="task instruction (default: the model card's)")
+    p.add_argument("--top-k", type=int, help="keep the best K")
+    p.add_argument("--max-length", type=int, default=8192, help="prompt token budget (default 8192)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> int:
+    from tuner.scoring import Reranker
+
+    docs = read_documents(args.documents)
+    reranker = Reranker.from_pretrained(
+        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
+    )
+    ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
+    json.dump(ranking, sys.stdout, ensure_ascii=False, indent=2)
+    print()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run's adapter as adapter / merged / seq-cls, parity-checked")
+    p.add_argument("source", help="training run directory (uses RUN/adapter) or an adapter directory")
+    p.add_argument("--out", required=True, help="export directory (one subdirectory per format with 'all')")
+    p.add_argument("--format", default="all", choices=["adapter", "merged", "seq-cls", "all"], help="default all")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (float32)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--base", help="base model path or hub id (default: the one recorded in the run)")
+    p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out once the export passed")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from tuner.export import FORMATS, ParityError, export
+
+    formats = list(FORMATS) if args.format == "all" else [args.format]
+    try:
+        report = export(
+            args.source,
+            args.out,
+            formats=formats,
+            dtype=args.dtype,
+            device=args.device,
+            base_model=args.base,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
+    except ParityError as err:
+        print(f"tuner export: {err}", file=sys.stderr)
+        return 3
+    except FileExistsError as err:
+        raise UserError(str(err)) from None
+    for name, row in report["formats"].items():
+        print(f"{name:<26} max |Δ logit| {row['max_abs_logit_delta']:.2e}  {'ok' if row['passed'] else 'FAIL'}")
+    print(f"parity gate passed ({args.dtype}); wrote {Path(args.out).resolve()}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ serve
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP reranking API (/v1/rerank, /score) over an export, or print a vLLM command")
+    p.add_argument("model", help="export directory (merged, seq-cls or adapter), or any model Reranker loads")
+    p.add_argument("--engine", default="tuner", choices=["tuner", "vllm"], help="tuner (default) or vllm")
+    p.add_argument("--exec", action="store_true", help="with --engine vllm: run the command instead of printing it")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key-env", help="name of an environment variable holding the bearer API key")
+    p.add_argument("--model-name", help="served model name (default: the export directory's name)")
+    p.add_argument("--max-documents", type=int, default=1000, help="documents per request (default 1000)")
+    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass (default: Reranker's)")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192; vllm: the export's)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import os
+
+    api_key = None
+    if args.api_key_env and args.engine == "tuner":
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+    if args.engine == "vllm":
+        from tuner.serve_vllm import run_vllm, vllm_command
+
+        command = vllm_command(
+            args.model,
+            host=args.host,
+            port=args.port,
+            served_name=args.model_name,
+            api_key_env=args.api_key_env,
+            max_length=args.max_length,
+            dtype=args.dtype,
+        )
+        if args.exec:
+            return run_vllm(command)
+        print(command)
+        return 0
+    from tuner.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        model_name=args.model_name,
+        max_documents=args.max_documents,
+        max_batch_tokens=args.max_batch_tokens,
+        max_length=args.max_length or 8192,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    return 0

@@ -1,0 +1,42 @@
+"""`tuner train` and `tuner config`: run a recipe, list its fields."""
+
+from __future__ import annotations
+
+
+# ------------------------------------------------------------------------------------------- train, config
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a reranker from a recipe (LoRA / QLoRA / full), evaluating as it goes")
+    p.add_argument("recipe", help="recipe YAML (see recipes/); `tuner config` lists every field")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe fields")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the run directory")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from tuner.config import load_config
+    from tuner.train import train
+
+    config = load_config(args.recipe, args.overrides)
+    result = train(config, resume=args.resume)
+    final = result["metrics"].get("dev", {}).get("final")
+    if final:
+        print("dev " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    print(f"adapter: {result['adapter_dir']}\nrun directory: {result['output_dir']}")
+    return 0
+
+
+def add_config(sub) -> None:
+    p = sub.add_parser("config", help="list every recipe field with its type, value (default or recipe) and doc")
+    p.add_argument("--recipe", help="show this recipe's resolved values instead of the defaults")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides applied before listing")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(args) -> int:
+    from tuner.config import describe_fields, load_config
+
+    rows = describe_fields(load_config(args.recipe, args.overrides))
+    width = max(len(r[0]) for r in rows)
+    for key, tp, value, doc in rows:
+        print(f"{key:<{width}}  {value:<18} {doc}  [{tp}]")
+    return 0
