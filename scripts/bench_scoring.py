@@ -169,9 +169,48 @@ def main() -> int:
         "packed": ("  + packed rows (position ids restart)", {"packing": True}),
         "compiled": ("  + torch.compile(dynamic=True)", {"compile": True}),
     }
-    rows = []
-    # Reranker paths first: on CPU the peak is sampled RSS growth, and RSS does not shrink after the reference's
-    # multi-GB logits, so the smaller phases must run first to be measured at all.
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    out = Path(args.out)
+    rows: list[tuple] = []
+    ref_row: list[tuple] = []
+
+    def save() -> None:
+        """The JSON so far (atomically), after every path: a run cut short by a time limit keeps its figures."""
+        paths = {}
+        for key, label, scores, seconds, peak, settings in ref_row + rows:
+            entry = {"label": label, "docs_per_s": n / seconds, "seconds": seconds, "peak_bytes": peak}
+            if ref_row:
+                t_ref, ref = ref_row[0][3], ref_row[0][2]
+                entry["speedup_vs_reference"] = t_ref / seconds
+                entry["max_abs_delta_probability"] = max(abs(a - b) for a, b in zip(ref, scores, strict=True))
+            paths[key] = {**entry, "settings": settings}
+        result = {
+            "device": name,
+            "device_type": device.type,
+            "shape": args.shape,
+            "dtype": str(dtype),
+            "pairs": n,
+            "mean_tokens": mean_tokens,
+            "source": args.beir or "synthetic",
+            "torch": torch.__version__,
+            "paths": paths,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_suffix(".tmp")
+        tmp_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        os.replace(tmp_out, out)
+
+    def reference_phase() -> None:
+        ref, t_ref, m_ref = timed(run_reference, device, args.repeats)
+        ref_row.append(
+            ("reference", "model-card reference (left pad, full vocab)", ref, t_ref, m_ref, {"batch": ref_batch})
+        )
+        save()
+
+    # On CPU the peak is sampled RSS growth, and RSS does not shrink after the reference's multi-GB logits, so the
+    # smaller phases run first there; on CUDA the reference runs first (the allocator's peak is reset per phase).
+    if device.type == "cuda":
+        reference_phase()
     for key in args.variants.split(","):
         if key not in variants:
             raise SystemExit(f"unknown variant {key!r}; choose from {', '.join(variants)}")
@@ -179,6 +218,7 @@ def main() -> int:
         reranker = Reranker(model, tokenizer, max_length=args.max_length, batch_tokens=args.batch_tokens, **kwargs)
         scores, seconds, peak = timed(lambda r=reranker: r.score_pairs(pairs), device, args.repeats)
         rows.append((key, label, scores, seconds, peak, {"batch_tokens": reranker.batch_tokens, **kwargs}))
+        save()
     if args.st:
         # sentence-transformers' CrossEncoder on what `tuner export --format merged` writes: the causal LM, the
         # tokenizer and the chat template that renders the contract's prompt.
@@ -203,46 +243,19 @@ def main() -> int:
         scores, seconds, peak = timed(run_st, device, args.repeats)
         rows.append(("st", "sentence-transformers CrossEncoder (merged export)", scores, seconds, peak, {"batch": 32}))
         del st
-    ref, t_ref, m_ref = timed(run_reference, device, args.repeats)
-    rows.insert(
-        0, ("reference", "model-card reference (left pad, full vocab)", ref, t_ref, m_ref, {"batch": ref_batch})
-    )
+        save()
+    if not ref_row:
+        reference_phase()
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    (_, _, ref, t_ref, _, _) = ref_row[0]
     print(f"\nscoring benchmark: {args.shape} shape, {dtype}, {device} [{name}]")
     print(
         f"{n} pairs, mean {mean_tokens:.0f} tokens per prompt (max {max(lengths)}), threads {torch.get_num_threads()}"
     )
     print(f"{'path':52s} {'docs/s':>9s} {'speed-up':>9s} {'peak MiB':>9s} {'max|Δp|':>9s}")
-    paths = {}
-    for key, label, scores, seconds, peak, settings in rows:
+    for _, label, scores, seconds, peak, _ in ref_row + rows:
         delta = max(abs(a - b) for a, b in zip(ref, scores, strict=True))
         print(f"{label:52s} {n / seconds:9.1f} {t_ref / seconds:8.2f}x {peak / 2**20:9.1f} {delta:9.2e}")
-        paths[key] = {
-            "label": label,
-            "docs_per_s": n / seconds,
-            "seconds": seconds,
-            "peak_bytes": peak,
-            "speedup_vs_reference": t_ref / seconds,
-            "max_abs_delta_probability": delta,
-            "settings": settings,
-        }
-    result = {
-        "device": name,
-        "device_type": device.type,
-        "shape": args.shape,
-        "dtype": str(dtype),
-        "pairs": n,
-        "mean_tokens": mean_tokens,
-        "source": args.beir or "synthetic",
-        "torch": torch.__version__,
-        "paths": paths,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    os.replace(tmp_out, out)
     print(f"wrote {out}")
     return 0
 

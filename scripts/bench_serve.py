@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, help="server token budget per forward pass")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     parser.add_argument("--dtype", help="bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--json", help="also write the figures here (JSON, atomically)")
     args = parser.parse_args()
 
     import torch
@@ -167,6 +168,17 @@ def main() -> None:
         f"{'offline, all pairs in one call':<34}{'':>9}{n_docs / one_call:>10.1f}{'':>10}{'':>10}"
         f"{per_request / one_call:>12.2f}"
     )
+    record = {
+        "model": str(model),
+        "device": device,
+        "dtype": str(next(reranker.model.parameters()).dtype),
+        "requests": args.requests,
+        "docs_per_request": args.docs,
+        "doc_words_max": args.doc_words,
+        "offline_per_request_docs_per_s": round(n_docs / per_request, 2),
+        "offline_one_call_docs_per_s": round(n_docs / one_call, 2),
+        "server": [],
+    }
     for concurrency in [int(x) for x in args.concurrency.split(",")]:
         start = time.perf_counter()
         latencies = asyncio.run(drive(url, reqs, concurrency))
@@ -178,6 +190,25 @@ def main() -> None:
             f"{label:<34}{args.requests / wall:>9.1f}{n_docs / wall:>10.1f}{1000 * p50:>10.1f}{1000 * p95:>10.1f}"
             f"{per_request / wall:>12.2f}"
         )
+        record["server"].append(
+            {
+                "concurrency": concurrency,
+                "docs_per_s": round(n_docs / wall, 2),
+                "p50_ms": round(1000 * p50, 1),
+                "p95_ms": round(1000 * p95, 1),
+                "vs_offline_per_request": round(per_request / wall, 3),
+                "vs_offline_one_call": round(one_call / wall, 3),
+            }
+        )
+    if args.json:
+        import json
+
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(out)
+        print(f"wrote {out}")
     server.should_exit = True
     thread.join(30)
 
