@@ -7,7 +7,7 @@ import torch
 
 from tuner.head import collate, yes_no_logits
 from tuner.losses import listwise_loss
-from tuner.modeling import attach_lora, load_base
+from tuner.modeling import load_base
 from tuner.packing import chunked_yes_no_logits, pack_rows, packed_yes_no_logits, sorted_chunks
 
 YES, NO, PAD = 9693, 2152, 151643
@@ -47,14 +47,9 @@ def test_sorted_chunks_respect_budget_and_cover_all():
 
 @pytest.fixture(scope="module")
 def lora_model(tiny_model_dir):
-    torch.manual_seed(0)
-    model = load_base(tiny_model_dir, dtype="float32", attn_implementation="sdpa", device="cpu")
-    model = attach_lora(model, r=16, alpha=32, dropout=0.0)
-    with torch.no_grad():  # LoRA B starts at zero (then A gets no gradient): give both sides real values
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0.0, 0.05)
-    return model
+    from train_helpers import random_lora
+
+    return random_lora(tiny_model_dir, attn_implementation="sdpa")
 
 
 def _loss_and_grads(model, logits_fn):

@@ -10,7 +10,7 @@ import torch
 from tuner.config import ConfigError, load_config
 from tuner.head import collate, unwrap_backbone, yes_no_logits
 from tuner.losses import listwise_loss
-from tuner.modeling import attach_lora, compile_layers, evenly_spaced, load_base, set_checkpoint_ratio
+from tuner.modeling import compile_layers, evenly_spaced, set_checkpoint_ratio
 
 YES, NO, PAD = 9693, 2152, 151643
 
@@ -22,13 +22,9 @@ def _batch(n: int = 8, seed: int = 3) -> dict[str, torch.Tensor]:
 
 
 def _lora(model_dir, **load_kwargs):
-    torch.manual_seed(0)
-    model = attach_lora(load_base(model_dir, dtype="float32", device="cpu", **load_kwargs), dropout=0.0)
-    with torch.no_grad():  # LoRA B starts at zero: give every adapter tensor a real value and gradient
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0.0, 0.05)
-    return model
+    from train_helpers import random_lora
+
+    return random_lora(model_dir, **load_kwargs)
 
 
 def _loss_and_grads(model, batch):

@@ -70,3 +70,22 @@ def tiny_config(model_dir: Path, beir: Path, out: Path, *overrides: str) -> Conf
         "name=test-tiny",
     ]
     return load_config(None, base + list(overrides))
+
+
+def random_lora(model_dir: Path, seed: int = 0, **load_kwargs):
+    """The tiny model (fp32, CPU) with a LoRA r16 whose A and B are both random.
+
+    LoRA B starts at zero (then A gets no gradient); equivalence tests need every adapter tensor to carry a real
+    value and gradient.
+    """
+    import torch
+
+    from tuner.modeling import attach_lora, load_base
+
+    torch.manual_seed(seed)
+    model = attach_lora(load_base(model_dir, dtype="float32", device="cpu", **load_kwargs), r=16, alpha=32, dropout=0.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.05)
+    return model
