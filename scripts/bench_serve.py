@@ -14,10 +14,13 @@ import asyncio
 import random
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing tuner
 
 WORDS = [
     "wing",
