@@ -4,12 +4,13 @@
 #   here, once:   bash scripts/gpu_wheels.sh      (bitsandbytes, liger-kernel, FastAPI/uvicorn for that machine)
 #   device runs:  bash scripts/gpu_bench.sh train  (~6 min)  then, on the warm machine,
 #                 bash scripts/gpu_bench.sh score  (~4.5 min)        each with carry [".whl"]; JSON + logs in $OUT
-#   rehearsal on CPU (tiny shapes, same steps and files, ~4 min):  SMOKE=1 bash scripts/gpu_bench.sh
+#   rehearsal on CPU (tiny shapes, same steps and files, ~2 min):  SMOKE=1 bash scripts/gpu_bench.sh
 #
 # `bash scripts/gpu_bench.sh` alone runs both parts (over the 600 s a device call may take). Without .whl/ the
 # qlora and liger rows are reported as skipped and the serve step fails (no FastAPI there). Each script writes its
-# JSON after every path, so a step cut short by its timeout keeps what it measured ($OUT gets 8 files at most). Commit the JSON under
-# docs/benchmarks/ and fill the tables there and in the README, with the device name.
+# JSON after every path, so a step cut short by its timeout keeps what it measured (a part writes 4 files; $OUT
+# returns 8 at most). Commit the JSON under docs/benchmarks/ and fill the tables there and in the README, with the
+# device name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/bench}
