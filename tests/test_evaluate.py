@@ -40,6 +40,18 @@ def test_reranked_scores_are_the_rerankers_logits(evaluator, tiny_reranker):
     assert set(result.metrics) == {"ndcg@10", "mrr@10", "map@100", "recall@100"}
 
 
+def test_sharded_reranking_covers_every_query_once(evaluator, tiny_reranker):
+    """`rerank(shard=(rank, world))` (DDP evaluation): the shards are disjoint and together give the whole run."""
+    whole, _ = evaluator.rerank(tiny_reranker)
+    parts = [evaluator.rerank(tiny_reranker, shard=(r, 3))[0] for r in range(3)]
+    assert sum(len(p) for p in parts) == len(whole) and all(parts[:2])
+    merged = {q: ranked for p in parts for q, ranked in p.items()}
+    assert merged.keys() == whole.keys()
+    for q, ranked in whole.items():
+        assert [d for d, _ in merged[q]] == [d for d, _ in ranked]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(merged[q], ranked, strict=True)) < 1e-5
+
+
 def test_bare_model_in_training_mode(evaluator, tiny_reranker):
     model, tok = tiny_reranker.model, tiny_reranker.tokenizer
     model.train()

@@ -1,4 +1,5 @@
-"""Two CPU processes (torchrun, gloo) train the tiny recipe together: both ranks step, one adapter is saved."""
+"""Two CPU processes (torchrun, gloo) train the tiny recipe together: both ranks step, one adapter is saved, and
+the evaluation is split between the ranks (each scores its share, both get the single-process metrics)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_two_cpu_processes_gloo(tiny_model_dir, tmp_path):
     beir = write_beir(tmp_path / "beir")
     out = tmp_path / "run"
     recipe = tmp_path / "ddp.yaml"
-    tiny_config(tiny_model_dir, beir, out, "train.max_steps=3", "train.ddp_backend=gloo").save(recipe)
+    overrides = ["train.max_steps=3", "train.ddp_backend=gloo", f"eval.beir={beir}", "eval.split=test"]
+    tiny_config(tiny_model_dir, beir, out, *overrides, "eval.before=true").save(recipe)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -54,3 +56,18 @@ def test_two_cpu_processes_gloo(tiny_model_dir, tmp_path):
     adapters = list(out.rglob("adapter_model.safetensors"))
     assert [p.parent.name for p in adapters if "checkpoint-" not in str(p)] == ["adapter"]
     assert json.loads((out / "adapter" / "tuner.json").read_text())["recipe"] == "test-tiny"
+
+    # evaluation: base before training + final after it, each split between the ranks and gathered
+    from tuner.evaluate import Evaluator
+    from tuner.scoring import Reranker
+
+    evaluator = Evaluator.from_beir(beir, "test", top_k=100)
+    pairs = [n["eval_pairs_scored"] for n in notes]
+    assert all(p > 0 for p in pairs) and sum(pairs) == 2 * evaluator.num_pairs
+    final = json.loads((out / "metrics.json").read_text())["dev"]["final"]
+    assert notes[0]["dev_final"] == notes[1]["dev_final"] == final
+    # the gathered metrics are the single-process ones of the saved adapter
+    alone = evaluator(Reranker.from_pretrained(out / "adapter", device="cpu", dtype="float32", max_length=96))
+    assert final.keys() <= alone.keys() and final
+    for name, value in final.items():
+        assert abs(alone[name] - value) < 1e-6, name

@@ -192,9 +192,11 @@ class Evaluator:
         return dict(self.first_stage_result().metrics)
 
     # ------------------------------------------------------------------------------------------- rerank
-    def _chunks(self) -> list[list[str]]:
+    def _chunks(self, shard: tuple[int, int] | None = None) -> list[list[str]]:
+        # shard (rank, world): query i goes to rank i % world, the same split on every rank
+        qids = self.qids if shard is None else self.qids[shard[0] :: shard[1]]
         chunks, current, size = [], [], 0
-        for q in self.qids:
+        for q in qids:
             if current and size + len(self.candidates[q]) > self.chunk_pairs:
                 chunks.append(current)
                 current, size = [], 0
@@ -204,13 +206,16 @@ class Evaluator:
             chunks.append(current)
         return chunks
 
-    def _encoded(self, reranker, instruction: str | None) -> Iterator[tuple[list[str], list]]:
-        """(query ids, prompt ids) per chunk, encoded lazily; kept per tokenizer, budget and instruction."""
+    def _encoded(
+        self, reranker, instruction: str | None, shard: tuple[int, int] | None = None
+    ) -> Iterator[tuple[list[str], list]]:
+        """(query ids, prompt ids) per chunk, encoded lazily; kept per tokenizer, budget, instruction and shard."""
         enc = reranker.encoder
         effective = reranker.instruction if instruction is None else instruction
         tok = enc.tokenizer
         key = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok), enc.max_length, enc.safe_text, effective)
-        chunks = self._chunks()
+        key += (shard,)
+        chunks = self._chunks(shard)
         if key in self._cache:
             yield from zip(chunks, self._cache[key], strict=True)
             return
@@ -229,8 +234,18 @@ class Evaluator:
         if kept is not None:
             self._cache[key] = kept
 
-    def rerank(self, reranker, instruction: str | None = _UNSET, label: str = "reranker") -> tuple[Run, float]:
-        """Reranked lists `{qid: [(doc id, logit)]}` in trec_eval order, and the scoring wall time (s)."""
+    def rerank(
+        self,
+        reranker,
+        instruction: str | None = _UNSET,
+        label: str = "reranker",
+        shard: tuple[int, int] | None = None,
+    ) -> tuple[Run, float]:
+        """Reranked lists `{qid: [(doc id, logit)]}` in trec_eval order, and the scoring wall time (s).
+
+        `shard=(rank, world)` reranks only this rank's share of the queries (every world-th one, so the ranks
+        together cover each query once); the caller gathers the runs.
+        """
         from tqdm.auto import tqdm
 
         instruction = self.instruction if instruction is _UNSET else instruction
@@ -238,13 +253,15 @@ class Evaluator:
         was_training = bool(getattr(model, "training", False))
         saved_progress = reranker.show_progress
         show = self.show_progress if self.show_progress is not None else self.num_pairs >= 1000
+        show = show and (shard is None or shard[0] == 0)
         run: Run = {}
         start = time.perf_counter()
         try:
             model.eval()  # dropout off while evaluating inside training; restored below
             reranker.show_progress = False  # one bar for the whole evaluation, not one per chunk
-            with tqdm(total=self.num_pairs, desc=f"{self.name}: {label}", unit="pair", disable=not show) as bar:
-                for qids, ids in self._encoded(reranker, instruction):
+            total = sum(len(self.candidates[q]) for chunk in self._chunks(shard) for q in chunk)
+            with tqdm(total=total, desc=f"{self.name}: {label}", unit="pair", disable=not show) as bar:
+                for qids, ids in self._encoded(reranker, instruction, shard):
                     logits = reranker.logits_for_ids(ids)
                     pos = 0
                     for q in qids:

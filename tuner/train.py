@@ -402,16 +402,23 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
-    # every rank leaves a note (multi-process runs: shows that each rank trained the same number of steps)
-    atomic_write_json(
-        out / "logs" / f"rank{args.process_index}.json",
-        {"rank": args.process_index, "world_size": args.world_size, "global_step": trainer.state.global_step},
-    )
     if rank_eval is not None:
         if not trainer.eval_history or trainer.eval_history[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
         record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
         log.info("dev final %s", _fmt(record["dev"]["final"]))
+    # every rank leaves a note (multi-process runs: each rank trained the same number of steps, scored its share
+    # of the evaluation pairs and got the same metrics)
+    atomic_write_json(
+        out / "logs" / f"rank{args.process_index}.json",
+        {
+            "rank": args.process_index,
+            "world_size": args.world_size,
+            "global_step": trainer.state.global_step,
+            "eval_pairs_scored": rank_eval.pairs_scored if rank_eval is not None else 0,
+            "dev_final": record["dev"].get("final"),
+        },
+    )
     if "ood" in evaluators and record["ood"]:
         record["ood"]["final"] = RankEval(
             evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction

@@ -136,8 +136,11 @@ class RankEval:
         self.tokenizer = tokenizer
         self.kwargs = {"max_length": max_length, "batch_tokens": batch_tokens, "instruction": instruction}
         self._rerankers: dict[int, Any] = {}
+        self.pairs_scored = 0  # by this process (under DDP, its share)
 
     def __call__(self, model) -> dict[str, float]:
+        import torch.distributed as dist
+
         from tuner.scoring import Reranker
 
         # One Reranker per model object: the evaluator caches its encoded prompts across calls.
@@ -145,7 +148,18 @@ class RankEval:
         if reranker is None:
             reranker = Reranker(model, self.tokenizer, show_progress=False, **self.kwargs)
             self._rerankers[id(model)] = reranker
-        return self.evaluator(reranker)  # switches to eval mode and back
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world == 1:
+            self.pairs_scored += self.evaluator.num_pairs
+            return self.evaluator(reranker)  # switches to eval mode and back
+        # Under DDP every rank holds the same weights: each reranks its share of the queries and the runs are
+        # gathered, so evaluation takes 1/world of the time instead of being repeated on every rank.
+        run, _ = self.evaluator.rerank(reranker, shard=(dist.get_rank(), world))
+        self.pairs_scored += sum(len(docs) for docs in run.values())
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, run)
+        merged = {q: ranked for part in parts for q, ranked in part.items()}
+        return dict(self.evaluator.score_run(merged).metrics)
 
     def base(self, model) -> dict[str, float]:
         """Metrics of the base model (the adapter switched off; a fresh full fine-tune is its own base)."""
