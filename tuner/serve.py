@@ -100,9 +100,16 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, triples: list[tuple[str, Any, str | None]]) -> concurrent.futures.Future:
-        """Queue (query, document, instruction) triples; the future gives (logits, prompt_tokens)."""
-        job = _Job(triples)
+    def submit(
+        self, triples: list[tuple[str, Any, str | None]], ids: list[list[int]] | None = None
+    ) -> concurrent.futures.Future:
+        """Queue (query, document, instruction) triples; the future gives (logits, prompt_tokens).
+
+        `ids`: the triples already encoded (`Reranker.encode`). The app encodes in the request's own thread, so
+        tokenizing the next requests overlaps the forward pass of the current batch; without it the worker
+        encodes.
+        """
+        job = _Job(triples, ids=ids)
         self._queue.put(job)
         return job.future
 
@@ -131,11 +138,12 @@ class Batcher:
         for job in jobs:
             if not job.future.set_running_or_notify_cancel():
                 continue
-            try:
-                job.ids = self.reranker.encode(job.triples)
-            except Exception as err:  # e.g. a query over the token budget: that request alone fails
-                job.future.set_exception(err)
-                continue
+            if job.ids is None:
+                try:
+                    job.ids = self.reranker.encode(job.triples)
+                except Exception as err:  # e.g. a query over the token budget: that request alone fails
+                    job.future.set_exception(err)
+                    continue
             live.append(job)
         if not live:
             return
@@ -251,7 +259,10 @@ def create_app(
 
     async def score(triples: list[tuple[str, Any, str | None]]) -> tuple[list[float], int]:
         try:
-            return await asyncio.wrap_future(batcher.submit(triples))
+            # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
+            # releases the GIL): the batcher thread only runs the model
+            ids = await asyncio.to_thread(reranker.encode, triples)
+            return await asyncio.wrap_future(batcher.submit(triples, ids))
         except (ValueError, TypeError) as err:
             raise ApiError(400, f"query: {err}", "query") from None
 
