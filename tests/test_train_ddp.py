@@ -33,6 +33,7 @@ def test_two_cpu_processes_gloo(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     recipe = tmp_path / "ddp.yaml"
     overrides = ["train.max_steps=3", "train.ddp_backend=gloo", f"eval.beir={beir}", "eval.split=test"]
+    overrides.append("train.batch_tokens=300")  # several sorted chunks per forward: DDP sees each layer used repeatedly
     tiny_config(tiny_model_dir, beir, out, *overrides, "eval.before=true").save(recipe)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
