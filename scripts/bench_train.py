@@ -172,6 +172,51 @@ def make_step(path: str, model, prompts, args, pad_id: int, yes_id: int, no_id: 
     return lambda: model(chunks=sorted_chunks(prompts, pad_id, args.batch_tokens, device))
 
 
+# kernel / op name fragments → where the time goes (first match wins; checked lower-case)
+CATEGORIES = [
+    ("attention", ("flash", "attention", "sdpa", "flex", "fmha", "softmax")),
+    ("matmul", ("gemm", "matmul", "addmm", "aten::mm", "aten::bmm", "linear", "cutlass", "nvjet", "sm90_xmma")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("norm", ("rms", "norm", "rsqrt")),
+    ("copy / cast", ("copy", "cast", "to_copy", "cat", "index", "fill", "zero")),
+]
+
+
+def where_the_time_goes(step, cuda: bool, top: int = 15) -> dict:
+    """One more step under torch.profiler: its device (CUDA) or CPU self time by category, and the top ops.
+
+    What the note has to explain when a target is missed: attention vs matmuls vs elementwise work vs copies.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+
+    def self_us(e) -> float:
+        if cuda:
+            return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0))
+        return float(e.self_cpu_time_total)
+
+    rows = sorted(((e.key, self_us(e), e.count) for e in events if self_us(e) > 0), key=lambda r: -r[1])
+    total = sum(us for _, us, _ in rows) or 1.0
+    buckets: dict[str, float] = {}
+    for name, us, _ in rows:
+        low = name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "elementwise / other")
+        buckets[cat] = buckets.get(cat, 0.0) + us
+    return {
+        "clock": "CUDA kernel self time" if cuda else "CPU op self time",
+        "total_ms": round(total / 1000, 2),
+        "share": {c: round(us / total, 3) for c, us in sorted(buckets.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": n[:120], "ms": round(us / 1000, 2), "calls": c} for n, us, c in rows[:top]],
+    }
+
+
 def skip_reason(path: str, cuda: bool) -> str | None:
     """Why `path` cannot run on this machine, or None."""
     if path == "qlora" and not cuda:
@@ -200,11 +245,9 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         logits_fn = make_step(path, model, prompts, args, enc.tokenizer.pad_token_id, enc.yes_id, enc.no_id, device)
         first_logits, losses = None, []
-        for step in range(args.warmup + args.steps):
-            if step == args.warmup:
-                if cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
+
+        def step() -> None:
+            nonlocal first_logits
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits = logits_fn()
             loss = listwise_loss(logits.view(args.groups, args.group_size))
@@ -214,9 +257,17 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
             if first_logits is None:
                 first_logits = logits.detach().float().cpu()
             losses.append(loss.item())
+
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            step()
         if cuda:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / args.steps
+        profile = where_the_time_goes(step, cuda) if path in (args.profile or []) else None
     real = sum(len(p) for p in prompts)
     tps = real / seconds
     result = {
@@ -230,6 +281,8 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
         "last_loss": losses[-1],
         "first_logits": first_logits.tolist(),
     }
+    if profile is not None:
+        result["profile"] = profile
     if cuda:
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["peak_mem_kind"] = "cuda max_memory_allocated"
@@ -239,7 +292,7 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
     else:
         result["peak_mem_gib"] = round(rss.peak / 2**30, 2)
         result["peak_mem_kind"] = "process peak RSS (rough; includes the Python process and earlier paths' leftovers)"
-    del model, opt
+    model = opt = logits_fn = None  # free the weights before the next path (gc below)
     gc.collect()
     return result
 
@@ -257,6 +310,9 @@ def main() -> int:
     parser.add_argument("--batch-tokens", type=int, default=None, help="tuner path chunk budget (16384 / 2048)")
     parser.add_argument("--row-tokens", type=int, default=None, help="packed row capacity (default 8192 / 1024)")
     parser.add_argument("--fixed-len", type=int, default=None, help="every prompt exactly N tokens (memory target)")
+    parser.add_argument(
+        "--profile", nargs="*", choices=list(PATHS), help="after timing, profile one more step of these paths"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/tuner-bench", help="where the random checkpoint is written")
     parser.add_argument("--json", default=None, help="output JSON (default WORKDIR/bench_train-<device>.json)")

@@ -40,8 +40,10 @@ else
 fi
 if [ "$part" = all ] || [ "$part" = train ]; then
   # naive vs tuner (sorted chunks) vs packed (flex_attention) vs half-ckpt / compiled / liger / qlora, 8 queries x
-  # 8 documents of the synthetic mix (the first run writes the random 4B checkpoint, ~8 GB in /tmp)
-  timeout 280 "$py" scripts/bench_train.py "${train_args[@]}" "${train_paths[@]}" --json "$out/train-4b.json" 2>&1 |
+  # 8 documents of the synthetic mix (the first run writes the random 4B checkpoint, ~8 GB in /tmp); one more
+  # step of tuner and packed under torch.profiler says where their time goes (attention, matmuls, elementwise)
+  timeout 280 "$py" scripts/bench_train.py "${train_args[@]}" "${train_paths[@]}" --profile tuner packed \
+    --json "$out/train-4b.json" 2>&1 |
     tee "$out/train.log"
   # the memory targets: 64 prompts of exactly 512 tokens, bf16 LoRA (<= 24 GiB) and QLoRA (<= 16 GiB)
   timeout 100 "$py" scripts/bench_train.py "${train_args[@]}" --fixed-len 512 --steps 2 --warmup 1 \
