@@ -164,6 +164,7 @@ def test_train_batching_modes_follow_the_padded_run(tiny_model_dir, tmp_path):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 self.rows.append((logs["loss"], logs["grad_norm"]))
+                assert logs["real_tokens_per_s"] > 0  # the throughput users compare settings by
             self.flos = state.total_flos
 
     beir = write_beir(tmp_path / "beir")

@@ -106,6 +106,8 @@ class RerankTrainer(Trainer):
         self.yes_id, self.no_id = yes_id, no_id
         self.rank_eval = rank_eval
         self.eval_history: list[dict[str, Any]] = []
+        # real (unpadded) prompt tokens per second of training, per device, logged with the loss
+        self._window_tokens, self._window_start, self._window_paused = 0, None, 0.0
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -120,7 +122,19 @@ class RerankTrainer(Trainer):
             self._flop_params = inner.num_parameters(exclude_embeddings=True)
         return 6 * int(inputs["num_tokens"]) * self._flop_params
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._window_start is not None:
+            seconds = time.perf_counter() - self._window_start - self._window_paused
+            if seconds > 0:
+                logs["real_tokens_per_s"] = round(self._window_tokens / seconds, 1)
+            self._window_tokens, self._window_start, self._window_paused = 0, time.perf_counter(), 0.0
+        super().log(logs, start_time)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            if self._window_start is None:
+                self._window_start = time.perf_counter()
+            self._window_tokens += int(inputs.get("num_tokens", 0))
         labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
         groups, size = labels.shape
         keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index", "chunks")  # any batching
@@ -153,7 +167,9 @@ class RerankTrainer(Trainer):
         """Rerank the dev set with the live model; logs and returns `{eval_<metric>: value}`."""
         if self.rank_eval is None:
             return {}
+        started = time.perf_counter()
         values = self.rank_eval(self.model)
+        self._window_paused += time.perf_counter() - started  # evaluation time is not training throughput
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
         self.log(metrics)
         self.eval_history.append({"step": self.state.global_step, **values})

@@ -136,7 +136,7 @@ class GroupCollator:
             batch = {"chunks": sorted_chunks(ids, self.pad_id, self.batch_tokens)}
         else:
             batch = collate(ids, self.pad_id)
-        batch["num_tokens"] = torch.tensor(sum(len(x) for x in ids))
+        batch["num_tokens"] = sum(len(x) for x in ids)  # a Python int: reading it never waits on the GPU
         size = len(samples[0]["docs"])
         labels = torch.zeros(len(samples), size)
         labels[:, 0] = 1.0
