@@ -85,6 +85,35 @@ def test_compiled_layers_give_the_same_loss_and_gradients(tiny_model_dir):
         _assert_same(_loss_and_grads(ref, b), _loss_and_grads(model, b))
 
 
+def test_train_compile_runs_compiled_layers_with_the_same_losses(tiny_model_dir, tmp_path):
+    """`tuner train` with `train.compile=true`: the layers it trains are compiled and log the plain run's losses."""
+    from train_helpers import tiny_config, write_beir
+    from transformers import TrainerCallback
+
+    from tuner.train import train
+
+    class Logs(TrainerCallback):
+        def __init__(self):
+            self.rows = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.rows.append((logs["loss"], logs["grad_norm"]))
+
+    beir = write_beir(tmp_path / "beir")
+    runs = {}
+    for compiled in ("false", "true"):
+        logs = Logs()
+        overrides = ["train.max_steps=3", f"train.compile={compiled}", "model.gradient_checkpointing=true"]
+        result = train(tiny_config(tiny_model_dir, beir, tmp_path / compiled, *overrides), callbacks=[logs])
+        layers = unwrap_backbone(result["model"]).layers
+        runs[compiled] = (logs.rows, [layer._compiled_call_impl is not None for layer in layers])
+    assert runs["true"][1] == [True, True] and runs["false"][1] == [False, False]
+    assert len(runs["true"][0]) == 3
+    for (loss, norm), (ref_loss, ref_norm) in zip(runs["true"][0], runs["false"][0], strict=True):
+        assert abs(loss - ref_loss) < 1e-5 and abs(norm - ref_norm) < 1e-4 * ref_norm
+
+
 @pytest.mark.parametrize("four_bit", [False, True])
 def test_no_fp32_copies_of_frozen_weights(tiny_model_dir, tmp_path, four_bit):
     """bf16 LoRA and QLoRA through `tuner train`: every frozen weight stays bf16 (or 4-bit); only adapters are fp32."""
