@@ -338,6 +338,13 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     log.info("%s", trainable_summary(model))
     if t.compile:  # after LoRA, so that the adapters are traced into the compiled layers
         log.info("torch.compile: %d decoder layers (compiled on first use)", compile_layers(model))
+    if t.batching == "packed" and m.attn_implementation != "flex_attention":
+        log.warning(
+            "train.batching=packed with model.attn_implementation=%s: the attention between the prompts of a row "
+            "is computed and masked out (same scores, quadratic extra work); flex_attention skips it, or use "
+            "train.batching=sorted",
+            m.attn_implementation,
+        )
 
     # 4. evaluators (dev set + optional out-of-domain), the first stage and the base measured once
     with args.main_process_first(desc="evaluation data"):
