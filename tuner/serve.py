@@ -77,9 +77,8 @@ class ScoreRequest(BaseModel):
 # ------------------------------------------------------------------------------------------- batcher
 @dataclass
 class _Job:
-    triples: list[tuple[str, Any, str | None]]
+    ids: list[list[int]]  # the request's encoded prompts (`Reranker.encode`)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    ids: list[list[int]] | None = None
 
 
 class Batcher:
@@ -100,16 +99,13 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(
-        self, triples: list[tuple[str, Any, str | None]], ids: list[list[int]] | None = None
-    ) -> concurrent.futures.Future:
-        """Queue (query, document, instruction) triples; the future gives (logits, prompt_tokens).
+    def submit(self, ids: list[list[int]]) -> concurrent.futures.Future:
+        """Queue one request's encoded prompts (`Reranker.encode`); the future gives (logits, prompt_tokens).
 
-        `ids`: the triples already encoded (`Reranker.encode`). The app encodes in the request's own thread, so
-        tokenizing the next requests overlaps the forward pass of the current batch; without it the worker
-        encodes.
+        Requests are encoded in their own threads before they get here, so tokenizing the next requests overlaps
+        the forward pass of the current batch: this worker only runs the model.
         """
-        job = _Job(triples, ids=ids)
+        job = _Job(ids)
         self._queue.put(job)
         return job.future
 
@@ -118,7 +114,7 @@ class Batcher:
             job = self._queue.get()
             if job is None:
                 return
-            jobs, pairs, stop = [job], len(job.triples), False
+            jobs, pairs, stop = [job], len(job.ids), False
             while pairs < MAX_PAIRS_PER_DRAIN:  # everything that arrived while the last batch ran
                 try:
                     nxt = self._queue.get_nowait()
@@ -128,23 +124,13 @@ class Batcher:
                     stop = True
                     break
                 jobs.append(nxt)
-                pairs += len(nxt.triples)
+                pairs += len(nxt.ids)
             self._run(jobs)
             if stop:
                 return
 
     def _run(self, jobs: list[_Job]) -> None:
-        live = []
-        for job in jobs:
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            if job.ids is None:
-                try:
-                    job.ids = self.reranker.encode(job.triples)
-                except Exception as err:  # e.g. a query over the token budget: that request alone fails
-                    job.future.set_exception(err)
-                    continue
-            live.append(job)
+        live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
         if not live:
             return
         flat = [ids for job in live for ids in job.ids]
@@ -260,9 +246,9 @@ def create_app(
     async def score(triples: list[tuple[str, Any, str | None]]) -> tuple[list[float], int]:
         try:
             # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
-            # releases the GIL): the batcher thread only runs the model
+            # releases the GIL); a query over the token budget fails this request alone
             ids = await asyncio.to_thread(reranker.encode, triples)
-            return await asyncio.wrap_future(batcher.submit(triples, ids))
+            return await asyncio.wrap_future(batcher.submit(ids))
         except (ValueError, TypeError) as err:
             raise ApiError(400, f"query: {err}", "query") from None
 
