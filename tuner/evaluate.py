@@ -192,11 +192,13 @@ class Evaluator:
         return dict(self.first_stage_result().metrics)
 
     # ------------------------------------------------------------------------------------------- rerank
-    def _chunks(self, shard: tuple[int, int] | None = None) -> list[list[str]]:
+    def _shard_qids(self, shard: tuple[int, int] | None) -> list[str]:
         # shard (rank, world): query i goes to rank i % world, the same split on every rank
-        qids = self.qids if shard is None else self.qids[shard[0] :: shard[1]]
+        return self.qids if shard is None else self.qids[shard[0] :: shard[1]]
+
+    def _chunks(self, shard: tuple[int, int] | None = None) -> list[list[str]]:
         chunks, current, size = [], [], 0
-        for q in qids:
+        for q in self._shard_qids(shard):
             if current and size + len(self.candidates[q]) > self.chunk_pairs:
                 chunks.append(current)
                 current, size = [], 0
@@ -259,7 +261,7 @@ class Evaluator:
         try:
             model.eval()  # dropout off while evaluating inside training; restored below
             reranker.show_progress = False  # one bar for the whole evaluation, not one per chunk
-            total = sum(len(self.candidates[q]) for chunk in self._chunks(shard) for q in chunk)
+            total = sum(len(self.candidates[q]) for q in self._shard_qids(shard))
             with tqdm(total=total, desc=f"{self.name}: {label}", unit="pair", disable=not show) as bar:
                 for qids, ids in self._encoded(reranker, instruction, shard):
                     logits = reranker.logits_for_ids(ids)
