@@ -12,6 +12,11 @@ from tuner.cli.common import UserError
 def _add_model_args(p) -> None:
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
     p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
+    _add_runtime_args(p)
+
+
+def _add_runtime_args(p) -> None:
+    """Prompt budget, batch budget, device and dtype: every verb here loads a `Reranker` with them."""
     p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -84,10 +89,7 @@ def add_eval(sub) -> None:
     p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
     p.add_argument("--max-queries", type=int, help="evaluate a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
-    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    _add_runtime_args(p)
     p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
