@@ -195,6 +195,27 @@ def test_fast_paths_equal_the_reference(tiny_model_dir, parity, mode):
     )
     got = fast.score_pairs(pairs, normalize=False)
     assert max(abs(a - b) for a, b in zip(ref_logits, got, strict=True)) < 1e-4
+    probabilities = fast.score_pairs(pairs)
+    assert max(abs(p - 1 / (1 + math.exp(-x))) for p, x in zip(probabilities, ref_logits, strict=True)) < 1e-5
+
+
+def test_compiled_layers_give_the_reference_scores(tiny_model_dir, parity):
+    """`compile=True` compiles the decoder layers that every path runs through: padded batches, packed rows
+    and shared-prefix KV all give the reference scores (and the compiler really ran)."""
+    from torch._dynamo.utils import counters
+
+    _, pairs, ref_logits = parity
+    pairs, ref_logits = pairs[:24], ref_logits[:24]
+    fast = Reranker.from_pretrained(
+        tiny_model_dir, device="cpu", dtype="float32", max_length=MAX_LENGTH, batch_tokens=1024, compile=True
+    )
+    before = counters["stats"]["calls_captured"]
+    for prefix_reuse, packing in [(False, False), (True, False), (False, True)]:
+        fast.prefix_reuse, fast.packing = prefix_reuse, packing
+        got = fast.score_pairs(pairs, normalize=False)
+        if not (prefix_reuse or packing):  # the default path reaches the compiled layers too
+            assert counters["stats"]["calls_captured"] > before
+        assert max(abs(a - b) for a, b in zip(ref_logits, got, strict=True)) < 1e-4, (prefix_reuse, packing)
 
 
 def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):

@@ -17,6 +17,7 @@ import torch
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_tokenizer
 from tuner.head import collate, head_vector, unwrap_backbone, yes_no_logits
 from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
+from tuner.modeling import compile_layers
 
 __all__ = ["TUNER_META", "ModelNotFoundError", "Reranker", "_check_reachable", "load_model", "read_meta"]
 
@@ -74,7 +75,8 @@ class Reranker:
             shared head is at least `MIN_SHARED_PREFIX` tokens).
         packing: put several prompts in one row (position ids restart, no padding); pays with an attention
             kernel that skips masked blocks (flex_attention on GPU), not with sdpa on CPU.
-        compile: wrap the decoder in `torch.compile(dynamic=True)` (long warm-up; GPU serving).
+        compile: `torch.compile(dynamic=True)` the model's decoder layers in place (`compile_layers`; the first
+            batches pay the warm-up; GPU serving).
     """
 
     def __init__(
@@ -108,7 +110,11 @@ class Reranker:
         self.packing = packing
         self._backbone = unwrap_backbone(model)
         if compile:
-            self._backbone = torch.compile(self._backbone, dynamic=True)
+            # Regional and in place: every path (padded batches through `tuner.head`, packed rows, shared-prefix
+            # KV) runs through the decoder layers, and one compiled layer serves all of them, so the warm-up is one
+            # layer's compile. (A `torch.compile` wrapper around the backbone was never called by the padded path,
+            # which reaches the layers through the model itself.)
+            compile_layers(model)
 
     @classmethod
     def from_pretrained(
