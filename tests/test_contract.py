@@ -63,6 +63,37 @@ def test_query_over_budget_is_a_value_error_naming_sizes(tokenizer):
         enc.encode("a very long query " * 20, "doc")
 
 
+def test_query_filling_the_budget_exactly_is_allowed(tokenizer):
+    """Only instruction + query + "<Document>:" over the budget is an error; at the budget the document is cut
+    to nothing (the space before it merges into the document's first token, which is the document's)."""
+    enc = PromptEncoder(tokenizer, max_length=100_000)
+    full = enc.encode("a query of some words", "hello world and more")
+    bare = enc.encode("a query of some words", "")
+    # tokens of "<Instruct>: ...<Document>:"; with an empty document the trailing " " is a token of its own
+    head = len(bare) - len(enc.prefix_ids) - len(enc.suffix_ids) - 1
+    tight = PromptEncoder(tokenizer, max_length=len(enc.prefix_ids) + len(enc.suffix_ids) + head)
+    ids = tight.encode("a query of some words", "hello world and more")
+    assert len(ids) == tight.max_length and ids[:-9] == full[: len(ids) - 9]
+    with pytest.raises(ValueError, match=rf"take {head} tokens, over the body budget of {head - 1} "):
+        PromptEncoder(tokenizer, max_length=tight.max_length - 1).encode("a query of some words", "hello world")
+
+
+def test_strict_card_mode_ignores_the_tokenizers_own_truncation_and_padding(tokenizer):
+    """`safe_text=False` encodes with a private backend: an earlier `tokenizer(..., truncation=True)` or
+    `padding="max_length"` call on the shared tokenizer must not cut or pad the prompt."""
+    from transformers import AutoTokenizer
+
+    from tuner.contract import tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+    doc = "Beijing is a large city with a long history. " * 30
+    before = PromptEncoder(tok, safe_text=False).encode("capital of China", doc)
+    tok("some text " * 100, truncation=True, max_length=50)
+    tok("short", padding="max_length", max_length=400)
+    assert PromptEncoder(tok, safe_text=False).encode("capital of China", doc) == before
+    assert len(before) > 300
+
+
 def test_max_length_must_leave_room(tokenizer):
     with pytest.raises(ValueError, match="leaves no room"):
         PromptEncoder(tokenizer, max_length=48)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from exporting import RUN_INSTRUCTION, make_run
+from transformers import AutoTokenizer
 
 from tuner import export as export_mod
 from tuner.cli import main
@@ -78,6 +79,13 @@ def test_reranker_loads_all_three_formats_with_instruction_and_calibration(expor
         probs = reranker.score_pairs(pairs)
         calibrated = [torch.sigmoid(torch.tensor(x / 2.0 + 0.25)).item() for x in logits]
         assert probs == pytest.approx(calibrated, abs=1e-6)
+        # what other engines return: sigmoid(logit), on request
+        raw = Reranker.from_pretrained(exported / fmt, device="cpu", dtype="float32", calibrated=False)
+        assert raw.score_pairs(pairs) == pytest.approx([torch.sigmoid(torch.tensor(x)).item() for x in logits])
+        # the budget the card gives sentence-transformers and vLLM (tuner.json's max_length), unless overridden
+        meta = json.loads((exported / fmt / "tuner.json").read_text())
+        assert reranker.encoder.max_length == meta["max_length"] != 8192
+        assert AutoTokenizer.from_pretrained(exported / fmt).padding_side == "left"  # the card's batch code
 
 
 def test_corrupted_weight_fails_the_gate_and_leaves_nothing(run_dir, tmp_path, monkeypatch, capsys):

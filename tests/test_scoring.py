@@ -238,3 +238,14 @@ def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
     assert calls[0][0] == scoring._shared_prefix(ids) >= scoring.MIN_SHARED_PREFIX
     assert scoring._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # every prompt keeps a token of its own
     assert scoring._shared_prefix([[1, 2, 3], [1, 5]]) == 1
+
+
+def test_a_two_label_head_is_refused_on_every_path(tiny_model_dir, tokenizer):
+    """The contract's seq-cls head is 1 label; a 2-label [no, yes] head must not be scored on its "no" row."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    for kwargs in ({}, {"packing": True}, {"prefix_reuse": True}):
+        with pytest.raises(ValueError, match="2 labels"):
+            Reranker(model.eval(), tokenizer, **kwargs).score("q", ["a document", "another document"])

@@ -83,6 +83,8 @@ def test_rerank_schema_order_top_n_and_scores_equal_offline(client, tiny_reranke
     )
     body = r.json()
     assert len(body["results"]) == len(DOCS) and all("document" not in x for x in body["results"])
+    everything = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0}).json()
+    assert len(everything["results"]) == len(DOCS)  # top_n 0 means every document, as vLLM reads it
     custom = tiny_reranker.score(QUERY, DOCS, instruction="Find fruit")
     served = {x["index"]: x["relevance_score"] for x in body["results"]}
     assert served == pytest.approx(dict(enumerate(custom)), abs=1e-6)
@@ -108,10 +110,10 @@ def test_score_endpoint_vllm_shape(client, tiny_reranker):
         ({"query": QUERY, "documents": []}, 400, "documents"),
         ({"query": QUERY, "documents": "not a list"}, 400, "documents"),
         ({"query": QUERY, "documents": ["ok", 5]}, 400, "documents.1"),
-        ({"query": QUERY, "documents": [{"title": "no text"}]}, 400, "documents.0"),
+        ({"query": QUERY, "documents": [{"title": "no text"}]}, 400, "documents.0.text"),
         ({"query": 42, "documents": ["a"]}, 400, "query"),
         ({"documents": ["a"]}, 400, "query"),
-        ({"query": QUERY, "documents": ["a"], "top_n": 0}, 400, "top_n"),
+        ({"query": QUERY, "documents": ["a"], "top_n": -1}, 400, "top_n"),
         ({"query": QUERY, "documents": ["a"], "top_n": "3"}, 400, "top_n"),
         ({"query": QUERY, "documents": ["a"], "instruction": ["x"]}, 400, "instruction"),
         ({"query": QUERY, "documents": ["d"] * 9}, 413, "documents"),
@@ -133,6 +135,20 @@ def test_malformed_json_and_score_errors(client):
     assert r.status_code == 400 and r.json()["error"]["field"] == "queries"
     r = client.post("/score", json={"queries": "a", "documents": []})
     assert r.status_code == 400 and r.json()["error"]["field"] == "documents"
+
+
+def test_a_model_failure_is_a_500_with_a_json_error(tiny_reranker, monkeypatch):
+    """An error inside the worker (out of memory, say) is the server's, not the client's: 500, not 400 'query'."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("device-side failure")
+
+    app = create_app(tiny_reranker, model_name="tiny")
+    monkeypatch.setattr(tiny_reranker, "logits_for_ids", broken)
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+        assert r.status_code == 500 and "device-side failure" in r.json()["error"]["message"]
+        assert r.json()["error"]["type"] == "server_error"
 
 
 def test_health_and_metrics(client):

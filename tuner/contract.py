@@ -65,6 +65,10 @@ def prepare_tokenizer(tokenizer):
         # <|endoftext|> is Qwen3's documented pad token; it never appears inside a reranker prompt.
         tokenizer.pad_token = "<|endoftext|>"
     tokenizer.padding_side = "left"
+    if isinstance(getattr(tokenizer, "init_kwargs", None), dict):
+        # `save_pretrained` writes the init kwargs, not the live attribute: without this an exported tokenizer
+        # would load right-padded, and the model card's batch code reads the last column
+        tokenizer.init_kwargs["padding_side"] = "left"
     return tokenizer
 
 
@@ -171,8 +175,16 @@ class PromptEncoder:
     def _backend(self):
         if self.safe_text:
             return _data_tokenizer(self.tokenizer)
+        from tokenizers import Tokenizer
+
+        # A private copy even here: the shared backend keeps the truncation and padding of the caller's last
+        # `tokenizer(..., truncation=True / padding=...)` call, which would cut or pad the prompt behind the
+        # contract's own truncation rule.
         backend = getattr(self.tokenizer, "_tokenizer", None) or self.tokenizer.backend_tokenizer
-        return backend
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_padding()
+        copy.no_truncation()
+        return copy
 
     @property
     def body_budget(self) -> int:
@@ -199,8 +211,9 @@ class PromptEncoder:
         for enc, doc_start in zip(encodings, heads, strict=True):
             ids = enc.ids
             if len(ids) > budget:
-                # Tokens that start before the document belong to instruction + query (+ "<Document>:").
-                head = sum(1 for start, _ in enc.offsets if start < doc_start)
+                # Tokens that end before the document belong to instruction + query (+ "<Document>:"); the
+                # space before the document merges into its first token, which is the document's to lose.
+                head = sum(1 for _, end in enc.offsets if end <= doc_start)
                 if head > budget:
                     raise ValueError(
                         f"instruction + query take {head} tokens, over the body budget of {budget} "

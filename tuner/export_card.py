@@ -89,7 +89,12 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
         f"{meta.get('no_token_id')}); relevance = sigmoid(logit)",
     ]
     if meta.get("calibration"):
-        parts.append(f"- **Calibration (tuner only):** {json.dumps(meta['calibration'])} applied before the sigmoid")
+        cal = meta["calibration"]
+        parts.append(
+            f"- **Calibration (tuner only):** tuner's probability is sigmoid(logit / {cal.get('temperature', 1.0)} + "
+            f"{cal.get('bias', 0.0)}); other engines return sigmoid(logit) (apply the same formula to their logit, "
+            "or load with `calibrated=False` / `--no-calibration` for the uncalibrated probability)"
+        )
     if data is not None:
         parts.append(f"- **Data:** `{json.dumps(data, ensure_ascii=False)}`")
     if recipe_yaml is not None:
@@ -174,6 +179,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             f"model = CrossEncoder({path!r}, max_length={meta.get('max_length') or 8192})",
             'model.predict([("what produces lift?", "Lift comes from pressure.")])  # sigmoid(logit)',
             '# another instruction: model.predict(pairs, prompt="Given a claim, retrieve supporting abstracts")',
+            '# (sentence-transformers ignores an empty prompt="": the export\'s instruction is used then)',
             "```",
         ]
     parts += ["", "### vLLM", ""]

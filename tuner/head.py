@@ -30,24 +30,8 @@ def unwrap_backbone(model: nn.Module) -> nn.Module:
 
 
 def head_vector(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
-    """`w_yes − w_no` in fp32, shape [hidden]; from lm_head, or from a 1-label seq-cls `score` layer."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    score = getattr(inner, "score", None)
-    if score is not None:  # Qwen3ForSequenceClassification: score.weight = w_yes − w_no
-        weight = score.weight
-        if weight.shape[0] != 1:
-            raise ValueError(
-                f"sequence-classification head has {weight.shape[0]} labels; the tuner contract needs "
-                "num_labels=1 with score.weight = w_yes − w_no (a 2-label [no, yes] head is not supported)"
-            )
-        if getattr(score, "bias", None) is not None:
-            raise ValueError("sequence-classification head has a bias; the contract's head has none")
-        return weight[0].detach().float()
-    lm_head = inner.get_output_embeddings()
-    if lm_head is None:
-        raise TypeError(f"{type(inner).__name__} has neither an lm_head nor a score layer")
-    weight = lm_head.weight
-    return (weight[yes_id].float() - weight[no_id].float()).detach()
+    """`w_yes − w_no` in fp32, shape [hidden], detached; from lm_head, or from a 1-label seq-cls `score` layer."""
+    return live_head_vector(model, yes_id, no_id).detach()
 
 
 def head_rows(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
@@ -106,10 +90,22 @@ def yes_no_logits(
 def live_head_vector(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
     """Differentiable fp32 `w_yes − w_no` [hidden] (lm_head rows, or a 1-label seq-cls `score` row).
 
-    Shared by `yes_no_logits` and the packed training path (`tuner.packing`), so both project on the same head.
+    Shared by `yes_no_logits`, `head_vector` and the packed training path (`tuner.packing`), so every path
+    projects on the same head and refuses the same non-contract heads.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(inner, "score", None) is not None:
-        return inner.score.weight[0].float()
+    score = getattr(inner, "score", None)
+    if score is not None:  # Qwen3ForSequenceClassification: score.weight = w_yes − w_no
+        weight = score.weight
+        if weight.shape[0] != 1:
+            raise ValueError(
+                f"sequence-classification head has {weight.shape[0]} labels; the tuner contract needs "
+                "num_labels=1 with score.weight = w_yes − w_no (a 2-label [no, yes] head is not supported)"
+            )
+        if getattr(score, "bias", None) is not None:
+            raise ValueError("sequence-classification head has a bias; the contract's head has none")
+        return weight[0].float()
+    if inner.get_output_embeddings() is None:
+        raise TypeError(f"{type(inner).__name__} has neither an lm_head nor a score layer")
     rows = head_rows(model, yes_id, no_id).float()  # [2, hidden]
     return rows[0] - rows[1]

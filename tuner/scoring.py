@@ -123,7 +123,7 @@ class Reranker:
         adapter: str | Path | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         batch_tokens: int | None = None,
         instruction: str | None = None,
         safe_text: bool = True,
@@ -132,21 +132,25 @@ class Reranker:
         prefix_reuse: bool | str = False,
         packing: bool = False,
         compile: bool = False,
+        calibrated: bool = True,
     ) -> Reranker:
         """Load a base checkpoint, an adapter (on its base), a merged export or a seq-cls export.
 
-        A default instruction and a calibration recorded in the export's `tuner.json` are picked up unless
-        `instruction` is given.
+        What the directory's `tuner.json` records is picked up: its default instruction (unless `instruction` is
+        given), its `max_length` (unless `max_length` is given; else 8192), so that tuner scores an export with
+        the budget its model card gives sentence-transformers and vLLM, and its calibration (from
+        `tuner calibrate`) unless `calibrated=False`. Calibrated probabilities are tuner's own: other engines
+        return sigmoid(logit); raw logits are the same everywhere.
         """
         model, tokenizer, meta = load_model(path_or_hub_id, adapter, device, dtype, attn_implementation)
         return cls(
             model,
             tokenizer,
-            max_length=max_length,
+            max_length=max_length or int(meta.get("max_length") or DEFAULT_MAX_LENGTH),
             batch_tokens=batch_tokens,
             instruction=instruction if instruction is not None else meta.get("instruction"),
             safe_text=safe_text,
-            calibration=meta.get("calibration"),
+            calibration=meta.get("calibration") if calibrated else None,
             show_progress=show_progress,
             name=str(adapter or path_or_hub_id),
             prefix_reuse=prefix_reuse,

@@ -59,7 +59,7 @@ class RerankRequest(BaseModel):
     model: StrictStr | None = None
     query: StrictStr
     documents: list[StrictStr | DocumentObject]
-    top_n: StrictInt | None = Field(default=None, ge=1)
+    top_n: StrictInt | None = Field(default=None, ge=0)  # 0 or absent: every document (as vLLM reads 0)
     instruction: StrictStr | None = None
     return_documents: StrictBool = True
 
@@ -203,12 +203,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
-        first = err.errors()[0]
+        # the deepest error is the most specific: for a document object without "text" that is
+        # documents.N.text (missing), not the str branch of the union ("documents.N: a valid string")
+        first = max(err.errors(), key=lambda e: len(e.get("loc", ())))
         invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
         where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
         message = f"{where}: {first.get('msg', 'invalid value')}"
         body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
         return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, err: Exception):
+        log.error("request failed: %s: %s", type(err).__name__, err)
+        body = {"error": {"message": f"scoring failed: {type(err).__name__}: {err}", "type": "server_error"}}
+        return JSONResponse(body, status_code=500)
 
     @app.middleware("http")
     async def _count(request: Request, call_next):
@@ -248,9 +256,10 @@ def create_app(
             # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
             # releases the GIL); a query over the token budget fails this request alone
             ids = await asyncio.to_thread(reranker.encode, triples)
-            return await asyncio.wrap_future(batcher.submit(ids))
         except (ValueError, TypeError) as err:
             raise ApiError(400, f"query: {err}", "query") from None
+        # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
+        return await asyncio.wrap_future(batcher.submit(ids))
 
     def doc_value(doc: str | DocumentObject) -> Any:
         return doc if isinstance(doc, str) else doc.model_dump(exclude_none=True)
@@ -270,7 +279,7 @@ def create_app(
         logits, tokens = await score([(body.query, d, body.instruction) for d in docs])
         metrics.add_documents(len(docs))
         scores = [reranker._normalize(x) for x in logits]
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: body.top_n]
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: body.top_n or None]
         results = []
         for i in order:
             row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
@@ -327,15 +336,21 @@ def serve(
     model_name: str | None = None,
     max_documents: int = DEFAULT_MAX_DOCUMENTS,
     max_batch_tokens: int | None = None,
-    max_length: int = 8192,
+    max_length: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
     graceful_timeout: float = 30.0,
+    calibrated: bool = True,
 ) -> None:
-    """Load `model` and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests are allowed to finish)."""
+    """Load `model` and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests are allowed to finish).
+
+    `max_length` None: the export's `tuner.json` budget, else 8192; `calibrated`: apply its calibration (if any).
+    """
     import uvicorn
 
-    reranker = Reranker.from_pretrained(model, device=device, dtype=dtype, max_length=max_length, show_progress=False)
+    reranker = Reranker.from_pretrained(
+        model, device=device, dtype=dtype, max_length=max_length, show_progress=False, calibrated=calibrated
+    )
     app = create_app(
         reranker,
         model_name=model_name or Path(str(model)).expanduser().resolve().name,

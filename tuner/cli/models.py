@@ -67,9 +67,10 @@ def add_score(sub) -> None:
     p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
     p.add_argument("--query", required=True, help="query text")
     p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}) or one per line")
-    p.add_argument("--instruction", help="task instruction (default: the model card's)")
+    p.add_argument("--instruction", help="task instruction (default: the export's tuner.json, else the contract's)")
     p.add_argument("--top-k", type=int, help="keep the best K")
-    p.add_argument("--max-length", type=int, default=8192, help="prompt token budget (default 8192)")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default: the export's tuner.json, else 8192)")
+    p.add_argument("--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
     p.set_defaults(func=_run_score)
@@ -80,7 +81,12 @@ def _run_score(args) -> int:
 
     docs = read_documents(args.documents)
     reranker = Reranker.from_pretrained(
-        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
+        args.model,
+        adapter=args.adapter,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        calibrated=not args.no_calibration,
     )
     ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
     json.dump(ranking, sys.stdout, ensure_ascii=False, indent=2)
@@ -140,7 +146,10 @@ def add_serve(sub) -> None:
     p.add_argument("--model-name", help="served model name (default: the export directory's name)")
     p.add_argument("--max-documents", type=int, default=1000, help="documents per request (default 1000)")
     p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass (default: Reranker's)")
-    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192; vllm: the export's)")
+    p.add_argument("--max-length", type=int, help="prompt token budget (default: the export's tuner.json, else 8192)")
+    p.add_argument(
+        "--no-calibration", action="store_true", help="tuner engine: sigmoid(logit), ignoring a tuner.json calibration"
+    )
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
     p.set_defaults(func=_run_serve)
@@ -180,7 +189,8 @@ def _run_serve(args) -> int:
         model_name=args.model_name,
         max_documents=args.max_documents,
         max_batch_tokens=args.max_batch_tokens,
-        max_length=args.max_length or 8192,
+        max_length=args.max_length,
+        calibrated=not args.no_calibration,
         device=args.device,
         dtype=args.dtype,
     )
