@@ -9,9 +9,10 @@ One command, on a GPU (the 4B shape, random weights) or on CPU (the tiny model; 
 Paths (same prompts, same LoRA r16 all-linear, listwise loss over groups, AdamW on the adapter):
   naive      full-vocabulary logits at every position (`model(...).logits`, then the last position's yes/no),
              one right-padded batch in data order, HF-default gradient checkpointing: what generic SFT code gives.
-  tuner      the 4B LoRA recipe's settings, through the trainer's own forward (`tuner.train.install_score_forward`):
-             2-row head on the last token only, `train.batching=sorted` (length-sorted padded chunks of at most
-             --batch-tokens), non-reentrant checkpointing of every layer.
+  tuner      the 4B LoRA recipe's settings, through the trainer's own forward
+             (`tuner.score_forward.install_score_forward`): 2-row head on the last token only,
+             `train.batching=sorted` (length-sorted padded chunks of at most --batch-tokens), non-reentrant
+             checkpointing of every layer.
   packed     `train.batching=packed`: rows of --row-tokens with restarting position_ids, no padding;
              flex_attention on CUDA when available (skips the blocks between prompts), sdpa otherwise.
   half-ckpt  tuner with `model.checkpoint_ratio=0.5` (every other layer keeps its activations).
@@ -155,7 +156,7 @@ def make_step(path: str, model, prompts, args, pad_id: int, yes_id: int, no_id: 
     """A closure returning the logits [n] for this path (the batch is built inside: it is part of the cost)."""
     from tuner.head import collate
     from tuner.packing import pack_rows, sorted_chunks
-    from tuner.train import install_score_forward
+    from tuner.score_forward import install_score_forward
 
     if path == "naive":
 

@@ -105,7 +105,7 @@ def test_packing_without_restarting_positions_would_differ(lora_model):
 def test_collator_batching_through_the_training_forward(lora_model, tokenizer, batching):
     """`train.batching`: GroupCollator + the Trainer's score forward give the padded batch's logits."""
     from tuner.contract import PromptEncoder
-    from tuner.train import install_score_forward, remove_score_forward
+    from tuner.score_forward import install_score_forward, remove_score_forward
     from tuner.train_data import GroupCollator
 
     enc = PromptEncoder(tokenizer, max_length=96)

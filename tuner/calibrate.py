@@ -280,7 +280,7 @@ def run_calibrate(
         The content of `calibration.json`.
     """
     from tuner.data import load_groups
-    from tuner.evaluate import load_reranker
+    from tuner.eval_run import load_reranker
     from tuner.instruct import apply_meta
     from tuner.report import atomic_write
 

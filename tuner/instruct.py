@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.contract import DEFAULT_INSTRUCTION
-from tuner.evaluate import EvalResult, Evaluator, candidates_source, first_stage_system, load_reranker, report_meta
+from tuner.eval_run import candidates_source, first_stage_system, load_reranker, report_meta
+from tuner.evaluate import EvalResult, Evaluator
 from tuner.loading import TUNER_META, read_meta
 
 __all__ = ["Candidate", "apply_meta", "candidate_instructions", "read_instructions", "run_instruct", "search"]

@@ -3,11 +3,8 @@
     output dir → base model path → training groups → model (+ LoRA / 4-bit) → evaluators
     → Trainer → train (or resume) → final evaluation → adapter/ + tuner.json + metrics.json
 
-Why transformers' `Trainer` and not trl: the loss is a ranking loss over groups of prompts scored by the yes−no
-head, not language modelling, so none of trl's trainers (SFT, reward, DPO...) fits without overriding its core;
-the plain `Trainer` gives gradient accumulation, mixed precision, LR schedules, DDP/FSDP through accelerate,
-checkpoints with optimizer/scheduler/RNG state, resume and trackers, and we override only `compute_loss`,
-`evaluate` (ranking metrics instead of a loss over an eval dataset) and the train sampler (seeded epochs).
+The Trainer subclass (and why it is transformers' `Trainer`, not trl's) is `tuner.trainer`; the forward it trains
+through, the contract's yes−no score, is `tuner.score_forward`; run setup helpers are `tuner.train_setup`.
 """
 
 from __future__ import annotations
@@ -18,15 +15,16 @@ import time
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from tuner.config import Config, ConfigError, atomic_write_json
-from tuner.head import last_hidden
-from tuner.losses import distill_loss, listwise_loss, pointwise_loss, sft_loss
-from tuner.train_data import EpochSampler, GroupCollator, GroupDataset
+from tuner.score_forward import install_score_forward, remove_score_forward
+from tuner.train_data import GroupCollator, GroupDataset
+from tuner.trainer import EpochFromState, LogLines, MetricsWriter, RerankTrainer
 
 log = logging.getLogger("tuner.train")
 
+# RerankTrainer lives in tuner.trainer; it stays listed here, where it was first exported
 __all__ = ["RerankTrainer", "TrainResult", "train"]
 
 ADAPTER_DIR = "adapter"
@@ -34,180 +32,6 @@ MODEL_DIR = "model"  # full fine-tuning writes the whole model here instead of a
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
-
-
-# ------------------------------------------------------------------------------------------------ scoring
-def install_score_forward(model, yes_id: int, no_id: int) -> None:
-    """Make `model(...)` return the contract's yes−no logits (or last-position vocab logits for `sft`).
-
-    The Trainer wraps the model in DDP/FSDP, and DDP only synchronises gradients of a forward that goes through
-    the wrapper, so the score must be the model's forward. The instance attribute shadows the class's forward
-    for this object only (saving, loading and PEFT's adapter handling are untouched); `remove_score_forward`
-    restores it.
-    """
-    from tuner.head import live_head_vector
-    from tuner.packing import chunked_last_hidden, packed_last_hidden
-
-    def forward(
-        input_ids=None,
-        last_index=None,
-        attention_mask=None,
-        position_ids=None,
-        row_index=None,
-        chunks=None,
-        vocab: bool = False,
-        **_: Any,
-    ) -> torch.Tensor:
-        # the last real token's final-norm hidden state [rows, hidden], by the collator's batching
-        if chunks is not None:  # train.batching=sorted
-            h = chunked_last_hidden(model, chunks)
-        elif row_index is not None:  # train.batching=packed
-            h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index)
-        else:  # train.batching=padded
-            h = last_hidden(model, input_ids, attention_mask, last_index)
-        h = h.float()
-        if not vocab:  # the contract's score: h · (w_yes − w_no), what tuner.head.yes_no_logits computes
-            return h @ live_head_vector(model, yes_id, no_id)  # [rows] fp32
-        # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab]
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return h @ inner.get_output_embeddings().weight.float().T
-
-    model.forward = forward
-
-
-def remove_score_forward(model) -> None:
-    """Undo `install_score_forward`."""
-    model.__dict__.pop("forward", None)
-
-
-# ------------------------------------------------------------------------------------------------ trainer
-class RerankTrainer(Trainer):
-    """A `Trainer` whose loss is a ranking loss over groups and whose evaluation reranks a dev collection.
-
-    Args (beyond Trainer's):
-        loss_kind / loss_kwargs: which `tuner.losses` function and its options.
-        yes_id / no_id: the contract's token ids (for the `sft` loss).
-        rank_eval: `RankEval` (or None): reranks the dev set with the live model and returns `{metric: value}`.
-    """
-
-    def __init__(
-        self,
-        *args,
-        loss_kind: str,
-        loss_kwargs: dict[str, float],
-        yes_id: int,
-        no_id: int,
-        rank_eval=None,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.loss_kind = loss_kind
-        self.loss_kwargs = loss_kwargs
-        self.yes_id, self.no_id = yes_id, no_id
-        self.rank_eval = rank_eval
-        self.eval_history: list[dict[str, Any]] = []
-        # real (unpadded) prompt tokens per second of training, per device, logged with the loss
-        self._window_tokens, self._window_start, self._window_paused = 0, None, 0.0
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        self.epoch_sampler = EpochSampler(len(dataset), self.args.seed)
-        return self.epoch_sampler
-
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        # the Trainer's estimate counts `input_ids` elements (padding included, none at all for sorted chunks);
-        # same 6 x non-embedding parameters x tokens convention, over the real prompt tokens
-        if not hasattr(self, "_flop_params"):
-            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            self._flop_params = inner.num_parameters(exclude_embeddings=True)
-        return 6 * int(inputs["num_tokens"]) * self._flop_params
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._window_start is not None:
-            seconds = time.perf_counter() - self._window_start - self._window_paused
-            if seconds > 0:
-                logs["real_tokens_per_s"] = round(self._window_tokens / seconds, 1)
-            self._window_tokens, self._window_start, self._window_paused = 0, time.perf_counter(), 0.0
-        super().log(logs, start_time)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            if self._window_start is None:
-                self._window_start = time.perf_counter()
-            self._window_tokens += int(inputs.get("num_tokens", 0))
-        labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
-        groups, size = labels.shape
-        keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index", "chunks")  # any batching
-        batch = {k: inputs[k] for k in keys if k in inputs}
-        if self.loss_kind == "sft":
-            vocab = model(**batch, vocab=True)  # [rows, vocab]
-            loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id)
-            logits = (vocab[:, self.yes_id] - vocab[:, self.no_id]).view(groups, size)
-        else:
-            logits = model(**batch).view(groups, size)  # yes−no logits, fp32
-            kw = self.loss_kwargs
-            if self.loss_kind == "pointwise":
-                loss = pointwise_loss(logits, labels, pos_weight=kw["pos_weight"])
-            elif self.loss_kind == "listwise":
-                loss = listwise_loss(logits, kw["temperature"], labels)
-            elif self.loss_kind == "distill":
-                loss = distill_loss(
-                    logits,
-                    inputs["teacher_scores"],
-                    kw["temperature"],
-                    kw["teacher_temperature"],
-                    kw["hard_label_weight"],
-                    labels,
-                )
-            else:
-                raise ValueError(f"unknown loss {self.loss_kind!r}")
-        return (loss, {"logits": logits}) if return_outputs else loss
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Rerank the dev set with the live model; logs and returns `{eval_<metric>: value}`."""
-        if self.rank_eval is None:
-            return {}
-        started = time.perf_counter()
-        values = self.rank_eval(self.model)
-        self._window_paused += time.perf_counter() - started  # evaluation time is not training throughput
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
-        self.log(metrics)
-        self.eval_history.append({"step": self.state.global_step, **values})
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-
-class _EpochFromState(TrainerCallback):
-    """Set the sampler's epoch from the trainer state at each epoch start (robust to dataloader wrappers)."""
-
-    def __init__(self, trainer: RerankTrainer) -> None:
-        self.trainer = trainer
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        sampler = getattr(self.trainer, "epoch_sampler", None)
-        if sampler is not None:
-            # state.epoch is the float progress; at an epoch start (fresh or resumed) its floor is the epoch
-            sampler.set_epoch(int(state.epoch + 1e-9) if state.epoch else 0)
-
-
-class _LogLines(TrainerCallback):
-    """Trainer logs (loss, LR, grad norm, eval metrics) as one line each, to stdout and train.log."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
-            log.info("step %d: %s", state.global_step, items)
-
-
-class _MetricsWriter(TrainerCallback):
-    """Rewrite metrics.json (atomically) after every evaluation and at the end."""
-
-    def __init__(self, write) -> None:
-        self.write = write
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.write()
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -401,7 +225,7 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         no_id=no_id,
         rank_eval=rank_eval,
     )
-    trainer.add_callback(_EpochFromState(trainer))
+    trainer.add_callback(EpochFromState(trainer))
 
     def write_metrics() -> None:
         record["dev"]["history"] = trainer.eval_history
@@ -412,9 +236,9 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
             }
         atomic_write_json(out / METRICS_FILE, record)
 
-    trainer.add_callback(_MetricsWriter(write_metrics))
-    trainer.remove_callback(PrinterCallback)  # replaced by _LogLines: the same dicts, also into train.log
-    trainer.add_callback(_LogLines())
+    trainer.add_callback(MetricsWriter(write_metrics))
+    trainer.remove_callback(PrinterCallback)  # replaced by LogLines: the same dicts, also into train.log
+    trainer.add_callback(LogLines())
     for callback in callbacks or []:
         trainer.add_callback(callback)
     if tracker is not None and record["dev"].get("base"):

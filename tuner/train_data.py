@@ -102,7 +102,7 @@ class EpochSampler(Sampler):
 class GroupCollator:
     """Turns a batch of sampled groups into one flat batch of prompts `[n_groups * group_size]`.
 
-    Keys, by `batching` (the scores are the same each way; `tuner.train.install_score_forward` reads all three):
+    Keys, by `batching` (the scores are the same each way; `tuner.score_forward.install_score_forward` reads all three):
     - `padded`: `input_ids`, `attention_mask`, `last_index` (one right-padded batch, `tuner.head.collate`);
     - `sorted`: `chunks`, a list of `(indices, padded batch)` of length-sorted prompts, each at most
       `batch_tokens` padded tokens (`tuner.packing.sorted_chunks`);

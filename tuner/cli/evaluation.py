@@ -96,7 +96,7 @@ def add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from tuner.evaluate import parse_instruction, run_eval
+    from tuner.eval_run import parse_instruction, run_eval
 
     options = _rerank_options(args)
     # None → the model's default instruction; "" → no instruction

@@ -1,0 +1,180 @@
+"""`tuner eval`: the first stage, a model (base and tuned) and comparisons on one BEIR split, written as a report.
+
+`run_eval` scores every system with one `tuner.evaluate.Evaluator` (same queries, same candidates) and hands the
+rows to `tuner.report.write_report`. The helpers that build the rows and the run facts (`load_reranker`,
+`candidates_source`, `first_stage_system`, `report_meta`) are shared with `tuner instruct` and `tuner calibrate`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuner.evaluate import EvalResult, Evaluator
+
+__all__ = [
+    "candidates_source",
+    "first_stage_system",
+    "load_reranker",
+    "parse_instruction",
+    "report_meta",
+    "run_eval",
+]
+
+
+def parse_instruction(spec: str | None) -> str | None:
+    """CLI instruction spec → instruction: `default` (or None) → None (the model's default), `none` → ""."""
+    if spec is None or spec.strip().lower() == "default":
+        return None
+    if spec.strip().lower() == "none":
+        return ""
+    return spec
+
+
+def _instruction_tag(instruction: str | None, n: int) -> str:
+    if instruction is None:
+        return "default"
+    if instruction == "":
+        return "none"
+    return f"custom {n}"
+
+
+def load_reranker(
+    model: str,
+    adapter: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+):
+    """`Reranker.from_pretrained` with the options of `tuner eval`, `instruct` and `calibrate` (None → its default).
+
+    Returns:
+        The loaded `tuner.scoring.Reranker`.
+    """
+    from tuner.scoring import Reranker
+
+    kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
+    if max_length is not None:
+        kwargs["max_length"] = max_length
+    return Reranker.from_pretrained(model, adapter=adapter, **kwargs)
+
+
+def candidates_source(candidates: str | Path) -> str:
+    """How reports name the first stage: "BM25" or the run file's path."""
+    return "BM25" if str(candidates).lower() == "bm25" else str(candidates)
+
+
+def first_stage_system(evaluator: Evaluator, source: str) -> EvalResult:
+    """The first stage as a report row, labelled by its source (see `candidates_source`)."""
+    result = evaluator.first_stage_result(f"first stage ({Path(source).name})")
+    result.info = {"model": source}
+    return result
+
+
+def report_meta(
+    evaluator: Evaluator,
+    beir: str | Path,
+    split: str,
+    source: str,
+    top_k: int,
+    max_queries: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The run facts at the top of `metrics.json`; `extra` keys go before `max_queries`."""
+    return {
+        "dataset": Path(beir).name,
+        "split": split,
+        "candidates": source,
+        "top_k": top_k,
+        "pairs_per_model": evaluator.num_pairs,
+        **extra,
+        "max_queries": max_queries,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _unique(label: str, taken: set[str]) -> str:
+    out, n = label, 2
+    while out in taken:
+        out, n = f"{label} ({n})", n + 1
+    taken.add(out)
+    return out
+
+
+def run_eval(
+    model: str,
+    beir: str | Path,
+    out_dir: str | Path,
+    adapter: str | None = None,
+    split: str = "test",
+    candidates: str | Path = "bm25",
+    top_k: int = 100,
+    instructions: Sequence[str | None] = (None,),
+    compare: Sequence[str] = (),
+    max_queries: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    batch_tokens: int | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool | None = True,
+) -> dict[str, Any]:
+    """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
+
+    With an adapter, the base is the same loaded model with the adapter disabled (no second copy in memory).
+    Each model is scored under each instruction of `instructions` (None → its default, "" → none). Comparison
+    adapters load on `model` as base; comparison models load on their own, one at a time, after the main model
+    is released. The first model row is the reference for deltas and paired tests.
+
+    Returns:
+        The summary written to `out_dir/metrics.json`.
+    """
+    import gc
+
+    from tuner.report import write_report
+
+    instructions = list(instructions) or [None]
+    evaluator = Evaluator.from_beir(
+        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
+    )
+    source = candidates_source(candidates)
+    results = [first_stage_system(evaluator, source)]
+    taken = {results[0].label}
+    load_kwargs = {"device": device, "dtype": dtype, "max_length": max_length, "batch_tokens": batch_tokens}
+
+    def score_all(reranker, label: str, info: dict[str, Any]) -> None:
+        for n, instruction in enumerate(instructions, 1):
+            name = label if len(instructions) == 1 else f"{label} [{_instruction_tag(instruction, n)}]"
+            result = evaluator.evaluate(reranker, instruction=instruction, label=_unique(name, taken))
+            result.info = {**info, **result.info}
+            results.append(result)
+
+    reranker = load_reranker(model, adapter, **load_kwargs)
+    if hasattr(reranker.model, "disable_adapter"):  # PEFT: base = adapter disabled, same weights in memory
+        adapter_name = adapter or model
+        with reranker.model.disable_adapter():
+            score_all(reranker, "base", {"model": model, "adapter": None, "note": "adapter disabled"})
+        score_all(reranker, "tuned", {"model": model, "adapter": adapter_name})
+    else:
+        score_all(reranker, Path(model).name or model, {"model": model, "adapter": None})
+    del reranker
+    gc.collect()
+
+    main_is_adapter = adapter is None and (Path(model) / "adapter_config.json").is_file()
+    for other in compare:
+        if (Path(other) / "adapter_config.json").is_file() and not main_is_adapter:
+            other_reranker = load_reranker(model, other, **load_kwargs)
+            info = {"model": model, "adapter": other}
+        else:
+            other_reranker = load_reranker(other, **load_kwargs)
+            info = {"model": other, "adapter": None}
+        score_all(other_reranker, Path(other).name or other, info)
+        del other_reranker
+        gc.collect()
+
+    meta = report_meta(evaluator, beir, split, source, top_k, max_queries, instructions=instructions)
+    return write_report(out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels)
