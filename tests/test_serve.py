@@ -262,3 +262,42 @@ def test_export_and_serve_import_no_training_only_packages():
             else:
                 continue
             assert not roots & forbidden, f"{name} imports {roots & forbidden}"
+
+
+def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, monkeypatch):
+    """`tuner serve --compile --no-calibration --max-length N`: the served Reranker has compiled layers (warmed up
+    before the port opens), no calibration although tuner.json has one, and that budget; uvicorn is stubbed out."""
+    import json
+    import shutil
+
+    import uvicorn
+
+    from tuner import serve as serve_mod
+    from tuner.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "tuner.json").write_text(json.dumps({"max_length": 200, "calibration": {"temperature": 2.0, "bias": 0}}))
+    seen = {}
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.setdefault("ran", True))
+    monkeypatch.setattr(serve_mod, "warm_up", lambda reranker: seen.setdefault("warmed", reranker))
+    create_app = serve_mod.create_app
+
+    def spy(reranker, **kwargs):
+        seen["served"] = reranker
+        return create_app(reranker, **kwargs)
+
+    monkeypatch.setattr(serve_mod, "create_app", spy)
+    argv = ["serve", str(model), "--compile", "--no-calibration", "--max-length", "300", "--device", "cpu"]
+    assert main(argv) == 0
+    reranker = seen["warmed"]
+    assert seen["served"] is reranker
+    assert seen["ran"] and reranker.calibration is None and reranker.encoder.max_length == 300
+    assert all(layer._compiled_call_impl is not None for layer in reranker.model.model.layers)
+    # without the options: tuner.json's budget and calibration, eager layers, no warm-up
+    seen.clear()
+    assert main(["serve", str(model), "--device", "cpu"]) == 0
+    assert "warmed" not in seen
+    reranker = seen["served"]
+    assert reranker.calibration == {"temperature": 2.0, "bias": 0} and reranker.encoder.max_length == 200
+    assert all(layer._compiled_call_impl is None for layer in reranker.model.model.layers)

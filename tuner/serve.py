@@ -341,16 +341,26 @@ def serve(
     dtype: str | None = None,
     graceful_timeout: float = 30.0,
     calibrated: bool = True,
+    compile: bool = False,
 ) -> None:
     """Load `model` and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests are allowed to finish).
 
-    `max_length` None: the export's `tuner.json` budget, else 8192; `calibrated`: apply its calibration (if any).
+    `max_length` None: the export's `tuner.json` budget, else 8192; `calibrated`: apply its calibration (if any);
+    `compile`: compiled decoder layers (`Reranker(compile=True)`), warmed up before the port opens.
     """
     import uvicorn
 
     reranker = Reranker.from_pretrained(
-        model, device=device, dtype=dtype, max_length=max_length, show_progress=False, calibrated=calibrated
+        model,
+        device=device,
+        dtype=dtype,
+        max_length=max_length,
+        show_progress=False,
+        calibrated=calibrated,
+        compile=compile,
     )
+    if compile:
+        warm_up(reranker)
     app = create_app(
         reranker,
         model_name=model_name or Path(str(model)).expanduser().resolve().name,
@@ -360,3 +370,15 @@ def serve(
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_timeout)
     uvicorn.Server(config).run()
+
+
+def warm_up(reranker: Reranker) -> float:
+    """Score two batches of different shapes, so that the compiler has built its dynamic-shape graph before the
+    first client waits on it (the first shape compiles a static graph, the second a dynamic one). Returns seconds.
+    """
+    start = time.perf_counter()
+    for rows, words in ((2, 16), (3, 40)):
+        reranker.score("warm-up query", [" ".join(["warm-up"] * words)] * rows)
+    seconds = time.perf_counter() - start
+    log.info("compiled layers warmed up in %.1f s", seconds)
+    return seconds

@@ -150,6 +150,9 @@ def add_serve(sub) -> None:
     p.add_argument(
         "--no-calibration", action="store_true", help="tuner engine: sigmoid(logit), ignoring a tuner.json calibration"
     )
+    p.add_argument(
+        "--compile", action="store_true", help="tuner engine: compiled decoder layers (GPU; warmed up at start)"
+    )
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
     p.set_defaults(func=_run_serve)
@@ -191,6 +194,7 @@ def _run_serve(args) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_length=args.max_length,
         calibrated=not args.no_calibration,
+        compile=args.compile,
         device=args.device,
         dtype=args.dtype,
     )
