@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_tokenizer
+from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_tokenizer, score_from_logit
 from tuner.head import collate, head_vector, unwrap_backbone, yes_no_logits
 from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
 from tuner.modeling import compile_layers
@@ -162,7 +161,7 @@ class Reranker:
     def _normalize(self, logit: float) -> float:
         if self.calibration:
             logit = logit / float(self.calibration.get("temperature", 1.0)) + float(self.calibration.get("bias", 0.0))
-        return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
+        return score_from_logit(logit)
 
     def encode(self, triples: Sequence[tuple[str, Document, str | None]]) -> list[list[int]]:
         """Prompt ids for (query, document, instruction) triples; `None` instruction → the default."""
