@@ -70,3 +70,31 @@ def test_score_errors_name_the_file_and_line(tiny_model_dir, tmp_path):
     good.write_text("a document\n", encoding="utf-8")
     res = _tuner("score", "--model", tmp_path / "nope", "--query", "q", "--documents", good, check=False)
     assert res.returncode == 2 and "not found: no such directory" in res.stderr
+
+
+def test_os_errors_are_one_line_and_reports_fail_before_scoring(tmp_path, monkeypatch, capsys):
+    """A file where a folder is wanted (or no permission, a full disk) is one line naming the path, exit code 2;
+    `eval` finds out before it loads or scores anything."""
+    from tuner import eval_run
+    from tuner.cli import main
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder", encoding="utf-8")
+    assert main(["tiny-model", str(blocker / "tiny")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and "Traceback" not in err
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("candidates were loaded before the output folder was checked")
+
+    monkeypatch.setattr(eval_run.Evaluator, "from_beir", no_scoring)
+    argv = ["eval", "--model", str(tmp_path), "--beir", str(tmp_path), "--out", str(blocker / "report")]
+    assert main(argv) == 2
+    assert str(blocker) in capsys.readouterr().err
+
+
+def test_serve_exec_needs_the_vllm_engine(tmp_path, capsys):
+    from tuner.cli import main
+
+    assert main(["serve", "--exec", str(tmp_path)]) == 2
+    assert "--engine vllm" in capsys.readouterr().err

@@ -97,6 +97,9 @@ def test_score_endpoint_vllm_shape(client, tiny_reranker):
     data = r.json()["data"]
     assert [x["index"] for x in data] == [0, 1, 2]
     assert [x["score"] for x in data] == pytest.approx(tiny_reranker.score(QUERY, DOCS[:3]), abs=1e-6)
+    one = client.post("/score", json={"queries": QUERY, "documents": DOCS[1]})  # a single document object
+    assert one.status_code == 200, one.text
+    assert one.json()["data"][0]["score"] == pytest.approx(tiny_reranker.score(QUERY, [DOCS[1]])[0], abs=1e-6)
     # N:N pairs, and the vLLM field names text_1 / text_2
     r = client.post("/score", json={"text_1": ["a", "b"], "text_2": ["doc a", "doc b"]})
     assert [x["score"] for x in r.json()["data"]] == pytest.approx(

@@ -282,8 +282,9 @@ def run_calibrate(
     from tuner.data import load_groups
     from tuner.eval_run import load_reranker
     from tuner.instruct import apply_meta
-    from tuner.report import atomic_write
+    from tuner.report import atomic_write, prepare_out_dir
 
+    prepare_out_dir(out_dir)
     start = time.perf_counter()
     pairs = labeled_pairs(load_groups(data, split))
     if not pairs:

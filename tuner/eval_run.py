@@ -135,8 +135,9 @@ def run_eval(
     """
     import gc
 
-    from tuner.report import write_report
+    from tuner.report import prepare_out_dir, write_report
 
+    prepare_out_dir(out_dir)
     instructions = list(instructions) or [None]
     evaluator = Evaluator.from_beir(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress

@@ -184,8 +184,9 @@ def run_instruct(
     Returns:
         The summary written to `metrics.json`.
     """
-    from tuner.report import atomic_write, render_markdown, write_report
+    from tuner.report import atomic_write, prepare_out_dir, render_markdown, write_report
 
+    prepare_out_dir(out_dir)
     start = time.perf_counter()
     evaluator = Evaluator.from_beir(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress

@@ -27,6 +27,7 @@ __all__ = [
     "crosscheck_pytrec_eval",
     "paired_stats",
     "plot_deltas",
+    "prepare_out_dir",
     "render_markdown",
     "slug",
     "write_report",
@@ -45,6 +46,19 @@ def pretty_metric(name: str) -> str:
 def slug(text: str) -> str:
     """A file-name-safe form of a system label."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower() or "run"
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the output folder and check that a file can be written in it, before any scoring is done.
+
+    Raises the OS's error (it names the path: a file where a folder is wanted, no permission, a full disk), so
+    that a report folder that cannot be written fails in seconds, not after hours of scoring.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+    return path
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:

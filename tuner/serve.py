@@ -68,7 +68,7 @@ class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: StrictStr | None = None
     queries: StrictStr | list[StrictStr] = Field(validation_alias=AliasChoices("queries", "text_1"))
-    documents: StrictStr | list[StrictStr | DocumentObject] = Field(
+    documents: StrictStr | DocumentObject | list[StrictStr | DocumentObject] = Field(
         validation_alias=AliasChoices("documents", "text_2")
     )
     instruction: StrictStr | None = None

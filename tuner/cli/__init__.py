@@ -51,11 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"tuner {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, OSError) as err:
-        # Errors the library raises for bad input carry a message that names the path or field.
-        from tuner.loading import ModelNotFoundError
-
-        if isinstance(err, (ModelNotFoundError, FileNotFoundError, ValueError)):
-            print(f"tuner {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except (ValueError, OSError) as err:
+        # Errors the library raises for bad input carry a message that names the path or field; so do the OS's
+        # (FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, a full disk: "[Errno N] ...: path")
+        print(f"tuner {args.command}: error: {err}", file=sys.stderr)
+        return 2

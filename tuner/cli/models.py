@@ -166,6 +166,8 @@ def _run_serve(args) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+    if args.exec and args.engine != "vllm":
+        raise UserError("--exec runs the vLLM command: use it with --engine vllm")
     if args.engine == "vllm":
         from tuner.serve_vllm import run_vllm, vllm_command
 
