@@ -82,7 +82,7 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     if not resume and not config.output.overwrite:
         # a finished run first: it has checkpoints too, but --resume is not what its owner is after
         if (out / ADAPTER_DIR).exists() or (out / MODEL_DIR).exists():
-            names = ", ".join(p.name for p in finished)
+            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in finished)
             raise ConfigError(
                 f"{out} already holds a finished run ({names}); train into a new output.dir, delete {out}, "
                 "or pass output.overwrite=true to replace it"
