@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from train_helpers import tiny_config, write_beir
 from transformers import TrainerCallback
 
+from tuner.config import ConfigError
 from tuner.data.schema import Group
 from tuner.train import train
 from tuner.train_data import EpochSampler, sample_group
@@ -120,3 +122,77 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
     assert b"eval/ndcg@10" in records
     assert b"train/loss" in records
     assert b"tuner-test" in records and b"tiny" in records
+
+
+# ------------------------------------------------------------------ a finished run: guards on resume and re-run
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, beir, tmp_path_factory):
+    """A finished 2-step run with train.save_steps=0 (the helper's default): checkpoint only at the end."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    return train(tiny_config(tiny_model_dir, beir, out, "train.max_steps=2"))
+
+
+def _snapshot(out):
+    return {
+        p: p.read_bytes()
+        for p in (out / "config.yaml", out / "metrics.json", out / "adapter/adapter_model.safetensors")
+    }
+
+
+def test_save_steps_zero_checkpoints_at_the_end_and_resumes(finished, tiny_model_dir, beir, tmp_path):
+    out = finished["output_dir"]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {
+        p.name for p in (out / "checkpoints/checkpoint-2").iterdir()
+    }
+    # resumable, with the harmless keys changed (and the run directory spelled differently: a copy)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    harmless = ("train.max_steps=2", "train.logging_steps=5", "tracking.run_name=again", "name=renamed")
+    resumed = train(tiny_config(tiny_model_dir, beir, copy, *harmless), resume=True)
+    assert resumed["metrics"]["train"]["global_step"] == 2
+    a = load_file(finished["adapter_dir"] / "adapter_model.safetensors")
+    b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "run_name: again" in (copy / "config.yaml").read_text()  # saved once the check passed
+
+
+def test_resume_with_a_changed_recipe_is_refused_and_keeps_config_yaml(finished, tiny_model_dir, beir):
+    out = finished["output_dir"]
+    before = _snapshot(out)
+    changed = tiny_config(tiny_model_dir, beir, out, "train.max_steps=4", "lora.r=4", "tracking.run_name=x")
+    with pytest.raises(ConfigError) as err:
+        train(changed, resume=True)
+    msg = str(err.value)
+    assert "train.max_steps: saved 2, new 4" in msg and "lora.r: saved 8, new 4" in msg, msg
+    assert "tracking" not in msg and "\n" not in msg and str(out / "config.yaml") in msg
+    assert _snapshot(out) == before
+
+
+def test_cli_resume_with_a_changed_recipe_exits_2_with_one_line(finished, capsys):
+    from tuner.cli import main
+
+    out = finished["output_dir"]
+    before = _snapshot(out)
+    # the run's own config.yaml is a complete recipe: resumed with one changed override
+    assert main(["train", str(out / "config.yaml"), "train.lr=1e-3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lr: saved 0.005, new 0.001" in err, err
+    assert _snapshot(out) == before
+
+
+def test_rerun_into_a_finished_run_is_refused_unless_overwrite(finished, tiny_model_dir, beir, tmp_path):
+    out = finished["output_dir"]
+    before = _snapshot(out)
+    with pytest.raises(ConfigError, match="already holds a finished run") as err:
+        train(tiny_config(tiny_model_dir, beir, out, "train.max_steps=2"))
+    assert str(out) in str(err.value) and "new output.dir" in str(err.value) and "delete" in str(err.value)
+    assert _snapshot(out) == before
+    # output.overwrite=true starts over: the old adapter, metrics and checkpoints are replaced, not mixed in
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "adapter" / "stale.txt").write_text("from the first run")
+    redone = train(tiny_config(tiny_model_dir, beir, copy, "train.max_steps=1", "output.overwrite=true"))
+    assert not (copy / "adapter" / "stale.txt").exists()
+    assert [p.name for p in (copy / "checkpoints").iterdir()] == ["checkpoint-1"]
+    assert redone["metrics"]["train"]["global_step"] == 1

@@ -157,7 +157,9 @@ class TrackingSection:
 @dataclass
 class OutputSection:
     dir: str | None = _f(None, "run directory; null = runs/<recipe name>")
-    overwrite: bool = _f(False, "allow training into a directory that already has checkpoints (without --resume)")
+    overwrite: bool = _f(
+        False, "start over (without --resume) in a directory that holds checkpoints or a finished run: they are deleted"
+    )
 
 
 @dataclass

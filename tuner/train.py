@@ -32,6 +32,7 @@ MODEL_DIR = "model"  # full fine-tuning writes the whole model here instead of a
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+_NO_PERIODIC_SAVE = 2**31 - 1  # train.save_steps=0: a checkpoint period no run reaches (only the final save)
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -59,6 +60,7 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     from tuner.train_setup import (
         RankEval,
         build_evaluators,
+        check_resume_config,
         load_training_groups,
         output_dir_for,
         prepare_base,
@@ -74,12 +76,24 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     out = output_dir_for(config)
     ckpt_dir = out / CHECKPOINTS_DIR
     has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+    finished = [p for p in (out / ADAPTER_DIR, out / MODEL_DIR, out / METRICS_FILE) if p.exists()]
     if resume and not has_ckpt:
         raise ConfigError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
-    if has_ckpt and not resume and not config.output.overwrite:
-        raise ConfigError(
-            f"{ckpt_dir} already has checkpoints; pass --resume to continue, or output.overwrite=true to start over"
-        )
+    if not resume and not config.output.overwrite:
+        # a finished run first: it has checkpoints too, but --resume is not what its owner is after
+        if (out / ADAPTER_DIR).exists() or (out / MODEL_DIR).exists():
+            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in finished)
+            raise ConfigError(
+                f"{out} already holds a finished run ({names}); train into a new output.dir, delete {out}, "
+                "or pass output.overwrite=true to replace it"
+            )
+        if has_ckpt:
+            raise ConfigError(
+                f"{ckpt_dir} already has checkpoints; pass --resume to continue, train into a new output.dir, "
+                "or pass output.overwrite=true to start over"
+            )
+    if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
+        check_resume_config(out / CONFIG_FILE, config)
 
     t = config.train
     precision = t.precision
@@ -104,8 +118,10 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps > 0 else "no",
-        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        # "steps" always: under it transformers also saves at the last step, so save_steps=0 (a period no run
+        # reaches) leaves exactly that checkpoint, the one --resume and the best-checkpoint record need
+        save_strategy="steps",
+        save_steps=t.save_steps if t.save_steps > 0 else _NO_PERIODIC_SAVE,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps or None,
@@ -124,8 +140,14 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     main = args.process_index == 0
     setup_logging(out / "logs" / "train.log", main)
     if main:
-        if has_ckpt and not resume:  # output.overwrite: stale checkpoints would confuse a later --resume
-            shutil.rmtree(ckpt_dir)
+        if not resume:  # output.overwrite: stale checkpoints would confuse a later --resume, a stale adapter a reader
+            if has_ckpt:
+                shutil.rmtree(ckpt_dir)
+            for path in finished:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         config.save(out / CONFIG_FILE)
         log.info("run directory: %s", out)
 

@@ -3,6 +3,7 @@ logging, tracking and the `tuner.json` an adapter carries."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -22,6 +23,72 @@ def output_dir_for(config: Config) -> Path:
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+# Keys a resumed run may change: they decide where and how often numbers are reported, never the numbers (the
+# trained weights, the LR schedule, the data order, the evaluation). A key ending in "." covers its whole section.
+RESUME_SAFE_KEYS = (
+    "tracking.",  # experiment tracker, project, entity, run name, tags
+    "train.logging_steps",  # how often the loss is logged
+    "output.dir",  # the same run directory may be spelled differently (relative, absolute, ~)
+    "output.overwrite",  # only consulted when a run starts without --resume
+    "name",  # recipe name recorded in tuner.json and metrics.json
+)
+
+
+def check_resume_config(saved: Path, config: Config) -> None:
+    """Refuse to resume a run with a recipe that differs from the run's saved `config.yaml`.
+
+    A changed `train.max_steps` would silently splice two LR schedules, a changed `lora.r` would fail deep inside
+    the checkpoint load; both are caught here, before anything in the run directory is written. Keys listed in
+    `RESUME_SAFE_KEYS` may differ.
+
+    Args:
+        saved: the run's `config.yaml`; a run without one (deleted by hand) is resumed with a warning.
+        config: the newly resolved recipe.
+
+    Raises:
+        ConfigError: one line naming every differing dotted key with its saved and new value.
+    """
+    from tuner.config import load_config
+
+    if not saved.is_file():
+        log.warning("--resume: %s is missing; the recipe cannot be compared with the run's", saved)
+        return
+    try:
+        before = _flatten(load_config(saved).to_dict())
+    except ConfigError as err:
+        raise ConfigError(f"--resume: cannot read the run's saved config: {err}") from None
+    after = _flatten(config.to_dict())
+    diffs = []
+    for key in sorted(before.keys() | after.keys()):
+        if any(key == safe or (safe.endswith(".") and key.startswith(safe)) for safe in RESUME_SAFE_KEYS):
+            continue
+        old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
+        if old != new:
+            diffs.append(f"{key}: saved {_show(old)}, new {_show(new)}")
+    if diffs:
+        raise ConfigError(
+            f"--resume: the recipe differs from the run's saved {saved} in {'; '.join(diffs)} "
+            "(resume with the same recipe and overrides, or train into a new output.dir)"
+        )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+_ABSENT = object()  # a key one of the two configs does not have
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 def prepare_base(model: ModelConfig, out: Path) -> str:

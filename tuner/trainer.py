@@ -59,6 +59,15 @@ class RerankTrainer(Trainer):
         self.epoch_sampler = EpochSampler(len(dataset), self.args.seed)
         return self.epoch_sampler
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the run's final checkpoint (max_steps reached mid-epoch), transformers 5.x would still take
+        # one optimizer step past max_steps: its stop check only runs after a step. A finished run has nothing left
+        # to train; --resume then goes on to the final evaluation and save with the checkpoint's weights.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         # the Trainer's estimate counts `input_ids` elements (padding included, none at all for sorted chunks);
         # same 6 x non-embedding parameters x tokens convention, over the real prompt tokens
