@@ -107,6 +107,10 @@ def read_run(path: str | Path) -> Run:
             if len(parts) != 6:
                 raise DataError(f"{path}:{n}: expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}")
             try:
+                int(parts[3])
+            except ValueError:
+                raise DataError(f"{path}:{n}: rank {parts[3]!r} is not an integer") from None
+            try:
                 score = float(parts[4])
             except ValueError:
                 raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
