@@ -69,6 +69,27 @@ def test_model_folder_without_weights_or_with_bad_config(tiny_model_dir, tmp_pat
         load_model(broken, device="cpu")
 
 
+def test_truncated_weights_and_a_foreign_adapter_are_named(tiny_model_dir, tmp_path):
+    trunc = _weightless_copy(tiny_model_dir, tmp_path / "trunc")
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(weights[: len(weights) - 1000])  # intact header, short body
+    with pytest.raises(ModelNotFoundError, match=r"trunc/model\.safetensors: not a readable safetensors file"):
+        load_model(trunc, device="cpu")
+    # an adapter made for a base of another size
+    from peft import LoraConfig, get_peft_model
+
+    from tuner.tiny import write_tiny_model
+
+    small = write_tiny_model(tmp_path / "small", layers=1, hidden=32)
+    base, _, _ = load_model(small, device="cpu")
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "ad")
+    with pytest.raises(ValueError, match=r"/ad' does not fit base .*: size mismatch for "):
+        load_model(tiny_model_dir, adapter=tmp_path / "ad", device="cpu")
+    (tmp_path / "ad" / "adapter_model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ModelNotFoundError, match=r"ad/adapter_model\.safetensors: not a readable safetensors"):
+        load_model(tiny_model_dir, adapter=tmp_path / "ad", device="cpu")
+
+
 # ------------------------------------------------------------------------------------------ run files
 def test_run_file_rank_must_be_an_integer(tmp_path):
     run = tmp_path / "run.trec"

@@ -56,9 +56,25 @@ def _check_shards(folder: Path, index: Path) -> None:
     weight_map = _read_json(index).get("weight_map")
     if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: no 'weight_map' object")
-    missing = sorted({str(f) for f in weight_map.values()} - {p.name for p in folder.iterdir()})
+    shards = sorted({str(f) for f in weight_map.values()})
+    missing = [f for f in shards if not (folder / f).is_file()]
     if missing:
         raise ModelNotFoundError(f"{folder}: {index.name} names {len(missing)} missing shard(s), e.g. {missing[0]!r}")
+    for shard in shards:
+        _check_safetensors(folder / shard)
+
+
+def _check_safetensors(file: Path) -> None:
+    """A truncated or corrupt `.safetensors` file is named here (its header is read; the tensors are not)."""
+    if file.suffix != ".safetensors":
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise ModelNotFoundError(f"{file}: not a readable safetensors file ({err}); is it truncated?") from None
 
 
 def _check_local(path: Path, what: str) -> None:
@@ -83,11 +99,15 @@ def _check_local(path: Path, what: str) -> None:
     if what == "adapter" or not has_config:
         if not adapter_weights:
             raise ModelNotFoundError(f"{path}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+        _check_safetensors(path / ADAPTER_WEIGHTS[0])
         return
     if not model_weights and not (has_adapter and adapter_weights):
         raise ModelNotFoundError(f"{path}: no model weights ({', '.join(MODEL_WEIGHTS)})")
-    for index in (w for w in model_weights if w.name.endswith(".index.json")):
-        _check_shards(path, index)
+    for weights in model_weights:
+        if weights.name.endswith(".index.json"):
+            _check_shards(path, weights)
+        else:
+            _check_safetensors(weights)
 
 
 def _check_reachable(name: str, what: str = "model") -> None:
@@ -199,7 +219,14 @@ def load_model(
     if adapter is not None:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, adapter)
+        try:
+            net = PeftModel.from_pretrained(net, adapter)
+        except RuntimeError as err:
+            # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
+            if "size mismatch" not in str(err):
+                raise
+            first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
+            raise ValueError(f"adapter {adapter!r} does not fit base {model!r}: {first}") from None
     net.to(dev).eval()
 
     tokenizer = _load_tokenizer_for(model, adapter)
