@@ -99,8 +99,18 @@ def test_run_file_rank_must_be_an_integer(tmp_path):
     run.write_text("q1 Q0 d1 1 high bm25\n", encoding="utf-8")
     with pytest.raises(DataError, match=rf"{run}:1: score 'high' is not a number"):
         read_run(run)
-    run.write_text("q1 Q0 d1 1 1.5 bm25\nq1 Q0 d2 2 2.5 bm25\n", encoding="utf-8")
-    assert read_run(run) == {"q1": [("d2", 2.5), ("d1", 1.5)]}
+    run.write_text("q1 Q0 d1 1 nan bm25\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{run}:1: score 'nan' is not a number"):
+        read_run(run)
+    # a document twice for one query (trec_eval refuses it; a dict would keep one score silently)
+    run.write_text("q1 Q0 d1 1 2.5 bm25\nq2 Q0 d1 1 2.5 bm25\nq1 Q0 d1 2 1.5 bm25\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{run}:3: docid 'd1' ranked twice for query 'q1' \(first on line 1\)"):
+        read_run(run)
+    run.write_bytes(b"q1 Q0 d1 1 2.5 bm25\n\xff\n")
+    with pytest.raises(DataError, match=rf"{run}: not UTF-8"):
+        read_run(run)
+    run.write_text("q1 Q0 d1 1 1.5 bm25\nq1 Q0 d2 2 2.5 bm25\nq2 Q0 d1 1 -inf bm25\n", encoding="utf-8")
+    assert read_run(run) == {"q1": [("d2", 2.5), ("d1", 1.5)], "q2": [("d1", float("-inf"))]}
 
 
 # ------------------------------------------------------------------------------------------ BEIR corpora
@@ -125,6 +135,23 @@ def _beir(folder, corpus_rows: list[str]):
 def test_beir_corpus_rows_are_checked(tmp_path, row, message):
     folder = _beir(tmp_path / "b", ['{"_id": "d1", "title": "t", "text": "one"}', row])
     with pytest.raises(DataError, match=rf"corpus\.jsonl\.gz:2: {message}"):
+        load_beir(folder)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ('{"_id": "q1", "text": null}\n', r"queries\.jsonl:1: field 'text' is null, not a string"),
+        (
+            '{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n',
+            r"queries\.jsonl:2: duplicate _id 'q1' \(first on line 1\)",
+        ),
+    ],
+)
+def test_beir_query_rows_are_checked(tmp_path, rows, message):
+    folder = _beir(tmp_path / "b", ['{"_id": "d1", "text": "one"}'])
+    (folder / "queries.jsonl").write_text(rows, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
         load_beir(folder)
 
 

@@ -126,11 +126,20 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     qrels = read_qrels(qrels_path)
     queries_path = _find(folder, "queries")
     queries: dict[str, str] = {}
+    query_line: dict[str, int] = {}
     for n, row in read_jsonl(queries_path):
         if not isinstance(row, dict) or "_id" not in row or "text" not in row:
             raise DataError(f"{queries_path}:{n}: a query row needs '_id' and 'text'")
-        if str(row["_id"]) in qrels:
-            queries[str(row["_id"])] = str(row["text"])
+        if not isinstance(row["text"], str):  # str(None) would become the query "None"
+            raise DataError(
+                f"{queries_path}:{n}: field 'text' is {_JSON_KIND.get(type(row['text']), 'a value')}, not a string"
+            )
+        qid = str(row["_id"])
+        if qid in query_line:
+            raise DataError(f"{queries_path}:{n}: duplicate _id {qid!r} (first on line {query_line[qid]})")
+        query_line[qid] = n
+        if qid in qrels:
+            queries[qid] = row["text"]
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise DataError(f"{qrels_path}: {len(missing)} query ids have no text in {queries_path} (e.g. {missing[0]!r})")
