@@ -88,6 +88,11 @@ def test_truncated_weights_and_a_foreign_adapter_are_named(tiny_model_dir, tmp_p
     (tmp_path / "ad" / "adapter_model.safetensors").write_bytes(b"junk")
     with pytest.raises(ModelNotFoundError, match=r"ad/adapter_model\.safetensors: not a readable safetensors"):
         load_model(tiny_model_dir, adapter=tmp_path / "ad", device="cpu")
+    # an adapter saved as .bin passes the up-front check (and then meets the same size check)
+    (tmp_path / "ad" / "adapter_model.safetensors").rename(tmp_path / "ad" / "adapter_model.bin")
+    from tuner.loading import _check_reachable
+
+    _check_reachable(str(tmp_path / "ad"), "adapter")
 
 
 # ------------------------------------------------------------------------------------------ run files

@@ -66,7 +66,7 @@ def _check_shards(folder: Path, index: Path) -> None:
 
 def _check_safetensors(file: Path) -> None:
     """A truncated or corrupt `.safetensors` file is named here (its header is read; the tensors are not)."""
-    if file.suffix != ".safetensors":
+    if file.suffix != ".safetensors" or not file.is_file():  # e.g. an adapter saved as adapter_model.bin
         return
     from safetensors import SafetensorError, safe_open
 
