@@ -27,12 +27,97 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
+# What transformers / peft look for in a local folder; checked up front so that a missing file is named here
+# instead of surfacing as a hub "outgoing traffic has been disabled" error or a loader traceback.
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    """A local JSON config as a dict; `ValueError` naming the file, line and column if it is not one."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: invalid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_shards(folder: Path, index: Path) -> None:
+    """Every shard a `*.index.json` names must be in the folder."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: no 'weight_map' object")
+    shards = sorted({str(f) for f in weight_map.values()})
+    missing = [f for f in shards if not (folder / f).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"{folder}: {index.name} names {len(missing)} missing shard(s), e.g. {missing[0]!r}")
+    for shard in shards:
+        _check_safetensors(folder / shard)
+
+
+def _check_safetensors(file: Path) -> None:
+    """A truncated or corrupt `.safetensors` file is named here (its header is read; the tensors are not)."""
+    if file.suffix != ".safetensors" or not file.is_file():  # e.g. an adapter saved as adapter_model.bin
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise ModelNotFoundError(f"{file}: not a readable safetensors file ({err}); is it truncated?") from None
+
+
+def _check_local(path: Path, what: str) -> None:
+    """A local model or adapter folder has a readable config and its weight files (one clear error if not).
+
+    `what="model"` also accepts an adapter folder (`load_model` resolves its base); `what="adapter"` needs one.
+    """
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{what} {str(path)!r} is a file, not a model directory")
+    config, adapter_config = path / "config.json", path / "adapter_config.json"
+    has_config, has_adapter = config.is_file(), adapter_config.is_file()
+    if what == "adapter" and not has_adapter:
+        raise ModelNotFoundError(f"adapter directory {str(path)!r} has no adapter_config.json")
+    if not has_config and not has_adapter:
+        raise ModelNotFoundError(f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json")
+    if has_adapter:
+        _read_json(adapter_config)
+    if has_config and what != "adapter":
+        _read_json(config)
+    adapter_weights = any((path / f).is_file() for f in ADAPTER_WEIGHTS)
+    model_weights = [path / f for f in MODEL_WEIGHTS if (path / f).is_file()]
+    if what == "adapter" or not has_config:
+        if not adapter_weights:
+            raise ModelNotFoundError(f"{path}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+        _check_safetensors(path / ADAPTER_WEIGHTS[0])
+        return
+    if not model_weights and not (has_adapter and adapter_weights):
+        raise ModelNotFoundError(f"{path}: no model weights ({', '.join(MODEL_WEIGHTS)})")
+    for weights in model_weights:
+        if weights.name.endswith(".index.json"):
+            _check_shards(path, weights)
+        else:
+            _check_safetensors(weights)
+
+
 def _check_reachable(name: str, what: str = "model") -> None:
-    """Raise one clear error for a path that does not exist locally and that the hub cannot provide."""
+    """Raise one clear error for a path that does not exist locally and that the hub cannot provide.
+
+    A local folder is checked for its config (valid JSON) and weight files; hub ids only for reachability.
+    """
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json")
+        _check_local(path, what)
         return
     if _looks_local(name):
         raise ModelNotFoundError(f"{what} {name!r} not found: no such directory")
@@ -107,7 +192,7 @@ def load_model(
     if adapter is None and (Path(model) / "adapter_config.json").is_file():
         adapter = model
         meta = read_meta(adapter)
-        cfg = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg = _read_json(Path(adapter) / "adapter_config.json")
         model = meta.get("base_model") or cfg.get("base_model_name_or_path")
         if not model:
             raise ModelNotFoundError(f"adapter {adapter!r} names no base model; pass the base explicitly")
@@ -134,7 +219,14 @@ def load_model(
     if adapter is not None:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, adapter)
+        try:
+            net = PeftModel.from_pretrained(net, adapter)
+        except RuntimeError as err:
+            # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
+            if "size mismatch" not in str(err):
+                raise
+            first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
+            raise ValueError(f"adapter {adapter!r} does not fit base {model!r}: {first}") from None
     net.to(dev).eval()
 
     tokenizer = _load_tokenizer_for(model, adapter)

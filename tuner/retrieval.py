@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -91,6 +92,25 @@ def write_run(run: Run, path: str | Path, tag: str = "tuner", digits: int | None
     os.replace(tmp, path)
 
 
+def _raise_duplicate(path: Path, qid: str) -> None:
+    """Name both lines of a document ranked twice for `qid` (trec_eval refuses such a run; a dict would keep
+    one score silently). Rereads the file: only on this error path, so that reading keeps no per-line index."""
+    from tuner.data.beir import DataError
+
+    first: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0] != qid:
+                continue
+            doc = parts[2]
+            if doc in first:
+                raise DataError(
+                    f"{path}:{n}: docid {doc!r} ranked twice for query {qid!r} (first on line {first[doc]})"
+                )
+            first[doc] = n
+
+
 def read_run(path: str | Path) -> Run:
     """Read a TREC run file; each query's documents are sorted best first by score."""
     from tuner.data.beir import DataError
@@ -99,18 +119,29 @@ def read_run(path: str | Path) -> Run:
     if not path.is_file():
         raise DataError(f"{path}: no such run file")
     run: Run = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataError(f"{path}:{n}: expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}")
-            try:
-                score = float(parts[4])
-            except ValueError:
-                raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
-            run.setdefault(parts[0], []).append((parts[2], score))
-    for ranked in run.values():
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 6:
+                    raise DataError(f"{path}:{n}: expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}")
+                try:
+                    int(parts[3])
+                except ValueError:
+                    raise DataError(f"{path}:{n}: rank {parts[3]!r} is not an integer") from None
+                try:
+                    score = float(parts[4])
+                except ValueError:
+                    raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
+                if math.isnan(score):  # NaN has no order: the ranking would be arbitrary
+                    raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number")
+                run.setdefault(parts[0], []).append((parts[2], score))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    for qid, ranked in run.items():
+        if len({doc for doc, _ in ranked}) != len(ranked):
+            _raise_duplicate(path, qid)
         ranked.sort(key=lambda x: -x[1])
     return run

@@ -51,7 +51,17 @@ def _run_data_check(args) -> int:
 
 def _run_data_split(args) -> int:
     from tuner.data import load_groups, split_groups, write_groups
+    from tuner.data.groups import resolve_path
 
+    # Refuse before reading: an output that is the input (or both outputs one file) would lose data on rename.
+    train_out, dev_out = Path(args.train_out).resolve(), Path(args.dev_out).resolve()
+    if train_out == dev_out:
+        raise UserError(f"--train-out and --dev-out are the same file ({args.train_out}); give two different paths")
+    source = resolve_path(args.path)
+    if source is not None:
+        for flag, out in (("--train-out", train_out), ("--dev-out", dev_out)):
+            if out == source.resolve():
+                raise UserError(f"{flag} {out} is the input file {source}; write the split to other paths")
     groups = load_groups(args.path)
     train, dev = split_groups(groups, args.dev_fraction, args.seed)
     write_groups(train, args.train_out)
@@ -81,7 +91,12 @@ def add_mine(sub) -> None:
     p.add_argument("--max-score", type=float, help="drop candidates whose probability is above this")
     p.add_argument("--teacher-scores", action="store_true", help="write the reranker's logits as pos/neg_scores")
     p.add_argument("--instruction", help="instruction for reranker scoring (default: the contract's)")
-    p.add_argument("--max-length", type=int, default=8192, help="reranker prompt token budget")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="reranker prompt token budget (default: the reranker's tuner.json, else 8192)",
+    )
     p.add_argument("--device", help="reranker device")
     p.add_argument("--dtype", help="reranker dtype")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -12,6 +12,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+# How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
+_JSON_KIND = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
@@ -95,11 +105,20 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such directory")
     corpus: dict[str, dict[str, str]] = {}
+    first_line: dict[str, int] = {}  # doc id → line it was defined on, to name both lines of a duplicate
     corpus_path = _find(folder, "corpus")
     for n, row in read_jsonl(corpus_path):
         if not isinstance(row, dict) or "_id" not in row:
             raise DataError(f"{corpus_path}:{n}: a corpus row needs an '_id' field")
-        corpus[str(row["_id"])] = {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
+        text = row.get("text")
+        if not isinstance(text, str):  # "" is fine (some BEIR corpora have empty documents); missing is not
+            got = "missing" if "text" not in row else f"{_JSON_KIND.get(type(text), 'a value')}, not a string"
+            raise DataError(f"{corpus_path}:{n}: field 'text' is {got}")
+        doc_id = str(row["_id"])
+        if doc_id in first_line:
+            raise DataError(f"{corpus_path}:{n}: duplicate _id {doc_id!r} (first on line {first_line[doc_id]})")
+        first_line[doc_id] = n
+        corpus[doc_id] = {"title": str(row.get("title") or ""), "text": text}
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
@@ -107,11 +126,20 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     qrels = read_qrels(qrels_path)
     queries_path = _find(folder, "queries")
     queries: dict[str, str] = {}
+    query_line: dict[str, int] = {}
     for n, row in read_jsonl(queries_path):
         if not isinstance(row, dict) or "_id" not in row or "text" not in row:
             raise DataError(f"{queries_path}:{n}: a query row needs '_id' and 'text'")
-        if str(row["_id"]) in qrels:
-            queries[str(row["_id"])] = str(row["text"])
+        if not isinstance(row["text"], str):  # str(None) would become the query "None"
+            raise DataError(
+                f"{queries_path}:{n}: field 'text' is {_JSON_KIND.get(type(row['text']), 'a value')}, not a string"
+            )
+        qid = str(row["_id"])
+        if qid in query_line:
+            raise DataError(f"{queries_path}:{n}: duplicate _id {qid!r} (first on line {query_line[qid]})")
+        query_line[qid] = n
+        if qid in qrels:
+            queries[qid] = row["text"]
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise DataError(f"{qrels_path}: {len(missing)} query ids have no text in {queries_path} (e.g. {missing[0]!r})")

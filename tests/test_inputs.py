@@ -1,0 +1,217 @@
+"""Bad input gets one clear error naming the file, line, field or path: model folders, run files, BEIR
+corpora, `data split` outputs, `mine --max-length`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from tuner.cli import build_parser, main
+from tuner.data.beir import DataError, load_beir
+from tuner.loading import ModelNotFoundError, load_model
+from tuner.retrieval import read_run
+
+
+# ------------------------------------------------------------------------------------------ model folders
+def _weightless_copy(tiny_model_dir, dest):
+    """The tiny model's folder without its weight files."""
+    shutil.copytree(tiny_model_dir, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return dest
+
+
+def test_adapter_without_weights_names_the_folder(tiny_model_dir, tmp_path, capsys):
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    cfg = {"peft_type": "LORA", "base_model_name_or_path": str(tiny_model_dir), "r": 4, "target_modules": ["q_proj"]}
+    (ad / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    with pytest.raises(ModelNotFoundError, match=r"ad: no adapter weights \(adapter_model\.safetensors or adapter"):
+        load_model(tiny_model_dir, adapter=ad, device="cpu")
+    with pytest.raises(ModelNotFoundError, match="no adapter weights"):
+        load_model(ad, device="cpu")  # an adapter folder alone
+    docs = tmp_path / "docs.txt"
+    docs.write_text("a document\n", encoding="utf-8")
+    argv = ["score", "--model", str(tiny_model_dir), "--adapter", str(ad), "--query", "q", "--documents", str(docs)]
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ad}: no adapter weights" in err and len(err.strip().splitlines()) == 1
+
+
+def test_invalid_adapter_config_names_the_file(tiny_model_dir, tmp_path):
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text('{\n"peft_type": "LORA",\n', encoding="utf-8")  # truncated
+    (ad / "adapter_model.safetensors").write_bytes(b"")
+    for kwargs in ({"model": tiny_model_dir, "adapter": ad}, {"model": ad}):
+        with pytest.raises(ValueError, match=r"ad/adapter_config\.json: invalid JSON \(line 3 column 1: "):
+            load_model(**kwargs, device="cpu")
+
+
+def test_model_folder_without_weights_or_with_bad_config(tiny_model_dir, tmp_path):
+    bare = _weightless_copy(tiny_model_dir, tmp_path / "bare")
+    with pytest.raises(ModelNotFoundError, match=r"bare: no model weights \(model\.safetensors, "):
+        load_model(bare, device="cpu")
+    # a sharded index whose shard is missing
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}
+    (bare / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+    with pytest.raises(ModelNotFoundError, match=r"missing shard.*'model-00001-of-00002\.safetensors'"):
+        load_model(bare, device="cpu")
+    # an invalid config.json is named, weights or not
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "config.json").write_text('{"model_type": "qwen3",', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken/config\.json: invalid JSON \(line 1 column 24: "):
+        load_model(broken, device="cpu")
+    (broken / "config.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken/config\.json: expected a JSON object"):
+        load_model(broken, device="cpu")
+
+
+def test_truncated_weights_and_a_foreign_adapter_are_named(tiny_model_dir, tmp_path):
+    trunc = _weightless_copy(tiny_model_dir, tmp_path / "trunc")
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(weights[: len(weights) - 1000])  # intact header, short body
+    with pytest.raises(ModelNotFoundError, match=r"trunc/model\.safetensors: not a readable safetensors file"):
+        load_model(trunc, device="cpu")
+    # an adapter made for a base of another size
+    from peft import LoraConfig, get_peft_model
+
+    from tuner.tiny import write_tiny_model
+
+    small = write_tiny_model(tmp_path / "small", layers=1, hidden=32)
+    base, _, _ = load_model(small, device="cpu")
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "ad")
+    with pytest.raises(ValueError, match=r"/ad' does not fit base .*: size mismatch for "):
+        load_model(tiny_model_dir, adapter=tmp_path / "ad", device="cpu")
+    (tmp_path / "ad" / "adapter_model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ModelNotFoundError, match=r"ad/adapter_model\.safetensors: not a readable safetensors"):
+        load_model(tiny_model_dir, adapter=tmp_path / "ad", device="cpu")
+    # an adapter saved as .bin passes the up-front check (and then meets the same size check)
+    (tmp_path / "ad" / "adapter_model.safetensors").rename(tmp_path / "ad" / "adapter_model.bin")
+    from tuner.loading import _check_reachable
+
+    _check_reachable(str(tmp_path / "ad"), "adapter")
+
+
+# ------------------------------------------------------------------------------------------ run files
+def test_run_file_rank_must_be_an_integer(tmp_path):
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 2.5 bm25\nq1 Q0 d2 two 1.5 bm25\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{run}:2: rank 'two' is not an integer"):
+        read_run(run)
+    run.write_text("q1 Q0 d1 1 high bm25\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{run}:1: score 'high' is not a number"):
+        read_run(run)
+    run.write_text("q1 Q0 d1 1 nan bm25\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{run}:1: score 'nan' is not a number"):
+        read_run(run)
+    # a document twice for one query (trec_eval refuses it; a dict would keep one score silently)
+    run.write_text("q1 Q0 d1 1 2.5 bm25\nq2 Q0 d1 1 2.5 bm25\nq1 Q0 d1 2 1.5 bm25\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{run}:3: docid 'd1' ranked twice for query 'q1' \(first on line 1\)"):
+        read_run(run)
+    run.write_bytes(b"q1 Q0 d1 1 2.5 bm25\n\xff\n")
+    with pytest.raises(DataError, match=rf"{run}: not UTF-8"):
+        read_run(run)
+    run.write_text("q1 Q0 d1 1 1.5 bm25\nq1 Q0 d2 2 2.5 bm25\nq2 Q0 d1 1 -inf bm25\n", encoding="utf-8")
+    assert read_run(run) == {"q1": [("d2", 2.5), ("d1", 1.5)], "q2": [("d1", float("-inf"))]}
+
+
+# ------------------------------------------------------------------------------------------ BEIR corpora
+def _beir(folder, corpus_rows: list[str]):
+    (folder / "qrels").mkdir(parents=True)
+    with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(corpus_rows) + "\n")
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "query"}\n', encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('{"_id": "d2", "title": "t"}', "field 'text' is missing"),
+        ('{"_id": "d2", "text": null}', "field 'text' is null, not a string"),
+        ('{"_id": "d2", "text": ["a"]}', "field 'text' is a list, not a string"),
+        ('{"_id": "d1", "text": "again"}', "duplicate _id 'd1' \\(first on line 1\\)"),
+    ],
+)
+def test_beir_corpus_rows_are_checked(tmp_path, row, message):
+    folder = _beir(tmp_path / "b", ['{"_id": "d1", "title": "t", "text": "one"}', row])
+    with pytest.raises(DataError, match=rf"corpus\.jsonl\.gz:2: {message}"):
+        load_beir(folder)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ('{"_id": "q1", "text": null}\n', r"queries\.jsonl:1: field 'text' is null, not a string"),
+        (
+            '{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n',
+            r"queries\.jsonl:2: duplicate _id 'q1' \(first on line 1\)",
+        ),
+    ],
+)
+def test_beir_query_rows_are_checked(tmp_path, rows, message):
+    folder = _beir(tmp_path / "b", ['{"_id": "d1", "text": "one"}'])
+    (folder / "queries.jsonl").write_text(rows, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_beir(folder)
+
+
+def test_beir_accepts_empty_text_and_missing_title(tmp_path):
+    folder = _beir(tmp_path / "b", ['{"_id": "d1", "text": ""}', '{"_id": 2, "title": null, "text": "x"}'])
+    data = load_beir(folder)
+    assert data.corpus == {"d1": {"title": "", "text": ""}, "2": {"title": "", "text": "x"}}
+
+
+# ------------------------------------------------------------------------------------------ data split / mine
+def test_data_split_refuses_to_overwrite_its_input(tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    rows = [{"query": f"q{i}", "pos": [f"p{i}"], "neg": [f"n{i}"]} for i in range(10)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    good.write_text(text, encoding="utf-8")
+    dev = tmp_path / "dev.jsonl"
+    for outs in (["--train-out", str(good), "--dev-out", str(dev)], ["--train-out", str(dev), "--dev-out", str(good)]):
+        assert main(["data", "split", str(good), *outs]) == 2
+        err = capsys.readouterr().err
+        assert "is the input file" in err and str(good) in err and len(err.strip().splitlines()) == 1
+    # the same file reached through another spelling, and both outputs one file
+    other = tmp_path / "sub" / ".." / "good.jsonl"
+    assert main(["data", "split", str(good), "--train-out", str(other), "--dev-out", str(dev)]) == 2
+    assert main(["data", "split", str(good), "--train-out", str(dev), "--dev-out", str(tmp_path / "dev.jsonl")]) == 2
+    assert "are the same file" in capsys.readouterr().err
+    assert good.read_text(encoding="utf-8") == text and not dev.exists()  # nothing written, nothing lost
+    # a folder input: its train.jsonl is the file read
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(text, encoding="utf-8")
+    assert main(["data", "split", str(folder), "--train-out", str(folder / "train.jsonl"), "--dev-out", str(dev)]) == 2
+    assert (folder / "train.jsonl").read_text(encoding="utf-8") == text
+    # ordinary use still works
+    train = tmp_path / "train.jsonl"
+    assert main(["data", "split", str(good), "--train-out", str(train), "--dev-out", str(dev)]) == 0
+    assert len(train.read_text().splitlines()) + len(dev.read_text().splitlines()) == 10
+
+
+def test_mine_max_length_defaults_to_the_reranker(monkeypatch, tmp_path):
+    args = build_parser().parse_args(["mine", "--beir", "x", "--out", "y"])
+    assert args.max_length is None
+    # None reaches Reranker.from_pretrained, which then takes tuner.json's max_length (else 8192)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_pretrained(path, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    from tuner import scoring
+
+    monkeypatch.setattr(scoring.Reranker, "from_pretrained", staticmethod(fake_from_pretrained))
+    folder = _beir(tmp_path / "b", ['{"_id": "d1", "text": "one"}'])
+    with pytest.raises(Stop):
+        main(["mine", "--beir", str(folder), "--split", "test", "--out", str(tmp_path / "g.jsonl"), "--reranker", "m"])
+    assert seen["max_length"] is None
