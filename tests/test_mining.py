@@ -165,6 +165,12 @@ def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
     assert main([*args, "--teacher-scores"]) == 2
     assert "--teacher-scores needs --reranker" in capsys.readouterr().err
     assert main(["mine", "--beir", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    # no candidate left below --range-min (the mini corpus has a few documents): an error, no empty training file
+    empty = tmp_path / "out" / "empty.jsonl"
+    none_left = ["mine", "--beir", str(folder), "--split", "train", "--out", str(empty), "--range-min", "50"]
+    assert main([*none_left, "--no-progress"]) == 2
+    assert "no training group from 3 judged queries" in capsys.readouterr().err and not empty.exists()
 
 
 def test_bundled_scifact_train_mines_seven_bm25_negatives(tmp_path):

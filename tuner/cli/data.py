@@ -140,6 +140,12 @@ def _run_mine(args) -> int:
         show_progress=not args.no_progress,
         stats=stats,
     )
+    if not groups:  # an empty training file only fails later, in `tuner train`
+        raise UserError(
+            f"{args.beir} ({args.split}): no training group from {stats.queries} judged queries: none has a negative "
+            f"among BM25 ranks {args.range_min}..{args.range_max} of --depth {args.depth} (lower --range-min or raise "
+            f"--depth); nothing was written to {out}"
+        )
     write_groups(groups, out)
     hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
     print(
