@@ -3,7 +3,6 @@ logging, tracking and the `tuner.json` an adapter carries."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -50,45 +49,28 @@ def check_resume_config(saved: Path, config: Config) -> None:
     Raises:
         ConfigError: one line naming every differing dotted key with its saved and new value.
     """
-    from tuner.config import load_config
+    from tuner.config import describe_fields, load_config
 
     if not saved.is_file():
         log.warning("--resume: %s is missing; the recipe cannot be compared with the run's", saved)
         return
     try:
-        before = _flatten(load_config(saved).to_dict())
+        before = load_config(saved)
     except ConfigError as err:
         raise ConfigError(f"--resume: cannot read the run's saved config: {err}") from None
-    after = _flatten(config.to_dict())
-    diffs = []
-    for key in sorted(before.keys() | after.keys()):
-        if any(key == safe or (safe.endswith(".") and key.startswith(safe)) for safe in RESUME_SAFE_KEYS):
-            continue
-        old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
-        if old != new:
-            diffs.append(f"{key}: saved {_show(old)}, new {_show(new)}")
+    # every field as (dotted key, type, JSON value, doc), the rows `tuner config` prints; one schema, same keys
+    saved_values = {key: value for key, _, value, _ in describe_fields(before)}
+    diffs = [
+        f"{key}: saved {saved_values[key]}, new {value}"
+        for key, _, value, _ in describe_fields(config)
+        if value != saved_values[key]
+        and not any(key == safe or (safe.endswith(".") and key.startswith(safe)) for safe in RESUME_SAFE_KEYS)
+    ]
     if diffs:
         raise ConfigError(
             f"--resume: the recipe differs from the run's saved {saved} in {'; '.join(diffs)} "
             "(resume with the same recipe and overrides, or train into a new output.dir)"
         )
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-_ABSENT = object()  # a key one of the two configs does not have
-
-
-def _show(value: Any) -> str:
-    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 def prepare_base(model: ModelConfig, out: Path) -> str:
