@@ -249,3 +249,52 @@ def test_a_two_label_head_is_refused_on_every_path(tiny_model_dir, tokenizer):
     for kwargs in ({}, {"packing": True}, {"prefix_reuse": True}):
         with pytest.raises(ValueError, match="2 labels"):
             Reranker(model.eval(), tokenizer, **kwargs).score("q", ["a document", "another document"])
+
+
+def test_right_padded_batches_reach_attention_without_a_mask(tiny_model_dir):
+    """Right padding needs no padding mask under causal attention: the padded path gives none to the model (so SDPA
+    runs `is_causal`, the flash kernel with native grouped-query attention on CUDA), and a padded batch still
+    scores each prompt exactly as alone."""
+    from tuner.head import unwrap_backbone
+
+    reranker = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    masks = []
+    attention = unwrap_backbone(reranker.model).layers[0].self_attn
+    hook = attention.register_forward_pre_hook(
+        lambda _m, _a, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    docs = ["short", "a much longer document about wings, lift and drag " * 12, "mid-sized text on gene therapy"]
+    try:
+        batched = reranker.score("what makes a wing lift?", docs, normalize=False)
+        alone = [reranker.score("what makes a wing lift?", [d], normalize=False)[0] for d in docs]
+    finally:
+        hook.remove()
+    assert len(masks) == 4 and all(m is None for m in masks)
+    assert max(abs(a - b) for a, b in zip(batched, alone, strict=True)) < 1e-5
+
+
+def test_compiled_shared_prefix_path_compiles_one_layer_for_all(tmp_path):
+    """With compiled layers, the shared-prefix (KV cache) path must not compile the layer once per layer index:
+    on the 36-layer 4B that would hit dynamo's recompile limit and leave most layers eager. Once a 1-layer model
+    has compiled the path, a 4-layer model needs no graph of its own, and the scores stay the plain path's."""
+    from torch._dynamo.utils import counters
+
+    from tuner.tiny import write_tiny_model
+
+    docs = ["short", "a longer document about wings, lift and drag " * 6, "gene therapy trial in a cohort"]
+    torch._dynamo.reset()
+    new_graphs = []
+    for layers in (1, 4):
+        model_dir = write_tiny_model(tmp_path / f"layers{layers}", layers=layers, hidden=64, seed=0)
+        plain = Reranker.from_pretrained(model_dir, device="cpu", dtype="float32")
+        expected = plain.score("what makes a wing lift?", docs, normalize=False)
+        for layer in plain.model.model.layers:  # dynamo's graphs without inductor's C++ build: the count is the point
+            layer.compile(dynamic=True, backend="eager")
+        fast = Reranker(plain.model, plain.tokenizer, compile=True, prefix_reuse=True)  # compiled layers are kept
+        assert all(getattr(layer, "_compiled_call_impl", None) is not None for layer in plain.model.model.layers)
+        before = counters["stats"]["unique_graphs"]
+        got = fast.score("what makes a wing lift?", docs, normalize=False)
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+        assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < 1e-4
+    torch._dynamo.reset()
+    assert new_graphs[0] > 0 and new_graphs[1] == 0, new_graphs

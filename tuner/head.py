@@ -44,8 +44,9 @@ def head_rows(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
 def collate(ids: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
     """Right-pad token id lists into a batch.
 
-    Right padding with an attention mask leaves every real token's computation identical to the unpadded
-    sequence (causal attention never looks right), so the score at `last_index` equals the unpadded one.
+    Right padding leaves every real token's computation identical to the unpadded sequence (causal attention
+    never looks right, so no padding mask is even needed: see `last_hidden`), so the score at `last_index` equals
+    the unpadded one. On CUDA the tensors travel through pinned memory without blocking (`to_device`).
 
     Returns:
         input_ids [batch, seq], attention_mask [batch, seq], last_index [batch] (position of the last real
@@ -58,17 +59,39 @@ def collate(ids: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str,
         input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
     last = torch.as_tensor([len(x) - 1 for x in ids], dtype=torch.long)
-    if device is not None:
-        input_ids, mask, last = input_ids.to(device), mask.to(device), last.to(device)
+    input_ids, mask, last = to_device((input_ids, mask, last), device)
     return {"input_ids": input_ids, "attention_mask": mask, "last_index": last}
+
+
+def to_device(tensors: Sequence[torch.Tensor], device=None) -> list[torch.Tensor]:
+    """Host-built batch tensors on `device`; to CUDA through pinned memory with `non_blocking`.
+
+    A plain `.to("cuda")` from pageable memory waits for every kernel already queued on the stream, so the CPU
+    could not build and launch the next batch while the GPU runs this one; a pinned, non-blocking copy is queued
+    behind them instead (the caching host allocator keeps the pinned buffer alive until the copy is done).
+    """
+    if device is None:
+        return list(tensors)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
 
 
 def last_hidden(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor
 ) -> torch.Tensor:
-    """Final-norm hidden state at each row's last real token, shape [batch, hidden]."""
+    """Final-norm hidden state at each row's last real token, shape [batch, hidden], of a right-padded batch.
+
+    The rows are right-padded (`collate`), so the padding mask is not given to the model: under causal attention
+    no real token sees the pads to its right, so every real token computes what it computes unpadded (the pads'
+    own outputs are never read). Without a mask transformers' SDPA path runs `is_causal` attention, which can take
+    the flash kernel with native grouped-query attention; with a mask it copies K and V for every query head and
+    reads a materialised [batch, 1, seq, seq] mask. `attention_mask` stays in the signature because it is part of
+    every batch (`collate`); the padding is fully described by `last_index`.
+    """
     backbone = unwrap_backbone(model)
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    out = backbone(input_ids=input_ids, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [batch, seq, hidden]
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, last_index.to(hidden.device)]

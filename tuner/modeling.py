@@ -175,13 +175,15 @@ def compile_layers(model, dynamic: bool = True) -> int:
     In place (`nn.Module.compile`) rather than `accelerate.utils.compile_regions`, which wraps each layer in an
     `OptimizedModule` and so renames every parameter (`..._orig_mod...`): adapter checkpoints would no longer load.
     One compiled layer serves all of them (same code, same guards), and `dynamic=True` avoids a recompile for
-    every new sequence length. Gradient checkpointing is traced inside the compiled region.
+    every new sequence length. Gradient checkpointing is traced inside the compiled region. A layer compiled already
+    is left as it is, so a second `Reranker(compile=True)` on the same model starts no second compile.
     """
     from tuner.head import unwrap_backbone
 
     layers = unwrap_backbone(model).layers
     for layer in layers:
-        layer.compile(dynamic=dynamic)
+        if getattr(layer, "_compiled_call_impl", None) is None:  # what `nn.Module.compile` sets
+            layer.compile(dynamic=dynamic)
     return len(layers)
 
 

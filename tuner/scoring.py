@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_tokenizer, score_from_logit
-from tuner.head import collate, head_vector, unwrap_backbone, yes_no_logits
+from tuner.head import collate, head_vector, to_device, unwrap_backbone, yes_no_logits
 from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
 from tuner.modeling import compile_layers
 
@@ -40,6 +40,52 @@ def _cache_kwarg() -> str:
     from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 
     return "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
+
+
+@functools.cache
+def _prefix_cache_type() -> type:
+    """transformers' `DynamicCache` with its `update` left out of `torch.compile`.
+
+    With compiled decoder layers, tracing the cache's update specialises the layer on its `layer_idx` and on the
+    cache's fill state, so a 36-layer model would compile the layer once per layer and state, hit dynamo's recompile
+    limit and run the rest eagerly. Run eagerly, the update is one graph break per layer and the layer's graphs are
+    shared by all layers (see `_layer_idx_unspecialized`).
+    """
+    from transformers import DynamicCache
+
+    class PrefixCache(DynamicCache):
+        @torch.compiler.disable
+        def update(self, *args, **kwargs):
+            return super().update(*args, **kwargs)
+
+    return PrefixCache
+
+
+def _layer_idx_unspecialized():
+    """Dynamo setting for the shared-prefix forwards: a module's int attributes (the `layer_idx` that attention
+    hands to the cache) are not baked into the graph, so one compiled layer serves every layer."""
+    import contextlib
+
+    config = torch._dynamo.config
+    if not hasattr(config, "allow_unspec_int_on_nn_module"):
+        return contextlib.nullcontext()
+    return config.patch(allow_unspec_int_on_nn_module=True)
+
+
+def _in_input_order(n: int, parts: Sequence[tuple[Sequence[int], torch.Tensor]]) -> list[float]:
+    """`[(indices, logits on the device)]` of every batch → one list of n floats in input order.
+
+    The batches' logits stay on the device until all of them are queued, and come back in one copy: a
+    `.tolist()` per batch would stop the CPU until that batch's forward ends, instead of building and launching
+    the next one while the GPU runs.
+    """
+    out = [0.0] * n
+    if parts:
+        values = torch.cat([v.reshape(-1).float() for _, v in parts]).tolist()
+        order = [i for idx, _ in parts for i in idx]
+        for i, value in zip(order, values, strict=True):
+            out[i] = value
+    return out
 
 
 def _shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -197,10 +243,10 @@ class Reranker:
             batch_tokens: token budget per forward pass (default: the instance's).
             groups: index lists of prompts that share a query and instruction (candidates for prefix reuse).
         """
-        out = [0.0] * len(ids)
         show = self.show_progress if self.show_progress is not None else len(ids) >= 1024
         from tqdm.auto import tqdm
 
+        parts: list[tuple[Sequence[int], torch.Tensor]] = []  # (input indices, their logits on the device)
         with tqdm(total=len(ids), desc="scoring", unit="pair", disable=not show) as bar:
             rest = list(range(len(ids)))
             if self.prefix_reuse and groups:
@@ -211,41 +257,35 @@ class Reranker:
                         continue
                     if shared == 0:
                         continue
-                    values = self._logits_shared_prefix(
-                        ids[group[0]][:shared], [ids[i][shared:] for i in group], batch_tokens
-                    )
-                    for i, value in zip(group, values, strict=True):
-                        out[i] = value
+                    rests = [ids[i][shared:] for i in group]
+                    for batch, logits in self._logits_shared_prefix(ids[group[0]][:shared], rests, batch_tokens):
+                        parts.append(([group[k] for k in batch], logits))
                     done.update(group)
                     bar.update(len(group))
                 rest = [i for i in rest if i not in done]
             run = self._logits_packed if self.packing else self._logits_padded
-            for i, value in zip(rest, run([ids[i] for i in rest], batch_tokens, bar), strict=True):
-                out[i] = value
-        return out
+            for batch, logits in run([ids[i] for i in rest], batch_tokens, bar):
+                parts.append(([rest[k] for k in batch], logits))
+            return _in_input_order(len(ids), parts)  # the one wait for the device
 
-    def _logits_padded(self, ids, batch_tokens, bar) -> list[float]:
-        """Length-sorted, right-padded token-budget batches."""
-        out = [0.0] * len(ids)
+    def _logits_padded(self, ids, batch_tokens, bar) -> Iterable[tuple[list[int], torch.Tensor]]:
+        """Length-sorted, right-padded token-budget batches: `(indices into ids, logits on the device)` each."""
         for batch in self.batches([len(x) for x in ids], batch_tokens):
             inputs = collate([ids[i] for i in batch], self.tokenizer.pad_token_id, self.device)
-            logits = yes_no_logits(self.model, **inputs, yes_id=self.encoder.yes_id, no_id=self.encoder.no_id)
-            for i, value in zip(batch, logits.tolist(), strict=True):
-                out[i] = value
+            yield batch, yes_no_logits(self.model, **inputs, yes_id=self.encoder.yes_id, no_id=self.encoder.no_id)
             bar.update(len(batch))
-        return out
 
     def _head(self) -> torch.Tensor:
         return head_vector(self.model, self.encoder.yes_id, self.encoder.no_id).to(self.device)
 
-    def _logits_packed(self, ids, batch_tokens, bar) -> list[float]:
+    def _logits_packed(self, ids, batch_tokens, bar) -> Iterable[tuple[list[int], torch.Tensor]]:
         """Prompts packed into rows: position ids restart at each prompt and no attention mask is passed, which
         transformers reads as packed sequences (block-diagonal causal attention). The row tail is filled with a
-        pad segment that starts at position 0, so it is a sequence of its own that nothing attends to."""
-        out = [0.0] * len(ids)
+        pad segment that starts at position 0, so it is a sequence of its own that nothing attends to.
+        Yields `(indices into ids, logits on the device)` per forward pass."""
         budget = batch_tokens or self.batch_tokens
         if not ids:
-            return out
+            return
         # row capacity: PACKED_ROW_TOKENS (within the budget), or the longest prompt if that is longer
         row_len = max(max(len(x) for x in ids), min(PACKED_ROW_TOKENS, budget))
         # first-fit decreasing: longest prompts first, each into the first row with room
@@ -278,52 +318,49 @@ class Reranker:
                     where.append((i, r, col + n - 1))
                     col += n
                 positions[r, col:] = torch.arange(width - col)  # the pad segment
-            hidden = self._backbone(
-                input_ids=input_ids.to(self.device), position_ids=positions.to(self.device), use_cache=False
-            ).last_hidden_state
-            rows_idx = torch.as_tensor([r for _, r, _ in where], device=self.device)
-            cols_idx = torch.as_tensor([c for _, _, c in where], device=self.device)
-            logits = (hidden[rows_idx, cols_idx].float() @ w).tolist()
-            for (i, _, _), value in zip(where, logits, strict=True):
-                out[i] = value
+            rows_idx = torch.as_tensor([r for _, r, _ in where])
+            cols_idx = torch.as_tensor([c for _, _, c in where])
+            input_ids, positions, rows_idx, cols_idx = to_device(
+                (input_ids, positions, rows_idx, cols_idx), self.device
+            )
+            hidden = self._backbone(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
+            yield [i for i, _, _ in where], hidden[rows_idx, cols_idx].float() @ w
             bar.update(len(where))
-        return out
 
-    def _logits_shared_prefix(self, prefix: list[int], rests: list[list[int]], batch_tokens) -> list[float]:
-        """Run the shared prefix once, then each batch of remainders on a copy of its KV cache."""
-        from transformers import DynamicCache
+    def _logits_shared_prefix(
+        self, prefix: list[int], rests: list[list[int]], batch_tokens
+    ) -> Iterable[tuple[list[int], torch.Tensor]]:
+        """Run the shared prefix once, then each batch of remainders on a copy of its KV cache.
 
+        Yields `(indices into rests, logits on the device)` per batch."""
+        cache_type = _prefix_cache_type()
         backbone = self._backbone
-        config = unwrap_backbone(self.model).config
-        head = backbone(
-            input_ids=torch.as_tensor([prefix], device=self.device),
-            **{_cache_kwarg(): DynamicCache(config=config)},
-            use_cache=True,
-        )
+        config = backbone.config
+        (prefix_ids,) = to_device([torch.as_tensor([prefix])], self.device)
+        with _layer_idx_unspecialized():
+            head = backbone(input_ids=prefix_ids, **{_cache_kwarg(): cache_type(config=config)}, use_cache=True)
         cache = getattr(head, "cache", None) or head.past_key_values
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         n_prefix = len(prefix)
         w = self._head()
-        out = [0.0] * len(rests)
         for batch in self.batches([len(x) for x in rests], batch_tokens):
             inputs = collate([rests[i] for i in batch], self.tokenizer.pad_token_id, self.device)
             rows, width = inputs["input_ids"].shape
-            batch_cache = DynamicCache(config=config)
+            batch_cache = cache_type(config=config)
             for layer, (k, v) in enumerate(kv):
                 batch_cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), layer)
             ones = torch.ones((rows, n_prefix), dtype=inputs["attention_mask"].dtype, device=self.device)
             positions = (torch.arange(width, device=self.device) + n_prefix).expand(rows, width)
-            hidden = backbone(
-                input_ids=inputs["input_ids"],
-                attention_mask=torch.cat([ones, inputs["attention_mask"]], dim=1),
-                position_ids=positions,
-                use_cache=True,
-                **{_cache_kwarg(): batch_cache},
-            ).last_hidden_state
+            with _layer_idx_unspecialized():
+                hidden = backbone(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=torch.cat([ones, inputs["attention_mask"]], dim=1),
+                    position_ids=positions,
+                    use_cache=True,
+                    **{_cache_kwarg(): batch_cache},
+                ).last_hidden_state
             last = hidden[torch.arange(rows, device=self.device), inputs["last_index"]].float()
-            for i, value in zip(batch, (last @ w).tolist(), strict=True):
-                out[i] = value
-        return out
+            yield batch, last @ w
 
     def score_pairs(
         self,
