@@ -107,6 +107,19 @@ def timed(fn, device: torch.device, repeats: int):
     return out, best, mem.peak
 
 
+def flash_only_check(reranker: Reranker) -> str:
+    """Score a few padded batches with SDPA limited to its flash kernel: "ok" when the padded path reaches attention
+    without a mask (as `tuner.head.last_hidden` intends), else the error SDPA raised."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            reranker.score("a query", ["a short document", "a much longer document " * 40, "mid-sized text " * 9])
+        return "ok"
+    except RuntimeError as err:
+        return f"failed: {str(err)[:300]}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["tiny", "4b", "0.6b"], default="tiny")
@@ -228,6 +241,8 @@ def main() -> int:
             reranker.score_pairs(pairs)
             settings["first_pass_seconds"] = time.perf_counter() - t0
         scores, seconds, peak = timed(lambda r=reranker: r.score_pairs(pairs), device, args.repeats)
+        if key == "plain" and device.type == "cuda":
+            settings["flash_attention_only"] = flash_only_check(reranker)
         rows.append((key, label, scores, seconds, peak, settings))
         save()
 

@@ -27,14 +27,14 @@ if [ -n "${SMOKE:-}" ]; then  # the same steps on CPU with tiny shapes: catches 
   "$py" -c "import sys; sys.path.insert(0, '.'); from tuner.tiny import write_tiny_model; write_tiny_model('$ckpt')"
   train_args=(--device cpu --workdir /tmp/tuner-bench-smoke --steps 1 --warmup 1)
   train_paths=(--paths naive tuner qlora liger)
-  score_args=(--shape tiny --device cpu --pairs 16 --variants plain,prefix,compiled --repeats 1)
+  score_args=(--shape tiny --device cpu --pairs 16 --variants plain,prefix,compiled,compiled-prefix --repeats 1)
   serve_args=(--requests 8 --docs 4 --doc-words 60)
   echo "SMOKE: CPU rehearsal"
 else
   ckpt=/tmp/tuner-bench/qwen3-4b-random  # written once by bench_train.py, or by the serve step below
   train_args=()
   train_paths=()
-  score_args=(--shape 4b --pairs 512 --device cuda --variants plain,prefix,packed,compiled --repeats 2)
+  score_args=(--shape 4b --pairs 512 --device cuda --variants plain,prefix,packed,compiled,compiled-prefix --repeats 2)
   serve_args=(--requests 64 --docs 20 --doc-words 250)
   nvidia-smi --query-gpu=name,memory.total --format=csv  # (the JSON files name the device too)
 fi
