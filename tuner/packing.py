@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tuner.head import collate, last_hidden, live_head_vector, unwrap_backbone
+from tuner.head import collate, last_hidden, live_head_vector, to_device, unwrap_backbone
 
 __all__ = [
     "chunked_last_hidden",
@@ -76,9 +76,7 @@ def pack_rows(
             start += n
         positions[r, start:] = torch.arange(width - start)  # padding tail: its own segment, starting at 0
     out = {"input_ids": input_ids, "position_ids": positions, "row_index": row_index, "last_index": last_index}
-    if device is not None:
-        out = {k: v.to(device) for k, v in out.items()}
-    return out
+    return dict(zip(out, to_device(list(out.values()), device), strict=True))
 
 
 def packed_yes_no_logits(
