@@ -107,6 +107,10 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, help="server token budget per forward pass")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     parser.add_argument("--dtype", help="bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument(
+        "--prefix-reuse", default="off", choices=["off", "auto", "on"], help="Reranker prefix reuse (both sides)"
+    )
+    parser.add_argument("--packing", action="store_true", help="Reranker packed rows (both sides)")
     parser.add_argument("--json", help="also write the figures here (JSON, atomically)")
     args = parser.parse_args()
 
@@ -121,7 +125,16 @@ def main() -> None:
         from tuner.tiny import write_tiny_model
 
         model = str(write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", layers=2, hidden=64))
-    reranker = Reranker.from_pretrained(model, device=args.device, dtype=args.dtype, show_progress=False)
+    from tuner.cli.common import PREFIX_REUSE
+
+    reranker = Reranker.from_pretrained(
+        model,
+        device=args.device,
+        dtype=args.dtype,
+        show_progress=False,
+        prefix_reuse=PREFIX_REUSE[args.prefix_reuse],
+        packing=args.packing,
+    )
     reqs = workload(args.requests, args.docs, args.doc_words)
     n_docs = args.requests * args.docs
 
@@ -159,7 +172,7 @@ def main() -> None:
     print(f"model {model}  device {device}  dtype {next(reranker.model.parameters()).dtype}")
     print(
         f"{args.requests} requests x {args.docs} documents, <= {args.doc_words} words each; torch threads "
-        f"{torch.get_num_threads()}"
+        f"{torch.get_num_threads()}; prefix reuse {args.prefix_reuse}, packing {'on' if args.packing else 'off'}"
     )
     print()
     print(f"{'path':<34}{'req/s':>9}{'docs/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'vs offline':>12}")
@@ -178,6 +191,8 @@ def main() -> None:
         "requests": args.requests,
         "docs_per_request": args.docs,
         "doc_words_max": args.doc_words,
+        "prefix_reuse": args.prefix_reuse,
+        "packing": args.packing,
         "offline_per_request_docs_per_s": round(n_docs / per_request, 2),
         "offline_one_call_docs_per_s": round(n_docs / one_call, 2),
         "server": [],

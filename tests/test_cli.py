@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -98,3 +99,33 @@ def test_serve_exec_needs_the_vllm_engine(tmp_path, capsys):
 
     assert main(["serve", "--exec", str(tmp_path)]) == 2
     assert "--engine vllm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["eval", "instruct", "calibrate"])
+def test_scoring_verbs_pass_the_fast_path_options(verb, tmp_path, monkeypatch):
+    """`--prefix-reuse` and `--packing` reach `load_reranker` (off by default); the run stops there."""
+    from tuner import eval_run, instruct
+    from tuner.cli import main
+
+    seen = []
+
+    class Loaded(Exception):
+        pass
+
+    def fake_load(*args, **kwargs):
+        seen.append(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(eval_run, "load_reranker", fake_load)
+    monkeypatch.setattr(instruct, "load_reranker", fake_load)
+    monkeypatch.setattr(eval_run.Evaluator, "from_beir", lambda *a, **k: None)
+    monkeypatch.setattr(eval_run, "first_stage_system", lambda *a: type("Row", (), {"label": "first stage"}))
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"query": "q", "pos": ["a"], "neg": ["b"]}) + "\n")
+    beir = ["--beir", str(tmp_path)]
+    args = {"eval": beir, "instruct": beir, "calibrate": ["--data", str(data)]}
+    base = [verb, "--model", str(tmp_path), *args[verb], "--out", str(tmp_path / "out")]
+    for extra, want in (([], (False, False)), (["--prefix-reuse", "auto", "--packing"], ("auto", True))):
+        with pytest.raises(Loaded):
+            main([*base, *extra])
+        assert (seen[-1]["prefix_reuse"], seen[-1]["packing"]) == want

@@ -52,6 +52,32 @@ def test_sharded_reranking_covers_every_query_once(evaluator, tiny_reranker):
         assert max(abs(a - b) for (_, a), (_, b) in zip(merged[q], ranked, strict=True)) < 1e-5
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_prefix_reuse_scores_each_query_once_with_the_same_run(evaluator, tiny_model_dir, monkeypatch, packing):
+    """`tuner eval --prefix-reuse auto [--packing]`: each query's candidates share one prefix forward, and the run
+    is the plain path's (same order, logits within 1e-5)."""
+    from tuner.eval_run import load_reranker
+    from tuner.scoring import Reranker
+
+    plain, _ = evaluator.rerank(load_reranker(str(tiny_model_dir), device="cpu", dtype="float32"))
+    fast = load_reranker(str(tiny_model_dir), device="cpu", dtype="float32", prefix_reuse="auto", packing=packing)
+    assert fast.prefix_reuse == "auto" and fast.packing is packing
+    seen = []
+    original = Reranker._logits_shared_prefix
+
+    def spy(self, prefix, rests, batch_tokens):
+        seen.append(len(rests))
+        return original(self, prefix, rests, batch_tokens)
+
+    monkeypatch.setattr(Reranker, "_logits_shared_prefix", spy)
+    run, _ = evaluator.rerank(fast)
+    assert sorted(seen) == sorted(len(evaluator.candidates[q]) for q in plain)  # one prefix forward per query
+    assert run.keys() == plain.keys()
+    for q, ranked in plain.items():
+        assert [d for d, _ in run[q]] == [d for d, _ in ranked]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(run[q], ranked, strict=True)) < 1e-5
+
+
 def test_bare_model_in_training_mode(evaluator, tiny_reranker):
     model, tok = tiny_reranker.model, tiny_reranker.tokenizer
     model.train()

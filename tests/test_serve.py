@@ -217,15 +217,64 @@ def test_concurrent_clients_are_batched_together_with_identical_scores(tiny_rera
     assert shared < forward  # the others held documents of several requests
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_drain_is_one_scoring_call_with_prefix_groups_across_requests(tiny_model_dir, monkeypatch, packing):
+    """The worker scores everything pending in one `logits_for_ids` call (one wait for the device), so prefix
+    reuse and packing apply as offline: requests with the same query and instruction share one prefix forward,
+    a different instruction gets its own, and the scores are the plain path's. Metrics count each forward pass."""
+    from tuner.scoring import Reranker
+    from tuner.serve import Batcher
+    from tuner.serve_metrics import Metrics
+
+    plain = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    fast = Reranker(plain.model, plain.tokenizer, prefix_reuse=True, packing=packing)
+    jobs = [  # (query, documents, instruction); 0 and 2 share query and instruction, 3 differs from 0 only by it
+        ("what produces lift on a wing?", DOCS[:3], None),
+        ("which fruit has potassium?", DOCS[1:4], None),
+        ("what produces lift on a wing?", DOCS[3:], None),
+        ("what produces lift on a wing?", DOCS[:2], "Find passages about aerodynamics"),
+    ]
+    triples = [[(q, d, inst) for d in docs] for q, docs, inst in jobs]
+    expected = [plain.logits_for_ids(plain.encode(t)) for t in triples]
+    calls, prefixes = [], []
+    original_call, original_prefix = fast.logits_for_ids, Reranker._logits_shared_prefix
+
+    def count_calls(*args, **kwargs):
+        calls.append(len(args[0]))
+        return original_call(*args, **kwargs)
+
+    def spy(self, prefix, rests, batch_tokens):
+        prefixes.append(len(rests))
+        return original_prefix(self, prefix, rests, batch_tokens)
+
+    monkeypatch.setattr(fast, "logits_for_ids", count_calls)
+    monkeypatch.setattr(Reranker, "_logits_shared_prefix", spy)
+    metrics = Metrics()
+    batcher = Batcher(fast, max_batch_tokens=256, metrics=metrics)  # a small budget: several forward passes
+    futures = [batcher.submit(fast.encode(t), [(q, i) for q, _, i in t]) for t in triples]
+    unkeyed = batcher.submit(fast.encode(triples[1]))  # no keys: scored, just not on the prefix path
+    batcher.start()  # everything is pending: one drain
+    results = [f.result(timeout=60) for f in futures]
+    assert unkeyed.result(timeout=60)[0] == pytest.approx(expected[1], abs=1e-5)
+    batcher.stop()
+    assert calls == [sum(len(t) for t in triples) + len(triples[1])]
+    assert sorted(prefixes) == [2, 3, 5]  # jobs 0+2 together (3 + 2 documents), job 1, job 3
+    for (logits, tokens), want, t in zip(results, expected, triples, strict=True):
+        assert logits == pytest.approx(want, abs=1e-5)
+        assert tokens == sum(len(x) for x in fast.encode(t))
+    assert metrics.forward_passes >= 4 and metrics.batch_rows.n == metrics.forward_passes
+    assert metrics.batch_rows.total == sum(len(t) for t in triples) + len(triples[1])
+
+
 def test_shutdown_lets_in_flight_requests_finish(tiny_model_dir):
     from tuner.scoring import Reranker
 
     slow = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
     original = slow.logits_for_ids
 
-    def slow_logits(ids, batch_tokens=None):
+    def slow_logits(ids, batch_tokens=None, **kwargs):
         time.sleep(1.0)  # a long forward pass, so the request is in flight when shutdown starts
-        return original(ids, batch_tokens)
+        return original(ids, batch_tokens, **kwargs)
 
     slow.logits_for_ids = slow_logits
     app = create_app(slow, model_name="tiny")
@@ -304,3 +353,9 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     reranker = seen["served"]
     assert reranker.calibration == {"temperature": 2.0, "bias": 0} and reranker.encoder.max_length == 200
     assert all(layer._compiled_call_impl is None for layer in reranker.model.model.layers)
+    assert reranker.prefix_reuse is False and reranker.packing is False
+    # the fast paths: prefix reuse and packing reach the served Reranker; the vLLM engine refuses them
+    seen.clear()
+    assert main(["serve", str(model), "--device", "cpu", "--prefix-reuse", "auto", "--packing"]) == 0
+    assert seen["served"].prefix_reuse == "auto" and seen["served"].packing is True
+    assert main(["serve", str(model), "--engine", "vllm", "--prefix-reuse", "on"]) == 2

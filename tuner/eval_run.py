@@ -48,6 +48,8 @@ def load_reranker(
     dtype: str | None = None,
     max_length: int | None = None,
     batch_tokens: int | None = None,
+    prefix_reuse: bool | str = False,
+    packing: bool = False,
 ):
     """`Reranker.from_pretrained` with the options of `tuner eval`, `instruct` and `calibrate` (None → its default).
 
@@ -56,7 +58,13 @@ def load_reranker(
     """
     from tuner.scoring import Reranker
 
-    kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens}
+    kwargs: dict[str, Any] = {
+        "device": device,
+        "dtype": dtype,
+        "batch_tokens": batch_tokens,
+        "prefix_reuse": prefix_reuse,
+        "packing": packing,
+    }
     if max_length is not None:
         kwargs["max_length"] = max_length
     return Reranker.from_pretrained(model, adapter=adapter, **kwargs)
@@ -122,6 +130,8 @@ def run_eval(
     batch_tokens: int | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = True,
+    prefix_reuse: bool | str = False,
+    packing: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
 
@@ -145,7 +155,14 @@ def run_eval(
     source = candidates_source(candidates)
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
-    load_kwargs = {"device": device, "dtype": dtype, "max_length": max_length, "batch_tokens": batch_tokens}
+    load_kwargs = {
+        "device": device,
+        "dtype": dtype,
+        "max_length": max_length,
+        "batch_tokens": batch_tokens,
+        "prefix_reuse": prefix_reuse,
+        "packing": packing,
+    }
 
     def score_all(reranker, label: str, info: dict[str, Any]) -> None:
         for n, instruction in enumerate(instructions, 1):

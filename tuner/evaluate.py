@@ -264,7 +264,12 @@ class Evaluator:
             total = sum(len(self.candidates[q]) for q in self._shard_qids(shard))
             with tqdm(total=total, desc=f"{self.name}: {label}", unit="pair", disable=not show) as bar:
                 for qids, ids in self._encoded(reranker, instruction, shard):
-                    logits = reranker.logits_for_ids(ids)
+                    # one group per query (its candidates share query and instruction): prefix reuse, if on
+                    groups, pos = [], 0
+                    for q in qids:
+                        groups.append(range(pos, pos + len(self.candidates[q])))
+                        pos += len(self.candidates[q])
+                    logits = reranker.logits_for_ids(ids, groups=groups)
                     pos = 0
                     for q in qids:
                         docs = self.candidates[q]

@@ -172,6 +172,8 @@ def run_instruct(
     dtype: str | None = None,
     max_length: int | None = None,
     batch_tokens: int | None = None,
+    prefix_reuse: bool | str = False,
+    packing: bool = False,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -191,7 +193,9 @@ def run_instruct(
     evaluator = Evaluator.from_beir(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
     )
-    reranker = load_reranker(model, adapter, device, dtype, max_length, batch_tokens)
+    reranker = load_reranker(
+        model, adapter, device, dtype, max_length, batch_tokens, prefix_reuse=prefix_reuse, packing=packing
+    )
     cands = candidate_instructions(instructions, reranker.instruction)
     results, best = search(reranker, evaluator, cands)
     for result in results:

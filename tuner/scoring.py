@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,13 +235,17 @@ class Reranker:
         ids: Sequence[Sequence[int]],
         batch_tokens: int | None = None,
         groups: Sequence[Sequence[int]] | None = None,
+        on_batch: Callable[[Sequence[int]], None] | None = None,
     ) -> list[float]:
         """Raw yes−no logits for already-encoded prompts, in input order.
 
         Args:
             ids: prompt token ids (see `encode`).
             batch_tokens: token budget per forward pass (default: the instance's).
-            groups: index lists of prompts that share a query and instruction (candidates for prefix reuse).
+            groups: index lists of prompts that share a query and instruction (candidates for prefix reuse;
+                ignored unless `prefix_reuse` is on). Prompts in no group are scored on the other paths.
+            on_batch: called with the input indices of each forward pass once it is queued (the server's
+                batch-size metrics); a shared prefix's own forward is not counted.
         """
         show = self.show_progress if self.show_progress is not None else len(ids) >= 1024
         from tqdm.auto import tqdm
@@ -260,12 +264,16 @@ class Reranker:
                     rests = [ids[i][shared:] for i in group]
                     for batch, logits in self._logits_shared_prefix(ids[group[0]][:shared], rests, batch_tokens):
                         parts.append(([group[k] for k in batch], logits))
+                        if on_batch is not None:
+                            on_batch(parts[-1][0])
                     done.update(group)
                     bar.update(len(group))
                 rest = [i for i in rest if i not in done]
             run = self._logits_packed if self.packing else self._logits_padded
             for batch, logits in run([ids[i] for i in rest], batch_tokens, bar):
                 parts.append(([rest[k] for k in batch], logits))
+                if on_batch is not None:
+                    on_batch(parts[-1][0])
             return _in_input_order(len(ids), parts)  # the one wait for the device
 
     def _logits_padded(self, ids, batch_tokens, bar) -> Iterable[tuple[list[int], torch.Tensor]]:

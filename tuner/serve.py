@@ -78,6 +78,9 @@ class ScoreRequest(BaseModel):
 @dataclass
 class _Job:
     ids: list[list[int]]  # the request's encoded prompts (`Reranker.encode`)
+    # per prompt, what decides its shared head (query, instruction): prompts of one drain with the same key form
+    # one prefix-reuse group, across requests too (None: no groups)
+    keys: list[Any] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -99,13 +102,18 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, ids: list[list[int]]) -> concurrent.futures.Future:
+    def submit(self, ids: list[list[int]], keys: list[Any] | None = None) -> concurrent.futures.Future:
         """Queue one request's encoded prompts (`Reranker.encode`); the future gives (logits, prompt_tokens).
+
+        `keys`: one hashable per prompt, equal for prompts that share their query and instruction (the
+        reranker's prefix reuse groups them, also across the requests of one drain).
 
         Requests are encoded in their own threads before they get here, so tokenizing the next requests overlaps
         the forward pass of the current batch: this worker only runs the model.
         """
-        job = _Job(ids)
+        if keys is not None and len(keys) != len(ids):
+            raise ValueError(f"{len(keys)} keys for {len(ids)} prompts")
+        job = _Job(ids, keys)
         self._queue.put(job)
         return job.future
 
@@ -135,14 +143,23 @@ class Batcher:
             return
         flat = [ids for job in live for ids in job.ids]
         owner = [n for n, job in enumerate(live) for _ in job.ids]
-        logits = [0.0] * len(flat)
+        groups = None
+        if self.reranker.prefix_reuse:
+            by_key: dict[Any, list[int]] = {}
+            start = 0
+            for job in live:
+                for k, key in enumerate(job.keys or ()):  # a job without keys: in no group (the other paths)
+                    by_key.setdefault(key, []).append(start + k)
+                start += len(job.ids)
+            groups = list(by_key.values())
+
+        def observe(batch) -> None:
+            self.metrics.observe_batch(rows=len(batch), requests=len({owner[i] for i in batch}))
+
         try:
-            for batch in self.reranker.batches([len(x) for x in flat], self.max_batch_tokens):
-                # one forward pass per planned batch (the budget is already respected)
-                values = self.reranker.logits_for_ids([flat[i] for i in batch], batch_tokens=1 << 62)
-                for i, value in zip(batch, values, strict=True):
-                    logits[i] = value
-                self.metrics.observe_batch(rows=len(batch), requests=len({owner[i] for i in batch}))
+            # the whole drain in one call: every forward pass is queued before the one wait for the device, and
+            # prefix reuse / packing apply as they do offline
+            logits = self.reranker.logits_for_ids(flat, self.max_batch_tokens, groups=groups, on_batch=observe)
         except Exception as err:
             log.exception("scoring failed")
             for job in live:
@@ -259,7 +276,8 @@ def create_app(
         except (ValueError, TypeError) as err:
             raise ApiError(400, f"query: {err}", "query") from None
         # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
-        return await asyncio.wrap_future(batcher.submit(ids))
+        keys = [(query, instruction) for query, _, instruction in triples]
+        return await asyncio.wrap_future(batcher.submit(ids, keys))
 
     def doc_value(doc: str | DocumentObject) -> Any:
         return doc if isinstance(doc, str) else doc.model_dump(exclude_none=True)
@@ -342,11 +360,14 @@ def serve(
     graceful_timeout: float = 30.0,
     calibrated: bool = True,
     compile: bool = False,
+    prefix_reuse: bool | str = False,
+    packing: bool = False,
 ) -> None:
     """Load `model` and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests are allowed to finish).
 
     `max_length` None: the export's `tuner.json` budget, else 8192; `calibrated`: apply its calibration (if any);
-    `compile`: compiled decoder layers (`Reranker(compile=True)`), warmed up before the port opens.
+    `compile`: compiled decoder layers (`Reranker(compile=True)`), warmed up before the port opens;
+    `prefix_reuse`, `packing`: `Reranker`'s fast paths (same scores; prefix groups span the requests of a drain).
     """
     import uvicorn
 
@@ -358,6 +379,8 @@ def serve(
         show_progress=False,
         calibrated=calibrated,
         compile=compile,
+        prefix_reuse=prefix_reuse,
+        packing=packing,
     )
     if compile:
         warm_up(reranker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuner.cli.common import UserError
+from tuner.cli.common import UserError, add_scoring_path_args, scoring_path_kwargs
 
 
 # -------------------------------------------------------------------------------------------- shared
@@ -16,11 +16,12 @@ def _add_model_args(p) -> None:
 
 
 def _add_runtime_args(p) -> None:
-    """Prompt budget, batch budget, device and dtype: every verb here loads a `Reranker` with them."""
+    """Prompt budget, batch budget, device, dtype and fast paths: every verb here loads a `Reranker` with them."""
     p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    add_scoring_path_args(p)
 
 
 def _model_options(args) -> dict[str, Any]:
@@ -31,6 +32,7 @@ def _model_options(args) -> dict[str, Any]:
         "dtype": args.dtype,
         "max_length": args.max_length,
         "batch_tokens": args.batch_tokens,
+        **scoring_path_kwargs(args),
     }
 
 

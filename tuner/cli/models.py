@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tuner.cli.common import UserError
+from tuner.cli.common import UserError, add_scoring_path_args, scoring_path_kwargs
 
 
 # ------------------------------------------------------------------------------------------- tiny-model
@@ -73,6 +73,7 @@ def add_score(sub) -> None:
     p.add_argument("--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    add_scoring_path_args(p)
     p.set_defaults(func=_run_score)
 
 
@@ -87,6 +88,7 @@ def _run_score(args) -> int:
         dtype=args.dtype,
         max_length=args.max_length,
         calibrated=not args.no_calibration,
+        **scoring_path_kwargs(args),
     )
     ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
     json.dump(ranking, sys.stdout, ensure_ascii=False, indent=2)
@@ -155,6 +157,7 @@ def add_serve(sub) -> None:
     )
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    add_scoring_path_args(p)
     p.set_defaults(func=_run_serve)
 
 
@@ -168,6 +171,8 @@ def _run_serve(args) -> int:
             raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
     if args.exec and args.engine != "vllm":
         raise UserError("--exec runs the vLLM command: use it with --engine vllm")
+    if args.engine == "vllm" and (args.prefix_reuse != "off" or args.packing):
+        raise UserError("--prefix-reuse and --packing are tuner engine options (vLLM caches shared prefixes itself)")
     if args.engine == "vllm":
         from tuner.serve_vllm import run_vllm, vllm_command
 
@@ -199,5 +204,6 @@ def _run_serve(args) -> int:
         compile=args.compile,
         device=args.device,
         dtype=args.dtype,
+        **scoring_path_kwargs(args),
     )
     return 0
