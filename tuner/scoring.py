@@ -336,7 +336,7 @@ class Reranker:
             bar.update(len(where))
 
     def _logits_shared_prefix(
-        self, prefix: list[int], rests: list[list[int]], batch_tokens
+        self, prefix: Sequence[int], rests: list[Sequence[int]], batch_tokens
     ) -> Iterable[tuple[list[int], torch.Tensor]]:
         """Run the shared prefix once, then each batch of remainders on a copy of its KV cache.
 
@@ -344,7 +344,7 @@ class Reranker:
         cache_type = _prefix_cache_type()
         backbone = self._backbone
         config = backbone.config
-        (prefix_ids,) = to_device([torch.as_tensor([prefix])], self.device)
+        (prefix_ids,) = to_device([torch.as_tensor(prefix, dtype=torch.long).reshape(1, -1)], self.device)
         with _layer_idx_unspecialized():
             head = backbone(input_ids=prefix_ids, **{_cache_kwarg(): cache_type(config=config)}, use_cache=True)
         cache = getattr(head, "cache", None) or head.past_key_values
