@@ -257,6 +257,11 @@ def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
     assert calls[0][0] == scoring._shared_prefix(ids) >= scoring.MIN_SHARED_PREFIX
     assert scoring._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # every prompt keeps a token of its own
     assert scoring._shared_prefix([[1, 2, 3], [1, 5]]) == 1
+    # groups are hints: an empty one is skipped, prompts in none go the plain way, and the logits are the same
+    ids = fast.encode([("a shared query", d, None) for d in docs] + [("other", "doc", None)])
+    calls.clear()
+    got = fast.logits_for_ids(ids, groups=[[], [0, 1, 2]])
+    assert len(calls) == 1 and got == pytest.approx(fast.logits_for_ids(ids), abs=1e-5)
 
 
 def test_a_two_label_head_is_refused_on_every_path(tiny_model_dir, tokenizer):

@@ -267,7 +267,8 @@ class Evaluator:
                     # one group per query (its candidates share query and instruction): prefix reuse, if on
                     groups, pos = [], 0
                     for q in qids:
-                        groups.append(range(pos, pos + len(self.candidates[q])))
+                        if self.candidates[q]:
+                            groups.append(range(pos, pos + len(self.candidates[q])))
                         pos += len(self.candidates[q])
                     logits = reranker.logits_for_ids(ids, groups=groups)
                     pos = 0

@@ -256,6 +256,8 @@ class Reranker:
             if self.prefix_reuse and groups:
                 done: set[int] = set()
                 for group in groups:
+                    if not group:
+                        continue
                     shared = _shared_prefix([ids[i] for i in group])
                     if self.prefix_reuse == "auto" and (len(group) < 2 or shared < MIN_SHARED_PREFIX):
                         continue
