@@ -1,4 +1,4 @@
-"""Fast training batches: packed rows (no padding) and length-sorted padded chunks.
+"""Packed rows (no padding) and length-sorted padded chunks: training batches, and `Reranker(packing=True)`'s rows.
 
 Packed rows put several prompts end to end in one row with `position_ids` restarting at 0 for each prompt and
 no attention mask. transformers (>= 4.5x, 5.x) reads restarting positions as packed sequences when no mask and
@@ -22,37 +22,22 @@ from tuner.head import collate, last_hidden, live_head_vector, to_device, unwrap
 __all__ = [
     "chunked_last_hidden",
     "chunked_yes_no_logits",
+    "first_fit_rows",
     "pack_rows",
     "packed_last_hidden",
     "packed_yes_no_logits",
+    "rows_batch",
     "sorted_chunks",
 ]
 
 
-def pack_rows(
-    ids: Sequence[Sequence[int]], pad_id: int, row_tokens: int | None = None, device=None
-) -> dict[str, torch.Tensor]:
-    """Pack prompts into rows of at most `row_tokens` tokens (first-fit, longest first); never split a prompt.
-
-    Args:
-        ids: prompt token id lists.
-        pad_id: id used to fill the tail of shorter rows (its positions restart at 0, so it is a separate
-            "sequence" that no real token attends to).
-        row_tokens: row capacity; `None` = one row holding everything. A prompt longer than it gets its own row.
-        device: where to put the tensors.
-
-    Returns:
-        `input_ids` [rows, len], `position_ids` [rows, len], `row_index` [n] and `last_index` [n] (where prompt
-        i's last token sits, in input order).
-    """
-    if not ids:
-        raise ValueError("pack_rows needs at least one prompt")
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    capacity = row_tokens if row_tokens is not None else sum(len(x) for x in ids)
-    rows: list[list[int]] = []  # prompt indices per row
+def first_fit_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Prompt indices per row: first-fit with the longest prompts first, rows of at most `capacity` tokens; a
+    prompt longer than that gets a row of its own (never split)."""
+    rows: list[list[int]] = []
     fill: list[int] = []
-    for i in order:
-        n = len(ids[i])
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
         for r, used in enumerate(fill):
             if used + n <= capacity:
                 rows[r].append(i)
@@ -61,7 +46,19 @@ def pack_rows(
         else:
             rows.append([i])
             fill.append(n)
-    width = max(fill)
+    return rows
+
+
+def rows_batch(
+    ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], pad_id: int, device=None
+) -> dict[str, torch.Tensor]:
+    """The packed batch of a row layout (`rows`: indices into `ids`, each prompt in exactly one row).
+
+    Returns:
+        `input_ids` [rows, len], `position_ids` [rows, len], `row_index` [n] and `last_index` [n] (where prompt
+        i's last token sits, in input order); rows are as wide as the fullest one.
+    """
+    width = max(sum(len(ids[i]) for i in members) for members in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     row_index = torch.empty(len(ids), dtype=torch.long)
@@ -77,6 +74,28 @@ def pack_rows(
         positions[r, start:] = torch.arange(width - start)  # padding tail: its own segment, starting at 0
     out = {"input_ids": input_ids, "position_ids": positions, "row_index": row_index, "last_index": last_index}
     return dict(zip(out, to_device(list(out.values()), device), strict=True))
+
+
+def pack_rows(
+    ids: Sequence[Sequence[int]], pad_id: int, row_tokens: int | None = None, device=None
+) -> dict[str, torch.Tensor]:
+    """Pack prompts into rows of at most `row_tokens` tokens (`first_fit_rows`); never split a prompt.
+
+    Args:
+        ids: prompt token id lists.
+        pad_id: id used to fill the tail of shorter rows (its positions restart at 0, so it is a separate
+            "sequence" that no real token attends to).
+        row_tokens: row capacity; `None` = one row holding everything. A prompt longer than it gets its own row.
+        device: where to put the tensors.
+
+    Returns:
+        `rows_batch`'s `input_ids`, `position_ids`, `row_index` and `last_index`.
+    """
+    if not ids:
+        raise ValueError("pack_rows needs at least one prompt")
+    lengths = [len(x) for x in ids]
+    capacity = row_tokens if row_tokens is not None else sum(lengths)
+    return rows_batch(ids, first_fit_rows(lengths, capacity), pad_id, device)
 
 
 def packed_yes_no_logits(

@@ -17,6 +17,7 @@ from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_
 from tuner.head import collate, head_vector, to_device, unwrap_backbone, yes_no_logits
 from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
 from tuner.modeling import compile_layers
+from tuner.packing import first_fit_rows, packed_last_hidden, rows_batch
 
 __all__ = ["TUNER_META", "ModelNotFoundError", "Reranker", "_check_reachable", "load_model", "read_meta"]
 
@@ -296,46 +297,22 @@ class Reranker:
         budget = batch_tokens or self.batch_tokens
         if not ids:
             return
+        lengths = [len(x) for x in ids]
         # row capacity: PACKED_ROW_TOKENS (within the budget), or the longest prompt if that is longer
-        row_len = max(max(len(x) for x in ids), min(PACKED_ROW_TOKENS, budget))
-        # first-fit decreasing: longest prompts first, each into the first row with room
-        rows: list[list[int]] = []
-        room: list[int] = []
-        for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
-            for r, free in enumerate(room):
-                if len(ids[i]) <= free:
-                    rows[r].append(i)
-                    room[r] -= len(ids[i])
-                    break
-            else:
-                rows.append([i])
-                room.append(row_len - len(ids[i]))
+        row_len = max(max(lengths), min(PACKED_ROW_TOKENS, budget))
+        rows = first_fit_rows(lengths, row_len)
         w = self._head()
         per_batch = max(1, budget // max(row_len, 1))
-        pad = self.tokenizer.pad_token_id
         for start in range(0, len(rows), per_batch):
             chunk = rows[start : start + per_batch]
-            width = max(row_len - room[start + r] for r in range(len(chunk)))  # no all-pad columns
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            positions = torch.zeros((len(chunk), width), dtype=torch.long)
-            where: list[tuple[int, int, int]] = []  # (prompt index, row, position of its last token)
-            for r, members in enumerate(chunk):
-                col = 0
-                for i in members:
-                    n = len(ids[i])
-                    input_ids[r, col : col + n] = torch.as_tensor(ids[i])
-                    positions[r, col : col + n] = torch.arange(n)
-                    where.append((i, r, col + n - 1))
-                    col += n
-                positions[r, col:] = torch.arange(width - col)  # the pad segment
-            rows_idx = torch.as_tensor([r for _, r, _ in where])
-            cols_idx = torch.as_tensor([c for _, _, c in where])
-            input_ids, positions, rows_idx, cols_idx = to_device(
-                (input_ids, positions, rows_idx, cols_idx), self.device
-            )
-            hidden = self._backbone(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
-            yield [i for i, _, _ in where], hidden[rows_idx, cols_idx].float() @ w
-            bar.update(len(where))
+            members = [i for row in chunk for i in row]
+            local, k = [], 0  # the chunk's rows as indices into its own prompts
+            for row in chunk:
+                local.append(range(k, k + len(row)))
+                k += len(row)
+            batch = rows_batch([ids[i] for i in members], local, self.tokenizer.pad_token_id, self.device)
+            yield members, packed_last_hidden(self.model, **batch).float() @ w
+            bar.update(len(members))
 
     def _logits_shared_prefix(
         self, prefix: Sequence[int], rests: list[Sequence[int]], batch_tokens
