@@ -250,6 +250,8 @@ class Evaluator:
         """
         from tqdm.auto import tqdm
 
+        from tuner.scoring import prefix_groups
+
         instruction = self.instruction if instruction is _UNSET else instruction
         model = reranker.model
         was_training = bool(getattr(model, "training", False))
@@ -265,11 +267,7 @@ class Evaluator:
             with tqdm(total=total, desc=f"{self.name}: {label}", unit="pair", disable=not show) as bar:
                 for qids, ids in self._encoded(reranker, instruction, shard):
                     # one group per query (its candidates share query and instruction): prefix reuse, if on
-                    groups, pos = [], 0
-                    for q in qids:
-                        if self.candidates[q]:
-                            groups.append(range(pos, pos + len(self.candidates[q])))
-                        pos += len(self.candidates[q])
+                    groups = prefix_groups([q for q in qids for _ in self.candidates[q]])
                     logits = reranker.logits_for_ids(ids, groups=groups)
                     pos = 0
                     for q in qids:

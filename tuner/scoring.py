@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,16 @@ def _in_input_order(n: int, parts: Sequence[tuple[Sequence[int], torch.Tensor]])
         for i, value in zip(order, values, strict=True):
             out[i] = value
     return out
+
+
+def prefix_groups(keys: Sequence[Hashable | None]) -> list[list[int]]:
+    """`logits_for_ids`'s `groups` from one key per prompt (e.g. its query and instruction): the indices of each
+    key, in first-seen order; a `None` key puts its prompt in no group."""
+    by_key: dict[Hashable, list[int]] = {}
+    for n, key in enumerate(keys):
+        if key is not None:
+            by_key.setdefault(key, []).append(n)
+    return list(by_key.values())
 
 
 def _shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -252,6 +262,12 @@ class Reranker:
         from tqdm.auto import tqdm
 
         parts: list[tuple[Sequence[int], torch.Tensor]] = []  # (input indices, their logits on the device)
+
+        def add(indices: Sequence[int], logits: torch.Tensor) -> None:
+            parts.append((indices, logits))
+            if on_batch is not None:
+                on_batch(indices)
+
         with tqdm(total=len(ids), desc="scoring", unit="pair", disable=not show) as bar:
             rest = list(range(len(ids)))
             if self.prefix_reuse and groups:
@@ -266,17 +282,13 @@ class Reranker:
                         continue
                     rests = [ids[i][shared:] for i in group]
                     for batch, logits in self._logits_shared_prefix(ids[group[0]][:shared], rests, batch_tokens):
-                        parts.append(([group[k] for k in batch], logits))
-                        if on_batch is not None:
-                            on_batch(parts[-1][0])
+                        add([group[k] for k in batch], logits)
                     done.update(group)
                     bar.update(len(group))
                 rest = [i for i in rest if i not in done]
             run = self._logits_packed if self.packing else self._logits_padded
             for batch, logits in run([ids[i] for i in rest], batch_tokens, bar):
-                parts.append(([rest[k] for k in batch], logits))
-                if on_batch is not None:
-                    on_batch(parts[-1][0])
+                add([rest[k] for k in batch], logits)
             return _in_input_order(len(ids), parts)  # the one wait for the device
 
     def _logits_padded(self, ids, batch_tokens, bar) -> Iterable[tuple[list[int], torch.Tensor]]:
@@ -374,12 +386,7 @@ class Reranker:
                 else (instruction[n] if isinstance(instruction, (list, tuple)) else instruction)
             )
             triples.append((pair[0], pair[1], inst))
-        groups = None
-        if self.prefix_reuse:
-            by_key: dict[tuple[str, str | None], list[int]] = {}
-            for n, (query, _, inst) in enumerate(triples):
-                by_key.setdefault((query, inst), []).append(n)
-            groups = list(by_key.values())
+        groups = prefix_groups([(query, inst) for query, _, inst in triples]) if self.prefix_reuse else None
         logits = self.logits_for_ids(self.encode(triples), groups=groups)
         return [self._normalize(x) for x in logits] if normalize else logits
 

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from tuner.scoring import Reranker
+from tuner.scoring import Reranker, prefix_groups
 from tuner.serve_metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,8 @@ class Batcher:
         flat = [ids for job in live for ids in job.ids]
         owner = [n for n, job in enumerate(live) for _ in job.ids]
         groups = None
-        if self.reranker.prefix_reuse:
-            by_key: dict[Any, list[int]] = {}
-            start = 0
-            for job in live:
-                for k, key in enumerate(job.keys or ()):  # a job without keys: in no group (the other paths)
-                    by_key.setdefault(key, []).append(start + k)
-                start += len(job.ids)
-            groups = list(by_key.values())
+        if self.reranker.prefix_reuse:  # a job without keys: in no group (scored on the other paths)
+            groups = prefix_groups([key for job in live for key in (job.keys or [None] * len(job.ids))])
 
         def observe(batch) -> None:
             self.metrics.observe_batch(rows=len(batch), requests=len({owner[i] for i in batch}))
