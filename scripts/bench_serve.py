@@ -98,6 +98,8 @@ async def drive(url: str, requests: list[tuple[str, list[str]]], concurrency: in
 
 
 def main() -> None:
+    from tuner.cli.common import add_scoring_path_args, scoring_path_kwargs
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="export / model directory (default: a random tiny model)")
     parser.add_argument("--concurrency", default="1,4,16,32", help="comma-separated client counts")
@@ -107,10 +109,7 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, help="server token budget per forward pass")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     parser.add_argument("--dtype", help="bfloat16 / float32 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument(
-        "--prefix-reuse", default="off", choices=["off", "auto", "on"], help="Reranker prefix reuse (both sides)"
-    )
-    parser.add_argument("--packing", action="store_true", help="Reranker packed rows (both sides)")
+    add_scoring_path_args(parser)  # --prefix-reuse, --packing: the served and the offline Reranker alike
     parser.add_argument("--json", help="also write the figures here (JSON, atomically)")
     args = parser.parse_args()
 
@@ -125,15 +124,8 @@ def main() -> None:
         from tuner.tiny import write_tiny_model
 
         model = str(write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", layers=2, hidden=64))
-    from tuner.cli.common import PREFIX_REUSE
-
     reranker = Reranker.from_pretrained(
-        model,
-        device=args.device,
-        dtype=args.dtype,
-        show_progress=False,
-        prefix_reuse=PREFIX_REUSE[args.prefix_reuse],
-        packing=args.packing,
+        model, device=args.device, dtype=args.dtype, show_progress=False, **scoring_path_kwargs(args)
     )
     reqs = workload(args.requests, args.docs, args.doc_words)
     n_docs = args.requests * args.docs
