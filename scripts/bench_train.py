@@ -16,10 +16,15 @@ Paths (same prompts, same LoRA r16 all-linear, listwise loss over groups, AdamW 
   packed     `train.batching=packed`: rows of --row-tokens with restarting position_ids, no padding;
              flex_attention on CUDA when available (skips the blocks between prompts), sdpa otherwise.
   half-ckpt  tuner with `model.checkpoint_ratio=0.5` (every other layer keeps its activations).
-  compiled   tuner with `train.compile=true` (torch.compile of every decoder layer; the warm-up steps compile).
   liger      tuner with `model.liger_kernel=true` (CUDA and liger-kernel only; else skipped).
   qlora      the tuner path on a 4-bit NF4 base (bitsandbytes; CUDA only, else skipped).
+  compiled   tuner with `train.compile=true` (torch.compile of every decoder layer; the untimed steps compile).
 A path that fails (out of memory, a missing package) is reported with its error; the others still run.
+
+Numerics: before its warm-up, each path runs one untimed step with dropout off and every lora_B set to the same
+seeded values, and its loss, logits and LoRA gradients are compared with the naive path's (the issue's "same
+numbers" check: within 1e-5 on CPU in fp32, bf16 tolerance on a GPU; qlora's base is quantized, so its numbers
+differ by design).
 
 Data: the synthetic mix documented in docs/benchmarks/README.md (query 8-40 tokens, document 40-600 tokens,
 in the contract's prompt; CPU default: documents 40-200 and 4 x 4 prompts, so the run takes a couple of
@@ -50,11 +55,17 @@ PATHS = {
     "tuner": ("sorted", {}),
     "packed": ("packed", {}),
     "half-ckpt": ("sorted", {"checkpoint_ratio": 0.5}),
-    "compiled": ("sorted", {"compile": True}),
     "liger": ("sorted", {"liger_kernel": True}),
     "qlora": ("sorted", {"load_in_4bit": True}),
+    "compiled": ("sorted", {"compile": True}),  # last: its compile is the longest step of a GPU run
 }
 CPU_DEFAULT = ["naive", "tuner", "packed", "half-ckpt"]
+NUMERICS_CHECK = (
+    "before its timed steps, each path runs one step on the same prompts with dropout off and every lora_B set to "
+    "the same seeded values (0.01 x N(0, 1)); its loss, logits and LoRA gradients are compared with the naive "
+    "path's: loss_abs_diff_vs_naive, logits_max_abs_diff_vs_naive, grad_rel_err_vs_naive (||g - g_naive|| / "
+    "||g_naive|| over all LoRA tensors), grad_max_abs_diff_vs_naive"
+)
 
 
 def synthetic_prompts(
@@ -232,6 +243,63 @@ def skip_reason(path: str, cuda: bool) -> str | None:
     return None
 
 
+def lora_numerics(model, logits_fn, groups: int, group_size: int, cuda: bool, seed: int = 0) -> dict:
+    """Loss, logits and every LoRA gradient of one fixed step, for comparing the paths (issue 7's numerics check).
+
+    At init lora_B is zero: the forward would not see the adapter and lora_A's gradient would be zero, so every
+    lora_B is set to the same seeded values on every path (in name order), and dropout is switched off (its masks
+    depend on the batch layout). Afterwards the weights and dropout are restored and the gradients cleared, so the
+    timed steps train the usual init.
+    """
+    import torch
+
+    from tuner.losses import listwise_loss
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = {n: p.detach().clone() for n, p in params.items() if "lora_B" in n}
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    old_p = [m.p for m in drops]
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for n in sorted(saved):
+                params[n].copy_(0.01 * torch.randn(params[n].shape, generator=gen))
+        for m in drops:
+            m.p = 0.0
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = logits_fn()
+        loss = listwise_loss(logits.view(groups, group_size))
+        loss.backward()
+        grads = {n: p.grad.detach().float().cpu() for n, p in params.items() if p.grad is not None}
+    finally:
+        for m, p in zip(drops, old_p, strict=True):
+            m.p = p
+        with torch.no_grad():
+            for n, value in saved.items():
+                params[n].copy_(value)
+        model.zero_grad(set_to_none=True)
+    return {"loss": loss.item(), "logits": logits.detach().float().cpu(), "grads": grads, "trainable": len(params)}
+
+
+def compare_numerics(got: dict, ref: dict) -> dict:
+    """How far one path's `lora_numerics` is from the reference path's: loss, logits and LoRA gradients."""
+    import torch
+
+    out = {
+        "loss_abs_diff_vs_naive": abs(got["loss"] - ref["loss"]),
+        "logits_max_abs_diff_vs_naive": float((got["logits"] - ref["logits"]).abs().max()),
+    }
+    if sorted(got["grads"]) != sorted(ref["grads"]):
+        out["grads_differ"] = "not the same LoRA tensors got a gradient"
+        return out
+    diff = torch.stack([(got["grads"][n] - g).pow(2).sum() for n, g in ref["grads"].items()]).sum()
+    norm = torch.stack([g.pow(2).sum() for g in ref["grads"].values()]).sum()
+    out["grad_rel_err_vs_naive"] = float((diff / norm).sqrt())  # ||g - g_naive|| / ||g_naive||, all LoRA tensors
+    out["grad_max_abs_diff_vs_naive"] = max(float((got["grads"][n] - g).abs().max()) for n, g in ref["grads"].items())
+    return out
+
+
 def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
     import torch
 
@@ -245,20 +313,19 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
         model, attn, n_params = build(path, ckpt, cuda, "bfloat16" if cuda else "float32", args.seed)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         logits_fn = make_step(path, model, prompts, args, enc.tokenizer.pad_token_id, enc.yes_id, enc.no_id, device)
-        first_logits, losses = None, []
+        losses = []
 
         def step() -> None:
-            nonlocal first_logits
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits = logits_fn()
             loss = listwise_loss(logits.view(args.groups, args.group_size))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if first_logits is None:
-                first_logits = logits.detach().float().cpu()
             losses.append(loss.item())
 
+        # untimed, before the warm-up steps: it warms up all but a compiled path (dropout off is another graph)
+        numerics = lora_numerics(model, logits_fn, args.groups, args.group_size, cuda, args.seed)
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 if cuda:
@@ -280,7 +347,11 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
         "non_embedding_params": n_params,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "first_logits": first_logits.tolist(),
+        # every LoRA tensor should get a nonzero gradient in the numerics step
+        "lora_tensors": numerics["trainable"],
+        "lora_tensors_without_grad": numerics["trainable"]
+        - sum(bool(g.abs().max() > 0) for g in numerics["grads"].values()),
+        "numerics": numerics,
     }
     if profile is not None:
         result["profile"] = profile
@@ -304,7 +375,7 @@ def main() -> int:
     parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS), help=default_help)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 4 on GPU, 2 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 GPU, 1 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the numerics step (default 1)")
     parser.add_argument("--groups", type=int, default=None, help="queries per step (default 8 GPU, 4 CPU)")
     parser.add_argument("--group-size", type=int, default=None, help="documents per query (default 8 GPU, 4 CPU)")
     parser.add_argument("--doc-max", type=int, default=None, help="longest document (default 600 GPU, 200 CPU)")
@@ -325,7 +396,7 @@ def main() -> int:
     from tuner.tiny import random_model, write_tiny_model
 
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    gpu = dict(steps=4, warmup=2, groups=8, group_size=8, doc_max=600, batch_tokens=16384, row_tokens=8192)
+    gpu = dict(steps=4, warmup=1, groups=8, group_size=8, doc_max=600, batch_tokens=16384, row_tokens=8192)
     cpu = dict(steps=2, warmup=1, groups=4, group_size=4, doc_max=200, batch_tokens=2048, row_tokens=1024)
     for key, value in (gpu if cuda else cpu).items():
         if getattr(args, key) is None:
@@ -364,14 +435,17 @@ def main() -> int:
         for r in results:
             if naive is not None:
                 r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / naive["real_tokens_per_s"], 2)
-                diff = torch.tensor(r["first_logits"]) - torch.tensor(naive["first_logits"])
-                r["first_logits_max_abs_diff_vs_naive"] = float(diff.abs().max())
+                if "loss_abs_diff_vs_naive" not in r:  # once per path; then only naive's gradients are kept
+                    r.update(compare_numerics(r["numerics"], naive["numerics"]))
+                    if r is not naive:
+                        r["numerics"] = None
         payload = {
             "device": device_name,
             "model": "Qwen3-Reranker-4B shape, random weights" if cuda else "tiny Qwen3 (2 layers, hidden 64), random",
             "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
             "prompt_lengths": lengths,
-            "results": [{k: v for k, v in r.items() if k != "first_logits"} for r in results],
+            "numerics_check": NUMERICS_CHECK,
+            "results": [{k: v for k, v in r.items() if k != "numerics"} for r in results],
             "not_run": skipped,
         }
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -396,14 +470,21 @@ def main() -> int:
                     torch.cuda.empty_cache()
         save()
     mem_label = "peak GiB (CUDA)" if cuda else "peak RSS GiB (rough)"
-    header = f"| path | attn | real tok/s | s/step | {mem_label} | % ceiling | x naive | logits diff vs naive |"
-    print("\n" + header + "\n" + "|---" * 8 + "|")
+    header = (
+        f"| path | attn | real tok/s | s/step | {mem_label} | % ceiling | x naive "
+        "| vs naive: loss Δ | grad rel err | logits Δ |"
+    )
+    print("\n" + header + "\n" + "|---" * 10 + "|")
+    nan = float("nan")
     for r in results:
         print(
             f"| {r['path']} | {r['attn']} | {r['real_tokens_per_s']:.0f} | {r['s_per_step']:.3f} | "
             f"{r['peak_mem_gib']:.2f} | {r.get('pct_flop_ceiling', '-')} | {r.get('speedup_vs_naive', '-')} | "
-            f"{r.get('first_logits_max_abs_diff_vs_naive', float('nan')):.2e} |"
+            f"{r.get('loss_abs_diff_vs_naive', nan):.1e} | {r.get('grad_rel_err_vs_naive', nan):.1e} | "
+            f"{r.get('logits_max_abs_diff_vs_naive', nan):.1e} |"
         )
+    if any(r["lora_tensors_without_grad"] for r in results):
+        print("WARNING: some LoRA tensors got no gradient in the numerics step (lora_tensors_without_grad)")
     print(f"\nwrote {out}")
     return 0
 

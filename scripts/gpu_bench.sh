@@ -39,7 +39,7 @@ else
   nvidia-smi --query-gpu=name,memory.total --format=csv  # (the JSON files name the device too)
 fi
 if [ "$part" = all ] || [ "$part" = train ]; then
-  # naive vs tuner (sorted chunks) vs packed (flex_attention) vs half-ckpt / compiled / liger / qlora, 8 queries x
+  # naive vs tuner (sorted chunks) vs packed (flex_attention) vs half-ckpt / liger / qlora / compiled, 8 queries x
   # 8 documents of the synthetic mix (the first run writes the random 4B checkpoint, ~8 GB in /tmp); one more
   # step of tuner and packed under torch.profiler says where their time goes (attention, matmuls, elementwise)
   timeout 280 "$py" scripts/bench_train.py "${train_args[@]}" "${train_paths[@]}" --profile tuner packed \

@@ -160,3 +160,61 @@ def test_speed_options_are_validated_and_old_packing_key_still_reads():
         load_config(None, ["train.batch_tokens=0"])
     with pytest.raises(ConfigError, match="batching"):
         load_config(None, ["train.batching=ragged"])
+
+
+def _bench_train():
+    """scripts/bench_train.py as a module (its numerics check is what the GPU run reports)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_numerics_compare_loss_and_lora_gradients_with_the_naive_path(tiny_model_dir):
+    """The benchmark's numerics step: the fast paths' loss and LoRA gradients match naive's; a broken path's do not."""
+    from types import SimpleNamespace
+
+    from tuner.contract import PromptEncoder, load_tokenizer
+    from tuner.packing import pack_rows
+
+    bench = _bench_train()
+    enc = PromptEncoder(load_tokenizer(), max_length=8192)
+    prompts = bench.synthetic_prompts(enc, groups=2, group_size=3, doc_max=60, seed=0)
+    args = SimpleNamespace(batch_tokens=400, row_tokens=300)
+
+    def numerics(path, fn=None):
+        model, _, _ = bench.build(path, tiny_model_dir, False, "float32", seed=0)
+        logits_fn = bench.make_step(path, model, prompts, args, PAD, enc.yes_id, enc.no_id, "cpu")
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        out = bench.lora_numerics(model, fn(model) if fn else logits_fn, 2, 3, cuda=False, seed=0)
+        # the step leaves the model as it found it: same weights (lora_B back to 0), dropout on, no gradients
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(p, before[n]) and p.grad is None, n
+        assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.05}
+        with torch.no_grad():  # the usual init (lora_B = 0): the numerics step's adapter changed the loss
+            assert abs(float(listwise_loss(logits_fn().view(2, 3))) - out["loss"]) > 1e-4
+        return out
+
+    ref = numerics("naive")
+    assert len(ref["grads"]) == ref["trainable"] > 0
+    assert all(float(g.abs().max()) > 0 for g in ref["grads"].values())  # lora_A too: lora_B is not 0 here
+    for path in ("tuner", "packed", "half-ckpt"):
+        diff = bench.compare_numerics(numerics(path), ref)
+        assert diff["loss_abs_diff_vs_naive"] < 1e-5 and diff["logits_max_abs_diff_vs_naive"] < 1e-5, path
+        assert diff["grad_rel_err_vs_naive"] < 1e-5 and diff["grad_max_abs_diff_vs_naive"] < 1e-5, path
+
+    def flat_positions(model):  # packed rows read as one long sequence each: other scores, other gradients
+        def fn():
+            rows = pack_rows(prompts, PAD, row_tokens=300)
+            rows["position_ids"] = torch.arange(rows["input_ids"].shape[1]).expand_as(rows["input_ids"])
+            return model(**rows)
+
+        return fn
+
+    broken = bench.compare_numerics(numerics("packed", flat_positions), ref)
+    assert broken["grad_rel_err_vs_naive"] > 1e-2 and broken["logits_max_abs_diff_vs_naive"] > 1e-3
