@@ -123,6 +123,13 @@ def flash_only_check(reranker: Reranker) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["tiny", "4b", "0.6b"], default="tiny")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="load the weights from this checkpoint directory (e.g. the random 4B one scripts/gpu_bench.sh writes) "
+        "instead of building a random --shape model; with --st, a directory whose tokenizer has the chat template "
+        "is loaded by sentence-transformers as it is (no merged copy is written)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--pairs", type=int, default=None, help="default: 512 on GPU, 64 on CPU")
@@ -143,6 +150,12 @@ def main() -> int:
     ap.add_argument(
         "--st", action="store_true", help="also time sentence-transformers' CrossEncoder on a merged export"
     )
+    ap.add_argument(
+        "--packed-attn",
+        default=None,
+        help="attention kernel of the packed variant (default: flex_attention on CUDA, which skips the blocks "
+        "between a row's prompts, where sdpa materialises a mask and computes them; sdpa on CPU)",
+    )
     ap.add_argument("--out", default="runs/bench/scoring.json")
     args = ap.parse_args()
 
@@ -155,7 +168,13 @@ def main() -> int:
     ref_batch = args.ref_batch or (16 if device.type == "cuda" else 4)
     torch.manual_seed(0)
     tokenizer = load_tokenizer()
-    if args.shape == "tiny":
+    if args.model:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=dtype, attn_implementation="sdpa", device_map=str(device)
+        ).eval()
+    elif args.shape == "tiny":
         from tuner.tiny import write_tiny_model
 
         tmp = tempfile.mkdtemp(prefix="tuner-bench-")
@@ -180,7 +199,7 @@ def main() -> int:
     variants = {
         "plain": ("tuner Reranker (sorted token budget, 2-row head)", {}),
         "prefix": ("  + shared-prefix KV reuse", {"prefix_reuse": "auto"}),
-        "packed": ("  + packed rows (position ids restart)", {"packing": True}),
+        "packed": ("  + packed rows (position ids restart)", {"packing": True}),  # under --packed-attn
         "compiled": ("  + compiled decoder layers (torch.compile, dynamic)", {"compile": True}),
         "compiled-prefix": ("  + compiled layers, shared-prefix KV reuse", {"compile": True, "prefix_reuse": "auto"}),
     }
@@ -204,6 +223,7 @@ def main() -> int:
             "device": name,
             "device_type": device.type,
             "shape": args.shape,
+            "model": args.model or "random weights",
             "dtype": str(dtype),
             "pairs": n,
             "mean_tokens": mean_tokens,
@@ -232,17 +252,27 @@ def main() -> int:
         if key not in variants:
             raise SystemExit(f"unknown variant {key!r}; choose from {', '.join(variants)}")
 
+    packed_attn = args.packed_attn or ("flex_attention" if device.type == "cuda" else "sdpa")
+
     def run_variant(key: str) -> None:
         label, kwargs = variants[key]
-        reranker = Reranker(model, tokenizer, max_length=args.max_length, batch_tokens=args.batch_tokens, **kwargs)
-        settings = {"batch_tokens": reranker.batch_tokens, **kwargs}
-        if kwargs.get("compile"):  # what a server pays once at start: the first pass over this length mix
-            t0 = time.perf_counter()
-            reranker.score_pairs(pairs)
-            settings["first_pass_seconds"] = time.perf_counter() - t0
-        scores, seconds, peak = timed(lambda r=reranker: r.score_pairs(pairs), device, args.repeats)
-        if key == "plain" and device.type == "cuda":
-            settings["flash_attention_only"] = flash_only_check(reranker)
+        eager_attn = model.config._attn_implementation
+        if kwargs.get("packing") and packed_attn != eager_attn:
+            model.set_attn_implementation(packed_attn)
+            label = f"{label}, {packed_attn}"
+        try:
+            reranker = Reranker(model, tokenizer, max_length=args.max_length, batch_tokens=args.batch_tokens, **kwargs)
+            settings = {"batch_tokens": reranker.batch_tokens, "attn": model.config._attn_implementation, **kwargs}
+            if kwargs.get("compile"):  # what a server pays once at start: the first pass over this length mix
+                t0 = time.perf_counter()
+                reranker.score_pairs(pairs)
+                settings["first_pass_seconds"] = time.perf_counter() - t0
+            scores, seconds, peak = timed(lambda r=reranker: r.score_pairs(pairs), device, args.repeats)
+            if key == "plain" and device.type == "cuda":
+                settings["flash_attention_only"] = flash_only_check(reranker)
+        finally:
+            if model.config._attn_implementation != eager_attn:
+                model.set_attn_implementation(eager_attn)
         rows.append((key, label, scores, seconds, peak, settings))
         save()
 
@@ -257,10 +287,14 @@ def main() -> int:
         from tuner.chat_template import build_chat_template
         from tuner.contract import document_text
 
-        merged_dir = Path(tempfile.mkdtemp(prefix="tuner-bench-merged-"))
-        tokenizer.chat_template = build_chat_template(None)
-        model.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
+        template = build_chat_template(None)
+        if args.model and getattr(load_tokenizer(args.model), "chat_template", None) == template:
+            merged_dir = Path(args.model)  # already what a merged export holds: weights, tokenizer, template
+        else:
+            merged_dir = Path(tempfile.mkdtemp(prefix="tuner-bench-merged-"))
+            tokenizer.chat_template = template
+            model.save_pretrained(merged_dir)
+            tokenizer.save_pretrained(merged_dir)
         st = CrossEncoder(
             str(merged_dir), max_length=args.max_length, device=str(device), model_kwargs={"dtype": dtype}
         )

@@ -55,8 +55,8 @@ PATHS = {
     "tuner": ("sorted", {}),
     "packed": ("packed", {}),
     "half-ckpt": ("sorted", {"checkpoint_ratio": 0.5}),
-    "liger": ("sorted", {"liger_kernel": True}),
     "qlora": ("sorted", {"load_in_4bit": True}),
+    "liger": ("sorted", {"liger_kernel": True}),  # patches transformers' Qwen3 module too: undone after the path
     "compiled": ("sorted", {"compile": True}),  # last: its compile is the longest step of a GPU run
 }
 CPU_DEFAULT = ["naive", "tuner", "packed", "half-ckpt"]
@@ -124,7 +124,12 @@ class RssPeak:
 
 
 def non_embedding_params(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    """Weights outside the embedding and lm_head; a 4-bit bitsandbytes weight packs two values per stored byte."""
+    return sum(
+        p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+        for n, p in model.named_parameters()
+        if "embed_tokens" not in n and "lm_head" not in n
+    )
 
 
 def build(path: str, ckpt: Path, cuda: bool, dtype: str, seed: int):
@@ -190,7 +195,7 @@ CATEGORIES = [
     ("matmul", ("gemm", "matmul", "addmm", "aten::mm", "aten::bmm", "linear", "cutlass", "nvjet", "sm90_xmma")),
     ("optimizer", ("adam", "foreach", "multi_tensor")),
     ("norm", ("rms", "norm", "rsqrt")),
-    ("copy / cast", ("copy", "cast", "to_copy", "cat", "index", "fill", "zero")),
+    ("copy / cast", ("copy", "memcpy", "memset", "cast", "to_copy", "cat", "index", "fill", "zero")),
 ]
 
 
@@ -208,6 +213,10 @@ def where_the_time_goes(step, cuda: bool, top: int = 15) -> dict:
         if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()
+    if cuda:  # the kernels themselves: a CPU op's device time is that of the kernels it launched (counted twice)
+        from torch.autograd import DeviceType
+
+        events = [e for e in events if e.device_type == DeviceType.CUDA]
 
     def self_us(e) -> float:
         if cuda:
@@ -227,6 +236,23 @@ def where_the_time_goes(step, cuda: bool, top: int = 15) -> dict:
         "share": {c: round(us / total, 3) for c, us in sorted(buckets.items(), key=lambda kv: -kv[1])},
         "top": [{"name": n[:120], "ms": round(us / 1000, 2), "calls": c} for n, us, c in rows[:top]],
     }
+
+
+def qwen3_module_state() -> dict:
+    """transformers' Qwen3 modeling module's names; liger-kernel replaces some of them (RMSNorm, MLP, RoPE) for
+    every model built afterwards in the process, not only for the model it is given."""
+    from transformers.models.qwen3 import modeling_qwen3
+
+    return dict(vars(modeling_qwen3))
+
+
+def restore_qwen3_module(state: dict) -> None:
+    """Undo what a path changed in the Qwen3 modeling module, so the next path builds the stock model."""
+    from transformers.models.qwen3 import modeling_qwen3
+
+    for name, value in state.items():
+        if vars(modeling_qwen3).get(name) is not value:
+            setattr(modeling_qwen3, name, value)
 
 
 def skip_reason(path: str, cuda: bool) -> str | None:
@@ -306,6 +332,7 @@ def run_path(path: str, ckpt: Path, prompts, args, cuda: bool, enc) -> dict:
     from tuner.losses import listwise_loss
 
     device = torch.device("cuda" if cuda else "cpu")
+    gc.collect()  # the last path's model (the score forward's closure makes a cycle) must not count in this peak
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -393,7 +420,7 @@ def main() -> int:
     import torch
 
     from tuner.contract import PromptEncoder, load_tokenizer
-    from tuner.tiny import random_model, write_tiny_model
+    from tuner.tiny import write_random_model, write_tiny_model
 
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     gpu = dict(steps=4, warmup=1, groups=8, group_size=8, doc_max=600, batch_tokens=16384, row_tokens=8192)
@@ -406,12 +433,9 @@ def main() -> int:
         device_name = torch.cuda.get_device_name()
         ckpt = workdir / "qwen3-4b-random"
         if not (ckpt / "config.json").is_file():
-            # written once so that every path goes through the real loading path (4-bit quantizes at load)
-            model = random_model("Qwen3-Reranker-4B", "cuda", torch.bfloat16)
-            model.save_pretrained(ckpt)
-            load_tokenizer().save_pretrained(ckpt)
-            del model
-            torch.cuda.empty_cache()
+            # written once so that every path goes through the real loading path (4-bit quantizes at load); with
+            # the export's chat template, bench_scoring.py --model --st and bench_serve.py load the same directory
+            write_random_model(ckpt, "Qwen3-Reranker-4B", "cuda", torch.bfloat16, chat_template=True)
     else:
         device_name = f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
         ckpt = workdir / "tiny-random"
@@ -460,14 +484,17 @@ def main() -> int:
             skipped.append({"path": path, "skipped": why})
         else:
             print(f"{path}: running ...", flush=True)
+            patched = qwen3_module_state()
             try:
                 results.append(run_path(path, ckpt, prompts, args, cuda, enc))
             except Exception as err:  # one path's failure (OOM, a kernel) must not cost the others' figures
                 print(f"{path}: FAILED {type(err).__name__}: {err}", flush=True)
                 skipped.append({"path": path, "error": f"{type(err).__name__}: {str(err)[:500]}"})
-                gc.collect()
-                if cuda:
-                    torch.cuda.empty_cache()
+            finally:
+                restore_qwen3_module(patched)
+            gc.collect()  # here, not in `except`: the exception's traceback holds the failed path's model
+            if cuda:
+                torch.cuda.empty_cache()
         save()
     mem_label = "peak GiB (CUDA)" if cuda else "peak RSS GiB (rough)"
     header = (

@@ -2,15 +2,16 @@
 # The GPU figures of the training-speed and scoring-speed issues (H100/H200, 4B shape with random weights).
 #
 #   here, once:   bash scripts/gpu_wheels.sh      (bitsandbytes, liger-kernel, FastAPI/uvicorn for that machine)
-#   device runs:  bash scripts/gpu_bench.sh train  (~6 min)  then, on the warm machine,
-#                 bash scripts/gpu_bench.sh score  (~6 min)          each with carry [".whl"]; JSON + logs in $OUT
-#   rehearsal on CPU (tiny shapes, same steps and files, ~2 min):  SMOKE=1 bash scripts/gpu_bench.sh
+#   device run:   bash scripts/gpu_bench.sh        one call with carry [".whl"] and timeout_s 600; JSON + logs in $OUT
+#   rehearsal on CPU (tiny shapes, same steps and files, ~3 min):  SMOKE=1 bash scripts/gpu_bench.sh
 #
-# `bash scripts/gpu_bench.sh` alone runs both parts (over the 600 s a device call may take). Without .whl/ the
-# qlora and liger rows are reported as skipped and the serve step fails (no FastAPI there). Each script writes its
-# JSON after every path, so a step cut short by its timeout keeps what it measured (a part writes 4 files; $OUT
-# returns 8 at most). Commit the JSON under docs/benchmarks/ and fill the tables there and in the README, with the
-# device name.
+# A session has 15 minutes of device time, a cold start takes one or two, and a machine stays warm only 30 s after a
+# call, so everything runs in one call: each step has its own timeout and the timeouts add up to 575 s. The steps
+# are ordered so that what a timeout cuts is the least needed (the compiled variants come last in each script).
+# `score` or `train` alone runs one half. Without .whl/ the qlora and liger rows are reported as skipped and the
+# serve step fails (no FastAPI there). Each script writes its JSON after every path, so a step cut short keeps what
+# it measured ($OUT returns 8 files at most: this writes 8). Commit the JSON under docs/benchmarks/ and fill the
+# tables there and in the README, with the device name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/bench}
@@ -24,43 +25,41 @@ fi
 part=${1:-all}
 if [ -n "${SMOKE:-}" ]; then  # the same steps on CPU with tiny shapes: catches a broken step before device time
   ckpt=/tmp/tuner-bench-smoke/tiny
-  "$py" -c "import sys; sys.path.insert(0, '.'); from tuner.tiny import write_tiny_model; write_tiny_model('$ckpt')"
+  write="write_tiny_model('$ckpt', chat_template=True)"
   train_args=(--device cpu --workdir /tmp/tuner-bench-smoke --steps 1 --warmup 1)
-  train_paths=(--paths naive tuner qlora liger)
-  score_args=(--shape tiny --device cpu --pairs 16 --variants plain,prefix,compiled-prefix,compiled --repeats 1)
+  score_args=(--shape tiny --device cpu --pairs 16 --repeats 1 --packed-attn flex_attention)
   serve_args=(--requests 8 --docs 4 --doc-words 60)
   echo "SMOKE: CPU rehearsal"
 else
-  ckpt=/tmp/tuner-bench/qwen3-4b-random  # written once by bench_train.py, or by the serve step below
-  train_args=()
-  train_paths=()
-  score_args=(--shape 4b --pairs 512 --device cuda --variants plain,prefix,packed,compiled-prefix,compiled --repeats 2)
+  ckpt=/tmp/tuner-bench/qwen3-4b-random  # the random 4B (~8 GB in /tmp), loaded by every step
+  write="write_random_model('$ckpt', 'Qwen3-Reranker-4B', 'cuda', chat_template=True)"
+  train_args=(--steps 2 --warmup 1)  # + the untimed numerics step
+  score_args=(--shape 4b --device cuda --pairs 512 --repeats 1)
   serve_args=(--requests 64 --docs 20 --doc-words 250)
   nvidia-smi --query-gpu=name,memory.total --format=csv  # (the JSON files name the device too)
 fi
-if [ "$part" = all ] || [ "$part" = train ]; then
-  # naive vs tuner (sorted chunks) vs packed (flex_attention) vs half-ckpt / liger / qlora / compiled, 8 queries x
-  # 8 documents of the synthetic mix (the first run writes the random 4B checkpoint, ~8 GB in /tmp); one more
-  # step of tuner and packed under torch.profiler says where their time goes (attention, matmuls, elementwise)
-  timeout 280 "$py" scripts/bench_train.py "${train_args[@]}" "${train_paths[@]}" --profile tuner packed \
-    --json "$out/train-4b.json" 2>&1 |
-    tee "$out/train.log"
-  # the memory targets: 64 prompts of exactly 512 tokens, bf16 LoRA (<= 24 GiB) and QLoRA (<= 16 GiB)
-  timeout 100 "$py" scripts/bench_train.py "${train_args[@]}" --fixed-len 512 --steps 2 --warmup 1 \
-    --paths tuner qlora --json "$out/train-4b-512.json" 2>&1 | tee "$out/train-512.log"
+if [ ! -f "$ckpt/config.json" ]; then
+  timeout 60 "$py" -c "import sys; sys.path.insert(0, '.'); from tuner.tiny import write_random_model, write_tiny_model; $write" ||
+    echo "writing $ckpt failed or timed out"
 fi
 if [ "$part" = all ] || [ "$part" = score ]; then
-  # model-card code vs Reranker paths vs sentence-transformers on a merged export; the compiled variants last,
-  # compiled-prefix first (the likeliest winner; the first pass of each, its compile, is first_pass_seconds)
-  timeout 270 "$py" scripts/bench_scoring.py "${score_args[@]}" --st --out "$out/scoring-4b.json" 2>&1 |
-    tee "$out/scoring.log"
+  # model-card code vs Reranker paths (packed rows under flex_attention) vs sentence-transformers on the same
+  # directory; the compiled variants last, compiled-prefix first (the likeliest way to the 4x target; the first pass
+  # of each, its compile, is first_pass_seconds)
+  timeout 170 "$py" scripts/bench_scoring.py "${score_args[@]}" --model "$ckpt" --st \
+    --variants plain,prefix,packed,compiled-prefix,compiled --out "$out/scoring-4b.json" 2>&1 | tee "$out/scoring.log"
   # `tuner serve` with 1 and 32 concurrent clients against offline Reranker on the same weights
-  if [ ! -f "$ckpt/config.json" ]; then
-    "$py" -c "import sys; sys.path.insert(0, '.'); import torch; from tuner.tiny import random_model; \
-from tuner.contract import load_tokenizer; m = random_model('Qwen3-Reranker-4B', 'cuda', torch.bfloat16); \
-m.save_pretrained('$ckpt'); load_tokenizer().save_pretrained('$ckpt')"
-  fi
-  timeout 100 "$py" scripts/bench_serve.py --model "$ckpt" --concurrency 1,32 "${serve_args[@]}" \
+  timeout 70 "$py" scripts/bench_serve.py --model "$ckpt" --concurrency 1,32 "${serve_args[@]}" \
     --json "$out/serve-4b.json" 2>&1 | tee "$out/serve.log"
+fi
+if [ "$part" = all ] || [ "$part" = train ]; then
+  # naive vs tuner (sorted chunks) vs half-ckpt vs packed (flex_attention) vs liger vs compiled, 8 queries x 8
+  # documents of the synthetic mix, each after its numerics step (loss and LoRA gradients vs naive); one more step
+  # of tuner under torch.profiler says where its time goes (attention, matmuls, elementwise)
+  timeout 190 "$py" scripts/bench_train.py "${train_args[@]}" --paths naive tuner half-ckpt packed liger compiled \
+    --profile tuner --json "$out/train-4b.json" 2>&1 | tee "$out/train.log"
+  # the memory targets: 64 prompts of exactly 512 tokens, bf16 LoRA (<= 24 GiB) and QLoRA (<= 16 GiB)
+  timeout 75 "$py" scripts/bench_train.py "${train_args[@]}" --fixed-len 512 --paths tuner qlora \
+    --json "$out/train-4b-512.json" 2>&1 | tee "$out/train-512.log"
 fi
 ls -la "$out"

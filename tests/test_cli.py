@@ -103,7 +103,8 @@ def test_serve_exec_needs_the_vllm_engine(tmp_path, capsys):
 
 @pytest.mark.parametrize("verb", ["eval", "instruct", "calibrate"])
 def test_scoring_verbs_pass_the_fast_path_options(verb, tmp_path, monkeypatch):
-    """`--prefix-reuse` and `--packing` reach `load_reranker` (off by default); the run stops there."""
+    """`--prefix-reuse`, `--packing` and `--attn-implementation` reach `load_reranker` (off / the checkpoint's by
+    default); the run stops there."""
     from tuner import eval_run, instruct
     from tuner.cli import main
 
@@ -125,7 +126,8 @@ def test_scoring_verbs_pass_the_fast_path_options(verb, tmp_path, monkeypatch):
     beir = ["--beir", str(tmp_path)]
     args = {"eval": beir, "instruct": beir, "calibrate": ["--data", str(data)]}
     base = [verb, "--model", str(tmp_path), *args[verb], "--out", str(tmp_path / "out")]
-    for extra, want in (([], (False, False)), (["--prefix-reuse", "auto", "--packing"], ("auto", True))):
+    fast = ["--prefix-reuse", "auto", "--packing", "--attn-implementation", "flex_attention"]
+    for extra, want in (([], (False, False, None)), (fast, ("auto", True, "flex_attention"))):
         with pytest.raises(Loaded):
             main([*base, *extra])
-        assert (seen[-1]["prefix_reuse"], seen[-1]["packing"]) == want
+        assert (seen[-1]["prefix_reuse"], seen[-1]["packing"], seen[-1]["attn_implementation"]) == want

@@ -354,8 +354,12 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     assert reranker.calibration == {"temperature": 2.0, "bias": 0} and reranker.encoder.max_length == 200
     assert all(layer._compiled_call_impl is None for layer in reranker.model.model.layers)
     assert reranker.prefix_reuse is False and reranker.packing is False
-    # the fast paths: prefix reuse and packing reach the served Reranker; the vLLM engine refuses them
+    assert reranker.model.config._attn_implementation == "sdpa"
+    # the fast paths: prefix reuse, packing and the attention kernel reach the served Reranker; vLLM refuses them
     seen.clear()
-    assert main(["serve", str(model), "--device", "cpu", "--prefix-reuse", "auto", "--packing"]) == 0
+    fast = ["--prefix-reuse", "auto", "--packing", "--attn-implementation", "flex_attention"]
+    assert main(["serve", str(model), "--device", "cpu", *fast]) == 0
     assert seen["served"].prefix_reuse == "auto" and seen["served"].packing is True
+    assert seen["served"].model.config._attn_implementation == "flex_attention"
     assert main(["serve", str(model), "--engine", "vllm", "--prefix-reuse", "on"]) == 2
+    assert main(["serve", str(model), "--engine", "vllm", "--attn-implementation", "eager"]) == 2

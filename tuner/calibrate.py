@@ -265,6 +265,7 @@ def run_calibrate(
     batch_tokens: int | None = None,
     prefix_reuse: bool | str = False,
     packing: bool = False,
+    attn_implementation: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Score labeled dev pairs, fit Platt scaling, write `calibration.json`, `report.md`, `reliability.png`.
@@ -277,7 +278,7 @@ def run_calibrate(
         split: folder file stem / hub split for `data`.
         apply: adapter or export directory whose `tuner.json` gets `calibration = {"temperature", "bias"}`.
         seed: fold assignment of the cross-validated estimate.
-        prefix_reuse, packing: `Reranker` fast paths (same scores).
+        prefix_reuse, packing, attn_implementation: `Reranker` fast paths (same scores).
 
     Returns:
         The content of `calibration.json`.
@@ -294,7 +295,15 @@ def run_calibrate(
         raise ValueError(f"{data}: no labeled pairs")
     labels = np.array([p[3] for p in pairs], dtype=np.float64)
     reranker = load_reranker(
-        model, adapter, device, dtype, max_length, batch_tokens, prefix_reuse=prefix_reuse, packing=packing
+        model,
+        adapter,
+        device,
+        dtype,
+        max_length,
+        batch_tokens,
+        prefix_reuse=prefix_reuse,
+        packing=packing,
+        attn_implementation=attn_implementation,
     )
     score_start = time.perf_counter()
     logits = np.array(reranker.score_pairs([p[:3] for p in pairs], normalize=False), dtype=np.float64)

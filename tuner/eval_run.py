@@ -50,6 +50,7 @@ def load_reranker(
     batch_tokens: int | None = None,
     prefix_reuse: bool | str = False,
     packing: bool = False,
+    attn_implementation: str | None = None,
 ):
     """`Reranker.from_pretrained` with the options of `tuner eval`, `instruct` and `calibrate` (None → its default).
 
@@ -64,6 +65,7 @@ def load_reranker(
         "batch_tokens": batch_tokens,
         "prefix_reuse": prefix_reuse,
         "packing": packing,
+        "attn_implementation": attn_implementation,
     }
     if max_length is not None:
         kwargs["max_length"] = max_length
@@ -132,6 +134,7 @@ def run_eval(
     show_progress: bool | None = True,
     prefix_reuse: bool | str = False,
     packing: bool = False,
+    attn_implementation: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
 
@@ -162,6 +165,7 @@ def run_eval(
         "batch_tokens": batch_tokens,
         "prefix_reuse": prefix_reuse,
         "packing": packing,
+        "attn_implementation": attn_implementation,
     }
 
     def score_all(reranker, label: str, info: dict[str, Any]) -> None:

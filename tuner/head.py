@@ -38,7 +38,9 @@ def head_rows(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:
     """The live (differentiable) `[2, hidden]` rows (yes, no) of lm_head, for training with a trainable head."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     weight = inner.get_output_embeddings().weight
-    return weight[[yes_id, no_id]]
+    # two integer indexes (views), not `weight[[yes_id, no_id]]`: a Python list index is copied to the device
+    # first, and on CUDA that copy waits for every queued kernel (one sync per scoring batch)
+    return torch.stack((weight[yes_id], weight[no_id]))
 
 
 def collate(ids: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:

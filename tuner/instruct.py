@@ -174,6 +174,7 @@ def run_instruct(
     batch_tokens: int | None = None,
     prefix_reuse: bool | str = False,
     packing: bool = False,
+    attn_implementation: str | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -194,7 +195,15 @@ def run_instruct(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
     )
     reranker = load_reranker(
-        model, adapter, device, dtype, max_length, batch_tokens, prefix_reuse=prefix_reuse, packing=packing
+        model,
+        adapter,
+        device,
+        dtype,
+        max_length,
+        batch_tokens,
+        prefix_reuse=prefix_reuse,
+        packing=packing,
+        attn_implementation=attn_implementation,
     )
     cands = candidate_instructions(instructions, reranker.instruction)
     results, best = search(reranker, evaluator, cands)

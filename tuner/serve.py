@@ -356,12 +356,14 @@ def serve(
     compile: bool = False,
     prefix_reuse: bool | str = False,
     packing: bool = False,
+    attn_implementation: str | None = None,
 ) -> None:
     """Load `model` and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests are allowed to finish).
 
     `max_length` None: the export's `tuner.json` budget, else 8192; `calibrated`: apply its calibration (if any);
     `compile`: compiled decoder layers (`Reranker(compile=True)`), warmed up before the port opens;
-    `prefix_reuse`, `packing`: `Reranker`'s fast paths (same scores; prefix groups span the requests of a drain).
+    `prefix_reuse`, `packing`, `attn_implementation`: `Reranker`'s fast paths (same scores; prefix groups span the
+    requests of a drain; packing pays with flex_attention on a GPU).
     """
     import uvicorn
 
@@ -375,6 +377,7 @@ def serve(
         compile=compile,
         prefix_reuse=prefix_reuse,
         packing=packing,
+        attn_implementation=attn_implementation,
     )
     if compile:
         warm_up(reranker)

@@ -1,5 +1,5 @@
 """Random-weight Qwen3 models with the real vocabulary: tiny ones for tests and demos, 4B-shaped ones for
-GPU benchmarks (built directly on the device, so no 8 GB file is ever written)."""
+GPU benchmarks (built directly on the device; `write_random_model` saves one where a benchmark needs a directory)."""
 
 from __future__ import annotations
 
@@ -40,20 +40,55 @@ def tiny_config(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int
 
 
 def write_tiny_model(
-    out_dir: str | Path, layers: int = 2, hidden: int = 64, seed: int = 0, heads: int = 4, kv_heads: int = 2
+    out_dir: str | Path,
+    layers: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    heads: int = 4,
+    kv_heads: int = 2,
+    chat_template: bool = False,
 ) -> Path:
     """Write a random-weight Qwen3ForCausalLM + the real tokenizer as an ordinary Hugging Face directory.
 
-    Returns the directory, loadable with `AutoModelForCausalLM` / `AutoTokenizer` / `Reranker`.
+    `chat_template`: also give the tokenizer the contract's chat template, as a merged export has it (so
+    sentence-transformers' CrossEncoder scores it like the exports). Returns the directory, loadable with
+    `AutoModelForCausalLM` / `AutoTokenizer` / `Reranker`.
     """
     from transformers import Qwen3ForCausalLM
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(tiny_config(layers, hidden, heads, kv_heads)).eval()
+    return _save(model, out_dir, chat_template)
+
+
+def write_random_model(
+    out_dir: str | Path,
+    config: str = "Qwen3-Reranker-4B",
+    device: str | torch.device = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    chat_template: bool = False,
+) -> Path:
+    """`random_model` written as a directory (the benchmarks' paths that load through `from_pretrained`, such as
+    4-bit quantization at load, and `tuner serve`); `chat_template` as in `write_tiny_model`."""
+    model = random_model(config, device, dtype, seed)
+    out = _save(model, out_dir, chat_template)
+    del model
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def _save(model, out_dir: str | Path, chat_template: bool) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer().save_pretrained(out)
+    tokenizer = load_tokenizer()
+    if chat_template:
+        from tuner.chat_template import build_chat_template
+
+        tokenizer.chat_template = build_chat_template(None)
+    tokenizer.save_pretrained(out)
     return out
 
 

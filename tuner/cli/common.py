@@ -11,8 +11,13 @@ class UserError(Exception):
 PREFIX_REUSE = {"off": False, "auto": "auto", "on": True}
 
 
+# `--attn-implementation` values: transformers' names (flash_attention_2 needs the flash-attn package)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+
+
 def add_scoring_path_args(p) -> None:
-    """`--prefix-reuse` and `--packing`: the `Reranker` fast paths every verb that scores can switch on."""
+    """`--prefix-reuse`, `--packing` and `--attn-implementation`: the `Reranker` fast paths every verb that scores
+    can switch on."""
     p.add_argument(
         "--prefix-reuse",
         default="off",
@@ -23,10 +28,20 @@ def add_scoring_path_args(p) -> None:
     p.add_argument(
         "--packing",
         action="store_true",
-        help="several prompts per row, no padding (pays with flex_attention on GPU, not with sdpa on CPU)",
+        help="several prompts per row, no padding (pays with --attn-implementation flex_attention on a GPU, which "
+        "skips the blocks between a row's prompts; sdpa computes and masks them)",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        choices=ATTN_IMPLEMENTATIONS,
+        help="attention kernel the model is loaded with (default: sdpa); same scores",
     )
 
 
 def scoring_path_kwargs(args) -> dict:
     """The `Reranker` keyword arguments of `add_scoring_path_args`'s options."""
-    return {"prefix_reuse": PREFIX_REUSE[args.prefix_reuse], "packing": bool(args.packing)}
+    return {
+        "prefix_reuse": PREFIX_REUSE[args.prefix_reuse],
+        "packing": bool(args.packing),
+        "attn_implementation": args.attn_implementation,
+    }

@@ -171,8 +171,11 @@ def _run_serve(args) -> int:
             raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
     if args.exec and args.engine != "vllm":
         raise UserError("--exec runs the vLLM command: use it with --engine vllm")
-    if args.engine == "vllm" and (args.prefix_reuse != "off" or args.packing):
-        raise UserError("--prefix-reuse and --packing are tuner engine options (vLLM caches shared prefixes itself)")
+    if args.engine == "vllm" and (args.prefix_reuse != "off" or args.packing or args.attn_implementation):
+        raise UserError(
+            "--prefix-reuse, --packing and --attn-implementation are tuner engine options "
+            "(vLLM caches shared prefixes and picks its attention backend itself)"
+        )
     if args.engine == "vllm":
         from tuner.serve_vllm import run_vllm, vllm_command
 
