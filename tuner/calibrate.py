@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tuner.files import atomic_path
 
 __all__ = [
     "ECE_BINS",
@@ -212,11 +212,11 @@ def plot_reliability(before: list[dict], after: list[dict], path: str | Path, ti
     hist.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, format="png")
-    plt.close(fig)
-    os.replace(tmp.name, path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -393,16 +391,9 @@ def describe_fields(config: Config | None = None) -> list[tuple[str, str, str, s
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from tuner.files import atomic_write
+
+    atomic_write(path, text)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

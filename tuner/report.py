@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuner.evaluate import EvalResult
+from tuner.files import atomic_path, atomic_write
 from tuner.metrics import Qrels, parse_metric, ranked_ids
 
 __all__ = [
@@ -58,21 +58,6 @@ def prepare_out_dir(path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
         pass
-    return path
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write a file through a temporary file in the same folder and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -281,10 +266,11 @@ def plot_deltas(summary: Mapping[str, Any], per_query: Mapping[str, Mapping[str,
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, format="png")
-    plt.close(fig)
-    os.replace(tmp.name, path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,11 +43,11 @@ class BM25:
         self.cached = False
         if cache is not None:
             # build in a temporary folder and rename, so that an interrupted run never leaves half an index
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".bm25-"))
-            self.index.save(str(tmp), show_progress=False)
-            (tmp / "doc_ids.json").write_text(json.dumps(self.doc_ids), encoding="utf-8")
-            os.replace(tmp, cache)
+            from tuner.files import atomic_dir
+
+            with atomic_dir(cache) as tmp:
+                self.index.save(str(tmp), show_progress=False)
+                (tmp / "doc_ids.json").write_text(json.dumps(self.doc_ids), encoding="utf-8")
 
     def search(self, queries: Mapping[str, str], k: int = 100) -> Run:
         """Top-`k` documents for each query, best first."""

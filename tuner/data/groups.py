@@ -21,9 +21,7 @@ import gzip
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,18 +383,12 @@ def load_groups(path_or_id: str | Path, split: str | None = None) -> list[Group]
 # --------------------------------------------------------------------------------------------- writing
 def write_groups(groups: Iterable[Group], path: str | Path) -> Path:
     """Write groups as JSONL atomically (temp file in the same folder, then rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for group in groups:
-                f.write(json.dumps(group.to_json(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from tuner.files import atomic_open
+
+    with atomic_open(path) as f:
+        for group in groups:
+            f.write(json.dumps(group.to_json(), ensure_ascii=False) + "\n")
+    return Path(path)
 
 
 # --------------------------------------------------------------------------------------------- splitting

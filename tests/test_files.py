@@ -1,0 +1,84 @@
+"""Atomic writes (tuner.files): whole files or none, and the permissions a plain open()/mkdir() would give."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tuner.files import atomic_dir, atomic_open, atomic_write, default_mode
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test, then restore the previous one."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+
+    def use(mask: int) -> None:
+        os.umask(mask)
+
+    yield use
+    os.umask(saved)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_written_files_and_folders_get_the_umask_mode_not_tempfiles_private_one(tmp_path, umask, mask):
+    umask(mask)
+    assert default_mode() == 0o666 & ~mask and default_mode(directory=True) == 0o777 & ~mask
+    out = atomic_write(tmp_path / "a" / "metrics.json", '{"x": 1}\n')
+    assert out.read_text() == '{"x": 1}\n' and _mode(out) == 0o666 & ~mask
+    with atomic_dir(tmp_path / "index") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "f.bin").write_bytes(b"1")
+    assert _mode(tmp_path / "index") == 0o777 & ~mask
+    assert _mode(tmp_path / "index" / "sub") == 0o777 & ~mask
+    assert _mode(tmp_path / "index" / "sub" / "f.bin") == 0o666 & ~mask
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "groups.jsonl"
+    atomic_write(path, "old\n")
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["groups.jsonl"]
+    with pytest.raises(ValueError), atomic_open(path, "a"):
+        pass
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "cache"
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+        raise RuntimeError("interrupted")
+    assert (target / "v").read_text() == "1"
+    with atomic_dir(target) as tmp:
+        (tmp / "w").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["w"]  # the old folder is gone, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_run_outputs_are_shareable(tmp_path, umask):
+    """What the helper found: groups files, reports and configs were 0600 whatever the umask."""
+    from tuner.config import atomic_write_json
+    from tuner.data.groups import write_groups
+    from tuner.data.schema import Group
+    from tuner.report import atomic_write as report_write
+
+    umask(0o022)
+    paths = [
+        write_groups([Group(query="q", pos=["a"], neg=["b"])], tmp_path / "g.jsonl"),
+        report_write(tmp_path / "report.md", "# r\n"),
+    ]
+    atomic_write_json(tmp_path / "tuner.json", {"a": 1})
+    for path in [*paths, tmp_path / "tuner.json"]:
+        assert _mode(path) == 0o644, path

@@ -1,0 +1,96 @@
+"""Atomic file writes with ordinary permissions: every report, data file, config and cache tuner writes goes
+through here.
+
+A temporary file (or folder) in the target's folder, then a rename, so that readers never see half a file and an
+interrupted run leaves the previous version. `tempfile` creates its files 0600 and folders 0700 whatever the
+umask, and a rename keeps that mode, so each result is given the mode a plain `open()` / `mkdir()` would have
+(0666 / 0777 less the umask): run folders stay shareable, as the standard library's `open` leaves them.
+(The standard library has no atomic write; this is the one place that does it.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_dir", "atomic_open", "atomic_path", "atomic_write", "default_mode"]
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask sets it, which another thread could see)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode `open()` (0666) or `mkdir()` (0777) gives a new file or folder under the current umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to `path` to write to (e.g. `savefig(tmp)`); renamed onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """`open(path, mode)` ("w" text in UTF-8, or "wb") that lands whole on `path` on success, or not at all."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(path) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8) to `path` atomically; returns the path."""
+    with atomic_open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary folder next to `path` to fill; on success it replaces `path` (a previous one is removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for item in (tmp, *tmp.rglob("*")):
+            item.chmod(default_mode(item.is_dir()))
+        if path.exists():
+            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(trash)
+            tmp.rename(path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
