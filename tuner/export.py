@@ -14,9 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +24,7 @@ import torch
 from tuner.chat_template import build_chat_template, pair_messages
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import model_card
+from tuner.files import atomic_dir
 from tuner.scoring import TUNER_META, Reranker, read_meta
 
 log = logging.getLogger(__name__)
@@ -234,9 +232,9 @@ def export(
     template = build_chat_template(instruction)
     tokenizer.chat_template = template
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    # everything is written into a temporary folder that replaces `out` only when the parity gate passed (a
+    # failure leaves no export and the previous one, if any); safetensors' private files get open()'s mode
+    with atomic_dir(out) as tmp:
         dirs = {f: (tmp if len(formats) == 1 else tmp / f) for f in formats}
         # 2. Write. The adapter first (merging consumes the PEFT model), then merged, then seq-cls from it.
         if "adapter" in dirs:
@@ -331,17 +329,4 @@ def export(
             )
         if len(formats) > 1:
             _write_json(tmp / "parity.json", report)
-        # mkdtemp (and safetensors) make files private; an export is an ordinary, shareable directory.
-        for item in (tmp, *tmp.rglob("*")):
-            item.chmod(0o755 if item.is_dir() else 0o644)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-        return report
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return report
