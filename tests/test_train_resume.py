@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -151,6 +152,9 @@ def test_save_steps_zero_checkpoints_at_the_end_and_resumes(finished, tiny_model
     harmless = ("train.max_steps=2", "train.logging_steps=5", "tracking.run_name=again", "name=renamed")
     resumed = train(tiny_config(tiny_model_dir, beir, copy, *harmless), resume=True)
     assert resumed["metrics"]["train"]["global_step"] == 2
+    # nothing was left to train: the finished run's loss and runtime stand (not this call's 0.0 and 0.001 s)
+    assert resumed["metrics"]["train"] == finished["metrics"]["train"]
+    assert json.loads((copy / "metrics.json").read_text())["train"] == finished["metrics"]["train"]
     a = load_file(finished["adapter_dir"] / "adapter_model.safetensors")
     b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

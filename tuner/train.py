@@ -9,6 +9,7 @@ through, the contract's yes−no score, is `tuner.score_forward`; run setup help
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -92,8 +93,19 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
                 f"{ckpt_dir} already has checkpoints; pass --resume to continue, train into a new output.dir, "
                 "or pass output.overwrite=true to start over"
             )
+    prior_train: dict = {}  # a finished run's training figures, kept when --resume finds nothing left to train
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
+        latest = max(
+            (p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()),
+            key=lambda p: int(p.name[11:]),
+            default=None,
+        )
+        log.info("--resume: continuing from %s", latest or ckpt_dir)
+        try:
+            prior_train = json.loads((out / METRICS_FILE).read_text(encoding="utf-8")).get("train") or {}
+        except (OSError, ValueError):
+            prior_train = {}
 
     t = config.train
     precision = t.precision
@@ -271,6 +283,12 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
+    nothing_left = resume and prior_train.get("global_step") == trainer.state.global_step
+    if nothing_left:
+        # the checkpoint was the run's last step: this call trained nothing, and its zero loss and runtime would
+        # overwrite the figures of the steps that did run
+        log.info("--resume: the run had already finished at step %d; nothing left to train", trainer.state.global_step)
+        record["train"] = prior_train
     if rank_eval is not None:
         if not trainer.eval_history or trainer.eval_history[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
@@ -297,7 +315,8 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     remove_score_forward(model)
     target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
     trainer.save_model(str(target))  # main process only; PEFT format for a LoRA model
-    record["train"]["seconds"] = round(time.time() - started, 1)
+    if not nothing_left:
+        record["train"]["seconds"] = round(time.time() - started, 1)
     write_metrics()
     if main:
         tokenizer.save_pretrained(target)
