@@ -177,6 +177,12 @@ def test_unreachable_model_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"neither config\.json nor adapter_config\.json"):
         Reranker.from_pretrained(tmp_path / "empty")
+    # a typo next to an existing folder names it; an unrelated name gets no guess
+    (tmp_path / "tiny-reranker").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"no such directory\. Did you mean '.*/tiny-reranker'\?$"):
+        Reranker.from_pretrained(tmp_path / "tiny-rerank")
+    with pytest.raises(ModelNotFoundError, match=r"no such directory$"):
+        Reranker.from_pretrained(tmp_path / "completely-else")
 
 
 @pytest.mark.parametrize("mode", ["prefix", "packing", "both"])

@@ -140,6 +140,15 @@ def test_malformed_json_and_score_errors(client):
     assert r.status_code == 400 and r.json()["error"]["field"] == "documents"
 
 
+def test_unknown_route_and_wrong_method_get_the_same_error_body(client):
+    r = client.post("/v1/reranks", json={})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "/v1/reranks" in r.json()["error"]["message"] and "POST /v1/rerank" in r.json()["error"]["message"]
+    r = client.get("/v1/rerank")
+    assert r.status_code == 405 and "GET /v1/rerank" in r.json()["error"]["message"]
+    assert "POST" in r.headers["allow"]  # the header a 405 must carry survives
+
+
 def test_a_model_failure_is_a_500_with_a_json_error(tiny_reranker, monkeypatch):
     """An error inside the worker (out of memory, say) is the server's, not the client's: 500, not 400 'query'."""
 

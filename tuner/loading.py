@@ -120,7 +120,7 @@ def _check_reachable(name: str, what: str = "model") -> None:
         _check_local(path, what)
         return
     if _looks_local(name):
-        raise ModelNotFoundError(f"{what} {name!r} not found: no such directory")
+        raise ModelNotFoundError(f"{what} {name!r} not found: no such directory{_near_miss(path)}")
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.utils import logging as hub_logging
@@ -128,11 +128,25 @@ def _check_reachable(name: str, what: str = "model") -> None:
         hub_logging.set_verbosity_error()  # one clear error below instead of a page of retry warnings
         hf_hub_download(name, "config.json" if what == "model" else "adapter_config.json")
     except Exception as err:  # every hub failure becomes the same user-facing error
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if len(reason) > 300:
+            reason = reason[:300].rsplit(" ", 1)[0] + " ..."
         raise ModelNotFoundError(
-            f"{what} {name!r} not found: it is not a local directory and the Hugging Face Hub could not "
-            f"provide it ({type(err).__name__}: {reason})"
+            f"{what} {name!r} not found: it is not a local directory and the Hugging Face Hub could not provide it "
+            f"({type(err).__name__}: {reason}){_near_miss(path)}"
         ) from None
+
+
+def _near_miss(path: Path) -> str:
+    """`. Did you mean 'models/tiny-reranker'?` when a folder next to the missing one has a close name."""
+    import difflib
+
+    parent = path.parent
+    if not parent.is_dir():
+        return ""
+    siblings = [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f". Did you mean {str(parent / close[0])!r}?" if close else ""
 
 
 def read_meta(path: str | Path | None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuner.scoring import Reranker, prefix_groups
 from tuner.serve_metrics import Metrics
@@ -222,6 +223,15 @@ def create_app(
         message = f"{where}: {first.get('msg', 'invalid value')}"
         body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
         return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        # unknown route (404), wrong method (405): the same error body as every other error, not {"detail": ...}
+        message = f"{request.method} {request.url.path}: {err.detail}"
+        if err.status_code == 404:
+            message += " (routes: POST /v1/rerank, /rerank, /score; GET /health, /metrics)"
+        body = {"error": {"message": message, "type": "invalid_request_error"}}
+        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, err: Exception):
