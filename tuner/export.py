@@ -25,6 +25,7 @@ from tuner.chat_template import build_chat_template, pair_messages
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import model_card
 from tuner.files import atomic_dir
+from tuner.loading import peft_quietly
 from tuner.scoring import TUNER_META, Reranker, read_meta
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,8 @@ def export(
     # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.
     tokenizer = _tokenizer_for(adapter_dir, base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).to(dev).eval()
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).to(dev).eval()
     scorer = Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
     reference = _probe_logits(scorer)
     encoder = PromptEncoder(tokenizer, max_length=int(meta.get("max_length") or DEFAULT_MAX_LENGTH))

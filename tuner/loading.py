@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,15 @@ TUNER_META = "tuner.json"
 
 class ModelNotFoundError(OSError):
     """A model or adapter path that is neither a local directory nor fetchable from the hub."""
+
+
+@contextmanager
+def peft_quietly():
+    """Around peft calls: peft reads `model.is_gradient_checkpointing`, which transformers 5.2x deprecates in favour
+    of `is_activation_checkpointing`. That FutureWarning is about the two libraries, not about the user's run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _looks_local(name: str) -> bool:
@@ -234,7 +245,8 @@ def load_model(
         from peft import PeftModel
 
         try:
-            net = PeftModel.from_pretrained(net, adapter)
+            with peft_quietly():
+                net = PeftModel.from_pretrained(net, adapter)
         except RuntimeError as err:
             # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
             if "size mismatch" not in str(err):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tuner.loading import ModelNotFoundError, _check_reachable
+from tuner.loading import ModelNotFoundError, _check_reachable, peft_quietly
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +213,7 @@ def attach_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    import warnings
-
-    with warnings.catch_warnings():
-        # peft reads `model.is_gradient_checkpointing`, which transformers 5.2x deprecates in favour of
-        # `is_activation_checkpointing`: a warning about the two libraries, not about the user's run
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quietly():
         return get_peft_model(model, config)
 
 
