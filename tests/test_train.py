@@ -178,3 +178,22 @@ def test_full_finetuning_writes_a_loadable_model(tiny_model_dir, beir, tmp_path)
     assert any(not torch.equal(moved[k], base[k]) for k in base if k in moved)
     reranker = Reranker.from_pretrained(model_dir, device="cpu", dtype="float32", max_length=96)
     assert len(reranker.score("q", ["a", "b"])) == 2
+
+
+def test_log_and_cli_summary_show_the_out_of_domain_check(trained, monkeypatch, capsys):
+    """The forgetting check is on the console, not only in metrics.json: base and final, dev and out of domain."""
+    from tuner import config as config_module
+    from tuner import train as train_module
+    from tuner.cli import main
+
+    log = (trained["output_dir"] / "logs/train.log").read_text()
+    assert "out of domain " in log and "out of domain final ndcg@10=" in log
+    monkeypatch.setattr(config_module, "load_config", lambda recipe, overrides: None)
+    monkeypatch.setattr(train_module, "train", lambda config, resume=False: trained)
+    assert main(["train", "recipe.yaml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ood = trained["metrics"]["ood"]
+    assert lines[0].startswith("dev ndcg@10=") and "(base " in lines[0]
+    assert lines[1] == "out of domain " + " ".join(
+        f"{k}={v:.4f} (base {ood['base'][k]:.4f})" for k, v in ood["final"].items()
+    )

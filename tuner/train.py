@@ -235,6 +235,12 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
             "first_stage": evaluators["ood"].first_stage_metrics(),
             "base": ood.base(model),
         }
+        log.info(
+            "out of domain %s: first stage %s | base %s",
+            record["ood"]["name"],
+            _fmt(record["ood"]["first_stage"]),
+            _fmt(record["ood"]["base"]),
+        )
 
     # 5. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
     tracker = start_tracking(config, out, main)
@@ -310,6 +316,7 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         record["ood"]["final"] = RankEval(
             evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction
         )(model)
+        log.info("out of domain final %s", _fmt(record["ood"]["final"]))
 
     # 7. save: adapter (or full model) + tokenizer + tuner.json; metrics.json
     remove_score_forward(model)

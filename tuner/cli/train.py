@@ -18,9 +18,12 @@ def _run_train(args) -> int:
 
     config = load_config(args.recipe, args.overrides)
     result = train(config, resume=args.resume)
-    final = result["metrics"].get("dev", {}).get("final")
-    if final:
-        print("dev " + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    for key, label in (("dev", "dev"), ("ood", "out of domain")):  # base → final, as the log has them
+        section = result["metrics"].get(key) or {}
+        final, base = section.get("final") or {}, section.get("base") or {}
+        if final:
+            parts = [f"{k}={v:.4f}" + (f" (base {base[k]:.4f})" if k in base else "") for k, v in final.items()]
+            print(f"{label} " + " ".join(parts))
     print(f"adapter: {result['adapter_dir']}\nrun directory: {result['output_dir']}")
     return 0
 
