@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -119,6 +121,13 @@ def test_cli_bad_key_exit_code(capsys, tmp_path):
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "r.yaml" in err and "train.lrate" in err
+    # the recipe is checked before torch and transformers are imported (a typo costs a second, not a dozen)
+    code = (
+        "import sys; from tuner.cli import main; "
+        f"rc = main(['train', {str(recipe)!r}]); print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["2", "False", "False"], res.stderr
 
 
 def _write_scored_groups(path):

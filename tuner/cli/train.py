@@ -14,9 +14,10 @@ def add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from tuner.config import load_config
+
+    config = load_config(args.recipe, args.overrides)  # before torch is imported: a bad recipe fails in a second
     from tuner.train import train
 
-    config = load_config(args.recipe, args.overrides)
     result = train(config, resume=args.resume)
     for key, label in (("dev", "dev"), ("ood", "out of domain")):  # base → final, as the log has them
         section = result["metrics"].get(key) or {}
