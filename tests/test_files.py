@@ -72,13 +72,15 @@ def test_run_outputs_are_shareable(tmp_path, umask):
     from tuner.config import atomic_write_json
     from tuner.data.groups import write_groups
     from tuner.data.schema import Group
-    from tuner.report import atomic_write as report_write
+    from tuner.instruct import apply_meta
 
     umask(0o022)
     paths = [
         write_groups([Group(query="q", pos=["a"], neg=["b"])], tmp_path / "g.jsonl"),
-        report_write(tmp_path / "report.md", "# r\n"),
     ]
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
+    paths += apply_meta(tmp_path / "export", {"instruction": "x"})
     atomic_write_json(tmp_path / "tuner.json", {"a": 1})
     for path in [*paths, tmp_path / "tuner.json"]:
         assert _mode(path) == 0o644, path

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tuner.files import atomic_path
+from tuner.files import atomic_path, atomic_write
 
 __all__ = [
     "ECE_BINS",
@@ -286,7 +286,7 @@ def run_calibrate(
     from tuner.data import load_groups
     from tuner.eval_run import load_reranker
     from tuner.instruct import apply_meta
-    from tuner.report import atomic_write, prepare_out_dir
+    from tuner.report import prepare_out_dir
 
     prepare_out_dir(out_dir)
     start = time.perf_counter()

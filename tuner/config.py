@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from tuner.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -187,7 +189,7 @@ class Config:
         import yaml
 
         text = f"# resolved config (recipe: {self.source or '-'})\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
-        atomic_write_text(path, text)
+        atomic_write(path, text)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -389,13 +391,6 @@ def describe_fields(config: Config | None = None) -> list[tuple[str, str, str, s
     return rows
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename (never a half-written file)."""
-    from tuner.files import atomic_write
-
-    atomic_write(path, text)
-
-
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """`atomic_write_text` of indented JSON."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Indented JSON, written atomically (`tuner.files.atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

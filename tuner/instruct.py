@@ -20,6 +20,7 @@ from typing import Any
 from tuner.contract import DEFAULT_INSTRUCTION
 from tuner.eval_run import candidates_source, first_stage_system, load_reranker, report_meta
 from tuner.evaluate import EvalResult, Evaluator
+from tuner.files import atomic_write
 from tuner.loading import TUNER_META, read_meta
 
 __all__ = ["Candidate", "apply_meta", "candidate_instructions", "read_instructions", "run_instruct", "search"]
@@ -93,8 +94,6 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
     Returns:
         The `tuner.json` files written.
     """
-    from tuner.report import atomic_write
-
     root = Path(target).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such adapter or export directory")
@@ -187,7 +186,7 @@ def run_instruct(
     Returns:
         The summary written to `metrics.json`.
     """
-    from tuner.report import atomic_write, prepare_out_dir, render_markdown, write_report
+    from tuner.report import prepare_out_dir, render_markdown, write_report
 
     prepare_out_dir(out_dir)
     start = time.perf_counter()

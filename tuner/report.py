@@ -22,7 +22,6 @@ from tuner.files import atomic_path, atomic_write
 from tuner.metrics import Qrels, parse_metric, ranked_ids
 
 __all__ = [
-    "atomic_write",
     "build_summary",
     "crosscheck_pytrec_eval",
     "paired_stats",
