@@ -113,8 +113,8 @@ def test_scoring_verbs_pass_the_fast_path_options(verb, tmp_path, monkeypatch):
     class Loaded(Exception):
         pass
 
-    def fake_load(*args, **kwargs):
-        seen.append(kwargs)
+    def fake_load(model, adapter, options):
+        seen.append(options)
         raise Loaded
 
     monkeypatch.setattr(eval_run, "load_reranker", fake_load)
@@ -130,4 +130,4 @@ def test_scoring_verbs_pass_the_fast_path_options(verb, tmp_path, monkeypatch):
     for extra, want in (([], (False, False, None)), (fast, ("auto", True, "flex_attention"))):
         with pytest.raises(Loaded):
             main([*base, *extra])
-        assert (seen[-1]["prefix_reuse"], seen[-1]["packing"], seen[-1]["attn_implementation"]) == want
+        assert (seen[-1].prefix_reuse, seen[-1].packing, seen[-1].attn_implementation) == want

@@ -56,11 +56,12 @@ def test_sharded_reranking_covers_every_query_once(evaluator, tiny_reranker):
 def test_prefix_reuse_scores_each_query_once_with_the_same_run(evaluator, tiny_model_dir, monkeypatch, packing):
     """`tuner eval --prefix-reuse auto [--packing]`: each query's candidates share one prefix forward, and the run
     is the plain path's (same order, logits within 1e-5)."""
-    from tuner.eval_run import load_reranker
+    from tuner.eval_run import ModelOptions, load_reranker
     from tuner.scoring import Reranker
 
-    plain, _ = evaluator.rerank(load_reranker(str(tiny_model_dir), device="cpu", dtype="float32"))
-    fast = load_reranker(str(tiny_model_dir), device="cpu", dtype="float32", prefix_reuse="auto", packing=packing)
+    plain, _ = evaluator.rerank(load_reranker(str(tiny_model_dir), None, ModelOptions("cpu", "float32")))
+    options = ModelOptions("cpu", "float32", prefix_reuse="auto", packing=packing)
+    fast = load_reranker(str(tiny_model_dir), None, options)
     assert fast.prefix_reuse == "auto" and fast.packing is packing
     seen = []
     original = Reranker._logits_shared_prefix

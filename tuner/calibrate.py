@@ -16,11 +16,14 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tuner.files import atomic_path, atomic_write
+
+if TYPE_CHECKING:
+    from tuner.eval_run import ModelOptions
 
 __all__ = [
     "ECE_BINS",
@@ -259,13 +262,7 @@ def run_calibrate(
     adapter: str | None = None,
     split: str | None = None,
     apply: str | Path | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
-    prefix_reuse: bool | str = False,
-    packing: bool = False,
-    attn_implementation: str | None = None,
+    options: ModelOptions | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Score labeled dev pairs, fit Platt scaling, write `calibration.json`, `report.md`, `reliability.png`.
@@ -278,7 +275,7 @@ def run_calibrate(
         split: folder file stem / hub split for `data`.
         apply: adapter or export directory whose `tuner.json` gets `calibration = {"temperature", "bias"}`.
         seed: fold assignment of the cross-validated estimate.
-        prefix_reuse, packing, attn_implementation: `Reranker` fast paths (same scores).
+        options: how the model loads (device, dtype, budgets, fast paths; see `tuner.eval_run.ModelOptions`).
 
     Returns:
         The content of `calibration.json`.
@@ -294,17 +291,7 @@ def run_calibrate(
     if not pairs:
         raise ValueError(f"{data}: no labeled pairs")
     labels = np.array([p[3] for p in pairs], dtype=np.float64)
-    reranker = load_reranker(
-        model,
-        adapter,
-        device,
-        dtype,
-        max_length,
-        batch_tokens,
-        prefix_reuse=prefix_reuse,
-        packing=packing,
-        attn_implementation=attn_implementation,
-    )
+    reranker = load_reranker(model, adapter, options)
     score_start = time.perf_counter()
     logits = np.array(reranker.score_pairs([p[:3] for p in pairs], normalize=False), dtype=np.float64)
     score_seconds = time.perf_counter() - score_start

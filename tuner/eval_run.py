@@ -1,7 +1,8 @@
 """`tuner eval`: the first stage, a model (base and tuned) and comparisons on one BEIR split, written as a report.
 
 `run_eval` scores every system with one `tuner.evaluate.Evaluator` (same queries, same candidates) and hands the
-rows to `tuner.report.write_report`. The helpers that build the rows and the run facts (`load_reranker`,
+rows to `tuner.report.write_report`. The helpers that load the model and build the rows and the run facts
+(`ModelOptions`, `load_reranker`,
 `candidates_source`, `first_stage_system`, `report_meta`) are shared with `tuner instruct` and `tuner calibrate`.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tuner.evaluate import EvalResult, Evaluator
 
 __all__ = [
+    "ModelOptions",
     "candidates_source",
     "first_stage_system",
     "load_reranker",
@@ -41,34 +44,38 @@ def _instruction_tag(instruction: str | None, n: int) -> str:
     return f"custom {n}"
 
 
-def load_reranker(
-    model: str,
-    adapter: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
-    prefix_reuse: bool | str = False,
-    packing: bool = False,
-    attn_implementation: str | None = None,
-):
-    """`Reranker.from_pretrained` with the options of `tuner eval`, `instruct` and `calibrate` (None → its default).
+@dataclass(frozen=True)
+class ModelOptions:
+    """How `tuner eval`, `instruct` and `calibrate` load a `Reranker` (None → `Reranker.from_pretrained`'s default).
+
+    Attributes:
+        device: "cpu", "cuda", "cuda:1" ... (None: cuda when available).
+        dtype: "bfloat16", "float16" or "float32" (None: bf16 on GPU, fp32 on CPU).
+        max_length: prompt token budget (None: the contract's 8192).
+        batch_tokens: padded tokens per forward pass.
+        prefix_reuse, packing, attn_implementation: the `Reranker` fast paths (same scores).
+    """
+
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int | None = None
+    batch_tokens: int | None = None
+    prefix_reuse: bool | str = False
+    packing: bool = False
+    attn_implementation: str | None = None
+
+
+def load_reranker(model: str, adapter: str | None = None, options: ModelOptions | None = None):
+    """`Reranker.from_pretrained(model, adapter=adapter)` with `options` (default `ModelOptions()`).
 
     Returns:
         The loaded `tuner.scoring.Reranker`.
     """
     from tuner.scoring import Reranker
 
-    kwargs: dict[str, Any] = {
-        "device": device,
-        "dtype": dtype,
-        "batch_tokens": batch_tokens,
-        "prefix_reuse": prefix_reuse,
-        "packing": packing,
-        "attn_implementation": attn_implementation,
-    }
-    if max_length is not None:
-        kwargs["max_length"] = max_length
+    kwargs: dict[str, Any] = asdict(options or ModelOptions())
+    if kwargs["max_length"] is None:
+        del kwargs["max_length"]
     return Reranker.from_pretrained(model, adapter=adapter, **kwargs)
 
 
@@ -126,22 +133,17 @@ def run_eval(
     compare: Sequence[str] = (),
     max_queries: int | None = None,
     seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
+    options: ModelOptions | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = True,
-    prefix_reuse: bool | str = False,
-    packing: bool = False,
-    attn_implementation: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
 
     With an adapter, the base is the same loaded model with the adapter disabled (no second copy in memory).
     Each model is scored under each instruction of `instructions` (None → its default, "" → none). Comparison
     adapters load on `model` as base; comparison models load on their own, one at a time, after the main model
-    is released. The first model row is the reference for deltas and paired tests.
+    is released. The first model row is the reference for deltas and paired tests. Every model loads with
+    `options` (device, dtype, budgets, fast paths).
 
     Returns:
         The summary written to `out_dir/metrics.json`.
@@ -158,15 +160,6 @@ def run_eval(
     source = candidates_source(candidates)
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
-    load_kwargs = {
-        "device": device,
-        "dtype": dtype,
-        "max_length": max_length,
-        "batch_tokens": batch_tokens,
-        "prefix_reuse": prefix_reuse,
-        "packing": packing,
-        "attn_implementation": attn_implementation,
-    }
 
     def score_all(reranker, label: str, info: dict[str, Any]) -> None:
         for n, instruction in enumerate(instructions, 1):
@@ -175,7 +168,7 @@ def run_eval(
             result.info = {**info, **result.info}
             results.append(result)
 
-    reranker = load_reranker(model, adapter, **load_kwargs)
+    reranker = load_reranker(model, adapter, options)
     if hasattr(reranker.model, "disable_adapter"):  # PEFT: base = adapter disabled, same weights in memory
         adapter_name = adapter or model
         with reranker.model.disable_adapter():
@@ -189,10 +182,10 @@ def run_eval(
     main_is_adapter = adapter is None and (Path(model) / "adapter_config.json").is_file()
     for other in compare:
         if (Path(other) / "adapter_config.json").is_file() and not main_is_adapter:
-            other_reranker = load_reranker(model, other, **load_kwargs)
+            other_reranker = load_reranker(model, other, options)
             info = {"model": model, "adapter": other}
         else:
-            other_reranker = load_reranker(other, **load_kwargs)
+            other_reranker = load_reranker(other, None, options)
             info = {"model": other, "adapter": None}
         score_all(other_reranker, Path(other).name or other, info)
         del other_reranker

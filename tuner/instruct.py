@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.contract import DEFAULT_INSTRUCTION
-from tuner.eval_run import candidates_source, first_stage_system, load_reranker, report_meta
+from tuner.eval_run import ModelOptions, candidates_source, first_stage_system, load_reranker, report_meta
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.files import atomic_write
 from tuner.loading import TUNER_META, read_meta
@@ -167,13 +167,7 @@ def run_instruct(
     max_queries: int | None = None,
     seed: int = 0,
     apply: str | Path | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
-    prefix_reuse: bool | str = False,
-    packing: bool = False,
-    attn_implementation: str | None = None,
+    options: ModelOptions | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -193,17 +187,7 @@ def run_instruct(
     evaluator = Evaluator.from_beir(
         beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
     )
-    reranker = load_reranker(
-        model,
-        adapter,
-        device,
-        dtype,
-        max_length,
-        batch_tokens,
-        prefix_reuse=prefix_reuse,
-        packing=packing,
-        attn_implementation=attn_implementation,
-    )
+    reranker = load_reranker(model, adapter, options)
     cands = candidate_instructions(instructions, reranker.instruction)
     results, best = search(reranker, evaluator, cands)
     for result in results:

@@ -26,14 +26,10 @@ def _add_runtime_args(p) -> None:
 
 def _model_options(args) -> dict[str, Any]:
     """The model options of eval, instruct and calibrate, as the keyword arguments of their `run_*` functions."""
-    return {
-        "adapter": args.adapter,
-        "device": args.device,
-        "dtype": args.dtype,
-        "max_length": args.max_length,
-        "batch_tokens": args.batch_tokens,
-        **scoring_path_kwargs(args),
-    }
+    from tuner.eval_run import ModelOptions
+
+    options = ModelOptions(args.device, args.dtype, args.max_length, args.batch_tokens, **scoring_path_kwargs(args))
+    return {"adapter": args.adapter, "options": options}
 
 
 def _rerank_options(args) -> dict[str, Any]:
