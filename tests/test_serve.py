@@ -140,6 +140,30 @@ def test_malformed_json_and_score_errors(client):
     assert r.status_code == 400 and r.json()["error"]["field"] == "documents"
 
 
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({"text_1": ["a", "b", "c"], "text_2": ["x", "y"]}, 400, "text_1"),
+        ({"text_1": [], "text_2": ["x"]}, 400, "text_1"),
+        ({"text_1": "a", "text_2": []}, 400, "text_2"),
+        ({"text_1": "a", "text_2": ["d"] * 9}, 413, "text_2"),
+        ({"text_1": 3, "text_2": ["x"]}, 400, "text_1"),
+        ({"text_1": "a", "text_2": ["ok", 5]}, 400, "text_2.1"),
+        ({"text_1": "word " * 9000, "text_2": ["a"]}, 400, "text_1"),  # over the token budget
+        ({"queries": "word " * 9000, "documents": ["a"]}, 400, "queries"),
+        ({"text_2": ["x"]}, 400, "queries"),  # missing: the canonical name, and the message gives the vLLM one
+    ],
+)
+def test_score_errors_name_the_field_as_the_client_sent_it(client, payload, status, field):
+    """/score accepts queries/documents and vLLM's text_1/text_2; an error names the one in the request."""
+    r = client.post("/score", json=payload)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["field"] == field and error["message"].startswith(field + ":")
+    if "text_1" not in payload and "queries" not in payload:
+        assert "text_1" in error["message"]
+
+
 def test_unknown_route_and_wrong_method_get_the_same_error_body(client):
     r = client.post("/v1/reranks", json={})
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"

@@ -26,7 +26,17 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuner.scoring import Reranker, prefix_groups
@@ -38,6 +48,8 @@ DEFAULT_MAX_DOCUMENTS = 1000
 # A drain takes at most this many pairs, so that one burst cannot delay the requests behind it without bound.
 MAX_PAIRS_PER_DRAIN = 4096
 _FIELDS = {"model", "query", "queries", "documents", "top_n", "instruction", "return_documents", "text", "title"}
+_SCORE_ALIASES = {"queries": "text_1", "documents": "text_2"}  # /score's vLLM names
+_FIELDS |= set(_SCORE_ALIASES.values())
 
 
 class ApiError(Exception):
@@ -73,6 +85,18 @@ class ScoreRequest(BaseModel):
         validation_alias=AliasChoices("documents", "text_2")
     )
     instruction: StrictStr | None = None
+    # the names the client used (queries or text_1, documents or text_2): errors name the field as it was sent
+    _queries_name: str = PrivateAttr("queries")
+    _documents_name: str = PrivateAttr("documents")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_names(cls, data: Any, handler):
+        request = handler(data)
+        if isinstance(data, dict):
+            request._queries_name = "queries" if "queries" in data else "text_1"
+            request._documents_name = "documents" if "documents" in data else "text_2"
+        return request
 
 
 # ------------------------------------------------------------------------------------------- batcher
@@ -221,6 +245,8 @@ def create_app(
         invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
         where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
         message = f"{where}: {first.get('msg', 'invalid value')}"
+        if first.get("type") == "missing" and request.url.path == "/score" and where in _SCORE_ALIASES:
+            message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
         body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
         return JSONResponse(body, status_code=400)
 
@@ -265,20 +291,20 @@ def create_app(
         if requested is not None and requested != name:
             raise ApiError(404, f"model {requested!r} is not served here; this server serves {name!r}", "model")
 
-    def check_documents(documents: list) -> None:
+    def check_documents(documents: list, field: str = "documents") -> None:
         if not documents:
-            raise ApiError(400, "documents: at least one document is required", "documents")
+            raise ApiError(400, f"{field}: at least one document is required", field)
         if len(documents) > max_documents:
-            message = f"documents: {len(documents)} documents, over the limit of {max_documents}"
-            raise ApiError(413, message, "documents")
+            message = f"{field}: {len(documents)} documents, over the limit of {max_documents}"
+            raise ApiError(413, message, field)
 
-    async def score(triples: list[tuple[str, Any, str | None]]) -> tuple[list[float], int]:
+    async def score(triples: list[tuple[str, Any, str | None]], query_field: str = "query") -> tuple[list[float], int]:
         try:
             # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
             # releases the GIL); a query over the token budget fails this request alone
             ids = await asyncio.to_thread(reranker.encode, triples)
         except (ValueError, TypeError) as err:
-            raise ApiError(400, f"query: {err}", "query") from None
+            raise ApiError(400, f"{query_field}: {err}", query_field) from None
         # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
         keys = [(query, instruction) for query, _, instruction in triples]
         return await asyncio.wrap_future(batcher.submit(ids, keys))
@@ -324,19 +350,20 @@ def create_app(
         check_model(body.model)
         queries = [body.queries] if isinstance(body.queries, str) else body.queries
         documents = [body.documents] if isinstance(body.documents, (str, DocumentObject)) else body.documents
-        check_documents(documents)
+        q_field, d_field = body._queries_name, body._documents_name
+        check_documents(documents, d_field)
         if not queries:
-            raise ApiError(400, "queries: at least one query is required", "queries")
+            raise ApiError(400, f"{q_field}: at least one query is required", q_field)
         if len(queries) not in (1, len(documents)):
             raise ApiError(
                 400,
-                f"queries: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
-                "queries",
+                f"{q_field}: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
+                q_field,
             )
         if len(queries) == 1:
             queries = queries * len(documents)
         triples = [(q, doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)]
-        logits, tokens = await score(triples)
+        logits, tokens = await score(triples, q_field)
         metrics.add_documents(len(triples))
         return {
             "id": f"score-{uuid.uuid4().hex}",
