@@ -195,7 +195,11 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
     assert by_label["tuned [default]"]["metrics"] != by_label["base [default]"]["metrics"]  # the adapter matters
 
     # report.md shows exactly the figures of metrics.json
-    table = _table_rows((out / "report.md").read_text())
+    report = (out / "report.md").read_text()
+    table = _table_rows(report)
+    # top-5 under every cutoff: the report says so, and recall beyond the candidates is one value for all rows
+    assert "Only the top 5 candidates are ranked, so nDCG@10, MRR@10, MAP@100 and Recall@100 count those 5" in report
+    assert len({s["metrics"]["recall@100"] for s in summary["systems"]}) == 1
     assert set(table) == set(labels)
     for label, values in table.items():
         expected = [by_label[label]["metrics"][m] for m in summary["metrics_order"]]
