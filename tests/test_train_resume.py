@@ -47,6 +47,10 @@ def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     with pytest.raises(_Crash):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), callbacks=[_CrashAfterSave(4)])
     assert not (tmp_path / "cut" / "adapter").exists()
+    # the log ends with why the run stopped and the checkpoint --resume continues from
+    log_text = (tmp_path / "cut" / "logs" / "train.log").read_text()
+    assert "ERROR run failed: _Crash: interrupted after step 4" in log_text
+    assert "last checkpoint: " + str(tmp_path / "cut" / "checkpoints" / "checkpoint-4") in log_text
     resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
     a = load_file(full["adapter_dir"] / "adapter_model.safetensors")
     b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")

@@ -45,6 +45,9 @@ class TrainResult(dict):
 def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Run a recipe end to end. Only this entry point unpacks the config.
 
+    A run that stops on an error (or Ctrl-C) after its log was opened ends `logs/train.log` with the reason and
+    the traceback; the console keeps the one-line error.
+
     Args:
         config: a validated recipe (`tuner.config.load_config`).
         resume: continue from the latest checkpoint in `<output>/checkpoints` (same data order and LR schedule).
@@ -53,6 +56,38 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
     Returns:
         `TrainResult` with the output directory, the adapter (or model) directory and the metrics.
     """
+    try:
+        return _train(config, resume, callbacks)
+    except BaseException as err:
+        _log_failure(config, err)
+        raise
+
+
+def _log_failure(config: Config, err: BaseException) -> None:
+    """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
+    from tuner.train_setup import output_dir_for
+
+    out = output_dir_for(config)
+    log_file = str((out / "logs" / "train.log").resolve())
+    files = [
+        h
+        for h in logging.getLogger("tuner").handlers
+        if getattr(h, "_tuner_run", False) and getattr(h, "baseFilename", None) == log_file
+    ]
+    if not files:  # stopped before the log was opened (a config or --resume error): no file to tell
+        return
+    message = "run interrupted" if isinstance(err, KeyboardInterrupt) else f"run failed: {type(err).__name__}: {err}"
+    ckpt_dir = out / CHECKPOINTS_DIR
+    steps = [int(p.name[11:]) for p in ckpt_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
+    if steps:
+        message += f"\nlast checkpoint: {ckpt_dir / f'checkpoint-{max(steps)}'} (`tuner train ... --resume` continues)"
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), (type(err), err, err.__traceback__))
+    for handler in files:
+        handler.handle(record)
+        handler.flush()
+
+
+def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None) -> TrainResult:
     from transformers import TrainingArguments
 
     from tuner import __version__
