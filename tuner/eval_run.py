@@ -1,9 +1,9 @@
 """`tuner eval`: the first stage, a model (base and tuned) and comparisons on one BEIR split, written as a report.
 
 `run_eval` scores every system with one `tuner.evaluate.Evaluator` (same queries, same candidates) and hands the
-rows to `tuner.report.write_report`. The helpers that load the model and build the rows and the run facts
-(`ModelOptions`, `load_reranker`,
-`candidates_source`, `first_stage_system`, `report_meta`) are shared with `tuner instruct` and `tuner calibrate`.
+rows to `tuner.report.write_report`. The helpers that load the model (`ModelOptions`, `load_reranker`) and build
+the rows and the run facts (`candidates_source`, `first_stage_system`, `report_meta`) are shared with
+`tuner instruct` and `tuner calibrate`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class ModelOptions:
     Attributes:
         device: "cpu", "cuda", "cuda:1" ... (None: cuda when available).
         dtype: "bfloat16", "float16" or "float32" (None: bf16 on GPU, fp32 on CPU).
-        max_length: prompt token budget (None: the contract's 8192).
+        max_length: prompt token budget (None: the export's `tuner.json`, else the contract's 8192).
         batch_tokens: padded tokens per forward pass.
         prefix_reuse, packing, attn_implementation: the `Reranker` fast paths (same scores).
     """
