@@ -166,6 +166,38 @@ def test_beir_accepts_empty_text_and_missing_title(tmp_path):
     assert data.corpus == {"d1": {"title": "", "text": ""}, "2": {"title": "", "text": "x"}}
 
 
+def test_beir_bytes_problems_are_named_or_tolerated(tmp_path):
+    """A bad byte names its line (not an offset into a read buffer), a corrupt .gz is a data error naming the
+    file, and a BOM (queries, qrels) is dropped as in training files."""
+    from tuner.data import load_groups
+
+    rows = [f'{{"_id": "d{i}", "text": "{"x" * 200}"}}' for i in range(1, 400)]
+    folder = _beir(tmp_path / "b", rows)
+    corpus = folder / "corpus.jsonl.gz"
+    with gzip.open(corpus, "wb") as f:
+        f.write("\n".join(rows[:150]).encode() + b'\n{"_id": "bad", "text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=rf"{corpus}:151: not UTF-8"):
+        load_beir(folder)
+    raw = bytearray(gzip.compress(("\n".join(rows) + "\n").encode(), mtime=0))  # a 10-byte header (no name)
+    raw[11] ^= 0xFF  # one flipped byte at the start of the deflate stream: zlib.error, not an OSError
+    corpus.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"{corpus}: cannot read"):
+        load_beir(folder)
+    groups = tmp_path / "groups.jsonl.gz"
+    groups.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"{groups}: cannot read"):
+        load_groups(groups)
+
+    folder = _beir(tmp_path / "bom", ['{"_id": "d1", "text": "one"}'])
+    (folder / "queries.jsonl").write_bytes(b'\xef\xbb\xbf{"_id": "q1", "text": "query"}\n')
+    (folder / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    data = load_beir(folder)
+    assert data.queries == {"q1": "query"} and data.qrels == {"q1": {"d1": 1}}
+    (folder / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq\xe9\td1\t1\n")
+    with pytest.raises(DataError, match=r"test\.tsv:3: not UTF-8"):
+        load_beir(folder)
+
+
 # ------------------------------------------------------------------------------------------ data split / mine
 def test_data_split_refuses_to_overwrite_its_input(tmp_path, capsys):
     good = tmp_path / "good.jsonl"

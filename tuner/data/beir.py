@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,27 +46,29 @@ class BeirData:
     name: str = ""
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def read_jsonl(path: str | Path):
-    """Yield (line number, object) from a JSONL(.gz) file; raise `DataError` naming file and line."""
+    """Yield (line number, object) from a JSONL(.gz) file; raise `DataError` naming file and line.
+
+    Bytes are decoded line by line, so a bad byte names its line; a BOM on the first line is dropped.
+    """
     path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with _open_text(path) as f:
-            for n, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{n}: not UTF-8 ({err.reason} at byte {err.start} of the line)") from None
+                if n == 1:
+                    line = line.removeprefix("\ufeff")
                 if not line.strip():
                     continue
                 try:
                     yield n, json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
         if isinstance(err, DataError):
             raise
         raise DataError(f"{path}: cannot read ({err})") from None
@@ -83,19 +87,23 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     if not path.is_file():
         raise DataError(f"{path}: no such qrels file")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-            if not row or (n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id")):
-                continue
-            if len(row) == 4:  # TREC: qid iter docid rel
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise DataError(f"{path}:{n}: expected 3 tab-separated columns (query-id, corpus-id, score)")
-            try:
-                score = int(row[2])
-            except ValueError:
-                raise DataError(f"{path}:{n}: score {row[2]!r} is not an integer") from None
-            qrels.setdefault(row[0].strip(), {})[row[1].strip()] = score
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # utf-8-sig: a BOM before the header is dropped
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason})") from None
+    for n, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t"), 1):
+        if not row or (n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id")):
+            continue
+        if len(row) == 4:  # TREC: qid iter docid rel
+            row = [row[0], row[2], row[3]]
+        if len(row) != 3:
+            raise DataError(f"{path}:{n}: expected 3 tab-separated columns (query-id, corpus-id, score)")
+        try:
+            score = int(row[2])
+        except ValueError:
+            raise DataError(f"{path}:{n}: score {row[2]!r} is not an integer") from None
+        qrels.setdefault(row[0].strip(), {})[row[1].strip()] = score
     return qrels
 
 

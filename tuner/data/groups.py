@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import random
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
                     yield where, DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
                     continue
                 yield where, value
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
         raise DataError(f"{path}: cannot read ({err})") from None
 
 
@@ -96,7 +97,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")
