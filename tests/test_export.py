@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -123,3 +124,19 @@ def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
     (tmp_path / "taken" / "file").write_text("x")
     assert main(["export", str(run_dir), "--out", str(tmp_path / "taken"), "--format", "adapter"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_an_out_that_is_or_holds_an_input_is_refused(tmp_path, run_dir, tiny_model_dir, capsys):
+    """An export replaces its whole --out: one that is, or holds, the run, its adapter or its base would delete
+    them, so it is refused even with --overwrite, and nothing is touched."""
+    run = tmp_path / "nest" / "run"
+    shutil.copytree(run_dir, run)
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cases = [(run, "source"), (run.parent, "source"), (run / "adapter", "adapter"), (base, "base model")]
+    for out, what in cases:
+        argv = ["export", str(run), "--out", str(out), "--base", str(base), "--format", "adapter", "--overwrite"]
+        assert main(argv) == 2
+        assert f"would replace the {what} " in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

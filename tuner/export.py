@@ -98,6 +98,19 @@ def _base_model(adapter_dir: Path, meta: dict[str, Any], override: str | None) -
     return str(local.resolve()) if local.exists() else base
 
 
+def _check_out_spares_inputs(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an `out` that is, or holds, one of the export's inputs: replacing it would delete them."""
+    for what, path in inputs.items():
+        if not path.exists():  # a hub id
+            continue
+        path = path.expanduser().resolve()
+        if path == out or out in path.parents:
+            raise ValueError(
+                f"--out {out} would replace the {what} {path} (an export replaces its whole --out folder); "
+                "choose an --out outside it"
+            )
+
+
 def _tokenizer_for(adapter_dir: Path, base: str):
     """The run's tokenizer (saved next to the adapter), else the base's, prepared for batching."""
     from transformers import AutoTokenizer
@@ -213,11 +226,12 @@ def export(
         raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)} or 'all'")
     torch_dtype = _dtype(dtype)
     out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     adapter_dir = resolve_adapter_dir(source)
     meta = read_meta(adapter_dir) or read_meta(adapter_dir.parent)
     base = _base_model(adapter_dir, meta, base_model)
+    _check_out_spares_inputs(out, {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)})
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     instruction = meta.get("instruction")
     run_config = adapter_dir.parent / "config.yaml"  # the trainer saves the resolved recipe next to adapter/
