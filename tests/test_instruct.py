@@ -106,6 +106,32 @@ def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_
         apply_meta(tmp_path, {"instruction": "C"})
 
 
+@pytest.mark.parametrize("verb", ["instruct", "calibrate"])
+def test_a_wrong_apply_fails_before_any_scoring(verb, tmp_path, monkeypatch, capsys):
+    """--apply on a folder that is no adapter, run or export: exit 2 naming it, before a model loads or --out is
+    written (it used to fail after the whole search, leaving a report without its tuner.json)."""
+    from tuner import calibrate, eval_run
+    from tuner import instruct as instruct_mod
+    from tuner.cli import main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before --apply was checked")
+
+    for module in (eval_run, instruct_mod, calibrate):
+        monkeypatch.setattr(module, "load_reranker", no_work, raising=False)
+    monkeypatch.setattr(eval_run.Evaluator, "from_beir", no_work)
+    (tmp_path / "empty").mkdir()
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"query": "q", "pos": ["a"], "neg": ["b"]}) + "\n")
+    source = ["--beir", str(tmp_path)] if verb == "instruct" else ["--data", str(data)]
+    out = tmp_path / "out"
+    argv = [verb, "--model", str(tmp_path), *source, "--out", str(out), "--apply", str(tmp_path / "empty")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--apply {tmp_path / 'empty'}: neither a model" in err
+    assert not out.exists()
+
+
 def test_reranker_default_instruction_comes_from_the_applied_tuner_json(tmp_path, tiny_model_dir, tiny_reranker):
     model_dir = tmp_path / "model"
     model_dir.mkdir()

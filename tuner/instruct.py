@@ -23,7 +23,15 @@ from tuner.evaluate import EvalResult, Evaluator
 from tuner.files import atomic_write
 from tuner.loading import TUNER_META, read_meta
 
-__all__ = ["Candidate", "apply_meta", "candidate_instructions", "read_instructions", "run_instruct", "search"]
+__all__ = [
+    "Candidate",
+    "apply_meta",
+    "apply_targets",
+    "candidate_instructions",
+    "read_instructions",
+    "run_instruct",
+    "search",
+]
 
 
 @dataclass(frozen=True)
@@ -85,14 +93,12 @@ def search(reranker, evaluator: Evaluator, candidates: Sequence[Candidate]) -> t
     return results, best
 
 
-def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
-    """Merge `updates` into the `tuner.json` of an adapter / export directory, atomically, keeping other keys.
+def apply_targets(target: str | Path) -> list[Path]:
+    """The directories whose `tuner.json` `apply_meta(target, ...)` updates; raise if there are none.
 
     `target` may be a model or adapter directory (config.json or adapter_config.json), a training run (its
-    `adapter/` is used, as `tuner export` does), or a multi-format export (each format subdirectory is updated).
-
-    Returns:
-        The `tuner.json` files written.
+    `adapter/` is used, as `tuner export` does), or a multi-format export (each format subdirectory). The CLI
+    calls this before scoring, so that a wrong `--apply` fails before the work, not after it.
     """
     root = Path(target).expanduser()
     if not root.is_dir():
@@ -112,8 +118,18 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
             f"{root}: neither a model/adapter directory (config.json or adapter_config.json), a run with adapter/, "
             "nor an export with format subdirectories"
         )
+    return dirs
+
+
+def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
+    """Merge `updates` into the `tuner.json` of each `apply_targets(target)` directory, atomically, keeping other
+    keys.
+
+    Returns:
+        The `tuner.json` files written.
+    """
     written = []
-    for d in dirs:
+    for d in apply_targets(target):
         meta = read_meta(d)
         meta.update(updates)
         written.append(atomic_write(d / TUNER_META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n"))

@@ -53,8 +53,14 @@ def _rerank_options(args) -> dict[str, Any]:
 
 
 def _check_apply(args) -> None:
-    if args.apply and not Path(args.apply).is_dir():
-        raise UserError(f"--apply {args.apply}: no such directory")
+    """A wrong --apply fails before the scoring, not after it (and not after the report was written)."""
+    if args.apply:
+        from tuner.instruct import apply_targets
+
+        try:
+            apply_targets(args.apply)
+        except FileNotFoundError as err:
+            raise UserError(f"--apply {err}") from None
 
 
 def _print_report_head(out: Path) -> None:
