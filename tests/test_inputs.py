@@ -95,6 +95,45 @@ def test_truncated_weights_and_a_foreign_adapter_are_named(tiny_model_dir, tmp_p
     _check_reachable(str(tmp_path / "ad"), "adapter")
 
 
+def test_an_adapters_recorded_base_and_tuner_json_fields_are_checked(tiny_model_dir, tmp_path):
+    """The base an adapter's tuner.json names: relative to the adapter when not found from here, else an error
+    saying where the name came from and how to pass the base; hand-edited tuner.json fields name the field."""
+    from exporting import make_run
+
+    from tuner.scoring import Reranker
+
+    shutil.copytree(tiny_model_dir, tmp_path / "base")
+    adapter = make_run(tmp_path / "run", tmp_path / "base") / "adapter"
+    meta_file = adapter / "tuner.json"
+    meta = json.loads(meta_file.read_text())
+
+    def write(**fields):
+        meta_file.write_text(json.dumps({**meta, **fields}), encoding="utf-8")
+
+    write(base_model="../../base")  # relative to the adapter, not to the working directory
+    load_model(adapter, device="cpu")
+    write(base_model="models/moved-away")
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model(adapter, device="cpu")
+    assert "'models/moved-away' not found" in str(err.value)
+    assert f"named in {meta_file}" in str(err.value) and "--adapter" in str(err.value)
+    bad_fields = [
+        ({"max_length": "abc"}, "field 'max_length' must be a positive integer"),
+        ({"max_length": 0}, "field 'max_length' must be a positive integer"),
+        ({"instruction": 3}, "field 'instruction' must be a string"),
+        ({"calibration": [1, 2]}, "field 'calibration' must be an object"),
+        ({"calibration": {"temperature": 0}}, "field 'calibration.temperature' must be a positive number"),
+        ({"calibration": {"temperature": 1.0, "bias": "x"}}, "field 'calibration.bias' must be a finite number"),
+    ]
+    for fields, message in bad_fields:
+        write(base_model=str(tmp_path / "base"), **fields)
+        with pytest.raises(ValueError, match=rf"{meta_file}: {message}"):
+            Reranker.from_pretrained(adapter, device="cpu")
+    meta_file.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{meta_file}: expected a JSON object, got list"):
+        Reranker.from_pretrained(adapter, device="cpu")
+
+
 # ------------------------------------------------------------------------------------------ run files
 def test_run_file_rank_must_be_an_integer(tmp_path):
     run = tmp_path / "run.trec"

@@ -83,7 +83,7 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
         "recipe",
         "eval",
     }
-    assert meta["base_model"] == str(tiny_model_dir) and meta["recipe"] == "test-tiny"
+    assert meta["base_model"] == str(tiny_model_dir.resolve()) and meta["recipe"] == "test-tiny"  # absolute
     assert (meta["yes_token_id"], meta["no_token_id"]) == (9693, 2152)
     assert meta["eval"]["final"]["ndcg@10"] == trained["metrics"]["dev"]["final"]["ndcg@10"]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -25,7 +25,7 @@ from tuner.chat_template import build_chat_template, pair_messages
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import model_card
 from tuner.files import atomic_dir
-from tuner.loading import peft_quietly
+from tuner.loading import _check_reachable, check_recorded_base, peft_quietly
 from tuner.scoring import TUNER_META, Reranker, read_meta
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,13 @@ def _base_model(adapter_dir: Path, meta: dict[str, Any], override: str | None) -
     base = override or meta.get("base_model") or cfg.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{adapter_dir}: tuner.json and adapter_config.json name no base model; pass --base")
+    if override:
+        _check_reachable(override)
+        local = Path(override).expanduser()
+        return str(local.resolve()) if local.exists() else override
+    recorded_in = TUNER_META if meta.get("base_model") else "adapter_config.json"
+    base = check_recorded_base(base, adapter_dir, recorded_in)
     local = Path(base).expanduser()
-    if not local.is_absolute() and not local.exists() and (adapter_dir / base).exists():
-        local = adapter_dir / base  # a base recorded relative to the run
     return str(local.resolve()) if local.exists() else base
 
 

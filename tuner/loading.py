@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,6 +149,23 @@ def _check_reachable(name: str, what: str = "model") -> None:
         ) from None
 
 
+def check_recorded_base(base: str, adapter_dir: Path, recorded_in: str) -> str:
+    """The base model an adapter folder names (in `recorded_in`), checked: a relative path that is not there
+    from here is tried relative to the adapter; a missing one says where the name came from and how to override.
+    """
+    local = Path(base).expanduser()
+    if not local.is_absolute() and not local.exists() and (adapter_dir / local).exists():
+        base = str((adapter_dir / local).resolve())
+    try:
+        _check_reachable(base)
+    except ModelNotFoundError as err:
+        raise ModelNotFoundError(
+            f"{err} (the base model named in {adapter_dir / recorded_in}; pass the base model as --model and "
+            f"{adapter_dir} as --adapter, or --base for tuner export)"
+        ) from None
+    return base
+
+
 def _near_miss(path: Path) -> str:
     """`. Did you mean 'models/tiny-reranker'?` when a folder next to the missing one has a close name."""
     import difflib
@@ -167,10 +185,26 @@ def read_meta(path: str | Path | None) -> dict[str, Any]:
     file = Path(path) / TUNER_META
     if not file.is_file():
         return {}
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: invalid JSON ({err})") from None
+    meta = _read_json(file)
+    # the fields scoring reads, checked here so that a hand-edited file fails naming the field, not deep inside
+    max_length = meta.get("max_length")
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+        raise ValueError(f"{file}: field 'max_length' must be a positive integer, got {max_length!r}")
+    instruction = meta.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise ValueError(f"{file}: field 'instruction' must be a string, got {instruction!r}")
+    calibration = meta.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict):
+            got = repr(calibration)
+            raise ValueError(f"{file}: field 'calibration' must be an object {{temperature, bias}}, got {got}")
+        for key, default in (("temperature", 1.0), ("bias", 0.0)):
+            value = calibration.get(key, default)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or (key == "temperature" and value <= 0):
+                want = "a positive number" if key == "temperature" else "a finite number"
+                raise ValueError(f"{file}: field 'calibration.{key}' must be {want}, got {value!r}")
+    return meta
 
 
 def _default_device() -> torch.device:
@@ -221,7 +255,8 @@ def load_model(
         model = meta.get("base_model") or cfg.get("base_model_name_or_path")
         if not model:
             raise ModelNotFoundError(f"adapter {adapter!r} names no base model; pass the base explicitly")
-        _check_reachable(model)
+        recorded_in = TUNER_META if meta.get("base_model") else "adapter_config.json"
+        model = check_recorded_base(model, Path(adapter), recorded_in)
     if adapter is not None:
         _check_reachable(adapter, "adapter")
 

@@ -93,7 +93,9 @@ def prepare_base(model: ModelConfig, out: Path) -> str:
     from tuner.loading import _check_reachable
 
     _check_reachable(model.name_or_path)
-    return model.name_or_path
+    local = Path(model.name_or_path).expanduser()
+    # absolute: the adapter's tuner.json records it, and a relative path would only resolve from this directory
+    return str(local.resolve()) if local.is_dir() else model.name_or_path
 
 
 def read_tokenizer(base: str):
