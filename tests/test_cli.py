@@ -131,3 +131,57 @@ def test_scoring_verbs_pass_the_fast_path_options(verb, tmp_path, monkeypatch):
         with pytest.raises(Loaded):
             main([*base, *extra])
         assert (seen[-1].prefix_reuse, seen[-1].packing, seen[-1].attn_implementation) == want
+
+
+def test_bad_numbers_and_devices_are_one_line_before_any_model_loads(tiny_model_dir, tmp_path, capsys):
+    """Out-of-range numbers fail in argparse naming the flag; an unknown device, or a GPU this machine lacks,
+    fails naming --device (they were tracebacks, some after the model had loaded)."""
+    from tuner.cli import main
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("a document\n", encoding="utf-8")
+    score = ["score", "--model", str(tiny_model_dir), "--query", "q", "--documents", str(docs)]
+    for flag, value, message in [
+        ("--top-k", "0", "must be a positive integer"),
+        ("--max-length", "-1", "must be a positive integer"),
+        ("--top-k", "two", "must be an integer"),
+    ]:
+        assert main([*score, flag, value]) == 2
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_model_dir), "--port", "99999"]) == 2
+    assert "argument --port: must be a port number from 0 to 65535" in capsys.readouterr().err
+    assert main([*score, "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device 'bogus': not a device name" in err
+    if not torch.cuda.is_available():
+        assert main([*score, "--device", "cuda"]) == 2
+        assert "--device 'cuda': no CUDA GPU here" in capsys.readouterr().err
+
+
+def test_ctrl_c_and_sigterm_stop_a_verb_cleanly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C is one line and exit code 130; SIGTERM unwinds the same way, so an atomic folder being written is
+    removed (a killed export used to leave its temporary copy behind), and the previous handler comes back."""
+    import os
+    import signal
+
+    from tuner.cli import main
+    from tuner.cli import models as models_cli
+    from tuner.files import atomic_dir
+
+    target = tmp_path / "export"
+
+    def killed_while_writing(args):
+        with atomic_dir(target) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x" * 1000)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not stop the verb")
+
+    monkeypatch.setattr(models_cli, "_run_tiny_model", killed_while_writing)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a shell, whatever the test runner set
+    try:
+        assert main(["tiny-model", str(target)]) == 130
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "tuner tiny-model: interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary copy

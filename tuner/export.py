@@ -25,7 +25,7 @@ from tuner.chat_template import build_chat_template, pair_messages
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import model_card
 from tuner.files import atomic_dir
-from tuner.loading import _check_reachable, check_recorded_base, peft_quietly
+from tuner.loading import _check_reachable, check_recorded_base, peft_quietly, resolve_device
 from tuner.scoring import TUNER_META, Reranker, read_meta
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def export(
     _check_out_spares_inputs(out, {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)})
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     instruction = meta.get("instruction")
     run_config = adapter_dir.parent / "config.yaml"  # the trainer saves the resolved recipe next to adapter/
     recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None

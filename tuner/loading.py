@@ -211,6 +211,26 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a `torch.device` (None: cuda when available, else cpu); `ValueError` for a name torch does not
+    know or a device this machine does not have (checked before a model loads, not when it is moved)."""
+    if device is None:
+        return _default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps ...): {err}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device!r}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"--device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")
+    return dev
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -260,7 +280,7 @@ def load_model(
     if adapter is not None:
         _check_reachable(adapter, "adapter")
 
-    dev = torch.device(device) if device is not None else _default_device()
+    dev = resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)
     config = AutoConfig.from_pretrained(model)
     archs = getattr(config, "architectures", None) or []

@@ -45,14 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one verb; return its exit code: 0, 2 for a user's mistake (one line on stderr), 130 when stopped."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse's usage error (2) or --help (0): an exit code like every other
+        return 2 if isinstance(exit_.code, str) else int(exit_.code or 0)
+    restore = _exit_cleanly_on_sigterm()
     try:
         return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"tuner {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as err:
+    except KeyboardInterrupt:
+        # one line, not a page of traceback; what a stopped train left is in its train.log
+        print(f"\ntuner {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, OSError) as err:
         # Errors the library raises for bad input carry a message that names the path or field; so do the OS's
-        # (FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, a full disk: "[Errno N] ...: path")
+        # (FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, a full disk: "[Errno N] ...")
         print(f"tuner {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        restore()
+
+
+def _exit_cleanly_on_sigterm() -> Callable[[], None]:
+    """SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C, so that atomic writers remove their temporary
+    files and folders (a killed export left an almost complete copy of the model in a hidden folder). Returns the
+    function that puts the previous handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:  # someone (a launcher, a test runner) owns it
+        return lambda: None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tuner.cli.common import UserError
+from tuner.cli.common import UserError, non_negative_int, positive_int
 
 
 # ------------------------------------------------------------------------------------------ data / mine
@@ -16,7 +16,9 @@ def add_data(sub) -> None:
     c = verbs.add_parser("check", help="validate a grouped/pairs file (or a BEIR folder) and print its stats")
     c.add_argument("path", help="JSONL/JSON/Parquet file, folder with <split>.jsonl, BEIR folder, or hub id")
     c.add_argument("--split", help="split: file stem in a folder, hub split, or BEIR qrels (default train/test)")
-    c.add_argument("--max-length", type=int, default=8192, help="prompt token budget to count truncation against")
+    c.add_argument(
+        "--max-length", type=positive_int, default=8192, help="prompt token budget to count truncation against"
+    )
     c.add_argument("--no-tokens", action="store_true", help="skip token-length statistics (no tokenizer)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_run_data_check)
@@ -77,10 +79,16 @@ def add_mine(sub) -> None:
     p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/)")
     p.add_argument("--split", default="train", help="qrels split (default train)")
     p.add_argument("--out", required=True, help="output JSONL of groups; the BM25 index is cached next to it")
-    p.add_argument("--depth", type=int, default=mining.DEFAULT_DEPTH, help="BM25 candidates per query")
-    p.add_argument("--range-min", type=int, default=mining.DEFAULT_RANGE_MIN, help="skip the top N candidates")
-    p.add_argument("--range-max", type=int, default=mining.DEFAULT_RANGE_MAX, help="sample below this rank only")
-    p.add_argument("--num-negatives", type=int, default=mining.DEFAULT_NUM_NEGATIVES, help="negatives per query")
+    p.add_argument("--depth", type=positive_int, default=mining.DEFAULT_DEPTH, help="BM25 candidates per query")
+    p.add_argument(
+        "--range-min", type=non_negative_int, default=mining.DEFAULT_RANGE_MIN, help="skip the top N candidates"
+    )
+    p.add_argument(
+        "--range-max", type=positive_int, default=mining.DEFAULT_RANGE_MAX, help="sample below this rank only"
+    )
+    p.add_argument(
+        "--num-negatives", type=positive_int, default=mining.DEFAULT_NUM_NEGATIVES, help="negatives per query"
+    )
     p.add_argument("--sampling", choices=["random", "top"], default="random", help="random sample or best ranked")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cache-dir", help="BM25 index cache folder (default: the output's folder)")
@@ -93,7 +101,7 @@ def add_mine(sub) -> None:
     p.add_argument("--instruction", help="instruction for reranker scoring (default: the contract's)")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         help="reranker prompt token budget (default: the reranker's tuner.json, else 8192)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuner.cli.common import UserError, add_scoring_path_args, scoring_path_kwargs
+from tuner.cli.common import UserError, add_scoring_path_args, positive_int, scoring_path_kwargs
 
 
 # -------------------------------------------------------------------------------------------- shared
@@ -17,8 +17,10 @@ def _add_model_args(p) -> None:
 
 def _add_runtime_args(p) -> None:
     """Prompt budget, batch budget, device, dtype and fast paths: every verb here loads a `Reranker` with them."""
-    p.add_argument("--max-length", type=int, help="prompt token budget (default 8192)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)")
+    p.add_argument("--max-length", type=positive_int, help="prompt token budget (default 8192)")
+    p.add_argument(
+        "--batch-tokens", type=positive_int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
     add_scoring_path_args(p)
@@ -34,10 +36,6 @@ def _model_options(args) -> dict[str, Any]:
 
 def _rerank_options(args) -> dict[str, Any]:
     """eval's and instruct's shared options (first stage, query sample, model), checked, as `run_*` kwargs."""
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.max_queries is not None and args.max_queries < 1:
-        raise UserError(f"--max-queries must be >= 1, got {args.max_queries}")
     if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
         raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
     return {
@@ -80,7 +78,7 @@ def add_eval(sub) -> None:
     p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
     p.add_argument("--split", default="test", help="qrels split (default test)")
     p.add_argument("--candidates", default="bm25", help="'bm25' (default) or a TREC run file")
-    p.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default 100)")
+    p.add_argument("--top-k", type=positive_int, default=100, help="candidates reranked per query (default 100)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--instruction", help="task instruction for every pair (default: the model's)")
     group.add_argument(
@@ -91,7 +89,7 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_ADAPTER", help="more systems to score")
     p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
-    p.add_argument("--max-queries", type=int, help="evaluate a reproducible sample of this many queries")
+    p.add_argument("--max-queries", type=positive_int, help="evaluate a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
     _add_runtime_args(p)
     p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
@@ -126,8 +124,8 @@ def add_instruct(sub) -> None:
     p.add_argument("--split", default="test", help="qrels split, e.g. dev or test (default test)")
     p.add_argument("--candidates", default="bm25", help="first-stage TREC run file, or 'bm25' (default)")
     p.add_argument("--instructions", help="text file with one candidate instruction per line ('#' comments)")
-    p.add_argument("--top-k", type=int, default=50, help="candidates reranked per query (default 50)")
-    p.add_argument("--max-queries", type=int, help="search on a reproducible sample of this many queries")
+    p.add_argument("--top-k", type=positive_int, default=50, help="candidates reranked per query (default 50)")
+    p.add_argument("--max-queries", type=positive_int, help="search on a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
     p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
     p.add_argument("--apply", metavar="DIR", help="also write the winner into this adapter/export dir's tuner.json")

@@ -6,17 +6,17 @@ import json
 import sys
 from pathlib import Path
 
-from tuner.cli.common import UserError, add_scoring_path_args, scoring_path_kwargs
+from tuner.cli.common import UserError, add_scoring_path_args, port_number, positive_int, scoring_path_kwargs
 
 
 # ------------------------------------------------------------------------------------------- tiny-model
 def add_tiny_model(sub) -> None:
     p = sub.add_parser("tiny-model", help="write a random-weight tiny Qwen3 reranker with the real tokenizer")
     p.add_argument("out_dir", help="output directory (a Hugging Face model folder)")
-    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    p.add_argument("--kv-heads", type=int, default=2, help="key/value heads (default 2)")
+    p.add_argument("--layers", type=positive_int, default=2, help="decoder layers (default 2)")
+    p.add_argument("--hidden", type=positive_int, default=64, help="hidden size (default 64)")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
+    p.add_argument("--kv-heads", type=positive_int, default=2, help="key/value heads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_run_tiny_model)
 
@@ -68,8 +68,10 @@ def add_score(sub) -> None:
     p.add_argument("--query", required=True, help="query text")
     p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}) or one per line")
     p.add_argument("--instruction", help="task instruction (default: the export's tuner.json, else the contract's)")
-    p.add_argument("--top-k", type=int, help="keep the best K")
-    p.add_argument("--max-length", type=int, help="prompt token budget (default: the export's tuner.json, else 8192)")
+    p.add_argument("--top-k", type=positive_int, help="keep the best K")
+    p.add_argument(
+        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
+    )
     p.add_argument("--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
@@ -143,12 +145,14 @@ def add_serve(sub) -> None:
     p.add_argument("--engine", default="tuner", choices=["tuner", "vllm"], help="tuner (default) or vllm")
     p.add_argument("--exec", action="store_true", help="with --engine vllm: run the command instead of printing it")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
     p.add_argument("--api-key-env", help="name of an environment variable holding the bearer API key")
     p.add_argument("--model-name", help="served model name (default: the export directory's name)")
-    p.add_argument("--max-documents", type=int, default=1000, help="documents per request (default 1000)")
-    p.add_argument("--max-batch-tokens", type=int, help="padded tokens per forward pass (default: Reranker's)")
-    p.add_argument("--max-length", type=int, help="prompt token budget (default: the export's tuner.json, else 8192)")
+    p.add_argument("--max-documents", type=positive_int, default=1000, help="documents per request (default 1000)")
+    p.add_argument("--max-batch-tokens", type=positive_int, help="padded tokens per forward pass (default: Reranker's)")
+    p.add_argument(
+        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
+    )
     p.add_argument(
         "--no-calibration", action="store_true", help="tuner engine: sigmoid(logit), ignoring a tuner.json calibration"
     )

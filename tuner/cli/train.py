@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 # ------------------------------------------------------------------------------------------- train, config
 def add_train(sub) -> None:
@@ -18,7 +20,14 @@ def _run_train(args) -> int:
     config = load_config(args.recipe, args.overrides)  # before torch is imported: a bad recipe fails in a second
     from tuner.train import train
 
-    result = train(config, resume=args.resume)
+    try:
+        result = train(config, resume=args.resume)
+    except KeyboardInterrupt:
+        from tuner.train_setup import output_dir_for
+
+        log_file = output_dir_for(config) / "logs" / "train.log"
+        print(f"\nrun stopped: {log_file} names the last checkpoint; --resume continues from it", file=sys.stderr)
+        raise
     for key, label in (("dev", "dev"), ("ood", "out of domain")):  # base → final, as the log has them
         section = result["metrics"].get(key) or {}
         final, base = section.get("final") or {}, section.get("base") or {}
