@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,63 @@ def test_cross_field_checks():
         load_config(None, ["data.group_size=1", "loss.kind=listwise"])
     with pytest.raises(ConfigError, match="load_in_4bit"):
         load_config(None, ["model.load_in_4bit=true", "lora.enabled=false"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-1", "train.lr: must be > 0"),
+        ("train.warmup=-3", "train.warmup: must be >= 0"),
+        ("train.max_steps=0", "train.max_steps: must be >= 1, or -1"),
+        ("train.max_steps=-5", "train.max_steps: must be >= 1, or -1"),
+        ("train.save_steps=-1", "train.save_steps: must be >= 0"),
+        ("model.max_length=0", "model.max_length: must be >= 1"),
+        ("lora.r=0", "lora.r: must be >= 1"),
+        ("lora.dropout=2", r"lora.dropout: must be in \[0, 1\)"),
+        ("lora.target_modules=[]", "lora.target_modules: must be 'all-linear' or a non-empty list"),
+        ("eval.top_k=0", "eval.top_k: must be >= 1"),
+        ("data.max_groups=0", "data.max_groups: must be >= 1"),
+        ("eval.metrics=[ndcg]", "eval.metrics: metric 'ndcg' needs a cutoff"),
+        ("eval.metrics=[bleu@4]", "eval.metrics: unknown metric 'bleu@4'"),
+    ],
+)
+def test_values_out_of_range_name_the_override(tmp_path, override, message):
+    """A number outside what it can mean fails when the recipe loads (before torch), naming the key; a value
+    that came from the command line is blamed on the override, not on the recipe file."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=rf"^override '{re.escape(override)}': {message}"):
+        load_config(recipe, [override])
+    key, value = override.split("=", 1)
+    section, name = key.split(".")
+    recipe.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(recipe))}: {message}"):
+        load_config(recipe)
+
+
+def test_an_override_with_an_empty_key_is_named():
+    with pytest.raises(ConfigError, match=r"override '=3': expected section.key=value"):
+        load_config(None, ["=3"])
+    with pytest.raises(ConfigError, match=r"override 'train.=3': expected section.key=value"):
+        load_config(None, ["train.=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.scheduler=cosin", "train.scheduler: 'cosin' is not a name transformers knows; did you mean cosine"),
+        ("train.optim=adamw", "train.optim: 'adamw' is not a name transformers knows"),
+        ("model.attn_implementation=fast", "model.attn_implementation: 'fast' is not one of sdpa"),
+    ],
+)
+def test_names_transformers_must_know_are_checked_before_any_work(override, message):
+    from tuner.train_setup import check_before_work
+
+    with pytest.raises(ConfigError, match=message):
+        check_before_work(load_config(None, [override]))
+    with pytest.raises(FileNotFoundError, match=r"eval.beir: '/no/such/beir' is not a directory"):
+        check_before_work(load_config(None, ["eval.beir=/no/such/beir"]))
+    check_before_work(load_config(None, ["train.scheduler=linear", "train.optim=adamw_torch"]))
 
 
 def test_every_field_has_a_doc():

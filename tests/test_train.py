@@ -111,13 +111,13 @@ def test_named_errors(tiny_model_dir, beir, tmp_path):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "c", "eval.beir=" + str(tmp_path / "nobeir")))
     with pytest.raises(ConfigError, match="--resume"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "d"), resume=True)
-    # a run that stopped after its log was opened says why at the end of that log; one that stopped before has no
-    # log, and its error does not land in the previous run's
+    # a run that stopped after its log was opened says why at the end of that log; one that stopped before (the
+    # eval folder and --resume are checked first) has no log, and its error does not land in the previous run's
     log_a = (tmp_path / "a" / "logs" / "train.log").read_text()
     assert "ERROR run failed: FileNotFoundError" in log_a and "data.train_file" in log_a and "Traceback" in log_a
-    log_c = (tmp_path / "c" / "logs" / "train.log").read_text()
-    assert log_c.count("ERROR run failed") == 1 and "eval.beir" in log_c and "--resume" not in log_c
-    assert not (tmp_path / "d" / "logs").exists()
+    log_b = (tmp_path / "b" / "logs" / "train.log").read_text()
+    assert log_b.count("ERROR run failed") == 1 and "no/such/model" in log_b and "--resume" not in log_b
+    assert not (tmp_path / "c" / "logs").exists() and not (tmp_path / "d" / "logs").exists()
 
 
 def test_cli_bad_key_exit_code(capsys, tmp_path):

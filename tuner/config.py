@@ -284,6 +284,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: expected section.key=value")
         path, text = item.split("=", 1)
         parts = path.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected section.key=value")
         node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})
@@ -323,11 +325,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data.setdefault("name", path.stem)
     if overrides:
         data = apply_overrides(data, overrides)
-    _upgrade(data, where)
-    config = _build(Config, data, "", where)
+    try:
+        _upgrade(data, where)
+        config = _build(Config, data, "", where)
+        validate(config, where)
+    except ConfigError as err:
+        raise _blame_override(err, where, overrides or []) from None
     config.source = str(path) if path is not None else None
-    validate(config, where)
     return config
+
+
+def _blame_override(err: ConfigError, where: str, overrides: list[str]) -> ConfigError:
+    """An error about a key that a command-line override set names the override, not the recipe file."""
+    message = str(err)
+    key = message[len(where) :].split(":", 1)[0].strip() if message.startswith(where) else ""
+    for item in reversed(overrides):  # the last override of a key is the one that counts
+        if item.split("=", 1)[0].strip() == key:
+            return ConfigError(f"override {item!r}: {message[len(where) :]}")
+    return err
 
 
 def _upgrade(data: dict[str, Any], where: str) -> None:
@@ -354,9 +369,6 @@ def validate(config: Config, where: str = "") -> None:
         raise ConfigError(f"{where}loss.temperature: must be > 0")
     if config.model.load_in_4bit and not config.lora.enabled:
         raise ConfigError(f"{where}model.load_in_4bit: a 4-bit base cannot be fully fine-tuned (set lora.enabled)")
-    if config.eval.metrics and not all("@" in m or m in ("map", "mrr") for m in config.eval.metrics):
-        bad = [m for m in config.eval.metrics if "@" not in m and m not in ("map", "mrr")]
-        raise ConfigError(f"{where}eval.metrics: {bad} (use names like ndcg@10, mrr@10, recall@100, map)")
     evaluated_and_saved = config.eval.beir and config.eval.steps > 0 and config.train.save_steps > 0
     if evaluated_and_saved and config.train.save_steps % config.eval.steps:
         # the best checkpoint (by the primary metric) must be a step that was both evaluated and saved
@@ -369,6 +381,58 @@ def validate(config: Config, where: str = "") -> None:
     for key in ("batch_groups", "grad_accum", "logging_steps", "batch_tokens"):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"{where}train.{key}: must be >= 1")
+    _check_ranges(config, where)
+
+
+# (section.key, lowest allowed value, inclusive?, None allowed?, what the error says)
+_RANGES = [
+    ("model.max_length", 1, True, False, ">= 1"),
+    ("model.tiny_layers", 1, True, False, ">= 1"),
+    ("model.tiny_hidden", 1, True, False, ">= 1"),
+    ("lora.r", 1, True, False, ">= 1"),
+    ("lora.alpha", 0, False, False, "> 0"),
+    ("data.mine_depth", 1, True, False, ">= 1"),
+    ("data.mine_range_min", 0, True, False, ">= 0"),
+    ("data.num_negatives", 1, True, False, ">= 1"),
+    ("data.max_groups", 1, True, True, ">= 1 (or null for all)"),
+    ("train.lr", 0, False, False, "> 0"),
+    ("train.weight_decay", 0, True, False, ">= 0"),
+    ("train.warmup", 0, True, False, ">= 0 (a fraction of the steps if < 1, else steps)"),
+    ("train.epochs", 0, False, False, "> 0"),
+    ("train.max_grad_norm", 0, True, False, ">= 0"),
+    ("train.save_steps", 0, True, False, ">= 0 (0 = only at the end)"),
+    ("train.save_total_limit", 1, True, True, ">= 1 (or null for all)"),
+    ("train.dataloader_workers", 0, True, False, ">= 0"),
+    ("eval.top_k", 1, True, False, ">= 1"),
+    ("eval.max_queries", 1, True, True, ">= 1 (or null for all)"),
+    ("eval.steps", 0, True, False, ">= 0 (0 = only before and after training)"),
+    ("eval.batch_tokens", 1, True, True, ">= 1 (or null for the default)"),
+]
+
+
+def _check_ranges(config: Config, where: str) -> None:
+    """Numbers outside what they can mean, named by key before anything runs (not by the library, much later)."""
+    from tuner.metrics import parse_metric
+
+    for key, low, inclusive, nullable, want in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is None and nullable:
+            continue
+        if value is None or (value < low if inclusive else value <= low):
+            raise ConfigError(f"{where}{key}: must be {want}, got {value!r}")
+    if not 0.0 <= config.lora.dropout < 1.0:
+        raise ConfigError(f"{where}lora.dropout: must be in [0, 1), got {config.lora.dropout!r}")
+    if config.train.max_steps == 0 or config.train.max_steps < -1:
+        raise ConfigError(f"{where}train.max_steps: must be >= 1, or -1 to train for train.epochs")
+    targets = config.lora.target_modules
+    if isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
+        raise ConfigError(f"{where}lora.target_modules: must be 'all-linear' or a non-empty list of module names")
+    for metric in config.eval.metrics:
+        try:
+            parse_metric(metric)
+        except ValueError as err:
+            raise ConfigError(f"{where}eval.metrics: {err}") from None
 
 
 def describe_fields(config: Config | None = None) -> list[tuple[str, str, str, str]]:

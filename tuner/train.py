@@ -96,6 +96,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     from tuner.train_setup import (
         RankEval,
         build_evaluators,
+        check_before_work,
         check_resume_config,
         load_training_groups,
         output_dir_for,
@@ -109,6 +110,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     started = time.time()
     if config.model.liger_kernel:  # before any data work: this machine may not be able to run it at all
         require_liger()
+    check_before_work(config)
     out = output_dir_for(config)
     ckpt_dir = out / CHECKPOINTS_DIR
     has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
@@ -227,7 +229,12 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     )
     if config.lora.enabled:
         lc = config.lora
-        model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
+        try:
+            model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            if "arget module" not in str(err):
+                raise
+            raise ConfigError(f"lora.target_modules: {err}") from None
     log.info("%s", trainable_summary(model))
     if t.compile:  # after LoRA, so that the adapters are traced into the compiled layers
         log.info("torch.compile: %d decoder layers (compiled on first use)", compile_layers(model))
