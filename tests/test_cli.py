@@ -185,3 +185,26 @@ def test_ctrl_c_and_sigterm_stop_a_verb_cleanly(tmp_path, monkeypatch, capsys):
         signal.signal(signal.SIGTERM, before)
     assert "tuner tiny-model: interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary copy
+
+
+def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, capsys):
+    """An empty documents file, a non-string text and a bad byte are one line naming the file (and line); a .txt
+    is one document per line even when a line starts with a quote."""
+    from tuner.cli import main, read_documents
+
+    def score(path):
+        return main(["score", "--model", str(tmp_path / "never-loaded"), "--query", "q", "--documents", str(path)])
+
+    cases = [
+        ("empty.txt", b"\n  \n", "empty.txt: no documents"),
+        ("num.jsonl", b'"ok"\n{"text": 5}\n', "num.jsonl:2: field 'text' must be a string, got int"),
+        ("null.jsonl", b'{"text": null}\n', "null.jsonl:1: field 'text' must be a string, got NoneType"),
+        ("latin.txt", b"fine\ncaf\xe9\n", "latin.txt:2: not UTF-8 text"),
+    ]
+    for name, content, message in cases:
+        (tmp_path / name).write_bytes(content)
+        assert score(tmp_path / name) == 2
+        assert message in capsys.readouterr().err
+    quoted = tmp_path / "quoted.txt"
+    quoted.write_bytes(b'\xef\xbb\xbf"To be" is a quote\nsecond\n')
+    assert read_documents(quoted) == ['"To be" is a quote', "second"]

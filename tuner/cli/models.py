@@ -35,11 +35,16 @@ def read_documents(path: str | Path) -> list:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    raw = path.read_bytes()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = raw.decode("utf-8-sig").splitlines()  # -sig: a BOM is dropped, as in training files
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    is_jsonl = path.suffix in (".jsonl", ".json") or (lines and lines[0].lstrip().startswith(("{", '"')))
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
+    # .jsonl/.json is JSONL; a .txt (or any other suffix) is one document per line, unless it has no suffix and
+    # its first line is a JSON object
+    suffix = path.suffix.lower()
+    is_jsonl = suffix in (".jsonl", ".json") or (not suffix and bool(lines) and lines[0].lstrip().startswith("{"))
     docs = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -55,9 +60,16 @@ def read_documents(path: str | Path) -> list:
             value = value["document"]
         if isinstance(value, dict) and "text" not in value:
             raise UserError(f"{path}:{n}: a document object needs a 'text' field")
-        if not isinstance(value, (str, dict)):
+        if isinstance(value, dict):
+            for key in ("text", "title"):
+                if key in value and not (isinstance(value[key], str) or (key == "title" and value[key] is None)):
+                    got = type(value[key]).__name__
+                    raise UserError(f"{path}:{n}: field '{key}' must be a string, got {got}")
+        elif not isinstance(value, str):
             raise UserError(f"{path}:{n}: expected a string or an object, got {type(value).__name__}")
         docs.append(value)
+    if not docs:
+        raise UserError(f"{path}: no documents (the file is empty or blank)")
     return docs
 
 
