@@ -144,3 +144,20 @@ def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
     raw = loaded.score(QUERY, DOCS, normalize=False)
     t, b = summary["temperature"], summary["bias"]
     assert loaded.score(QUERY, DOCS) == pytest.approx([_sigmoid(x / t + b) for x in raw], abs=1e-9)
+
+
+def test_data_without_both_labels_fails_before_scoring(tmp_path, monkeypatch, capsys):
+    """Only negatives (its query is left out for want of a positive) or only positives: one line with the counts,
+    before any model loads."""
+    from tuner import eval_run
+    from tuner.cli import main
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: pytest.fail("scored before the labels check"))
+    negatives = tmp_path / "neg.jsonl"
+    negatives.write_text('{"query": "q", "document": "d", "label": 0}\n{"query": "q", "document": "e", "label": 0}\n')
+    positives = tmp_path / "pos.jsonl"
+    positives.write_text('{"query": "q", "pos": ["a", "b"]}\n')
+    for data, counts in ((negatives, "0 positive and 0 negative"), (positives, "2 positive and 0 negative")):
+        argv = ["calibrate", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "out")]
+        assert main(argv) == 2
+        assert f"{data}: {counts} pairs; calibration needs both" in capsys.readouterr().err

@@ -288,8 +288,12 @@ def run_calibrate(
     prepare_out_dir(out_dir)
     start = time.perf_counter()
     pairs = labeled_pairs(load_groups(data, split))
-    if not pairs:
-        raise ValueError(f"{data}: no labeled pairs")
+    positives = sum(p[3] for p in pairs)
+    if not positives or positives == len(pairs):  # checked before the scoring, which is the long part
+        raise ValueError(
+            f"{data}: {positives} positive and {len(pairs) - positives} negative pairs; calibration needs both "
+            "(a query with no positive is left out)"
+        )
     labels = np.array([p[3] for p in pairs], dtype=np.float64)
     reranker = load_reranker(model, adapter, options)
     score_start = time.perf_counter()
