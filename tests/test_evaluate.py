@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,8 +187,13 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
     out = tmp_path / "out"
     argv = ["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--beir", str(beir_dir)]
     argv += ["--top-k", "5", "--out", str(out), "--instructions", "default", "none", "--no-progress"]
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "05-merged.trec").write_text("q1 Q0 d1 1 1.0 old\n")  # an earlier report's system
     assert main([*argv, "--cache-dir", ""]) == 0
     summary = json.loads((out / "metrics.json").read_text())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        Path(s["run_file"]).name for s in summary["systems"]
+    )
     labels = [s["label"] for s in summary["systems"]]
     assert labels == ["first stage (BM25)", "base [default]", "base [none]", "tuned [default]", "tuned [none]"]
     assert summary["reference"] == "base [default]" and summary["queries"] == 5

@@ -316,6 +316,12 @@ def write_report(
     summary = build_summary(results, reference, metrics, primary_metric, meta, qrels)
     for result, entry in zip(results, summary["systems"], strict=True):
         write_run(result.run, out / entry["run_file"], tag=slug(result.label)[:40], digits=None)
+    # an earlier report in the same folder may have had more systems: its run files would look like this one's
+    written = {out / entry["run_file"] for entry in summary["systems"]}
+    for stale in {p.parent for p in written}:
+        for old in stale.glob("*.trec"):
+            if old not in written:
+                old.unlink()
     qids = list(results[reference].per_query)
     per_query = {q: {r.label: r.per_query[q] for r in results} for q in qids}
     rows = [json.dumps({"qid": q, "metrics": per_query[q]}, ensure_ascii=False) for q in qids]
