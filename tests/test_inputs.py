@@ -95,6 +95,16 @@ def test_truncated_weights_and_a_foreign_adapter_are_named(tiny_model_dir, tmp_p
     _check_reachable(str(tmp_path / "ad"), "adapter")
 
 
+def test_a_folder_of_models_names_the_ones_inside(tmp_path):
+    """A multi-format export root or a training run passed as the model: the error lists the model folders in
+    it (they are what the user meant)."""
+    for sub, name in (("merged", "config.json"), ("seq-cls", "config.json"), ("adapter", "adapter_config.json")):
+        (tmp_path / "root" / sub).mkdir(parents=True)
+        (tmp_path / "root" / sub / name).write_text("{}")
+    with pytest.raises(ModelNotFoundError, match=r"it holds adapter, merged, seq-cls: pass one of them, e\.g\. '"):
+        load_model(tmp_path / "root", device="cpu")
+
+
 def test_an_adapters_recorded_base_and_tuner_json_fields_are_checked(tiny_model_dir, tmp_path):
     """The base an adapter's tuner.json names: relative to the adapter when not found from here, else an error
     saying where the name came from and how to pass the base; hand-edited tuner.json fields name the field."""

@@ -101,7 +101,13 @@ def _check_local(path: Path, what: str) -> None:
     if what == "adapter" and not has_adapter:
         raise ModelNotFoundError(f"adapter directory {str(path)!r} has no adapter_config.json")
     if not has_config and not has_adapter:
-        raise ModelNotFoundError(f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json")
+        inside = sorted(
+            d.name for d in path.iterdir() if (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
+        )
+        hint = f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / inside[0])!r}" if inside else ""
+        raise ModelNotFoundError(
+            f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json{hint}"
+        )
     if has_adapter:
         _read_json(adapter_config)
     if has_config and what != "adapter":
