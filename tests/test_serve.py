@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -134,6 +135,10 @@ def test_bad_requests_get_4xx_naming_the_field(client, payload, status, field):
 def test_malformed_json_and_score_errors(client):
     r = client.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["field"] == "body"
+    assert "Content-Type" not in r.json()["error"]["message"]
+    body = json.dumps({"query": QUERY, "documents": ["a"]}).encode()
+    r = client.post("/v1/rerank", content=body, headers={"content-type": "text/plain"})  # curl -d without -H
+    assert r.status_code == 400 and "Content-Type: application/json; got 'text/plain'" in r.json()["error"]["message"]
     r = client.post("/score", json={"queries": ["a", "b", "c"], "documents": ["x", "y"]})
     assert r.status_code == 400 and r.json()["error"]["field"] == "queries"
     r = client.post("/score", json={"queries": "a", "documents": []})

@@ -247,6 +247,10 @@ def create_app(
         message = f"{where}: {first.get('msg', 'invalid value')}"
         if first.get("type") == "missing" and request.url.path == "/score" and where in _SCORE_ALIASES:
             message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
+        content_type = request.headers.get("content-type", "")
+        if where == "body" and not content_type.startswith("application/json"):
+            # FastAPI reads a body it was not told is JSON as bytes: "Input should be a valid dictionary"
+            message += f" (the body must be JSON, sent with Content-Type: application/json; got {content_type!r})"
         body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
         return JSONResponse(body, status_code=400)
 
