@@ -257,3 +257,22 @@ def test_cli_data_split(tmp_path, capsys):
     train, dev = load_groups(tmp_path / "train.jsonl"), load_groups(tmp_path / "dev.jsonl")
     assert (len(train), len(dev)) == (15, 5)
     assert (train, dev) == split_groups(_groups(20), 0.25, 3)
+
+
+def test_cli_data_split_refuses_what_would_write_a_useless_or_half_split(tmp_path, capsys):
+    """One query (an empty dev side), a folder as an output (the train side was written first), a fraction out of
+    range: one line naming the flag or file, and nothing is written."""
+    one = tmp_path / "one.jsonl"
+    write_groups(_groups(1), one)
+    (tmp_path / "adir.jsonl").mkdir()
+    outs = ["--train-out", str(tmp_path / "tr.jsonl"), "--dev-out", str(tmp_path / "dev.jsonl")]
+    cases = [
+        ([str(one), *outs], "1 distinct query; a split needs two or more"),
+        ([str(one), "--train-out", str(tmp_path / "tr.jsonl"), "--dev-out", str(tmp_path / "adir.jsonl")],
+         "--dev-out " + str(tmp_path / "adir.jsonl") + " is a directory"),
+        ([str(one), "--dev-fraction", "1.5", *outs], "--dev-fraction must be in [0, 1), got 1.5"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(["data", "split", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.jsonl", "one.jsonl"]

@@ -64,8 +64,16 @@ def _run_data_split(args) -> int:
         for flag, out in (("--train-out", train_out), ("--dev-out", dev_out)):
             if out == source.resolve():
                 raise UserError(f"{flag} {out} is the input file {source}; write the split to other paths")
+    for flag, out in (("--train-out", train_out), ("--dev-out", dev_out)):
+        if out.is_dir():  # found before the train side is written, not after
+            raise UserError(f"{flag} {out} is a directory; give a file path such as {out / 'dev.jsonl'}")
+    if not 0.0 <= args.dev_fraction < 1.0:
+        raise UserError(f"--dev-fraction must be in [0, 1), got {args.dev_fraction}")
     groups = load_groups(args.path)
     train, dev = split_groups(groups, args.dev_fraction, args.seed)
+    if args.dev_fraction > 0 and not dev:
+        n = len({g.query for g in groups})
+        raise UserError(f"{args.path}: {n} distinct quer{'y' if n == 1 else 'ies'}; a split needs two or more")
     write_groups(train, args.train_out)
     write_groups(dev, args.dev_out)
     print(f"train: {len(train)} groups -> {args.train_out}\ndev: {len(dev)} groups -> {args.dev_out}")
