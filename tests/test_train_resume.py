@@ -51,7 +51,11 @@ def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     log_text = (tmp_path / "cut" / "logs" / "train.log").read_text()
     assert "ERROR run failed: _Crash: interrupted after step 4" in log_text
     assert "last checkpoint: " + str(tmp_path / "cut" / "checkpoints" / "checkpoint-4") in log_text
+    # a later save that was cut off (a folder without trainer_state.json) is skipped, not fatal
+    (tmp_path / "cut" / "checkpoints" / "checkpoint-6").mkdir()
+    (tmp_path / "cut" / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
     resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
+    assert "checkpoint-6 is incomplete" in (tmp_path / "cut" / "logs" / "train.log").read_text()
     a = load_file(full["adapter_dir"] / "adapter_model.safetensors")
     b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
     assert a.keys() == b.keys() and a

@@ -78,7 +78,11 @@ def _log_failure(config: Config, err: BaseException) -> None:
         return
     message = "run interrupted" if isinstance(err, KeyboardInterrupt) else f"run failed: {type(err).__name__}: {err}"
     ckpt_dir = out / CHECKPOINTS_DIR
-    steps = [int(p.name[11:]) for p in ckpt_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
+    steps = [
+        int(p.name[11:])
+        for p in ckpt_dir.glob("checkpoint-*")
+        if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()  # complete saves only
+    ]
     if steps:
         message += f"\nlast checkpoint: {ckpt_dir / f'checkpoint-{max(steps)}'} (`tuner train ... --resume` continues)"
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), (type(err), err, err.__traceback__))
@@ -131,14 +135,26 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
                 "or pass output.overwrite=true to start over"
             )
     prior_train: dict = {}  # a finished run's training figures, kept when --resume finds nothing left to train
+    latest = None  # with --resume: the checkpoint it continues from
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
-        latest = max(
+        saved = sorted(
             (p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()),
             key=lambda p: int(p.name[11:]),
-            default=None,
         )
-        log.info("--resume: continuing from %s", latest or ckpt_dir)
+        # a save that was cut off (the process died while writing) leaves a folder without trainer_state.json,
+        # which transformers would pick as the latest and refuse: continue from the newest complete one instead
+        complete = [p for p in saved if (p / "trainer_state.json").is_file()]
+        if not complete:
+            names = ", ".join(p.name for p in saved) or "none"
+            raise ConfigError(
+                f"--resume: no complete checkpoint in {ckpt_dir} ({names}: no trainer_state.json, an interrupted "
+                "save); train again with output.overwrite=true"
+            )
+        latest = complete[-1]
+        for broken in saved[saved.index(latest) + 1 :]:
+            log.warning("--resume: %s is incomplete (no trainer_state.json, an interrupted save); skipped", broken)
+        log.info("--resume: continuing from %s", latest)
         try:
             prior_train = json.loads((out / METRICS_FILE).read_text(encoding="utf-8")).get("train") or {}
         except (OSError, ValueError):
@@ -328,7 +344,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         tracker.log({f"first_stage/{k}": v for k, v in record["dev"]["first_stage"].items()}, commit=False)
 
     # 6. train
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(latest) if resume else None)
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
     nothing_left = resume and prior_train.get("global_step") == trainer.state.global_step

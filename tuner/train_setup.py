@@ -145,9 +145,13 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
     """
     if data.train_file:
         from tuner.data import load_groups
+        from tuner.data.beir import DataError
+        from tuner.data.groups import resolve_path
 
-        if not Path(data.train_file).exists():
-            raise FileNotFoundError(f"data.train_file: {data.train_file!r} not found")
+        try:  # a local file or folder that is not there; a hub dataset id (no local path) goes to load_groups
+            resolve_path(data.train_file)
+        except DataError as err:
+            raise FileNotFoundError(f"data.train_file: {err}") from None
         groups = load_groups(data.train_file)
         source = data.train_file
     elif data.beir:
