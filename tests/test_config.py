@@ -154,3 +154,20 @@ def test_cli_lists_fields(capsys):
     assert "train.lr" in out and "peak learning rate" in out
     assert main(["config", "train.nope=1"]) == 2
     assert "train.nope" in capsys.readouterr().err
+
+
+def test_recipe_file_problems_are_named(tmp_path):
+    """A key given twice (YAML keeps the last silently), a bad byte, a folder for a file: one error each."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  lr: 1.0e-4\n  epochs: 1\n  lr: 5.0e-4\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: invalid YAML \(key 'lr' on line 4 is given twice \(first on"):
+        load_config(dup)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: x\ntrain:\n  run_name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin\.yaml:3: not UTF-8 text"):
+        load_config(latin)
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_config(tmp_path)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbftrain:\n  lr: 2.0e-4\n")
+    assert load_config(bom).train.lr == pytest.approx(2e-4)

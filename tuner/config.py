@@ -313,11 +313,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     where = ""
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise FileNotFoundError(f"recipe {str(path)!r} is a directory; pass a .yaml file in it")
         if not path.is_file():
             raise FileNotFoundError(f"recipe {str(path)!r} not found")
         where = f"{path}: "
+        raw = path.read_bytes()
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
+        try:
+            data = yaml.load(text, Loader=_unique_keys_loader()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML ({err})") from None
         if not isinstance(data, dict):
@@ -343,6 +351,27 @@ def _blame_override(err: ConfigError, where: str, overrides: list[str]) -> Confi
         if item.split("=", 1)[0].strip() == key:
             return ConfigError(f"override {item!r}: {message[len(where) :]}")
     return err
+
+
+def _unique_keys_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
+    recipe's second `lr:` would win without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} on line {line} is given twice (first on line {seen[key]})"
+                    )
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _upgrade(data: dict[str, Any], where: str) -> None:
