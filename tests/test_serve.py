@@ -401,3 +401,14 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     assert seen["served"].model.config._attn_implementation == "flex_attention"
     assert main(["serve", str(model), "--engine", "vllm", "--prefix-reuse", "on"]) == 2
     assert main(["serve", str(model), "--engine", "vllm", "--attn-implementation", "eager"]) == 2
+
+
+def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
+    from tuner.serve import serve
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=rf"--port {port} on 127.0.0.1: Address already in use; choose another"):
+            serve(tmp_path / "no-model-here", port=port)  # the model would fail second: the port is checked first

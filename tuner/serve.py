@@ -408,6 +408,7 @@ def serve(
     """
     import uvicorn
 
+    check_port_free(host, port)  # in a second, not after the model has loaded
     reranker = Reranker.from_pretrained(
         model,
         device=device,
@@ -431,6 +432,24 @@ def serve(
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_timeout)
     uvicorn.Server(config).run()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise `OSError` naming host and port when the server could not listen there (taken, no permission)."""
+    import socket
+
+    if port == 0:  # any free port
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise OSError(f"--host {host!r}: {err.strerror or err}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is fine
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise OSError(f"--port {port} on {host}: {err.strerror or err}; choose another --port") from None
 
 
 def warm_up(reranker: Reranker) -> float:
