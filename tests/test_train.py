@@ -70,6 +70,7 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     out, adapter = trained["output_dir"], trained["adapter_dir"]
     assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file() and (out / "logs/train.log").is_file()
     assert {"adapter_config.json", "adapter_model.safetensors", "tuner.json"} <= {p.name for p in adapter.iterdir()}
+    assert not (out / ".adapter.partial").exists()  # the staging folder became adapter/
     assert any((adapter / f).is_file() for f in ("tokenizer.json", "vocab.json"))
     meta = json.loads((adapter / "tuner.json").read_text())
     assert set(meta) >= {

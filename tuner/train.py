@@ -379,17 +379,21 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     # 7. save: adapter (or full model) + tokenizer + tuner.json; metrics.json
     remove_score_forward(model)
     target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
-    trainer.save_model(str(target))  # main process only; PEFT format for a LoRA model
+    # written whole into a staging folder, then renamed: a run cut off while saving has no adapter/ that later
+    # commands would take for a finished run (--resume saves it again)
+    staging = out / f".{target.name}.partial"
+    if main and staging.exists():
+        shutil.rmtree(staging)
+    trainer.save_model(str(staging))  # every rank calls it (FSDP gathers); the main process writes, PEFT format
     if not nothing_left:
         record["train"]["seconds"] = round(time.time() - started, 1)
-    write_metrics()
     if main:
-        tokenizer.save_pretrained(target)
+        tokenizer.save_pretrained(staging)
         eval_summary = {
             k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)
         }
         write_meta(
-            target,
+            staging,
             base_model=str(base_path),
             instruction=config.data.instruction,
             max_length=m.max_length,
@@ -398,6 +402,11 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             recipe=config.name,
             eval=eval_summary,
         )
+        if target.exists():  # --resume of a finished run: the same weights, saved again
+            shutil.rmtree(target)
+        staging.rename(target)
+    write_metrics()
+    if main:
         if tracker is not None and record["dev"].get("final"):
             tracker.summary.update({f"final/{k}": v for k, v in record["dev"]["final"].items()})
         log.info("adapter: %s", target)
