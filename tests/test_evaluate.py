@@ -243,6 +243,13 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
 def test_cli_eval_user_errors(tmp_path, tiny_model_dir, beir_dir, capsys):
     from tuner.cli import main
 
+    foreign = tmp_path / "other-collection.trec"
+    foreign.write_text("q1 Q0 not-a-doc 1 3.0 bm25\n", encoding="utf-8")
+    argv = ["eval", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--candidates", str(foreign)]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--cache-dir", ""]) == 2
+    err = capsys.readouterr().err
+    assert f"{foreign}: " in err and "'not-a-doc'" in err and "is not in the corpus" in err
+
     base = ["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]
     assert main([*base, "--beir", str(beir_dir), "--candidates", str(tmp_path / "nope.trec")]) == 2
     assert "neither 'bm25' nor an existing run file" in capsys.readouterr().err

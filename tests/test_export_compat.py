@@ -142,6 +142,11 @@ def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
 def test_vllm_command_errors(exports, tmp_path, capsys, monkeypatch):
     assert main(["serve", "--engine", "vllm", str(tmp_path)]) == 2
     assert "vLLM serves merged or seq-cls exports" in capsys.readouterr().err
+    # the root of a multi-format export names the format folder to pass; a missing path says so
+    assert main(["serve", "--engine", "vllm", str(exports)]) == 2
+    assert f"a multi-format export; pass one of its formats, e.g. {exports / 'merged'}" in capsys.readouterr().err
+    assert main(["serve", "--engine", "vllm", str(tmp_path / "nope")]) == 2
+    assert "no such export directory" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path))  # no vllm executable
     assert main(["serve", "--engine", "vllm", "--exec", str(exports / "seq-cls")]) == 2
     assert "vllm is not installed" in capsys.readouterr().err

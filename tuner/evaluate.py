@@ -166,7 +166,13 @@ class Evaluator:
         queries = {q: data.queries[q] for q in keep}
         run = first_stage_run(data.corpus, queries, candidates, top_k, cache_dir)
         kwargs.setdefault("name", f"{data.name}/{split}")
-        return cls(queries, data.corpus, {q: data.qrels[q] for q in keep}, run, top_k=top_k, **kwargs)
+        try:
+            return cls(queries, data.corpus, {q: data.qrels[q] for q in keep}, run, top_k=top_k, **kwargs)
+        except ValueError as err:
+            if str(candidates).lower() == "bm25" or "not in the corpus" not in str(err):
+                raise
+            # the ids came from the run file: name it, and the corpus it does not match
+            raise ValueError(f"{candidates}: {err} (corpus {Path(folder) / 'corpus.jsonl[.gz]'})") from None
 
     # ------------------------------------------------------------------------------------------- metrics
     @property

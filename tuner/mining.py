@@ -142,7 +142,10 @@ def mine_negatives(
         pos_ids = [d for d, rel in judged.items() if rel > 0]
         missing = [d for d in pos_ids if d not in beir.corpus]
         if missing:
-            raise DataError(f"{beir.name}: query {qid!r} has judged positive {missing[0]!r} not in the corpus")
+            raise DataError(
+                f"{beir.name}: qrels query {qid!r} judges document {missing[0]!r} relevant, and the corpus has no "
+                "such _id (are the qrels from another version of the collection?)"
+            )
         if pos_ids:
             positives[qid] = pos_ids
     stats.queries = len(positives)

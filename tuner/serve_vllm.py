@@ -30,6 +30,11 @@ def vllm_argv(
     fmt = meta.get("format")
     if fmt not in ("merged", "seq-cls"):
         hint = "an adapter export" if fmt == "adapter" else "not a tuner export (no tuner.json with a format)"
+        inside = [f for f in ("merged", "seq-cls") if read_meta(path / f).get("format") == f] if path.is_dir() else []
+        if inside:  # the root of a multi-format export
+            raise ValueError(f"{path}: a multi-format export; pass one of its formats, e.g. {path / inside[0]}")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such export directory")
         raise ValueError(
             f"{path}: vLLM serves merged or seq-cls exports, and this is {hint}; run "
             "`tuner export RUN --format merged` (or seq-cls) first"
