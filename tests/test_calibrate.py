@@ -137,6 +137,9 @@ def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
     assert "15 equal-width bins" in summary["binning"] and len(summary["reliability_after"]) == 15
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ECE (15 equal-width bins)" in (out / "report.md").read_text()
+    # 12 positives: the report and the summary say the fit is rough
+    assert summary["warnings"][0].startswith("only 12 positive pairs: the fit is rough")
+    assert "> **Warning:** only 12 positive pairs" in (out / "report.md").read_text()
     applied = json.loads((target / "tuner.json").read_text())
     assert applied["instruction"] == "keep me"
     assert applied["calibration"] == {"temperature": summary["temperature"], "bias": summary["bias"]}
@@ -161,3 +164,14 @@ def test_data_without_both_labels_fails_before_scoring(tmp_path, monkeypatch, ca
         argv = ["calibrate", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "out")]
         assert main(argv) == 2
         assert f"{data}: {counts} pairs; calibration needs both" in capsys.readouterr().err
+
+
+def test_fit_warnings_flag_few_pairs_and_a_slope_at_its_bound():
+    from tuner.calibrate import MIN_SLOPE, fit_warnings
+
+    assert fit_warnings(500, 3000, 2.0) == []
+    assert fit_warnings(1, 1, 2.0)[0].startswith("only 1 positive pair: ")
+    assert "reached its bound" in fit_warnings(500, 500, 1 / MIN_SLOPE)[0]
+    # the positive scored below the negative: a positive slope cannot fit them, it stops at its bound
+    temperature, _ = fit_platt([0.1, 0.9], [1, 0])
+    assert len(fit_warnings(1, 1, temperature)) == 2

@@ -27,10 +27,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ECE_BINS",
+    "MIN_PAIRS_PER_LABEL",
     "apply_calibration",
     "calibration_metrics",
     "expected_calibration_error",
     "fit_platt",
+    "fit_warnings",
     "labeled_pairs",
     "log_loss",
     "plot_reliability",
@@ -40,6 +42,7 @@ __all__ = [
 
 ECE_BINS = 15
 MIN_SLOPE = 1e-4  # a (= 1/temperature) is kept positive so that calibration cannot reverse the ranking
+MIN_PAIRS_PER_LABEL = 20  # below this many positives or negatives the report warns that the fit is rough
 CV_FOLDS = 5
 
 
@@ -223,6 +226,24 @@ def plot_reliability(before: list[dict], after: list[dict], path: str | Path, ti
     return path
 
 
+def fit_warnings(positives: int, negatives: int, temperature: float) -> list[str]:
+    """What makes a Platt fit untrustworthy: too few pairs of a label, or a slope stuck at its bound."""
+    out = []
+    fewest = min(positives, negatives)
+    if fewest < MIN_PAIRS_PER_LABEL:
+        label = "positive" if positives <= negatives else "negative"
+        out.append(
+            f"only {fewest} {label} pair{'s' if fewest != 1 else ''}: the fit is rough; use at least "
+            f"{MIN_PAIRS_PER_LABEL} of each label (a few hundred is better)"
+        )
+    if temperature >= 0.999 / MIN_SLOPE:
+        out.append(
+            f"the temperature reached its bound ({1 / MIN_SLOPE:g}): on these pairs the logits do not separate the "
+            "labels, so the calibrated probability is nearly the same for every pair"
+        )
+    return out
+
+
 def _render(summary: dict[str, Any]) -> str:
     b, a, cv = summary["before"], summary["after"], summary.get("after_cross_validated")
     lines = [
@@ -234,6 +255,7 @@ def _render(summary: dict[str, Any]) -> str:
         f"Platt scaling on the raw yes−no logit: p = sigmoid(logit / T + b) with **T = {summary['temperature']:.4f}**, "
         f"**b = {summary['bias']:+.4f}** (ranking unchanged).",
         "",
+        *[f"> **Warning:** {w}\n" for w in summary.get("warnings") or []],
         "| | ECE (15 equal-width bins) | log loss | Brier |",
         "|---|---|---|---|",
         f"| before: sigmoid(logit) | {b['ece']:.4f} | {b['log_loss']:.4f} | {b['brier']:.4f} |",
@@ -331,6 +353,7 @@ def run_calibrate(
     }
     if not (math.isfinite(temperature) and math.isfinite(bias)):
         raise ValueError(f"calibration fit diverged (temperature {temperature}, bias {bias})")
+    summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature)
     if apply is not None:
         written = apply_meta(apply, {"calibration": {"temperature": temperature, "bias": bias}})
         summary["applied_to"] = [str(p) for p in written]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,8 @@ def _run_calibrate(args) -> int:
         args.model, args.data, args.out, split=args.split, apply=args.apply, seed=args.seed, **_model_options(args)
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8").split("\n![")[0].rstrip())
+    for warning in summary.get("warnings") or []:
+        print(f"tuner calibrate: warning: {warning}", file=sys.stderr)
     print(f"\nwrote {args.out}/calibration.json, report.md, reliability.png in {summary['seconds']:.1f} s")
     for path in summary["applied_to"] or []:
         print(f"applied to {path}")
