@@ -502,13 +502,16 @@ def main() -> int:
         "| vs naive: loss Δ | grad rel err | logits Δ |"
     )
     print("\n" + header + "\n" + "|---" * 10 + "|")
-    nan = float("nan")
+
+    def sci(value) -> str:  # "-" where there is nothing to compare with (a run without the naive path)
+        return "-" if value is None or value != value else f"{value:.1e}"
+
     for r in results:
         print(
             f"| {r['path']} | {r['attn']} | {r['real_tokens_per_s']:.0f} | {r['s_per_step']:.3f} | "
             f"{r['peak_mem_gib']:.2f} | {r.get('pct_flop_ceiling', '-')} | {r.get('speedup_vs_naive', '-')} | "
-            f"{r.get('loss_abs_diff_vs_naive', nan):.1e} | {r.get('grad_rel_err_vs_naive', nan):.1e} | "
-            f"{r.get('logits_max_abs_diff_vs_naive', nan):.1e} |"
+            f"{sci(r.get('loss_abs_diff_vs_naive'))} | {sci(r.get('grad_rel_err_vs_naive'))} | "
+            f"{sci(r.get('logits_max_abs_diff_vs_naive'))} |"
         )
     if any(r["lora_tensors_without_grad"] for r in results):
         print("WARNING: some LoRA tensors got no gradient in the numerics step (lora_tensors_without_grad)")
