@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from typing import Any
@@ -68,7 +69,7 @@ def _log_failure(config: Config, err: BaseException) -> None:
     from tuner.train_setup import output_dir_for
 
     out = output_dir_for(config)
-    log_file = str((out / "logs" / "train.log").resolve())
+    log_file = os.path.abspath(out / "logs" / "train.log")  # as logging.FileHandler records it (no symlinks resolved)
     files = [
         h
         for h in logging.getLogger("tuner").handlers
