@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from tuner.files import atomic_write
+from tuner.files import atomic_write, decode_utf8
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +318,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise FileNotFoundError(f"recipe {str(path)!r} not found")
         where = f"{path}: "
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
-            raise ConfigError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
+        text = decode_utf8(path.read_bytes(), path, ConfigError)
         try:
             data = yaml.load(text, Loader=_unique_keys_loader()) or {}
         except yaml.YAMLError as err:
@@ -413,6 +408,9 @@ def validate(config: Config, where: str = "") -> None:
     _check_ranges(config, where)
 
 
+# attention kernels transformers knows by name (a hub kernel, "org/name", is passed through)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
 # (section.key, lowest allowed value, inclusive?, None allowed?, what the error says)
 _RANGES = [
     ("model.max_length", 1, True, False, ">= 1"),
@@ -450,6 +448,9 @@ def _check_ranges(config: Config, where: str) -> None:
             continue
         if value is None or (value < low if inclusive else value <= low):
             raise ConfigError(f"{where}{key}: must be {want}, got {value!r}")
+    attn = config.model.attn_implementation
+    if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:
+        raise ConfigError(f"{where}model.attn_implementation: {attn!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     if not 0.0 <= config.lora.dropout < 1.0:
         raise ConfigError(f"{where}lora.dropout: must be in [0, 1), got {config.lora.dropout!r}")
     if config.train.max_steps == 0 or config.train.max_steps < -1:

@@ -1,5 +1,5 @@
 """Atomic file writes with ordinary permissions: every report, data file, config and cache tuner writes goes
-through here.
+through here. Also `decode_utf8`, the one way tuner reads a whole text file it must name a bad byte's line in.
 
 A temporary file (or folder) in the target's folder, then a rename, so that readers never see half a file and an
 interrupted run leaves the previous version. `tempfile` creates its files 0600 and folders 0700 whatever the
@@ -10,6 +10,7 @@ umask, and a rename keeps that mode, so each result is given the mode a plain `o
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import tempfile
@@ -18,7 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_dir", "atomic_open", "atomic_path", "atomic_write", "default_mode"]
+__all__ = ["atomic_dir", "atomic_open", "atomic_path", "atomic_write", "decode_utf8", "default_mode"]
+
+
+def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueError) -> str:
+    """`raw` as text, a leading BOM dropped; a byte that is not UTF-8 raises
+    `error("<where>:<line>: not UTF-8 text (<reason>)")`."""
+    body = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = body[: err.start].count(b"\n") + 1
+        raise error(f"{where}:{line}: not UTF-8 text ({err.reason})") from None
 
 
 def _umask() -> int:

@@ -35,12 +35,9 @@ def read_documents(path: str | Path) -> list:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    raw = path.read_bytes()
-    try:
-        lines = raw.decode("utf-8-sig").splitlines()  # -sig: a BOM is dropped, as in training files
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
+    from tuner.files import decode_utf8
+
+    lines = decode_utf8(path.read_bytes(), path, UserError).splitlines()  # a BOM is dropped, as in training files
     # .jsonl/.json is JSONL; a .txt (or any other suffix) is one document per line, unless it has no suffix and
     # its first line is a JSON object
     suffix = path.suffix.lower()

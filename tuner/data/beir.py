@@ -11,8 +11,12 @@ import gzip
 import io
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from tuner.files import decode_utf8
 
 # How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
 _JSON_KIND = {
@@ -46,10 +50,11 @@ class BeirData:
     name: str = ""
 
 
-def read_jsonl(path: str | Path):
-    """Yield (line number, object) from a JSONL(.gz) file; raise `DataError` naming file and line.
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) per non-blank line of a JSONL(.gz) file; raise `DataError` if it cannot be read.
 
-    Bytes are decoded line by line, so a bad byte names its line; a BOM on the first line is dropped.
+    Bytes are decoded line by line, so a bad byte names its line; a BOM on the first line is dropped. A line that
+    is not UTF-8 or not JSON comes as a `DataError` value, so that a check can go on past it.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -59,7 +64,8 @@ def read_jsonl(path: str | Path):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    raise DataError(f"{path}:{n}: not UTF-8 ({err.reason} at byte {err.start} of the line)") from None
+                    yield n, DataError(f"{path}:{n}: not UTF-8 ({err.reason} at byte {err.start} of the line)")
+                    continue
                 if n == 1:
                     line = line.removeprefix("\ufeff")
                 if not line.strip():
@@ -67,11 +73,17 @@ def read_jsonl(path: str | Path):
                 try:
                     yield n, json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})") from None
+                    yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
-        if isinstance(err, DataError):
-            raise
         raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, object) from a JSONL(.gz) file; raise `DataError` naming file and line."""
+    for n, value in jsonl_lines(path):
+        if isinstance(value, DataError):
+            raise value
+        yield n, value
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -87,11 +99,7 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     if not path.is_file():
         raise DataError(f"{path}: no such qrels file")
     qrels: dict[str, dict[str, int]] = {}
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # utf-8-sig: a BOM before the header is dropped
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason})") from None
+    text = decode_utf8(path.read_bytes(), path, DataError)  # a BOM before the header is dropped
     for n, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t"), 1):
         if not row or (n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id")):
             continue

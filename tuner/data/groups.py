@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data.beir import DataError
+from tuner.data.beir import DataError, jsonl_lines
 from tuner.data.schema import Group
+from tuner.files import decode_utf8
 
 log = logging.getLogger(__name__)
 
@@ -64,32 +65,9 @@ def _is_gz(path: Path) -> bool:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, value) per non-blank line; bytes are decoded per line so a bad byte names its line.
-
-    A line that is not UTF-8 or not JSON yields a `DataError` as its value, so that a check can go on.
-    """
-    opener = gzip.open if _is_gz(path) else open
-    try:
-        with opener(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                where = f"{path}:{n}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    yield where, DataError(f"{where}: not UTF-8 ({err.reason} at byte {err.start} of the line)")
-                    continue
-                if n == 1:
-                    line = line.removeprefix("\ufeff")  # a BOM is harmless; tolerate it
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield where, DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
-                    continue
-                yield where, value
-    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
-        raise DataError(f"{path}: cannot read ({err})") from None
+    """(location, value) per non-blank line (`tuner.data.beir.jsonl_lines`: a bad line is a `DataError` value)."""
+    for n, value in jsonl_lines(path):
+        yield f"{path}:{n}", value
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
@@ -99,11 +77,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    text = decode_utf8(raw, path, DataError)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
