@@ -94,10 +94,8 @@ def _base_model(adapter_dir: Path, meta: dict[str, Any], override: str | None) -
         raise ValueError(f"{adapter_dir}: tuner.json and adapter_config.json name no base model; pass --base")
     if override:
         _check_reachable(override)
-        local = Path(override).expanduser()
-        return str(local.resolve()) if local.exists() else override
-    recorded_in = TUNER_META if meta.get("base_model") else "adapter_config.json"
-    base = check_recorded_base(base, adapter_dir, recorded_in)
+    else:
+        base = check_recorded_base(base, adapter_dir, TUNER_META if meta.get("base_model") else "adapter_config.json")
     local = Path(base).expanduser()
     return str(local.resolve()) if local.exists() else base
 

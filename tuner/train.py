@@ -381,7 +381,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     remove_score_forward(model)
     target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
     # written whole into a staging folder, then renamed: a run cut off while saving has no adapter/ that later
-    # commands would take for a finished run (--resume saves it again)
+    # commands would take for a finished run (--resume saves it again). A fixed name, not tuner.files.atomic_dir's
+    # random one made on the main process: every rank calls save_model (FSDP and DeepSpeed gather or write there)
+    # and must be given the same folder
     staging = out / f".{target.name}.partial"
     if main and staging.exists():
         shutil.rmtree(staging)

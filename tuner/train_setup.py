@@ -74,17 +74,13 @@ def check_resume_config(saved: Path, config: Config) -> None:
         )
 
 
-# attention kernels transformers knows by name (a hub kernel, "org/name", is passed through)
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
-
-
 def check_before_work(config: Config) -> None:
     """What the recipe's types cannot say, checked before any data or model work: names transformers must know
-    (scheduler, optimizer, attention kernel) and the BEIR folders the run reads."""
+    (scheduler, optimizer) and the BEIR folders the run reads."""
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    t, m = config.train, config.model
+    t = config.train
     for key, value, names in (
         ("train.scheduler", t.scheduler, [x.value for x in SchedulerType]),
         ("train.optim", t.optim, [x.value for x in OptimizerNames]),
@@ -93,9 +89,6 @@ def check_before_work(config: Config) -> None:
             close = difflib.get_close_matches(value, names, n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"one of {', '.join(names)}"
             raise ConfigError(f"{key}: {value!r} is not a name transformers knows; {hint}")
-    attn = m.attn_implementation
-    if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:
-        raise ConfigError(f"model.attn_implementation: {attn!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     folders = (("data.beir", config.data.beir), ("eval.beir", config.eval.beir), ("eval.ood", config.eval.ood))
     for key, folder in folders:
         if key == "data.beir" and config.data.train_file:
