@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tuner import contract
-from tuner.contract import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, PromptEncoder, render_prompt, yes_no_ids
+from tuner.contract import (
+    DEFAULT_INSTRUCTION,
+    PREFIX,
+    SUFFIX,
+    PromptEncoder,
+    PromptTextError,
+    render_prompt,
+    yes_no_ids,
+)
 
 GOLDEN_PROMPT = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -61,6 +69,31 @@ def test_query_over_budget_is_a_value_error_naming_sizes(tokenizer):
     enc = PromptEncoder(tokenizer, max_length=60)
     with pytest.raises(ValueError, match=r"instruction \+ query take \d+ tokens, over the body budget of 12"):
         enc.encode("a very long query " * 20, "doc")
+
+
+@pytest.mark.parametrize(
+    ("triple", "part"),
+    [
+        (("q", "doc \ud800 text", None), "document"),
+        (("q", {"title": "t \udc00", "text": "x"}, None), "document"),
+        (("q \ud800", "doc", None), "query"),
+        (("q", "doc", "find \udfff"), "instruction"),
+    ],
+)
+def test_a_lone_surrogate_names_its_pair_and_part(tokenizer, triple, part):
+    """The tokenizer's own error ("TextEncodeInput must be Union[...]") says nothing of where the bad text is."""
+    enc = PromptEncoder(tokenizer)
+    with pytest.raises(PromptTextError, match=f"the {part} holds a lone surrogate .* at character ") as info:
+        enc.encode_many([("fine", "fine", None), triple])
+    assert (info.value.index, info.value.part) == (1, part)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_query_over_budget_names_its_pair(tokenizer):
+    enc = PromptEncoder(tokenizer, max_length=60)
+    with pytest.raises(PromptTextError) as info:
+        enc.encode_many([("short", "doc", ""), ("a very long query " * 20, "doc", "")])
+    assert (info.value.index, info.value.part) == (1, "query")
 
 
 def test_query_filling_the_budget_exactly_is_allowed(tokenizer):

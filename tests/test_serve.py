@@ -108,6 +108,12 @@ def test_score_endpoint_vllm_shape(client, tiny_reranker):
     )
 
 
+def post_json(client, route: str, payload: dict):
+    """POST `payload` as json.dumps writes it (ASCII escapes: a lone surrogate goes as JSON's "\\ud800", which
+    httpx's own json= encoding cannot send)."""
+    return client.post(route, content=json.dumps(payload), headers={"content-type": "application/json"})
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "field"),
     [
@@ -123,10 +129,15 @@ def test_score_endpoint_vllm_shape(client, tiny_reranker):
         ({"query": QUERY, "documents": ["d"] * 9}, 413, "documents"),
         ({"model": "other-model", "query": QUERY, "documents": ["a"]}, 404, "model"),
         ({"query": "word " * 9000, "documents": ["a"]}, 400, "query"),  # query over the token budget
+        # a lone surrogate (JSON allows the escape "\ud800"; no tokenizer takes it): the text that holds it
+        ({"query": QUERY, "documents": ["ok", "bad \ud800"]}, 400, "documents.1"),
+        ({"query": QUERY, "documents": [{"title": "t \udc00", "text": "x"}]}, 400, "documents.0"),
+        ({"query": "q \ud800", "documents": ["a"]}, 400, "query"),
+        ({"query": QUERY, "documents": ["a"], "instruction": "i \udfff"}, 400, "instruction"),
     ],
 )
 def test_bad_requests_get_4xx_naming_the_field(client, payload, status, field):
-    r = client.post("/v1/rerank", json=payload)
+    r = post_json(client, "/v1/rerank", payload)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["field"] == field and field.split(".")[0] in error["message"]
@@ -157,11 +168,15 @@ def test_malformed_json_and_score_errors(client):
         ({"text_1": "word " * 9000, "text_2": ["a"]}, 400, "text_1"),  # over the token budget
         ({"queries": "word " * 9000, "documents": ["a"]}, 400, "queries"),
         ({"text_2": ["x"]}, 400, "queries"),  # missing: the canonical name, and the message gives the vLLM one
+        ({"queries": ["a", "word " * 9000], "documents": ["x", "y"]}, 400, "queries.1"),
+        ({"text_1": ["a", "b \ud800"], "text_2": ["x", "y"]}, 400, "text_1.1"),
+        ({"text_1": "a", "text_2": "x \ud800"}, 400, "text_2"),
+        ({"text_1": "a", "text_2": ["x", "y \ud800"]}, 400, "text_2.1"),
     ],
 )
 def test_score_errors_name_the_field_as_the_client_sent_it(client, payload, status, field):
     """/score accepts queries/documents and vLLM's text_1/text_2; an error names the one in the request."""
-    r = client.post("/score", json=payload)
+    r = post_json(client, "/score", payload)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["field"] == field and error["message"].startswith(field + ":")

@@ -34,6 +34,15 @@ CONTRACT_VERSION = 1
 Document = str | Mapping[str, Any]
 
 
+class PromptTextError(ValueError):
+    """A pair's text cannot be made into a prompt. `index`: the pair; `part`: "query", "document" or "instruction"
+    (the query's for a query + instruction over the token budget), so that a caller can name its own field."""
+
+    def __init__(self, message: str, index: int, part: str) -> None:
+        super().__init__(message)
+        self.index, self.part = index, part
+
+
 def tokenizer_dir() -> Path:
     """Path of the real Qwen3 tokenizer files shipped inside the package (vocab, merges, config)."""
     return Path(str(resources.files("tuner") / "assets" / "tokenizer"))
@@ -95,6 +104,23 @@ def document_text(document: Document) -> str:
         text = str(document.get("text") or "")
         return f"{title} {text}" if title else text
     raise TypeError(f"a document must be a string or a {{'title', 'text'}} mapping, got {type(document).__name__}")
+
+
+def _raise_unencodable(triples: Sequence[tuple[str, Document, str | None]]) -> None:
+    """Raise `PromptTextError` for the first text that is not valid Unicode (a lone surrogate, which JSON's
+    `\\ud800` escapes and Python strings allow); return if every text is valid."""
+    for n, (query, document, instruction) in enumerate(triples):
+        parts = [("query", query), ("document", document_text(document)), ("instruction", instruction or "")]
+        for part, text in parts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise PromptTextError(
+                    f"the {part} holds a lone surrogate {text[err.start]!r} at character {err.start}: "
+                    "not valid Unicode text",
+                    n,
+                    part,
+                ) from None
 
 
 def render_body(query: str, document: Document, instruction: str | None = None) -> str:
@@ -205,20 +231,26 @@ class PromptEncoder:
             doc = document_text(document)
             heads.append(len(body) - len(doc))  # character offset where the document starts
             bodies.append(body)
-        encodings = self._backend.encode_batch(bodies, add_special_tokens=False)
+        try:
+            encodings = self._backend.encode_batch(bodies, add_special_tokens=False)
+        except TypeError:  # the backend's words for a text that is not valid Unicode say nothing of where
+            _raise_unencodable(triples)
+            raise
         out = []
         budget = self.body_budget
-        for enc, doc_start in zip(encodings, heads, strict=True):
+        for n, (enc, doc_start) in enumerate(zip(encodings, heads, strict=True)):
             ids = enc.ids
             if len(ids) > budget:
                 # Tokens that end before the document belong to instruction + query (+ "<Document>:"); the
                 # space before the document merges into its first token, which is the document's to lose.
                 head = sum(1 for _, end in enc.offsets if end <= doc_start)
                 if head > budget:
-                    raise ValueError(
+                    raise PromptTextError(
                         f"instruction + query take {head} tokens, over the body budget of {budget} "
                         f"(max_length {self.max_length} - prefix {len(self.prefix_ids)} - suffix "
-                        f"{len(self.suffix_ids)}); shorten the query or instruction, or raise max_length"
+                        f"{len(self.suffix_ids)}); shorten the query or instruction, or raise max_length",
+                        n,
+                        "query",
                     )
                 ids = ids[:budget]
             out.append(self.prefix_ids + ids + self.suffix_ids)

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tuner.contract import PromptTextError
 from tuner.scoring import Reranker, prefix_groups
 from tuner.serve_metrics import Metrics
 
@@ -302,13 +304,19 @@ def create_app(
             message = f"{field}: {len(documents)} documents, over the limit of {max_documents}"
             raise ApiError(413, message, field)
 
-    async def score(triples: list[tuple[str, Any, str | None]], query_field: str = "query") -> tuple[list[float], int]:
+    async def score(
+        triples: list[tuple[str, Any, str | None]], field_of: Callable[[str, int], str]
+    ) -> tuple[list[float], int]:
+        """`field_of(part, n)`: the request field of pair n's "query", "document" or "instruction" (for errors)."""
         try:
             # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
             # releases the GIL); a query over the token budget fails this request alone
             ids = await asyncio.to_thread(reranker.encode, triples)
-        except (ValueError, TypeError) as err:
-            raise ApiError(400, f"{query_field}: {err}", query_field) from None
+        except PromptTextError as err:
+            where = field_of(err.part, err.index)
+            raise ApiError(400, f"{where}: {err}", where) from None
+        except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
+            raise ApiError(400, str(err)) from None
         # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
         keys = [(query, instruction) for query, _, instruction in triples]
         return await asyncio.wrap_future(batcher.submit(ids, keys))
@@ -328,7 +336,10 @@ def create_app(
         check_model(body.model)
         check_documents(body.documents)
         docs = [doc_value(d) for d in body.documents]
-        logits, tokens = await score([(body.query, d, body.instruction) for d in docs])
+        fields = {"query": "query", "instruction": "instruction"}
+        logits, tokens = await score(
+            [(body.query, d, body.instruction) for d in docs], lambda part, n: fields.get(part, f"documents.{n}")
+        )
         metrics.add_documents(len(docs))
         scores = [reranker._normalize(x) for x in logits]
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: body.top_n or None]
@@ -367,7 +378,15 @@ def create_app(
         if len(queries) == 1:
             queries = queries * len(documents)
         triples = [(q, doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)]
-        logits, tokens = await score(triples, q_field)
+
+        def field_of(part: str, n: int) -> str:
+            if part == "instruction":
+                return "instruction"
+            if part == "query":
+                return q_field if isinstance(body.queries, str) else f"{q_field}.{n}"
+            return d_field if isinstance(body.documents, (str, DocumentObject)) else f"{d_field}.{n}"
+
+        logits, tokens = await score(triples, field_of)
         metrics.add_documents(len(triples))
         return {
             "id": f"score-{uuid.uuid4().hex}",
