@@ -205,6 +205,8 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
         (tmp_path / name).write_bytes(content)
         assert score(tmp_path / name) == 2
         assert message in capsys.readouterr().err
+    assert score(tmp_path) == 2  # a folder, not "no such file"
+    assert "a folder; --documents takes a JSONL or text file" in capsys.readouterr().err
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b'\xef\xbb\xbf"To be" is a quote\nsecond\n')
     assert read_documents(quoted) == ['"To be" is a quote', "second"]

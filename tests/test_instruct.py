@@ -42,6 +42,11 @@ def test_read_instructions_skips_blanks_and_comments(tmp_path):
     path.write_text("# only a comment\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"inst\.txt: no instruction"):
         read_instructions(path)
+    path.write_bytes(b"Find papers\nRetrieve caf\xe9s\n")
+    with pytest.raises(ValueError, match=r"inst\.txt:2: not UTF-8 text"):
+        read_instructions(path)
+    with pytest.raises(ValueError, match="a folder; --instructions takes a text file"):
+        read_instructions(tmp_path)
 
 
 def test_search_picks_the_instruction_with_the_best_measured_ndcg(evaluator, beir_dir, tiny_reranker):

@@ -44,13 +44,14 @@ class Candidate:
 
 def read_instructions(path: str | Path) -> list[str]:
     """Instructions from a text file, one per line; blank lines and lines starting with `#` are skipped."""
+    from tuner.files import decode_utf8
+
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder; --instructions takes a text file with one instruction per line")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such instructions file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    lines = decode_utf8(path.read_bytes(), path).splitlines()  # a bad byte names its line; a BOM is dropped
     out = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not out:
         raise ValueError(f"{path}: no instruction in the file (one per line; '#' starts a comment)")

@@ -33,6 +33,8 @@ def _run_tiny_model(args) -> int:
 def read_documents(path: str | Path) -> list:
     """Documents from a JSONL file (strings, `{"text"[, "title"]}` or `{"document": ...}`) or plain lines."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder; --documents takes a JSONL or text file (one document per line)")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     from tuner.files import decode_utf8
