@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,46 @@ def test_truncated_weights_and_a_foreign_adapter_are_named(tiny_model_dir, tmp_p
     from tuner.loading import _check_reachable
 
     _check_reachable(str(tmp_path / "ad"), "adapter")
+
+
+def test_an_adapter_config_that_does_not_describe_its_weights_is_named(tiny_model_dir, tmp_path):
+    """peft loads non-strictly: a config without target_modules would put LoRA on peft's default modules and drop
+    the other stored tensors silently (a model that scores, wrongly); one without r fails as a size mismatch that
+    reads like another base."""
+    from peft import LoraConfig, get_peft_model
+
+    base, _, _ = load_model(tiny_model_dir, device="cpu")
+    good = tmp_path / "good"
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    get_peft_model(base, LoraConfig(r=4, target_modules=targets)).save_pretrained(good)
+    load_model(tiny_model_dir, adapter=good, device="cpu")  # the intact adapter loads
+    config = json.loads((good / "adapter_config.json").read_text(encoding="utf-8"))
+
+    def broken(name: str, **change) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        edited = {k: v for k, v in {**config, **change}.items() if v is not None}
+        (folder / "adapter_config.json").write_text(json.dumps(edited), encoding="utf-8")
+        return folder
+
+    cases = [
+        (broken("no-targets", target_modules=None), r"stored tensors did not load \(e\.g\. .*\); its adapter_config"),
+        (broken("fewer-targets", target_modules=["q_proj"]), r"stored tensors did not load .*\{'q_proj'\}"),
+        (broken("no-r", r=None), r"no-r/adapter_config\.json has no 'r' \(peft's default is 8\) but .* rank 4"),
+        (broken("other-r", r=16), r"other-r/adapter_config\.json says r=16 but .* have rank 4"),
+        (broken("no-type", peft_type=None), r"no-type/adapter_config\.json: no 'peft_type' field"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_model(tiny_model_dir, adapter=folder, device="cpu")
+    # weights that lost tensors: the adapter's own modules are named as not stored
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(good / "adapter_model.safetensors")
+    short = broken("short")
+    save_file({k: v for k, v in tensors.items() if ".layers.0." not in k}, short / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match=r"adapter tensors are not stored \(e\.g\. .*layers\.0\."):
+        load_model(tiny_model_dir, adapter=short, device="cpu")
 
 
 def test_a_folder_of_models_names_the_ones_inside(tmp_path):

@@ -25,7 +25,7 @@ from tuner.chat_template import build_chat_template, pair_messages
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import model_card
 from tuner.files import atomic_dir
-from tuner.loading import _check_reachable, check_recorded_base, peft_quietly, resolve_device
+from tuner.loading import _check_reachable, check_recorded_base, load_adapter, resolve_device
 from tuner.scoring import TUNER_META, Reranker, read_meta
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,6 @@ def export(
     Returns:
         The parity report (also written into each export's `tuner.json`).
     """
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     formats = list(dict.fromkeys(formats))
@@ -242,8 +241,7 @@ def export(
     # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.
     tokenizer = _tokenizer_for(adapter_dir, base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    with peft_quietly():
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).to(dev).eval()
+    model = load_adapter(model, adapter_dir, base).to(dev).eval()
     scorer = Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
     reference = _probe_logits(scorer)
     encoder = PromptEncoder(tokenizer, max_length=int(meta.get("max_length") or DEFAULT_MAX_LENGTH))

@@ -303,22 +303,72 @@ def load_model(
     else:
         net = AutoModelForCausalLM.from_pretrained(model, **kwargs)
     if adapter is not None:
-        from peft import PeftModel
-
-        try:
-            with peft_quietly():
-                net = PeftModel.from_pretrained(net, adapter)
-        except RuntimeError as err:
-            # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
-            if "size mismatch" not in str(err):
-                raise
-            first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
-            raise ValueError(f"adapter {adapter!r} does not fit base {model!r}: {first}") from None
+        net = load_adapter(net, adapter, model)
     net.to(dev).eval()
 
     tokenizer = _load_tokenizer_for(model, adapter)
     meta = {**read_meta(model), **read_meta(adapter)}
     return net, tokenizer, meta
+
+
+def _stored_adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape in a local `adapter_model.safetensors`, from its header alone (None: no such file)."""
+    file = adapter / ADAPTER_WEIGHTS[0]
+    if not file.is_file():
+        return None
+    from safetensors import safe_open
+
+    _check_safetensors(file)
+    with safe_open(str(file), "pt") as f:
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (not a dict)
+
+
+def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
+    """`peft.PeftModel.from_pretrained(net, adapter)`, with the checks peft leaves out.
+
+    peft loads a state dict non-strictly: an adapter_config.json that lost its `target_modules` puts LoRA on
+    peft's default modules and drops every other stored tensor without a word; one that lost its `r` (peft's
+    default 8) fails as a size mismatch that reads like another base. Both are named here, as is every stored
+    tensor that did not load.
+    """
+    from peft import PeftModel, get_peft_model_state_dict
+
+    folder = Path(adapter)
+    config_file = folder / "adapter_config.json"
+    shapes = _stored_adapter_shapes(folder) if folder.is_dir() else None
+    if config_file.is_file():
+        config = _read_json(config_file)
+        if "peft_type" not in config:
+            raise ValueError(f"{config_file}: no 'peft_type' field; not a peft adapter config (or a damaged one)")
+        ranks = {shape[0] for key, shape in (shapes or {}).items() if ".lora_A." in key and len(shape) == 2}
+        declared = config.get("r", 8)  # peft's LoraConfig default
+        if len(ranks) == 1 and not config.get("rank_pattern") and declared not in ranks:
+            said = f"says r={declared}" if "r" in config else f"has no 'r' (peft's default is {declared})"
+            raise ValueError(
+                f"{config_file} {said} but the weights in {ADAPTER_WEIGHTS[0]} have rank {ranks.pop()}: "
+                "the config does not belong to these weights"
+            )
+    try:
+        with peft_quietly():
+            net = PeftModel.from_pretrained(net, str(adapter))
+    except RuntimeError as err:
+        # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
+        if "size mismatch" not in str(err):
+            raise
+        first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
+        raise ValueError(f"adapter {str(adapter)!r} does not fit base {str(base)!r}: {first}") from None
+    if shapes is not None:
+        loaded = set(get_peft_model_state_dict(net))
+        unused, missing = sorted(set(shapes) - loaded), sorted(loaded - set(shapes))
+        if unused or missing:
+            what = f"{len(unused)} stored tensors did not load (e.g. {unused[0]})" if unused else ""
+            if missing:
+                what += ("; " if what else "") + f"{len(missing)} adapter tensors are not stored (e.g. {missing[0]})"
+            raise ValueError(
+                f"adapter {str(adapter)!r}: {what}; its adapter_config.json (target_modules "
+                f"{net.peft_config['default'].target_modules}) does not describe {ADAPTER_WEIGHTS[0]}"
+            )
+    return net
 
 
 def _load_tokenizer_for(model: str, adapter: str | None):
