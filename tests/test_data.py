@@ -107,6 +107,26 @@ def test_a_beir_folder_or_missing_file_is_named(tmp_path):
         load_groups(tmp_path / "nope.jsonl")
 
 
+def test_a_mistyped_local_path_is_not_asked_of_the_hub(tmp_path, monkeypatch):
+    """ "data/trian" where ./data is a folder reads as a local path (no half-minute of hub retries), and the error
+    offers the files it resembles; "someuser/somedata" with no ./someuser folder still means the hub."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"query": "q", "pos": ["p"], "neg": ["n"]}\n', encoding="utf-8")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr("datasets.load_dataset", no_hub)
+    for typo in ("data/trian", "data/train.jsnol"):
+        with pytest.raises(DataError, match=f"{typo}: no such file; did you mean data/train.jsonl\\?"):
+            load_groups(typo)
+    with pytest.raises(DataError, match=r"^data/zzz: no such file$"):
+        load_groups("data/zzz")
+    with pytest.raises(DataError, match=r"someuser/somedata: cannot load \(AssertionError: the hub was asked\)"):
+        load_groups("someuser/somedata")
+
+
 # ------------------------------------------------------------------------------------------- bad inputs
 GOOD = '{"query": "q", "pos": ["p"], "neg": ["n"]}\n'
 # case → (the bad line, placed on line 2; the message expected after "<file>:2: ")

@@ -130,9 +130,27 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
         return path
     text = str(path_or_id)
     looks_local = text.startswith((".", "/", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
+    # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
+    # hub costs half a minute of retries on an offline machine before it fails)
+    looks_local = looks_local or (text.count("/") == 1 and Path(text.split("/")[0]).expanduser().is_dir())
     if looks_local:
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file{_near_misses(path)}")
     return None
+
+
+def _near_misses(path: Path) -> str:
+    """ "; did you mean ...?" for files beside `path` with a similar name, else ""."""
+    import difflib
+
+    folder = path.expanduser().parent
+    try:
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return ""
+    # a name is matched as written and without its suffixes ("trian" finds train.jsonl)
+    keys = {**{name.split(".")[0]: name for name in names if not name.startswith(".")}, **{n: n for n in names}}
+    close = dict.fromkeys(keys[k] for k in difflib.get_close_matches(path.name, list(keys), n=3, cutoff=0.6))
+    return f"; did you mean {', '.join(str(folder / name) for name in close)}?" if close else ""
 
 
 def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
