@@ -119,9 +119,14 @@ def test_a_mistyped_local_path_is_not_asked_of_the_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr("datasets.load_dataset", no_hub)
     for typo in ("data/trian", "data/train.jsnol"):
-        with pytest.raises(DataError, match=f"{typo}: no such file; did you mean data/train.jsonl\\?"):
+        with pytest.raises(
+            DataError, match=f"{typo}: no such file; did you mean data/train.jsonl\\? \\(read as a local"
+        ):
             load_groups(typo)
-    with pytest.raises(DataError, match=r"^data/zzz: no such file$"):
+    with pytest.raises(
+        DataError,
+        match=r"^data/zzz: no such file \(read as a local path, not a hub dataset id, because data/ is a folder",
+    ):
         load_groups("data/zzz")
     with pytest.raises(DataError, match=r"someuser/somedata: cannot load \(AssertionError: the hub was asked\)"):
         load_groups("someuser/somedata")

@@ -132,9 +132,14 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
     looks_local = text.startswith((".", "/", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
     # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
     # hub costs half a minute of retries on an offline machine before it fails)
-    looks_local = looks_local or (text.count("/") == 1 and Path(text.split("/")[0]).expanduser().is_dir())
     if looks_local:
         raise DataError(f"{path}: no such file{_near_misses(path)}")
+    owner = text.split("/")[0]
+    if text.count("/") == 1 and Path(owner).expanduser().is_dir():
+        raise DataError(
+            f"{path}: no such file{_near_misses(path)} (read as a local path, not a hub dataset id, because "
+            f"{owner}/ is a folder here)"
+        )
     return None
 
 
