@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+# `--attn-implementation` values: the names a recipe's model.attn_implementation takes (flash_attention_2/3 need
+# the flash-attn package)
+from tuner.config import ATTN_IMPLEMENTATIONS
+
 
 class UserError(Exception):
     """An error the user can fix (bad path, bad data, bad option): printed as one line, exit code 2."""
@@ -11,10 +15,6 @@ class UserError(Exception):
 
 # `--prefix-reuse` values → `Reranker(prefix_reuse=...)`
 PREFIX_REUSE = {"off": False, "auto": "auto", "on": True}
-
-
-# `--attn-implementation` values: transformers' names (flash_attention_2 needs the flash-attn package)
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def add_scoring_path_args(p) -> None:
