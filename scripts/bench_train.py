@@ -159,7 +159,8 @@ def build(path: str, ckpt: Path, cuda: bool, dtype: str, seed: int):
     )
     n_params = non_embedding_params(model)
     if path == "naive":  # what a user gets from `gradient_checkpointing_enable()` with no arguments
-        model.gradient_checkpointing_enable()
+        # (named activation_checkpointing_enable from transformers 5.2x on; the device machine's 5.17 has the old name)
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()
     torch.manual_seed(seed)  # same adapter init on every path
     model = attach_lora(model, r=16, alpha=32, dropout=0.05)
