@@ -130,10 +130,10 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
         return path
     text = str(path_or_id)
     looks_local = text.startswith((".", "/", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
-    # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
-    # hub costs half a minute of retries on an offline machine before it fails)
     if looks_local:
         raise DataError(f"{path}: no such file{_near_misses(path)}")
+    # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
+    # hub costs half a minute of retries on an offline machine before it fails)
     owner = text.split("/")[0]
     if text.count("/") == 1 and Path(owner).expanduser().is_dir():
         raise DataError(
