@@ -349,7 +349,9 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
                 "the config does not belong to these weights"
             )
     try:
-        with peft_quietly():
+        with peft_quietly(), warnings.catch_warnings():
+            if shapes is not None:  # checked below, and named in one error instead of a list of every key
+                warnings.filterwarnings("ignore", message="Found missing adapter keys", category=UserWarning)
             net = PeftModel.from_pretrained(net, str(adapter))
     except RuntimeError as err:
         # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
