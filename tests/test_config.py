@@ -89,6 +89,26 @@ def test_values_out_of_range_name_the_override(tmp_path, override, message):
         load_config(recipe)
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", ["train.lr", "train.warmup", "train.max_grad_norm", "loss.temperature", "train.epochs"])
+def test_non_finite_numbers_are_refused(key, value):
+    """YAML's .nan/.inf are floats that every range check lets through (nan < 0 is False): a run would train to
+    a NaN adapter and exit 0."""
+    with pytest.raises(ConfigError, match=rf"^override '{re.escape(key)}={re.escape(value)}': {key}: must be a finite"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_an_unknown_override_key_and_ood_without_dev_are_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"^override 'train.lrr=1': unknown key 'train.lrr'"):
+        load_config(recipe, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match=r"eval\.ood: .* set eval\.beir too, or eval\.ood=null"):
+        load_config(None, ["eval.ood=data/cranfield", "eval.beir=null"])
+    with pytest.raises(ConfigError, match=r"loss\.teacher_temperature: must be > 0"):
+        load_config(None, ["loss.teacher_temperature=0"])
+
+
 def test_an_override_with_an_empty_key_is_named():
     with pytest.raises(ConfigError, match=r"override '=3': expected section.key=value"):
         load_config(None, ["=3"])
@@ -160,8 +180,16 @@ def test_recipe_file_problems_are_named(tmp_path):
     """A key given twice (YAML keeps the last silently), a bad byte, a folder for a file: one error each."""
     dup = tmp_path / "dup.yaml"
     dup.write_text("train:\n  lr: 1.0e-4\n  epochs: 1\n  lr: 5.0e-4\n")
-    with pytest.raises(ConfigError, match=r"dup\.yaml: invalid YAML \(key 'lr' on line 4 is given twice \(first on"):
+    with pytest.raises(ConfigError, match=r"dup\.yaml:4:3: invalid YAML: key 'lr' is given twice \(first on line 2"):
         load_config(dup)
+    # PyYAML's own message spans lines and names "<unicode string>"; ours is one line with file:line:column
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  lr: [1, 2\nmodel: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(broken)
+    assert re.fullmatch(
+        r".*broken\.yaml:3:6: invalid YAML: expected ',' or ']', but got ':' \(while parsing a .*\)", str(info.value)
+    )
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"name: x\ntrain:\n  run_name: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin\.yaml:3: not UTF-8 text"):

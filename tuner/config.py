@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import types
 import typing
@@ -322,7 +323,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.load(text, Loader=_unique_keys_loader()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+            raise ConfigError(_yaml_error(path, err)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
         data.setdefault("name", path.stem)
@@ -338,10 +339,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+def _yaml_error(path: Path, err: Exception) -> str:
+    """One line, `file:line:column: what` (PyYAML's own text spans several lines and names "<unicode string>")."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    what = f"{problem} ({context})" if context and problem != context else problem
+    if mark is None:
+        return f"{path}: invalid YAML ({what})"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {what}"
+
+
 def _blame_override(err: ConfigError, where: str, overrides: list[str]) -> ConfigError:
     """An error about a key that a command-line override set names the override, not the recipe file."""
     message = str(err)
     key = message[len(where) :].split(":", 1)[0].strip() if message.startswith(where) else ""
+    unknown = re.match(r"unknown key '([^']+)'", message[len(where) :]) if message.startswith(where) else None
+    if unknown:
+        key = unknown.group(1)
     for item in reversed(overrides):  # the last override of a key is the one that counts
         if item.split("=", 1)[0].strip() == key:
             return ConfigError(f"override {item!r}: {message[len(where) :]}")
@@ -361,7 +376,7 @@ def _unique_keys_loader():
                 line = key_node.start_mark.line + 1
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} on line {line} is given twice (first on line {seen[key]})"
+                        None, None, f"key {key!r} is given twice (first on line {seen[key]})", key_node.start_mark
                     )
                 seen[key] = line
             return super().construct_mapping(node, deep=deep)
@@ -383,14 +398,25 @@ def _upgrade(data: dict[str, Any], where: str) -> None:
 
 def validate(config: Config, where: str = "") -> None:
     """Cross-field checks that types alone cannot express."""
+    for section in fields(config):  # YAML's .nan and .inf are floats: they pass every range check below
+        part = getattr(config, section.name)
+        for f in fields(part) if dataclasses.is_dataclass(part) else ():
+            value = getattr(part, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}{section.name}.{f.name}: must be a finite number, got {value!r}")
+    if config.eval.ood and not config.eval.beir:
+        raise ConfigError(
+            f"{where}eval.ood: the out-of-domain check runs beside the dev set; set eval.beir too, or eval.ood=null"
+        )
     if config.data.group_size < 2 and config.loss.kind in ("listwise", "distill"):
         raise ConfigError(f"{where}data.group_size: {config.loss.kind} needs at least 2 documents per group")
     if config.data.group_size < 1:
         raise ConfigError(f"{where}data.group_size: must be >= 1")
     if not 0.0 <= config.loss.hard_label_weight <= 1.0:
         raise ConfigError(f"{where}loss.hard_label_weight: must be in [0, 1]")
-    if config.loss.temperature <= 0 or config.loss.teacher_temperature <= 0:
-        raise ConfigError(f"{where}loss.temperature: must be > 0")
+    for key in ("temperature", "teacher_temperature"):
+        if getattr(config.loss, key) <= 0:
+            raise ConfigError(f"{where}loss.{key}: must be > 0, got {getattr(config.loss, key)!r}")
     if config.model.load_in_4bit and not config.lora.enabled:
         raise ConfigError(f"{where}model.load_in_4bit: a 4-bit base cannot be fully fine-tuned (set lora.enabled)")
     evaluated_and_saved = config.eval.beir and config.eval.steps > 0 and config.train.save_steps > 0
