@@ -214,3 +214,30 @@ def test_log_and_cli_summary_show_the_out_of_domain_check(trained, monkeypatch, 
     assert lines[1] == "out of domain " + " ".join(
         f"{k}={v:.4f} (base {ood['base'][k]:.4f})" for k, v in ood["final"].items()
     )
+
+
+def test_a_diverging_run_stops_at_its_first_non_finite_step(tiny_model_dir, beir, tmp_path, monkeypatch, capsys):
+    """A NaN loss stops the run with one line naming the step, instead of training on and saving an adapter of
+    NaNs that exits 0 (transformers' own loss log would even show the finite steps' mean)."""
+    from tuner.cli import main
+    from tuner.trainer import RerankTrainer, TrainingDiverged
+
+    original = RerankTrainer.compute_loss
+
+    def nan_from_step_3(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = original(self, model, inputs, return_outputs, num_items_in_batch)
+        return loss * float("nan") if self.state.global_step >= 2 else loss
+
+    monkeypatch.setattr(RerankTrainer, "compute_loss", nan_from_step_3)
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "run", "train.max_steps=5")
+    with pytest.raises(TrainingDiverged, match=r"^step 3: loss=nan"):
+        train(config)
+    assert not (tmp_path / "run" / "adapter").exists()
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert "step 2: loss=" in log and "ERROR run failed: TrainingDiverged: step 3: loss=nan" in log
+    # the CLI: one line and exit code 1, no traceback
+    capsys.readouterr()
+    config.save(tmp_path / "recipe.yaml")
+    assert main(["train", str(tmp_path / "recipe.yaml"), f"output.dir={tmp_path / 'cli'}"]) == 1
+    err = capsys.readouterr().err
+    assert "tuner train: error: step 3: loss=nan" in err and "Traceback" not in err

@@ -22,7 +22,7 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 from tuner.config import Config, ConfigError, atomic_write_json
 from tuner.score_forward import install_score_forward, remove_score_forward
 from tuner.train_data import GroupCollator, GroupDataset
-from tuner.trainer import EpochFromState, LogLines, MetricsWriter, RerankTrainer
+from tuner.trainer import EpochFromState, LogLines, MetricsWriter, RerankTrainer, StopOnNonFinite
 
 log = logging.getLogger("tuner.train")
 
@@ -199,6 +199,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         dataloader_num_workers=t.dataloader_workers,
         ddp_backend=t.ddp_backend,
         ddp_find_unused_parameters=False,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, for StopOnNonFinite (not as the window's mean)
         disable_tqdm=True,  # one log line per logging step instead of a bar (readable in files and CI)
         use_cpu=not torch.cuda.is_available(),
         save_only_model=False,  # optimizer + scheduler + RNG state are what make --resume exact
@@ -338,6 +339,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     trainer.add_callback(MetricsWriter(write_metrics))
     trainer.remove_callback(PrinterCallback)  # replaced by LogLines: the same dicts, also into train.log
     trainer.add_callback(LogLines())
+    trainer.add_callback(StopOnNonFinite())  # after LogLines: the bad step's line is in train.log
     for callback in callbacks or []:
         trainer.add_callback(callback)
     if tracker is not None and record["dev"].get("base"):

@@ -12,6 +12,7 @@ The model's forward must already be the score (`tuner.score_forward.install_scor
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -142,6 +143,34 @@ class EpochFromState(TrainerCallback):
         if sampler is not None:
             # state.epoch is the float progress; at an epoch start (fresh or resumed) its floor is the epoch
             sampler.set_epoch(int(state.epoch + 1e-9) if state.epoch else 0)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: every later step would train a broken adapter."""
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop the run at the first logged non-finite loss or gradient norm, naming the step and the values.
+
+    transformers would carry on (its `logging_nan_inf_filter` even logs a NaN step's loss as the finite steps'
+    mean) and save an adapter of NaNs that export's parity gate or calibrate fail on much later, with no cause.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: v for k, v in (logs or {}).items() if k in ("loss", "grad_norm") and not _finite(v)}
+        if bad:
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise TrainingDiverged(
+                f"step {state.global_step}: {values}; training diverged (lower train.lr, keep "
+                "train.max_grad_norm > 0, or use bf16/fp32 over fp16); nothing after this step was saved"
+            )
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True  # not a number: not ours to judge
 
 
 class LogLines(TrainerCallback):

@@ -19,9 +19,13 @@ def _run_train(args) -> int:
 
     config = load_config(args.recipe, args.overrides)  # before torch is imported: a bad recipe fails in a second
     from tuner.train import train
+    from tuner.trainer import TrainingDiverged
 
     try:
         result = train(config, resume=args.resume)
+    except TrainingDiverged as err:  # not a bug to report: one line (train.log has the step lines before it)
+        print(f"tuner train: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         from tuner.train_setup import output_dir_for
 
