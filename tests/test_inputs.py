@@ -208,6 +208,24 @@ def test_run_file_rank_must_be_an_integer(tmp_path):
     assert read_run(run) == {"q1": [("d2", 2.5), ("d1", 1.5)], "q2": [("d1", float("-inf"))]}
 
 
+def test_a_run_file_of_other_queries_is_an_error_and_a_partial_one_a_warning(tmp_path, caplog):
+    """Query ids that match none of the split's (another split, another id scheme) gave all-zero metrics and
+    exit 0; a run file that covers some queries counts the rest 0, which the log now says."""
+    from tuner.evaluate import first_stage_run
+
+    queries = {"q1": "one", "q2": "two", "q3": "three"}
+    run = tmp_path / "run.trec"
+    run.write_text("Q1 Q0 d1 1 2.5 bm25\nQ2 Q0 d1 1 2.5 bm25\n", encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"none of the 3 judged queries .* \(its query ids: Q1, Q2; the split's: q1, q2"
+    ):
+        first_stage_run({}, queries, run)
+    run.write_text("q1 Q0 d1 1 2.5 bm25\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="tuner.evaluate"):
+        assert first_stage_run({}, queries, run) == {"q1": [("d1", 2.5)]}
+    assert "2 of 3 judged queries have no candidates in this run file (e.g. q2, q3)" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------ BEIR corpora
 def _beir(folder, corpus_rows: list[str]):
     (folder / "qrels").mkdir(parents=True)

@@ -12,6 +12,7 @@ batches, and only Python floats are kept, never score tensors.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ import numpy as np
 
 from tuner.metrics import DEFAULT_METRICS, Qrels, evaluate_per_query, mean, ranked_ids
 from tuner.retrieval import Run
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EvalResult", "Evaluator", "first_stage_run", "sample_queries"]
 
@@ -79,7 +82,28 @@ def first_stage_run(
     if str(candidates).lower() == "bm25":
         return BM25(corpus, cache_dir=cache_dir).search(queries, k=top_k)
     run = read_run(candidates)
+    missing = [q for q in queries if q not in run]
+    if queries and len(missing) == len(queries):
+        from tuner.data.beir import DataError
+
+        raise DataError(
+            f"{candidates}: none of the {len(queries)} judged queries has a line in this run file (its query ids: "
+            f"{_examples(run)}; the split's: {_examples(queries)}); is it the run of another split or dataset?"
+        )
+    if missing:
+        log.warning(
+            "%s: %d of %d judged queries have no candidates in this run file (e.g. %s); they count 0 for every system",
+            candidates,
+            len(missing),
+            len(queries),
+            _examples(missing),
+        )
     return {q: run[q] for q in queries if q in run}
+
+
+def _examples(ids, n: int = 3) -> str:
+    ids = list(ids)
+    return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "") if ids else "none"
 
 
 class Evaluator:
