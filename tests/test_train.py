@@ -241,3 +241,17 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step(tiny_model_dir, beir
     assert main(["train", str(tmp_path / "recipe.yaml"), f"output.dir={tmp_path / 'cli'}"]) == 1
     err = capsys.readouterr().err
     assert "tuner train: error: step 3: loss=nan" in err and "Traceback" not in err
+
+
+def test_a_mistyped_target_module_beside_good_ones_is_named(tiny_model_dir):
+    """peft refuses target_modules only when no name matches; [q_proj, v_prj] trained q_proj alone, silently."""
+    from tuner.modeling import attach_lora, load_base
+
+    base = load_base(tiny_model_dir, dtype="float32", device="cpu")
+    with pytest.raises(
+        ValueError, match=r"Target modules \['v_prj'\] not found in the base model \(its linear .*v_proj"
+    ):
+        attach_lora(base, r=4, target_modules=["q_proj", "v_prj"])
+    model = attach_lora(base, r=4, target_modules=["q_proj", "self_attn.v_proj"])  # peft's suffix match is kept
+    adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == {"q_proj", "v_proj"}

@@ -203,6 +203,16 @@ def attach_lora(
     """
     from peft import LoraConfig, get_peft_model
 
+    if isinstance(target_modules, (list, tuple)):
+        # peft refuses a list only when no name matches: a typo beside a good name ([q_proj, v_prj]) would train
+        # the good one alone without a word. Matched as peft matches a list: the full name or its last parts.
+        names = [name for name, _ in model.named_modules()]
+        unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+        if unmatched:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise ValueError(
+                f"Target modules {unmatched} not found in the base model (its linear layers: {', '.join(linear)})"
+            )
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
