@@ -294,8 +294,11 @@ def test_cli_data_split_refuses_what_would_write_a_useless_or_half_split(tmp_pat
     cases = [
         ([str(one), *outs], "1 distinct query; a split needs two or more"),
         ([str(one), "--train-out", str(tmp_path / "tr.jsonl"), "--dev-out", str(tmp_path / "adir.jsonl")],
-         "--dev-out " + str(tmp_path / "adir.jsonl") + " is a directory"),
+         "--dev-out " + str(tmp_path / "adir.jsonl") + " is a folder"),
         ([str(one), "--dev-fraction", "1.5", *outs], "--dev-fraction must be in [0, 1), got 1.5"),
+        # a dev path under a file: found before the train side is written
+        ([str(one), "--train-out", str(tmp_path / "tr.jsonl"), "--dev-out", str(one / "dev.jsonl")],
+         f"--dev-out {one / 'dev.jsonl'}: {one} is a file, not a folder"),
     ]  # fmt: skip
     for argv, message in cases:
         assert main(["data", "split", *argv]) == 2

@@ -164,6 +164,18 @@ def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
     assert "truncated at max_length 8192: 0 pairs" in printed and printed.rstrip().endswith("0 errors, 0 warnings")
     assert main([*args, "--teacher-scores"]) == 2
     assert "--teacher-scores needs --reranker" in capsys.readouterr().err
+    # the reranker's filter options without a reranker would be ignored (plain BM25 negatives); bad ranges and an
+    # --out that cannot be written are named before any mining
+    assert main([*args, "--adapter", "a", "--max-score", "0.5"]) == 2
+    assert "--adapter, --max-score need --reranker" in capsys.readouterr().err
+    assert main([*args, "--reranker", "never-loaded", "--margin", "-3"]) == 2
+    assert "--margin must be in [0, 1] (the probability scale), got -3.0" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for bad_out, message in ((out.parent, "is a folder"), (blocker / "x.jsonl", "a-file is a file, not a folder")):
+        i = args.index("--out")
+        assert main([*args[: i + 1], str(bad_out), *args[i + 2 :]]) == 2
+        assert message in capsys.readouterr().err
     assert main(["mine", "--beir", str(tmp_path / "nope"), "--out", str(out)]) == 2
     capsys.readouterr()
     # no candidate left below --range-min (the mini corpus has a few documents): an error, no empty training file

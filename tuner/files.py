@@ -33,6 +33,21 @@ def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueErr
         raise error(f"{where}:{line}: not UTF-8 text ({err.reason})") from None
 
 
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Raise `ValueError` naming `flag` if a file could not be written at `path`: it is a folder, a parent is a
+    file, or the nearest existing folder is not writable. For commands that work long before they write."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give the path of a file, in it or elsewhere")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {parent}")
+
+
 def _umask() -> int:
     try:  # Linux: read it without changing it (os.umask sets it, which another thread could see)
         with open("/proc/self/status", encoding="ascii") as f:

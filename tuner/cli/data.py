@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tuner.cli.common import UserError, non_negative_int, positive_int
+from tuner.files import check_output_file
 
 
 # ------------------------------------------------------------------------------------------ data / mine
@@ -65,8 +66,7 @@ def _run_data_split(args) -> int:
             if out == source.resolve():
                 raise UserError(f"{flag} {out} is the input file {source}; write the split to other paths")
     for flag, out in (("--train-out", train_out), ("--dev-out", dev_out)):
-        if out.is_dir():  # found before the train side is written, not after
-            raise UserError(f"{flag} {out} is a directory; give a file path such as {out / 'dev.jsonl'}")
+        check_output_file(out, flag)  # found before the train side is written, not after
     if not 0.0 <= args.dev_fraction < 1.0:
         raise UserError(f"--dev-fraction must be in [0, 1), got {args.dev_fraction}")
     groups = load_groups(args.path)
@@ -122,11 +122,31 @@ def add_mine(sub) -> None:
 def _run_mine(args) -> int:
     import time
 
+    from tuner import mining
     from tuner.data import load_beir, write_groups
     from tuner.mining import MiningStats, mine_negatives, negatives_histogram
 
-    if args.teacher_scores and not args.reranker:
-        raise UserError("--teacher-scores needs --reranker")
+    reranker_only = {
+        "--teacher-scores": args.teacher_scores,
+        "--adapter": args.adapter,
+        "--margin": args.margin != mining.DEFAULT_MARGIN,
+        "--absolute-margin": args.absolute_margin is not None,
+        "--max-score": args.max_score is not None,
+        "--instruction": args.instruction is not None,
+        "--max-length": args.max_length is not None,
+        "--device": args.device,
+        "--dtype": args.dtype,
+    }
+    given = [flag for flag, value in reranker_only.items() if value]
+    if given and not args.reranker:  # they would be ignored: plain BM25 negatives
+        raise UserError(
+            f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --reranker (they tune its filter)"
+        )
+    for flag, value in (("--margin", args.margin), ("--absolute-margin", args.absolute_margin),
+                        ("--max-score", args.max_score)):  # fmt: skip
+        if value is not None and not 0.0 <= value <= 1.0:  # probabilities and their differences
+            raise UserError(f"{flag} must be in [0, 1] (the probability scale), got {value}")
+    check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
     start = time.perf_counter()
     beir = load_beir(args.beir, args.split)
     reranker = None
