@@ -128,6 +128,9 @@ def test_a_mistyped_local_path_is_not_asked_of_the_hub(tmp_path, monkeypatch):
         match=r"^data/zzz: no such file \(read as a local path, not a hub dataset id, because data/ is a folder",
     ):
         load_groups("data/zzz")
+    with pytest.raises(DataError, match=r"^train: no such file; did you mean train\.jsonl\?$"):
+        (tmp_path / "train.jsonl").write_text("", encoding="utf-8")
+        load_groups("train")  # a file name without its suffix
     with pytest.raises(DataError, match=r"someuser/somedata: cannot load \(AssertionError: the hub was asked\)"):
         load_groups("someuser/somedata")
 

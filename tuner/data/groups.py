@@ -134,6 +134,9 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
         raise DataError(f"{path}: no such file{_near_misses(path)}")
     # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
     # hub costs half a minute of retries on an offline machine before it fails)
+    with_suffix = [f"{text}{suffix}" for suffix in _LOCAL_SUFFIXES if Path(f"{text}{suffix}").is_file()]
+    if with_suffix:  # "mytrain" beside mytrain.jsonl: the file the user meant, not a hub id
+        raise DataError(f"{path}: no such file; did you mean {', '.join(with_suffix)}?")
     owner = text.split("/")[0]
     if text.count("/") == 1 and Path(owner).expanduser().is_dir():
         raise DataError(
