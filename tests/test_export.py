@@ -140,3 +140,16 @@ def test_an_out_that_is_or_holds_an_input_is_refused(tmp_path, run_dir, tiny_mod
         assert main(argv) == 2
         assert f"would replace the {what} " in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_checkpoint_exports_with_its_runs_recipe_and_settings(run_dir, tmp_path):
+    """A checkpoint (run/checkpoints/checkpoint-N, with the tuner.json the trainer writes into it) exports with the
+    run's recipe.yaml from two folders up and its own max_length, not with none and 8192."""
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-5"
+    shutil.copytree(run_dir / "adapter", checkpoint)
+    shutil.copy(run_dir / "config.yaml", tmp_path / "run" / "config.yaml")
+    out = tmp_path / "export"
+    assert main(["export", str(checkpoint), "--out", str(out), "--format", "adapter", "--device", "cpu"]) == 0
+    assert (out / "recipe.yaml").read_text() == (run_dir / "config.yaml").read_text()
+    meta = json.loads((out / "tuner.json").read_text())
+    assert meta["max_length"] == 512 and meta["instruction"] == RUN_INSTRUCTION

@@ -93,6 +93,15 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     assert {"first_stage", "base", "final"} <= set(metrics["ood"]) and metrics["ood"]["name"].endswith("/train")
     assert metrics["dev"]["best"]["checkpoint"].endswith(("checkpoint-12", "checkpoint-24"))
 
+    # every checkpoint carries the run's tuner.json: scored or exported on its own, it keeps max_length 96 (not the
+    # contract's 8192), the base and the recipe
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-12", "checkpoint-24"]
+    for checkpoint in checkpoints:
+        saved = json.loads((checkpoint / "tuner.json").read_text())
+        assert (saved["max_length"], saved["base_model"], saved["recipe"]) == (96, meta["base_model"], "test-tiny")
+    assert Reranker.from_pretrained(checkpoints[0], device="cpu").encoder.max_length == 96
+
     loaded = Reranker.from_pretrained(adapter, device="cpu", dtype="float32", max_length=96)
     live = Reranker(trained["model"], loaded.tokenizer, max_length=96)
     docs = ["notes on cats and feline: whiskers", "lava and magma", "espresso beans"]

@@ -235,7 +235,10 @@ def export(
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     dev = resolve_device(device)
     instruction = meta.get("instruction")
-    run_config = adapter_dir.parent / "config.yaml"  # the trainer saves the resolved recipe next to adapter/
+    # the trainer saves the resolved recipe next to adapter/, and next to checkpoints/ (tuner.train.CHECKPOINTS_DIR)
+    # for a checkpoint
+    run_dir = adapter_dir.parent.parent if adapter_dir.parent.name == "checkpoints" else adapter_dir.parent
+    run_config = run_dir / "config.yaml"
     recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
 
     # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.

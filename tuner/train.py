@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 from tuner.config import Config, ConfigError, atomic_write_json
 from tuner.score_forward import install_score_forward, remove_score_forward
 from tuner.train_data import GroupCollator, GroupDataset
-from tuner.trainer import EpochFromState, LogLines, MetricsWriter, RerankTrainer, StopOnNonFinite
+from tuner.trainer import CheckpointMeta, EpochFromState, LogLines, MetricsWriter, RerankTrainer, StopOnNonFinite
 
 log = logging.getLogger("tuner.train")
 
@@ -340,6 +341,20 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     trainer.remove_callback(PrinterCallback)  # replaced by LogLines: the same dicts, also into train.log
     trainer.add_callback(LogLines())
     trainer.add_callback(StopOnNonFinite())  # after LogLines: the bad step's line is in train.log
+
+    def write_run_meta(folder: Path, eval_summary: dict[str, Any] | None = None) -> None:
+        write_meta(
+            folder,
+            base_model=str(base_path),
+            instruction=config.data.instruction,
+            max_length=m.max_length,
+            encoder=encoder,
+            version=__version__,
+            recipe=config.name,
+            eval=eval_summary or {},
+        )
+
+    trainer.add_callback(CheckpointMeta(write_run_meta))
     for callback in callbacks or []:
         trainer.add_callback(callback)
     if tracker is not None and record["dev"].get("base"):
@@ -397,16 +412,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         eval_summary = {
             k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)
         }
-        write_meta(
-            staging,
-            base_model=str(base_path),
-            instruction=config.data.instruction,
-            max_length=m.max_length,
-            encoder=encoder,
-            version=__version__,
-            recipe=config.name,
-            eval=eval_summary,
-        )
+        write_run_meta(staging, eval_summary)
         if target.exists():  # --resume of a finished run: the same weights, saved again
             shutil.rmtree(target)
         staging.rename(target)

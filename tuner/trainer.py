@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tuner.losses import distill_loss, listwise_loss, pointwise_loss, sft_loss
 from tuner.train_data import EpochSampler
@@ -180,6 +182,19 @@ class LogLines(TrainerCallback):
         if state.is_world_process_zero and logs:
             items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
             log.info("step %d: %s", state.global_step, items)
+
+
+class CheckpointMeta(TrainerCallback):
+    """Write the run's `tuner.json` into every checkpoint as it is saved, so that a checkpoint exported, scored or
+    evaluated on its own keeps the run's base, instruction and max_length (not the contract's 8192 default)."""
+
+    def __init__(self, write) -> None:
+        self.write = write  # write(folder): tuner.json into that folder
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.write(folder)
 
 
 class MetricsWriter(TrainerCallback):
