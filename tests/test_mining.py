@@ -73,6 +73,32 @@ def test_negatives_come_from_the_rank_range_and_never_are_judged_positives(beir,
     assert len(q0) <= 11
 
 
+def test_empty_positives_and_empty_queries_are_left_out_and_counted(tmp_path, capsys):
+    """A judged positive with no text made a group that `tuner data check` and training refuse; a judged query
+    with no text vanished without a word. Both are left out, and the CLI says which."""
+    root = make_beir(tmp_path / "mini")
+    corpus = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    corpus += [{"_id": "blank", "title": "", "text": "  "}]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
+    queries = [json.loads(line) for line in (root / "queries.jsonl").read_text().splitlines()]
+    queries += [{"_id": "qe", "text": ""}]
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    with open(root / "qrels" / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("q1\tblank\t1\nqe\t0-0\t1\n")
+    stats = MiningStats()
+    groups = mine_negatives(load_beir(root, "train"), depth=30, num_negatives=3, cache_dir=tmp_path / "c",
+                            show_progress=False, stats=stats)  # fmt: skip
+    assert all(doc["text"].strip() for g in groups for doc in g.pos)
+    assert len(groups) == 3 and {g.qid for g in groups} == {"q0", "q1", "q2"}  # q1 keeps its two real positives
+    assert stats.skipped == ["query 'q1': its positive 'blank' has no text", "query 'qe' has no text"]
+    out = tmp_path / "out.jsonl"
+    assert main(["mine", "--beir", str(root), "--out", str(out), "--num-negatives", "3", "--no-progress"]) == 0
+    assert (
+        "left out: 2 (query 'q1': its positive 'blank' has no text; query 'qe' has no text)" in capsys.readouterr().out
+    )
+    assert check_file(out, tokens=False).ok
+
+
 def test_sampling_is_seeded_and_per_query(beir, tmp_path):
     kwargs = dict(depth=20, range_min=0, range_max=20, num_negatives=4, cache_dir=tmp_path / "c", show_progress=False)
     a = mine_negatives(beir, seed=0, **kwargs)

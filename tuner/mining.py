@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class MiningStats:
     groups: int = 0
     full: int = 0
     filtered: int = 0
+    # judged positives left out because their document has no text (title and text empty): a group with one
+    # fails `tuner data check` and training; and judged queries left out because their own text is empty
+    skipped: list[str] = field(default_factory=list)
     scored_pairs: int = 0
 
 
@@ -146,6 +149,13 @@ def mine_negatives(
                 f"{beir.name}: qrels query {qid!r} judges document {missing[0]!r} relevant, and the corpus has no "
                 "such _id (are the qrels from another version of the collection?)"
             )
+        if not beir.queries.get(qid, "").strip():
+            if pos_ids:
+                stats.skipped.append(f"query {qid!r} has no text")
+            continue
+        empty = [d for d in pos_ids if not document_text(beir.corpus[d]).strip()]
+        stats.skipped += [f"query {qid!r}: its positive {d!r} has no text" for d in empty]
+        pos_ids = [d for d in pos_ids if d not in empty]
         if pos_ids:
             positives[qid] = pos_ids
     stats.queries = len(positives)

@@ -189,5 +189,10 @@ def _run_mine(args) -> int:
         f"\n  groups with {args.num_negatives} negatives: {stats.full} ({100 * stats.full / max(1, stats.queries):.1f}%"
         f" of queries); negatives per group: {{{hist}}}"
         + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
+        + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
     )
     return 0
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    return "; ".join(items[:n]) + ("; ..." if len(items) > n else "")
