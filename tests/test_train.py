@@ -264,3 +264,13 @@ def test_a_mistyped_target_module_beside_good_ones_is_named(tiny_model_dir):
     model = attach_lora(base, r=4, target_modules=["q_proj", "self_attn.v_proj"])  # peft's suffix match is kept
     adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
     assert adapted == {"q_proj", "v_proj"}
+
+
+def test_a_dev_set_of_training_queries_is_warned_about(tiny_model_dir, beir, tmp_path):
+    config = tiny_config(
+        tiny_model_dir, beir, tmp_path / "run", "train.max_steps=1", f"eval.beir={beir}", "eval.split=train"
+    )
+    train(config)
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert "6 of 6 dev queries (topics/train) are also training queries (e.g. 'notes about" in log
+    assert "WARNING" in log.split("are also training queries")[0].splitlines()[-1]

@@ -65,6 +65,22 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         raise
 
 
+def _warn_if_dev_is_trained_on(groups, dev) -> None:
+    """A dev set whose queries are also training queries (eval.beir/eval.split the training split, a train file
+    mined from the test qrels) measures memory, not the domain: say so once, with the count."""
+    trained = {" ".join(g.query.split()).lower() for g in groups}
+    shared = [q for q, text in dev.queries.items() if " ".join(text.split()).lower() in trained]
+    if shared:
+        log.warning(
+            "%d of %d dev queries (%s) are also training queries (e.g. %r): the dev metrics overstate what the "
+            "model learned; evaluate on queries it never trained on",
+            len(shared),
+            len(dev.queries),
+            dev.name,
+            dev.queries[shared[0]][:80],
+        )
+
+
 def _log_failure(config: Config, err: BaseException) -> None:
     """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
     from tuner.train_setup import output_dir_for
@@ -268,6 +284,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     # 4. evaluators (dev set + optional out-of-domain), the first stage and the base measured once
     with args.main_process_first(desc="evaluation data"):
         evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
+    if main and "dev" in evaluators:
+        _warn_if_dev_is_trained_on(groups, evaluators["dev"])
     rank_eval = None
     if evaluators:
         rank_eval = RankEval(
