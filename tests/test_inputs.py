@@ -304,6 +304,12 @@ def test_beir_bytes_problems_are_named_or_tolerated(tmp_path):
     (folder / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq\xe9\td1\t1\n")
     with pytest.raises(DataError, match=r"test\.tsv:3: not UTF-8"):
         load_beir(folder)
+    # TREC's own qrels: space-separated "qid iter docid rel" (and tab-separated four columns)
+    (folder / "qrels" / "test.tsv").write_text("q1 0 d1 1\nq1\t0\td2\t0\n", encoding="utf-8")
+    assert load_beir(folder).qrels == {"q1": {"d1": 1, "d2": 0}}
+    (folder / "qrels" / "test.tsv").write_text("q1 d1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"test\.tsv:1: expected 3 tab-separated columns .* or TREC's 4"):
+        load_beir(folder)
 
 
 # ------------------------------------------------------------------------------------------ data split / mine

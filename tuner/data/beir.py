@@ -103,10 +103,15 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     for n, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t"), 1):
         if not row or (n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id")):
             continue
+        if len(row) == 1 and len(row[0].split()) in (3, 4):  # TREC's own files separate by spaces, not tabs
+            row = row[0].split()
         if len(row) == 4:  # TREC: qid iter docid rel
             row = [row[0], row[2], row[3]]
         if len(row) != 3:
-            raise DataError(f"{path}:{n}: expected 3 tab-separated columns (query-id, corpus-id, score)")
+            raise DataError(
+                f"{path}:{n}: expected 3 tab-separated columns (query-id, corpus-id, score) or TREC's 4 "
+                "(qid iter docid rel)"
+            )
         try:
             score = int(row[2])
         except ValueError:
