@@ -266,11 +266,25 @@ def test_a_mistyped_target_module_beside_good_ones_is_named(tiny_model_dir):
     assert adapted == {"q_proj", "v_proj"}
 
 
-def test_a_dev_set_of_training_queries_is_warned_about(tiny_model_dir, beir, tmp_path):
-    config = tiny_config(
-        tiny_model_dir, beir, tmp_path / "run", "train.max_steps=1", f"eval.beir={beir}", "eval.split=train"
-    )
-    train(config)
-    log = (tmp_path / "run" / "logs" / "train.log").read_text()
-    assert "6 of 6 dev queries (topics/train) are also training queries (e.g. 'notes about" in log
-    assert "WARNING" in log.split("are also training queries")[0].splitlines()[-1]
+def test_training_groups_of_dev_queries_are_left_out_or_warned_about(tiny_model_dir, beir, tmp_path):
+    """A dev query that is also a training query measures memory: left out by default (data.drop_dev_queries),
+    kept with a warning when asked; a dev set of nothing but training queries leaves nothing to train on."""
+    from tuner.train_setup import load_training_groups
+
+    dev_on_train = (f"eval.beir={beir}", "eval.split=train", "eval.before=false")
+    with pytest.raises(ConfigError, match=r"every training group's query is a dev query \(topics/train\)"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "all", "train.max_steps=1", *dev_on_train))
+    kept = tiny_config(tiny_model_dir, beir, tmp_path / "kept", "train.max_steps=1", "data.drop_dev_queries=false",
+                       *dev_on_train)  # fmt: skip
+    train(kept)
+    log = (tmp_path / "kept" / "logs" / "train.log").read_text()
+    assert "WARNING 6 of 6 training groups have a query of topics/train (e.g. 'notes about" in log
+    # one shared query: its group is left out, the other five train
+    groups = load_training_groups(kept.data, kept.loss.kind, 0, tmp_path / "g")
+    from tuner.train import _check_dev_is_not_trained_on
+
+    class Dev:
+        name, queries = "dev", {"x": "  " + groups[0].query.upper() + " "}  # spacing and case do not matter
+
+    left = _check_dev_is_not_trained_on(groups, Dev, drop=True, main=True)
+    assert [g.query for g in left] == [g.query for g in groups[1:]]

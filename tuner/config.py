@@ -84,6 +84,11 @@ class DataSection:
     group_size: int = _f(8, "documents per group in a step: 1 positive + group_size - 1 negatives")
     instruction: str | None = _f(None, "instruction for rows that carry none; null = the contract's default")
     cache_dir: str | None = _f(None, "cache for BM25 indexes and mined groups; null = <output>/cache")
+    drop_dev_queries: bool = _f(
+        True,
+        "leave out training groups whose query text is a dev (eval.beir) query, so that dev metrics measure "
+        "queries never trained on (SciFact's train and test share 2 claims); false = keep them, with a warning",
+    )
 
 
 @dataclass

@@ -65,20 +65,45 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         raise
 
 
-def _warn_if_dev_is_trained_on(groups, dev) -> None:
-    """A dev set whose queries are also training queries (eval.beir/eval.split the training split, a train file
-    mined from the test qrels) measures memory, not the domain: say so once, with the count."""
-    trained = {" ".join(g.query.split()).lower() for g in groups}
-    shared = [q for q, text in dev.queries.items() if " ".join(text.split()).lower() in trained]
-    if shared:
+def _check_dev_is_not_trained_on(groups: list, dev, drop: bool, main: bool) -> list:
+    """Training groups without the dev set's query texts (`drop`), or all of them with a warning: a dev query that
+    is also a training query (the same text in both splits, eval on the training split, a train file mined from
+    the eval qrels) measures memory, not the domain. Every rank filters alike (same groups, same order)."""
+
+    def norm(text: str) -> str:
+        return " ".join(text.split()).lower()
+
+    dev_texts = {norm(text) for text in dev.queries.values()}
+    shared = [g for g in groups if norm(g.query) in dev_texts]
+    if not shared:
+        return groups
+    example = shared[0].query[:80]
+    if drop:
+        kept = [g for g in groups if norm(g.query) not in dev_texts]
+        if not kept:
+            raise ConfigError(
+                f"every training group's query is a dev query ({dev.name}): train and evaluate on different "
+                "splits (data.drop_dev_queries=false trains on them anyway)"
+            )
+        if main:
+            log.info(
+                "left out %d of %d training groups whose query is a %s query (e.g. %r; data.drop_dev_queries)",
+                len(shared),
+                len(groups),
+                dev.name,
+                example,
+            )
+        return kept
+    if main:
         log.warning(
-            "%d of %d dev queries (%s) are also training queries (e.g. %r): the dev metrics overstate what the "
-            "model learned; evaluate on queries it never trained on",
+            "%d of %d training groups have a query of %s (e.g. %r): the dev metrics overstate what the model "
+            "learned (data.drop_dev_queries=true leaves them out)",
             len(shared),
-            len(dev.queries),
+            len(groups),
             dev.name,
-            dev.queries[shared[0]][:80],
+            example,
         )
+    return groups
 
 
 def _log_failure(config: Config, err: BaseException) -> None:
@@ -284,8 +309,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     # 4. evaluators (dev set + optional out-of-domain), the first stage and the base measured once
     with args.main_process_first(desc="evaluation data"):
         evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
-    if main and "dev" in evaluators:
-        _warn_if_dev_is_trained_on(groups, evaluators["dev"])
+    if "dev" in evaluators:
+        groups = _check_dev_is_not_trained_on(groups, evaluators["dev"], config.data.drop_dev_queries, main)
     rank_eval = None
     if evaluators:
         rank_eval = RankEval(
