@@ -288,3 +288,16 @@ def test_training_groups_of_dev_queries_are_left_out_or_warned_about(tiny_model_
 
     left = _check_dev_is_not_trained_on(groups, Dev, drop=True, main=True)
     assert [g.query for g in left] == [g.query for g in groups[1:]]
+
+
+def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, beir, tmp_path, caplog):
+    from tuner.train_setup import load_training_groups
+
+    rows = [{"query": "q1", "pos": ["p"], "neg": ["n"]}, {"query": "q2", "pos": ["p"], "negs": ["n"]}]
+    file = tmp_path / "train.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "run", f"data.train_file={file}")
+    with caplog.at_level("WARNING", logger="tuner.train"):
+        groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
+    assert [g.query for g in groups] == ["q1"]
+    assert f"{file}: left out 1 of 2 groups without a negative" in caplog.text and "'neg'" in caplog.text

@@ -167,7 +167,17 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         source = f"{data.beir} ({data.split}, BM25 negatives)"
     else:
         raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
-    groups = [g for g in groups if g.pos and (g.neg or data.group_size == 1)]
+    usable = [g for g in groups if g.pos and (g.neg or data.group_size == 1)]
+    if groups and len(usable) < len(groups):  # a "negs" typo, or rows of positives only: say so, not silently
+        log.warning(
+            "%s: left out %d of %d groups without a negative (a group of %d documents needs one; is the field "
+            "named 'neg'?)",
+            source,
+            len(groups) - len(usable),
+            len(groups),
+            data.group_size,
+        )
+    groups = usable
     if data.max_groups is not None:
         groups = groups[: data.max_groups]
     if not groups:
@@ -176,8 +186,8 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         missing = sum(1 for g in groups if g.pos_scores is None or g.neg_scores is None)
         if missing:
             raise ConfigError(
-                f"loss.kind=distill needs teacher scores (pos_scores / neg_scores) in every group; "
-                f"{missing} of {len(groups)} groups in {source} have none (mine with a reranker teacher)"
+                f"loss.kind=distill needs teacher scores (pos_scores and neg_scores) in every group; "
+                f"{missing} of {len(groups)} groups in {source} lack one or both (mine with a reranker teacher)"
             )
     return groups
 
