@@ -33,6 +33,23 @@ def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueErr
         raise error(f"{where}:{line}: not UTF-8 text ({err.reason})") from None
 
 
+def similar_names(path: str | Path, n: int = 3, *, folders_only: bool = False, stems: bool = False) -> list[Path]:
+    """Entries beside `path` whose names resemble its name, best first (difflib, cutoff 0.6), for "did you mean"
+    hints; hidden entries are left out. `stems`: a name also matches without its suffixes ("trian" finds
+    train.jsonl)."""
+    import difflib
+
+    folder = Path(path).expanduser().parent
+    try:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return []
+    names = [e.name for e in entries if not e.name.startswith(".") and (e.is_dir() or not folders_only)]
+    keys = {**({name.split(".")[0]: name for name in names} if stems else {}), **{name: name for name in names}}
+    close = difflib.get_close_matches(Path(path).name, list(keys), n=n, cutoff=0.6)
+    return [folder / name for name in dict.fromkeys(keys[k] for k in close)]
+
+
 def check_output_file(path: str | Path, flag: str) -> None:
     """Raise `ValueError` naming `flag` if a file could not be written at `path`: it is a folder, a parent is a
     file, or the nearest existing folder is not writable. For commands that work long before they write."""

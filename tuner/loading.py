@@ -174,14 +174,10 @@ def check_recorded_base(base: str, adapter_dir: Path, recorded_in: str) -> str:
 
 def _near_miss(path: Path) -> str:
     """`. Did you mean 'models/tiny-reranker'?` when a folder next to the missing one has a close name."""
-    import difflib
+    from tuner.files import similar_names
 
-    parent = path.parent
-    if not parent.is_dir():
-        return ""
-    siblings = [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
-    return f". Did you mean {str(parent / close[0])!r}?" if close else ""
+    close = similar_names(path, n=1, folders_only=True)
+    return f". Did you mean {str(close[0])!r}?" if close else ""
 
 
 def read_meta(path: str | Path | None) -> dict[str, Any]:

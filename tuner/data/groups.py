@@ -148,17 +148,10 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
 
 def _near_misses(path: Path) -> str:
     """ "; did you mean ...?" for files beside `path` with a similar name, else ""."""
-    import difflib
+    from tuner.files import similar_names
 
-    folder = path.expanduser().parent
-    try:
-        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    except OSError:
-        return ""
-    # a name is matched as written and without its suffixes ("trian" finds train.jsonl)
-    keys = {**{name.split(".")[0]: name for name in names if not name.startswith(".")}, **{n: n for n in names}}
-    close = dict.fromkeys(keys[k] for k in difflib.get_close_matches(path.name, list(keys), n=3, cutoff=0.6))
-    return f"; did you mean {', '.join(str(folder / name) for name in close)}?" if close else ""
+    close = similar_names(path, stems=True)  # "trian" finds train.jsonl
+    return f"; did you mean {', '.join(str(p) for p in close)}?" if close else ""
 
 
 def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
