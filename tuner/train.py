@@ -106,6 +106,19 @@ def _check_dev_is_not_trained_on(groups: list, dev, drop: bool, main: bool) -> l
     return groups
 
 
+def _checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The `checkpoint-<step>` folders of a run, oldest step first (none if the folder is not there)."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[11:]))
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """A save that finished (a save cut off before its trainer_state.json was written lacks it)."""
+    return (checkpoint / "trainer_state.json").is_file()
+
+
 def _log_failure(config: Config, err: BaseException) -> None:
     """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
     from tuner.train_setup import output_dir_for
@@ -120,14 +133,9 @@ def _log_failure(config: Config, err: BaseException) -> None:
     if not files:  # stopped before the log was opened (a config or --resume error): no file to tell
         return
     message = "run interrupted" if isinstance(err, KeyboardInterrupt) else f"run failed: {type(err).__name__}: {err}"
-    ckpt_dir = out / CHECKPOINTS_DIR
-    steps = [
-        int(p.name[11:])
-        for p in ckpt_dir.glob("checkpoint-*")
-        if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()  # complete saves only
-    ]
-    if steps:
-        message += f"\nlast checkpoint: {ckpt_dir / f'checkpoint-{max(steps)}'} (`tuner train ... --resume` continues)"
+    complete = [p for p in _checkpoints(out / CHECKPOINTS_DIR) if _is_complete(p)]
+    if complete:
+        message += f"\nlast checkpoint: {complete[-1]} (`tuner train ... --resume` continues)"
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), (type(err), err, err.__traceback__))
     for handler in files:
         handler.handle(record)
@@ -181,13 +189,10 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     latest = None  # with --resume: the checkpoint it continues from
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
-        saved = sorted(
-            (p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()),
-            key=lambda p: int(p.name[11:]),
-        )
+        saved = _checkpoints(ckpt_dir)
         # a save that was cut off (the process died while writing) leaves a folder without trainer_state.json,
         # which transformers would pick as the latest and refuse: continue from the newest complete one instead
-        complete = [p for p in saved if (p / "trainer_state.json").is_file()]
+        complete = [p for p in saved if _is_complete(p)]
         if not complete:
             names = ", ".join(p.name for p in saved) or "none"
             raise ConfigError(
