@@ -327,7 +327,7 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
     default 8) fails as a size mismatch that reads like another base. Both are named here, as is every stored
     tensor that did not load.
     """
-    from peft import PeftModel, get_peft_model_state_dict
+    from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 
     folder = Path(adapter)
     config_file = folder / "adapter_config.json"
@@ -337,7 +337,7 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
         if "peft_type" not in config:
             raise ValueError(f"{config_file}: no 'peft_type' field; not a peft adapter config (or a damaged one)")
         ranks = {shape[0] for key, shape in (shapes or {}).items() if ".lora_A." in key and len(shape) == 2}
-        declared = config.get("r", 8)  # peft's LoraConfig default
+        declared = config.get("r", LoraConfig.r)  # a config without r gets LoraConfig's default
         if len(ranks) == 1 and not config.get("rank_pattern") and declared not in ranks:
             said = f"says r={declared}" if "r" in config else f"has no 'r' (peft's default is {declared})"
             raise ValueError(

@@ -74,12 +74,13 @@ def _check_dev_is_not_trained_on(groups: list, dev, drop: bool, main: bool) -> l
         return " ".join(text.split()).lower()
 
     dev_texts = {norm(text) for text in dev.queries.values()}
-    shared = [g for g in groups if norm(g.query) in dev_texts]
+    shared, kept = [], []
+    for group in groups:
+        (shared if norm(group.query) in dev_texts else kept).append(group)
     if not shared:
         return groups
     example = shared[0].query[:80]
     if drop:
-        kept = [g for g in groups if norm(g.query) not in dev_texts]
         if not kept:
             raise ConfigError(
                 f"every training group's query is a dev query ({dev.name}): train and evaluate on different "
