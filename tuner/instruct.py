@@ -20,7 +20,7 @@ from typing import Any
 from tuner.contract import DEFAULT_INSTRUCTION
 from tuner.eval_run import ModelOptions, candidates_source, first_stage_system, load_reranker, report_meta
 from tuner.evaluate import EvalResult, Evaluator
-from tuner.files import atomic_write
+from tuner.files import atomic_write, decode_utf8
 from tuner.loading import TUNER_META, read_meta
 
 __all__ = [
@@ -44,8 +44,6 @@ class Candidate:
 
 def read_instructions(path: str | Path) -> list[str]:
     """Instructions from a text file, one per line; blank lines and lines starting with `#` are skipped."""
-    from tuner.files import decode_utf8
-
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: a folder; --instructions takes a text file with one instruction per line")
