@@ -30,7 +30,7 @@ from typing import Any
 
 from tuner.data.beir import DataError, jsonl_lines
 from tuner.data.schema import Group
-from tuner.files import decode_utf8
+from tuner.files import decode_utf8, similar_names
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,11 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
     looks_local = text.startswith((".", "/", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
     if looks_local:
         raise DataError(f"{path}: no such file{_near_misses(path)}")
-    # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
-    # hub costs half a minute of retries on an offline machine before it fails)
     with_suffix = [f"{text}{suffix}" for suffix in _LOCAL_SUFFIXES if Path(f"{text}{suffix}").is_file()]
     if with_suffix:  # "mytrain" beside mytrain.jsonl: the file the user meant, not a hub id
         raise DataError(f"{path}: no such file; did you mean {', '.join(with_suffix)}?")
+    # "data/trian" where ./data is a folder: a mistyped local path, not the hub dataset "data/trian" (asking the
+    # hub costs half a minute of retries on an offline machine before it fails)
     owner = text.split("/")[0]
     if text.count("/") == 1 and Path(owner).expanduser().is_dir():
         raise DataError(
@@ -148,8 +148,6 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
 
 def _near_misses(path: Path) -> str:
     """ "; did you mean ...?" for files beside `path` with a similar name, else ""."""
-    from tuner.files import similar_names
-
     close = similar_names(path, stems=True)  # "trian" finds train.jsonl
     return f"; did you mean {', '.join(str(p) for p in close)}?" if close else ""
 
