@@ -146,6 +146,33 @@ def test_a_folder_of_models_names_the_ones_inside(tmp_path):
         load_model(tmp_path / "root", device="cpu")
 
 
+def test_a_hub_id_in_the_local_cache_loads_offline_and_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+    import huggingface_hub.utils._http as hub_http
+
+    from tuner.loading import _check_reachable
+
+    snapshot = tmp_path / "cache" / "models--acme--ranker" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123", encoding="utf-8")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    _check_reachable("acme/ranker")  # HF_HUB_OFFLINE=1 (conftest): found in the cache, no request made
+
+    # online, hub unreachable (a closed local port): one request, no retry backoff (hf_hub_download would sleep
+    # 1+2+4+8+8 s between five retries before giving the same error)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(
+        hub, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+    )
+    sleeps = []
+    monkeypatch.setattr(hub_http.time, "sleep", sleeps.append)
+    with pytest.raises(ModelNotFoundError, match=r"model 'acme/other' not found: .*Hub could not provide it \(Connect"):
+        _check_reachable("acme/other")
+    assert sleeps == []
+
+
 def test_an_adapters_recorded_base_and_tuner_json_fields_are_checked(tiny_model_dir, tmp_path):
     """The base an adapter's tuner.json names: relative to the adapter when not found from here, else an error
     saying where the name came from and how to pass the base; hand-edited tuner.json fields name the field."""

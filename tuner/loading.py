@@ -139,12 +139,16 @@ def _check_reachable(name: str, what: str = "model") -> None:
         return
     if _looks_local(name):
         raise ModelNotFoundError(f"{what} {name!r} not found: no such directory{_near_miss(path)}")
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import logging as hub_logging
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 
-        hub_logging.set_verbosity_error()  # one clear error below instead of a page of retry warnings
-        hf_hub_download(name, "config.json" if what == "model" else "adapter_config.json")
+    file = "config.json" if what == "model" else "adapter_config.json"
+    try:
+        if isinstance(try_to_load_from_cache(name, file), str):
+            return  # in the local hub cache: loads without the network
+        # One request and no retries: hf_hub_download retries a network error five times with backoff (about 25 s
+        # before the same error); a mistyped path or an offline machine gets its answer at once. transformers
+        # downloads the files afterwards, with its own retries.
+        get_hf_file_metadata(hf_hub_url(name, file), retry_on_errors=False)
     except Exception as err:  # every hub failure becomes the same user-facing error
         reason = " ".join(str(err).split()) or type(err).__name__
         if len(reason) > 300:
