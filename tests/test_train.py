@@ -48,6 +48,44 @@ def test_loss_falls_on_a_learnable_slice(trained):
     assert last < 0.7 * first, (first, last)
 
 
+def test_the_training_log_shows_how_the_groups_rank(trained):
+    """Each loss line carries pos_top1 / pos_margin; on a learnable slice both rise as the loss falls."""
+    history = [r for r in _log_history(trained) if "loss" in r]
+    assert all(0.0 <= r["pos_top1"] <= 1.0 for r in history)
+    first, last = history[:6], history[-6:]
+    assert sum(r["pos_top1"] for r in last) > sum(r["pos_top1"] for r in first)
+    assert sum(r["pos_margin"] for r in last) / 6 > sum(r["pos_margin"] for r in first) / 6 + 0.5
+    assert "pos_top1=" in (trained["output_dir"] / "logs" / "train.log").read_text()
+
+
+def test_ranking_window_sums_over_steps_and_resets():
+    from tuner.trainer import RankingWindow
+
+    window = RankingWindow()
+    assert window.summary() is None
+    window.add(torch.tensor([[3.0, 1.0, 2.0]]))  # positive on top
+    window.add(torch.tensor([[0.0, 1.0, -1.0], [1.0, 1.0, 0.0]]))  # below one negative; a tie is not on top
+    every = torch.tensor([3.0, 1.0, 2.0, 0.0, 1.0, -1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    got = window.summary()
+    assert got["pos_top1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert got["pos_margin"] == pytest.approx(4 / 3 - 4 / 6, abs=1e-4)
+    assert got["logit_std"] == pytest.approx(every.std(unbiased=False).item())
+    assert window.summary() is None  # reset: the next window starts empty
+    window.add(torch.tensor([[5.0]]))  # a group without negatives ranks nothing
+    assert window.summary() is None
+
+
+def test_collapsed_scores_are_warned_about_once(tiny_model_dir, beir, tmp_path, monkeypatch, caplog):
+    from tuner.trainer import RankingWindow
+
+    original = RankingWindow.add
+    monkeypatch.setattr(RankingWindow, "add", lambda self, logits: original(self, torch.full_like(logits, 2.5)))
+    with caplog.at_level("WARNING", logger="tuner.train"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "run", "train.max_steps=3"))
+    warned = [r.getMessage() for r in caplog.records if "scores collapsed" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("step 1: every training document got the same score")
+
+
 def _log_history(result):
     state = sorted((result["output_dir"] / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return json.loads((state[-1] / "trainer_state.json").read_text())["log_history"]

@@ -57,6 +57,7 @@ def test_two_cpu_processes_gloo(tiny_model_dir, tmp_path):
     adapters = list(out.rglob("adapter_model.safetensors"))
     assert [p.parent.name for p in adapters if "checkpoint-" not in str(p)] == ["adapter"]
     assert json.loads((out / "adapter" / "tuner.json").read_text())["recipe"] == "test-tiny"
+    assert "pos_top1=" in (out / "logs" / "train.log").read_text()  # the ranks' windows summed (a collective)
 
     # evaluation: base before training + final after it, each split between the ranks and gathered
     from tuner.evaluate import Evaluator

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -26,7 +27,53 @@ from tuner.train_data import EpochSampler
 # the run's logger (not __name__): the step lines belong to `tuner train`'s log, next to its other lines
 log = logging.getLogger("tuner.train")
 
-__all__ = ["EpochFromState", "LogLines", "MetricsWriter", "RerankTrainer"]
+__all__ = ["EpochFromState", "LogLines", "MetricsWriter", "RankingWindow", "RerankTrainer"]
+
+# The yes−no logits of a logging window spread less than this (std, logit units): every document gets one score.
+COLLAPSED_STD = 1e-3
+
+
+class RankingWindow:
+    """How the training groups rank, summed on the device over one logging window (no host sync per step).
+
+    Logged with each loss as `pos_top1` (the fraction of groups whose positive scores above every negative) and
+    `pos_margin` (mean positive minus mean negative yes−no logit): a loss can fall while these stay flat (or a
+    loss of 0 hide a model that says "yes" to everything), the degenerate runs users of other trainers report.
+    Written here because transformers logs only the loss; the sums are kept so DDP ranks add up exactly.
+    """
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None  # on the device: [on_top, pos_sum, neg_sum, all_sum, all_sq]
+        self.groups = self.negatives = 0  # on the host (a tensor made per step would be a copy to the device)
+
+    def add(self, logits: torch.Tensor) -> None:
+        """`logits` `[groups, group_size]`, the positive in column 0."""
+        groups, size = logits.shape
+        if size < 2:
+            return
+        x = logits.detach().double()
+        pos, neg = x[:, 0], x[:, 1:]
+        step = torch.stack([(pos > neg.amax(dim=1)).sum().double(), pos.sum(), neg.sum(), x.sum(), (x * x).sum()])
+        self.sums = step if self.sums is None else self.sums + step
+        self.groups += groups
+        self.negatives += groups * (size - 1)
+
+    def summary(self, reduce=None) -> dict[str, float] | None:
+        """`{pos_top1, pos_margin, logit_std}` of the window (after `reduce`, e.g. a sum over DDP ranks), then reset."""
+        if self.sums is None:
+            return None
+        counts = torch.tensor([self.groups, self.negatives], dtype=torch.float64, device=self.sums.device)
+        sums = torch.cat([self.sums, counts])
+        sums = reduce(sums) if reduce is not None else sums
+        on_top, pos_sum, neg_sum, all_sum, all_sq, groups, negatives = sums.tolist()
+        self.sums, self.groups, self.negatives = None, 0, 0
+        n = groups + negatives
+        mean = all_sum / n
+        return {
+            "pos_top1": round(on_top / groups, 4),
+            "pos_margin": round(pos_sum / groups - neg_sum / negatives, 4),
+            "logit_std": math.sqrt(max(all_sq / n - mean * mean, 0.0)),
+        }
 
 
 class RerankTrainer(Trainer):
@@ -56,6 +103,8 @@ class RerankTrainer(Trainer):
         self.eval_history: list[dict[str, Any]] = []
         # real (unpadded) prompt tokens per second of training, per device, logged with the loss
         self._window_tokens, self._window_start, self._window_paused = 0, None, 0.0
+        self._ranking = RankingWindow()  # pos_top1 / pos_margin, logged with the loss (all ranks)
+        self._warned_collapse = False
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -85,6 +134,19 @@ class RerankTrainer(Trainer):
             if seconds > 0:
                 logs["real_tokens_per_s"] = round(self._window_tokens / seconds, 1)
             self._window_tokens, self._window_start, self._window_paused = 0, time.perf_counter(), 0.0
+        if "loss" in logs:  # every rank logs the loss together (transformers gathers it): sum the windows the same way
+            ranking = self._ranking.summary(lambda t: self.accelerator.reduce(t, reduction="sum"))
+            if ranking is not None:
+                std = ranking.pop("logit_std")
+                logs.update(ranking)
+                if std < COLLAPSED_STD and not self._warned_collapse and self.is_world_process_zero():
+                    self._warned_collapse = True
+                    log.warning(
+                        "step %d: every training document got the same score (yes−no logit std %.2g over the last "
+                        "logging window): the model's scores collapsed; lower train.lr or check the labels",
+                        self.state.global_step,
+                        std,
+                    )
         super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -118,6 +180,8 @@ class RerankTrainer(Trainer):
                 )
             else:
                 raise ValueError(f"unknown loss {self.loss_kind!r}")
+        if model.training:
+            self._ranking.add(logits)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
