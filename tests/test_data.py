@@ -79,6 +79,56 @@ def test_json_array_gzip_and_folder_with_split(tmp_path):
         load_groups(folder, split="test")
 
 
+def test_csv_and_tsv_files_of_labeled_pairs(tmp_path):
+    """A header names the columns (any order, any case); CSV cells may be quoted across lines, TSV has no
+    quoting (a document that opens with a quote stays one cell); a title column makes {title, text} documents."""
+    csv_text = (
+        "Label,query,document,title,note\n"
+        '1,what is x,"x is a ""letter"", see\nthe next line",Letters,\n'
+        "\n"
+        "0,what is x,unrelated,,\n"
+        "2.5,what is y,y doc,,graded\n"
+    )
+    (tmp_path / "p.csv").write_text(csv_text, encoding="utf-8")
+    result = read_groups(tmp_path / "p.csv")
+    assert result.rows == 3 and result.unknown_fields == {"note": f"{tmp_path / 'p.csv'}:2"}
+    x, y = result.groups
+    assert x.pos == [{"title": "Letters", "text": 'x is a "letter", see\nthe next line'}] and x.neg == ["unrelated"]
+    assert (y.query, y.pos, y.neg) == ("what is y", ["y doc"], [])
+
+    tsv_text = 'query\tdocument\tlabel\tinstruction\nq\t"Quoted," she said\t1\tfind quotes\nq\tplain\t0\tfind quotes\n'
+    with gzip.open(tmp_path / "t.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write(tsv_text)
+    (g,) = load_groups(tmp_path / "t.tsv.gz")
+    assert (g.pos, g.neg, g.instruction) == (['"Quoted," she said'], ["plain"], "find quotes")
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_text(csv_text, encoding="utf-8")
+    assert len(load_groups(folder)) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "h.csv",
+            "q,doc,label\na,b,1\n",
+            r"h\.csv:1: a CSV \(comma-separated\) training file needs a header row "
+            r"naming the columns query, document, label .*this one has q, doc, label \(missing query, document\)",
+        ),
+        ("s.csv", "query;document;label\na;b;1\n", r"one cell split by ';'"),
+        ("n.tsv", "query\tdocument\tlabel\na\tb\n", r"n\.tsv:2: 2 cells, the header names 3 columns"),
+        ("l.csv", 'query,document,label\n"a\nb",c,yes\n', r"l\.csv:2: field 'label' must be a number, got 'yes'"),
+        ("e.csv", "query,document,label\n,c,1\n", r"e\.csv:2: field 'query' is empty text"),
+    ],
+)
+def test_bad_csv_and_tsv_rows_are_named(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_groups(tmp_path / name)
+
+
 def test_parquet_goes_through_datasets(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa

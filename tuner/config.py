@@ -74,7 +74,11 @@ class LoraSection:
 
 @dataclass
 class DataSection:
-    train_file: str | None = _f(None, "grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}")
+    train_file: str | None = _f(
+        None,
+        "training rows: grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}, labeled pairs "
+        "(JSONL, or CSV/TSV with a query,document,label header), Parquet, or a hub dataset id",
+    )
     beir: str | None = _f(None, "BEIR folder to mine training groups from (when no train_file)")
     split: str = _f("train", "qrels split of `beir` used for training groups")
     mine_depth: int = _f(100, "mining: BM25 depth the negatives are drawn from")

@@ -15,7 +15,7 @@ def add_data(sub) -> None:
     p = sub.add_parser("data", help="check or split training data")
     verbs = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
     c = verbs.add_parser("check", help="validate a grouped/pairs file (or a BEIR folder) and print its stats")
-    c.add_argument("path", help="JSONL/JSON/Parquet file, folder with <split>.jsonl, BEIR folder, or hub id")
+    c.add_argument("path", help="JSONL/JSON/Parquet/CSV/TSV file, folder with <split>.jsonl, BEIR folder, or hub id")
     c.add_argument("--split", help="split: file stem in a folder, hub split, or BEIR qrels (default train/test)")
     c.add_argument(
         "--max-length", type=positive_int, default=8192, help="prompt token budget to count truncation against"

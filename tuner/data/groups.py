@@ -5,19 +5,24 @@ Two row shapes are accepted (one file may mix them):
 - grouped (FlagEmbedding's field names): `{"query", "pos": [...], "neg": [...], "instruction"?, "pos_scores"?,
   "neg_scores"?, "qid"?}`; `neg` may be left out (no negatives);
 - labeled pairs: `{"query", "document", "label", "instruction"?}`, grouped per (query, instruction) in order of
-  first appearance: `label > 0` → positive, otherwise negative (binary or graded labels).
+  first appearance: `label > 0` → positive, otherwise negative (binary or graded labels). A CSV/TSV file holds
+  labeled pairs, one per row, under a header naming the columns (`query`, `document`, `label`, and optionally
+  `title` (the document's), `instruction`, `qid`).
 
 A document is a non-empty string or `{"title"?, "text"}`.
 
 Local JSONL/JSON files are read line by line here rather than through `datasets`: Arrow needs one type per
 column (a file that mixes string and `{title, text}` documents cannot be loaded by its JSON builder), and its
-errors do not name the line. Parquet files and hub dataset ids go through `datasets`; their rows are named by
-row number.
+errors do not name the line. CSV/TSV goes through the standard library's `csv` for the same reason (and to keep
+every cell a string until the label is checked). Parquet files and hub dataset ids go through `datasets`; their
+rows are named by row number.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import logging
 import math
@@ -36,7 +41,8 @@ log = logging.getLogger(__name__)
 
 _GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid"}
 _PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
-_LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".tsv", ".csv.gz", ".tsv.gz")
+_TABLE_COLUMNS = ("query", "document", "label")  # required in a CSV/TSV header; "title", "instruction", "qid" optional
 
 
 @dataclass
@@ -90,6 +96,82 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: row {n}", row
 
 
+def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, pair row) per data row of a CSV (comma) or TSV (tab) file with a header row.
+
+    CSV follows RFC 4180 (a quoted cell may hold commas, quotes and line breaks; the location is the line its row
+    starts on). TSV has no quoting, as in the IANA format: a cell ends at a tab or line break, and a `"` is text
+    (a document that opens with a quote must not swallow the lines after it). A row with the wrong number of
+    cells comes as a `DataError` value. The label stays text until `parse_pair` checks it.
+    """
+    opener = gzip.open if _is_gz(path) else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    text = decode_utf8(raw, path, DataError)
+    tsv = path.name.lower().removesuffix(".gz").endswith(".tsv")
+    kind = "TSV (tab-separated)" if tsv else "CSV (comma-separated)"
+    csv.field_size_limit(2**31 - 1)  # the default 128 KiB cell limit would refuse a long document
+    if tsv:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        while header is not None and not any(cell.strip() for cell in header):
+            header = next(reader, None)  # blank lines before the header
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
+    if header is None:
+        return
+    columns = [cell.strip().lower() for cell in header]
+    missing = [c for c in _TABLE_COLUMNS if c not in columns]
+    if missing:
+        other = next((sep for sep in (";", "\t", ",", "|") if len(header) == 1 and sep in header[0]), None)
+        hint = f"; its header is one cell split by {other!r}: the file's separator is not the suffix's" if other else ""
+        raise DataError(
+            f"{path}:{reader.line_num}: a {kind} training file needs a header row naming the columns "
+            f"{', '.join(_TABLE_COLUMNS)} (optional: title, instruction, qid); this one has {', '.join(header)} "
+            f"(missing {', '.join(missing)}){hint}"
+        )
+    start = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield f"{path}:{start}", DataError(f"{path}:{start}: not valid {kind} ({err})")
+            start = reader.line_num + 1
+            continue
+        where, start = f"{path}:{start}", reader.line_num + 1
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line
+        if len(cells) != len(columns):
+            yield where, DataError(f"{where}: {len(cells)} cells, the header names {len(columns)} columns")
+            continue
+        row: dict[str, Any] = {}
+        for name, cell in zip(columns, cells, strict=True):
+            row[name] = cell if cell != "" or name in _TABLE_COLUMNS else None  # an empty optional cell: not given
+        row["label"] = _number(row["label"])
+        title = row.pop("title", None)
+        if title:
+            row["document"] = {"title": title, "text": row["document"]}
+        yield where, row
+
+
+def _number(cell: str) -> Any:
+    """A label cell as an int or float; text that is not a number stays text (parse_pair names it)."""
+    for kind in (int, float):
+        try:
+            return kind(cell.strip())
+        except ValueError:
+            pass
+    return cell
+
+
 def _first_char(path: Path) -> str:
     opener = gzip.open if _is_gz(path) else open
     try:
@@ -116,7 +198,7 @@ def _iter_datasets(source: str, split: str | None, **kwargs) -> Iterator[tuple[s
 
 
 def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | None:
-    """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet`."""
+    """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet|.csv|.tsv`."""
     path = Path(path_or_id)
     if path.is_dir():
         if any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz")):
@@ -125,7 +207,7 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
         for suffix in _LOCAL_SUFFIXES:
             if (path / f"{name}{suffix}").is_file():
                 return path / f"{name}{suffix}"
-        raise DataError(f"{path}: no {name}.jsonl, {name}.json or {name}.parquet in this folder")
+        raise DataError(f"{path}: no {name}.jsonl, .json, .parquet, .csv or .tsv in this folder")
     if path.is_file():
         return path
     text = str(path_or_id)
@@ -164,6 +246,8 @@ def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tupl
     name = path.name.lower()
     if name.endswith(".parquet"):
         yield from _iter_datasets(str(path), None, args=("parquet",), data_files=str(path))
+    elif name.removesuffix(".gz").endswith((".csv", ".tsv")):
+        yield from _iter_table(path)
     elif name.endswith((".json", ".json.gz")) and _first_char(path) in ("[", "{") and _is_json_document(path):
         yield from _iter_json_array(path)
     else:
@@ -307,7 +391,7 @@ def read_groups(
     """Read and validate every row; the workhorse behind `load_groups` and `tuner data check`.
 
     Args:
-        path_or_id: a JSONL/JSON/Parquet file, a folder with `<split>.jsonl|.json|.parquet`, or a hub dataset id.
+        path_or_id: a JSONL/JSON/Parquet/CSV/TSV file, a folder with `<split>.<one of those>`, or a hub dataset id.
         split: folder file stem or hub split (default "train").
         collect_errors: keep going after a bad row and record up to `max_errors` messages (for `data check`);
             otherwise the first bad row raises `DataError`. Unreadable files always raise.
@@ -358,8 +442,8 @@ def load_groups(path_or_id: str | Path, split: str | None = None) -> list[Group]
     """Read grouped rows and/or labeled pairs into `Group`s; the first bad row raises `DataError`.
 
     Args:
-        path_or_id: a local `.jsonl`/`.json`/`.parquet` file (`.gz` allowed for JSON), a folder holding
-            `<split>.jsonl|.json|.parquet`, or a hub dataset id (when the hub is reachable).
+        path_or_id: a local `.jsonl`/`.json`/`.parquet`/`.csv`/`.tsv` file (`.gz` allowed for JSON and CSV/TSV),
+            a folder holding `<split>.<one of those>`, or a hub dataset id (when the hub is reachable).
         split: folder file stem or hub split; default "train".
 
     Returns:
