@@ -103,7 +103,7 @@ def test_an_unknown_override_key_and_ood_without_dev_are_named(tmp_path):
     recipe.write_text("train:\n  lr: 1.0e-4\n")
     with pytest.raises(ConfigError, match=r"^override 'train.lrr=1': unknown key 'train.lrr'"):
         load_config(recipe, ["train.lrr=1"])
-    with pytest.raises(ConfigError, match=r"eval\.ood: .* set eval\.beir too, or eval\.ood=null"):
+    with pytest.raises(ConfigError, match=r"eval\.ood: .* set eval\.beir \(or eval\.data\) too, or eval\.ood=null"):
         load_config(None, ["eval.ood=data/cranfield", "eval.beir=null"])
     with pytest.raises(ConfigError, match=r"loss\.teacher_temperature: must be > 0"):
         load_config(None, ["loss.teacher_temperature=0"])

@@ -256,3 +256,56 @@ def test_cli_eval_user_errors(tmp_path, tiny_model_dir, beir_dir, capsys):
     assert main([*base, "--beir", str(beir_dir), "--split", "dev"]) == 2
     assert "no qrels for split 'dev'" in capsys.readouterr().err
     assert main([*base, "--beir", str(beir_dir), "--top-k", "0"]) == 2
+
+
+def _dev_groups(path: Path) -> Path:
+    rows = [
+        {"query": "what is bm25", "pos": ["BM25 ranks documents.", "A ranking function."], "neg": ["Cats purr."]},
+        {"query": "capital of france", "pos": ["Paris."], "neg": ["Berlin.", "Paris.", "Rome."], "qid": "cap"},
+        {"query": "find the fish", "pos": ["Salmon swim."], "neg": ["Dogs bark."], "instruction": "Find animals"},
+        {"query": "no negatives here", "pos": ["Alone."]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_an_evaluator_from_a_groups_file(tmp_path, tiny_reranker):
+    """Each group's documents are its candidates (a duplicate counted once, as the positive it also is), its
+    positives the qrels; the first stage is a seeded random order; a row's instruction is the one its pairs get."""
+    path = _dev_groups(tmp_path / "dev.jsonl")
+    ev = Evaluator.from_groups(path)
+    assert ev.qids == ["q1", "cap", "q3"]  # the group without a negative has nothing to rank: left out
+    assert ev.qrels == {"q1": {"q1/0": 1, "q1/1": 1}, "cap": {"cap/0": 1}, "q3": {"q3/0": 1}}
+    assert sorted(ev.candidates["cap"]) == ["cap/0", "cap/1", "cap/2"] and ev.top_k == 3  # Paris. once
+
+    def order(e):
+        return tuple(tuple(e.candidates[q]) for q in ev.qids)
+
+    others = {order(Evaluator.from_groups(path, seed=s)) for s in range(1, 6)}
+    assert order(Evaluator.from_groups(path)) == order(ev) and len(others | {order(ev)}) > 1  # seeded, and random
+
+    result = ev.evaluate(tiny_reranker)
+    got = dict(result.run["q3"])
+    texts = {"q3/0": "Salmon swim.", "q3/1": "Dogs bark."}
+    own = tiny_reranker.score_pairs([("find the fish", t, "Find animals") for t in texts.values()], normalize=False)
+    assert [got[d] for d in texts] == pytest.approx(own, abs=1e-5)
+    default = tiny_reranker.score_pairs([("find the fish", t) for t in texts.values()], normalize=False)
+    assert own != pytest.approx(default, abs=1e-5)  # the row's instruction changes the scores
+    forced = dict(ev.evaluate(tiny_reranker, instruction="").run["q3"])  # an explicit instruction: for all
+    none = tiny_reranker.score_pairs([("find the fish", t, "") for t in texts.values()], normalize=False)
+    assert [forced[d] for d in texts] == pytest.approx(none, abs=1e-5)
+
+
+def test_cli_eval_on_a_groups_file(tmp_path, tiny_model_dir, capsys):
+    from tuner.cli import main
+
+    path = _dev_groups(tmp_path / "dev.jsonl")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(path), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert [s["label"] for s in summary["systems"]] == ["first stage (random order)", "model"]
+    assert summary["dataset"] == "dev.jsonl" and summary["queries"] == 3 and summary["pairs_per_model"] == 8
+    assert "first stage in a seeded random order" in capsys.readouterr().out
+    argv = ["eval", "--model", str(tiny_model_dir), "--data", str(path), "--top-k", "3"]
+    assert main(argv) == 2
+    assert "--top-k: for --beir; with --data the candidates are each group's documents" in capsys.readouterr().err

@@ -339,3 +339,31 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
         groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
     assert [g.query for g in groups] == ["q1"]
     assert f"{file}: left out 1 of 2 groups without a negative" in caplog.text and "'neg'" in caplog.text
+
+
+def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path):
+    """eval.data: the groups of a training-format file are evaluated before and after training (next to their
+    random order), and a training group with a dev query is left out as with eval.beir."""
+    from train_helpers import TOPICS
+
+    rows = []
+    for t, (word, near, _) in enumerate(TOPICS[5:], 5):  # topic 5 is also a training query
+        docs = [f"notes on {w} and {n}" for w, n, _ in TOPICS]
+        rows.append({"query": f"notes about {word} {near}?", "pos": [docs[t]], "neg": docs[:t] + docs[t + 1 :]})
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    config = tiny_config(
+        tiny_model_dir, beir, tmp_path / "run", "train.max_steps=4", f"eval.data={dev}", "eval.before=true"
+    )
+    result = train(config)
+    record = json.loads((result["output_dir"] / "metrics.json").read_text())["dev"]
+    assert record["name"] == "dev.jsonl" and set(record) >= {"first_stage", "base", "final"}
+    assert record["final"]["ndcg@10"] != record["first_stage"]["ndcg@10"]
+    log = (result["output_dir"] / "logs" / "train.log").read_text()
+    assert "left out 1 of 6 training groups whose query is a dev.jsonl query" in log
+    assert "dev dev.jsonl: random order " in log
+
+    with pytest.raises(ConfigError, match=r"eval\.data: the dev set is eval\.beir or eval\.data, not both"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "x", f"eval.data={dev}", f"eval.beir={beir}")
+    with pytest.raises(ConfigError, match=r"eval\.data: .*nope\.jsonl: no such file; did you mean .*dev\.jsonl"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "y", f"eval.data={tmp_path / 'nope.jsonl'}"))

@@ -141,7 +141,12 @@ class LossSection:
 @dataclass
 class EvalSection:
     beir: str | None = _f(None, "BEIR folder evaluated during training (never the training queries)")
-    split: str = _f("test", "qrels split of `beir` used for evaluation")
+    data: str | None = _f(
+        None,
+        "instead of beir: a labeled file in a training format (e.g. `tuner data split`'s dev part); each group's "
+        "documents are reranked, next to their seeded random order",
+    )
+    split: str = _f("test", "qrels split of `beir` used for evaluation (or the <split> file of an eval.data folder)")
     top_k: int = _f(100, "rerank the first stage's (BM25) top-k")
     max_queries: int | None = _f(None, "evaluate at most this many queries (seeded choice); null = all")
     steps: int = _f(0, "evaluate every N steps (0 = only before and after training)")
@@ -405,6 +410,11 @@ def _upgrade(data: dict[str, Any], where: str) -> None:
         log.warning("%strain.packing is now train.batching (packed | sorted | padded)", where)
 
 
+def has_dev_set(config: Config) -> bool:
+    """A dev set is evaluated during training (eval.beir or eval.data)."""
+    return bool(config.eval.beir or config.eval.data)
+
+
 def validate(config: Config, where: str = "") -> None:
     """Cross-field checks that types alone cannot express."""
     for section in fields(config):  # YAML's .nan and .inf are floats: they pass every range check below
@@ -413,9 +423,12 @@ def validate(config: Config, where: str = "") -> None:
             value = getattr(part, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}{section.name}.{f.name}: must be a finite number, got {value!r}")
-    if config.eval.ood and not config.eval.beir:
+    if config.eval.beir and config.eval.data:
+        raise ConfigError(f"{where}eval.data: the dev set is eval.beir or eval.data, not both; set one to null")
+    if config.eval.ood and not (config.eval.beir or config.eval.data):
         raise ConfigError(
-            f"{where}eval.ood: the out-of-domain check runs beside the dev set; set eval.beir too, or eval.ood=null"
+            f"{where}eval.ood: the out-of-domain check runs beside the dev set; set eval.beir (or eval.data) too, "
+            "or eval.ood=null"
         )
     if config.data.group_size < 2 and config.loss.kind in ("listwise", "distill"):
         raise ConfigError(f"{where}data.group_size: {config.loss.kind} needs at least 2 documents per group")
@@ -428,7 +441,7 @@ def validate(config: Config, where: str = "") -> None:
             raise ConfigError(f"{where}loss.{key}: must be > 0, got {getattr(config.loss, key)!r}")
     if config.model.load_in_4bit and not config.lora.enabled:
         raise ConfigError(f"{where}model.load_in_4bit: a 4-bit base cannot be fully fine-tuned (set lora.enabled)")
-    evaluated_and_saved = config.eval.beir and config.eval.steps > 0 and config.train.save_steps > 0
+    evaluated_and_saved = has_dev_set(config) and config.eval.steps > 0 and config.train.save_steps > 0
     if evaluated_and_saved and config.train.save_steps % config.eval.steps:
         # the best checkpoint (by the primary metric) must be a step that was both evaluated and saved
         raise ConfigError(

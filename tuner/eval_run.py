@@ -79,6 +79,10 @@ def load_reranker(model: str, adapter: str | None = None, options: ModelOptions 
     return Reranker.from_pretrained(model, adapter=adapter, **kwargs)
 
 
+# the first stage of an evaluation on a training-format file (`--data`): its documents in a seeded random order
+RANDOM_ORDER = "random order"
+
+
 def candidates_source(candidates: str | Path) -> str:
     """How reports name the first stage: "BM25" or the run file's path."""
     return "BM25" if str(candidates).lower() == "bm25" else str(candidates)
@@ -123,7 +127,7 @@ def _unique(label: str, taken: set[str]) -> str:
 
 def run_eval(
     model: str,
-    beir: str | Path,
+    beir: str | Path | None,
     out_dir: str | Path,
     adapter: str | None = None,
     split: str = "test",
@@ -136,8 +140,13 @@ def run_eval(
     options: ModelOptions | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = True,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
+
+    The queries are a BEIR folder's split (`beir`, with `candidates` from BM25 or a run file), or the groups of a
+    training-format file (`data`, instead of `beir`: each group's documents are its candidates, and the first
+    stage row is their seeded random order; see `Evaluator.from_groups`).
 
     With an adapter, the base is the same loaded model with the adapter disabled (no second copy in memory).
     Each model is scored under each instruction of `instructions` (None → its default, "" → none). Comparison
@@ -154,10 +163,14 @@ def run_eval(
 
     prepare_out_dir(out_dir)
     instructions = list(instructions) or [None]
-    evaluator = Evaluator.from_beir(
-        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
-    )
-    source = candidates_source(candidates)
+    if data is not None:
+        evaluator = Evaluator.from_groups(data, split, max_queries, seed, show_progress=show_progress)
+        source, top_k = RANDOM_ORDER, evaluator.top_k
+    else:
+        evaluator = Evaluator.from_beir(
+            beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
+        )
+        source = candidates_source(candidates)
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
 
@@ -191,5 +204,7 @@ def run_eval(
         del other_reranker
         gc.collect()
 
-    meta = report_meta(evaluator, beir, split, source, top_k, max_queries, instructions=instructions)
+    if data is not None and not Path(data).is_dir():
+        split = ""  # a file: no split to name
+    meta = report_meta(evaluator, data or beir, split, source, top_k, max_queries, instructions=instructions)
     return write_report(out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels)

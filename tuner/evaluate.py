@@ -12,6 +12,7 @@ batches, and only Python floats are kept, never score tensors.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -123,6 +124,8 @@ class Evaluator:
         primary_metric: the metric training selects on.
         chunk_pairs: pairs encoded and scored per chunk (bounds memory on large candidate sets).
         show_progress: progress bar over pairs; None → only for 1,000 pairs or more.
+        query_instructions: query id → its own instruction (a training file's per-row `instruction`), used where
+            the call's instruction is the default (None); an explicit instruction (or `""`) applies to all.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Evaluator:
         primary_metric: str = "ndcg@10",
         chunk_pairs: int = 1024,
         show_progress: bool | None = None,
+        query_instructions: Mapping[str, str | None] | None = None,
     ) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -154,6 +158,8 @@ class Evaluator:
         if not self.qids:
             raise ValueError(f"{name}: no query has both text and qrels")
         self.queries = {q: queries[q] for q in self.qids}
+        given = query_instructions or {}
+        self.query_instructions = {q: given[q] for q in self.qids if given.get(q) is not None}
         self.qrels = {q: dict(qrels[q]) for q in self.qids}
         self.candidates: dict[str, list[str]] = {}
         for q in self.qids:
@@ -169,6 +175,7 @@ class Evaluator:
         self.first_stage = {q: [(d, float(s)) for d, s in _cut(candidates.get(q, ()), top_k)] for q in self.qids}
         self._cache: dict[tuple, list[list[np.ndarray]]] = {}
         self._first_stage_result: EvalResult | None = None
+        self.first_stage_name = "first stage"  # how logs name the candidates' own order ("random order": from_groups)
 
     @classmethod
     def from_beir(
@@ -197,6 +204,69 @@ class Evaluator:
                 raise
             # the ids came from the run file: name it, and the corpus it does not match
             raise ValueError(f"{candidates}: {err} (corpus {Path(folder) / 'corpus.jsonl[.gz]'})") from None
+
+    @classmethod
+    def from_groups(
+        cls,
+        path_or_id: str | Path,
+        split: str | None = None,
+        max_queries: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> Evaluator:
+        """Evaluator on a training-format file (grouped rows or labeled pairs, e.g. `tuner data split`'s dev part):
+        each group's positives and negatives are its query's candidates, its positives the qrels (grade 1).
+
+        The file gives no first-stage order (grouped rows list the positives first), so the candidates come in a
+        seeded random order, which is what `first_stage_result` reports: the chance level the rerankers are
+        judged next to. Identical documents of one group count once (a positive wins); groups without a negative
+        have nothing to rank and are left out. Per-row instructions are kept (`query_instructions`).
+        """
+        from tuner.data import load_groups
+
+        groups = load_groups(path_or_id, split)
+        rng = random.Random(seed)
+        queries: dict[str, str] = {}
+        corpus: dict[str, Any] = {}
+        qrels: dict[str, dict[str, int]] = {}
+        run: Run = {}
+        instructions: dict[str, str | None] = {}
+        no_negative = 0
+        for n, group in enumerate(groups, 1):
+            qid = group.qid if group.qid is not None and group.qid not in queries else f"q{n}"
+            ids: dict[str, str] = {}  # document (as JSON) → its id in this group
+            relevant: dict[str, int] = {}
+            for document, grade in [(d, 1) for d in group.pos] + [(d, 0) for d in group.neg]:
+                key = json.dumps(document, sort_keys=True, ensure_ascii=False)
+                if key not in ids:
+                    ids[key] = f"{qid}/{len(ids)}"
+                    corpus[ids[key]] = document
+                    if grade:
+                        relevant[ids[key]] = grade
+            if len(relevant) == len(ids):
+                no_negative += 1
+                continue
+            order = list(ids.values())
+            rng.shuffle(order)
+            queries[qid], qrels[qid], instructions[qid] = group.query, relevant, group.instruction
+            run[qid] = [(d, float(len(order) - i)) for i, d in enumerate(order)]
+        if no_negative:
+            log.info("%s: left out %d groups without a negative (nothing to rank)", path_or_id, no_negative)
+        if not run:
+            raise ValueError(f"{path_or_id}: no group has a negative, so there is nothing to rank")
+        keep = sample_queries(list(run), max_queries, seed)
+        kwargs.setdefault("name", Path(str(path_or_id)).name)
+        evaluator = cls(
+            {q: queries[q] for q in keep},
+            corpus,
+            {q: qrels[q] for q in keep},
+            {q: run[q] for q in keep},
+            top_k=max(len(run[q]) for q in keep),
+            query_instructions=instructions,
+            **kwargs,
+        )
+        evaluator.first_stage_name = "random order"
+        return evaluator
 
     # ------------------------------------------------------------------------------------------- metrics
     @property
@@ -254,7 +324,15 @@ class Evaluator:
         kept: list[list[np.ndarray]] | None = []
         tokens = 0
         for qids in chunks:
-            triples = [(self.queries[q], self.corpus[d], instruction) for q in qids for d in self.candidates[q]]
+            triples = [
+                (
+                    self.queries[q],
+                    self.corpus[d],
+                    self.query_instructions.get(q) if instruction is None else instruction,
+                )
+                for q in qids
+                for d in self.candidates[q]
+            ]
             # int32 arrays: a tenth of the memory of Python int lists; collate accepts any sequence
             ids = [np.asarray(x, dtype=np.int32) for x in reranker.encode(triples)]
             tokens += sum(len(x) for x in ids)

@@ -207,7 +207,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     lines = [f"# Evaluation: {title}", ""]
     facts = [
         f"{summary['queries']} queries",
-        f"candidates: {summary.get('candidates', '?')} top-{summary.get('top_k')}",
+        f"candidates: each group's documents (up to {summary.get('top_k')}), first stage in a seeded random order"
+        if summary.get("candidates") == "random order"  # `tuner eval --data` (eval_run.RANDOM_ORDER)
+        else f"candidates: {summary.get('candidates', '?')} top-{summary.get('top_k')}",
     ]
     if summary.get("pairs_per_model"):
         facts.append(f"{summary['pairs_per_model']:,} pairs per model")

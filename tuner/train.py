@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
-from tuner.config import Config, ConfigError, atomic_write_json
+from tuner.config import Config, ConfigError, atomic_write_json, has_dev_set
 from tuner.score_forward import install_score_forward, remove_score_forward
 from tuner.train_data import GroupCollator, GroupDataset
 from tuner.trainer import CheckpointMeta, EpochFromState, LogLines, MetricsWriter, RerankTrainer, StopOnNonFinite
@@ -214,7 +214,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if precision != "fp32" and not torch.cuda.is_available():
         log.warning("train.precision=%s without CUDA: training in fp32 on CPU", precision)
         precision = "fp32"
-    eval_steps = config.eval.steps if (config.eval.beir and config.eval.steps > 0) else 0
+    eval_steps = config.eval.steps if (has_dev_set(config) and config.eval.steps > 0) else 0
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_groups,
@@ -333,8 +333,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         if config.eval.before:
             record["dev"]["base"] = rank_eval.base(model)
             log.info(
-                "dev %s: first stage %s | base %s",
+                "dev %s: %s %s | base %s",
                 record["dev"]["name"],
+                evaluators["dev"].first_stage_name,
                 _fmt(record["dev"]["first_stage"]),
                 _fmt(record["dev"]["base"]),
             )

@@ -76,7 +76,7 @@ def check_resume_config(saved: Path, config: Config) -> None:
 
 def check_before_work(config: Config) -> None:
     """What the recipe's types cannot say, checked before any data or model work: names transformers must know
-    (scheduler, optimizer) and the BEIR folders the run reads."""
+    (scheduler, optimizer) and the BEIR folders and eval.data file the run reads."""
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
@@ -95,6 +95,13 @@ def check_before_work(config: Config) -> None:
             continue  # not read: the groups come from data.train_file
         if folder is not None and not Path(folder).expanduser().is_dir():
             raise FileNotFoundError(f"{key}: {folder!r} is not a directory (a BEIR folder)")
+    if config.eval.data:
+        from tuner.data.groups import resolve_path
+
+        try:
+            resolve_path(config.eval.data, config.eval.split)  # a missing or mistyped file, before the model loads
+        except ValueError as err:
+            raise ConfigError(f"eval.data: {err}") from None
 
 
 def prepare_base(model: ModelConfig, out: Path) -> str:
@@ -193,10 +200,24 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
 
 
 def build_evaluators(ev: EvalSection, seed: int, cache_dir: Path) -> dict[str, Any]:
-    """`{"dev": Evaluator, "ood": Evaluator}` for the configured BEIR folders (empty without `eval.beir`)."""
+    """`{"dev": Evaluator, "ood": Evaluator}` for the configured BEIR folders or `eval.data` file (empty without
+    a dev set)."""
     from tuner.evaluate import Evaluator
 
     out: dict[str, Any] = {}
+    if ev.data:
+        try:
+            out["dev"] = Evaluator.from_groups(
+                ev.data,
+                ev.split,
+                max_queries=ev.max_queries,
+                seed=seed,
+                metrics=ev.metrics,
+                primary_metric=ev.metrics[0],
+                show_progress=False,
+            )
+        except ValueError as err:  # DataError included: name the field the file came from
+            raise ConfigError(f"eval.data: {err}") from None
     for key, folder, split in (("dev", ev.beir, ev.split), ("ood", ev.ood, ev.ood_split)):
         if not folder:
             continue

@@ -71,15 +71,22 @@ def _print_report_head(out: Path) -> None:
 def add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="rerank first-stage candidates on a BEIR split; report first stage, base and tuned side by side",
+        help="rerank first-stage candidates on a BEIR split (or a labeled file's groups); report first stage, base "
+        "and tuned side by side",
         description="Writes metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into --out.",
     )
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
     p.add_argument("--adapter", help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned")
-    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
-    p.add_argument("--split", default="test", help="qrels split (default test)")
-    p.add_argument("--candidates", default="bm25", help="'bm25' (default) or a TREC run file")
-    p.add_argument("--top-k", type=positive_int, default=100, help="candidates reranked per query (default 100)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--beir", help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
+    source.add_argument(
+        "--data",
+        help="a labeled file in a training format (grouped rows or pairs, e.g. `tuner data split`'s dev part): "
+        "each group's documents are reranked, the first stage row is their seeded random order",
+    )
+    p.add_argument("--split", default="test", help="qrels split (default test); with --data, a folder's <split> file")
+    p.add_argument("--candidates", help="'bm25' (default) or a TREC run file (--beir only)")
+    p.add_argument("--top-k", type=positive_int, help="candidates reranked per query (default 100; --beir only)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--instruction", help="task instruction for every pair (default: the model's)")
     group.add_argument(
@@ -101,11 +108,18 @@ def add_eval(sub) -> None:
 def _run_eval(args) -> int:
     from tuner.eval_run import parse_instruction, run_eval
 
+    if args.data is not None:
+        given = [flag for flag, value in (("--candidates", args.candidates), ("--top-k", args.top_k)) if value]
+        if given:
+            raise UserError(f"{' and '.join(given)}: for --beir; with --data the candidates are each group's documents")
+    args.candidates = args.candidates or "bm25"
+    args.top_k = args.top_k or 100
     options = _rerank_options(args)
     # None → the model's default instruction; "" → no instruction
     instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
-    out = Path(args.out or Path("runs") / "eval" / f"{Path(args.beir).name}-{args.split}")
-    run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, **options)
+    name = f"{Path(args.beir).name}-{args.split}" if args.data is None else Path(args.data).name.split(".")[0]
+    out = Path(args.out or Path("runs") / "eval" / name)
+    run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, data=args.data, **options)
     _print_report_head(out)
     print(f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png")
     return 0
