@@ -210,3 +210,13 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b'\xef\xbb\xbf"To be" is a quote\nsecond\n')
     assert read_documents(quoted) == ['"To be" is a quote', "second"]
+
+
+def test_importing_bitsandbytes_after_tuner_prints_no_cpu_kernel_advice():
+    """bitsandbytes' import-time warning about an optional CPU 4-bit kernel (AVX512-BF16 CPUs only) is silenced."""
+    pytest.importorskip("bitsandbytes")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import tuner, bitsandbytes"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "kernels-community" not in proc.stderr + proc.stdout
