@@ -309,3 +309,25 @@ def test_cli_eval_on_a_groups_file(tmp_path, tiny_model_dir, capsys):
     argv = ["eval", "--model", str(tiny_model_dir), "--data", str(path), "--top-k", "3"]
     assert main(argv) == 2
     assert "--top-k: for --beir; with --data the candidates are each group's documents" in capsys.readouterr().err
+
+
+def test_cli_instruct_on_a_groups_file(tmp_path, tiny_model_dir):
+    from tuner.cli import main
+
+    path = _dev_groups(tmp_path / "dev.jsonl")
+    (tmp_path / "ins.txt").write_text("Find animals\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [
+        "instruct",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(path),
+        "--instructions",
+        str(tmp_path / "ins.txt"),
+    ]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    labels = [s["label"] for s in summary["systems"]]
+    assert labels[0] == "first stage (random order)" and len(labels) == 4 and summary["queries"] == 3
+    assert json.loads((out / "tuner.json").read_text())["instruction"] == summary["instruction_search"]["winner"]

@@ -88,6 +88,28 @@ def candidates_source(candidates: str | Path) -> str:
     return "BM25" if str(candidates).lower() == "bm25" else str(candidates)
 
 
+def build_evaluator(
+    beir: str | Path | None,
+    data: str | Path | None,
+    split: str,
+    candidates: str | Path,
+    top_k: int,
+    max_queries: int | None,
+    seed: int,
+    cache_dir: str | Path | None,
+    show_progress: bool | None,
+) -> tuple[Evaluator, str]:
+    """The evaluator of `tuner eval` / `tuner instruct` and how reports name its first stage: a BEIR split with
+    `candidates` (BM25 or a run file), or a training-format `data` file's groups in a seeded random order."""
+    if data is not None:
+        evaluator = Evaluator.from_groups(data, split, max_queries, seed, show_progress=show_progress)
+        return evaluator, RANDOM_ORDER
+    evaluator = Evaluator.from_beir(
+        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
+    )
+    return evaluator, candidates_source(candidates)
+
+
 def first_stage_system(evaluator: Evaluator, source: str) -> EvalResult:
     """The first stage as a report row, labelled by its source (see `candidates_source`)."""
     result = evaluator.first_stage_result(f"first stage ({Path(source).name})")
@@ -107,7 +129,7 @@ def report_meta(
     """The run facts at the top of `metrics.json`; `extra` keys go before `max_queries`."""
     return {
         "dataset": Path(beir).name,
-        "split": split,
+        "split": split if source != RANDOM_ORDER or Path(beir).is_dir() else "",  # a labeled file: no split
         "candidates": source,
         "top_k": top_k,
         "pairs_per_model": evaluator.num_pairs,
@@ -163,14 +185,9 @@ def run_eval(
 
     prepare_out_dir(out_dir)
     instructions = list(instructions) or [None]
-    if data is not None:
-        evaluator = Evaluator.from_groups(data, split, max_queries, seed, show_progress=show_progress)
-        source, top_k = RANDOM_ORDER, evaluator.top_k
-    else:
-        evaluator = Evaluator.from_beir(
-            beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
-        )
-        source = candidates_source(candidates)
+    evaluator, source = build_evaluator(
+        beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
+    )
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
 
@@ -204,7 +221,5 @@ def run_eval(
         del other_reranker
         gc.collect()
 
-    if data is not None and not Path(data).is_dir():
-        split = ""  # a file: no split to name
-    meta = report_meta(evaluator, data or beir, split, source, top_k, max_queries, instructions=instructions)
+    meta = report_meta(evaluator, data or beir, split, source, evaluator.top_k, max_queries, instructions=instructions)
     return write_report(out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels)

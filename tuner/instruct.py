@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.contract import DEFAULT_INSTRUCTION
-from tuner.eval_run import ModelOptions, candidates_source, first_stage_system, load_reranker, report_meta
+from tuner.eval_run import ModelOptions, build_evaluator, first_stage_system, load_reranker, report_meta
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.files import atomic_write, decode_utf8
 from tuner.loading import TUNER_META, read_meta
@@ -172,7 +172,7 @@ def _render_search(summary: Mapping[str, Any]) -> str:
 
 def run_instruct(
     model: str,
-    beir: str | Path,
+    beir: str | Path | None,
     out_dir: str | Path,
     adapter: str | None = None,
     split: str = "test",
@@ -185,8 +185,10 @@ def run_instruct(
     options: ModelOptions | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool | None = None,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Search instructions on a BEIR split and write the report, `tuner.json` (and `apply`'s `tuner.json`).
+    """Search instructions on a BEIR split (or a labeled `data` file's groups, see `Evaluator.from_groups`) and
+    write the report, `tuner.json` (and `apply`'s `tuner.json`).
 
     Writes into `out_dir` the evaluation report (`report.md`, `metrics.json`, `per_query.jsonl`, `runs/`,
     `report.png`, through `report.write_report`, with the default instruction as the paired reference and an
@@ -199,8 +201,8 @@ def run_instruct(
 
     prepare_out_dir(out_dir)
     start = time.perf_counter()
-    evaluator = Evaluator.from_beir(
-        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
+    evaluator, source = build_evaluator(
+        beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
     )
     reranker = load_reranker(model, adapter, options)
     cands = candidate_instructions(instructions, reranker.instruction)
@@ -208,9 +210,8 @@ def run_instruct(
     for result in results:
         result.info.update(model=model, adapter=adapter)
 
-    source = candidates_source(candidates)
     first = first_stage_system(evaluator, source)
-    meta = report_meta(evaluator, beir, split, source, top_k, max_queries)
+    meta = report_meta(evaluator, data or beir, split, source, evaluator.top_k, max_queries)
     out = Path(out_dir)
     # reference = 1: the default instruction (row 0 is the first stage, shown for context)
     summary = write_report(

@@ -36,19 +36,48 @@ def _model_options(args) -> dict[str, Any]:
 
 
 def _rerank_options(args) -> dict[str, Any]:
-    """eval's and instruct's shared options (first stage, query sample, model), checked, as `run_*` kwargs."""
-    if args.candidates.lower() != "bm25" and not Path(args.candidates).is_file():
-        raise UserError(f"--candidates {args.candidates!r}: neither 'bm25' nor an existing run file")
+    """eval's and instruct's shared options (source, query sample, model), checked, as `run_*` kwargs."""
     return {
         "split": args.split,
-        "candidates": args.candidates,
-        "top_k": args.top_k,
+        **_source_options(args),
         "max_queries": args.max_queries,
         "seed": args.seed,
         **_model_options(args),
         "cache_dir": args.cache_dir or None,
         "show_progress": False if args.no_progress else None,
     }
+
+
+def _add_source_args(p, top_k: int) -> None:
+    """Where eval's and instruct's queries and candidates come from: a BEIR split, or a labeled file's groups."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--beir", help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
+    source.add_argument(
+        "--data",
+        help="a labeled file in a training format (grouped rows or pairs, JSONL/CSV/TSV, e.g. `tuner data split`'s "
+        "dev part): each group's documents are reranked; the first stage row is their seeded random order",
+    )
+    p.add_argument("--split", default="test", help="qrels split (default test); with --data, a folder's <split> file")
+    p.add_argument("--candidates", help="'bm25' (default) or a first-stage TREC run file (--beir only)")
+    p.add_argument("--top-k", type=positive_int, help=f"candidates reranked per query (default {top_k}; --beir only)")
+    p.set_defaults(default_top_k=top_k)
+
+
+def _source_options(args) -> dict[str, Any]:
+    """The checked source options as `run_*` kwargs (with --data, --candidates and --top-k do not apply)."""
+    if args.data is not None:
+        given = [flag for flag, value in (("--candidates", args.candidates), ("--top-k", args.top_k)) if value]
+        if given:
+            raise UserError(f"{' and '.join(given)}: for --beir; with --data the candidates are each group's documents")
+    candidates = args.candidates or "bm25"
+    if candidates.lower() != "bm25" and not Path(candidates).is_file():
+        raise UserError(f"--candidates {candidates!r}: neither 'bm25' nor an existing run file")
+    return {"data": args.data, "candidates": candidates, "top_k": args.top_k or args.default_top_k}
+
+
+def _out_name(args) -> str:
+    """The default output folder's name: `<dataset>-<split>`, or the labeled file's stem."""
+    return f"{Path(args.beir).name}-{args.split}" if args.data is None else Path(args.data).name.split(".")[0]
 
 
 def _check_apply(args) -> None:
@@ -77,16 +106,7 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
     p.add_argument("--adapter", help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--beir", help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
-    source.add_argument(
-        "--data",
-        help="a labeled file in a training format (grouped rows or pairs, e.g. `tuner data split`'s dev part): "
-        "each group's documents are reranked, the first stage row is their seeded random order",
-    )
-    p.add_argument("--split", default="test", help="qrels split (default test); with --data, a folder's <split> file")
-    p.add_argument("--candidates", help="'bm25' (default) or a TREC run file (--beir only)")
-    p.add_argument("--top-k", type=positive_int, help="candidates reranked per query (default 100; --beir only)")
+    _add_source_args(p, top_k=100)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--instruction", help="task instruction for every pair (default: the model's)")
     group.add_argument(
@@ -108,18 +128,11 @@ def add_eval(sub) -> None:
 def _run_eval(args) -> int:
     from tuner.eval_run import parse_instruction, run_eval
 
-    if args.data is not None:
-        given = [flag for flag, value in (("--candidates", args.candidates), ("--top-k", args.top_k)) if value]
-        if given:
-            raise UserError(f"{' and '.join(given)}: for --beir; with --data the candidates are each group's documents")
-    args.candidates = args.candidates or "bm25"
-    args.top_k = args.top_k or 100
     options = _rerank_options(args)
     # None → the model's default instruction; "" → no instruction
     instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
-    name = f"{Path(args.beir).name}-{args.split}" if args.data is None else Path(args.data).name.split(".")[0]
-    out = Path(args.out or Path("runs") / "eval" / name)
-    run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, data=args.data, **options)
+    out = Path(args.out or Path("runs") / "eval" / _out_name(args))
+    run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, **options)
     _print_report_head(out)
     print(f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png")
     return 0
@@ -129,17 +142,14 @@ def _run_eval(args) -> int:
 def add_instruct(sub) -> None:
     p = sub.add_parser(
         "instruct",
-        help="search task instructions on a BEIR split; write the winner to tuner.json",
+        help="search task instructions on a BEIR split (or a labeled file); write the winner to tuner.json",
         description="Scores the default instruction, no instruction and each line of --instructions on the same "
         "first-stage candidates; writes report.md, metrics.json, per_query.jsonl, runs/, report.png and "
         "tuner.json (the winner as 'instruction') into --out.",
     )
     _add_model_args(p)
-    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv)")
-    p.add_argument("--split", default="test", help="qrels split, e.g. dev or test (default test)")
-    p.add_argument("--candidates", default="bm25", help="first-stage TREC run file, or 'bm25' (default)")
+    _add_source_args(p, top_k=50)
     p.add_argument("--instructions", help="text file with one candidate instruction per line ('#' comments)")
-    p.add_argument("--top-k", type=positive_int, default=50, help="candidates reranked per query (default 50)")
     p.add_argument("--max-queries", type=positive_int, help="search on a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
     p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
@@ -155,7 +165,7 @@ def _run_instruct(args) -> int:
     options = _rerank_options(args)
     _check_apply(args)
     custom = read_instructions(args.instructions) if args.instructions else []
-    out = Path(args.out or Path("runs") / "instruct" / f"{Path(args.beir).name}-{args.split}")
+    out = Path(args.out or Path("runs") / "instruct" / _out_name(args))
     summary = run_instruct(args.model, args.beir, out, instructions=custom, apply=args.apply, **options)
     _print_report_head(out)
     info = summary["instruction_search"]
