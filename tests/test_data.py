@@ -108,6 +108,28 @@ def test_csv_and_tsv_files_of_labeled_pairs(tmp_path):
     assert len(load_groups(folder)) == 2
 
 
+def test_sentence_transformers_triplets_and_n_tuples_are_grouped_per_query(tmp_path):
+    """(query | anchor, positive, negative, negative_1, ...) rows, as ST's mine_hard_negatives writes them: one
+    group per query, each document once (the positive repeats on every row), negatives in number order."""
+    rows = [
+        {"anchor": "q1", "positive": "p1", "negative_2": "n2", "negative_1": "n1"},
+        {"anchor": "q1", "positive": "p1", "negative_1": "n3", "negative_2": "n1"},
+        {"query": "q2", "positive": {"title": "T", "text": "p2"}, "negative": "m", "instruction": "task", "x": 1},
+    ]
+    result = read_groups(_jsonl(tmp_path / "t.jsonl", rows))
+    assert [(g.query, g.pos, g.neg, g.instruction) for g in result.groups] == [
+        ("q1", ["p1"], ["n1", "n2", "n3"], None),
+        ("q2", [{"title": "T", "text": "p2"}], ["m"], "task"),
+    ]
+    assert result.unknown_fields == {"x": f"{tmp_path / 't.jsonl'}:3"}
+    (tmp_path / "t.csv").write_text("query,positive,negative_1,negative_2\nq,p,n1,\nq,p,n2,n1\n", encoding="utf-8")
+    (g,) = load_groups(tmp_path / "t.csv")
+    assert (g.pos, g.neg) == (["p"], ["n1", "n2"])
+    (tmp_path / "e.csv").write_text("query,positive\nq,\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"e\.csv:2: field 'positive' is empty text"):
+        load_groups(tmp_path / "e.csv")
+
+
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [

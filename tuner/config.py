@@ -77,7 +77,8 @@ class DataSection:
     train_file: str | None = _f(
         None,
         "training rows: grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}, labeled pairs "
-        "(JSONL, or CSV/TSV with a query,document,label header), Parquet, or a hub dataset id",
+        "(JSONL, or CSV/TSV with a query,document,label header), sentence-transformers triplets (query/anchor, "
+        "positive, negative...), Parquet, or a hub dataset id",
     )
     beir: str | None = _f(None, "BEIR folder to mine training groups from (when no train_file)")
     split: str = _f("train", "qrels split of `beir` used for training groups")

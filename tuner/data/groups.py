@@ -7,7 +7,10 @@ Two row shapes are accepted (one file may mix them):
 - labeled pairs: `{"query", "document", "label", "instruction"?}`, grouped per (query, instruction) in order of
   first appearance: `label > 0` → positive, otherwise negative (binary or graded labels). A CSV/TSV file holds
   labeled pairs, one per row, under a header naming the columns (`query`, `document`, `label`, and optionally
-  `title` (the document's), `instruction`, `qid`).
+  `title` (the document's), `instruction`, `qid`);
+- triplets, sentence-transformers' layout: `{"query" (or "anchor"), "positive", "negative"?, "negative_1"?, ...}`
+  (its `mine_hard_negatives` output, triplet and n-tuple datasets), grouped per (query, instruction) like pairs,
+  each document once. A CSV/TSV file may hold them too (a header with `positive` instead of `document, label`).
 
 A document is a non-empty string or `{"title"?, "text"}`.
 
@@ -27,6 +30,7 @@ import json
 import logging
 import math
 import random
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid"}
 _PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
+_TRIPLET_KEYS = {"query", "anchor", "positive", "instruction", "qid"}  # + negative, negative_1, negative_2, ...
+_NEGATIVE_KEY = re.compile(r"negative(?:_(\d+))?")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".tsv", ".csv.gz", ".tsv.gz")
 _TABLE_COLUMNS = ("query", "document", "label")  # required in a CSV/TSV header; "title", "instruction", "qid" optional
 
@@ -97,7 +103,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, pair row) per data row of a CSV (comma) or TSV (tab) file with a header row.
+    """(location, pair or triplet row) per data row of a CSV (comma) or TSV (tab) file with a header row.
 
     CSV follows RFC 4180 (a quoted cell may hold commas, quotes and line breaks; the location is the line its row
     starts on). TSV has no quoting, as in the IANA format: a cell ends at a tab or line break, and a `"` is text
@@ -127,13 +133,20 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
     if header is None:
         return
     columns = [cell.strip().lower() for cell in header]
-    missing = [c for c in _TABLE_COLUMNS if c not in columns]
+    triplets = "positive" in columns and "document" not in columns
+    if triplets:  # sentence-transformers' (query | anchor, positive, negative, negative_1, ...)
+        required: tuple[str, ...] = ("query", "anchor", "positive")
+        missing = [] if "query" in columns or "anchor" in columns else ["query"]
+    else:
+        required = _TABLE_COLUMNS
+        missing = [c for c in _TABLE_COLUMNS if c not in columns]
     if missing:
         other = next((sep for sep in (";", "\t", ",", "|") if len(header) == 1 and sep in header[0]), None)
         hint = f"; its header is one cell split by {other!r}: the file's separator is not the suffix's" if other else ""
         raise DataError(
             f"{path}:{reader.line_num}: a {kind} training file needs a header row naming the columns "
-            f"{', '.join(_TABLE_COLUMNS)} (optional: title, instruction, qid); this one has {', '.join(header)} "
+            f"{', '.join(_TABLE_COLUMNS)} (optional: title, instruction, qid), or query, positive, negative... for "
+            f"triplets; this one has {', '.join(header)} "
             f"(missing {', '.join(missing)}){hint}"
         )
     start = reader.line_num + 1
@@ -154,11 +167,12 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
             continue
         row: dict[str, Any] = {}
         for name, cell in zip(columns, cells, strict=True):
-            row[name] = cell if cell != "" or name in _TABLE_COLUMNS else None  # an empty optional cell: not given
-        row["label"] = _number(row["label"])
-        title = row.pop("title", None)
-        if title:
-            row["document"] = {"title": title, "text": row["document"]}
+            row[name] = cell if cell != "" or name in required else None  # an empty optional cell: not given
+        if not triplets:
+            row["label"] = _number(row["label"])
+            title = row.pop("title", None)
+            if title:
+                row["document"] = {"title": title, "text": row["document"]}
         yield where, row
 
 
@@ -385,6 +399,29 @@ def _is_pair(row: Any) -> bool:
     return isinstance(row, Mapping) and "pos" not in row and ("document" in row or "label" in row)
 
 
+def _is_triplet(row: Any) -> bool:
+    return isinstance(row, Mapping) and "pos" not in row and "positive" in row and not _is_pair(row)
+
+
+def _negative_keys(row: Mapping) -> list[str]:
+    """`negative`, `negative_1`, `negative_2`, ... of a triplet / n-tuple row, in number order."""
+    found = [(m, str(k)) for k in row if (m := _NEGATIVE_KEY.fullmatch(str(k)))]
+    return [k for m, k in sorted(found, key=lambda mk: int(mk[0].group(1) or 0))]
+
+
+def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, str | dict, list, str | None]:
+    """Validate one triplet / n-tuple row: (query, instruction, positive, negatives, qid)."""
+    name = "query" if "query" in row else "anchor"
+    if row.get(name) is None:
+        raise DataError(f"{where}: missing field 'query' (or 'anchor')")
+    query = _text(row[name], where, name)
+    if row["positive"] is None:
+        raise DataError(f"{where}: missing field 'positive'")
+    positive = _document(row["positive"], where, "positive")
+    negatives = [_document(row[k], where, k) for k in _negative_keys(row) if row[k] is not None]
+    return query, _instruction(row, where), positive, negatives, _qid(row, where)
+
+
 def read_groups(
     path_or_id: str | Path, split: str | None = None, collect_errors: bool = False, max_errors: int = 50
 ) -> LoadResult:
@@ -400,15 +437,29 @@ def read_groups(
     result = LoadResult()
     pairs: dict[tuple[str, str | None], Group] = {}
     order: list[Group | tuple[str, str | None]] = []
+    seen: dict[tuple[str, str | None], set[str]] = {}  # triplet rows: the documents their group already has
     for where, row in iter_rows(path_or_id, split):
         result.rows += 1
         try:
             if isinstance(row, DataError):
                 raise row
             if isinstance(row, Mapping):
-                for key in row.keys() - (_PAIR_KEYS if _is_pair(row) else _GROUP_KEYS):
+                known = _PAIR_KEYS if _is_pair(row) else _TRIPLET_KEYS if _is_triplet(row) else _GROUP_KEYS
+                for key in row.keys() - known - (set(_negative_keys(row)) if _is_triplet(row) else set()):
                     result.unknown_fields.setdefault(str(key), where)
-            if _is_pair(row):
+            if _is_triplet(row):
+                query, instruction, positive, negatives, qid = parse_triplet(row, where)
+                key = (query, instruction)
+                if key not in pairs:
+                    pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
+                    order.append(key)
+                known_docs = seen.setdefault(key, set())
+                for document, side in [(positive, pairs[key].pos)] + [(d, pairs[key].neg) for d in negatives]:
+                    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
+                    if text not in known_docs:  # a positive repeats on every row of its query: once is enough
+                        known_docs.add(text)
+                        side.append(document)
+            elif _is_pair(row):
                 query, instruction, document, label, qid = parse_pair(row, where)
                 key = (query, instruction)
                 if key not in pairs:
