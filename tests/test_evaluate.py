@@ -275,8 +275,8 @@ def test_an_evaluator_from_a_groups_file(tmp_path, tiny_reranker):
     path = _dev_groups(tmp_path / "dev.jsonl")
     ev = Evaluator.from_groups(path)
     assert ev.qids == ["q1", "cap", "q3"]  # the group without a negative has nothing to rank: left out
-    assert ev.qrels == {"q1": {"q1/0": 1, "q1/1": 1}, "cap": {"cap/0": 1}, "q3": {"q3/0": 1}}
-    assert sorted(ev.candidates["cap"]) == ["cap/0", "cap/1", "cap/2"] and ev.top_k == 3  # Paris. once
+    assert ev.qrels == {"q1": {"d1": 1, "d2": 1}, "cap": {"d4": 1}, "q3": {"d7": 1}}  # ids by first appearance
+    assert sorted(ev.candidates["cap"]) == ["d4", "d5", "d6"] and ev.top_k == 3  # Paris. once
 
     def order(e):
         return tuple(tuple(e.candidates[q]) for q in ev.qids)
@@ -286,7 +286,7 @@ def test_an_evaluator_from_a_groups_file(tmp_path, tiny_reranker):
 
     result = ev.evaluate(tiny_reranker)
     got = dict(result.run["q3"])
-    texts = {"q3/0": "Salmon swim.", "q3/1": "Dogs bark."}
+    texts = {"d7": "Salmon swim.", "d8": "Dogs bark."}
     own = tiny_reranker.score_pairs([("find the fish", t, "Find animals") for t in texts.values()], normalize=False)
     assert [got[d] for d in texts] == pytest.approx(own, abs=1e-5)
     default = tiny_reranker.score_pairs([("find the fish", t) for t in texts.values()], normalize=False)

@@ -237,3 +237,41 @@ def test_bundled_collections_have_readme_and_license():
         assert "## License" in readme
         beir = load_beir(folder, split)
         assert beir.queries and all(d in beir.corpus for j in beir.qrels.values() for d in j)
+
+
+def test_mining_a_labeled_file_of_positives_alone(tmp_path, capsys):
+    """`tuner mine --data`: the file's documents (+ --corpus) are the pool; each query gets BM25 negatives from
+    it, never its own positive (nor a corpus copy of it), and keeps its instruction and qid."""
+    folder = make_beir(tmp_path / "mini")
+    corpus = {json.loads(line)["_id"]: json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()}
+    rows = [
+        {"query": "solar panel efficiency", "document": corpus["0-3"]["text"], "label": 1, "instruction": "Find it"},
+        {"query": "river flood model", "document": corpus["2-5"]["text"], "label": 1, "qid": "r"},
+        {"query": "protein folding energy", "document": corpus["1-0"]["text"], "label": 1},
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "groups.jsonl"
+    argv = ["mine", "--data", str(pairs), "--corpus", str(folder / "corpus.jsonl"), "--out", str(out)]
+    assert main([*argv, "--range-min", "0", "--num-negatives", "4", "--sampling", "top", "--no-progress"]) == 0
+    groups = load_groups(out)
+    assert [(g.query, g.instruction, g.qid) for g in groups] == [
+        ("solar panel efficiency", "Find it", None),
+        ("river flood model", None, "r"),
+        ("protein folding energy", None, None),
+    ]
+    for group, row in zip(groups, rows, strict=True):
+        texts = [d["text"] for d in group.neg]
+        assert len(texts) == 4 and row["document"] not in texts  # corpus 0-3 and "dup" are the positive's text
+        topic = row["query"].split()[0]
+        assert all(topic in t for t in texts)  # BM25's hardest: the same topic's other documents
+    assert check_file(out).ok
+
+    # without --corpus the pool is the file's own documents: here three topics that share no word, so no query
+    # has a negative (BM25 score 0 is no hard negative), which is an error rather than an empty file
+    argv = ["mine", "--data", str(pairs), "--out", str(tmp_path / "own.jsonl"), "--range-min", "0", "--no-progress"]
+    capsys.readouterr()
+    assert main(argv) == 2 and not (tmp_path / "own.jsonl").exists()
+    assert f"{pairs}: no training group from 3 judged queries" in capsys.readouterr().err
+    assert main(["mine", "--beir", str(folder), "--corpus", str(folder / "corpus.jsonl"), "--out", str(out)]) == 2
+    assert "--corpus adds documents to a --data file's pool" in capsys.readouterr().err

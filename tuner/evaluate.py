@@ -12,7 +12,6 @@ batches, and only Python floats are kept, never score tensors.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -223,37 +222,25 @@ class Evaluator:
         have nothing to rank and are left out. Per-row instructions are kept (`query_instructions`).
         """
         from tuner.data import load_groups
+        from tuner.data.groups import groups_as_collection
 
-        groups = load_groups(path_or_id, split)
+        collection = groups_as_collection(load_groups(path_or_id, split), Path(str(path_or_id)).name)
         rng = random.Random(seed)
-        queries: dict[str, str] = {}
-        corpus: dict[str, Any] = {}
-        qrels: dict[str, dict[str, int]] = {}
         run: Run = {}
-        instructions: dict[str, str | None] = {}
         no_negative = 0
-        for n, group in enumerate(groups, 1):
-            qid = group.qid if group.qid is not None and group.qid not in queries else f"q{n}"
-            ids: dict[str, str] = {}  # document (as JSON) → its id in this group
-            relevant: dict[str, int] = {}
-            for document, grade in [(d, 1) for d in group.pos] + [(d, 0) for d in group.neg]:
-                key = json.dumps(document, sort_keys=True, ensure_ascii=False)
-                if key not in ids:
-                    ids[key] = f"{qid}/{len(ids)}"
-                    corpus[ids[key]] = document
-                    if grade:
-                        relevant[ids[key]] = grade
-            if len(relevant) == len(ids):
+        for qid, docs in collection.documents.items():
+            if len(collection.beir.qrels[qid]) == len(docs):
                 no_negative += 1
                 continue
-            order = list(ids.values())
+            order = list(docs)
             rng.shuffle(order)
-            queries[qid], qrels[qid], instructions[qid] = group.query, relevant, group.instruction
             run[qid] = [(d, float(len(order) - i)) for i, d in enumerate(order)]
         if no_negative:
             log.info("%s: left out %d groups without a negative (nothing to rank)", path_or_id, no_negative)
         if not run:
             raise ValueError(f"{path_or_id}: no group has a negative, so there is nothing to rank")
+        queries, corpus, qrels = collection.beir.queries, collection.beir.corpus, collection.beir.qrels
+        instructions = collection.instructions
         keep = sample_queries(list(run), max_queries, seed)
         kwargs.setdefault("name", Path(str(path_or_id)).name)
         evaluator = cls(

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.contract import document_text
 from tuner.data.beir import BeirData, DataError
-from tuner.data.groups import write_groups
+from tuner.data.groups import groups_as_collection, write_groups
 from tuner.data.schema import Group
 
-__all__ = ["MiningStats", "mine_negatives", "write_groups"]
+__all__ = ["MiningStats", "mine_for_groups", "mine_negatives", "write_groups"]
 
 DEFAULT_DEPTH = 100
 DEFAULT_RANGE_MIN = 5
@@ -208,6 +208,37 @@ def mine_negatives(
         stats.full += len(neg_ids) >= num_negatives
     stats.groups = len(groups)
     return groups
+
+
+def mine_for_groups(
+    groups: Sequence[Group],
+    *,
+    corpus: Mapping[str, Mapping[str, str]] | None = None,
+    name: str = "",
+    stats: MiningStats | None = None,
+    **kwargs: Any,
+) -> list[Group]:
+    """Hard negatives for the groups of a training-format file (e.g. pairs of queries and positives alone).
+
+    The collection BM25 searches is every document of the file (positives and negatives, each once) plus
+    `corpus` (doc id → `{"title", "text"}`, e.g. `tuner.data.beir.read_corpus`); a group's positives are its
+    qrels. Each group gets freshly mined negatives in place of its own (which are in the pool, so BM25 finds
+    them again when they are hard); its instruction and qid are kept. `kwargs` are `mine_negatives`'s options.
+    """
+    collection = groups_as_collection(groups, name)
+    beir = collection.beir
+    if corpus:
+        known = {(d["title"], d["text"]) for d in beir.corpus.values()}
+        for doc_id, doc in corpus.items():
+            title, text = str(doc.get("title") or ""), str(doc.get("text") or "")
+            if (title, text) not in known:  # a file document repeated in the corpus: once in the pool
+                beir.corpus[f"corpus:{doc_id}"] = {"title": title, "text": text}
+    originals = dict(zip(collection.documents, groups, strict=True))  # one query id per group, in file order
+    mined = mine_negatives(beir, stats=stats, **kwargs)
+    for group in mined:
+        original = originals[group.qid]
+        group.instruction, group.qid = original.instruction, original.qid
+    return mined
 
 
 def _filter_with_reranker(

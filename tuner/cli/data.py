@@ -83,9 +83,18 @@ def _run_data_split(args) -> int:
 def add_mine(sub) -> None:
     from tuner import mining
 
-    p = sub.add_parser("mine", help="mine hard negatives for a BEIR split with BM25 (+ optional reranker)")
-    p.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/)")
-    p.add_argument("--split", default="train", help="qrels split (default train)")
+    p = sub.add_parser(
+        "mine", help="mine hard negatives for a BEIR split or a labeled file with BM25 (+ optional reranker)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--beir", help="BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/)")
+    source.add_argument(
+        "--data",
+        help="a labeled file in a training format (e.g. query-positive pairs alone): BM25 searches every document "
+        "of the file (plus --corpus) and each group gets mined negatives in place of its own",
+    )
+    p.add_argument("--corpus", help="with --data: more documents to mine from, a BEIR corpus.jsonl[.gz]")
+    p.add_argument("--split", default="train", help="qrels split (default train); with --data, a folder's <split> file")
     p.add_argument("--out", required=True, help="output JSONL of groups; the BM25 index is cached next to it")
     p.add_argument("--depth", type=positive_int, default=mining.DEFAULT_DEPTH, help="BM25 candidates per query")
     p.add_argument(
@@ -123,8 +132,8 @@ def _run_mine(args) -> int:
     import time
 
     from tuner import mining
-    from tuner.data import load_beir, write_groups
-    from tuner.mining import MiningStats, mine_negatives, negatives_histogram
+    from tuner.data import load_beir, load_groups, write_groups
+    from tuner.mining import MiningStats, mine_for_groups, mine_negatives, negatives_histogram
 
     reranker_only = {
         "--teacher-scores": args.teacher_scores,
@@ -146,9 +155,17 @@ def _run_mine(args) -> int:
                         ("--max-score", args.max_score)):  # fmt: skip
         if value is not None and not 0.0 <= value <= 1.0:  # probabilities and their differences
             raise UserError(f"{flag} must be in [0, 1] (the probability scale), got {value}")
+    if args.corpus and not args.data:
+        raise UserError("--corpus adds documents to a --data file's pool (a BEIR folder has its own corpus)")
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
     start = time.perf_counter()
-    beir = load_beir(args.beir, args.split)
+    if args.data:
+        from tuner.data.beir import read_corpus
+
+        labeled = load_groups(args.data, args.split)
+        extra = read_corpus(args.corpus) if args.corpus else None
+    else:
+        beir = load_beir(args.beir, args.split)
     reranker = None
     if args.reranker:
         from tuner.scoring import Reranker
@@ -158,8 +175,7 @@ def _run_mine(args) -> int:
         )
     out = Path(args.out)
     stats = MiningStats()
-    groups = mine_negatives(
-        beir,
+    options = dict(
         depth=args.depth,
         range_min=args.range_min,
         range_max=args.range_max,
@@ -176,9 +192,14 @@ def _run_mine(args) -> int:
         show_progress=not args.no_progress,
         stats=stats,
     )
+    if args.data:
+        groups = mine_for_groups(labeled, corpus=extra, name=Path(args.data).name, **options)
+    else:
+        groups = mine_negatives(beir, **options)
     if not groups:  # an empty training file only fails later, in `tuner train`
+        where = args.data if args.data else f"{args.beir} ({args.split})"
         raise UserError(
-            f"{args.beir} ({args.split}): no training group from {stats.queries} judged queries: none has a negative "
+            f"{where}: no training group from {stats.queries} judged queries: none has a negative "
             f"among BM25 ranks {args.range_min}..{args.range_max} of --depth {args.depth} (lower --range-min or raise "
             f"--depth); nothing was written to {out}"
         )

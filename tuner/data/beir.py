@@ -120,14 +120,11 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: str | Path, split: str = "test") -> BeirData:
-    """Load a BEIR folder's corpus, and the queries and qrels of `split`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such directory")
+def read_corpus(corpus_path: str | Path) -> dict[str, dict[str, str]]:
+    """A BEIR `corpus.jsonl[.gz]`: doc id → `{"title", "text"}`; a bad row raises `DataError` naming its line."""
+    corpus_path = Path(corpus_path)
     corpus: dict[str, dict[str, str]] = {}
     first_line: dict[str, int] = {}  # doc id → line it was defined on, to name both lines of a duplicate
-    corpus_path = _find(folder, "corpus")
     for n, row in read_jsonl(corpus_path):
         if not isinstance(row, dict) or "_id" not in row:
             raise DataError(f"{corpus_path}:{n}: a corpus row needs an '_id' field")
@@ -140,6 +137,15 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
             raise DataError(f"{corpus_path}:{n}: duplicate _id {doc_id!r} (first on line {first_line[doc_id]})")
         first_line[doc_id] = n
         corpus[doc_id] = {"title": str(row.get("title") or ""), "text": text}
+    return corpus
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirData:
+    """Load a BEIR folder's corpus, and the queries and qrels of `split`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory")
+    corpus = read_corpus(_find(folder, "corpus"))
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []

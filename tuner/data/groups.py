@@ -507,6 +507,55 @@ def load_groups(path_or_id: str | Path, split: str | None = None) -> list[Group]
     return read_groups(path_or_id, split).groups
 
 
+# ------------------------------------------------------------------------------------------ collections
+@dataclass
+class GroupCollection:
+    """Groups seen as a BEIR-style collection: what evaluation and mining need from a training-format file.
+
+    Attributes:
+        beir: corpus (every distinct document of the groups, `{"title", "text"}`, ids `d1`, `d2`, ... in order of
+            first appearance), queries and qrels (a group's positives, grade 1); query ids are the groups' `qid`
+            or `q<row>` (also for a repeated qid).
+        documents: query id → its group's document ids, positives first, each once (a document that is both a
+            positive and a negative of one group counts as the positive).
+        instructions: query id → the group's instruction (None: the default).
+    """
+
+    beir: Any
+    documents: dict[str, list[str]]
+    instructions: dict[str, str | None]
+
+
+def groups_as_collection(groups: Sequence[Group], name: str = "") -> GroupCollection:
+    """The one mapping of groups onto ids, shared by `Evaluator.from_groups` and `tuner mine --data`."""
+    from tuner.data.beir import BeirData
+
+    corpus: dict[str, dict[str, str]] = {}
+    ids: dict[str, str] = {}  # document as JSON → id
+    beir = BeirData(corpus=corpus, queries={}, qrels={}, name=name)
+    documents: dict[str, list[str]] = {}
+    instructions: dict[str, str | None] = {}
+    for n, group in enumerate(groups, 1):
+        qid = group.qid if group.qid is not None and group.qid not in beir.queries else f"q{n}"
+        own: dict[str, None] = {}
+        relevant: dict[str, int] = {}
+        for document, grade in [(d, 1) for d in group.pos] + [(d, 0) for d in group.neg]:
+            doc = {"title": "", "text": document} if isinstance(document, str) else dict(document)
+            doc.setdefault("title", "")
+            key = json.dumps(doc, sort_keys=True, ensure_ascii=False)
+            if key not in ids:
+                ids[key] = f"d{len(ids) + 1}"
+                corpus[ids[key]] = doc
+            doc_id = ids[key]
+            if doc_id not in own:
+                own[doc_id] = None
+                if grade:
+                    relevant[doc_id] = grade
+        beir.queries[qid], beir.qrels[qid] = group.query, relevant
+        documents[qid], instructions[qid] = list(own), group.instruction
+    return GroupCollection(beir, documents, instructions)
+
+
 # --------------------------------------------------------------------------------------------- writing
 def write_groups(groups: Iterable[Group], path: str | Path) -> Path:
     """Write groups as JSONL atomically (temp file in the same folder, then rename); returns the path."""
