@@ -339,6 +339,7 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
         groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
     assert [g.query for g in groups] == ["q1"]
     assert f"{file}: left out 1 of 2 groups without a negative" in caplog.text and "'neg'" in caplog.text
+    assert "tuner mine --data FILE" in caplog.text  # the way to negatives for rows of positives alone
 
 
 def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path):

@@ -178,7 +178,7 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
     if groups and len(usable) < len(groups):  # a "negs" typo, or rows of positives only: say so, not silently
         log.warning(
             "%s: left out %d of %d groups without a negative (a group of %d documents needs one; is the field "
-            "named 'neg'?)",
+            "named 'neg'? `tuner mine --data FILE` mines negatives for rows of positives alone)",
             source,
             len(groups) - len(usable),
             len(groups),
@@ -188,7 +188,10 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
     if data.max_groups is not None:
         groups = groups[: data.max_groups]
     if not groups:
-        raise ConfigError(f"data: no usable group (with a positive and a negative) in {source}")
+        raise ConfigError(
+            f"data: no usable group (with a positive and a negative) in {source}; for positives alone, mine "
+            "negatives first: tuner mine --data FILE --out groups.jsonl"
+        )
     if loss_kind == "distill":
         missing = sum(1 for g in groups if g.pos_scores is None or g.neg_scores is None)
         if missing:
