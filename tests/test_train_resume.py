@@ -116,6 +116,7 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
             "eval.split=test",
             "eval.top_k=6",
             "eval.steps=2",
+            "eval.before=true",
             "train.max_steps=4",
         )
     )
@@ -125,11 +126,14 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
     deadline = time.monotonic() + 30
     while True:
         records = b"".join(p.read_bytes() for p in runs[-1].rglob("*") if p.is_file())
-        if b"eval/ndcg@10" in records or time.monotonic() > deadline:
+        if b"delta/ndcg@10" in records or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert b"eval/ndcg@10" in records
-    assert b"train/loss" in records
+    assert b"train/loss" in records and b"train/pos_top1" in records
+    # the summary compares runs: base, final and their delta, and the comparison table
+    for key in (b"base/ndcg@10", b"final/ndcg@10", b"delta/ndcg@10", b"first_stage/ndcg@10", b"eval/comparison"):
+        assert key in records, key
     assert b"tuner-test" in records and b"tiny" in records
 
 

@@ -160,6 +160,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         read_tokenizer,
         setup_logging,
         start_tracking,
+        summarize_to_tracker,
         write_meta,
     )
 
@@ -468,8 +469,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         staging.rename(target)
     write_metrics()
     if main:
-        if tracker is not None and record["dev"].get("final"):
-            tracker.summary.update({f"final/{k}": v for k, v in record["dev"]["final"].items()})
+        if tracker is not None:
+            summarize_to_tracker(tracker, record)
         log.info("adapter: %s", target)
         log.info("metrics: %s", out / METRICS_FILE)
     if tracker is not None:

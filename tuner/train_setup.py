@@ -326,6 +326,33 @@ def start_tracking(config: Config, out: Path, main: bool):
     )
 
 
+def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
+    """The run's evaluation in the wandb run summary, where runs are compared: `first_stage/`, `base/`, `final/`
+    and `delta/` (final − base) for the dev set, the same under `ood/` for the out-of-domain check, the best
+    checkpoint's value, and a `eval/comparison` table (system × metric) for the run page."""
+    import wandb
+
+    summary: dict[str, Any] = {}
+    rows: list[list[Any]] = []
+    metrics: list[str] = []
+    for part, prefix in (("dev", ""), ("ood", "ood/")):
+        section = record.get(part) or {}
+        for stage in ("first_stage", "base", "final"):
+            values = section.get(stage) or {}
+            summary.update({f"{prefix}{stage}/{k}": v for k, v in values.items()})
+            if values:
+                metrics = metrics or list(values)
+                rows.append([section.get("name", part), stage, *(values.get(m) for m in metrics)])
+        base, final = section.get("base") or {}, section.get("final") or {}
+        summary.update({f"{prefix}delta/{k}": final[k] - base[k] for k in final if k in base})
+    best = (record.get("dev") or {}).get("best")
+    if best:
+        summary["best/value"], summary["best/checkpoint"] = best["value"], best["checkpoint"]
+    tracker.summary.update(summary)
+    if rows:
+        tracker.log({"eval/comparison": wandb.Table(columns=["set", "system", *metrics], data=rows)})
+
+
 def write_meta(
     target: Path,
     *,
