@@ -379,3 +379,20 @@ def test_cli_data_split_refuses_what_would_write_a_useless_or_half_split(tmp_pat
         assert main(["data", "split", *argv]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.jsonl", "one.jsonl"]
+
+
+def test_groups_as_collection_never_merges_two_groups_and_counts_a_document_once():
+    from tuner.data.groups import groups_as_collection
+
+    groups = [
+        Group(query="a", pos=["x"], neg=["y"], qid="q2"),  # the id row 2 would be given
+        Group(query="b", pos=[{"text": "x"}], neg=["z"]),  # "x" written as an object: the same document
+        Group(query="c", pos=["u"], neg=["y"], qid="7"),
+        Group(query="d", pos=["v"], neg=["y", "v"], qid="7"),  # a repeated qid; "v" both positive and negative
+    ]
+    c = groups_as_collection(groups)
+    assert list(c.beir.queries.values()) == ["a", "b", "c", "d"] and len(set(c.beir.queries)) == 4
+    assert list(c.beir.queries)[:1] == ["q2"] and "7" in c.beir.queries
+    assert len(c.beir.corpus) == 5  # x, y, z, u, v
+    a, b, _, d = c.documents.values()
+    assert a[0] == b[0] and len(d) == 2 and list(c.beir.qrels.values())[3] == {d[0]: 1}

@@ -74,16 +74,25 @@ def test_ranking_window_sums_over_steps_and_resets():
     window.add(torch.tensor([[5.0]]))  # a group without negatives ranks nothing
     assert window.summary() is None
 
+    # DDP: `reduce` sums the ranks' windows, counts included: two ranks give what one window of both gives
+    a, b = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, -1.0]]), torch.tensor([[4.0, 5.0, 6.0]])
+    rank1, both = RankingWindow(), RankingWindow()
+    rank1.add(b)
+    both.add(a), both.add(b)
+    other = torch.cat([rank1.sums, torch.tensor([rank1.groups, rank1.negatives], dtype=torch.float64)])
+    window.add(a)
+    assert window.summary(lambda t: t + other) == both.summary()
 
-def test_collapsed_scores_are_warned_about_once(tiny_model_dir, beir, tmp_path, monkeypatch, caplog):
+
+def test_collapsed_scores_are_warned_about_once(tiny_model_dir, beir, tmp_path, monkeypatch):
     from tuner.trainer import RankingWindow
 
     original = RankingWindow.add
     monkeypatch.setattr(RankingWindow, "add", lambda self, logits: original(self, torch.full_like(logits, 2.5)))
-    with caplog.at_level("WARNING", logger="tuner.train"):
-        train(tiny_config(tiny_model_dir, beir, tmp_path / "run", "train.max_steps=3"))
-    warned = [r.getMessage() for r in caplog.records if "scores collapsed" in r.getMessage()]
-    assert len(warned) == 1 and warned[0].startswith("step 1: every training document got the same score")
+    train(tiny_config(tiny_model_dir, beir, tmp_path / "run", "train.max_steps=3"))
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()  # the run's logger does not propagate to caplog
+    assert log.count("scores collapsed") == 1
+    assert "WARNING step 1: every training document got the same score (yes−no logit std 0" in log
 
 
 def _log_history(result):

@@ -455,7 +455,7 @@ def read_groups(
                     order.append(key)
                 known_docs = seen.setdefault(key, set())
                 for document, side in [(positive, pairs[key].pos)] + [(d, pairs[key].neg) for d in negatives]:
-                    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
+                    text = _doc_key(document)
                     if text not in known_docs:  # a positive repeats on every row of its query: once is enough
                         known_docs.add(text)
                         side.append(document)
@@ -515,7 +515,7 @@ class GroupCollection:
     Attributes:
         beir: corpus (every distinct document of the groups, `{"title", "text"}`, ids `d1`, `d2`, ... in order of
             first appearance), queries and qrels (a group's positives, grade 1); query ids are the groups' `qid`
-            or `q<row>` (also for a repeated qid).
+            or `q<row>`, made unique (a repeated qid 7 of row 4 becomes `7#4`).
         documents: query id → its group's document ids, positives first, each once (a document that is both a
             positive and a negative of one group counts as the positive).
         instructions: query id → the group's instruction (None: the default).
@@ -524,6 +524,17 @@ class GroupCollection:
     beir: Any
     documents: dict[str, list[str]]
     instructions: dict[str, str | None]
+
+
+def _as_titled(document: str | Mapping[str, Any]) -> dict[str, str]:
+    if isinstance(document, str):
+        return {"title": "", "text": document}
+    return {"title": str(document.get("title") or ""), "text": str(document.get("text") or "")}
+
+
+def _doc_key(document: str | Mapping[str, Any]) -> str:
+    """One key for one document however it is written ("x", {"text": "x"} and {"title": "", "text": "x"} alike)."""
+    return json.dumps(_as_titled(document), sort_keys=True, ensure_ascii=False)
 
 
 def groups_as_collection(groups: Sequence[Group], name: str = "") -> GroupCollection:
@@ -536,13 +547,15 @@ def groups_as_collection(groups: Sequence[Group], name: str = "") -> GroupCollec
     documents: dict[str, list[str]] = {}
     instructions: dict[str, str | None] = {}
     for n, group in enumerate(groups, 1):
-        qid = group.qid if group.qid is not None and group.qid not in beir.queries else f"q{n}"
+        qid = group.qid if group.qid is not None else f"q{n}"
+        k = 1
+        while qid in beir.queries:  # a repeated qid (or one like a generated `q<row>`): never overwrite a query
+            qid, k = f"{group.qid or 'q'}{'#' if group.qid else ''}{n}{'-' + str(k) if k > 1 else ''}", k + 1
         own: dict[str, None] = {}
         relevant: dict[str, int] = {}
         for document, grade in [(d, 1) for d in group.pos] + [(d, 0) for d in group.neg]:
-            doc = {"title": "", "text": document} if isinstance(document, str) else dict(document)
-            doc.setdefault("title", "")
-            key = json.dumps(doc, sort_keys=True, ensure_ascii=False)
+            doc = _as_titled(document)
+            key = _doc_key(doc)
             if key not in ids:
                 ids[key] = f"d{len(ids) + 1}"
                 corpus[ids[key]] = doc
