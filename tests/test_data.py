@@ -108,6 +108,24 @@ def test_csv_and_tsv_files_of_labeled_pairs(tmp_path):
     assert len(load_groups(folder)) == 2
 
 
+def test_tsv_written_by_the_csv_module_is_unquoted_and_csv_booleans_are_labels(tmp_path):
+    import csv
+
+    with open(tmp_path / "w.tsv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")  # what pandas' to_csv(sep="\t") writes too: quotes doubled, wrapped
+        writer.writerows(
+            [["query", "document", "label"], ["q", 'He said "hi" loudly', "True"], ["q", "plain", "False"]]
+        )
+    (g,) = load_groups(tmp_path / "w.tsv")
+    assert (g.pos, g.neg) == (['He said "hi" loudly'], ["plain"])
+    (tmp_path / "d.csv").write_text("query,document,label,Label\nq,d,1,0\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.csv:1: the header names label more than once"):
+        load_groups(tmp_path / "d.csv")
+    (tmp_path / "b.csv").write_bytes(b"query,document,label\nq,d,1\nq,\xff,0\n")
+    with pytest.raises(DataError, match=r"b\.csv:3: not UTF-8 text"):
+        load_groups(tmp_path / "b.csv")
+
+
 def test_sentence_transformers_triplets_and_n_tuples_are_grouped_per_query(tmp_path):
     """(query | anchor, positive, negative, negative_1, ...) rows, as ST's mine_hard_negatives writes them: one
     group per query, each document once (the positive repeats on every row), negatives in number order."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import logging
 import math
@@ -106,24 +105,41 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, pair or triplet row) per data row of a CSV (comma) or TSV (tab) file with a header row.
 
     CSV follows RFC 4180 (a quoted cell may hold commas, quotes and line breaks; the location is the line its row
-    starts on). TSV has no quoting, as in the IANA format: a cell ends at a tab or line break, and a `"` is text
-    (a document that opens with a quote must not swallow the lines after it). A row with the wrong number of
-    cells comes as a `DataError` value. The label stays text until `parse_pair` checks it.
+    starts on). TSV is read unquoted, as in the IANA format: a cell ends at a tab or line break, so a document
+    that opens with a `"` cannot swallow the lines after it; a cell quoted whole the way Python's csv module and
+    pandas write TSV (wrapped in quotes, inner quotes doubled) is unquoted. A row with the wrong number of cells
+    comes as a `DataError` value. The label stays text until `parse_pair` checks it. The file is streamed, not loaded.
     """
-    opener = gzip.open if _is_gz(path) else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
-    text = decode_utf8(raw, path, DataError)
     tsv = path.name.lower().removesuffix(".gz").endswith(".tsv")
     kind = "TSV (tab-separated)" if tsv else "CSV (comma-separated)"
     csv.field_size_limit(2**31 - 1)  # the default 128 KiB cell limit would refuse a long document
-    if tsv:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(io.StringIO(text, newline=""))
+    opener = gzip.open if _is_gz(path) else open
+
+    def lines(f) -> Iterator[str]:  # decoded line by line, so that a bad byte names its line
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{n}: not UTF-8 text ({err.reason})") from None
+            yield line.removeprefix("\ufeff") if n == 1 else line
+
+    try:
+        with opener(path, "rb") as f:
+            text = lines(f)
+            reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(text)
+            yield from _table_rows(path, reader, kind, tsv)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def _unquote_tsv(cell: str) -> str:
+    """A TSV cell quoted whole by a CSV writer (wrapped in quotes, inner ones doubled) unquoted; others as they are."""
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"' and '"' not in cell[1:-1].replace('""', ""):
+        return cell[1:-1].replace('""', '"')
+    return cell
+
+
+def _table_rows(path: Path, reader, kind: str, tsv: bool) -> Iterator[tuple[str, Any]]:
     try:
         header = next(reader, None)
         while header is not None and not any(cell.strip() for cell in header):
@@ -132,7 +148,10 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
     if header is None:
         return
-    columns = [cell.strip().lower() for cell in header]
+    columns = [_unquote_tsv(cell).strip().lower() if tsv else cell.strip().lower() for cell in header]
+    repeated = sorted({c for c in columns if columns.count(c) > 1 and c})
+    if repeated:
+        raise DataError(f"{path}:{reader.line_num}: the header names {', '.join(repeated)} more than once")
     triplets = "positive" in columns and "document" not in columns
     if triplets:  # sentence-transformers' (query | anchor, positive, negative, negative_1, ...)
         required: tuple[str, ...] = ("query", "anchor", "positive")
@@ -162,6 +181,8 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
         where, start = f"{path}:{start}", reader.line_num + 1
         if not any(cell.strip() for cell in cells):
             continue  # a blank line
+        if tsv:
+            cells = [_unquote_tsv(cell) for cell in cells]
         if len(cells) != len(columns):
             yield where, DataError(f"{where}: {len(cells)} cells, the header names {len(columns)} columns")
             continue
@@ -177,7 +198,10 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _number(cell: str) -> Any:
-    """A label cell as an int or float; text that is not a number stays text (parse_pair names it)."""
+    """A label cell as an int or float (`true`/`false`, as pandas writes booleans, are 1 and 0); text that is not a
+    number stays text (parse_pair names it)."""
+    if cell.strip().lower() in ("true", "false"):
+        return int(cell.strip().lower() == "true")
     for kind in (int, float):
         try:
             return kind(cell.strip())
