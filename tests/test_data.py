@@ -191,10 +191,18 @@ def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):
 
 def test_a_beir_folder_or_missing_file_is_named(tmp_path):
     (tmp_path / "corpus.jsonl").write_text("", encoding="utf-8")
-    with pytest.raises(DataError, match="tuner mine"):
+    with pytest.raises(DataError, match=r"a BEIR folder, not a file of training rows: evaluate on it with --beir"):
         load_groups(tmp_path)
     with pytest.raises(DataError, match="no such file"):
         load_groups(tmp_path / "nope.jsonl")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "dev.jsonl").write_text('{"query": "q", "pos": ["p"]}\n', encoding="utf-8")
+    (splits / "notes.txt").write_text("", encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"no test\.jsonl, .* in this folder; it has dev\.jsonl \(pick one with the split"
+    ):
+        load_groups(splits, "test")
 
 
 def test_a_mistyped_local_path_is_not_asked_of_the_hub(tmp_path, monkeypatch):

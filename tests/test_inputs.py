@@ -168,9 +168,19 @@ def test_a_hub_id_in_the_local_cache_loads_offline_and_an_unreachable_hub_fails_
     )
     sleeps = []
     monkeypatch.setattr(hub_http.time, "sleep", sleeps.append)
-    with pytest.raises(ModelNotFoundError, match=r"model 'acme/other' not found: .*Hub could not provide it \(Connect"):
+    with pytest.raises(ModelNotFoundError, match=r"model 'acme/other': not a local directory, and the Hugging Face Hub "
+                       r"could not be reached to look it up \(ConnectError: .*check the network"):  # fmt: skip
         _check_reachable("acme/other")
     assert sleeps == []
+
+    import huggingface_hub
+
+    def no_such_repo(*args, **kwargs):  # the hub answered: the name is wrong
+        raise ValueError("404 Repository Not Found for url")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_such_repo)
+    with pytest.raises(ModelNotFoundError, match=r"model 'acme/other' not found: .*could not provide it \(ValueError"):
+        _check_reachable("acme/other")
 
 
 def test_an_adapters_recorded_base_and_tuner_json_fields_are_checked(tiny_model_dir, tmp_path):

@@ -149,14 +149,34 @@ def _check_reachable(name: str, what: str = "model") -> None:
         # before the same error); a mistyped path or an offline machine gets its answer at once. transformers
         # downloads the files afterwards, with its own retries.
         get_hf_file_metadata(hf_hub_url(name, file), retry_on_errors=False)
-    except Exception as err:  # every hub failure becomes the same user-facing error
+    except Exception as err:  # every hub failure becomes one user-facing error
         reason = " ".join(str(err).split()) or type(err).__name__
         if len(reason) > 300:
             reason = reason[:300].rsplit(" ", 1)[0] + " ..."
+        if _hub_unreachable(err):  # the name may be right: say that the hub could not be asked, not "not found"
+            raise ModelNotFoundError(
+                f"{what} {name!r}: not a local directory, and the Hugging Face Hub could not be reached to look it "
+                f"up ({type(err).__name__}: {reason}); check the network (or HF_ENDPOINT), or give a local "
+                f"directory{_near_miss(path)}"
+            ) from None
         raise ModelNotFoundError(
             f"{what} {name!r} not found: it is not a local directory and the Hugging Face Hub could not provide it "
             f"({type(err).__name__}: {reason}){_near_miss(path)}"
         ) from None
+
+
+def _hub_unreachable(err: Exception) -> bool:
+    """A network failure, offline mode, a timeout, rate limiting or a server error: not an answer about the name."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    # by class name: huggingface_hub has used requests, httpx and its httpx2 fork, each with its own classes
+    network = {"TransportError", "TimeoutException", "ConnectionError", "Timeout"}
+    if isinstance(err, (OfflineModeIsEnabled, ConnectionError, TimeoutError)) or network & {
+        c.__name__ for c in type(err).__mro__
+    }:
+        return True
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return isinstance(err, HfHubHTTPError) and status is not None and (status == 429 or status >= 500)
 
 
 def check_recorded_base(base: str, adapter_dir: Path, recorded_in: str) -> str:

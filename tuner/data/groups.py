@@ -240,12 +240,21 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
     path = Path(path_or_id)
     if path.is_dir():
         if any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz")):
-            raise DataError(f"{path}: a BEIR folder holds no training rows; turn it into groups with `tuner mine`")
+            raise DataError(
+                f"{path}: a BEIR folder, not a file of training rows: evaluate on it with --beir (eval.beir), or "
+                "turn it into groups with `tuner mine --beir`"
+            )
         name = split or "train"
         for suffix in _LOCAL_SUFFIXES:
             if (path / f"{name}{suffix}").is_file():
                 return path / f"{name}{suffix}"
-        raise DataError(f"{path}: no {name}.jsonl, .json, .parquet, .csv or .tsv in this folder")
+        present = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_LOCAL_SUFFIXES))
+        have = (
+            f"; it has {', '.join(present[:5])}{', ...' if len(present) > 5 else ''} (pick one with the split)"
+            if present
+            else ""
+        )
+        raise DataError(f"{path}: no {name}.jsonl, .json, .parquet, .csv or .tsv in this folder{have}")
     if path.is_file():
         return path
     text = str(path_or_id)
