@@ -306,6 +306,18 @@ def test_cli_eval_on_a_groups_file(tmp_path, tiny_model_dir, capsys):
     assert [s["label"] for s in summary["systems"]] == ["first stage (random order)", "model"]
     assert summary["dataset"] == "dev.jsonl" and summary["queries"] == 3 and summary["pairs_per_model"] == 8
     assert "first stage in a seeded random order" in capsys.readouterr().out
+    assert "Each query's group is ranked whole (at most 3 documents)" in (out / "report.md").read_text()
+    missing = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tmp_path / "dve.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(missing) == 2 and not (tmp_path / "o").exists()  # checked before the output folder is made
+    assert "did you mean" in capsys.readouterr().err
     argv = ["eval", "--model", str(tiny_model_dir), "--data", str(path), "--top-k", "3"]
     assert main(argv) == 2
     assert "--top-k: for --beir; with --data the candidates are each group's documents" in capsys.readouterr().err

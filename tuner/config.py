@@ -91,8 +91,8 @@ class DataSection:
     cache_dir: str | None = _f(None, "cache for BM25 indexes and mined groups; null = <output>/cache")
     drop_dev_queries: bool = _f(
         True,
-        "leave out training groups whose query text is a dev (eval.beir) query, so that dev metrics measure "
-        "queries never trained on (SciFact's train and test share 2 claims); false = keep them, with a warning",
+        "leave out training groups whose query text is a dev (eval.beir or eval.data) query, so that dev metrics "
+        "measure queries never trained on (SciFact's train and test share 2 claims); false = keep them, with a warning",
     )
 
 
@@ -148,7 +148,7 @@ class EvalSection:
         "documents are reranked, next to their seeded random order",
     )
     split: str = _f("test", "qrels split of `beir` used for evaluation (or the <split> file of an eval.data folder)")
-    top_k: int = _f(100, "rerank the first stage's (BM25) top-k")
+    top_k: int = _f(100, "rerank the first stage's (BM25) top-k (eval.beir; with eval.data every document is)")
     max_queries: int | None = _f(None, "evaluate at most this many queries (seeded choice); null = all")
     steps: int = _f(0, "evaluate every N steps (0 = only before and after training)")
     metrics: list[str] = field(

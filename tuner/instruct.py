@@ -11,6 +11,7 @@ their default instruction.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from tuner.eval_run import ModelOptions, build_evaluator, first_stage_system, lo
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.files import atomic_write, decode_utf8
 from tuner.loading import TUNER_META, read_meta
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Candidate",
@@ -204,6 +207,14 @@ def run_instruct(
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
     )
+    if evaluator.query_instructions:  # one instruction is searched for and written; the rows' own are not kept
+        log.warning(
+            "%d of %d queries of %s carry their own instruction; the search scores every query under each "
+            "candidate instead (the winner goes to tuner.json for all)",
+            len(evaluator.query_instructions),
+            len(evaluator.qids),
+            evaluator.name,
+        )
     reranker = load_reranker(model, adapter, options)
     cands = candidate_instructions(instructions, reranker.instruction)
     results, best = search(reranker, evaluator, cands)

@@ -181,8 +181,9 @@ def _fmt_p(p: float | None) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def _cutoff_note(metrics: Sequence[str], top_k: int | None) -> str:
-    """The note under the systems table when a metric looks deeper than the candidates reranked per query."""
+def _cutoff_note(metrics: Sequence[str], top_k: int | None, every: bool = False) -> str:
+    """The note under the systems table when a metric looks deeper than the candidates reranked per query
+    (`every`: each query's whole group is ranked, `tuner eval --data`)."""
     if not top_k:
         return ""
     deep = [m for m in metrics if (parse_metric(m)[1] or 0) > top_k]
@@ -190,7 +191,10 @@ def _cutoff_note(metrics: Sequence[str], top_k: int | None) -> str:
         return ""
     pretty = [pretty_metric(m) for m in deep]
     names = pretty[0] if len(pretty) == 1 else ", ".join(pretty[:-1]) + " and " + pretty[-1]
-    text = f"Only the top {top_k} candidates are ranked, so {names} count{'s' if len(deep) == 1 else ''} those {top_k}"
+    verb = "count" + ("s" if len(deep) == 1 else "")
+    if every:
+        return f"Each query's group is ranked whole (at most {top_k} documents), so {names} {verb} those."
+    text = f"Only the top {top_k} candidates are ranked, so {names} {verb} those {top_k}"
     recalls = [pretty_metric(m) for m in deep if parse_metric(m)[0] == "recall"]
     if recalls:
         # reranking permutes a fixed candidate set: recall beyond it is the first stage's, the same for every row
@@ -227,7 +231,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         label = f"**{s['label']}**" if s["label"] == ref else s["label"]
         seconds = f"{s['seconds']:.1f}" if s.get("pairs") else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds} |")
-    note = _cutoff_note(metrics, summary.get("top_k"))
+    note = _cutoff_note(metrics, summary.get("top_k"), every=summary.get("candidates") == "random order")
     if note:
         lines += ["", note]
     lines += ["", f"## Paired comparison against {ref} ({pretty_metric(primary)}, per query)", ""]

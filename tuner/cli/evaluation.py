@@ -69,6 +69,10 @@ def _source_options(args) -> dict[str, Any]:
         given = [flag for flag, value in (("--candidates", args.candidates), ("--top-k", args.top_k)) if value]
         if given:
             raise UserError(f"{' and '.join(given)}: for --beir; with --data the candidates are each group's documents")
+    if args.data is not None:  # a missing or mistyped file fails here, before an output folder is made
+        from tuner.data.groups import resolve_path
+
+        resolve_path(args.data, args.split)
     candidates = args.candidates or "bm25"
     if candidates.lower() != "bm25" and not Path(candidates).is_file():
         raise UserError(f"--candidates {candidates!r}: neither 'bm25' nor an existing run file")
@@ -77,7 +81,10 @@ def _source_options(args) -> dict[str, Any]:
 
 def _out_name(args) -> str:
     """The default output folder's name: `<dataset>-<split>`, or the labeled file's stem."""
-    return f"{Path(args.beir).name}-{args.split}" if args.data is None else Path(args.data).name.split(".")[0]
+    if args.data is None:
+        return f"{Path(args.beir).name}-{args.split}"
+    data = Path(args.data)
+    return f"{data.name}-{args.split}" if data.is_dir() else data.name.split(".")[0]
 
 
 def _check_apply(args) -> None:
@@ -108,7 +115,9 @@ def add_eval(sub) -> None:
     p.add_argument("--adapter", help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned")
     _add_source_args(p, top_k=100)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--instruction", help="task instruction for every pair (default: the model's)")
+    group.add_argument(
+        "--instruction", help="task instruction for every pair (default: the model's; with --data, a row's own first)"
+    )
     group.add_argument(
         "--instructions",
         nargs="+",
