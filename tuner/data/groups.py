@@ -471,6 +471,15 @@ def read_groups(
     pairs: dict[tuple[str, str | None], Group] = {}
     order: list[Group | tuple[str, str | None]] = []
     seen: dict[tuple[str, str | None], set[str]] = {}  # triplet rows: the documents their group already has
+
+    def group_for(query: str, instruction: str | None, qid: str | None) -> Group:
+        """The group of pair / triplet rows with this query and instruction (made at its first row)."""
+        key = (query, instruction)
+        if key not in pairs:
+            pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
+            order.append(key)
+        return pairs[key]
+
     for where, row in iter_rows(path_or_id, split):
         result.rows += 1
         try:
@@ -482,23 +491,17 @@ def read_groups(
                     result.unknown_fields.setdefault(str(key), where)
             if _is_triplet(row):
                 query, instruction, positive, negatives, qid = parse_triplet(row, where)
-                key = (query, instruction)
-                if key not in pairs:
-                    pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
-                    order.append(key)
-                known_docs = seen.setdefault(key, set())
-                for document, side in [(positive, pairs[key].pos)] + [(d, pairs[key].neg) for d in negatives]:
+                group = group_for(query, instruction, qid)
+                known_docs = seen.setdefault((query, instruction), set())
+                for document, side in [(positive, group.pos)] + [(d, group.neg) for d in negatives]:
                     text = _doc_key(document)
                     if text not in known_docs:  # a positive repeats on every row of its query: once is enough
                         known_docs.add(text)
                         side.append(document)
             elif _is_pair(row):
                 query, instruction, document, label, qid = parse_pair(row, where)
-                key = (query, instruction)
-                if key not in pairs:
-                    pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
-                    order.append(key)
-                (pairs[key].pos if label > 0 else pairs[key].neg).append(document)
+                group = group_for(query, instruction, qid)
+                (group.pos if label > 0 else group.neg).append(document)
             else:
                 order.append(parse_group(row, where))
         except DataError as err:
