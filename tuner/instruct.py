@@ -207,6 +207,7 @@ def run_instruct(
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
     )
+    reranker = load_reranker(model, adapter, options)
     if evaluator.query_instructions:  # one instruction is searched for and written; the rows' own are not kept
         log.warning(
             "%d of %d queries of %s carry their own instruction; the search scores every query under each "
@@ -215,7 +216,6 @@ def run_instruct(
             len(evaluator.qids),
             evaluator.name,
         )
-    reranker = load_reranker(model, adapter, options)
     cands = candidate_instructions(instructions, reranker.instruction)
     results, best = search(reranker, evaluator, cands)
     for result in results:

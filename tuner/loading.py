@@ -155,9 +155,9 @@ def _check_reachable(name: str, what: str = "model") -> None:
             reason = reason[:300].rsplit(" ", 1)[0] + " ..."
         if _hub_unreachable(err):  # the name may be right: say that the hub could not be asked, not "not found"
             raise ModelNotFoundError(
-                f"{what} {name!r}: not a local directory, and the Hugging Face Hub could not be reached to look it "
-                f"up ({type(err).__name__}: {reason}); check the network (or HF_ENDPOINT), or give a local "
-                f"directory{_near_miss(path)}"
+                f"{what} {name!r} not found: it is not a local directory, and the Hugging Face Hub could not be "
+                f"reached to look it up ({type(err).__name__}: {reason}); check the network (or HF_ENDPOINT), or "
+                f"give a local directory{_near_miss(path)}"
             ) from None
         raise ModelNotFoundError(
             f"{what} {name!r} not found: it is not a local directory and the Hugging Face Hub could not provide it "
