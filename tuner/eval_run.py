@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.evaluate import EvalResult, Evaluator
+from tuner.evaluate import RANDOM_ORDER, EvalResult, Evaluator
 
 __all__ = [
     "ModelOptions",
@@ -77,10 +77,6 @@ def load_reranker(model: str, adapter: str | None = None, options: ModelOptions 
     if kwargs["max_length"] is None:
         del kwargs["max_length"]
     return Reranker.from_pretrained(model, adapter=adapter, **kwargs)
-
-
-# the first stage of an evaluation on a training-format file (`--data`): its documents in a seeded random order
-RANDOM_ORDER = "random order"
 
 
 def candidates_source(candidates: str | Path) -> str:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 __all__ = ["EvalResult", "Evaluator", "first_stage_run", "sample_queries"]
 
 _UNSET: Any = object()
+# how reports and logs name the first stage of `Evaluator.from_groups`: the groups' documents in a seeded random order
+RANDOM_ORDER = "random order"
 # Encoded prompts are kept between calls (training evaluates the same pairs every N steps) while their total
 # stays under this many tokens (int32: 4 bytes each).
 CACHE_TOKENS = 50_000_000
@@ -174,7 +176,7 @@ class Evaluator:
         self.first_stage = {q: [(d, float(s)) for d, s in _cut(candidates.get(q, ()), top_k)] for q in self.qids}
         self._cache: dict[tuple, list[list[np.ndarray]]] = {}
         self._first_stage_result: EvalResult | None = None
-        self.first_stage_name = "first stage"  # how logs name the candidates' own order ("random order": from_groups)
+        self.first_stage_name = "first stage"  # how logs name the candidates' own order (from_groups: RANDOM_ORDER)
 
     @classmethod
     def from_beir(
@@ -252,7 +254,7 @@ class Evaluator:
             query_instructions=instructions,
             **kwargs,
         )
-        evaluator.first_stage_name = "random order"
+        evaluator.first_stage_name = RANDOM_ORDER
         return evaluator
 
     # ------------------------------------------------------------------------------------------- metrics

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tuner.evaluate import EvalResult
+from tuner.evaluate import RANDOM_ORDER, EvalResult
 from tuner.files import atomic_path, atomic_write
 from tuner.metrics import Qrels, parse_metric, ranked_ids
 
@@ -212,7 +212,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     facts = [
         f"{summary['queries']} queries",
         f"candidates: each group's documents (up to {summary.get('top_k')}), first stage in a seeded random order"
-        if summary.get("candidates") == "random order"  # `tuner eval --data` (eval_run.RANDOM_ORDER)
+        if summary.get("candidates") == RANDOM_ORDER  # `tuner eval --data`
         else f"candidates: {summary.get('candidates', '?')} top-{summary.get('top_k')}",
     ]
     if summary.get("pairs_per_model"):
@@ -231,7 +231,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         label = f"**{s['label']}**" if s["label"] == ref else s["label"]
         seconds = f"{s['seconds']:.1f}" if s.get("pairs") else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds} |")
-    note = _cutoff_note(metrics, summary.get("top_k"), every=summary.get("candidates") == "random order")
+    note = _cutoff_note(metrics, summary.get("top_k"), every=summary.get("candidates") == RANDOM_ORDER)
     if note:
         lines += ["", note]
     lines += ["", f"## Paired comparison against {ref} ({pretty_metric(primary)}, per query)", ""]

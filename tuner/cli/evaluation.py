@@ -69,10 +69,9 @@ def _source_options(args) -> dict[str, Any]:
         given = [flag for flag, value in (("--candidates", args.candidates), ("--top-k", args.top_k)) if value]
         if given:
             raise UserError(f"{' and '.join(given)}: for --beir; with --data the candidates are each group's documents")
-    if args.data is not None:  # a missing or mistyped file fails here, before an output folder is made
         from tuner.data.groups import resolve_path
 
-        resolve_path(args.data, args.split)
+        resolve_path(args.data, args.split)  # a missing or mistyped file fails here, before an output folder is made
     candidates = args.candidates or "bm25"
     if candidates.lower() != "bm25" and not Path(candidates).is_file():
         raise UserError(f"--candidates {candidates!r}: neither 'bm25' nor an existing run file")
