@@ -50,12 +50,10 @@ class BeirData:
     name: str = ""
 
 
-def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, value) per non-blank line of a JSONL(.gz) file; raise `DataError` if it cannot be read.
-
-    Bytes are decoded line by line, so a bad byte names its line; a BOM on the first line is dropped. A line that
-    is not UTF-8 or not JSON comes as a `DataError` value, so that a check can go on past it.
-    """
+def utf8_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
+    """(line number, text) per line of a text file (`.gz` too), decoded line by line so that a bad byte names its
+    line: such a line comes as a `DataError` value; a BOM on the first line is dropped. A file that cannot be read
+    raises `DataError`."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -64,18 +62,27 @@ def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    yield n, DataError(f"{path}:{n}: not UTF-8 ({err.reason} at byte {err.start} of the line)")
+                    yield n, DataError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte {err.start} of the line)")
                     continue
-                if n == 1:
-                    line = line.removeprefix("\ufeff")
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
+                yield n, line.removeprefix("\ufeff") if n == 1 else line
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
         raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) per non-blank line of a JSONL(.gz) file; raise `DataError` if it cannot be read.
+
+    A line that is not UTF-8 (see `utf8_lines`) or not JSON comes as a `DataError` value, so that a check can go
+    on past it.
+    """
+    for n, line in utf8_lines(path):
+        if isinstance(line, DataError):
+            yield n, line
+        elif line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

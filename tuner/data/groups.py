@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data.beir import DataError, jsonl_lines
+from tuner.data.beir import DataError, jsonl_lines, utf8_lines
 from tuner.data.schema import Group
 from tuner.files import decode_utf8, similar_names
 
@@ -113,23 +113,15 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
     tsv = path.name.lower().removesuffix(".gz").endswith(".tsv")
     kind = "TSV (tab-separated)" if tsv else "CSV (comma-separated)"
     csv.field_size_limit(2**31 - 1)  # the default 128 KiB cell limit would refuse a long document
-    opener = gzip.open if _is_gz(path) else open
 
-    def lines(f) -> Iterator[str]:  # decoded line by line, so that a bad byte names its line
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{n}: not UTF-8 text ({err.reason})") from None
-            yield line.removeprefix("\ufeff") if n == 1 else line
+    def lines() -> Iterator[str]:  # csv reads text lines; a bad byte (a DataError) stops it, naming the line
+        for _, line in utf8_lines(path):
+            if isinstance(line, DataError):
+                raise line
+            yield line
 
-    try:
-        with opener(path, "rb") as f:
-            text = lines(f)
-            reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(text)
-            yield from _table_rows(path, reader, kind, tsv)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
+    reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(lines())
+    yield from _table_rows(path, reader, kind, tsv)
 
 
 def _unquote_tsv(cell: str) -> str:
