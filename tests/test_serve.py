@@ -184,6 +184,31 @@ def test_score_errors_name_the_field_as_the_client_sent_it(client, payload, stat
         assert "text_1" in error["message"]
 
 
+def test_unknown_fields_are_named_not_silently_dropped(client, tiny_reranker, caplog):
+    """Other clients' fields are accepted (Cohere's rank_fields ...), but a typo does not pass unseen: the
+    response names every ignored field and the log says it once, with the known field it is close to."""
+    caplog.set_level("WARNING", logger="tuner.serve")
+    docs = [{"text": "Bananas are rich in potassium.", "titel": "Fruit"}, "Jet engines burn fuel."]
+    payload = {"query": QUERY, "documents": docs, "instrution": "Find fruit", "rank_fields": ["text"]}
+    r = client.post("/v1/rerank", json=payload)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ignored-fields"] == "instrution, rank_fields, documents.N.titel"
+    # scored as if the unknown fields were absent (no instruction, no title), and not echoed back as known ones
+    plain = tiny_reranker.score(QUERY, [docs[0]["text"], docs[1]])
+    assert {x["index"]: x["relevance_score"] for x in r.json()["results"]} == pytest.approx(dict(enumerate(plain)))
+    echoed = {x["index"]: x["document"] for x in r.json()["results"]}
+    assert echoed[0] == {"text": docs[0]["text"]}
+    warnings = [x.getMessage() for x in caplog.records if "ignored unknown" in x.getMessage()]
+    assert len(warnings) == 1 and "'instrution' (did you mean 'instruction'?)" in warnings[0]
+    assert "'documents.N.titel' (did you mean 'documents.N.title'?)" in warnings[0]
+    assert "'rank_fields'," in warnings[0] and "rank_fields' (did" not in warnings[0]
+    client.post("/v1/rerank", json=payload)  # the same names again: no second warning
+    assert len([x for x in caplog.records if "ignored unknown" in x.getMessage()]) == 1
+    r = client.post("/score", json={"text_1": QUERY, "text_2": {"text": "x", "titl": "t"}, "top_n": 1})
+    assert r.status_code == 200 and r.headers["x-ignored-fields"] == "top_n, text_2.titl"
+    assert "x-ignored-fields" not in client.post("/v1/rerank", json={"query": QUERY, "documents": ["a"]}).headers
+
+
 def test_unknown_route_and_wrong_method_get_the_same_error_body(client):
     r = client.post("/v1/reranks", json={})
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"

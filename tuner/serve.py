@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import difflib
 import hmac
 import logging
 import queue
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import (
@@ -64,13 +65,13 @@ class ApiError(Exception):
 
 # ------------------------------------------------------------------------------------------- schemas
 class DocumentObject(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept only to be named: see _unknown_fields
     text: StrictStr
     title: StrictStr | None = None
 
 
 class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept only to be named: see _unknown_fields
     model: StrictStr | None = None
     query: StrictStr
     documents: list[StrictStr | DocumentObject]
@@ -80,7 +81,7 @@ class RerankRequest(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept only to be named: see _unknown_fields
     model: StrictStr | None = None
     queries: StrictStr | list[StrictStr] = Field(validation_alias=AliasChoices("queries", "text_1"))
     documents: StrictStr | DocumentObject | list[StrictStr | DocumentObject] = Field(
@@ -99,6 +100,38 @@ class ScoreRequest(BaseModel):
             request._queries_name = "queries" if "queries" in data else "text_1"
             request._documents_name = "documents" if "documents" in data else "text_2"
         return request
+
+
+def _unknown_fields(body: RerankRequest | ScoreRequest) -> dict[str, str | None]:
+    """The request's fields this server does not know, as the client named them, each with a close known name.
+
+    They are accepted, as vLLM and the hosted rerank APIs accept the fields of each other's clients (Cohere's
+    `rank_fields`, `max_chunks_per_doc` ...), but never silently: a typo such as `instrution` would otherwise
+    score without the instruction the client meant. The server logs each name once and every response that
+    ignored something says so in its `X-Ignored-Fields` header. Returns {field: the known field it is close to}.
+    """
+    found: dict[str, str | None] = {}
+
+    def note(model: BaseModel, prefix: str) -> None:
+        known = set(type(model).model_fields)
+        if isinstance(model, ScoreRequest):
+            known |= set(_SCORE_ALIASES.values())
+        for name in model.model_extra or {}:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            found[prefix + name] = prefix + close[0] if close else None
+
+    note(body, "")
+    documents = body.documents
+    many = isinstance(documents, list)
+    name = getattr(body, "_documents_name", "documents")
+    for doc in documents if many else [documents]:
+        if isinstance(doc, DocumentObject):
+            note(doc, f"{name}.N." if many else f"{name}.")
+    return found
+
+
+def _doc_dict(doc: DocumentObject) -> dict[str, str]:
+    return {"text": doc.text} | ({"title": doc.title} if doc.title is not None else {})
 
 
 # ------------------------------------------------------------------------------------------- batcher
@@ -322,7 +355,20 @@ def create_app(
         return await asyncio.wrap_future(batcher.submit(ids, keys))
 
     def doc_value(doc: str | DocumentObject) -> Any:
-        return doc if isinstance(doc, str) else doc.model_dump(exclude_none=True)
+        return doc if isinstance(doc, str) else _doc_dict(doc)
+
+    warned: set[str] = set()
+
+    def flag_unknown(body: RerankRequest | ScoreRequest, request: Request, response: Response) -> None:
+        unknown = _unknown_fields(body)
+        if not unknown:
+            return
+        response.headers["X-Ignored-Fields"] = ", ".join(unknown)
+        new = [f for f in unknown if f not in warned]
+        if new:  # once per field name, not once per request: a client that always sends one stays quiet after
+            warned.update(new)
+            said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
+            log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -332,8 +378,9 @@ def create_app(
     async def get_metrics() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def rerank(body: RerankRequest) -> dict[str, Any]:
+    async def rerank(body: RerankRequest, request: Request, response: Response) -> dict[str, Any]:
         check_model(body.model)
+        flag_unknown(body, request, response)
         check_documents(body.documents)
         docs = [doc_value(d) for d in body.documents]
         fields = {"query": "query", "instruction": "instruction"}
@@ -348,7 +395,7 @@ def create_app(
             row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if body.return_documents:
                 doc = body.documents[i]
-                row["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump(exclude_none=True)
+                row["document"] = {"text": doc} if isinstance(doc, str) else _doc_dict(doc)
             results.append(row)
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
@@ -361,8 +408,9 @@ def create_app(
     app.post("/rerank", dependencies=[Depends(authorize)])(rerank)
 
     @app.post("/score", dependencies=[Depends(authorize)])
-    async def score_route(body: ScoreRequest) -> dict[str, Any]:
+    async def score_route(body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
         check_model(body.model)
+        flag_unknown(body, request, response)
         queries = [body.queries] if isinstance(body.queries, str) else body.queries
         documents = [body.documents] if isinstance(body.documents, (str, DocumentObject)) else body.documents
         q_field, d_field = body._queries_name, body._documents_name
