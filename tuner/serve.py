@@ -131,7 +131,8 @@ def _unknown_fields(body: RerankRequest | ScoreRequest) -> dict[str, str | None]
 
 
 def _doc_dict(doc: DocumentObject) -> dict[str, str]:
-    return {"text": doc.text} | ({"title": doc.title} if doc.title is not None else {})
+    """The document's known fields (its unknown ones are kept on the model only to be named)."""
+    return doc.model_dump(include=set(DocumentObject.model_fields), exclude_none=True)
 
 
 # ------------------------------------------------------------------------------------------- batcher
