@@ -54,8 +54,11 @@ def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     # a later save that was cut off (a folder without trainer_state.json) is skipped, not fatal
     (tmp_path / "cut" / "checkpoints" / "checkpoint-6").mkdir()
     (tmp_path / "cut" / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
-    resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
+    resumed = train(
+        tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common, "tracking.run_name=again"), resume=True
+    )
     assert "checkpoint-6 is incomplete" in (tmp_path / "cut" / "logs" / "train.log").read_text()
+    assert "run_name: again" in (tmp_path / "cut" / "config.yaml").read_text()  # a harmless key, saved once checked
     a = load_file(full["adapter_dir"] / "adapter_model.safetensors")
     b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
     assert a.keys() == b.keys() and a
@@ -161,16 +164,26 @@ def test_save_steps_zero_checkpoints_at_the_end_and_resumes(finished, tiny_model
     # resumable, with the harmless keys changed (and the run directory spelled differently: a copy)
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    # what `tuner instruct --apply` / `calibrate --apply` store in the adapter's tuner.json after the run
+    meta_file = copy / "adapter" / "tuner.json"
+    meta = json.loads(meta_file.read_text()) | {"instruction": "Judge relevance", "calibration": {"a": 1.0, "b": 0.0}}
+    meta_file.write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     harmless = ("train.max_steps=2", "train.logging_steps=5", "tracking.run_name=again", "name=renamed")
     resumed = train(tiny_config(tiny_model_dir, beir, copy, *harmless), resume=True)
     assert resumed["metrics"]["train"]["global_step"] == 2
+    assert resumed["metrics"] == finished["metrics"] and resumed["adapter_dir"] == copy / "adapter"
+    # nothing was left to do: no file of the run changed (no evaluation re-run, no adapter re-saved)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    # a run cut off after its last checkpoint, before the adapter was saved: --resume evaluates and saves it
+    shutil.rmtree(copy / "adapter")
+    resumed = train(tiny_config(tiny_model_dir, beir, copy, *harmless), resume=True)
     # nothing was left to train: the finished run's loss and runtime stand (not this call's 0.0 and 0.001 s)
     assert resumed["metrics"]["train"] == finished["metrics"]["train"]
     assert json.loads((copy / "metrics.json").read_text())["train"] == finished["metrics"]["train"]
     a = load_file(finished["adapter_dir"] / "adapter_model.safetensors")
     b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert "run_name: again" in (copy / "config.yaml").read_text()  # saved once the check passed
 
 
 def test_resume_with_a_changed_recipe_is_refused_and_keeps_config_yaml(finished, tiny_model_dir, beir):
@@ -195,6 +208,27 @@ def test_cli_resume_with_a_changed_recipe_exits_2_with_one_line(finished, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.lr: saved 0.005, new 0.001" in err, err
     assert _snapshot(out) == before
+
+
+def test_cli_ctrl_c_names_the_checkpoint_to_resume_from_or_says_there_is_none(finished, monkeypatch, capsys):
+    import yaml
+
+    import tuner.train
+    from tuner.cli import main
+
+    def interrupted(config, resume=False, callbacks=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuner.train, "train", interrupted)
+    out = finished["output_dir"]
+    assert main(["train", str(out / "config.yaml"), "--resume"]) == 130
+    assert f"--resume` continues from {out / 'checkpoints' / 'checkpoint-2'}" in capsys.readouterr().err
+    recipe = yaml.safe_load((out / "config.yaml").read_text())
+    recipe["output"]["dir"] = str(out.parent / "fresh")
+    (out.parent / "fresh.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(out.parent / "fresh.yaml")]) == 130
+    err = capsys.readouterr().err
+    assert "before its first checkpoint was saved: nothing to resume" in err and "--resume` continues" not in err
 
 
 def test_rerun_into_a_finished_run_is_refused_unless_overwrite(finished, tiny_model_dir, beir, tmp_path):

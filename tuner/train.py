@@ -120,6 +120,17 @@ def _is_complete(checkpoint: Path) -> bool:
     return (checkpoint / "trainer_state.json").is_file()
 
 
+def _finished_at(checkpoint: Path) -> int | None:
+    """The step of `checkpoint` when it is the run's last one (its trainer_state.json says global_step reached
+    max_steps), else None."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        step, last = int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if last > 0 and step >= last else None
+
+
 def _log_failure(config: Config, err: BaseException) -> None:
     """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
     from tuner.train_setup import output_dir_for
@@ -204,11 +215,20 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         latest = complete[-1]
         for broken in saved[saved.index(latest) + 1 :]:
             log.warning("--resume: %s is incomplete (no trainer_state.json, an interrupted save); skipped", broken)
-        log.info("--resume: continuing from %s", latest)
         try:
-            prior_train = json.loads((out / METRICS_FILE).read_text(encoding="utf-8")).get("train") or {}
+            prior = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            prior_train = {}
+            prior = {}
+        prior_train = prior.get("train") or {}
+        done = _finished_at(latest)
+        target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
+        if done is not None and prior_train.get("global_step") == done and (target / "tuner.json").is_file():
+            # the run got to its last step and saved: training again from that checkpoint would train nothing,
+            # re-run every evaluation and rewrite the adapter (losing what `tuner instruct/calibrate --apply`
+            # added to its tuner.json); there is nothing for --resume to do
+            log.info("--resume: %s finished at step %d and saved %s; nothing left to do", out, done, target)
+            return TrainResult(output_dir=out, adapter_dir=target, metrics=prior, model=None)
+        log.info("--resume: continuing from %s", latest)
 
     t = config.train
     precision = t.precision

@@ -27,10 +27,19 @@ def _run_train(args) -> int:
         print(f"tuner train: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        from tuner.train import CHECKPOINTS_DIR, _checkpoints, _is_complete
         from tuner.train_setup import output_dir_for
 
-        log_file = output_dir_for(config) / "logs" / "train.log"
-        print(f"\nrun stopped: {log_file} names the last checkpoint; --resume continues from it", file=sys.stderr)
+        out = output_dir_for(config)
+        complete = [p for p in _checkpoints(out / CHECKPOINTS_DIR) if _is_complete(p)]
+        if complete:
+            print(f"\nrun stopped: `tuner train ... --resume` continues from {complete[-1]}", file=sys.stderr)
+        else:
+            print(
+                f"\nrun stopped before its first checkpoint was saved: nothing to resume; train again "
+                f"({out / 'logs' / 'train.log'} has the log)",
+                file=sys.stderr,
+            )
         raise
     for key, label in (("dev", "dev"), ("ood", "out of domain")):  # base → final, as the log has them
         section = result["metrics"].get(key) or {}
