@@ -84,3 +84,12 @@ def test_run_outputs_are_shareable(tmp_path, umask):
     atomic_write_json(tmp_path / "tuner.json", {"a": 1})
     for path in [*paths, tmp_path / "tuner.json"]:
         assert _mode(path) == 0o644, path
+
+
+def test_weights_written_by_libraries_get_the_umask_mode(tiny_model_dir):
+    # safetensors writes its files 0600 (a private tempfile renamed into place): a model folder others on the
+    # machine (a serving user, a shared cache) cannot read. The tiny model here; the training adapter and
+    # checkpoints in test_train_resume.
+    assert {p.name: _mode(p) for p in tiny_model_dir.iterdir()} == {
+        p.name: default_mode(p.is_dir()) for p in tiny_model_dir.iterdir()
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from transformers import TrainerCallback
 
 from tuner.config import ConfigError
 from tuner.data.schema import Group
+from tuner.files import default_mode
 from tuner.train import train
 from tuner.train_data import EpochSampler, sample_group
 
@@ -158,6 +160,11 @@ def _snapshot(out):
 def test_save_steps_zero_checkpoints_at_the_end_and_resumes(finished, tiny_model_dir, beir, tmp_path):
     out = finished["output_dir"]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-2"]
+    # the weights have the mode a plain open() gives, not safetensors' private 0600
+    for path in (out / "adapter", out / "checkpoints"):
+        assert {p: stat.S_IMODE(p.stat().st_mode) for p in path.rglob("*")} == {
+            p: default_mode(p.is_dir()) for p in path.rglob("*")
+        }
     assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {
         p.name for p in (out / "checkpoints/checkpoint-2").iterdir()
     }

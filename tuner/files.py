@@ -83,6 +83,17 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
+def usual_modes(folder: str | Path) -> Path:
+    """Give `folder` and everything in it the mode a plain open()/mkdir() would (`default_mode`). Written by hand:
+    safetensors (and tempfile, which atomic writers use) create files 0600, which leaves weights that another user
+    of the machine (a serving account, a shared cache) cannot read. Returns the folder."""
+    folder = Path(folder)
+    for item in (folder, *folder.rglob("*")):
+        if not item.is_symlink():
+            item.chmod(default_mode(item.is_dir()))
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path next to `path` to write to (e.g. `savefig(tmp)`); renamed onto `path` on success."""
@@ -126,8 +137,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        for item in (tmp, *tmp.rglob("*")):
-            item.chmod(default_mode(item.is_dir()))
+        usual_modes(tmp)
         if path.exists():
             trash = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(trash)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tuner.contract import config_dir, load_tokenizer
+from tuner.files import usual_modes
 
 QWEN3_VOCAB_SIZE = 151669
 
@@ -89,7 +90,7 @@ def _save(model, out_dir: str | Path, chat_template: bool) -> Path:
 
         tokenizer.chat_template = build_chat_template(None)
     tokenizer.save_pretrained(out)
-    return out
+    return usual_modes(out)
 
 
 def random_model(

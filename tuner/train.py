@@ -21,6 +21,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from tuner.config import Config, ConfigError, atomic_write_json, has_dev_set
+from tuner.files import usual_modes
 from tuner.score_forward import install_score_forward, remove_score_forward
 from tuner.train_data import GroupCollator, GroupDataset
 from tuner.trainer import CheckpointMeta, EpochFromState, LogLines, MetricsWriter, RerankTrainer, StopOnNonFinite
@@ -484,6 +485,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)
         }
         write_run_meta(staging, eval_summary)
+        usual_modes(staging)  # the weights are written 0600 by safetensors
         if target.exists():  # --resume of a finished run: the same weights, saved again
             shutil.rmtree(target)
         staging.rename(target)

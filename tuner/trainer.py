@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from tuner.files import usual_modes
 from tuner.losses import distill_loss, listwise_loss, pointwise_loss, sft_loss
 from tuner.train_data import EpochSampler
 
@@ -259,6 +260,7 @@ class CheckpointMeta(TrainerCallback):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
             self.write(folder)
+            usual_modes(folder)  # the adapter's safetensors file is written 0600
 
 
 class MetricsWriter(TrainerCallback):
