@@ -220,3 +220,18 @@ def test_importing_bitsandbytes_after_tuner_prints_no_cpu_kernel_advice():
     )
     assert proc.returncode == 0, proc.stderr
     assert "kernels-community" not in proc.stderr + proc.stdout
+
+
+def test_max_length_help_tells_where_the_default_comes_from():
+    # every verb that loads a model reads the prompt budget from the export's tuner.json when there is one: a
+    # help that says "default 8192" makes a user pass 8192 to a model trained and exported with 512
+    from tuner.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    seen = []
+    for name, sub in verbs.items():
+        for action in sub._actions:
+            if "--max-length" in action.option_strings and name not in ("data",):
+                seen.append(name)
+                assert "tuner.json" in action.help, f"tuner {name} --max-length: {action.help}"
+    assert {"eval", "instruct", "calibrate", "score", "serve"} <= set(seen), seen

@@ -18,7 +18,9 @@ def _add_model_args(p) -> None:
 
 def _add_runtime_args(p) -> None:
     """Prompt budget, batch budget, device, dtype and fast paths: every verb here loads a `Reranker` with them."""
-    p.add_argument("--max-length", type=positive_int, help="prompt token budget (default 8192)")
+    p.add_argument(
+        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
+    )
     p.add_argument(
         "--batch-tokens", type=positive_int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)"
     )
