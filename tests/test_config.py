@@ -103,6 +103,19 @@ def test_an_unknown_override_key_and_ood_without_dev_are_named(tmp_path):
     recipe.write_text("train:\n  lr: 1.0e-4\n")
     with pytest.raises(ConfigError, match=r"^override 'train.lrr=1': unknown key 'train.lrr'"):
         load_config(recipe, ["train.lrr=1"])
+    # an unknown section (or a key under an unknown key) that only an override brings in names the override
+    with pytest.raises(ConfigError, match=r"^override 'foo.bar=1': unknown key 'foo'"):
+        load_config(recipe, ["foo.bar=1"])
+    with pytest.raises(ConfigError, match=r"^override 'foo.bar=1': unknown key 'foo'"):
+        load_config(None, ["foo.bar=1"])
+    with pytest.raises(ConfigError, match=r"^override 'train.lr.x=1': "):
+        load_config(None, ["train.lr.x=1"])
+    with pytest.raises(ConfigError, match=r"^override 'model.foo.bar=1': unknown key 'model.foo'"):
+        load_config(recipe, ["model.foo.bar=1"])
+    # the recipe's own unknown key stays the recipe's, even when an override adds to it
+    recipe.write_text("foo:\n  a: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(recipe))}: unknown key 'foo'"):
+        load_config(recipe, ["foo.bar=1"])
     with pytest.raises(ConfigError, match=r"eval\.ood: .* set eval\.beir \(or eval\.data\) too, or eval\.ood=null"):
         load_config(None, ["eval.ood=data/cranfield", "eval.beir=null"])
     with pytest.raises(ConfigError, match=r"loss\.teacher_temperature: must be > 0"):

@@ -342,6 +342,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
         data.setdefault("name", path.stem)
+    recipe_data = data
     if overrides:
         data = apply_overrides(data, overrides)
     try:
@@ -349,7 +350,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = _build(Config, data, "", where)
         validate(config, where)
     except ConfigError as err:
-        raise _blame_override(err, where, overrides or []) from None
+        raise _blame_override(err, where, overrides or [], recipe_data) from None
     config.source = str(path) if path is not None else None
     return config
 
@@ -365,17 +366,29 @@ def _yaml_error(path: Path, err: Exception) -> str:
     return f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {what}"
 
 
-def _blame_override(err: ConfigError, where: str, overrides: list[str]) -> ConfigError:
-    """An error about a key that a command-line override set names the override, not the recipe file."""
+def _blame_override(err: ConfigError, where: str, overrides: list[str], recipe: dict[str, Any]) -> ConfigError:
+    """An error about a key that a command-line override set names the override, not the recipe file: the
+    override of that key, or of a key under it (`foo.bar=1` brings in an unknown section `foo`, `train.lr.x=1`
+    makes `train.lr` a mapping) unless the recipe itself has that key."""
     message = str(err)
     key = message[len(where) :].split(":", 1)[0].strip() if message.startswith(where) else ""
     unknown = re.match(r"unknown key '([^']+)'", message[len(where) :]) if message.startswith(where) else None
     if unknown:
         key = unknown.group(1)
     for item in reversed(overrides):  # the last override of a key is the one that counts
-        if item.split("=", 1)[0].strip() == key:
+        path = item.split("=", 1)[0].strip()
+        if path == key or (path.startswith(key + ".") and not _has_key(recipe, key)):
             return ConfigError(f"override {item!r}: {message[len(where) :]}")
     return err
+
+
+def _has_key(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _unique_keys_loader():
