@@ -210,6 +210,15 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b'\xef\xbb\xbf"To be" is a quote\nsecond\n')
     assert read_documents(quoted) == ['"To be" is a quote', "second"]
+    # a .json file may hold one JSON array of documents (pretty-printed or not), checked item by item
+    array = tmp_path / "docs.json"
+    array.write_text('[\n  "first",\n  {"title": "T", "text": "second"},\n  {"document": "third"}\n]\n')
+    assert read_documents(array) == ["first", {"title": "T", "text": "second"}, "third"]
+    array.write_text('["first", {"text": 5}]')
+    assert score(array) == 2
+    assert "docs.json: item 2: field 'text' must be a string, got int" in capsys.readouterr().err
+    array.write_text("[]")
+    assert score(array) == 2 and "docs.json: no documents" in capsys.readouterr().err
 
 
 def test_importing_bitsandbytes_after_tuner_prints_no_cpu_kernel_advice():

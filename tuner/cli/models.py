@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from tuner.cli.common import UserError, add_scoring_path_args, port_number, positive_int, scoring_path_kwargs
 
@@ -31,7 +32,8 @@ def _run_tiny_model(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ score
 def read_documents(path: str | Path) -> list:
-    """Documents from a JSONL file (strings, `{"text"[, "title"]}` or `{"document": ...}`) or plain lines."""
+    """Documents from a JSONL file (strings, `{"text"[, "title"]}` or `{"document": ...}`), a `.json` file holding
+    one JSON array of them, or plain lines."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: a folder; --documents takes a JSONL or text file (one document per line)")
@@ -39,37 +41,49 @@ def read_documents(path: str | Path) -> list:
         raise UserError(f"{path}: no such file")
     from tuner.files import decode_utf8
 
-    lines = decode_utf8(path.read_bytes(), path, UserError).splitlines()  # a BOM is dropped, as in training files
-    # .jsonl/.json is JSONL; a .txt (or any other suffix) is one document per line, unless it has no suffix and
-    # its first line is a JSON object
+    text = decode_utf8(path.read_bytes(), path, UserError)  # a BOM is dropped, as in training files
+    lines = text.splitlines()
+    # .jsonl/.json is JSONL (or, for .json, one array); a .txt (or any other suffix) is one document per line,
+    # unless it has no suffix and its first line is a JSON object
     suffix = path.suffix.lower()
-    is_jsonl = suffix in (".jsonl", ".json") or (not suffix and bool(lines) and lines[0].lstrip().startswith("{"))
-    docs = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not is_jsonl:
-            docs.append(line)
-            continue
+    if suffix == ".json" and text.lstrip().startswith("["):
         try:
-            value = json.loads(line)
+            items = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{n}: invalid JSON ({err.msg})") from None
-        if isinstance(value, dict) and "document" in value:
-            value = value["document"]
-        if isinstance(value, dict) and "text" not in value:
-            raise UserError(f"{path}:{n}: a document object needs a 'text' field")
-        if isinstance(value, dict):
-            for key in ("text", "title"):
-                if key in value and not (isinstance(value[key], str) or (key == "title" and value[key] is None)):
-                    got = type(value[key]).__name__
-                    raise UserError(f"{path}:{n}: field '{key}' must be a string, got {got}")
-        elif not isinstance(value, str):
-            raise UserError(f"{path}:{n}: expected a string or an object, got {type(value).__name__}")
-        docs.append(value)
+            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from None
+        docs = [_document(item, f"{path}: item {i}") for i, item in enumerate(items, 1)]
+    else:
+        is_jsonl = suffix in (".jsonl", ".json") or (not suffix and bool(lines) and lines[0].lstrip().startswith("{"))
+        docs = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if not is_jsonl:
+                docs.append(line)
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+            docs.append(_document(value, f"{path}:{n}"))
     if not docs:
         raise UserError(f"{path}: no documents (the file is empty or blank)")
     return docs
+
+
+def _document(value: Any, where: str) -> str | dict:
+    """One JSON document (a string, `{"text"[, "title"]}` or `{"document": ...}`), checked; `where` names it."""
+    if isinstance(value, dict) and "document" in value:
+        value = value["document"]
+    if isinstance(value, dict) and "text" not in value:
+        raise UserError(f"{where}: a document object needs a 'text' field")
+    if isinstance(value, dict):
+        for key in ("text", "title"):
+            if key in value and not (isinstance(value[key], str) or (key == "title" and value[key] is None)):
+                raise UserError(f"{where}: field '{key}' must be a string, got {type(value[key]).__name__}")
+    elif not isinstance(value, str):
+        raise UserError(f"{where}: expected a string or an object, got {type(value).__name__}")
+    return value
 
 
 def add_score(sub) -> None:
@@ -77,7 +91,7 @@ def add_score(sub) -> None:
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged or seq-cls export)")
     p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
     p.add_argument("--query", required=True, help="query text")
-    p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}) or one per line")
+    p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}), a .json array of them, or one per line")
     p.add_argument("--instruction", help="task instruction (default: the export's tuner.json, else the contract's)")
     p.add_argument("--top-k", type=positive_int, help="keep the best K")
     p.add_argument(
