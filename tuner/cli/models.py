@@ -91,7 +91,11 @@ def add_score(sub) -> None:
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged or seq-cls export)")
     p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
     p.add_argument("--query", required=True, help="query text")
-    p.add_argument("--documents", required=True, help="JSONL file (strings or {title, text}), a .json array of them, or one per line")
+    p.add_argument(
+        "--documents",
+        required=True,
+        help="JSONL file (strings or {title, text}), a .json array of them, or one per line",
+    )
     p.add_argument("--instruction", help="task instruction (default: the export's tuner.json, else the contract's)")
     p.add_argument("--top-k", type=positive_int, help="keep the best K")
     p.add_argument(
