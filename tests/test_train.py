@@ -175,6 +175,7 @@ def test_named_errors(tiny_model_dir, beir, tmp_path):
     log_b = (tmp_path / "b" / "logs" / "train.log").read_text()
     assert log_b.count("ERROR run failed") == 1 and "no/such/model" in log_b and "--resume" not in log_b
     assert not (tmp_path / "c" / "logs").exists() and not (tmp_path / "d" / "logs").exists()
+    assert not (tmp_path / "c").exists()  # a run stopped by the first checks leaves no empty run directory
 
 
 def test_cli_bad_key_exit_code(capsys, tmp_path):
@@ -351,7 +352,7 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
     assert "tuner mine --data FILE" in caplog.text  # the way to negatives for rows of positives alone
 
 
-def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path):
+def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monkeypatch):
     """eval.data: the groups of a training-format file are evaluated before and after training (next to their
     random order), and a training group with a dev query is left out as with eval.beir."""
     from train_helpers import TOPICS
@@ -377,3 +378,13 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path):
         tiny_config(tiny_model_dir, beir, tmp_path / "x", f"eval.data={dev}", f"eval.beir={beir}")
     with pytest.raises(ConfigError, match=r"eval\.data: .*nope\.jsonl: no such file; did you mean .*dev\.jsonl"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "y", f"eval.data={tmp_path / 'nope.jsonl'}"))
+    # a malformed dev file is found before the model loads (minutes on the 4B base), not after
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": 1, "pos": ["a"], "neg": ["b"]}\n', encoding="utf-8")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the dev file was read")
+
+    monkeypatch.setattr("tuner.modeling.load_base", never)
+    with pytest.raises(ConfigError, match=r"eval\.data: .*bad\.jsonl:1: field 'query' must be a string"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "z", f"eval.data={bad}"))

@@ -1,6 +1,6 @@
 """`tuner train RECIPE`: the training run, readable top to bottom.
 
-    output dir → base model path → training groups → model (+ LoRA / 4-bit) → evaluators
+    output dir → base model path → training groups → evaluators → model (+ LoRA / 4-bit)
     → Trainer → train (or resume) → final evaluation → adapter/ + tuner.json + metrics.json
 
 The Trainer subclass (and why it is transformers' `Trainer`, not trl's) is `tuner.trainer`; the forward it trains
@@ -136,7 +136,7 @@ def _log_failure(config: Config, err: BaseException) -> None:
     """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
     from tuner.train_setup import output_dir_for
 
-    out = output_dir_for(config)
+    out = output_dir_for(config, create=False)
     log_file = os.path.abspath(out / "logs" / "train.log")  # as logging.FileHandler records it (no symlinks resolved)
     files = [
         h
@@ -299,7 +299,14 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         groups = load_training_groups(config.data, config.loss.kind, config.train.seed, out)
     log.info("%d training groups of %d documents", len(groups), config.data.group_size)
 
-    # 3. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
+    # 3. evaluators (dev set + optional out-of-domain): read before the model loads, so that a malformed dev file
+    # fails in seconds; the first stage and the base are measured once the model is there
+    with args.main_process_first(desc="evaluation data"):
+        evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
+    if "dev" in evaluators:
+        groups = _check_dev_is_not_trained_on(groups, evaluators["dev"], config.data.drop_dev_queries, main)
+
+    # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
     set_seed(t.seed)
     m = config.model
     model = load_base(
@@ -334,11 +341,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             m.attn_implementation,
         )
 
-    # 4. evaluators (dev set + optional out-of-domain), the first stage and the base measured once
-    with args.main_process_first(desc="evaluation data"):
-        evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
-    if "dev" in evaluators:
-        groups = _check_dev_is_not_trained_on(groups, evaluators["dev"], config.data.drop_dev_queries, main)
+    # 5. the first stage and the base, measured once
     rank_eval = None
     if evaluators:
         rank_eval = RankEval(
@@ -375,7 +378,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             _fmt(record["ood"]["base"]),
         )
 
-    # 5. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
+    # 6. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
     tracker = start_tracking(config, out, main)
     yes_id, no_id = encoder.yes_id, encoder.no_id
     install_score_forward(model, yes_id, no_id)
@@ -433,7 +436,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         tracker.log({f"base/{k}": v for k, v in record["dev"]["base"].items()}, commit=False)
         tracker.log({f"first_stage/{k}": v for k, v in record["dev"]["first_stage"].items()}, commit=False)
 
-    # 6. train
+    # 7. train
     result = trainer.train(resume_from_checkpoint=str(latest) if resume else None)
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
@@ -466,7 +469,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         )(model)
         log.info("out of domain final %s", _fmt(record["ood"]["final"]))
 
-    # 7. save: adapter (or full model) + tokenizer + tuner.json; metrics.json
+    # 8. save: adapter (or full model) + tokenizer + tuner.json; metrics.json
     remove_score_forward(model)
     target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
     # written whole into a staging folder, then renamed: a run cut off while saving has no adapter/ that later

@@ -17,11 +17,12 @@ log = logging.getLogger("tuner.train")
 RUNS_DIR = "runs"
 
 
-def output_dir_for(config: Config) -> Path:
-    """`output.dir`, or `runs/<recipe name>` under the current directory."""
+def output_dir_for(config: Config, create: bool = True) -> Path:
+    """`output.dir`, or `runs/<recipe name>` under the current directory (made unless `create` is false)."""
     out = Path(config.output.dir) if config.output.dir else Path(RUNS_DIR) / config.name
     out = out.expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

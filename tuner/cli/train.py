@@ -30,7 +30,7 @@ def _run_train(args) -> int:
         from tuner.train import CHECKPOINTS_DIR, _checkpoints, _is_complete
         from tuner.train_setup import output_dir_for
 
-        out = output_dir_for(config)
+        out = output_dir_for(config, create=False)
         complete = [p for p in _checkpoints(out / CHECKPOINTS_DIR) if _is_complete(p)]
         if complete:
             print(f"\nrun stopped: `tuner train ... --resume` continues from {complete[-1]}", file=sys.stderr)
