@@ -422,3 +422,16 @@ def test_groups_as_collection_never_merges_two_groups_and_counts_a_document_once
     assert len(c.beir.corpus) == 5  # x, y, z, u, v
     a, b, _, d = c.documents.values()
     assert a[0] == b[0] and len(d) == 2 and list(c.beir.qrels.values())[3] == {d[0]: 1}
+
+
+def test_json_errors_point_at_the_end_of_the_line_that_is_short_not_the_next_line(tmp_path):
+    # a missing brace or comma at the end of a line: the parser stops at the next line's start (or past the end
+    # of a JSONL line, its newline), and "column 1" sends the reader to the wrong place
+    jsonl = tmp_path / "g.jsonl"
+    jsonl.write_text(GOOD + '{"query": "q", "pos": ["p"]\n', encoding="utf-8")
+    errors = check_file(jsonl, tokens=False).errors
+    assert errors == [f"{jsonl}:2: invalid JSON (Expecting ',' delimiter at column 28)"], errors
+    whole = tmp_path / "g.json"
+    whole.write_text('[\n  {"query": "q", "pos": ["p"]}\n  {"query": "r", "pos": ["s"]}\n]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"g\.json:2: invalid JSON \(Expecting ',' delimiter at column 31\)"):
+        load_groups(whole)

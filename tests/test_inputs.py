@@ -46,7 +46,7 @@ def test_invalid_adapter_config_names_the_file(tiny_model_dir, tmp_path):
     (ad / "adapter_config.json").write_text('{\n"peft_type": "LORA",\n', encoding="utf-8")  # truncated
     (ad / "adapter_model.safetensors").write_bytes(b"")
     for kwargs in ({"model": tiny_model_dir, "adapter": ad}, {"model": ad}):
-        with pytest.raises(ValueError, match=r"ad/adapter_config\.json: invalid JSON \(line 3 column 1: "):
+        with pytest.raises(ValueError, match=r"ad/adapter_config\.json: invalid JSON \(line 2 column 21: "):
             load_model(**kwargs, device="cpu")
 
 

@@ -11,6 +11,7 @@ umask, and a rename keeps that mode, so each result is given the mode a plain `o
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import shutil
 import tempfile
@@ -76,6 +77,21 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def json_error_place(doc: str, err: json.JSONDecodeError) -> tuple[int, int]:
+    """(line, column), from 1, of a JSON syntax error in `doc`. The parser stops at the next token, so a comma or
+    bracket missing at the end of a line is reported at the start of the next line (or, for a JSONL line read
+    with its newline, at a column past the text); such an error is placed right after the last character before
+    the line break instead. Written by hand: the json module has no other notion of where a value ended."""
+    pos = min(err.pos, len(doc))
+    back = pos
+    while back > 0 and doc[back - 1] in " \t\r\n":
+        back -= 1
+    if "\n" in doc[back:pos] or pos == len(doc):
+        pos = back
+    line_start = doc.rfind("\n", 0, pos) + 1
+    return doc.count("\n", 0, pos) + 1, pos - line_start + 1
 
 
 def default_mode(directory: bool = False) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tuner.contract import load_tokenizer, prepare_tokenizer
+from tuner.files import json_error_place
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 def _read_json(file: Path) -> dict[str, Any]:
     """A local JSON config as a dict; `ValueError` naming the file, line and column if it is not one."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: invalid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+        line, column = json_error_place(text, err)
+        raise ValueError(f"{file}: invalid JSON (line {line} column {column}: {err.msg})") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):

@@ -39,7 +39,7 @@ def read_documents(path: str | Path) -> list:
         raise UserError(f"{path}: a folder; --documents takes a JSONL or text file (one document per line)")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    from tuner.files import decode_utf8
+    from tuner.files import decode_utf8, json_error_place
 
     text = decode_utf8(path.read_bytes(), path, UserError)  # a BOM is dropped, as in training files
     lines = text.splitlines()
@@ -50,7 +50,8 @@ def read_documents(path: str | Path) -> list:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})") from None
+            line, column = json_error_place(text, err)
+            raise UserError(f"{path}:{line}:{column}: invalid JSON ({err.msg})") from None
         docs = [_document(item, f"{path}: item {i}") for i, item in enumerate(items, 1)]
     else:
         is_jsonl = suffix in (".jsonl", ".json") or (not suffix and bool(lines) and lines[0].lstrip().startswith("{"))

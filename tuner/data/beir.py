@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.files import decode_utf8
+from tuner.files import decode_utf8, json_error_place
 
 # How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
 _JSON_KIND = {
@@ -82,7 +82,8 @@ def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as err:
-                yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno})")
+                column = json_error_place(line, err)[1]
+                yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {column})")
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

@@ -38,7 +38,7 @@ from typing import Any
 
 from tuner.data.beir import DataError, jsonl_lines, utf8_lines
 from tuner.data.schema import Group
-from tuner.files import decode_utf8, similar_names
+from tuner.files import decode_utf8, json_error_place, similar_names
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+        line, column = json_error_place(text, err)
+        raise DataError(f"{path}:{line}: invalid JSON ({err.msg} at column {column})") from None
     if isinstance(value, Mapping) and isinstance(value.get("data"), list):
         value = value["data"]  # {"data": [...]}, the other layout `datasets`' JSON builder reads
     if not isinstance(value, list):
