@@ -194,6 +194,19 @@ def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
     # --out that cannot be written are named before any mining
     assert main([*args, "--adapter", "a", "--max-score", "0.5"]) == 2
     assert "--adapter, --max-score need --reranker" in capsys.readouterr().err
+    assert main([*args, "--margin", "0.1"]) == 2  # the default's value, given: still ignored without a reranker
+    assert "--margin needs --reranker" in capsys.readouterr().err
+    for bad, message in (
+        (["--depth", "5"], "--depth 5 leaves no candidate: it must be above --range-min 5"),
+        (["--range-min", "20", "--range-max", "10"], "--range-min 20 must be below --range-max 10"),
+    ):
+        assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "range_min" not in err, err
+    assert main(["mine", "--help"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    for default in ("(default 100)", "(default 5)", "(default 7", "(default 0.1,", "(default random)"):
+        assert default in printed, default
     assert main([*args, "--reranker", "never-loaded", "--margin", "-3"]) == 2
     assert "--margin must be in [0, 1] (the probability scale), got -3.0" in capsys.readouterr().err
     blocker = tmp_path / "a-file"

@@ -84,7 +84,9 @@ class DataSection:
     split: str = _f("train", "qrels split of `beir` used for training groups")
     mine_depth: int = _f(100, "mining: BM25 depth the negatives are drawn from")
     mine_range_min: int = _f(5, "mining: skip the top N BM25 candidates (likely unjudged positives)")
-    num_negatives: int = _f(15, "mining: negatives kept per query")
+    num_negatives: int = _f(
+        15, "mining: negatives kept per query, a pool each epoch samples group_size - 1 from (`tuner mine` keeps 7)"
+    )
     max_groups: int | None = _f(None, "use at most this many groups (a quick look); null = all")
     group_size: int = _f(8, "documents per group in a step: 1 positive + group_size - 1 negatives")
     instruction: str | None = _f(None, "instruction for rows that carry none; null = the contract's default")

@@ -96,22 +96,46 @@ def add_mine(sub) -> None:
     p.add_argument("--corpus", help="with --data: more documents to mine from, a BEIR corpus.jsonl[.gz]")
     p.add_argument("--split", default="train", help="qrels split (default train); with --data, a folder's <split> file")
     p.add_argument("--out", required=True, help="output JSONL of groups; the BM25 index is cached next to it")
-    p.add_argument("--depth", type=positive_int, default=mining.DEFAULT_DEPTH, help="BM25 candidates per query")
     p.add_argument(
-        "--range-min", type=non_negative_int, default=mining.DEFAULT_RANGE_MIN, help="skip the top N candidates"
+        "--depth",
+        type=positive_int,
+        default=mining.DEFAULT_DEPTH,
+        help="BM25 candidates per query (default %(default)s)",
     )
     p.add_argument(
-        "--range-max", type=positive_int, default=mining.DEFAULT_RANGE_MAX, help="sample below this rank only"
+        "--range-min",
+        type=non_negative_int,
+        default=mining.DEFAULT_RANGE_MIN,
+        help="skip the top N candidates, likely unjudged positives (default %(default)s)",
     )
     p.add_argument(
-        "--num-negatives", type=positive_int, default=mining.DEFAULT_NUM_NEGATIVES, help="negatives per query"
+        "--range-max",
+        type=positive_int,
+        default=mining.DEFAULT_RANGE_MAX,
+        help="sample above this rank only, capped at --depth (default %(default)s)",
     )
-    p.add_argument("--sampling", choices=["random", "top"], default="random", help="random sample or best ranked")
+    p.add_argument(
+        "--num-negatives",
+        type=positive_int,
+        default=mining.DEFAULT_NUM_NEGATIVES,
+        help="negatives per query (default %(default)s: one group of 8; a recipe's own mining, data.num_negatives, "
+        "keeps a pool of 15 that each epoch samples data.group_size - 1 from, as training does from a file with more)",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=["random", "top"],
+        default="random",
+        help="random sample of the range, or its best ranked (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cache-dir", help="BM25 index cache folder (default: the output's folder)")
     p.add_argument("--reranker", help="model dir or hub id that filters false negatives (and gives teacher scores)")
     p.add_argument("--adapter", help="PEFT adapter on top of --reranker")
-    p.add_argument("--margin", type=float, default=mining.DEFAULT_MARGIN, help="relative margin to the positive")
+    p.add_argument(
+        "--margin",
+        type=float,
+        help=f"relative margin to the positive's probability (default {mining.DEFAULT_MARGIN}, with --reranker)",
+    )
     p.add_argument("--absolute-margin", type=float, help="absolute margin to the positive (probability)")
     p.add_argument("--max-score", type=float, help="drop candidates whose probability is above this")
     p.add_argument("--teacher-scores", action="store_true", help="write the reranker's logits as pos/neg_scores")
@@ -138,7 +162,7 @@ def _run_mine(args) -> int:
     reranker_only = {
         "--teacher-scores": args.teacher_scores,
         "--adapter": args.adapter,
-        "--margin": args.margin != mining.DEFAULT_MARGIN,
+        "--margin": args.margin is not None,
         "--absolute-margin": args.absolute_margin is not None,
         "--max-score": args.max_score is not None,
         "--instruction": args.instruction is not None,
@@ -155,6 +179,15 @@ def _run_mine(args) -> int:
                         ("--max-score", args.max_score)):  # fmt: skip
         if value is not None and not 0.0 <= value <= 1.0:  # probabilities and their differences
             raise UserError(f"{flag} must be in [0, 1] (the probability scale), got {value}")
+    if args.margin is None:
+        args.margin = mining.DEFAULT_MARGIN
+    if args.range_min >= args.range_max:
+        raise UserError(f"--range-min {args.range_min} must be below --range-max {args.range_max}")
+    if args.depth <= args.range_min:
+        raise UserError(
+            f"--depth {args.depth} leaves no candidate: it must be above --range-min {args.range_min} (the top "
+            f"{args.range_min} BM25 candidates are skipped)"
+        )
     if args.corpus and not args.data:
         raise UserError("--corpus adds documents to a --data file's pool (a BEIR folder has its own corpus)")
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
@@ -198,10 +231,10 @@ def _run_mine(args) -> int:
         groups = mine_negatives(beir, **options)
     if not groups:  # an empty training file only fails later, in `tuner train`
         where = args.data if args.data else f"{args.beir} ({args.split})"
+        ranks = f"{args.range_min}..{min(args.range_max, args.depth)}"
         raise UserError(
-            f"{where}: no training group from {stats.queries} judged queries: none has a negative "
-            f"among BM25 ranks {args.range_min}..{args.range_max} of --depth {args.depth} (lower --range-min or raise "
-            f"--depth); nothing was written to {out}"
+            f"{where}: no training group from {stats.queries} judged queries: none has a negative among BM25 ranks "
+            f"{ranks} of --depth {args.depth} (lower --range-min or raise --depth); nothing was written to {out}"
         )
     write_groups(groups, out)
     hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
