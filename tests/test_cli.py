@@ -244,3 +244,26 @@ def test_max_length_help_tells_where_the_default_comes_from():
                 seen.append(name)
                 assert "tuner.json" in action.help, f"tuner {name} --max-length: {action.help}"
     assert {"eval", "instruct", "calibrate", "score", "serve"} <= set(seen), seen
+
+
+def test_output_folders_that_cannot_be_made_and_bad_sizes_name_the_flag(tiny_model_dir, tmp_path, capsys):
+    # an existing file where a folder is to be written, a folder that already holds a model, a size that is not
+    # one: one line naming the argument, before anything loads (not "[Errno 17] File exists")
+    from tuner.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, message in (
+        (["tiny-model", str(afile)], f"OUT_DIR {afile} is a file, not a folder"),
+        (["export", str(tmp_path / "run"), "--out", str(afile)], f"--out {afile} is a file, not a folder"),
+        (["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--max-shard-size", "lots"],
+         "argument --max-shard-size: 'lots' is not a size (an integer of bytes, or with a unit: 5GB, 500MB, 2GiB)"),
+        (["tiny-model", str(tiny_model_dir)], f"{tiny_model_dir} already holds files (chat_template"),
+    ):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err.splitlines()[-1] and "Errno" not in err and "Traceback" not in err, err
+    # --overwrite replaces a folder's model
+    again = tmp_path / "again"
+    assert main(["tiny-model", str(again), "--layers", "1", "--hidden", "32"]) == 0
+    assert main(["tiny-model", str(again), "--layers", "1", "--hidden", "32", "--overwrite"]) == 0

@@ -131,7 +131,7 @@ def _tokenizer_for(adapter_dir: Path, base: str):
     return load_tokenizer()
 
 
-def save_model(model, path: Path, max_shard_size: str) -> None:
+def save_model(model, path: Path, max_shard_size: int | str) -> None:
     """Write a transformers model as safetensors (sharded above `max_shard_size`)."""
     model.save_pretrained(path, safe_serialization=True, max_shard_size=max_shard_size)
 
@@ -201,7 +201,7 @@ def export(
     dtype: str = "float32",
     device: str | None = None,
     base_model: str | None = None,
-    max_shard_size: str = "5GB",
+    max_shard_size: int | str = "5GB",
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the requested formats of a run's adapter to `out`, or raise `ParityError` and write nothing.

@@ -66,6 +66,29 @@ def check_output_file(path: str | Path, flag: str) -> None:
         raise ValueError(f"{flag} {path}: no permission to write in {parent}")
 
 
+def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None) -> None:
+    """Raise `ValueError` naming `flag` if a folder could not be written at `path`: it is a file, a parent is a
+    file, or the nearest existing folder is not writable. With `overwrite=False`, a folder that already holds
+    files is refused too (the caller's `--overwrite` replaces it)."""
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder")
+    if path.is_dir():
+        if overwrite is False and any(path.iterdir()):
+            names = sorted(p.name for p in path.iterdir())
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ValueError(f"{flag} {path} already holds files ({shown}); choose another folder or pass --overwrite")
+        parent = path
+    else:
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {parent}")
+
+
 def _umask() -> int:
     try:  # Linux: read it without changing it (os.umask sets it, which another thread could see)
         with open("/proc/self/status", encoding="ascii") as f:

@@ -13,17 +13,21 @@ from tuner.cli.common import UserError, add_scoring_path_args, port_number, posi
 # ------------------------------------------------------------------------------------------- tiny-model
 def add_tiny_model(sub) -> None:
     p = sub.add_parser("tiny-model", help="write a random-weight tiny Qwen3 reranker with the real tokenizer")
-    p.add_argument("out_dir", help="output directory (a Hugging Face model folder)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output directory (a Hugging Face model folder)")
     p.add_argument("--layers", type=positive_int, default=2, help="decoder layers (default 2)")
     p.add_argument("--hidden", type=positive_int, default=64, help="hidden size (default 64)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
     p.add_argument("--kv-heads", type=positive_int, default=2, help="key/value heads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model in an OUT_DIR that holds files")
     p.set_defaults(func=_run_tiny_model)
 
 
 def _run_tiny_model(args) -> int:
+    from tuner.files import check_output_dir
     from tuner.tiny import write_tiny_model
+
+    check_output_dir(args.out_dir, "OUT_DIR", overwrite=args.overwrite)
 
     out = write_tiny_model(args.out_dir, args.layers, args.hidden, args.seed, args.heads, args.kv_heads)
     print(f"wrote tiny Qwen3 reranker to {out}")
@@ -137,13 +141,33 @@ def add_export(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (float32)")
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--base", help="base model path or hub id (default: the one recorded in the run)")
-    p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    p.add_argument("--max-shard-size", type=shard_size, default="5GB", help="safetensors shard size (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out once the export passed")
     p.set_defaults(func=_run_export)
 
 
+def shard_size(text: str) -> int:
+    """argparse type of --max-shard-size: bytes, from an integer or a size with a unit (transformers' parser)."""
+    import argparse
+
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        size = convert_file_size_to_int(int(text) if text.isdigit() else text)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (an integer of bytes, or with a unit: 5GB, 500MB, 2GiB)"
+        )
+    return size
+
+
 def _run_export(args) -> int:
     from tuner.export import FORMATS, ParityError, export
+    from tuner.files import check_output_dir
+
+    check_output_dir(args.out, "--out")  # before the model loads (minutes for the 4B base)
 
     formats = list(FORMATS) if args.format == "all" else [args.format]
     try:
