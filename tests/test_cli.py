@@ -207,6 +207,10 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
         assert message in capsys.readouterr().err
     assert score(tmp_path) == 2  # a folder, not "no such file"
     assert "a folder; --documents takes a JSONL or text file" in capsys.readouterr().err
+    blank = ["score", "--model", str(tmp_path / "never-loaded"), "--query", " ", "--documents", str(tmp_path)]
+    assert main(blank) == 2 and "--query is empty" in capsys.readouterr().err
+    assert score(tmp_path) == 2
+    assert "a folder; --documents takes a JSONL or text file" in capsys.readouterr().err
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b'\xef\xbb\xbf"To be" is a quote\nsecond\n')
     assert read_documents(quoted) == ['"To be" is a quote', "second"]

@@ -134,6 +134,9 @@ def post_json(client, route: str, payload: dict):
         ({"query": QUERY, "documents": [{"title": "t \udc00", "text": "x"}]}, 400, "documents.0"),
         ({"query": "q \ud800", "documents": ["a"]}, 400, "query"),
         ({"query": QUERY, "documents": ["a"], "instruction": "i \udfff"}, 400, "instruction"),
+        # a blank query ranks the documents against nothing (tuner data check calls it an error in a file too)
+        ({"query": "", "documents": ["a"]}, 400, "query"),
+        ({"query": " \n", "documents": ["a"]}, 400, "query"),
     ],
 )
 def test_bad_requests_get_4xx_naming_the_field(client, payload, status, field):
@@ -172,6 +175,11 @@ def test_malformed_json_and_score_errors(client):
         ({"text_1": ["a", "b \ud800"], "text_2": ["x", "y"]}, 400, "text_1.1"),
         ({"text_1": "a", "text_2": "x \ud800"}, 400, "text_2"),
         ({"text_1": "a", "text_2": ["x", "y \ud800"]}, 400, "text_2.1"),
+        ({"text_1": "", "text_2": ["x"]}, 400, "text_1"),
+        ({"queries": ["a", " "], "documents": ["x", "y"]}, 400, "queries.1"),
+        # both names of one field: which one counts would be a guess
+        ({"queries": "a", "text_1": "b", "documents": ["x"]}, 400, "queries"),
+        ({"queries": "a", "documents": ["x"], "text_2": ["y"]}, 400, "documents"),
     ],
 )
 def test_score_errors_name_the_field_as_the_client_sent_it(client, payload, status, field):

@@ -91,6 +91,7 @@ class ScoreRequest(BaseModel):
     # the names the client used (queries or text_1, documents or text_2): errors name the field as it was sent
     _queries_name: str = PrivateAttr("queries")
     _documents_name: str = PrivateAttr("documents")
+    _both_names: list[str] = PrivateAttr(default_factory=list)  # sent under both names: refused by the route
 
     @model_validator(mode="wrap")
     @classmethod
@@ -99,6 +100,7 @@ class ScoreRequest(BaseModel):
         if isinstance(data, dict):
             request._queries_name = "queries" if "queries" in data else "text_1"
             request._documents_name = "documents" if "documents" in data else "text_2"
+            request._both_names = [ours for ours, vllm in _SCORE_ALIASES.items() if ours in data and vllm in data]
         return request
 
 
@@ -338,6 +340,10 @@ def create_app(
             message = f"{field}: {len(documents)} documents, over the limit of {max_documents}"
             raise ApiError(413, message, field)
 
+    def check_query(query: str, field: str) -> None:
+        if not query.strip():  # documents may be blank (a corpus has empty ones); a query ranks against nothing
+            raise ApiError(400, f"{field}: empty; a query is needed to rank the documents against", field)
+
     async def score(
         triples: list[tuple[str, Any, str | None]], field_of: Callable[[str, int], str]
     ) -> tuple[list[float], int]:
@@ -382,6 +388,7 @@ def create_app(
     async def rerank(body: RerankRequest, request: Request, response: Response) -> dict[str, Any]:
         check_model(body.model)
         flag_unknown(body, request, response)
+        check_query(body.query, "query")
         check_documents(body.documents)
         docs = [doc_value(d) for d in body.documents]
         fields = {"query": "query", "instruction": "instruction"}
@@ -415,9 +422,14 @@ def create_app(
         queries = [body.queries] if isinstance(body.queries, str) else body.queries
         documents = [body.documents] if isinstance(body.documents, (str, DocumentObject)) else body.documents
         q_field, d_field = body._queries_name, body._documents_name
+        for ours in body._both_names:
+            vllm = _SCORE_ALIASES[ours]
+            raise ApiError(400, f"{ours}: sent as both {ours} and {vllm} (vLLM's name for it); send one", ours)
         check_documents(documents, d_field)
         if not queries:
             raise ApiError(400, f"{q_field}: at least one query is required", q_field)
+        for n, query in enumerate(queries):
+            check_query(query, q_field if isinstance(body.queries, str) else f"{q_field}.{n}")
         if len(queries) not in (1, len(documents)):
             raise ApiError(
                 400,

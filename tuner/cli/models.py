@@ -116,6 +116,8 @@ def add_score(sub) -> None:
 def _run_score(args) -> int:
     from tuner.scoring import Reranker
 
+    if not args.query.strip():  # documents may be blank (a corpus has empty ones); a query ranks against nothing
+        raise UserError("--query is empty; give the text to rank the documents against")
     docs = read_documents(args.documents)
     reranker = Reranker.from_pretrained(
         args.model,
