@@ -188,6 +188,8 @@ def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
     for line in ("rows: 3    groups: 3", "negatives per query: 3 / 3 / 3", "query tokens:", "prompt tokens:"):
         assert line in printed
     assert "truncated at max_length 8192: 0 pairs" in printed and printed.rstrip().endswith("0 errors, 0 warnings")
+    assert main([*args, "--no-progress"]) == 0  # the same output again: said, not silent
+    assert f"to {out} in " in (printed := capsys.readouterr().out) and "(replaced the previous file)" in printed
     assert main([*args, "--teacher-scores"]) == 2
     assert "--teacher-scores needs --reranker" in capsys.readouterr().err
     # the reranker's filter options without a reranker would be ignored (plain BM25 negatives); bad ranges and an

@@ -74,9 +74,11 @@ def _run_data_split(args) -> int:
     if args.dev_fraction > 0 and not dev:
         n = len({g.query for g in groups})
         raise UserError(f"{args.path}: {n} distinct quer{'y' if n == 1 else 'ies'}; a split needs two or more")
+    replaced = {out for out in (train_out, dev_out) if out.exists()}
     write_groups(train, args.train_out)
     write_groups(dev, args.dev_out)
-    print(f"train: {len(train)} groups -> {args.train_out}\ndev: {len(dev)} groups -> {args.dev_out}")
+    for label, part, out, path in (("train", train, train_out, args.train_out), ("dev", dev, dev_out, args.dev_out)):
+        print(f"{label}: {len(part)} groups -> {path}" + (" (replaced the previous file)" if out in replaced else ""))
     return 0
 
 
@@ -236,12 +238,14 @@ def _run_mine(args) -> int:
             f"{where}: no training group from {stats.queries} judged queries: none has a negative among BM25 ranks "
             f"{ranks} of --depth {args.depth} (lower --range-min or raise --depth); nothing was written to {out}"
         )
+    replaced = out.exists()
     write_groups(groups, out)
     hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
     print(
         f"wrote {len(groups)} groups for {stats.queries} judged queries to {out} in {time.perf_counter() - start:.1f} s"
-        f"\n  groups with {args.num_negatives} negatives: {stats.full} ({100 * stats.full / max(1, stats.queries):.1f}%"
-        f" of queries); negatives per group: {{{hist}}}"
+        + (" (replaced the previous file)" if replaced else "")
+        + f"\n  groups with {args.num_negatives} negatives: {stats.full} "
+        f"({100 * stats.full / max(1, stats.queries):.1f}% of queries); negatives per group: {{{hist}}}"
         + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
         + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
     )

@@ -142,9 +142,13 @@ def _run_eval(args) -> int:
     # None → the model's default instruction; "" → no instruction
     instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
     out = Path(args.out or Path("runs") / "eval" / _out_name(args))
+    replaced = (out / "metrics.json").exists()
     run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, **options)
     _print_report_head(out)
-    print(f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png")
+    print(
+        f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png"
+        + (" (replaced the previous report)" if replaced else "")
+    )
     return 0
 
 
