@@ -285,7 +285,7 @@ def test_check_collects_every_bad_row(tmp_path):
 
 def test_unreadable_input_exits_2(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"tuner data check: error: {tmp_path / 'missing.jsonl'}: no such file")
     (tmp_path / "arr.json").write_text('[{"query": "q",', encoding="utf-8")
     assert main(["data", "check", str(tmp_path / "arr.json"), "--no-tokens"]) == 2
     assert "arr.json:1: invalid JSON" in capsys.readouterr().err

@@ -93,3 +93,15 @@ def test_weights_written_by_libraries_get_the_umask_mode(tiny_model_dir):
     assert {p.name: _mode(p) for p in tiny_model_dir.iterdir()} == {
         p.name: default_mode(p.is_dir()) for p in tiny_model_dir.iterdir()
     }
+
+
+def test_did_you_mean_compares_names_without_their_suffixes(tmp_path):
+    from tuner.files import similar_names
+
+    for name in ("dev.jsonl", "train.jsonl", "corpus.jsonl.gz", "queries.jsonl"):
+        (tmp_path / name).write_text("")
+    assert similar_names(tmp_path / "nope.jsonl") == []  # ".jsonl" in common is no likeness
+    assert similar_names(tmp_path / "dve.jsonl") == [tmp_path / "dev.jsonl"]
+    assert similar_names(tmp_path / "trian") == [tmp_path / "train.jsonl"]
+    assert similar_names(tmp_path / "train.jsnol") == [tmp_path / "train.jsonl"]
+    assert similar_names(tmp_path / "corpus.jsonl") == [tmp_path / "corpus.jsonl.gz"]

@@ -376,8 +376,8 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monke
 
     with pytest.raises(ConfigError, match=r"eval\.data: the dev set is eval\.beir or eval\.data, not both"):
         tiny_config(tiny_model_dir, beir, tmp_path / "x", f"eval.data={dev}", f"eval.beir={beir}")
-    with pytest.raises(ConfigError, match=r"eval\.data: .*nope\.jsonl: no such file; did you mean .*dev\.jsonl"):
-        train(tiny_config(tiny_model_dir, beir, tmp_path / "y", f"eval.data={tmp_path / 'nope.jsonl'}"))
+    with pytest.raises(ConfigError, match=r"eval\.data: .*dve\.jsonl: no such file; did you mean .*dev\.jsonl"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "y", f"eval.data={tmp_path / 'dve.jsonl'}"))
     # a malformed dev file is found before the model loads (minutes on the 4B base), not after
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": 1, "pos": ["a"], "neg": ["b"]}\n', encoding="utf-8")

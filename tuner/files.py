@@ -34,10 +34,11 @@ def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueErr
         raise error(f"{where}:{line}: not UTF-8 text ({err.reason})") from None
 
 
-def similar_names(path: str | Path, n: int = 3, *, folders_only: bool = False, stems: bool = False) -> list[Path]:
-    """Entries beside `path` whose names resemble its name, best first (difflib, cutoff 0.6), for "did you mean"
-    hints; hidden entries are left out. `stems`: a name also matches without its suffixes ("trian" finds
-    train.jsonl)."""
+def similar_names(path: str | Path, n: int = 3, *, folders_only: bool = False) -> list[Path]:
+    """Entries beside `path` whose names resemble its name, best first, for "did you mean" hints; hidden entries
+    are left out. Names are compared without their suffixes (difflib ratio of the stems, cutoff 0.6, then of the
+    whole names): "trian" and "train.jsnol" find train.jsonl, while "nope.jsonl" does not find dev.jsonl for the
+    ".jsonl" they share."""
     import difflib
 
     folder = Path(path).expanduser().parent
@@ -46,9 +47,17 @@ def similar_names(path: str | Path, n: int = 3, *, folders_only: bool = False, s
     except OSError:
         return []
     names = [e.name for e in entries if not e.name.startswith(".") and (e.is_dir() or not folders_only)]
-    keys = {**({name.split(".")[0]: name for name in names} if stems else {}), **{name: name for name in names}}
-    close = difflib.get_close_matches(Path(path).name, list(keys), n=n, cutoff=0.6)
-    return [folder / name for name in dict.fromkeys(keys[k] for k in close)]
+    wanted = Path(path).name
+
+    def stem(name: str) -> str:
+        return name.split(".")[0] or name
+
+    scored = []
+    for name in names:
+        by_stem = difflib.SequenceMatcher(None, stem(wanted), stem(name)).ratio()
+        if by_stem >= 0.6:
+            scored.append((-by_stem, -difflib.SequenceMatcher(None, wanted, name).ratio(), name))
+    return [folder / name for *_, name in sorted(scored)[:n]]
 
 
 def check_output_file(path: str | Path, flag: str) -> None:

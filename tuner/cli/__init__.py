@@ -51,16 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse's usage error (2) or --help (0): an exit code like every other
         return 2 if isinstance(exit_.code, str) else int(exit_.code or 0)
     restore = _exit_cleanly_on_sigterm()
+    verb = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # "data check" too
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         # one line, not a page of traceback; what a stopped train left is in its train.log
-        print(f"\ntuner {args.command}: interrupted", file=sys.stderr)
+        print(f"\ntuner {verb}: interrupted", file=sys.stderr)
         return 130
     except (UserError, ValueError, OSError) as err:
         # Errors the library raises for bad input carry a message that names the path or field; so do the OS's
         # (FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError, a full disk: "[Errno N] ...")
-        print(f"tuner {args.command}: error: {err}", file=sys.stderr)
+        print(f"tuner {verb}: error: {err}", file=sys.stderr)
         return 2
     finally:
         restore()

@@ -196,7 +196,9 @@ def _run_export(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ serve
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP reranking API (/v1/rerank, /score) over an export, or print a vLLM command")
+    p = sub.add_parser(
+        "serve", help="HTTP reranking API (/v1/rerank, /rerank, /score) over an export, or print a vLLM command"
+    )
     p.add_argument("model", help="export directory (merged, seq-cls or adapter), or any model Reranker loads")
     p.add_argument("--engine", default="tuner", choices=["tuner", "vllm"], help="tuner (default) or vllm")
     p.add_argument("--exec", action="store_true", help="with --engine vllm: run the command instead of printing it")

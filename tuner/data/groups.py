@@ -270,7 +270,7 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
 
 def _near_misses(path: Path) -> str:
     """ "; did you mean ...?" for files beside `path` with a similar name, else ""."""
-    close = similar_names(path, stems=True)  # "trian" finds train.jsonl
+    close = similar_names(path)  # "trian" finds train.jsonl
     return f"; did you mean {', '.join(str(p) for p in close)}?" if close else ""
 
 
