@@ -105,3 +105,23 @@ def test_did_you_mean_compares_names_without_their_suffixes(tmp_path):
     assert similar_names(tmp_path / "trian") == [tmp_path / "train.jsonl"]
     assert similar_names(tmp_path / "train.jsnol") == [tmp_path / "train.jsonl"]
     assert similar_names(tmp_path / "corpus.jsonl") == [tmp_path / "corpus.jsonl.gz"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "place"),
+    [
+        ('{"a": 1\n"b": 2}', (1, 8)),  # a comma missing at the end of line 1: there, not at line 2 column 1
+        ("[1,\n  2\n  3]", (2, 4)),
+        ('{\n"a": 1,\n', (2, 8)),  # truncated: after the last character
+        ("[1,\n  x]", (2, 3)),  # a bad token stays where it is
+        ('{"a" 1}', (1, 6)),
+    ],
+)
+def test_json_errors_are_placed_where_the_text_is_short(doc, place):
+    import json
+
+    from tuner.files import json_error_place
+
+    with pytest.raises(json.JSONDecodeError) as err:
+        json.loads(doc)
+    assert json_error_place(doc, err.value) == place

@@ -115,12 +115,14 @@ def json_error_place(doc: str, err: json.JSONDecodeError) -> tuple[int, int]:
     """(line, column), from 1, of a JSON syntax error in `doc`. The parser stops at the next token, so a comma or
     bracket missing at the end of a line is reported at the start of the next line (or, for a JSONL line read
     with its newline, at a column past the text); such an error is placed right after the last character before
-    the line break instead. Written by hand: the json module has no other notion of where a value ended."""
+    the line break instead; so is an error at the end of the text (a truncated file). Any other error stays at
+    the token the parser refused. Written by hand: the json module has no other notion of where a value ended."""
     pos = min(err.pos, len(doc))
+    missing = err.msg.startswith(("Expecting ',' delimiter", "Expecting ':' delimiter")) or not doc[pos:].strip()
     back = pos
     while back > 0 and doc[back - 1] in " \t\r\n":
         back -= 1
-    if "\n" in doc[back:pos] or pos == len(doc):
+    if missing and ("\n" in doc[back:pos] or pos == len(doc)):
         pos = back
     line_start = doc.rfind("\n", 0, pos) + 1
     return doc.count("\n", 0, pos) + 1, pos - line_start + 1

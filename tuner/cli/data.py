@@ -114,7 +114,7 @@ def add_mine(sub) -> None:
         "--range-max",
         type=positive_int,
         default=mining.DEFAULT_RANGE_MAX,
-        help="sample above this rank only, capped at --depth (default %(default)s)",
+        help="sample ranks before this one only (0-based, exclusive; capped at --depth) (default %(default)s)",
     )
     p.add_argument(
         "--num-negatives",
