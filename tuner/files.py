@@ -66,13 +66,17 @@ def check_output_file(path: str | Path, flag: str) -> None:
     path = Path(path).expanduser().absolute()
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder; give the path of a file, in it or elsewhere")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: no permission to write in {parent}")
+    _check_writable_in(path.parent, path, flag)
+
+
+def _check_writable_in(folder: Path, path: Path, flag: str) -> None:
+    """`folder` (or its nearest existing ancestor) must be a folder this process can create `path` in."""
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {folder}")
 
 
 def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None) -> None:
@@ -82,20 +86,11 @@ def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None)
     path = Path(path).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path} is a file, not a folder")
-    if path.is_dir():
-        if overwrite is False and any(path.iterdir()):
-            names = sorted(p.name for p in path.iterdir())
-            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            raise ValueError(f"{flag} {path} already holds files ({shown}); choose another folder or pass --overwrite")
-        parent = path
-    else:
-        parent = path.parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: no permission to write in {parent}")
+    if path.is_dir() and overwrite is False and any(path.iterdir()):
+        names = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(f"{flag} {path} already holds files ({shown}); choose another folder or pass --overwrite")
+    _check_writable_in(path if path.is_dir() else path.parent, path, flag)
 
 
 def _umask() -> int:
