@@ -142,7 +142,7 @@ def test_bad_numbers_and_devices_are_one_line_before_any_model_loads(tiny_model_
     docs.write_text("a document\n", encoding="utf-8")
     score = ["score", "--model", str(tiny_model_dir), "--query", "q", "--documents", str(docs)]
     for flag, value, message in [
-        ("--top-k", "0", "must be a positive integer"),
+        ("--top-k", "-1", "must be 0 or more"),
         ("--max-length", "-1", "must be a positive integer"),
         ("--top-k", "two", "must be an integer"),
     ]:

@@ -306,3 +306,36 @@ def test_right_padded_batches_reach_attention_without_a_mask(tiny_model_dir):
         hook.remove()
     assert len(masks) == 4 and all(m is None for m in masks)
     assert max(abs(a - b) for a, b in zip(batched, alone, strict=True)) < 1e-5
+
+
+def test_a_lone_string_is_not_taken_for_a_list_of_documents(tiny_reranker):
+    # a str is a Sequence: without a check, score("q", "abc") scores each character and rank() returns 3 "documents"
+    for call in (tiny_reranker.score, tiny_reranker.rank):
+        with pytest.raises(TypeError, match=r"list of documents.*\[\.\.\.\]"):
+            call("q", "a single document")
+        with pytest.raises(TypeError, match="list of documents"):
+            call("q", {"title": "T", "text": "one document as a mapping"})
+    with pytest.raises(TypeError, match="query must be a string"):
+        tiny_reranker.score(["q"], ["doc"])
+    # a 2-character string unpacks as (query, document): refused, as is a lone string for `pairs`
+    with pytest.raises(TypeError, match=r"pair 1: expected a \(query, document"):
+        tiny_reranker.score_pairs([("q", "d"), "qd"])
+    with pytest.raises(TypeError, match="list of pairs"):
+        tiny_reranker.score_pairs("qd")
+    with pytest.raises(TypeError, match="pair 0: the query must be a string"):
+        tiny_reranker.score_pairs([(None, "d")])
+
+
+def test_rank_takes_any_iterable_and_reads_top_k_as_the_server_does(tiny_reranker):
+    docs = ["alpha beta", "gamma delta", "epsilon"]
+    full = tiny_reranker.rank("query", docs)
+    assert [r["index"] for r in tiny_reranker.rank("query", (d for d in docs))] == [r["index"] for r in full]
+    assert tiny_reranker.score("query", iter(docs)) == tiny_reranker.score("query", docs)
+    # None and 0 keep every document (as `top_n` does on the server and in vLLM); a negative count is an error
+    assert len(tiny_reranker.rank("query", docs, top_k=0)) == 3
+    assert len(tiny_reranker.rank("query", docs, top_k=2)) == 2
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        tiny_reranker.rank("query", docs, top_k=-1)
+    lean = tiny_reranker.rank("query", docs, return_documents=False)
+    assert [set(r) for r in lean] == [{"index", "score"}] * 3
+    assert tiny_reranker.max_length == tiny_reranker.encoder.max_length

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,11 @@ class Reranker:
             compile=compile,
         )
 
+    @property
+    def max_length(self) -> int:
+        """Prompt token budget (documents are cut to fit)."""
+        return self.encoder.max_length
+
     # ----------------------------------------------------------------------------------------- scoring
     def _normalize(self, logit: float) -> float:
         if self.calibration:
@@ -374,12 +379,23 @@ class Reranker:
             instruction: one instruction for all pairs, or one per pair; `None` → the default.
             normalize: probabilities (sigmoid of the logit) if True, raw yes−no logits if False.
         """
+        if isinstance(pairs, (str, bytes, Mapping)):
+            raise TypeError(f"pairs must be a list of pairs [(query, document), ...], got one {type(pairs).__name__}")
+        pairs = list(pairs)
         if isinstance(instruction, (list, tuple)) and len(instruction) != len(pairs):
             raise ValueError(f"{len(instruction)} instructions for {len(pairs)} pairs")
         triples = []
         for n, pair in enumerate(pairs):
+            # a str is a sequence too: "qd" would otherwise unpack as query "q", document "d"
+            if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Sequence):
+                raise TypeError(
+                    f"pair {n}: expected a (query, document[, instruction]) tuple, "
+                    f"got {type(pair).__name__} {pair!r:.60}"
+                )
             if len(pair) not in (2, 3):
                 raise ValueError(f"pair {n}: expected (query, document[, instruction]), got {len(pair)} items")
+            if not isinstance(pair[0], str):
+                raise TypeError(f"pair {n}: the query must be a string, got {type(pair[0]).__name__}")
             inst = (
                 pair[2]
                 if len(pair) == 3
@@ -398,6 +414,7 @@ class Reranker:
         normalize: bool = True,
     ) -> list[float]:
         """Scores of `documents` for one query, in input order (probabilities, or logits if not normalize)."""
+        documents = _document_list(query, documents)
         return self.score_pairs([(query, d) for d in documents], instruction=instruction, normalize=normalize)
 
     def rank(
@@ -406,10 +423,30 @@ class Reranker:
         documents: Sequence[Document],
         top_k: int | None = None,
         instruction: str | None = None,
+        return_documents: bool = True,
     ) -> list[dict[str, Any]]:
-        """Documents best first: `[{"index", "score", "document"}]`, cut to `top_k` if given."""
+        """Documents best first: `[{"index", "score", "document"}]`, the best `top_k` if given.
+
+        `top_k` None or 0 keeps every document (as the server's and vLLM's `top_n` read 0); `return_documents=False`
+        leaves the document out of each entry.
+        """
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 or None: every document), got {top_k}")
+        documents = _document_list(query, documents)
         scores = self.score(query, documents, instruction=instruction)
-        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
-        if top_k is not None:
-            order = order[: max(0, top_k)]
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[: top_k or None]
+        if not return_documents:
+            return [{"index": i, "score": scores[i]} for i in order]
         return [{"index": i, "score": scores[i], "document": documents[i]} for i in order]
+
+
+def _document_list(query: Any, documents: Any) -> list:
+    """`documents` as a list, refusing the lone document that Python would iterate character by character."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if isinstance(documents, (str, bytes, Mapping)):
+        raise TypeError(
+            f"documents must be a list of documents, got one {type(documents).__name__}; "
+            "wrap a single document in a list: [...]"
+        )
+    return list(documents)

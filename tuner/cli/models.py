@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tuner.cli.common import UserError, add_scoring_path_args, port_number, positive_int, scoring_path_kwargs
+from tuner.cli.common import (
+    UserError,
+    add_scoring_path_args,
+    non_negative_int,
+    port_number,
+    positive_int,
+    scoring_path_kwargs,
+)
 
 
 # ------------------------------------------------------------------------------------------- tiny-model
@@ -102,7 +109,7 @@ def add_score(sub) -> None:
         help="JSONL file (strings or {title, text}), a .json array of them, or one per line",
     )
     p.add_argument("--instruction", help="task instruction (default: the export's tuner.json, else the contract's)")
-    p.add_argument("--top-k", type=positive_int, help="keep the best K")
+    p.add_argument("--top-k", type=non_negative_int, help="keep the best K (default or 0: every document)")
     p.add_argument(
         "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
     )
@@ -250,6 +257,17 @@ def _run_serve(args) -> int:
             max_length=args.max_length,
             dtype=args.dtype,
         )
+        from tuner.loading import read_meta
+
+        calibration = read_meta(Path(args.model).expanduser()).get("calibration")
+        if calibration:
+            print(
+                "tuner serve: warning: vLLM returns sigmoid(logit), not this export's calibrated probability "
+                f"(tuner applies sigmoid(logit / {calibration.get('temperature', 1.0)} + "
+                f"{calibration.get('bias', 0.0)}) "
+                "from its tuner.json); rankings are the same, apply the formula to vLLM's logit for equal scores",
+                file=sys.stderr,
+            )
         if args.exec:
             return run_vllm(command)
         print(command)
