@@ -271,8 +271,10 @@ def test_bad_row_names_file_line_and_field(tmp_path, case, capsys):
     assert main(["data", "check", str(path), "--no-tokens"]) == 1
     out = capsys.readouterr().out
     assert f"error: {expected}" in out
-    assert "rows: 3    groups: 2" in out
-    assert "FAILED: 1 errors" in out
+    # the bad row is counted as read and rejected (a summary of "rows: 3, empty texts: 1" read as 3 usable rows)
+    assert "rows: 3 (1 rejected, see the error below)    groups: 2" in out
+    assert "FAILED: 1 error, " in out
+    assert "empty texts" not in out or "empty texts (rejected rows): 1" in out
 
 
 def test_check_collects_every_bad_row(tmp_path):
@@ -306,6 +308,10 @@ def test_check_counts_duplicates_conflicts_and_missing_negatives(tmp_path):
     assert s["pos_per_query"] == {"min": 1, "p50": 1, "p95": 2, "max": 2}
     assert s["neg_per_query"] == {"min": 0, "p50": 1, "p95": 2, "max": 2}
     assert len(report.warnings) == 3
+    # one of each, in the singular ("1 groups repeat ...")
+    assert report.warnings[0].startswith("1 group repeats an earlier group's query")
+    assert report.warnings[1].startswith("1 document is both positive and negative for its query")
+    assert report.warnings[2].startswith("1 group has no negatives")
 
 
 def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tokenizer):

@@ -90,15 +90,22 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
         "instructions": len({g.instruction for g in groups if g.instruction is not None}),
     }
     if duplicates:
-        warnings.append(f"{duplicates} groups repeat an earlier group's query (same query and instruction)")
+        warnings.append(
+            f"{_n(duplicates, 'group')} {_v(duplicates, 'repeats', 'repeat')} an earlier group's query "
+            "(same query and instruction)"
+        )
     if conflicts:
         (query, _), docs = next(iter(conflicts.items()))
         warnings.append(
-            f"{stats['pos_neg_conflicts']} documents are both positive and negative for their query "
+            f"{_n(stats['pos_neg_conflicts'], 'document')} {_v(stats['pos_neg_conflicts'], 'is', 'are')} both "
+            f"positive and negative for {_v(stats['pos_neg_conflicts'], 'its', 'their')} query "
             f"(e.g. query {query[:60]!r}: {next(iter(docs))[:60]!r})"
         )
     if no_neg:
-        warnings.append(f"{no_neg} groups have no negatives (they add nothing to a listwise loss)")
+        warnings.append(
+            f"{_n(no_neg, 'group')} {_v(no_neg, 'has', 'have')} no negatives "
+            f"({_v(no_neg, 'it adds', 'they add')} nothing to a listwise loss)"
+        )
     return stats, warnings
 
 
@@ -152,7 +159,11 @@ def check_file(
     for key, where in loaded.unknown_fields.items():
         warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it)")
     if loaded.skipped_no_positive:
-        warnings.append(f"{loaded.skipped_no_positive} pair-file queries have no positive label and were left out")
+        n = loaded.skipped_no_positive
+        warnings.append(
+            f"{_n(n, 'pair-file query', 'pair-file queries')} {_v(n, 'has', 'have')} no positive label and "
+            f"{_v(n, 'was', 'were')} left out"
+        )
     if tokens and loaded.groups:
         stats.update(token_stats(loaded.groups, max_length, tokenizer))
         if stats["truncated"]:
@@ -194,9 +205,20 @@ def _fmt_summary(s: dict[str, float], keys: Sequence[str] = ("min", "p50", "max"
     return " / ".join(f"{s[k]:g}" for k in keys) + f"  ({' / '.join(keys)})"
 
 
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    """`1 group`, `2 groups`."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _v(count: int, one: str, many: str) -> str:
+    return one if count == 1 else many
+
+
 def format_report(report: CheckReport) -> str:
     """Human-readable lines for the terminal."""
     s = report.stats
+    bad_rows = len({e.split(": ", 1)[0] for e in report.errors if ": " in e})
+    rejected = f" ({bad_rows} rejected, see the error{'s' if bad_rows != 1 else ''} below)" if bad_rows else ""
     lines = [f"{report.path}"]
     if "documents" in s:  # a BEIR folder
         lines += [
@@ -209,12 +231,12 @@ def format_report(report: CheckReport) -> str:
         ]
     else:
         lines += [
-            f"  rows: {report.rows}    groups: {report.groups}    queries: {s.get('queries', 0)}",
+            f"  rows: {report.rows}{rejected}    groups: {report.groups}    queries: {s.get('queries', 0)}",
             f"  positives per query: {_fmt_summary(s['pos_per_query'])}" if report.groups else "",
             f"  negatives per query: {_fmt_summary(s['neg_per_query'])}" if report.groups else "",
             f"  duplicate queries: {s.get('duplicate_queries', 0)}",
             f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}",
-            f"  empty texts: {s.get('empty_texts', 0)}",
+            f"  empty texts (rejected rows): {s['empty_texts']}" if s.get("empty_texts") else "",
             f"  groups with teacher scores: {s.get('with_teacher_scores', 0)}",
         ]
         if "prompt_tokens" in s:
@@ -228,5 +250,7 @@ def format_report(report: CheckReport) -> str:
     lines = [line for line in lines if line]
     lines += [f"warning: {w}" for w in report.warnings]
     lines += [f"error: {e}" for e in report.errors]
-    lines.append(f"{'OK' if report.ok else 'FAILED'}: {len(report.errors)} errors, {len(report.warnings)} warnings")
+    lines.append(
+        f"{'OK' if report.ok else 'FAILED'}: {_n(len(report.errors), 'error')}, {_n(len(report.warnings), 'warning')}"
+    )
     return "\n".join(lines)
