@@ -117,6 +117,27 @@ def test_reranker_export_and_server_pick_up_instruction_and_calibration(run_dir,
         assert [x["score"] for x in scores] == pytest.approx(expected, abs=1e-5)
 
 
+def test_a_calibration_applied_after_export_reaches_the_card_health_and_the_vllm_line(tmp_path, tiny_model_dir, capsys):
+    """`tuner calibrate --apply EXPORT` after the export: the model card gives the new one (it kept the
+    export-time text), `/health` reports it, and `serve --engine vllm` warns that vLLM's scores
+    are the uncalibrated sigmoid (they differed from tuner's without a word)."""
+    run = make_run(tmp_path / "run", tiny_model_dir)
+    out = tmp_path / "export"
+    assert export(run, out, formats=["seq-cls"], device="cpu")["passed"]
+    assert "sigmoid(logit / 2.0 + 0.25)" in (out / "README.md").read_text()  # make_run's calibration
+    apply_meta(out, {"calibration": CALIBRATION, "instruction": INSTRUCTION})
+    card = (out / "README.md").read_text()
+    assert "Calibration (tuner only):** tuner's probability is sigmoid(logit / 1.7 + -0.4)" in card
+    assert json.dumps(INSTRUCTION) in card and "other engines' relevance = sigmoid(logit)" in card
+    app = create_app(Reranker.from_pretrained(out, device="cpu", dtype="float32"), model_name="tiny")
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/health").json()["calibration"] == CALIBRATION
+    assert main(["serve", str(out), "--engine", "vllm"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("vllm serve ")
+    assert "warning: vLLM returns sigmoid(logit), not this export's calibrated probability" in captured.err
+
+
 def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
     rows = []
     for n in range(12):

@@ -343,3 +343,31 @@ def test_cli_instruct_on_a_groups_file(tmp_path, tiny_model_dir):
     labels = [s["label"] for s in summary["systems"]]
     assert labels[0] == "first stage (random order)" and len(labels) == 4 and summary["queries"] == 3
     assert json.loads((out / "tuner.json").read_text())["instruction"] == summary["instruction_search"]["winner"]
+
+
+def test_a_cutoff_deeper_than_the_reranked_candidates_is_flagged_in_training_and_the_card(tmp_path, caplog):
+    """eval.top_k=5 with recall@20: training logged recall@20=1.0000 and the model card printed it as if 20
+    documents had been ranked; both now say only the top 5 are (a `tuner eval` report already did)."""
+    from mini_beir import write_beir
+
+    from tuner.config import EvalSection
+    from tuner.export_card import model_card
+    from tuner.train_setup import build_evaluators
+
+    beir = write_beir(tmp_path / "topics")
+    section = EvalSection(beir=str(beir), split="test", top_k=5, metrics=["ndcg@10", "recall@20", "mrr@3"])
+    with caplog.at_level("WARNING", logger="tuner.train"):
+        build_evaluators(section, seed=0, cache_dir=tmp_path / "cache")
+    said = [r.getMessage() for r in caplog.records if r.name == "tuner.train"]
+    assert len(said) == 1 and said[0].startswith("eval.top_k=5: Only the top 5 candidates are ranked, so nDCG@10")
+    assert "Recall@20 is the first stage's recall at 5" in said[0] and "MRR@3" not in said[0]
+    meta = {
+        "format": "adapter",
+        "recipe": {"eval": {"beir": str(beir), "top_k": 5}},
+        "eval": {"tuned": {"ndcg@10": 0.5, "recall@20": 1.0}},
+    }
+    card = model_card(tmp_path / "export", meta)
+    assert "Only the top 5 candidates are ranked, so nDCG@10 and Recall@20 count those 5" in card
+    # reranked deep enough: no note
+    meta["recipe"]["eval"]["top_k"] = 20
+    assert "Only the top" not in model_card(tmp_path / "export", meta)

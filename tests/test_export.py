@@ -153,3 +153,20 @@ def test_a_checkpoint_exports_with_its_runs_recipe_and_settings(run_dir, tmp_pat
     assert (out / "recipe.yaml").read_text() == (run_dir / "config.yaml").read_text()
     meta = json.loads((out / "tuner.json").read_text())
     assert meta["max_length"] == 512 and meta["instruction"] == RUN_INSTRUCTION
+
+
+def test_the_card_names_the_base_as_the_recipe_gave_it_not_this_machines_path(tmp_path):
+    """A card shipped to a hub said `Base model: /home/me/runs/x/tiny-model`: a path on the trainer's machine."""
+    from tuner.export_card import model_card
+
+    meta = {"format": "merged", "base_model": "/home/me/models/Qwen3-Reranker-4B"}
+    card = model_card(tmp_path / "out", {**meta, "recipe": {"model": {"name_or_path": "Qwen/Qwen3-Reranker-4B"}}})
+    assert "- **Base model:** `Qwen/Qwen3-Reranker-4B`" in card and "/home/me" not in card
+    card = model_card(tmp_path / "out", {**meta, "recipe": {"model": {"name_or_path": "/home/me/models/Q3"}}})
+    assert "- **Base model:** a local copy, `Q3`" in card  # (the recipe section below keeps what the user wrote)
+    card = model_card(tmp_path / "out", {**meta, "recipe": {"model": {"name_or_path": "x", "tiny": True}}})
+    assert "- **Base model:** a random tiny Qwen3 (`model.tiny`; not a published model)" in card
+    assert "- **Base model:** a local copy, `Qwen3-Reranker-4B`" in model_card(tmp_path / "out", meta)
+    assert "- **Base model:** `Qwen/Qwen3-Reranker-4B`" in model_card(
+        tmp_path / "out", {**meta, "base_model": "Qwen/Qwen3-Reranker-4B"}
+    )

@@ -241,7 +241,7 @@ def test_a_model_failure_is_a_500_with_a_json_error(tiny_reranker, monkeypatch):
 
 
 def test_health_and_metrics(client):
-    assert client.get("/health").json() == {"status": "ok", "model": "tiny"}
+    assert client.get("/health").json() == {"status": "ok", "model": "tiny", "calibration": None}
     client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     text = client.get("/metrics").text
     assert 'tuner_requests_total{path="/v1/rerank",code="200"}' in text

@@ -30,6 +30,42 @@ def _eval_table(evaluation: Any) -> str:
     return "\n".join(lines)
 
 
+def _base_line(base: Any, recipe: Any) -> str:
+    """The base model as the recipe named it: a hub id as is, a local folder by its name only (its absolute path,
+    kept in tuner.json for loading the adapter on this machine, means nothing where the card is read)."""
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    if isinstance(model, dict) and model.get("tiny") is True:
+        return "a random tiny Qwen3 (`model.tiny`; not a published model)"
+    named = model.get("name_or_path") if isinstance(model, dict) and model.get("name_or_path") else base
+    if named is None:
+        return "unknown"
+    path = Path(str(named)).expanduser()
+    if path.is_absolute() or str(named).startswith((".", "~")) or path.exists():
+        return f"a local copy, `{path.name or named}`"
+    return f"`{named}`"
+
+
+def _depth_note(evaluation: dict[str, Any], recipe: Any) -> str:
+    """The report's note when the run's dev metrics look deeper than the `eval.top_k` candidates it reranked."""
+    from tuner.metrics import parse_metric
+    from tuner.report import cutoff_note
+
+    ev = recipe.get("eval") if isinstance(recipe, dict) else None
+    if not isinstance(ev, dict) or not ev.get("beir") or ev.get("data"):
+        return ""  # eval.data ranks each group whole
+    rows = evaluation.values() if all(isinstance(v, dict) for v in evaluation.values()) else [evaluation]
+    metrics = []
+    for row in rows:
+        for name, value in row.items() if isinstance(row, dict) else ():
+            try:
+                parse_metric(name)
+            except ValueError:  # bookkeeping ("best": {"checkpoint": ...}), not a metric
+                continue
+            if isinstance(value, (int, float)) and name not in metrics:
+                metrics.append(name)
+    return cutoff_note(metrics, int(ev.get("top_k") or 0))
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -81,12 +117,13 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
         "",
         f"Exported by tuner {meta.get('tuner_version')} on {meta.get('exported_at')}.",
         "",
-        f"- **Base model:** `{base}`",
+        f"- **Base model:** {_base_line(base, recipe)}",
         f"- **Format:** {fmt} ({meta.get('dtype')})",
         f"- **Default instruction:** {'the model card default' if instruction is None else json.dumps(instruction)}",
         f"- **Max length:** {meta.get('max_length')} tokens (only the document is truncated)",
         f"- **Score:** logit = h_last · (w_yes − w_no) (yes id {meta.get('yes_token_id')}, no id "
-        f"{meta.get('no_token_id')}); relevance = sigmoid(logit)",
+        f"{meta.get('no_token_id')}); "
+        + ("other engines' relevance = sigmoid(logit)" if meta.get("calibration") else "relevance = sigmoid(logit)"),
     ]
     if meta.get("calibration"):
         cal = meta["calibration"]
@@ -105,6 +142,9 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
     table = _eval_table(meta.get("eval"))
     if table:
         parts += ["", "## Evaluation", "", table]
+        note = _depth_note(meta.get("eval"), recipe)
+        if note:
+            parts += ["", note]
     if meta.get("parity"):
         parity = meta["parity"]
         parts += [

@@ -130,11 +130,18 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
     Returns:
         The `tuner.json` files written.
     """
+    from tuner.export_card import model_card
+
     written = []
     for d in apply_targets(target):
         meta = read_meta(d)
         meta.update(updates)
         written.append(atomic_write(d / TUNER_META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n"))
+        if meta.get("format") and (d / "README.md").is_file():
+            # an export's model card states the instruction and the calibration: rewrite it from the new tuner.json
+            recipe = d / "recipe.yaml"
+            recipe_yaml = recipe.read_text(encoding="utf-8") if recipe.is_file() else None
+            atomic_write(d / "README.md", model_card(d, meta, recipe_yaml))
     return written
 
 

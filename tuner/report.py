@@ -181,7 +181,7 @@ def _fmt_p(p: float | None) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def _cutoff_note(metrics: Sequence[str], top_k: int | None, every: bool = False) -> str:
+def cutoff_note(metrics: Sequence[str], top_k: int | None, every: bool = False) -> str:
     """The note under the systems table when a metric looks deeper than the candidates reranked per query
     (`every`: each query's whole group is ranked, `tuner eval --data`)."""
     if not top_k:
@@ -231,7 +231,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         label = f"**{s['label']}**" if s["label"] == ref else s["label"]
         seconds = f"{s['seconds']:.1f}" if s.get("pairs") else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds} |")
-    note = _cutoff_note(metrics, summary.get("top_k"), every=summary.get("candidates") == RANDOM_ORDER)
+    note = cutoff_note(metrics, summary.get("top_k"), every=summary.get("candidates") == RANDOM_ORDER)
     if note:
         lines += ["", note]
     lines += ["", f"## Paired comparison against {ref} ({pretty_metric(primary)}, per query)", ""]

@@ -379,7 +379,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name}
+        # the calibration tells a client why these probabilities differ from vLLM's sigmoid(logit) on the same export
+        return {"status": "ok", "model": name, "calibration": reranker.calibration}
 
     @app.get("/metrics", dependencies=[Depends(authorize)])
     async def get_metrics() -> PlainTextResponse:

@@ -222,6 +222,12 @@ def build_evaluators(ev: EvalSection, seed: int, cache_dir: Path) -> dict[str, A
             )
         except ValueError as err:  # DataError included: name the field the file came from
             raise ConfigError(f"eval.data: {err}") from None
+    if ev.beir or ev.ood:
+        from tuner.report import cutoff_note
+
+        note = cutoff_note(ev.metrics, ev.top_k)
+        if note:  # logged as metric@k, it reads as if k documents had been ranked
+            log.warning("eval.top_k=%d: %s", ev.top_k, note)
     for key, folder, split in (("dev", ev.beir, ev.split), ("ood", ev.ood, ev.ood_split)):
         if not folder:
             continue
