@@ -65,6 +65,58 @@ def test_only_the_document_is_truncated(tokenizer):
     assert ids[:-9] == full[: 80 - 9]
 
 
+@pytest.mark.parametrize("safe_text", [True, False])
+def test_a_long_document_is_cut_before_tokenizing_with_the_same_ids(tokenizer, safe_text):
+    """The text past what the kept tokens can cover is dropped before the tokenizer sees it (a 10 MB document
+    cost seconds): the ids are those of the whole text cut after tokenizing, for text whose pre-tokens are long
+    (runs of spaces, dashes and letters, the longest tokens of the vocabulary), CJK and mixed scripts."""
+    texts = [
+        " " * 20000 + "x",
+        "-" * 20000 + " word " * 100,
+        "a" * 20000,
+        "量子计算利用叠加和纠缠来处理信息。" * 1000,
+        ("Gravity pulls. " + " " * 130 + "//" + "-" * 120 + "\n\n") * 60,
+        "x" * 16000 + " " + "y" * 16000,
+    ]
+    enc = PromptEncoder(tokenizer, max_length=100, safe_text=safe_text)
+    assert enc._max_token_chars == 128  # a run of 128 spaces: Qwen3's longest token
+    whole = PromptEncoder(tokenizer, max_length=100, safe_text=safe_text)
+    whole.__dict__["_max_token_chars"] = 10**9  # never cuts the text first
+    for cap in (None, 3):
+        cut = enc.encode_many([("q", t, "") for t in texts], max_document_tokens=cap)
+        assert all(len(t) > (52 + 64) * 128 for t in texts)  # every one is cut first
+        assert cut == whole.encode_many([("q", t, "") for t in texts], max_document_tokens=cap)
+    calls = []
+    backend = enc._backend
+
+    class Spy:
+        def encode_batch(self, bodies, **kwargs):
+            calls.extend(len(b) for b in bodies)
+            return backend.encode_batch(bodies, **kwargs)
+
+    enc.__dict__["_backend"] = Spy()
+    enc.encode("q", "word " * 2_000_000, "")  # 10 MB
+    assert calls[0] < (52 + 64) * 128 + 100  # (body budget + margin) x the longest token, plus the body's head
+
+
+def test_a_call_may_cut_documents_further_but_never_the_query(tokenizer):
+    """encode_many's max_length (a request's truncate_prompt_tokens) and max_document_tokens (Cohere's
+    max_tokens_per_doc) cut the document only, as the encoder's own budget does."""
+    enc = PromptEncoder(tokenizer, max_length=200)
+    doc = "Beijing is a large city with a long history. " * 50
+    small = PromptEncoder(tokenizer, max_length=80)
+    assert enc.encode_many([("capital", doc, None)], max_length=80) == [small.encode("capital", doc)]
+    assert enc.encode_many([("capital", doc, None)], max_length=10**6) == [enc.encode("capital", doc)]  # at most 200
+    head = len(enc.encode("capital", "x")) - 1  # the space before a document goes into its first token
+    (capped,) = enc.encode_many([("capital", doc, None), ("capital", "short", None)], max_document_tokens=5)[:1]
+    assert len(capped) == head + 5 and capped[:-9] == enc.encode("capital", doc)[: head + 5 - 9]
+    assert enc.encode_many([("capital", "short", None)], max_document_tokens=5) == [enc.encode("capital", "short")]
+    with pytest.raises(ValueError, match="leaves no room"):
+        enc.encode_many([("capital", doc, None)], max_length=40)
+    with pytest.raises(PromptTextError, match="over the body budget"):
+        enc.encode_many([("capital of China " * 10, doc, None)], max_length=60)
+
+
 def test_query_over_budget_is_a_value_error_naming_sizes(tokenizer):
     enc = PromptEncoder(tokenizer, max_length=60)
     with pytest.raises(ValueError, match=r"instruction \+ query take \d+ tokens, over the body budget of 12"):

@@ -221,38 +221,73 @@ class PromptEncoder:
         """Token ids of the full prompt (prefix + body + suffix), at most `max_length` long."""
         return self.encode_many([(query, document, instruction)])[0]
 
-    def encode_many(self, triples: Sequence[tuple[str, Document, str | None]]) -> list[list[int]]:
-        """Batch version of `encode` (the backend tokenizes in parallel)."""
+    @cached_property
+    def _max_token_chars(self) -> int:
+        """The most characters one token can cover: its byte length in the byte-level vocabulary (a character is
+        at least one byte), or its string length for added tokens. 128 for Qwen3 (a run of spaces)."""
+        vocab = self.tokenizer.get_vocab()
+        return max(max(len(token) for token in vocab), 1)
+
+    def encode_many(
+        self,
+        triples: Sequence[tuple[str, Document, str | None]],
+        max_length: int | None = None,
+        max_document_tokens: int | None = None,
+    ) -> list[list[int]]:
+        """Batch version of `encode` (the backend tokenizes in parallel).
+
+        Args:
+            triples: (query, document, instruction) each; `None` instruction → the default.
+            max_length: a smaller prompt budget for these prompts than the encoder's (a request's own cap, such
+                as vLLM's `truncate_prompt_tokens`); only the document is cut, as under the encoder's own.
+            max_document_tokens: cut each document to at most this many tokens too (Cohere's
+                `max_tokens_per_doc`).
+        """
+        limit = self.max_length if max_length is None else min(max_length, self.max_length)
+        budget = limit - len(self.prefix_ids) - len(self.suffix_ids)
+        if budget <= 0:
+            raise ValueError(
+                f"max_length {limit} leaves no room for the prompt body "
+                f"(prefix {len(self.prefix_ids)} + suffix {len(self.suffix_ids)} tokens)"
+            )
+        if max_document_tokens is not None and max_document_tokens < 1:
+            raise ValueError(f"max_document_tokens must be at least 1, got {max_document_tokens}")
+        doc_tokens = budget if max_document_tokens is None else min(budget, max_document_tokens)
+        # A document is cut to at most `doc_tokens` tokens, which cover at most `doc_tokens * _max_token_chars`
+        # of its characters: the text past that (plus a margin of tokens, so that the pre-token the cut falls in
+        # ends well after the last kept token) cannot change the kept ids. Cutting it before tokenizing keeps a
+        # 10 MB document from costing seconds of tokenizer time, with the same ids.
+        keep_chars = (doc_tokens + 64) * self._max_token_chars
         heads, bodies = [], []
         for query, document, instruction in triples:
             if not isinstance(query, str):
                 raise TypeError(f"a query must be a string, got {type(query).__name__}")
             body = render_body(query, document, instruction)
             doc = document_text(document)
-            heads.append(len(body) - len(doc))  # character offset where the document starts
-            bodies.append(body)
+            doc_start = len(body) - len(doc)  # character offset where the document starts (the body ends with it)
+            heads.append(doc_start)
+            bodies.append(body[: doc_start + keep_chars])
         try:
             encodings = self._backend.encode_batch(bodies, add_special_tokens=False)
         except TypeError:  # the backend's words for a text that is not valid Unicode say nothing of where
             _raise_unencodable(triples)
             raise
         out = []
-        budget = self.body_budget
         for n, (enc, doc_start) in enumerate(zip(encodings, heads, strict=True)):
             ids = enc.ids
-            if len(ids) > budget:
+            if len(ids) > min(budget, doc_tokens):  # (cheap test first: a pair this short is never cut)
                 # Tokens that end before the document belong to instruction + query (+ "<Document>:"); the
                 # space before the document merges into its first token, which is the document's to lose.
                 head = sum(1 for _, end in enc.offsets if end <= doc_start)
                 if head > budget:
                     raise PromptTextError(
                         f"instruction + query take {head} tokens, over the body budget of {budget} "
-                        f"(max_length {self.max_length} - prefix {len(self.prefix_ids)} - suffix "
+                        f"(max_length {limit} - prefix {len(self.prefix_ids)} - suffix "
                         f"{len(self.suffix_ids)}); shorten the query or instruction, or raise max_length",
                         n,
                         "query",
                     )
-                ids = ids[:budget]
+                ids = ids[: min(budget, head + doc_tokens)]
             out.append(self.prefix_ids + ids + self.suffix_ids)
         return out
 

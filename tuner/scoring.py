@@ -225,10 +225,22 @@ class Reranker:
             logit = logit / float(self.calibration.get("temperature", 1.0)) + float(self.calibration.get("bias", 0.0))
         return score_from_logit(logit)
 
-    def encode(self, triples: Sequence[tuple[str, Document, str | None]]) -> list[list[int]]:
-        """Prompt ids for (query, document, instruction) triples; `None` instruction → the default."""
+    def encode(
+        self,
+        triples: Sequence[tuple[str, Document, str | None]],
+        max_length: int | None = None,
+        max_document_tokens: int | None = None,
+    ) -> list[list[int]]:
+        """Prompt ids for (query, document, instruction) triples; `None` instruction → the default.
+
+        `max_length` (at most the instance's) and `max_document_tokens` cut the documents of these prompts
+        further (a request's own caps, see `PromptEncoder.encode_many`)."""
         default = self.instruction
-        return self.encoder.encode_many([(q, d, default if i is None else i) for q, d, i in triples])
+        return self.encoder.encode_many(
+            [(q, d, default if i is None else i) for q, d, i in triples],
+            max_length=max_length,
+            max_document_tokens=max_document_tokens,
+        )
 
     def batches(self, lengths: Sequence[int], batch_tokens: int | None = None) -> Iterable[list[int]]:
         """Index lists of length-sorted (longest first) token-budget batches."""

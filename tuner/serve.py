@@ -1,9 +1,14 @@
-"""HTTP reranking API over a tuner export: `POST /v1/rerank` (`/rerank`), `POST /score`, `GET /health`, `GET /metrics`.
+"""HTTP reranking API over a tuner export: `POST /v1/rerank` (`/rerank`, `/v2/rerank`), `POST /score` (`/v1/score`),
+`GET /health`, `GET /metrics`.
 
 Requests are scored by one worker thread that owns the model. While it runs a forward pass, new requests queue up;
 it then takes everything pending, tokenizes it, length-sorts all the documents together and cuts them into
 token-budget batches, so documents of concurrent requests share forward passes (never one forward per request).
 The event loop only validates, waits on a future and formats the answer.
+
+Load is bounded: a request body over `max_request_bytes` gets 413, a request that would take the queue past
+`max_queued_documents` gets 503 with Retry-After, and a request whose client has gone (a timeout, a cancelled
+search) is dropped from the queue, or stops its drain between forward passes, instead of being scored for nobody.
 
 Imports torch (through scoring), FastAPI, pydantic and uvicorn only.
 """
@@ -48,9 +53,18 @@ from tuner.serve_metrics import Metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DOCUMENTS = 1000
+# Prompts queued or being scored, over all requests: past it a request gets 503 (a client retries elsewhere or later)
+# rather than a wait that its own timeout cuts short. 8192 prompts of ~400 tokens are ~40 s of an H100's scoring.
+DEFAULT_MAX_QUEUED_DOCUMENTS = 8192
+# A request body past this is refused before it is parsed (1000 documents of ~8k tokens fit in it).
+DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20
+# nginx's status for a request whose client closed the connection first: it is never sent (nobody is there to read
+# it), only counted in /metrics.
+CLIENT_CLOSED_REQUEST = 499
 # A drain takes at most this many pairs, so that one burst cannot delay the requests behind it without bound.
 MAX_PAIRS_PER_DRAIN = 4096
 _FIELDS = {"model", "query", "queries", "documents", "top_n", "instruction", "return_documents", "text", "title"}
+_FIELDS |= {"truncate_prompt_tokens", "max_tokens_per_doc"}
 _SCORE_ALIASES = {"queries": "text_1", "documents": "text_2"}  # /score's vLLM names
 _FIELDS |= set(_SCORE_ALIASES.values())
 
@@ -61,6 +75,23 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
+
+
+class ServerBusy(Exception):
+    """The batcher's queue is full: the request is refused (503), not queued."""
+
+
+class ClientGone(Exception):
+    """Every request of a drain was abandoned by its client: the drain stopped between forward passes."""
+
+
+def error_body(message: str, status: int, field: str | None = None, kind: str = "invalid_request_error") -> dict:
+    """The one error shape: vLLM's and OpenAI's `{"error": {message, type, param, code}}`; `field` repeats `param`
+    (the name this server used before it followed vLLM's)."""
+    error: dict[str, Any] = {"message": message, "type": kind, "param": field, "code": status}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
 
 
 # ------------------------------------------------------------------------------------------- schemas
@@ -77,7 +108,11 @@ class RerankRequest(BaseModel):
     documents: list[StrictStr | DocumentObject]
     top_n: StrictInt | None = Field(default=None, ge=0)  # 0 or absent: every document (as vLLM reads 0)
     instruction: StrictStr | None = None
-    return_documents: StrictBool = True
+    return_documents: StrictBool | None = True  # null, as clients that send every optional field do: the default
+    # vLLM's prompt cap (-1 or absent: the server's max_length) and Cohere v2's per-document cap, in tokens; both
+    # cut only documents, as the contract's truncation does (vLLM would cut the prompt's head)
+    truncate_prompt_tokens: StrictInt | None = Field(default=None, ge=-1)
+    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
 
 
 class ScoreRequest(BaseModel):
@@ -88,6 +123,7 @@ class ScoreRequest(BaseModel):
         validation_alias=AliasChoices("documents", "text_2")
     )
     instruction: StrictStr | None = None
+    truncate_prompt_tokens: StrictInt | None = Field(default=None, ge=-1)  # as in RerankRequest
     # the names the client used (queries or text_1, documents or text_2): errors name the field as it was sent
     _queries_name: str = PrivateAttr("queries")
     _documents_name: str = PrivateAttr("documents")
@@ -145,17 +181,35 @@ class _Job:
     # one prefix-reuse group, across requests too (None: no groups)
     keys: list[Any] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    abandoned: threading.Event = field(default_factory=threading.Event)  # its client went away while it ran
 
 
 class Batcher:
     """One worker thread that scores the pending requests of all clients together, by token budget."""
 
-    def __init__(self, reranker: Reranker, max_batch_tokens: int | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        reranker: Reranker,
+        max_batch_tokens: int | None = None,
+        metrics: Metrics | None = None,
+        max_queued: int | None = None,
+    ):
+        """`max_queued`: prompts queued or being scored, over all requests, past which `submit` raises
+        `ServerBusy` (None: no bound). A request is taken whole when the queue is empty, however large."""
         self.reranker = reranker
         self.max_batch_tokens = max_batch_tokens or reranker.batch_tokens
         self.metrics = metrics or Metrics()
+        self.max_queued = max_queued
+        self._queued = 0  # prompts submitted whose future is not done yet
+        self._lock = threading.Lock()
+        self._jobs: dict[concurrent.futures.Future, _Job] = {}  # for `abandon`
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="tuner-batcher", daemon=True)
+
+    @property
+    def queued(self) -> int:
+        """Prompts queued or being scored now."""
+        return self._queued
 
     def start(self) -> None:
         self._thread.start()
@@ -177,8 +231,35 @@ class Batcher:
         if keys is not None and len(keys) != len(ids):
             raise ValueError(f"{len(keys)} keys for {len(ids)} prompts")
         job = _Job(ids, keys)
+        n = len(ids)
+        with self._lock:
+            if self.max_queued is not None and self._queued and self._queued + n > self.max_queued:
+                raise ServerBusy(
+                    f"{self._queued} documents are queued; this request's {n} would pass the limit of "
+                    f"{self.max_queued} (--max-queued-documents): retry shortly"
+                )
+            self._queued += n
+            self._jobs[job.future] = job
+        self.metrics.set_queued(self._queued)
+        job.future.add_done_callback(lambda future: self._done(future, n))  # scored, failed or cancelled
         self._queue.put(job)
         return job.future
+
+    def _done(self, future: concurrent.futures.Future, n: int) -> None:
+        with self._lock:
+            self._queued -= n
+            self._jobs.pop(future, None)
+        self.metrics.set_queued(self._queued)
+
+    def abandon(self, future: concurrent.futures.Future) -> None:
+        """The request's client has gone: drop its job if it still waits in the queue; if it is being scored,
+        mark it, and its drain stops at the next forward pass once every job in it is marked."""
+        if future.cancel():
+            return
+        with self._lock:
+            job = self._jobs.get(future)
+        if job is not None:
+            job.abandoned.set()
 
     def _loop(self) -> None:
         while True:
@@ -212,11 +293,18 @@ class Batcher:
 
         def observe(batch) -> None:
             self.metrics.observe_batch(rows=len(batch), requests=len({owner[i] for i in batch}))
+            if all(job.abandoned.is_set() for job in live):  # nobody waits for what is left of this drain
+                raise ClientGone(f"{len(live)} request(s) abandoned by their clients")
 
         try:
             # the whole drain in one call: every forward pass is queued before the one wait for the device, and
             # prefix reuse / packing apply as they do offline
             logits = self.reranker.logits_for_ids(flat, self.max_batch_tokens, groups=groups, on_batch=observe)
+        except ClientGone as err:
+            log.info("stopped a drain of %d documents: %s", len(flat), err)
+            for job in live:
+                job.future.set_exception(err)
+            return
         except Exception as err:
             log.exception("scoring failed")
             for job in live:
@@ -241,19 +329,25 @@ def create_app(
     api_key: str | None = None,
     max_documents: int = DEFAULT_MAX_DOCUMENTS,
     max_batch_tokens: int | None = None,
+    max_queued_documents: int | None = DEFAULT_MAX_QUEUED_DOCUMENTS,
+    max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The FastAPI app; its lifespan starts and stops the batching worker.
 
     Args:
         reranker: the loaded model (see `Reranker.from_pretrained`).
         model_name: the name requests may give in `model` (default: the reranker's name's last part).
-        api_key: if set, every route but `/health` needs `Authorization: Bearer <api_key>`.
+        api_key: if set, every route but `/health` needs `Authorization: Bearer <api_key>` (and the interactive
+            `/docs` and `/openapi.json` pages are off).
         max_documents: documents per request; more get 413.
         max_batch_tokens: padded tokens per forward pass (default: the reranker's).
+        max_queued_documents: documents queued or being scored over all requests; a request that would pass it
+            gets 503 with Retry-After (None: no bound).
+        max_request_bytes: request body size; a larger body gets 413 before it is parsed (None: no bound).
     """
     name = model_name or Path(str(reranker.name)).name or "tuner-reranker"
     metrics = Metrics()
-    batcher = Batcher(reranker, max_batch_tokens, metrics)
+    batcher = Batcher(reranker, max_batch_tokens, metrics, max_queued=max_queued_documents)
     key = api_key.encode("utf-8") if api_key else None
 
     @asynccontextmanager
@@ -265,15 +359,20 @@ def create_app(
             # uvicorn has already waited for in-flight requests; the queue is empty or finishes here
             await asyncio.to_thread(batcher.stop)
 
-    app = FastAPI(title="tuner reranker", lifespan=lifespan)
+    # the interactive pages describe every route; behind an API key they would be open to anyone: off
+    pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if key else {}
+    app = FastAPI(title="tuner reranker", lifespan=lifespan, **pages)
     app.state.batcher = batcher
     app.state.metrics = metrics
+    if max_request_bytes is not None:
+        app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)  # inside _count below: its 413s are counted
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-        body = {"error": {"message": err.message, "type": "invalid_request_error", "field": err.field}}
-        return JSONResponse(body, status_code=err.status, headers=headers)
+        if err.status == 503:
+            headers = {"Retry-After": "1"}
+        return JSONResponse(error_body(err.message, err.status, err.field), status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
@@ -289,23 +388,24 @@ def create_app(
         if where == "body" and not content_type.startswith("application/json"):
             # FastAPI reads a body it was not told is JSON as bytes: "Input should be a valid dictionary"
             message += f" (the body must be JSON, sent with Content-Type: application/json; got {content_type!r})"
-        body = {"error": {"message": message, "type": "invalid_request_error", "field": where}}
-        return JSONResponse(body, status_code=400)
+        return JSONResponse(error_body(message, 400, where), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):
         # unknown route (404), wrong method (405): the same error body as every other error, not {"detail": ...}
         message = f"{request.method} {request.url.path}: {err.detail}"
         if err.status_code == 404:
-            message += " (routes: POST /v1/rerank, /rerank, /score; GET /health, /metrics)"
-        body = {"error": {"message": message, "type": "invalid_request_error"}}
+            message += " (routes: POST /v1/rerank, /rerank, /v2/rerank, /score, /v1/score; GET /health, /metrics)"
+        body = error_body(message, err.status_code)
         return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, err: Exception):
         log.error("request failed: %s: %s", type(err).__name__, err)
-        body = {"error": {"message": f"scoring failed: {type(err).__name__}: {err}", "type": "server_error"}}
+        body = error_body(f"scoring failed: {type(err).__name__}: {err}", 500, kind="server_error")
         return JSONResponse(body, status_code=500)
+
+    routes: set[str] = set()
 
     @app.middleware("http")
     async def _count(request: Request, call_next):
@@ -318,7 +418,11 @@ def create_app(
             return response
         finally:
             metrics.inflight(-1)
-            metrics.observe_request(request.url.path, status, time.perf_counter() - start)
+            if not routes:
+                routes.update(getattr(route, "path", "") for route in app.routes)
+            # by route, never by the raw path: one label per path a scanner tries would grow without bound
+            path = request.url.path if request.url.path in routes else "other"
+            metrics.observe_request(path, status, time.perf_counter() - start)
 
     async def authorize(request: Request) -> None:
         if key is None:
@@ -344,22 +448,55 @@ def create_app(
         if not query.strip():  # documents may be blank (a corpus has empty ones); a query ranks against nothing
             raise ApiError(400, f"{field}: empty; a query is needed to rank the documents against", field)
 
+    def prompt_cap(value: int | None) -> int | None:
+        """A request's `truncate_prompt_tokens` as a max_length (-1 or None: the server's own)."""
+        if value is None or value == -1:
+            return None
+        if value > reranker.max_length:  # as vLLM refuses one over its max_model_len
+            message = f"truncate_prompt_tokens: {value} is over this server's max_length of {reranker.max_length}"
+            raise ApiError(400, message, "truncate_prompt_tokens")
+        return value
+
     async def score(
-        triples: list[tuple[str, Any, str | None]], field_of: Callable[[str, int], str]
+        request: Request,
+        triples: list[tuple[str, Any, str | None]],
+        field_of: Callable[[str, int], str],
+        max_length: int | None = None,
+        max_document_tokens: int | None = None,
     ) -> tuple[list[float], int]:
-        """`field_of(part, n)`: the request field of pair n's "query", "document" or "instruction" (for errors)."""
+        """`field_of(part, n)`: the request field of pair n's "query", "document" or "instruction" (for errors);
+        `max_length` (from `prompt_cap`) and `max_document_tokens`: the request's own truncation."""
         try:
             # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
             # releases the GIL); a query over the token budget fails this request alone
-            ids = await asyncio.to_thread(reranker.encode, triples)
+            ids = await asyncio.to_thread(reranker.encode, triples, max_length, max_document_tokens)
         except PromptTextError as err:
             where = field_of(err.part, err.index)
+            if max_length is not None and err.part == "query":  # the request's own cap is what is too small
+                raise ApiError(400, f"truncate_prompt_tokens: {max_length} is too small: {err}", where) from None
             raise ApiError(400, f"{where}: {err}", where) from None
         except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
+            if max_length is not None and "leaves no room" in str(err):
+                raise ApiError(400, f"truncate_prompt_tokens: {err}", "truncate_prompt_tokens") from None
             raise ApiError(400, str(err)) from None
         # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
         keys = [(query, instruction) for query, _, instruction in triples]
-        return await asyncio.wrap_future(batcher.submit(ids, keys))
+        try:
+            future = batcher.submit(ids, keys)
+        except ServerBusy as err:
+            raise ApiError(503, f"server busy: {err}") from None
+        waiter = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not waiter.done():
+            # the client closed the connection (its timeout, a cancelled search): nobody will read the scores
+            batcher.abandon(future)
+            waiter.cancel()
+            raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
+        return waiter.result()
 
     def doc_value(doc: str | DocumentObject) -> Any:
         return doc if isinstance(doc, str) else _doc_dict(doc)
@@ -394,7 +531,11 @@ def create_app(
         docs = [doc_value(d) for d in body.documents]
         fields = {"query": "query", "instruction": "instruction"}
         logits, tokens = await score(
-            [(body.query, d, body.instruction) for d in docs], lambda part, n: fields.get(part, f"documents.{n}")
+            request,
+            [(body.query, d, body.instruction) for d in docs],
+            lambda part, n: fields.get(part, f"documents.{n}"),
+            prompt_cap(body.truncate_prompt_tokens),
+            body.max_tokens_per_doc,
         )
         metrics.add_documents(len(docs))
         scores = [reranker._normalize(x) for x in logits]
@@ -402,7 +543,7 @@ def create_app(
         results = []
         for i in order:
             row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
-            if body.return_documents:
+            if body.return_documents is not False:
                 doc = body.documents[i]
                 row["document"] = {"text": doc} if isinstance(doc, str) else _doc_dict(doc)
             results.append(row)
@@ -413,10 +554,10 @@ def create_app(
             "results": results,
         }
 
-    app.post("/v1/rerank", dependencies=[Depends(authorize)])(rerank)
-    app.post("/rerank", dependencies=[Depends(authorize)])(rerank)
+    # /v2/rerank: Cohere's v2 client (its response reads index and relevance_score, which these results carry)
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+        app.post(path, dependencies=[Depends(authorize)])(rerank)
 
-    @app.post("/score", dependencies=[Depends(authorize)])
     async def score_route(body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
         check_model(body.model)
         flag_unknown(body, request, response)
@@ -448,7 +589,7 @@ def create_app(
                 return q_field if isinstance(body.queries, str) else f"{q_field}.{n}"
             return d_field if isinstance(body.documents, (str, DocumentObject)) else f"{d_field}.{n}"
 
-        logits, tokens = await score(triples, field_of)
+        logits, tokens = await score(request, triples, field_of, prompt_cap(body.truncate_prompt_tokens))
         metrics.add_documents(len(triples))
         return {
             "id": f"score-{uuid.uuid4().hex}",
@@ -459,7 +600,55 @@ def create_app(
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
+    for path in ("/score", "/v1/score"):  # vLLM serves both
+        app.post(path, dependencies=[Depends(authorize)])(score_route)
+
     return app
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has closed the connection. The body has been read, so the next ASGI message can
+    only be the disconnect (uvicorn sends it when the connection drops, or after the response)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 before it is parsed, whether its Content-Length
+    says so (refused at once) or a chunked body grows past it (refused when it does)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self) -> StarletteHTTPException:
+        return StarletteHTTPException(413, f"request body over {self.max_bytes} bytes (--max-request-mb)")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            err = self._too_large()
+            message = f"{scope.get('method')} {scope.get('path')}: {err.detail}"
+            response = JSONResponse(error_body(message, 413), status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # an HTTPException passes FastAPI's body parsing unchanged (any other error becomes its 400)
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def serve(
@@ -470,6 +659,8 @@ def serve(
     model_name: str | None = None,
     max_documents: int = DEFAULT_MAX_DOCUMENTS,
     max_batch_tokens: int | None = None,
+    max_queued_documents: int | None = DEFAULT_MAX_QUEUED_DOCUMENTS,
+    max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
     max_length: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -510,6 +701,8 @@ def serve(
         api_key=api_key,
         max_documents=max_documents,
         max_batch_tokens=max_batch_tokens,
+        max_queued_documents=max_queued_documents,
+        max_request_bytes=max_request_bytes,
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_timeout)
     uvicorn.Server(config).run()

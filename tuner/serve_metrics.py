@@ -11,6 +11,11 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
+def label_value(value: str) -> str:
+    """A label value as the text format writes it: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     """Cumulative-bucket histogram as Prometheus exposes it."""
 
@@ -48,6 +53,7 @@ class Metrics:
         self.batch_rows = Histogram(ROW_BUCKETS)
         self.batch_requests = Histogram(REQUEST_BUCKETS)
         self._inflight = 0
+        self._queued = 0
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -68,6 +74,10 @@ class Metrics:
         with self._lock:
             self._inflight += delta
 
+    def set_queued(self, documents: int) -> None:
+        with self._lock:
+            self._queued = documents
+
     def render(self) -> str:
         with self._lock:
             lines = [
@@ -75,7 +85,7 @@ class Metrics:
                 "# TYPE tuner_requests_total counter",
             ]
             for (path, status), n in sorted(self.requests.items()):
-                lines.append(f'tuner_requests_total{{path="{path}",code="{status}"}} {n}')
+                lines.append(f'tuner_requests_total{{path="{label_value(path)}",code="{status}"}} {n}')
             lines += [
                 "# HELP tuner_documents_total Documents scored.",
                 "# TYPE tuner_documents_total counter",
@@ -86,11 +96,14 @@ class Metrics:
                 "# HELP tuner_inflight_requests Requests being handled now.",
                 "# TYPE tuner_inflight_requests gauge",
                 f"tuner_inflight_requests {self._inflight}",
+                "# HELP tuner_queued_documents Documents queued or being scored (503 past --max-queued-documents).",
+                "# TYPE tuner_queued_documents gauge",
+                f"tuner_queued_documents {self._queued}",
                 "# HELP tuner_request_duration_seconds Request latency by path.",
                 "# TYPE tuner_request_duration_seconds histogram",
             ]
             for path, hist in sorted(self.latency.items()):
-                lines += hist.lines("tuner_request_duration_seconds", f'path="{path}"')
+                lines += hist.lines("tuner_request_duration_seconds", f'path="{label_value(path)}"')
             lines += [
                 "# HELP tuner_batch_rows Documents per forward pass.",
                 "# TYPE tuner_batch_rows histogram",

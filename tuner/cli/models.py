@@ -12,6 +12,7 @@ from tuner.cli.common import (
     add_scoring_path_args,
     non_negative_int,
     port_number,
+    positive_float,
     positive_int,
     scoring_path_kwargs,
 )
@@ -204,7 +205,9 @@ def _run_export(args) -> int:
 # ------------------------------------------------------------------------------------------------ serve
 def add_serve(sub) -> None:
     p = sub.add_parser(
-        "serve", help="HTTP reranking API (/v1/rerank, /rerank, /score) over an export, or print a vLLM command"
+        "serve",
+        help="HTTP reranking API (/v1/rerank, /rerank, /v2/rerank, /score, /v1/score) over an export, or print a "
+        "vLLM command",
     )
     p.add_argument("model", help="export directory (merged, seq-cls or adapter), or any model Reranker loads")
     p.add_argument("--engine", default="tuner", choices=["tuner", "vllm"], help="tuner (default) or vllm")
@@ -215,6 +218,16 @@ def add_serve(sub) -> None:
     p.add_argument("--model-name", help="served model name (default: the export directory's name)")
     p.add_argument("--max-documents", type=positive_int, default=1000, help="documents per request (default 1000)")
     p.add_argument("--max-batch-tokens", type=positive_int, help="padded tokens per forward pass (default: Reranker's)")
+    p.add_argument(
+        "--max-queued-documents",
+        type=positive_int,
+        default=8192,
+        help="documents queued or being scored, over all requests; a request past it gets 503 with Retry-After "
+        "(default 8192)",
+    )
+    p.add_argument(
+        "--max-request-mb", type=positive_float, default=32.0, help="request body size; larger gets 413 (default 32)"
+    )
     p.add_argument(
         "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
     )
@@ -282,6 +295,8 @@ def _run_serve(args) -> int:
         model_name=args.model_name,
         max_documents=args.max_documents,
         max_batch_tokens=args.max_batch_tokens,
+        max_queued_documents=args.max_queued_documents,
+        max_request_bytes=int(args.max_request_mb * 2**20),
         max_length=args.max_length,
         calibrated=not args.no_calibration,
         compile=args.compile,

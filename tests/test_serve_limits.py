@@ -1,0 +1,199 @@
+"""`tuner serve` under load and abuse: abandoned requests, a full queue, oversized bodies, scanners' paths,
+per-request truncation, and the routes and error shape other clients expect."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from test_serve import QUERY, running
+
+from tuner.serve import create_app
+from tuner.serve_metrics import label_value
+
+DOCS = ["Lift is produced by the pressure difference across a wing.", "Bananas are rich in potassium.", "Jet fuel."]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_reranker):
+    app = create_app(tiny_reranker, model_name="tiny", max_documents=8, max_request_bytes=4096)
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
+        yield c
+
+
+def slowed(reranker, seconds: float, passes: list):
+    """A stand-in whose every forward pass takes `seconds` (recorded in `passes`), scoring as `reranker` does."""
+
+    class Slow:
+        def __getattr__(self, name):
+            return getattr(reranker, name)
+
+        def logits_for_ids(self, ids, batch_tokens=None, groups=None, on_batch=None):
+            def each(batch):
+                passes.append(len(batch))
+                time.sleep(seconds)
+                if on_batch is not None:
+                    on_batch(batch)
+
+            return reranker.logits_for_ids(ids, batch_tokens, groups=groups, on_batch=each)
+
+    return Slow()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise KeyError(name)
+
+
+def test_a_request_whose_client_left_is_not_scored_to_the_end(tiny_reranker):
+    """A client that times out no longer holds the server: its drain stops at the next forward pass, a request
+    still queued behind it is dropped, and the next client is answered at once (it waited for all of them)."""
+    passes: list[int] = []
+    # one document per forward pass (a tiny token budget), 0.25 s each: 12 documents are 3 s of work
+    app = create_app(slowed(tiny_reranker, 0.25, passes), model_name="tiny", max_documents=16, max_batch_tokens=1)
+    docs = [f"document {n} about wings and lift" for n in range(12)]
+    with running(app) as (url, _, _):
+        gone = []
+
+        def impatient() -> None:
+            try:
+                httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": docs}, timeout=0.6)
+            except httpx.TimeoutException:
+                gone.append(True)
+
+        callers = [threading.Thread(target=impatient) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        assert gone == [True, True]
+        time.sleep(0.6)  # the drain notices at its next forward pass
+        start = time.perf_counter()
+        r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": ["one"]}, timeout=30)
+        waited = time.perf_counter() - start
+        text = httpx.get(f"{url}/metrics").text
+    assert r.status_code == 200
+    assert waited < 1.5  # not behind the 24 abandoned documents (6 s of forward passes)
+    assert sum(passes) < 12  # the abandoned documents were not all scored
+    assert 'tuner_requests_total{path="/v1/rerank",code="499"} 2' in text
+    assert metric(text, "tuner_queued_documents") == 0
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_reranker):
+    passes: list[int] = []
+    app = create_app(slowed(tiny_reranker, 0.3, passes), model_name="tiny", max_batch_tokens=1, max_queued_documents=4)
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
+        first: dict = {}
+        caller = threading.Thread(
+            target=lambda: first.setdefault("r", c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}))
+        )
+        caller.start()
+        deadline = time.time() + 10
+        while metric(c.get("/metrics").text, "tuner_queued_documents") == 0:  # the 3 documents are in
+            assert time.time() < deadline
+            time.sleep(0.02)
+        busy = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS[:2]})  # 3 + 2 > 4
+        fits = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS[:1]})  # 3 + 1 = 4
+        caller.join(30)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "--max-queued-documents" in busy.json()["error"]["message"]
+    assert fits.status_code == 200 and first["r"].status_code == 200
+
+
+def test_oversized_bodies_get_413_before_parsing(client):
+    big = {"query": QUERY, "documents": ["x" * 5000]}
+    r = client.post("/v1/rerank", json=big)  # Content-Length over the 4096-byte limit
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413 and "4096 bytes" in r.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: the body grows past the limit while it is read
+        yield b'{"query": "q", "documents": ["'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"]}'
+
+    r = client.post("/v1/rerank", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "--max-request-mb" in r.json()["error"]["message"]
+    assert client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+
+
+def test_metrics_label_by_route_not_by_any_path_a_client_tries(client):
+    for path in ("/zz1", "/zz2", '/a"b', "/v1/rerank/../x"):
+        assert client.get(path).status_code == 404
+    text = client.get("/metrics").text
+    assert "/zz1" not in text and '/a"b' not in text and 'path="/a' not in text
+    assert 'tuner_requests_total{path="other",code="404"}' in text
+    assert label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+def test_cohere_v2_and_vllm_v1_score_routes(client, tiny_reranker):
+    expected = tiny_reranker.score(QUERY, DOCS)
+    r = client.post("/v2/rerank", json={"model": "tiny", "query": QUERY, "documents": DOCS, "top_n": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == sorted(range(3), key=lambda i: -expected[i])[:2]
+    assert results[0]["relevance_score"] == pytest.approx(max(expected), abs=1e-6)
+    r = client.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS})
+    assert [x["score"] for x in r.json()["data"]] == pytest.approx(expected, abs=1e-6)
+
+
+def test_request_truncation_fields_cut_documents_as_the_reranker_does(client, tiny_reranker):
+    """vLLM's truncate_prompt_tokens and Cohere's max_tokens_per_doc are honoured (they were ignored), and cut
+    only the document, as the contract's truncation does."""
+    long_doc = " ".join(f"lift{n} wing pressure" for n in range(100))
+    docs = [long_doc, DOCS[0]]
+    for cap in (90, 120):
+        want = tiny_reranker.logits_for_ids(tiny_reranker.encode([(QUERY, d, None) for d in docs], max_length=cap))
+        r = client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "truncate_prompt_tokens": cap})
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        assert got == pytest.approx({i: tiny_reranker._normalize(x) for i, x in enumerate(want)}, abs=1e-6)
+        assert r.json()["usage"]["prompt_tokens"] <= 2 * cap
+        r = client.post("/score", json={"text_1": QUERY, "text_2": docs, "truncate_prompt_tokens": cap})
+        assert [x["score"] for x in r.json()["data"]] == pytest.approx(
+            [tiny_reranker._normalize(x) for x in want], abs=1e-6
+        )
+    ids = tiny_reranker.encode([(QUERY, long_doc, None)], max_document_tokens=7)
+    r = client.post("/v2/rerank", json={"query": QUERY, "documents": [long_doc], "max_tokens_per_doc": 7})
+    assert r.json()["usage"]["prompt_tokens"] == len(ids[0])
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(
+        tiny_reranker._normalize(tiny_reranker.logits_for_ids(ids)[0]), abs=1e-6
+    )
+    same = client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "truncate_prompt_tokens": -1})
+    plain = client.post("/v1/rerank", json={"query": QUERY, "documents": docs})
+    assert same.json()["results"] == plain.json()["results"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "says"),
+    [
+        ({"truncate_prompt_tokens": 10**6}, "truncate_prompt_tokens", "over this server's max_length"),
+        ({"truncate_prompt_tokens": 40}, "truncate_prompt_tokens", "leaves no room"),  # the prefix + suffix alone
+        ({"truncate_prompt_tokens": 60}, "query", "truncate_prompt_tokens: 60 is too small"),  # no room for the query
+        ({"truncate_prompt_tokens": -2}, "truncate_prompt_tokens", "greater than or equal to -1"),
+        ({"max_tokens_per_doc": 0}, "max_tokens_per_doc", "greater than or equal to 1"),
+    ],
+)
+def test_bad_truncation_fields_are_named(client, payload, field, says):
+    r = client.post("/v1/rerank", json={"query": QUERY + " with many more words " * 4, "documents": DOCS, **payload})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == field == error["field"] and error["code"] == 400 and says in error["message"]
+
+
+def test_optional_fields_sent_as_null_take_their_defaults(client):
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "return_documents": None, "top_n": None})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 3 and all("document" in x for x in r.json()["results"])
+
+
+def test_with_an_api_key_the_interactive_pages_are_off(tiny_reranker):
+    app = create_app(tiny_reranker, model_name="tiny", api_key="k")
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert c.get(path).status_code in (401, 404)
+    open_app = create_app(tiny_reranker, model_name="tiny")
+    with running(open_app) as (url, _, _):
+        assert httpx.get(f"{url}/openapi.json").status_code == 200
