@@ -9,7 +9,7 @@ import pytest
 from tuner.cli import main
 from tuner.contract import DEFAULT_INSTRUCTION
 from tuner.evaluate import Evaluator
-from tuner.instruct import Candidate, apply_meta, candidate_instructions, read_instructions, search
+from tuner.instruct import Candidate, apply_meta, apply_targets, candidate_instructions, read_instructions, search
 from tuner.scoring import Reranker
 
 CUSTOM = [
@@ -109,6 +109,33 @@ def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_
     ]
     with pytest.raises(FileNotFoundError, match="neither a model"):
         apply_meta(tmp_path, {"instruction": "C"})
+
+
+def test_apply_meta_updates_every_format_of_an_export_root_but_only_a_runs_adapter(tmp_path):
+    """`tuner export --format all` writes adapter/, merged/ and seq-cls/: all three get the update (adapter/ alone
+    did, as if the export root were a run, so one export scored differently per format). A training run (its
+    config.yaml and adapter/) still updates its adapter only, even with an export saved inside it."""
+    root = tmp_path / "export"
+    for fmt, config in (("adapter", "adapter_config.json"), ("merged", "config.json"), ("seq-cls", "config.json")):
+        (root / fmt).mkdir(parents=True)
+        (root / fmt / config).write_text("{}")
+        (root / fmt / "tuner.json").write_text(json.dumps({"format": fmt, "instruction": "old"}))
+    (root / "parity.json").write_text("{}")
+    assert apply_targets(root) == [root / "adapter", root / "merged", root / "seq-cls"]
+    written = apply_meta(root, {"instruction": "new"})
+    assert [json.loads(p.read_text()) for p in written] == [
+        {"format": fmt, "instruction": "new"} for fmt in ("adapter", "merged", "seq-cls")
+    ]
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "adapter" / "tuner.json").write_text(json.dumps({"instruction": "old"}))
+    (run / "config.yaml").write_text("name: tiny\n")
+    (run / "exported").mkdir()  # `tuner export run --out run/exported`: not part of the run's own model
+    (run / "exported" / "config.json").write_text("{}")
+    (run / "exported" / "tuner.json").write_text(json.dumps({"format": "merged", "instruction": "old"}))
+    assert apply_meta(run, {"instruction": "new"}) == [run / "adapter" / "tuner.json"]
+    assert json.loads((run / "exported" / "tuner.json").read_text())["instruction"] == "old"
 
 
 @pytest.mark.parametrize("verb", ["instruct", "calibrate"])

@@ -99,8 +99,8 @@ def apply_targets(target: str | Path) -> list[Path]:
     """The directories whose `tuner.json` `apply_meta(target, ...)` updates; raise if there are none.
 
     `target` may be a model or adapter directory (config.json or adapter_config.json), a training run (its
-    `adapter/` is used, as `tuner export` does), or a multi-format export (each format subdirectory). The CLI
-    calls this before scoring, so that a wrong `--apply` fails before the work, not after it.
+    `adapter/` only, as `tuner export` does), or a multi-format export (each format subdirectory, adapter/
+    included). The CLI calls this before scoring, so that a wrong `--apply` fails before the work, not after it.
     """
     root = Path(target).expanduser()
     if not root.is_dir():
@@ -109,12 +109,18 @@ def apply_targets(target: str | Path) -> list[Path]:
     def is_model(d: Path) -> bool:
         return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
 
+    # A training run and a `tuner export --format all` root both hold an adapter/; the run is told apart by the
+    # resolved recipe the trainer saves next to it (tuner.train.CONFIG_FILE). Checking adapter/ first took an
+    # export root for a run and left its merged/ and seq-cls/ on the old instruction and calibration.
+    is_run = (root / "config.yaml").is_file() and is_model(root / "adapter")
     if is_model(root):
         dirs = [root]
-    elif is_model(root / "adapter"):
-        dirs = [root / "adapter"]
+    elif is_run:
+        dirs = [root / "adapter"]  # an export saved inside the run is not the run's model
     else:
         dirs = sorted(d for d in root.iterdir() if d.is_dir() and is_model(d) and (d / TUNER_META).is_file())
+        if not dirs and is_model(root / "adapter"):
+            dirs = [root / "adapter"]  # a run without its config.yaml (copied by hand, or from an older tuner)
     if not dirs:
         raise FileNotFoundError(
             f"{root}: neither a model/adapter directory (config.json or adapter_config.json), a run with adapter/, "
