@@ -117,10 +117,24 @@ def test_reranker_export_and_server_pick_up_instruction_and_calibration(run_dir,
         assert [x["score"] for x in scores] == pytest.approx(expected, abs=1e-5)
 
 
-def test_a_calibration_applied_after_export_reaches_the_card_health_and_the_vllm_line(tmp_path, tiny_model_dir, capsys):
+def test_a_calibration_and_instruction_applied_after_export_reach_the_card_template_health_and_vllm_line(
+    tmp_path, tiny_model_dir, capsys
+):
     """`tuner calibrate --apply EXPORT` after the export: the model card gives the new one (it kept the
     export-time text), `/health` reports it, and `serve --engine vllm` warns that vLLM's scores
-    are the uncalibrated sigmoid (they differed from tuner's without a word)."""
+    are the uncalibrated sigmoid (they differed from tuner's without a word). An instruction applied after export
+    reaches the export's chat template (it stayed on the old one, so sentence-transformers, transformers and
+    `vllm serve --chat-template` scored with another instruction than tuner), and the card's parity section says
+    what its figures were measured with."""
+    import torch
+    from exporting import RUN_INSTRUCTION
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+
+    from tuner.chat_template import build_chat_template, pair_messages
+    from tuner.contract import render_prompt
+    from tuner.export import PROBES
+
     run = make_run(tmp_path / "run", tiny_model_dir)
     out = tmp_path / "export"
     assert export(run, out, formats=["seq-cls"], device="cpu")["passed"]
@@ -129,13 +143,35 @@ def test_a_calibration_applied_after_export_reaches_the_card_health_and_the_vllm
     card = (out / "README.md").read_text()
     assert "Calibration (tuner only):** tuner's probability is sigmoid(logit / 1.7 + -0.4)" in card
     assert json.dumps(INSTRUCTION) in card and "other engines' relevance = sigmoid(logit)" in card
-    app = create_app(Reranker.from_pretrained(out, device="cpu", dtype="float32"), model_name="tiny")
+    ours = Reranker.from_pretrained(out, device="cpu", dtype="float32")
+    # the template vLLM is given and the one transformers loads render the new instruction, as tuner scores
+    assert (out / "chat_template.jinja").read_text() == build_chat_template(INSTRUCTION)
+    rendered = AutoTokenizer.from_pretrained(out).apply_chat_template(pair_messages(QUERY, DOCS[0]), tokenize=False)
+    assert rendered == render_prompt(QUERY, DOCS[0], INSTRUCTION)
+    pairs = [(QUERY, doc) for doc in DOCS]
+    st = CrossEncoder(str(out), device="cpu").predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+    assert st == pytest.approx(ours.score(QUERY, DOCS, normalize=False), abs=1e-4)
+    assert st != pytest.approx(ours.score(QUERY, DOCS, instruction=RUN_INSTRUCTION, normalize=False), abs=1e-4)
+    # the card's parity section: the template row is a check of the regenerated template, and it says so
+    parity = json.loads((out / "tuner.json").read_text())["parity"]
+    assert parity["template"]["prompt_strings_equal"] == parity["template"]["token_ids_equal"] == len(PROBES)
+    assert (
+        parity["instruction_changed"]["from"] == RUN_INSTRUCTION and parity["instruction_changed"]["to"] == INSTRUCTION
+    )
+    assert f"changed after export (on {parity['instruction_changed']['at']}) from {json.dumps(RUN_INSTRUCTION)}" in card
+    assert "regenerated for the new default and checked again" in card
+    app = create_app(ours, model_name="tiny")
     with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as client:
         assert client.get("/health").json()["calibration"] == CALIBRATION
     assert main(["serve", str(out), "--engine", "vllm"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("vllm serve ")
     assert "warning: vLLM returns sigmoid(logit), not this export's calibrated probability" in captured.err
+    # back to the export's own instruction: the export-time statement holds again
+    apply_meta(out, {"instruction": RUN_INSTRUCTION, "calibration": CALIBRATION})
+    assert (out / "chat_template.jinja").read_text() == build_chat_template(RUN_INSTRUCTION)
+    assert "instruction_changed" not in json.loads((out / "tuner.json").read_text())["parity"]
+    assert "changed after export" not in (out / "README.md").read_text()
 
 
 def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):

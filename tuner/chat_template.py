@@ -17,9 +17,15 @@ from typing import Any
 
 from tuner.contract import BODY_TEMPLATE, DEFAULT_INSTRUCTION, PREFIX, SUFFIX, Document, document_text
 
+# The first line of every template tuner generates: `is_tuner_template` tells it from a model's own chat template,
+# which `tuner instruct --apply` must leave alone.
+TEMPLATE_MARKER = "{#- tuner export: the Qwen3-Reranker contract prompt"
+
 # The template must not contain sentence-transformers' "structured content" markers (`content[0]`, `.type`,
 # `'type'`): without them it infers the flat message format, and the template accepts both formats anyway.
-_TEMPLATE = """{#- tuner export: the Qwen3-Reranker contract prompt (docs/reranker-contract.md). -#}
+_TEMPLATE = (
+    TEMPLATE_MARKER
+    + """ (docs/reranker-contract.md). -#}
 {%- set ns = namespace(instruction=none, query="", document="") -%}
 {%- if instruction is defined and instruction is not none -%}
 {%- set ns.instruction = instruction -%}
@@ -47,6 +53,7 @@ _TEMPLATE = """{#- tuner export: the Qwen3-Reranker contract prompt (docs/rerank
 {{- @INSTRUCT@ ~ ns.instruction ~ @QUERY@ ~ ns.query ~ @DOCUMENT@ ~ ns.document -}}
 {{- @SUFFIX@ -}}
 """
+)
 
 
 def _literal(text: str) -> str:
@@ -76,6 +83,11 @@ def build_chat_template(default_instruction: str | None = None) -> str:
     for key, value in replacements.items():
         template = template.replace(key, value)
     return template
+
+
+def is_tuner_template(template: object) -> bool:
+    """Whether `template` is a chat template `build_chat_template` generated (whatever instruction it bakes in)."""
+    return isinstance(template, str) and template.startswith(TEMPLATE_MARKER)
 
 
 def pair_messages(query: str, document: Document, instruction: str | None = None) -> list[dict[str, Any]]:

@@ -163,7 +163,7 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _check_template(tokenizer, template: str, default_instruction: str | None) -> dict[str, Any]:
+def check_template(tokenizer, template: str, default_instruction: str | None) -> dict[str, Any]:
     """Render every probe through the chat template; compare with the contract's prompt string and ids."""
     encoder = PromptEncoder(tokenizer, max_length=10**6, safe_text=False)  # untruncated card ids
     strings = ids = 0
@@ -322,7 +322,7 @@ def export(
                 )
                 report["formats"]["merged (model-card code)"] = _compare("card", card, reference, dtype)
             del loaded
-        report["template"] = _check_template(tokenizer, template, instruction)
+        report["template"] = check_template(tokenizer, template, instruction)
         failed = [f for f, r in report["formats"].items() if not r["passed"]]
         bad_template = report["template"]["prompt_strings_equal"] != len(PROBES) or (
             report["template"]["token_ids_equal"] != len(PROBES)

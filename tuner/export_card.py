@@ -86,6 +86,24 @@ def _parity_table(parity: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _instruction_change_note(change: dict[str, Any]) -> str:
+    """What the parity figures still show once `tuner instruct --apply` changed the export's default instruction."""
+
+    def name(instruction: Any) -> str:
+        return "the model card default" if instruction is None else json.dumps(instruction, ensure_ascii=False)
+
+    template = (
+        "the chat template was regenerated for the new default and checked again: the last row is that check."
+        if change.get("template_rechecked")
+        else "the chat template was not checked again (no tuner chat template or tokenizer in this folder)."
+    )
+    return (
+        f"The default instruction was changed after export (on {change.get('at')}) from {name(change.get('from'))} "
+        f"to {name(change.get('to'))}. The logit figures were measured with the export-time default (the weights "
+        f"did not change, and the probes also use custom and empty instructions); {template}"
+    )
+
+
 def vllm_args(path: str, meta: dict[str, Any]) -> list[str]:
     """`vllm serve` arguments for a merged or seq-cls export (overrides only for merged)."""
     args = ["vllm", "serve", path, "--runner", "pooling", "--chat-template", f"{path}/chat_template.jinja"]
@@ -158,6 +176,9 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             "",
             _parity_table(parity),
         ]
+        change = parity.get("instruction_changed")
+        if isinstance(change, dict):
+            parts += ["", _instruction_change_note(change)]
     parts += ["", "## Load it", "", "### tuner", "", "```python", "from tuner.scoring import Reranker", ""]
     parts += [
         f"reranker = Reranker.from_pretrained({path!r})",

@@ -133,15 +133,25 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
     """Merge `updates` into the `tuner.json` of each `apply_targets(target)` directory, atomically, keeping other
     keys.
 
+    A new `instruction` also regenerates every chat template tuner generated that the directory ships
+    (`chat_template.jinja`, a tokenizer_config.json `chat_template`) with `build_chat_template`, as `tuner export`
+    made them: sentence-transformers, transformers and vLLM read their default instruction from it. An export's
+    template is checked against the contract's prompt again and its model card rewritten. Everything is prepared
+    for every directory before the first file is written, so a failing check changes nothing.
+
     Returns:
         The `tuner.json` files written.
+
+    Raises:
+        ValueError: a regenerated template does not render the contract's prompt.
     """
     from tuner.export_card import model_card
 
+    plans = [_plan_update(d, updates) for d in apply_targets(target)]
     written = []
-    for d in apply_targets(target):
-        meta = read_meta(d)
-        meta.update(updates)
+    for d, meta, files in plans:
+        for path, text in files.items():  # the templates first: tuner.json is the record of what was applied
+            atomic_write(path, text)
         written.append(atomic_write(d / TUNER_META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n"))
         if meta.get("format") and (d / "README.md").is_file():
             # an export's model card states the instruction and the calibration: rewrite it from the new tuner.json
@@ -149,6 +159,98 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
             recipe_yaml = recipe.read_text(encoding="utf-8") if recipe.is_file() else None
             atomic_write(d / "README.md", model_card(d, meta, recipe_yaml))
     return written
+
+
+def _plan_update(d: Path, updates: Mapping[str, Any]) -> tuple[Path, dict[str, Any], dict[Path, str]]:
+    """`d`, its new `tuner.json` content and the other files to rewrite (path → text), nothing written yet."""
+    meta = read_meta(d)
+    old_instruction = meta.get("instruction")
+    meta.update(updates)
+    files: dict[Path, str] = {}
+    new_instruction = meta.get("instruction")
+    # None and the model card's text are the same default: compare what a prompt would say
+    if "instruction" in updates and _effective(new_instruction) != _effective(old_instruction):
+        files = _regenerated_templates(d, new_instruction)
+        parity = meta.get("parity")
+        if isinstance(parity, dict):
+            meta["parity"] = _reparity(d, dict(parity), old_instruction, new_instruction, files)
+    return d, meta, files
+
+
+def _effective(instruction: str | None) -> str:
+    return DEFAULT_INSTRUCTION if instruction is None else instruction
+
+
+def _regenerated_templates(d: Path, instruction: str | None) -> dict[Path, str]:
+    """The new text of each chat template tuner generated that `d` ships, with `instruction` as its default.
+
+    `tuner export` writes the template as `chat_template.jinja` (where transformers 5 saves a tokenizer's template,
+    and what the card's `vllm serve --chat-template` names); a `chat_template` in tokenizer_config.json (older
+    transformers) is covered too. A template tuner did not generate (a base model's own) is left alone.
+    """
+    from tuner.chat_template import build_chat_template, is_tuner_template
+    from tuner.loading import _read_json
+
+    template = build_chat_template(instruction)
+    files: dict[Path, str] = {}
+    jinja = d / "chat_template.jinja"
+    if jinja.is_file() and is_tuner_template(jinja.read_text(encoding="utf-8")):
+        files[jinja] = template
+    config_file = d / "tokenizer_config.json"
+    if config_file.is_file():
+        config = _read_json(config_file)
+        if is_tuner_template(config.get("chat_template")):
+            config["chat_template"] = template
+            files[config_file] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    return files
+
+
+def _reparity(
+    d: Path, parity: dict[str, Any], old: str | None, new: str | None, templates: Mapping[Path, str]
+) -> dict[str, Any]:
+    """An export's parity record after its default instruction changed from `old` to `new`.
+
+    The logit figures stay (the weights did not change; they were measured with the export-time default). The
+    template figures are measured again on the regenerated template, so that the card does not claim a check of a
+    template the export no longer ships; without a template or a tokenizer to check it with, they are dropped.
+    """
+    from tuner.chat_template import build_chat_template
+
+    export_instruction = parity.get("instruction_changed", {"from": old})["from"]
+    parity.pop("template", None)
+    rechecked = False
+    if templates:
+        check = _check_template(d, build_chat_template(new), new)
+        if check is not None:
+            if check["prompt_strings_equal"] != check["probes"] or check["token_ids_equal"] != check["probes"]:
+                raise ValueError(
+                    f"{d}: the chat template regenerated for instruction {new!r} rendered {check} of "
+                    f"{check['probes']} probes as the contract's prompt; nothing was changed"
+                )
+            parity["template"] = check
+            rechecked = True
+    if _effective(new) == _effective(export_instruction):
+        parity.pop("instruction_changed", None)  # back to the export's own: the export-time figures hold again
+    else:
+        parity["instruction_changed"] = {
+            "from": export_instruction,
+            "to": new,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "template_rechecked": rechecked,
+        }
+    return parity
+
+
+def _check_template(d: Path, template: str, instruction: str | None) -> dict[str, Any] | None:
+    """`tuner.export.check_template` with the tokenizer saved in `d`; None when `d` has none."""
+    from transformers import AutoTokenizer
+
+    from tuner.contract import prepare_tokenizer
+    from tuner.export import check_template
+
+    if not any((d / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        return None
+    return check_template(prepare_tokenizer(AutoTokenizer.from_pretrained(str(d))), template, instruction)
 
 
 def _fmt_p(p: float | None) -> str:
