@@ -21,6 +21,7 @@ from tuner.calibrate import (
     reliability_bins,
 )
 from tuner.cli import main
+from tuner.contract import DEFAULT_INSTRUCTION
 from tuner.export import export
 from tuner.instruct import apply_meta
 from tuner.scoring import Reranker
@@ -199,7 +200,11 @@ def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
     assert "> **Warning:** only 12 positive pairs" in (out / "report.md").read_text()
     applied = json.loads((target / "tuner.json").read_text())
     assert applied["instruction"] == "keep me"
-    assert applied["calibration"] == {"temperature": summary["temperature"], "bias": summary["bias"]}
+    # what it was fitted with: the model's default instruction (tiny_model_dir has none) and token budget
+    fitted = {"temperature": summary["temperature"], "bias": summary["bias"], "instruction": DEFAULT_INSTRUCTION}
+    assert applied["calibration"] == {**fitted, "max_length": 8192} == summary["calibration"]
+    # it was applied to a model whose default instruction differs: said, in the report and the summary
+    assert any("the calibration was fitted with instruction" in w and "'keep me'" in w for w in summary["warnings"])
     loaded = Reranker.from_pretrained(target, device="cpu", dtype="float32")
     raw = loaded.score(QUERY, DOCS, normalize=False)
     t, b = summary["temperature"], summary["bias"]

@@ -62,7 +62,7 @@ def test_search_picks_the_instruction_with_the_best_measured_ndcg(evaluator, bei
     assert results[best].info["instruction"] == cands[best].text
 
 
-def test_cli_instruct_writes_reports_and_applies_the_winner(tmp_path, beir_dir, tiny_model_dir, tokenizer):
+def test_cli_instruct_writes_reports_and_applies_the_winner(tmp_path, beir_dir, tiny_model_dir, tokenizer, capsys):
     inst = tmp_path / "inst.txt"
     inst.write_text("\n".join(CUSTOM) + "\n", encoding="utf-8")
     export_dir = tmp_path / "export"  # a model dir with a tuner.json holding other keys that must survive
@@ -88,8 +88,13 @@ def test_cli_instruct_writes_reports_and_applies_the_winner(tmp_path, beir_dir, 
     assert report.startswith("# Instruction search") and "p (paired t-test)" in report
     assert (out / "report.png").is_file() and (out / "per_query.jsonl").is_file()
     assert json.loads((out / "tuner.json").read_text())["instruction"] == info["winner"]
+    # the calibration records no instruction it was fitted with: it was kept, miscalibrated, under the new one
     applied = json.loads((export_dir / "tuner.json").read_text())
-    assert applied == {"base_model": "x", "calibration": {"temperature": 2.0}, "instruction": info["winner"]}
+    assert applied == {"base_model": "x", "instruction": info["winner"]}
+    err = capsys.readouterr().err
+    assert f"tuner instruct: warning: removed the calibration (temperature 2.0, bias 0.0) from {export_dir}" in err
+    assert f"tuner calibrate --model {export_dir} --data DEV_PAIRS.jsonl --out runs/calibration --apply" in err
+    assert info["warnings"] == [err.split("tuner instruct: warning: ")[1].strip()]
 
 
 def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_path):
@@ -136,6 +141,37 @@ def test_apply_meta_updates_every_format_of_an_export_root_but_only_a_runs_adapt
     (run / "exported" / "tuner.json").write_text(json.dumps({"format": "merged", "instruction": "old"}))
     assert apply_meta(run, {"instruction": "new"}) == [run / "adapter" / "tuner.json"]
     assert json.loads((run / "exported" / "tuner.json").read_text())["instruction"] == "old"
+
+
+def test_an_applied_instruction_removes_a_calibration_fitted_with_another(tmp_path):
+    """A calibration fitted with one instruction does not hold for another: a new instruction removes it (with a
+    warning naming the refit command); the same instruction keeps it, and a new calibration applied with the
+    instruction is kept."""
+    from tuner.loading import read_meta
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    fitted = {"temperature": 2.0, "bias": 0.5, "instruction": "Find papers", "max_length": 512}
+    (model / "tuner.json").write_text(json.dumps({"instruction": "Find papers", "calibration": fitted}))
+    assert read_meta(model)["calibration"] == fitted  # the new keys load
+    warnings: list[str] = []
+    apply_meta(model, {"instruction": "Find papers"}, on_warning=warnings.append)
+    assert read_meta(model)["calibration"] == fitted and warnings == []
+    apply_meta(model, {"instruction": "Find code", "calibration": {**fitted, "instruction": "Find code"}})
+    assert read_meta(model)["calibration"]["instruction"] == "Find code"
+    apply_meta(model, {"instruction": None}, on_warning=warnings.append)  # the model card's default
+    assert "calibration" not in read_meta(model)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("removed the calibration (temperature 2.0, bias 0.5) from ")
+    assert "fitted with instruction 'Find code'" in warnings[0] and repr(DEFAULT_INSTRUCTION) in warnings[0]
+    assert warnings[0].endswith(
+        f"tuner calibrate --model {model} --data DEV_PAIRS.jsonl --out runs/calibration --apply {model}"
+    )
+    # a hand-edited record fails naming its field
+    (model / "tuner.json").write_text(json.dumps({"calibration": {"temperature": 2.0, "instruction": 3}}))
+    with pytest.raises(ValueError, match=r"tuner\.json: field 'calibration\.instruction' must be a string"):
+        read_meta(model)
 
 
 @pytest.mark.parametrize("verb", ["instruct", "calibrate"])

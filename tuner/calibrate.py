@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tuner.contract import DEFAULT_INSTRUCTION
 from tuner.files import atomic_path, atomic_write
 
 if TYPE_CHECKING:
@@ -255,6 +256,9 @@ def _render(summary: dict[str, Any]) -> str:
         f"Platt scaling on the raw yes−no logit: p = sigmoid(logit / T + b) with **T = {summary['temperature']:.4f}**, "
         f"**b = {summary['bias']:+.4f}** (ranking unchanged).",
         "",
+        f"Fitted with the default instruction {json.dumps(summary['calibration']['instruction'], ensure_ascii=False)} "
+        f"and a {summary['calibration']['max_length']}-token budget (a pair's own instruction, if any, wins).",
+        "",
         *[f"> **Warning:** {w}\n" for w in summary.get("warnings") or []],
         "| | ECE (15 equal-width bins) | log loss | Brier |",
         "|---|---|---|---|",
@@ -295,7 +299,8 @@ def run_calibrate(
         out_dir: report folder.
         adapter: PEFT adapter on `model`.
         split: folder file stem / hub split for `data`.
-        apply: adapter or export directory whose `tuner.json` gets `calibration = {"temperature", "bias"}`.
+        apply: adapter or export directory whose `tuner.json` gets `calibration = {"temperature", "bias",
+            "instruction", "max_length"}` (the default instruction and the token budget the pairs were scored with).
         seed: fold assignment of the cross-validated estimate.
         options: how the model loads (device, dtype, budgets, fast paths; see `tuner.eval_run.ModelOptions`).
 
@@ -351,11 +356,19 @@ def run_calibrate(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "applied_to": None,
     }
+    # What the fit holds for: `tuner instruct --apply` removes a calibration fitted with another instruction.
+    # (A pair's own instruction, from the data, still overrides the default for that pair.)
+    summary["calibration"] = {
+        "temperature": temperature,
+        "bias": bias,
+        "instruction": DEFAULT_INSTRUCTION if reranker.instruction is None else reranker.instruction,
+        "max_length": reranker.max_length,
+    }
     if not (math.isfinite(temperature) and math.isfinite(bias)):
         raise ValueError(f"calibration fit diverged (temperature {temperature}, bias {bias})")
     summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature)
     if apply is not None:
-        written = apply_meta(apply, {"calibration": {"temperature": temperature, "bias": bias}})
+        written = apply_meta(apply, {"calibration": summary["calibration"]}, on_warning=summary["warnings"].append)
         summary["applied_to"] = [str(p) for p in written]
     out = Path(out_dir)
     plot_reliability(summary["reliability_before"], summary["reliability_after"], out / "reliability.png")

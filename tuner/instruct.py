@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,16 @@ def apply_targets(target: str | Path) -> list[Path]:
     return dirs
 
 
-def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
+def apply_meta(
+    target: str | Path, updates: Mapping[str, Any], on_warning: Callable[[str], None] = log.warning
+) -> list[Path]:
     """Merge `updates` into the `tuner.json` of each `apply_targets(target)` directory, atomically, keeping other
     keys.
+
+    A new `instruction` (without a new `calibration`) removes a stored calibration that was fitted with another
+    instruction, or that does not record the one it was fitted with (written before `tuner calibrate` recorded
+    it): its probabilities would no longer be calibrated. `on_warning` gets one message per removal, naming the
+    `tuner calibrate` command that fits it again.
 
     A new `instruction` also regenerates every chat template tuner generated that the directory ships
     (`chat_template.jinja`, a tokenizer_config.json `chat_template`) with `build_chat_template`, as `tuner export`
@@ -147,9 +155,9 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
     """
     from tuner.export_card import model_card
 
-    plans = [_plan_update(d, updates) for d in apply_targets(target)]
+    plans = [_plan_update(d, updates, target) for d in apply_targets(target)]
     written = []
-    for d, meta, files in plans:
+    for d, meta, files, notes in plans:
         for path, text in files.items():  # the templates first: tuner.json is the record of what was applied
             atomic_write(path, text)
         written.append(atomic_write(d / TUNER_META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n"))
@@ -158,27 +166,65 @@ def apply_meta(target: str | Path, updates: Mapping[str, Any]) -> list[Path]:
             recipe = d / "recipe.yaml"
             recipe_yaml = recipe.read_text(encoding="utf-8") if recipe.is_file() else None
             atomic_write(d / "README.md", model_card(d, meta, recipe_yaml))
+        for note in notes:  # once it is done, not when it was planned: a later failure writes nothing
+            on_warning(note)
     return written
 
 
-def _plan_update(d: Path, updates: Mapping[str, Any]) -> tuple[Path, dict[str, Any], dict[Path, str]]:
-    """`d`, its new `tuner.json` content and the other files to rewrite (path → text), nothing written yet."""
+def _plan_update(
+    d: Path, updates: Mapping[str, Any], target: str | Path
+) -> tuple[Path, dict[str, Any], dict[Path, str], list[str]]:
+    """`d`, its new `tuner.json` content, the other files to rewrite (path → text) and the warnings to give once
+    they are written; nothing is written here."""
     meta = read_meta(d)
     old_instruction = meta.get("instruction")
     meta.update(updates)
     files: dict[Path, str] = {}
+    notes: list[str] = []
     new_instruction = meta.get("instruction")
+    if "instruction" in updates and "calibration" not in updates and meta.get("calibration"):
+        stale = _stale_calibration(meta["calibration"], new_instruction)
+        if stale:
+            calibration = meta.pop("calibration")
+            notes.append(
+                f"removed the calibration (temperature {calibration.get('temperature', 1.0)}, bias "
+                f"{calibration.get('bias', 0.0)}) from {d / TUNER_META}: {stale}; fit it again on labeled dev "
+                f"pairs: tuner calibrate --model {shlex.quote(str(d))} --data DEV_PAIRS.jsonl --out runs/calibration "
+                f"--apply {shlex.quote(str(target))}"
+            )
+    new_calibration = updates.get("calibration")
+    fitted = new_calibration.get("instruction") if isinstance(new_calibration, Mapping) else None
+    if fitted is not None and fitted != _effective(new_instruction):
+        # kept, as asked, but its probabilities hold for pairs scored with the instruction it was fitted with
+        notes.append(
+            f"{d / TUNER_META}: the calibration was fitted with instruction {fitted!r}, but this model's default "
+            f"instruction is {_effective(new_instruction)!r}: its probabilities hold for prompts with the former"
+        )
     # None and the model card's text are the same default: compare what a prompt would say
     if "instruction" in updates and _effective(new_instruction) != _effective(old_instruction):
         files = _regenerated_templates(d, new_instruction)
         parity = meta.get("parity")
         if isinstance(parity, dict):
             meta["parity"] = _reparity(d, dict(parity), old_instruction, new_instruction, files)
-    return d, meta, files
+    return d, meta, files, notes
 
 
 def _effective(instruction: str | None) -> str:
     return DEFAULT_INSTRUCTION if instruction is None else instruction
+
+
+def _stale_calibration(calibration: Mapping[str, Any], instruction: str | None) -> str | None:
+    """Why `calibration` does not hold under `instruction` (None when it does): the instruction it was fitted with
+    differs, or it records none (`tuner calibrate` before the record), so that nothing vouches for it."""
+    fitted, applied = calibration.get("instruction"), _effective(instruction)
+    if fitted is None:
+        return (
+            f"it does not record the instruction it was fitted with, so nothing says that it holds for the applied "
+            f"instruction {applied!r}"
+        )
+    if fitted != applied:
+        return f"it was fitted with instruction {fitted!r}, its probabilities do not hold for the applied {applied!r}"
+    return None
 
 
 def _regenerated_templates(d: Path, instruction: str | None) -> dict[Path, str]:
@@ -356,10 +402,13 @@ def run_instruct(
         "candidates": [{"label": c.label, "text": c.text, **r.metrics} for c, r in zip(cands, results, strict=True)],
         "seconds": round(time.perf_counter() - start, 3),
         "applied_to": None,
+        "warnings": [],
     }
     if apply is not None:
-        written = apply_meta(apply, {"instruction": cands[best].text})
+        warnings: list[str] = []  # a calibration removed because it was fitted with another instruction
+        written = apply_meta(apply, {"instruction": cands[best].text}, on_warning=warnings.append)
         summary["instruction_search"]["applied_to"] = [str(p) for p in written]
+        summary["instruction_search"]["warnings"] = warnings
     search_meta = {k: v for k, v in summary["instruction_search"].items() if k != "candidates"}
     search_meta.update(dataset=meta["dataset"], split=split, metric=primary, model=model, adapter=adapter)
     atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

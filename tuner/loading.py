@@ -233,6 +233,13 @@ def read_meta(path: str | Path | None) -> dict[str, Any]:
             if not ok or (key == "temperature" and value <= 0):
                 want = "a positive number" if key == "temperature" else "a finite number"
                 raise ValueError(f"{file}: field 'calibration.{key}' must be {want}, got {value!r}")
+        # what the fit was made with (`tuner calibrate` records it; older files have neither key)
+        fitted = calibration.get("instruction")
+        if fitted is not None and not isinstance(fitted, str):
+            raise ValueError(f"{file}: field 'calibration.instruction' must be a string, got {fitted!r}")
+        budget = calibration.get("max_length")
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+            raise ValueError(f"{file}: field 'calibration.max_length' must be a positive integer, got {budget!r}")
     return meta
 
 

@@ -186,6 +186,8 @@ def _run_instruct(args) -> int:
     print(f"\nwinner: {info['winner_label']} ({info['winner']!r}) in {info['seconds']:.1f} s; wrote {out}/tuner.json")
     for path in info["applied_to"] or []:
         print(f"applied to {path}")
+    for warning in info.get("warnings") or []:
+        print(f"tuner instruct: warning: {warning}", file=sys.stderr)
     return 0
 
 
