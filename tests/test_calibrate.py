@@ -237,3 +237,42 @@ def test_fit_warnings_flag_few_pairs_and_a_slope_at_its_bound():
     # the positive scored below the negative: a positive slope cannot fit them, it stops at its bound
     temperature, _ = fit_platt([0.1, 0.9], [1, 0])
     assert len(fit_warnings(1, 1, temperature)) == 2
+
+
+def test_a_degenerate_fit_is_not_applied_without_force(tmp_path, monkeypatch, capsys):
+    """A fit whose temperature stops at its bound gives every pair ~the same probability (served scores all
+    became 0.25 ± 2e-7): `--apply` refuses it with exit 2, saying why and naming --force, and still writes the
+    report; --force applies it."""
+    from tuner import eval_run
+
+    class AntiCorrelated:  # positives score below negatives: no positive slope separates them
+        instruction = None
+        max_length = 8192
+
+        def score_pairs(self, triples, normalize=True):
+            return [
+                -1.0 - 0.1 * n if doc.startswith("wing") else 1.0 + 0.1 * n for n, (_, doc, _) in enumerate(triples)
+            ]
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: AntiCorrelated())
+    rows = [
+        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)
+    ]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    out = tmp_path / "out"
+    argv = ["calibrate", "--model", "m", "--data", str(data), "--out", str(out), "--apply", str(target)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "tuner calibrate: error: calibration not applied: the fit is degenerate (the temperature reached" in err
+    assert "pass --force to apply it anyway" in err and str(out) in err
+    assert json.loads((target / "tuner.json").read_text()) == {"instruction": "keep me"}  # untouched
+    summary = json.loads((out / "calibration.json").read_text())  # nothing lost: the report is there
+    assert summary["applied_to"] is None and "reached its bound" in summary["warnings"][0]
+    assert "> **Not applied:** the fit is degenerate" in (out / "report.md").read_text()
+    assert main([*argv, "--force"]) == 0
+    assert json.loads((target / "tuner.json").read_text())["calibration"]["temperature"] == summary["temperature"]

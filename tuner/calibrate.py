@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ECE_BINS",
     "MIN_PAIRS_PER_LABEL",
+    "DegenerateFitError",
     "apply_calibration",
     "calibration_metrics",
     "expected_calibration_error",
     "fit_platt",
     "fit_warnings",
+    "is_degenerate",
     "labeled_pairs",
     "log_loss",
     "plot_reliability",
@@ -175,6 +177,15 @@ def _cross_validated(logits: np.ndarray, labels: np.ndarray, folds: int, seed: i
     }
 
 
+class DegenerateFitError(ValueError):
+    """`--apply` refused: the fit gives nearly the same probability to every pair (the report was written)."""
+
+
+def is_degenerate(temperature: float) -> bool:
+    """Whether the slope stopped at its bound: the logits do not separate the labels, every probability is ~equal."""
+    return temperature >= 0.999 / MIN_SLOPE
+
+
 # ------------------------------------------------------------------------------------------------- data
 def labeled_pairs(groups) -> list[tuple[str, Any, str | None, int]]:
     """(query, document, instruction, label) from `Group`s: positives → 1, negatives → 0."""
@@ -237,7 +248,7 @@ def fit_warnings(positives: int, negatives: int, temperature: float) -> list[str
             f"only {fewest} {label} pair{'s' if fewest != 1 else ''}: the fit is rough; use at least "
             f"{MIN_PAIRS_PER_LABEL} of each label (a few hundred is better)"
         )
-    if temperature >= 0.999 / MIN_SLOPE:
+    if is_degenerate(temperature):
         out.append(
             f"the temperature reached its bound ({1 / MIN_SLOPE:g}): on these pairs the logits do not separate the "
             "labels, so the calibrated probability is nearly the same for every pair"
@@ -260,6 +271,7 @@ def _render(summary: dict[str, Any]) -> str:
         f"and a {summary['calibration']['max_length']}-token budget (a pair's own instruction, if any, wins).",
         "",
         *[f"> **Warning:** {w}\n" for w in summary.get("warnings") or []],
+        *([f"> **Not applied:** {summary['apply_refused']}\n"] if summary.get("apply_refused") else []),
         "| | ECE (15 equal-width bins) | log loss | Brier |",
         "|---|---|---|---|",
         f"| before: sigmoid(logit) | {b['ece']:.4f} | {b['log_loss']:.4f} | {b['brier']:.4f} |",
@@ -290,6 +302,7 @@ def run_calibrate(
     apply: str | Path | None = None,
     options: ModelOptions | None = None,
     seed: int = 0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Score labeled dev pairs, fit Platt scaling, write `calibration.json`, `report.md`, `reliability.png`.
 
@@ -302,10 +315,15 @@ def run_calibrate(
         apply: adapter or export directory whose `tuner.json` gets `calibration = {"temperature", "bias",
             "instruction", "max_length"}` (the default instruction and the token budget the pairs were scored with).
         seed: fold assignment of the cross-validated estimate.
+        force: apply a degenerate fit too (see `is_degenerate`), which is refused otherwise.
         options: how the model loads (device, dtype, budgets, fast paths; see `tuner.eval_run.ModelOptions`).
 
     Returns:
         The content of `calibration.json`.
+
+    Raises:
+        DegenerateFitError: `apply` was given, the fit is degenerate and `force` is not set; nothing was applied,
+            and the report was written to `out_dir` all the same.
     """
     from tuner.data import load_groups
     from tuner.eval_run import load_reranker
@@ -367,7 +385,15 @@ def run_calibrate(
     if not (math.isfinite(temperature) and math.isfinite(bias)):
         raise ValueError(f"calibration fit diverged (temperature {temperature}, bias {bias})")
     summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature)
-    if apply is not None:
+    summary["apply_refused"] = None
+    if apply is not None and is_degenerate(temperature) and not force:
+        # Served scores would all be ~the same probability (e.g. 0.25 ± 2e-7): thresholds on them mean nothing.
+        summary["apply_refused"] = (
+            f"the fit is degenerate (the temperature reached its bound {1 / MIN_SLOPE:g}; calibrated probabilities "
+            f"range only from {after_probs.min():.6g} to {after_probs.max():.6g}), so --apply {apply} was refused "
+            "and its tuner.json left unchanged; pass --force to apply it anyway"
+        )
+    elif apply is not None:
         written = apply_meta(apply, {"calibration": summary["calibration"]}, on_warning=summary["warnings"].append)
         summary["applied_to"] = [str(p) for p in written]
     out = Path(out_dir)
@@ -375,4 +401,6 @@ def run_calibrate(
     summary["seconds"] = round(time.perf_counter() - start, 3)
     atomic_write(out / "calibration.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write(out / "report.md", _render(summary))
+    if summary["apply_refused"]:
+        raise DegenerateFitError(f"calibration not applied: {summary['apply_refused']} (report in {out})")
     return summary

@@ -203,6 +203,11 @@ def add_calibrate(sub) -> None:
     p.add_argument("--split", help="file stem when --data is a folder (default train)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--apply", metavar="DIR", help="store {temperature, bias} in this adapter/export dir's tuner.json")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="--apply even a degenerate fit (temperature at its bound: nearly the same probability for every pair)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default 0)")
     p.set_defaults(func=_run_calibrate)
 
@@ -212,7 +217,14 @@ def _run_calibrate(args) -> int:
 
     _check_apply(args)
     summary = run_calibrate(
-        args.model, args.data, args.out, split=args.split, apply=args.apply, seed=args.seed, **_model_options(args)
+        args.model,
+        args.data,
+        args.out,
+        split=args.split,
+        apply=args.apply,
+        seed=args.seed,
+        force=args.force,
+        **_model_options(args),
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8").split("\n![")[0].rstrip())
     for warning in summary.get("warnings") or []:
