@@ -214,6 +214,24 @@ def test_document_rendering():
         contract.document_text(3)
 
 
+def test_a_mapping_without_text_is_refused_not_scored_as_empty():
+    """`{"document": ...}` is the CLI's --documents form and reads the same here; a mapping with none of the known
+    keys (it used to render as "", scored like an empty document) is an error that names the keys it has."""
+    assert contract.document_text({"document": "wing lift"}) == "wing lift"
+    assert contract.document_text({"document": {"title": "T", "text": "body"}}) == "T body"
+    # a title alone is a document (BEIR's `title + " " + text`, unchanged)
+    assert contract.document_text({"title": "Only a title"}) == "Only a title "
+    assert contract.document_text({"title": "T", "text": None}) == "T "
+    with pytest.raises(TypeError, match=r"no 'text'.*got keys 'content', 'id'"):
+        contract.document_text({"content": "wing lift", "id": 3})
+    with pytest.raises(TypeError, match=r"no 'text'.*got keys \(none\)"):
+        contract.document_text({})
+    with pytest.raises(TypeError, match=r"'document'.*string or a \{'title', 'text'\} mapping"):
+        contract.document_text({"document": {"document": "nested twice"}})
+    with pytest.raises(TypeError, match=r"'text' must be a string, got int"):
+        contract.document_text({"text": 5})
+
+
 def test_prefix_and_score_helpers():
     assert PREFIX.startswith("<|im_start|>system\n")
     assert contract.score_from_logit(0.0) == 0.5

@@ -326,6 +326,18 @@ def test_a_lone_string_is_not_taken_for_a_list_of_documents(tiny_reranker):
         tiny_reranker.score_pairs([(None, "d")])
 
 
+def test_a_document_mapping_without_text_is_refused_naming_the_pair(tiny_reranker):
+    # it used to score as "" (the same logit as an empty document); the CLI's {"document": ...} form is accepted
+    with pytest.raises(TypeError, match=r"document 1: .*got keys 'content'"):
+        tiny_reranker.score("wing", ["wing lift", {"content": "wing lift and drag"}])
+    with pytest.raises(TypeError, match=r"pair 0: .*got keys 'body'"):
+        tiny_reranker.score_pairs([("wing", {"body": "x"})])
+    with pytest.raises(TypeError, match=r"document 0: "):
+        tiny_reranker.rank("wing", [{"content": "x"}])
+    wrapped = tiny_reranker.score("wing", [{"document": "wing lift ..."}, {"document": {"text": "wing lift ..."}}])
+    assert wrapped == tiny_reranker.score("wing", ["wing lift ...", "wing lift ..."])
+
+
 def test_rank_takes_any_iterable_and_reads_top_k_as_the_server_does(tiny_reranker):
     docs = ["alpha beta", "gamma delta", "epsilon"]
     full = tiny_reranker.rank("query", docs)

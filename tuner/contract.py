@@ -95,15 +95,48 @@ def yes_no_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+DOCUMENT_KEYS = ("title", "text")
+
+
 def document_text(document: Document) -> str:
-    """Render a document given as a string or as `{"title", "text"}` (BEIR style: `title + " " + text`)."""
+    """Render a document given as a string or as `{"title", "text"}` (BEIR style: `title + " " + text`).
+
+    `{"document": <string or {"title", "text"}>}` reads as its inner document, as the CLI's `--documents` does.
+    A mapping with neither "text" nor "title" is a `TypeError` naming its keys: read as "", it would be scored
+    silently as an empty document (e.g. `{"content": ...}` from another library's schema).
+    """
     if isinstance(document, str):
         return document
     if isinstance(document, Mapping):
-        title = str(document.get("title") or "").strip()
-        text = str(document.get("text") or "")
+        if not any(key in document for key in DOCUMENT_KEYS) and "document" in document:
+            inner = document["document"]
+            # one level only: the wrapper is a row's field, not a recursive format
+            if isinstance(inner, str) or (isinstance(inner, Mapping) and "document" not in inner):
+                return document_text(inner)
+            raise TypeError(
+                f"a document's 'document' field must be a string or a {{'title', 'text'}} mapping, "
+                f"got {_describe(inner)}"
+            )
+        if not any(key in document for key in DOCUMENT_KEYS):
+            keys = ", ".join(repr(k) for k in document) or "(none)"
+            raise TypeError(
+                f"a document mapping has no 'text' (or 'title') field, nor a 'document' one: got keys {keys}"
+            )
+        for key in DOCUMENT_KEYS:
+            # str() would render 5 as "5" and a list as its repr: not text anyone meant to score
+            if document.get(key) is not None and not isinstance(document[key], str):
+                raise TypeError(f"a document's {key!r} must be a string, got {type(document[key]).__name__}")
+        title = (document.get("title") or "").strip()
+        text = document.get("text") or ""
         return f"{title} {text}" if title else text
     raise TypeError(f"a document must be a string or a {{'title', 'text'}} mapping, got {type(document).__name__}")
+
+
+def _describe(value: Any) -> str:
+    """`a dict with keys 'document'`, or the type's name: for errors about a document's shape."""
+    if isinstance(value, Mapping):
+        return f"a mapping with keys {', '.join(repr(k) for k in value) or '(none)'}"
+    return type(value).__name__
 
 
 def _raise_unencodable(triples: Sequence[tuple[str, Document, str | None]]) -> None:

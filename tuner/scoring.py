@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, prepare_tokenizer, score_from_logit
+from tuner.contract import (
+    DEFAULT_MAX_LENGTH,
+    Document,
+    PromptEncoder,
+    document_text,
+    prepare_tokenizer,
+    score_from_logit,
+)
 from tuner.head import collate, head_vector, to_device, unwrap_backbone, yes_no_logits
 from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
 from tuner.modeling import compile_layers
@@ -408,6 +415,7 @@ class Reranker:
                 raise ValueError(f"pair {n}: expected (query, document[, instruction]), got {len(pair)} items")
             if not isinstance(pair[0], str):
                 raise TypeError(f"pair {n}: the query must be a string, got {type(pair[0]).__name__}")
+            _check_document(pair[1], f"pair {n}")
             inst = (
                 pair[2]
                 if len(pair) == 3
@@ -427,6 +435,8 @@ class Reranker:
     ) -> list[float]:
         """Scores of `documents` for one query, in input order (probabilities, or logits if not normalize)."""
         documents = _document_list(query, documents)
+        for n, document in enumerate(documents):
+            _check_document(document, f"document {n}")
         return self.score_pairs([(query, d) for d in documents], instruction=instruction, normalize=normalize)
 
     def rank(
@@ -450,6 +460,14 @@ class Reranker:
         if not return_documents:
             return [{"index": i, "score": scores[i]} for i in order]
         return [{"index": i, "score": scores[i], "document": documents[i]} for i in order]
+
+
+def _check_document(document: Any, where: str) -> None:
+    """`document_text`'s refusal (a mapping without text, a non-string field) with the pair or document it is."""
+    try:
+        document_text(document)
+    except TypeError as err:
+        raise TypeError(f"{where}: {err}") from None
 
 
 def _document_list(query: Any, documents: Any) -> list:
