@@ -338,6 +338,35 @@ def test_a_document_mapping_without_text_is_refused_naming_the_pair(tiny_reranke
     assert wrapped == tiny_reranker.score("wing", ["wing lift ...", "wing lift ..."])
 
 
+def test_a_none_instruction_in_a_triple_falls_back_to_the_calls_then_the_models(tiny_reranker):
+    pair = ("what produces lift?", "Lift comes from the pressure difference.")
+    call_level = tiny_reranker.score_pairs([pair], instruction="X", normalize=False)
+    default = tiny_reranker.score_pairs([pair], normalize=False)
+    assert call_level != pytest.approx(default, abs=1e-6)
+    # an explicit None means "no per-pair instruction": the call's (it used to be the default, ignoring "X")
+    assert tiny_reranker.score_pairs([(*pair, None)], instruction="X", normalize=False) == call_level
+    assert tiny_reranker.score_pairs([(*pair, None)], instruction=["X"], normalize=False) == call_level
+    assert tiny_reranker.score_pairs([(*pair, None)], normalize=False) == default
+    assert tiny_reranker.score_pairs([(*pair, "X")], instruction="Y", normalize=False) == call_level
+    # score and rank read their instruction the same way
+    assert tiny_reranker.score(pair[0], [pair[1]], instruction="X", normalize=False) == call_level
+    assert tiny_reranker.rank(pair[0], [pair[1]], instruction="X")[0]["score"] == pytest.approx(
+        tiny_reranker.score_pairs([pair], instruction="X")[0]
+    )
+
+
+def test_a_non_string_instruction_is_refused_naming_the_pair(tiny_reranker):
+    # it used to be formatted into the prompt as "5"
+    with pytest.raises(TypeError, match=r"pair 1: the instruction must be a string or None, got int"):
+        tiny_reranker.score_pairs([("q", "d"), ("q", "d", 5)])
+    with pytest.raises(TypeError, match=r"pair 0: the instruction must be a string or None, got int"):
+        tiny_reranker.score_pairs([("q", "d")], instruction=[5])
+    with pytest.raises(TypeError, match=r"the instruction must be a string or None, got int"):
+        tiny_reranker.score("q", ["d"], instruction=5)
+    with pytest.raises(TypeError, match=r"the instruction must be a string or None, got int"):
+        tiny_reranker.rank("q", ["d"], instruction=5)
+
+
 def test_rank_takes_any_iterable_and_reads_top_k_as_the_server_does(tiny_reranker):
     docs = ["alpha beta", "gamma delta", "epsilon"]
     full = tiny_reranker.rank("query", docs)

@@ -394,8 +394,10 @@ class Reranker:
         """Score many (query, document) or (query, document, instruction) pairs at once.
 
         Args:
-            pairs: tuples; a third element overrides the instruction for that pair.
-            instruction: one instruction for all pairs, or one per pair; `None` → the default.
+            pairs: tuples; a third element (a string) overrides the instruction for that pair; `None` there is the
+                same as no third element.
+            instruction: one instruction for all pairs, or one per pair; `None` → the model's default (its
+                tuner.json's, else the contract's). `""` means no instruction at all.
             normalize: probabilities (sigmoid of the logit) if True, raw yes−no logits if False.
         """
         if isinstance(pairs, (str, bytes, Mapping)):
@@ -416,11 +418,14 @@ class Reranker:
             if not isinstance(pair[0], str):
                 raise TypeError(f"pair {n}: the query must be a string, got {type(pair[0]).__name__}")
             _check_document(pair[1], f"pair {n}")
-            inst = (
-                pair[2]
-                if len(pair) == 3
-                else (instruction[n] if isinstance(instruction, (list, tuple)) else instruction)
-            )
+            # precedence: the pair's own instruction, else the call's, else (None) the model's default; an explicit
+            # None in a triple means "no per-pair instruction", not "the model's default over the call's"
+            inst = pair[2] if len(pair) == 3 else None
+            if inst is None:
+                inst = instruction[n] if isinstance(instruction, (list, tuple)) else instruction
+            if inst is not None and not isinstance(inst, str):
+                # str.format would put 5 (or a list's repr) into the prompt as text
+                raise TypeError(f"pair {n}: the instruction must be a string or None, got {type(inst).__name__}")
             triples.append((pair[0], pair[1], inst))
         groups = prefix_groups([(query, inst) for query, _, inst in triples]) if self.prefix_reuse else None
         logits = self.logits_for_ids(self.encode(triples), groups=groups)
