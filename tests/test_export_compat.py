@@ -94,6 +94,25 @@ def test_sentence_transformers_cross_encoder_scores_equal_ours(exports, ours, fm
     assert probs == pytest.approx(torch.sigmoid(torch.tensor(st[:2])).tolist(), abs=1e-6)
 
 
+@pytest.mark.parametrize("fmt", ["merged", "seq-cls"])
+def test_sentence_transformers_without_max_length_cuts_where_tuner_does(exports, fmt):
+    """Without `max_length=`, sentence-transformers reads the tokenizer's model_max_length (capped by the config's
+    max_position_embeddings, 40960): the export records tuner.json's max_length there, so a document longer than it
+    is cut at the same place as tuner cuts it, and vLLM's context (max_position_embeddings) is left as it was."""
+    from sentence_transformers import CrossEncoder
+
+    meta = json.loads((exports / fmt / "tuner.json").read_text())
+    assert json.loads((exports / fmt / "tokenizer_config.json").read_text())["model_max_length"] == meta["max_length"]
+    assert json.loads((exports / fmt / "config.json").read_text())["max_position_embeddings"] == 40960
+    model = CrossEncoder(str(exports / fmt), device="cpu")
+    assert model.max_seq_length == meta["max_length"] == 512
+    reranker = Reranker.from_pretrained(exports / fmt, device="cpu", dtype="float32")
+    pairs = [("what produces lift on a wing?", LONG * 3), PAIRS[0]]
+    assert len(reranker.encode([(*pairs[0], None)])[0]) == 512  # the long document is cut
+    st = model.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+    assert st == pytest.approx(reranker.score_pairs(pairs, normalize=False), abs=1e-4)
+
+
 def test_chat_template_renders_the_contract_prompt_bit_for_bit(exports, tokenizer):
     from transformers import AutoTokenizer
 

@@ -136,6 +136,23 @@ def save_model(model, path: Path, max_shard_size: int | str) -> None:
     model.save_pretrained(path, safe_serialization=True, max_shard_size=max_shard_size)
 
 
+def save_tokenizer(tokenizer, path: Path, max_length: int) -> None:
+    """Write the tokenizer with `model_max_length = max_length` (the shared tokenizer object is left as it was).
+
+    sentence-transformers' CrossEncoder, loaded without `max_length=`, truncates at the tokenizer's
+    `model_max_length` (tokenizer_config.json; Qwen3's is 131072) capped by config.json's `max_position_embeddings`
+    (40960): without this, a long document would be cut at 40960 tokens there and at tuner.json's `max_length` in
+    tuner. config.json keeps `max_position_embeddings`: vLLM sizes its context from it (the card passes
+    `--max-model-len` for the budget).
+    """
+    saved = tokenizer.model_max_length
+    tokenizer.model_max_length = max_length
+    try:
+        tokenizer.save_pretrained(path)
+    finally:
+        tokenizer.model_max_length = saved
+
+
 def _export_meta(meta: dict[str, Any], fmt: str, base: str, dtype: str, encoder: PromptEncoder) -> dict[str, Any]:
     from tuner import __version__
 
@@ -258,7 +275,7 @@ def export(
         # 2. Write. The adapter first (merging consumes the PEFT model), then merged, then seq-cls from it.
         if "adapter" in dirs:
             model.save_pretrained(dirs["adapter"], safe_serialization=True)
-            tokenizer.save_pretrained(dirs["adapter"])
+            save_tokenizer(tokenizer, dirs["adapter"], encoder.max_length)
         if "merged" in dirs or "seq-cls" in dirs:
             merged = model.merge_and_unload()
             merged.config.architectures = ["Qwen3ForCausalLM"]
@@ -270,7 +287,7 @@ def export(
             merged.to(torch_dtype)
             if "merged" in dirs:
                 save_model(merged, dirs["merged"], max_shard_size)
-                tokenizer.save_pretrained(dirs["merged"])
+                save_tokenizer(tokenizer, dirs["merged"], encoder.max_length)
             if "seq-cls" in dirs:
                 config = copy.deepcopy(merged.config)
                 config.architectures = ["Qwen3ForSequenceClassification"]
@@ -284,7 +301,7 @@ def export(
                 with torch.no_grad():
                     seq.score.weight.copy_(head.unsqueeze(0).to(torch_dtype))
                 save_model(seq, dirs["seq-cls"], max_shard_size)
-                tokenizer.save_pretrained(dirs["seq-cls"])
+                save_tokenizer(tokenizer, dirs["seq-cls"], encoder.max_length)
             del merged
         del model, scorer
         for fmt, path in dirs.items():
