@@ -1,10 +1,12 @@
 """Export a trained adapter as adapter / merged / seq-cls checkpoints that score identically, proven at export.
 
-Flow (`export`): load the base in fp32 with the adapter (the training-time scorer), score a probe set, write every
-requested format into a temporary directory next to the destination, load each one back fresh and score the
-probes again; if any format is further than the tolerance from the training-time logits, or the chat template
-does not render the contract's prompt, the temporary directory is deleted and `ParityError` is raised. Only a
-passing export is renamed into place, with its parity figures in `tuner.json` and its model card.
+Flow (`export`): load the base in fp32 with the adapter (the training-time scorer), score a probe set, merge and
+score the merged model in memory (fp32, then with its weights rounded to the export's dtype), write every requested
+format into a temporary directory next to the destination, load each one back fresh in fp32 and score the probes
+again. Each loaded-back format must equal, to fp32 precision, the in-memory weights it was written from, and those
+must be within the dtype's tolerance of the training-time logits; if not, or if the chat template does not render
+the contract's prompt, the temporary directory is deleted and `ParityError` is raised. Only a passing export is
+renamed into place, with its parity figures in `tuner.json` and its model card.
 
 Imports torch, transformers and peft only (no training-only packages).
 """
@@ -31,12 +33,20 @@ from tuner.scoring import TUNER_META, Reranker, read_meta
 log = logging.getLogger(__name__)
 
 FORMATS = ("adapter", "merged", "seq-cls")
-# Max |Δ logit| allowed between the training-time scorer (fp32) and a loaded-back export.
-# fp32: only summation-order noise remains (measured ~1e-6 on the tiny model).
-# bf16: the weights themselves are rounded to 8 mantissa bits, so logits move by a fraction of their size; the
-# gate allows 0.05 + 5% of |logit|, which catches a wrong head, a lost adapter or a corrupted layer (those
-# move logits by whole units) while passing honest bf16 rounding.
+# Max |Δ logit| (atol + rtol·|logit|) allowed by the gate; every figure is computed in fp32 (bf16 weights upcast
+# exactly), so that the gate measures what the export did to the weights, never bf16 inference noise (bf16
+# activations moved a trained tiny run's logits by up to 0.36 with every format intact, adapter included).
+# float32: only summation-order noise (measured ~1e-6 on the tiny model). It is the tolerance of every comparison
+# between two copies of the same weights: the merge against the PEFT model, and each loaded-back format against
+# the in-memory weights it was written from (the adapter's weights are never cast, so it is held to this too).
+# bfloat16: only for the step that changes the weights, rounding them to 8 significant bits (relative error
+# <= 2^-9 per weight, independent across weights, so it largely averages out in each dot product): on the trained
+# tiny run it moved logits by at most 0.026 (0.032 for seq-cls, whose w_yes − w_no head is rounded too), against a
+# tolerance of 0.05 + 5% of |logit| (0.10 to 0.72 there).
+# A wrong head, a lost adapter or a corrupted layer moves logits by whole units, and any damage done on writing or
+# loading is caught by the exact (float32) comparisons.
 TOLERANCE = {"float32": (1e-4, 0.0), "bfloat16": (5e-2, 5e-2)}
+EXACT = "float32"  # the dtype whose tolerance compares two copies of the same weights
 PROBE_MAX_LENGTH = 192  # small, so that the long probe document is truncated and the check stays cheap
 VLLM_OVERRIDES = {
     "architectures": ["Qwen3ForSequenceClassification"],
@@ -200,15 +210,36 @@ def _probe_logits(reranker: Reranker) -> list[float]:
     return reranker.score_pairs(PROBES, normalize=False)
 
 
-def _compare(name: str, got: Sequence[float], ref: Sequence[float], dtype: str) -> dict[str, Any]:
+def _compare(got: Sequence[float], ref: Sequence[float], dtype: str, compared_with: str) -> dict[str, Any]:
+    """One gate row: `got` against `ref` under `dtype`'s tolerance (`compared_with` names `ref` in the report)."""
     deltas = [abs(a - b) for a, b in zip(got, ref, strict=True)]
     worst = max(range(len(deltas)), key=lambda i: deltas[i] - tolerance_for(dtype, ref[i]))
     return {
         "max_abs_logit_delta": max(deltas),
         "passed": all(d <= tolerance_for(dtype, r) for d, r in zip(deltas, ref, strict=True)),
         "worst_probe": worst,
+        "compared_with": compared_with,
+        "tolerance": dtype,
         "logits": [round(x, 6) for x in got],
     }
+
+
+def _tolerance_text(dtype: str) -> str:
+    atol, rtol = TOLERANCE[dtype]
+    return f"{atol:g}" + (f" + {rtol:g}·|logit|" if rtol else "")
+
+
+def _in_memory_scorer(model: torch.nn.Module, tokenizer, instruction: str | None) -> Reranker:
+    """The probes' scorer for a model still in memory (as the training-time scorer is built)."""
+    return Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
+
+
+def _round_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round every parameter to `dtype` in place, keeping its storage dtype (fp32): the model then holds exactly
+    the values an export in `dtype` stores, and can still be scored in fp32."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(param.to(dtype).to(param.dtype))
 
 
 def export(
@@ -227,7 +258,7 @@ def export(
         source: a training run directory (its `adapter/` is used) or an adapter directory.
         out: destination. One format → the export itself; several → one subdirectory per format.
         formats: any of "adapter", "merged", "seq-cls".
-        dtype: weights of merged / seq-cls exports and the dtype they are checked in ("float32" or "bfloat16").
+        dtype: weights of merged / seq-cls exports ("float32" or "bfloat16"); every format is checked in fp32.
         device: where to merge and score (default: cuda if available).
         base_model: override the base recorded in the run.
         max_shard_size: safetensors shard size for merged / seq-cls.
@@ -268,6 +299,9 @@ def export(
     template = build_chat_template(instruction)
     tokenizer.chat_template = template
 
+    in_memory: dict[str, dict[str, Any]] = {}  # gate rows of the in-memory merged / seq-cls models
+    expected = {"adapter": reference}  # what each loaded-back format must score (fp32 tolerance)
+
     # everything is written into a temporary folder that replaces `out` only when the parity gate passed (a
     # failure leaves no export and the previous one, if any); safetensors' private files get open()'s mode
     with atomic_dir(out) as tmp:
@@ -284,10 +318,17 @@ def export(
                 merged.config.tie_word_embeddings = False  # a trained head (modules_to_save) must not be re-tied
             # w_yes − w_no from the fp32 merged head, before any cast (the seq-cls head and the card's math).
             head = (lm_head.weight[encoder.yes_id].float() - lm_head.weight[encoder.no_id].float()).detach().clone()
-            merged.to(torch_dtype)
-            if "merged" in dirs:
-                save_model(merged, dirs["merged"], max_shard_size)
-                save_tokenizer(tokenizer, dirs["merged"], encoder.max_length)
+            # the merge is exact arithmetic on fp32 weights: checked at fp32 precision, before any rounding
+            merged_logits = _probe_logits(_in_memory_scorer(merged, tokenizer, instruction))
+            in_memory["merged"] = _compare(merged_logits, reference, EXACT, "reference")
+            if torch_dtype != torch.float32:
+                _round_weights(merged, torch_dtype)
+                merged_logits = _probe_logits(_in_memory_scorer(merged, tokenizer, instruction))
+                in_memory[f"merged, weights rounded to {dtype}"] = _compare(
+                    merged_logits, reference, dtype, "reference"
+                )
+            expected["merged"] = expected["merged (model-card code)"] = merged_logits
+            seq = None
             if "seq-cls" in dirs:
                 config = copy.deepcopy(merged.config)
                 config.architectures = ["Qwen3ForSequenceClassification"]
@@ -295,14 +336,22 @@ def export(
                 # Qwen3ForSequenceClassification finds each row's last real token through the pad id
                 config.pad_token_id = tokenizer.pad_token_id
                 with torch.device("meta"):
-                    seq = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
+                    seq = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
                 seq.model = merged.model
-                seq.score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=head.device, dtype=torch_dtype)
-                with torch.no_grad():
-                    seq.score.weight.copy_(head.unsqueeze(0).to(torch_dtype))
+                seq.score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=head.device)
+                with torch.no_grad():  # the head as stored: rounded to the export's dtype, held in fp32
+                    seq.score.weight.copy_(head.unsqueeze(0).to(torch_dtype).float())
+                expected["seq-cls"] = _probe_logits(_in_memory_scorer(seq, tokenizer, instruction))
+                in_memory["seq-cls"] = _compare(expected["seq-cls"], reference, dtype, "reference")
+            merged.to(torch_dtype)  # lossless once rounded; shared with seq.model
+            if "merged" in dirs:
+                save_model(merged, dirs["merged"], max_shard_size)
+                save_tokenizer(tokenizer, dirs["merged"], encoder.max_length)
+            if seq is not None:
+                seq.to(torch_dtype)
                 save_model(seq, dirs["seq-cls"], max_shard_size)
                 save_tokenizer(tokenizer, dirs["seq-cls"], encoder.max_length)
-            del merged
+            del merged, seq
         del model, scorer
         for fmt, path in dirs.items():
             _write_json(path / TUNER_META, _export_meta(meta, fmt, base, dtype, encoder))
@@ -310,22 +359,31 @@ def export(
                 (path / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
             (path / "chat_template.jinja").write_text(template, encoding="utf-8")
 
-        # 3. Load every format back fresh and score the probes again.
+        # 3. Load every format back fresh, in fp32 (a bf16 checkpoint is upcast exactly: the figures measure the
+        # stored weights, not bf16 arithmetic), and score the probes again.
         report: dict[str, Any] = {
             "reference": "in-memory PEFT model, fp32, tuner Reranker",
             "dtype": dtype,
+            "loaded_back_in": "float32",
             "device": str(dev),
             "tolerance": {"atol": TOLERANCE[dtype][0], "rtol": TOLERANCE[dtype][1]},
+            "exact_tolerance": {"atol": TOLERANCE[EXACT][0], "rtol": TOLERANCE[EXACT][1]},
             "probe_max_length": PROBE_MAX_LENGTH,
             "probes": len(PROBES),
             "reference_logits": [round(x, 6) for x in reference],
+            "in_memory": in_memory,
             "formats": {},
         }
+
+        def check(fmt: str, logits: list[float]) -> dict[str, Any]:
+            source = "reference" if fmt == "adapter" else f"in-memory {fmt.split(' ')[0]}"
+            return _compare(logits, expected[fmt], EXACT, source)
+
         for fmt, path in dirs.items():
             loaded = Reranker.from_pretrained(
-                path, device=dev, dtype=torch_dtype, max_length=PROBE_MAX_LENGTH, show_progress=False
+                path, device=dev, dtype=torch.float32, max_length=PROBE_MAX_LENGTH, show_progress=False
             )
-            report["formats"][fmt] = _compare(fmt, _probe_logits(loaded), reference, dtype)
+            report["formats"][fmt] = check(fmt, _probe_logits(loaded))
             if fmt == "merged":
                 from tuner.reference import reference_scores
 
@@ -337,21 +395,25 @@ def export(
                     batch_size=2,  # full-vocabulary logits: keep the [batch, seq, 151669] tensor small
                     return_logits=True,
                 )
-                report["formats"]["merged (model-card code)"] = _compare("card", card, reference, dtype)
+                report["formats"]["merged (model-card code)"] = check("merged (model-card code)", card)
             del loaded
         report["template"] = check_template(tokenizer, template, instruction)
-        failed = [f for f, r in report["formats"].items() if not r["passed"]]
+        rows = {**{f"{name} (in memory)": row for name, row in in_memory.items()}, **report["formats"]}
+        failed = [f for f, r in rows.items() if not r["passed"]]
         bad_template = report["template"]["prompt_strings_equal"] != len(PROBES) or (
             report["template"]["token_ids_equal"] != len(PROBES)
         )
         report["passed"] = not failed and not bad_template
         if not report["passed"]:
-            details = ", ".join(f"{f}: max |Δ logit| {report['formats'][f]['max_abs_logit_delta']:.3g}" for f in failed)
+            details = ", ".join(
+                f"{f}: max |Δ logit| {rows[f]['max_abs_logit_delta']:.3g} from the {rows[f]['compared_with']} "
+                f"(tolerance {_tolerance_text(rows[f]['tolerance'])})"
+                for f in failed
+            )
             if bad_template:
                 details += f"; chat template matched {report['template']} of {len(PROBES)} probes"
             raise ParityError(
-                f"parity gate failed ({dtype}, tolerance {TOLERANCE[dtype][0]:g} + {TOLERANCE[dtype][1]:g}·|logit|): "
-                f"{details.strip(', ')}; nothing was written to {out}"
+                f"parity gate failed ({dtype}, logits in fp32): {details.strip(', ')}; nothing was written to {out}"
             )
 
         # 4. Record the figures and the model card, then move the export into place in one rename.

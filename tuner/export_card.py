@@ -72,8 +72,27 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _parity_text(parity: dict[str, Any]) -> str:
+    tolerance = f"{parity['tolerance']['atol']:g} + {parity['tolerance']['rtol']:g}·|logit|"
+    head = (
+        f"{parity['probes']} probe pairs (a truncated document, non-English text, custom and empty instructions)"
+        f" scored by the training-time scorer ({parity['reference']}) and by each format written"
+    )
+    if "loaded_back_in" not in parity:  # an export made before the gate compared in fp32
+        return f"{head}, loaded back in {parity['dtype']}; tolerance {tolerance}."
+    exact = parity["exact_tolerance"]["atol"]
+    return (
+        f"{head}, loaded back in {parity['loaded_back_in']} (stored weights upcast exactly), all in fp32. Each format "
+        f"must equal the in-memory weights it was written from (tolerance {exact:g}), and the merge must equal the "
+        f"training-time scorer (tolerance {exact:g}); the weights in {parity['dtype']} may differ from it by "
+        f"{tolerance if parity['dtype'] != 'float32' else f'{exact:g}'}."
+    )
+
+
 def _parity_table(parity: dict[str, Any]) -> str:
-    lines = ["| format (loaded back fresh) | max abs logit delta | passed |", "|---|---|---|"]
+    lines = ["| format (loaded back fresh) or in-memory model | max abs logit delta | passed |", "|---|---|---|"]
+    for name, row in parity.get("in_memory", {}).items():
+        lines.append(f"| {name} (in memory) | {row['max_abs_logit_delta']:.2e} | {'yes' if row['passed'] else 'NO'} |")
     for name, row in parity.get("formats", {}).items():
         lines.append(f"| {name} | {row['max_abs_logit_delta']:.2e} | {'yes' if row['passed'] else 'NO'} |")
     template = parity.get("template", {})
@@ -169,10 +188,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             "",
             "## Parity (checked at export)",
             "",
-            f"{parity['probes']} probe pairs (a truncated document, non-English text, custom and empty instructions)"
-            f" scored by the training-time scorer ({parity['reference']}) and by each format written, loaded back "
-            f"in {parity['dtype']}; tolerance {parity['tolerance']['atol']:g} + {parity['tolerance']['rtol']:g}"
-            "·|logit|.",
+            _parity_text(parity),
             "",
             _parity_table(parity),
         ]
