@@ -25,7 +25,7 @@ import torch
 
 from tuner.chat_template import build_chat_template, pair_messages
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
-from tuner.export_card import model_card
+from tuner.export_card import gate_rows, model_card
 from tuner.files import atomic_dir
 from tuner.loading import _check_reachable, check_recorded_base, load_adapter, resolve_device
 from tuner.scoring import TUNER_META, Reranker, read_meta
@@ -398,7 +398,7 @@ def export(
                 report["formats"]["merged (model-card code)"] = check("merged (model-card code)", card)
             del loaded
         report["template"] = check_template(tokenizer, template, instruction)
-        rows = {**{f"{name} (in memory)": row for name, row in in_memory.items()}, **report["formats"]}
+        rows = gate_rows(report)
         failed = [f for f, r in rows.items() if not r["passed"]]
         bad_template = report["template"]["prompt_strings_equal"] != len(PROBES) or (
             report["template"]["token_ids_equal"] != len(PROBES)

@@ -89,11 +89,16 @@ def _parity_text(parity: dict[str, Any]) -> str:
     )
 
 
+def gate_rows(parity: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every row of a parity report, by name: the in-memory models (`NAME (in memory)`), then the formats loaded
+    back. The gate, `tuner export`'s output and the card all read this one list."""
+    in_memory = {f"{name} (in memory)": row for name, row in parity.get("in_memory", {}).items()}
+    return {**in_memory, **parity.get("formats", {})}
+
+
 def _parity_table(parity: dict[str, Any]) -> str:
     lines = ["| format (loaded back fresh) or in-memory model | max abs logit delta | passed |", "|---|---|---|"]
-    for name, row in parity.get("in_memory", {}).items():
-        lines.append(f"| {name} (in memory) | {row['max_abs_logit_delta']:.2e} | {'yes' if row['passed'] else 'NO'} |")
-    for name, row in parity.get("formats", {}).items():
+    for name, row in gate_rows(parity).items():
         lines.append(f"| {name} | {row['max_abs_logit_delta']:.2e} | {'yes' if row['passed'] else 'NO'} |")
     template = parity.get("template", {})
     if template:

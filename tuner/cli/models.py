@@ -196,8 +196,9 @@ def _run_export(args) -> int:
         return 3
     except FileExistsError as err:
         raise UserError(str(err)) from None
-    rows = {**{f"{name} (in memory)": row for name, row in report.get("in_memory", {}).items()}, **report["formats"]}
-    for name, row in rows.items():
+    from tuner.export_card import gate_rows
+
+    for name, row in gate_rows(report).items():
         print(f"{name:<26} max |Δ logit| {row['max_abs_logit_delta']:.2e}  {'ok' if row['passed'] else 'FAIL'}")
     print(f"parity gate passed ({args.dtype}); wrote {Path(args.out).resolve()}")
     return 0
