@@ -224,11 +224,7 @@ class PromptEncoder:
         self.yes_id, self.no_id = yes_no_ids(self.tokenizer)
         self.prefix_ids: list[int] = self.tokenizer.encode(PREFIX, add_special_tokens=False)
         self.suffix_ids: list[int] = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
-        if self.max_length <= len(self.prefix_ids) + len(self.suffix_ids):
-            raise ValueError(
-                f"max_length={self.max_length} leaves no room for the prompt body "
-                f"(prefix {len(self.prefix_ids)} + suffix {len(self.suffix_ids)} tokens)"
-            )
+        self.budget_for(self.max_length)  # a budget with no room for a body fails here, not at the first pair
 
     @cached_property
     def _backend(self):
@@ -249,6 +245,16 @@ class PromptEncoder:
     def body_budget(self) -> int:
         """Tokens left for the body once prefix and suffix are counted."""
         return self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+
+    def budget_for(self, max_length: int) -> int:
+        """Tokens left for the body under a prompt budget of `max_length`; `ValueError` if there are none."""
+        budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if budget <= 0:
+            raise ValueError(
+                f"max_length {max_length} leaves no room for the prompt body "
+                f"(prefix {len(self.prefix_ids)} + suffix {len(self.suffix_ids)} tokens)"
+            )
+        return budget
 
     def encode(self, query: str, document: Document, instruction: str | None = None) -> list[int]:
         """Token ids of the full prompt (prefix + body + suffix), at most `max_length` long."""
@@ -277,12 +283,7 @@ class PromptEncoder:
                 `max_tokens_per_doc`).
         """
         limit = self.max_length if max_length is None else min(max_length, self.max_length)
-        budget = limit - len(self.prefix_ids) - len(self.suffix_ids)
-        if budget <= 0:
-            raise ValueError(
-                f"max_length {limit} leaves no room for the prompt body "
-                f"(prefix {len(self.prefix_ids)} + suffix {len(self.suffix_ids)} tokens)"
-            )
+        budget = self.budget_for(limit)
         if max_document_tokens is not None and max_document_tokens < 1:
             raise ValueError(f"max_document_tokens must be at least 1, got {max_document_tokens}")
         doc_tokens = budget if max_document_tokens is None else min(budget, max_document_tokens)

@@ -206,11 +206,6 @@ class Batcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="tuner-batcher", daemon=True)
 
-    @property
-    def queued(self) -> int:
-        """Prompts queued or being scored now."""
-        return self._queued
-
     def start(self) -> None:
         self._thread.start()
 
@@ -455,6 +450,10 @@ def create_app(
         if value > reranker.max_length:  # as vLLM refuses one over its max_model_len
             message = f"truncate_prompt_tokens: {value} is over this server's max_length of {reranker.max_length}"
             raise ApiError(400, message, "truncate_prompt_tokens")
+        try:
+            reranker.encoder.budget_for(value)  # named here, before any tokenizing
+        except ValueError as err:
+            raise ApiError(400, f"truncate_prompt_tokens: {err}", "truncate_prompt_tokens") from None
         return value
 
     async def score(
@@ -476,8 +475,6 @@ def create_app(
                 raise ApiError(400, f"truncate_prompt_tokens: {max_length} is too small: {err}", where) from None
             raise ApiError(400, f"{where}: {err}", where) from None
         except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
-            if max_length is not None and "leaves no room" in str(err):
-                raise ApiError(400, f"truncate_prompt_tokens: {err}", "truncate_prompt_tokens") from None
             raise ApiError(400, str(err)) from None
         # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
         keys = [(query, instruction) for query, _, instruction in triples]
