@@ -148,6 +148,21 @@ def test_query_over_budget_names_its_pair(tokenizer):
     assert (info.value.index, info.value.part) == (1, "query")
 
 
+def test_instruction_alone_over_budget_names_the_instruction(tokenizer):
+    """A long query is the query's fault; an instruction over the budget with any query is the instruction's."""
+    enc = PromptEncoder(tokenizer, max_length=100)
+    with pytest.raises(PromptTextError, match="shorten the instruction") as info:
+        enc.encode_many([("short", "doc", None), ("q", "doc", "judge relevance carefully " * 20)])
+    assert (info.value.index, info.value.part) == (1, "instruction")
+    with pytest.raises(PromptTextError, match="shorten the query or instruction") as info:  # default one fits
+        enc.encode_many([("a very long query " * 20, "doc", None)])
+    assert info.value.part == "query"
+    small = PromptEncoder(tokenizer, max_length=60)  # not even the default instruction fits: the budget's fault
+    with pytest.raises(PromptTextError, match="default instruction alone is over it: raise max_length") as info:
+        small.encode_many([("q", "doc", None)])
+    assert info.value.part == "query"
+
+
 def test_query_filling_the_budget_exactly_is_allowed(tokenizer):
     """Only instruction + query + "<Document>:" over the budget is an error; at the budget the document is cut
     to nothing (the space before it merges into the document's first token, which is the document's)."""

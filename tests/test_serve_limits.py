@@ -172,6 +172,7 @@ def test_request_truncation_fields_cut_documents_as_the_reranker_does(client, ti
         ({"truncate_prompt_tokens": 10**6}, "truncate_prompt_tokens", "over this server's max_length"),
         ({"truncate_prompt_tokens": 40}, "truncate_prompt_tokens", "leaves no room"),  # the prefix + suffix alone
         ({"truncate_prompt_tokens": 60}, "query", "truncate_prompt_tokens: 60 is too small"),  # no room for the query
+        ({"truncate_prompt_tokens": 60, "instruction": "judge " * 60}, "instruction", "60 is too small"),
         ({"truncate_prompt_tokens": -2}, "truncate_prompt_tokens", "greater than or equal to -1"),
         ({"max_tokens_per_doc": 0}, "max_tokens_per_doc", "greater than or equal to 1"),
     ],
@@ -181,6 +182,19 @@ def test_bad_truncation_fields_are_named(client, payload, field, says):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == field == error["field"] and error["code"] == 400 and says in error["message"]
+
+
+def test_an_instruction_over_the_budget_is_named(tiny_reranker):
+    long = "judge relevance " * (tiny_reranker.encoder.max_length // 2)
+    with running(create_app(tiny_reranker, model_name="tiny")) as (url, _, _):
+        for path, body in [
+            ("/v1/rerank", {"query": QUERY, "documents": DOCS, "instruction": long}),
+            ("/v1/score", {"queries": QUERY, "documents": DOCS, "instruction": long}),
+        ]:
+            r = httpx.post(f"{url}{path}", json=body, timeout=60)
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["param"] == "instruction" and "shorten the instruction" in error["message"], path
 
 
 def test_optional_fields_sent_as_null_take_their_defaults(client):

@@ -22,6 +22,8 @@ SYSTEM_PROMPT = (
 )
 PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
 BODY_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+# what the body holds between the query and the document (for naming the part that is over a token budget)
+_QUERY_TO_DOCUMENT = BODY_TEMPLATE.split("{query}")[1].split("{document}")[0]
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 # The model card's default instruction (the repository's example class uses another text; the card wins).
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -35,8 +37,9 @@ Document = str | Mapping[str, Any]
 
 
 class PromptTextError(ValueError):
-    """A pair's text cannot be made into a prompt. `index`: the pair; `part`: "query", "document" or "instruction"
-    (the query's for a query + instruction over the token budget), so that a caller can name its own field."""
+    """A pair's text cannot be made into a prompt, so that a caller can name its own field. `index`: the pair;
+    `part`: "query", "document" or "instruction" (for instruction + query over the token budget: "instruction"
+    when a given instruction alone is over it, else "query")."""
 
     def __init__(self, message: str, index: int, part: str) -> None:
         super().__init__(message)
@@ -314,12 +317,21 @@ class PromptEncoder:
                 # space before the document merges into its first token, which is the document's to lose.
                 head = sum(1 for _, end in enc.offsets if end <= doc_start)
                 if head > budget:
+                    query_start = doc_start - len(_QUERY_TO_DOCUMENT) - len(triples[n][0])
+                    alone = sum(1 for _, end in enc.offsets if end <= query_start)
+                    # the instruction's fault when a given one is over the budget without any query; a default one
+                    # over it means the budget is too small for any query (still reported on the query's field)
+                    part, fix = "query", "shorten the query or instruction, or raise max_length"
+                    if alone > budget and triples[n][2] is not None:
+                        part, fix = "instruction", "shorten the instruction, or raise max_length"
+                    elif alone > budget:
+                        fix = "the default instruction alone is over it: raise max_length"
                     raise PromptTextError(
                         f"instruction + query take {head} tokens, over the body budget of {budget} "
                         f"(max_length {limit} - prefix {len(self.prefix_ids)} - suffix "
-                        f"{len(self.suffix_ids)}); shorten the query or instruction, or raise max_length",
+                        f"{len(self.suffix_ids)}); {fix}",
                         n,
-                        "query",
+                        part,
                     )
                 ids = ids[: min(budget, head + doc_tokens)]
             out.append(self.prefix_ids + ids + self.suffix_ids)

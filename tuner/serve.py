@@ -471,7 +471,7 @@ def create_app(
             ids = await asyncio.to_thread(reranker.encode, triples, max_length, max_document_tokens)
         except PromptTextError as err:
             where = field_of(err.part, err.index)
-            if max_length is not None and err.part == "query":  # the request's own cap is what is too small
+            if max_length is not None and err.part in ("query", "instruction"):  # the request's own cap is too small
                 raise ApiError(400, f"truncate_prompt_tokens: {max_length} is too small: {err}", where) from None
             raise ApiError(400, f"{where}: {err}", where) from None
         except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
