@@ -239,22 +239,54 @@ def test_fit_warnings_flag_few_pairs_and_a_slope_at_its_bound():
     assert len(fit_warnings(1, 1, temperature)) == 2
 
 
-def test_a_degenerate_fit_is_not_applied_without_force(tmp_path, monkeypatch, capsys):
+def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
+    """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
+    the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
+    from tuner.calibrate import MIN_SLOPE, apply_calibration, fit_warnings, is_degenerate, separation_p_value
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 50 + [0] * 50)
+    noise = rng.normal(size=100)
+    temperature, bias = fit_platt(noise, labels)
+    p_value = separation_p_value(noise, labels, temperature, bias)
+    assert temperature < 0.5 / MIN_SLOPE and p_value > 0.5 and is_degenerate(temperature, p_value)
+    assert np.ptp(apply_calibration(noise, temperature, bias)) < 0.15
+    assert "no better than a constant probability" in fit_warnings(50, 50, temperature, p_value)[0]
+    signal = noise + 1.5 * labels
+    temperature, bias = fit_platt(signal, labels)
+    assert separation_p_value(signal, labels, temperature, bias) < 1e-6
+    assert not is_degenerate(temperature, separation_p_value(signal, labels, temperature, bias))
+    # two pairs of each label, cleanly separated: few, but not degenerate
+    few, labels = np.array([2.0, 3.0, -1.0, -2.0]), np.array([1, 1, 0, 0])
+    temperature, bias = fit_platt(few, labels)
+    assert not is_degenerate(temperature, separation_p_value(few, labels, temperature, bias))
+
+
+class AntiCorrelated:  # positives score below negatives: no positive slope separates them
+    instruction = None
+    max_length = 8192
+
+    def score_pairs(self, triples, normalize=True):
+        return [-1.0 - 0.1 * n if doc.startswith("wing") else 1.0 + 0.1 * n for n, (_, doc, _) in enumerate(triples)]
+
+
+class Unrelated(AntiCorrelated):  # logits that carry nothing about the labels: a slope under its bound, flat fit
+    def score_pairs(self, triples, normalize=True):
+        noise = np.random.default_rng(1).normal(size=len(triples))  # (p ≈ 0.5 for these 75 pairs, T ≈ 5)
+        return [x + (0.2 if doc.startswith("wing") else 0.0) for x, (_, doc, _) in zip(noise, triples, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("scorer", "reason"),
+    [(AntiCorrelated, "the temperature reached"), (Unrelated, "the logits separate the labels no better")],
+)
+def test_a_degenerate_fit_is_not_applied_without_force(tmp_path, monkeypatch, capsys, scorer, reason):
     """A fit whose temperature stops at its bound gives every pair ~the same probability (served scores all
-    became 0.25 ± 2e-7): `--apply` refuses it with exit 2, saying why and naming --force, and still writes the
-    report; --force applies it."""
+    became 0.25 ± 2e-7), as does one that explains the labels no better than their base rate: `--apply` refuses
+    it with exit 2, saying why and naming --force, and still writes the report; --force applies it."""
     from tuner import eval_run
 
-    class AntiCorrelated:  # positives score below negatives: no positive slope separates them
-        instruction = None
-        max_length = 8192
-
-        def score_pairs(self, triples, normalize=True):
-            return [
-                -1.0 - 0.1 * n if doc.startswith("wing") else 1.0 + 0.1 * n for n, (_, doc, _) in enumerate(triples)
-            ]
-
-    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: AntiCorrelated())
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: scorer())
     rows = [
         {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)
     ]
@@ -268,11 +300,11 @@ def test_a_degenerate_fit_is_not_applied_without_force(tmp_path, monkeypatch, ca
     argv = ["calibrate", "--model", "m", "--data", str(data), "--out", str(out), "--apply", str(target)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "tuner calibrate: error: calibration not applied: the fit is degenerate (the temperature reached" in err
+    assert f"tuner calibrate: error: calibration not applied: the fit is degenerate ({reason}" in err
     assert "pass --force to apply it anyway" in err and str(out) in err
     assert json.loads((target / "tuner.json").read_text()) == {"instruction": "keep me"}  # untouched
     summary = json.loads((out / "calibration.json").read_text())  # nothing lost: the report is there
-    assert summary["applied_to"] is None and "reached its bound" in summary["warnings"][0]
+    assert summary["applied_to"] is None and reason in summary["warnings"][0]
     assert "> **Not applied:** the fit is degenerate" in (out / "report.md").read_text()
     assert main([*argv, "--force"]) == 0
     assert json.loads((target / "tuner.json").read_text())["calibration"]["temperature"] == summary["temperature"]

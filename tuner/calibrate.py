@@ -41,12 +41,14 @@ __all__ = [
     "plot_reliability",
     "reliability_bins",
     "run_calibrate",
+    "separation_p_value",
 ]
 
 ECE_BINS = 15
 MIN_SLOPE = 1e-4  # a (= 1/temperature) is kept positive so that calibration cannot reverse the ranking
 MIN_PAIRS_PER_LABEL = 20  # below this many positives or negatives the report warns that the fit is rough
 CV_FOLDS = 5
+SEPARATION_ALPHA = 0.05  # a fit whose separation test has p >= this is degenerate (see `separation_p_value`)
 
 
 # ---------------------------------------------------------------------------------------------- pure math
@@ -181,9 +183,38 @@ class DegenerateFitError(ValueError):
     """`--apply` refused: the fit gives nearly the same probability to every pair (the report was written)."""
 
 
-def is_degenerate(temperature: float) -> bool:
-    """Whether the slope stopped at its bound: the logits do not separate the labels, every probability is ~equal."""
-    return temperature >= 0.999 / MIN_SLOPE
+def separation_p_value(logits, labels, temperature: float, bias: float) -> float:
+    """p-value of the likelihood-ratio test of the fit against one constant probability (the positive rate).
+
+    Large when the calibrated logits explain the labels no better than the base rate does: then every calibrated
+    probability sits near that rate, whatever the slope (a fit can stay under the temperature bound and still be
+    this flat). The statistic 2·n·(log loss of the rate − log loss of the fit) is chi-squared with one degree of
+    freedom (the slope) under "the logits carry nothing"; scipy gives its tail.
+    """
+    from scipy.stats import chi2
+
+    y = np.asarray(labels, dtype=np.float64)
+    rate = float(y.mean())
+    if y.size == 0 or rate in (0.0, 1.0):
+        return 1.0
+    constant = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    fitted = log_loss(np.asarray(logits, dtype=np.float64) / temperature + bias, y)
+    return float(chi2.sf(max(0.0, 2 * y.size * (constant - fitted)), 1))
+
+
+def is_degenerate(temperature: float, p_value: float = 0.0) -> bool:
+    """Whether the fit says nothing: the slope stopped at its bound, or (`p_value` from `separation_p_value`) the
+    logits do not separate the labels better than a constant at the `SEPARATION_ALPHA` level."""
+    return temperature >= 0.999 / MIN_SLOPE or p_value >= SEPARATION_ALPHA
+
+
+def _degenerate_reason(temperature: float, p_value: float) -> str:
+    if temperature >= 0.999 / MIN_SLOPE:
+        return f"the temperature reached its bound ({1 / MIN_SLOPE:g})"
+    return (
+        f"the logits separate the labels no better than a constant probability (likelihood-ratio test p = "
+        f"{p_value:.3g} >= {SEPARATION_ALPHA:g})"
+    )
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -238,8 +269,8 @@ def plot_reliability(before: list[dict], after: list[dict], path: str | Path, ti
     return path
 
 
-def fit_warnings(positives: int, negatives: int, temperature: float) -> list[str]:
-    """What makes a Platt fit untrustworthy: too few pairs of a label, or a slope stuck at its bound."""
+def fit_warnings(positives: int, negatives: int, temperature: float, p_value: float = 0.0) -> list[str]:
+    """What makes a Platt fit untrustworthy: too few pairs of a label, or a degenerate fit (`is_degenerate`)."""
     out = []
     fewest = min(positives, negatives)
     if fewest < MIN_PAIRS_PER_LABEL:
@@ -248,10 +279,10 @@ def fit_warnings(positives: int, negatives: int, temperature: float) -> list[str
             f"only {fewest} {label} pair{'s' if fewest != 1 else ''}: the fit is rough; use at least "
             f"{MIN_PAIRS_PER_LABEL} of each label (a few hundred is better)"
         )
-    if is_degenerate(temperature):
+    if is_degenerate(temperature, p_value):
         out.append(
-            f"the temperature reached its bound ({1 / MIN_SLOPE:g}): on these pairs the logits do not separate the "
-            "labels, so the calibrated probability is nearly the same for every pair"
+            f"{_degenerate_reason(temperature, p_value)}: on these pairs the logits do not separate the labels, so "
+            "the calibrated probability is nearly the same for every pair"
         )
     return out
 
@@ -384,14 +415,16 @@ def run_calibrate(
     }
     if not (math.isfinite(temperature) and math.isfinite(bias)):
         raise ValueError(f"calibration fit diverged (temperature {temperature}, bias {bias})")
-    summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature)
+    p_value = separation_p_value(logits, labels, temperature, bias)
+    summary["separation_p_value"] = p_value
+    summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature, p_value)
     summary["apply_refused"] = None
-    if apply is not None and is_degenerate(temperature) and not force:
+    if apply is not None and is_degenerate(temperature, p_value) and not force:
         # Served scores would all be ~the same probability (e.g. 0.25 ± 2e-7): thresholds on them mean nothing.
         summary["apply_refused"] = (
-            f"the fit is degenerate (the temperature reached its bound {1 / MIN_SLOPE:g}; calibrated probabilities "
-            f"range only from {after_probs.min():.6g} to {after_probs.max():.6g}), so --apply {apply} was refused "
-            "and its tuner.json left unchanged; pass --force to apply it anyway"
+            f"the fit is degenerate ({_degenerate_reason(temperature, p_value)}; calibrated probabilities range "
+            f"only from {after_probs.min():.6g} to {after_probs.max():.6g}), so --apply {apply} was refused and "
+            "its tuner.json left unchanged; pass --force to apply it anyway"
         )
     elif apply is not None:
         written = apply_meta(apply, {"calibration": summary["calibration"]}, on_warning=summary["warnings"].append)
