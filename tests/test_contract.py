@@ -174,6 +174,9 @@ def test_query_filling_the_budget_exactly_is_allowed(tokenizer):
     tight = PromptEncoder(tokenizer, max_length=len(enc.prefix_ids) + len(enc.suffix_ids) + head)
     ids = tight.encode("a query of some words", "hello world and more")
     assert len(ids) == tight.max_length and ids[:-9] == full[: len(ids) - 9]
+    # an empty document (or one that starts with a digit, whose space is not merged) loses its space the same way
+    for doc in ("", "2024 figures"):
+        assert tight.encode("a query of some words", doc) == ids  # the document cut to nothing
     with pytest.raises(ValueError, match=rf"take {head} tokens, over the body budget of {head - 1} "):
         PromptEncoder(tokenizer, max_length=tight.max_length - 1).encode("a query of some words", "hello world")
 

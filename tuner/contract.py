@@ -313,9 +313,12 @@ class PromptEncoder:
         for n, (enc, doc_start) in enumerate(zip(encodings, heads, strict=True)):
             ids = enc.ids
             if len(ids) > min(budget, doc_tokens):  # (cheap test first: a pair this short is never cut)
-                # Tokens that end before the document belong to instruction + query (+ "<Document>:"); the
-                # space before the document merges into its first token, which is the document's to lose.
-                head = sum(1 for _, end in enc.offsets if end <= doc_start)
+                # Tokens that end before the document belong to instruction + query (+ "<Document>:"). The space
+                # before the document is the document's to lose: it merges into the document's first token, and
+                # where it does not (an empty document, one starting with a digit) it is a token ending at
+                # `doc_start`, counted with the document too (`<`, not `<=`), so an empty document is never the
+                # one pair of a batch refused for an over-long query.
+                head = sum(1 for _, end in enc.offsets if end < doc_start)
                 if head > budget:
                     query_start = doc_start - len(_QUERY_TO_DOCUMENT) - len(triples[n][0])
                     alone = sum(1 for _, end in enc.offsets if end <= query_start)
