@@ -214,6 +214,14 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
     quoted = tmp_path / "quoted.txt"
     quoted.write_bytes(b'\xef\xbb\xbf"To be" is a quote\nsecond\n')
     assert read_documents(quoted) == ['"To be" is a quote', "second"]
+    # lines end at "\n" (and "\r\n") only: U+2028 (which json.dumps(ensure_ascii=False) writes raw) or a form feed
+    # inside a document does not split it
+    unicode_breaks = tmp_path / "breaks.jsonl"
+    unicode_breaks.write_text(json.dumps("para one\u2028para two", ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert read_documents(unicode_breaks) == ["para one\u2028para two"]
+    feed = tmp_path / "feed.txt"
+    feed.write_text("page one\x0cpage two\r\nsecond\n", encoding="utf-8", newline="")
+    assert read_documents(feed) == ["page one\x0cpage two", "second"]
     # a .json file may hold one JSON array of documents (pretty-printed or not), checked item by item
     array = tmp_path / "docs.json"
     array.write_text('[\n  "first",\n  {"title": "T", "text": "second"},\n  {"document": "third"}\n]\n')

@@ -54,7 +54,11 @@ def read_documents(path: str | Path) -> list:
     from tuner.files import decode_utf8, json_error_place
 
     text = decode_utf8(path.read_bytes(), path, UserError)  # a BOM is dropped, as in training files
-    lines = text.splitlines()
+    # "\n" only (as the training readers): str.splitlines also breaks at U+2028, form feeds and the like, which
+    # json.dumps(ensure_ascii=False) writes unescaped inside a JSONL line and which a text document may hold
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     # .jsonl/.json is JSONL (or, for .json, one array); a .txt (or any other suffix) is one document per line,
     # unless it has no suffix and its first line is a JSON object
     suffix = path.suffix.lower()
