@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import warnings
 
 import pytest
@@ -172,6 +174,21 @@ def test_adapter_loads_on_its_base(tiny_model_dir, tmp_path):
     assert alone.score("q", docs) == pytest.approx(a, abs=1e-6)
     # peft's read of a deprecated transformers property is not the user's business (tuner.loading.peft_quietly)
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+    # an export that already holds the adapter: merged would apply LoRA twice silently, seq-cls failed deep in peft
+    (tmp_path / "merged" / "tuner.json").write_text(json.dumps({"format": "merged", "base_model": str(tiny_model_dir)}))
+    with pytest.raises(ValueError, match=r"is a merged export .*would apply LoRA twice; load .* without --adapter"):
+        Reranker.from_pretrained(tmp_path / "merged", adapter=tmp_path / "adapter", device="cpu")
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(tmp_path / "cls")
+    with pytest.raises(ValueError, match=r"is a sequence-classification model: a PEFT adapter"):
+        Reranker.from_pretrained(tmp_path / "cls", adapter=tmp_path / "adapter", device="cpu")
+    # an adapter trained on the merged model (a second round of tuning) names it as its base: that is allowed
+    shutil.copytree(tmp_path / "adapter", tmp_path / "round2")
+    (tmp_path / "round2" / "tuner.json").write_text(json.dumps({"base_model": str(tmp_path / "merged")}))
+    twice = Reranker.from_pretrained(tmp_path / "merged", adapter=tmp_path / "round2", device="cpu", dtype="float32")
+    assert twice.score("q", docs) != pytest.approx(m, abs=1e-4)  # (this adapter on top of the merged weights)
 
 
 def test_unreachable_model_is_one_clear_error(tmp_path):

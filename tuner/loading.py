@@ -320,6 +320,8 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype, dev)
     config = AutoConfig.from_pretrained(model)
     archs = getattr(config, "architectures", None) or []
+    if adapter is not None:
+        _check_adapter_target(model, adapter, archs)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -339,6 +341,41 @@ def load_model(
     tokenizer = _load_tokenizer_for(model, adapter)
     meta = {**read_meta(model), **read_meta(adapter)}
     return net, tokenizer, meta
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names (hub ids or local paths) name the same model."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _check_adapter_target(model: str, adapter: str, archs: list[str]) -> None:
+    """An adapter goes on the causal-LM base it was trained on; on a seq-cls export peft fails deep inside
+    (`no attribute 'prepare_inputs_for_generation'`), and on a merged export that already holds it, LoRA would be
+    applied twice with no error at all (logits off by ~2 on the tiny model)."""
+    meta = read_meta(model)
+    if meta.get("format") == "seq-cls" or any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ValueError(
+            f"{model} is a sequence-classification model: a PEFT adapter ({adapter}) goes on the causal-LM base it "
+            "was trained on (--model <base> --adapter ...); a seq-cls export already holds its adapter, so load it "
+            "without --adapter"
+        )
+    if meta.get("format") != "merged":
+        return
+    adapter_meta = read_meta(adapter) if Path(adapter).is_dir() else {}
+    config_file = Path(adapter) / "adapter_config.json"
+    trained_on = adapter_meta.get("base_model") or (
+        _read_json(config_file).get("base_model_name_or_path") if config_file.is_file() else None
+    )
+    if trained_on and _same_model(str(trained_on), model):
+        return  # an adapter trained on this merged model (a second round of tuning): that is its base
+    raise ValueError(
+        f"{model} is a merged export (its {TUNER_META} says so): an adapter is already merged into its weights "
+        f"(base {meta.get('base_model')!r}), and adding {adapter} would apply LoRA twice; load {model} without "
+        f"--adapter, or --model <the base {adapter} was trained on: {trained_on!r}> --adapter {adapter}"
+    )
 
 
 def _stored_adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]] | None:
