@@ -152,10 +152,10 @@ def test_bad_numbers_and_devices_are_one_line_before_any_model_loads(tiny_model_
     assert "argument --port: must be a port number from 0 to 65535" in capsys.readouterr().err
     assert main([*score, "--device", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--device 'bogus': not a device name" in err
+    assert err.count("\n") == 1 and "device 'bogus': not a device name" in err
     if not torch.cuda.is_available():
         assert main([*score, "--device", "cuda"]) == 2
-        assert "--device 'cuda': no CUDA GPU here" in capsys.readouterr().err
+        assert "device 'cuda': no CUDA GPU here" in capsys.readouterr().err
 
 
 def test_ctrl_c_and_sigterm_stop_a_verb_cleanly(tmp_path, monkeypatch, capsys):

@@ -397,3 +397,47 @@ def test_rank_takes_any_iterable_and_reads_top_k_as_the_server_does(tiny_reranke
     lean = tiny_reranker.rank("query", docs, return_documents=False)
     assert [set(r) for r in lean] == [{"index", "score"}] * 3
     assert tiny_reranker.max_length == tiny_reranker.encoder.max_length
+
+
+def test_bad_call_arguments_get_one_clear_error(tiny_model_dir, tiny_reranker):
+    """Values that used to be taken silently (batch_tokens=0 or max_length=0: the defaults; batch_tokens=-5: one
+    row per batch) or to fail deep inside (top_k=1.5: a slice error; documents=None: not iterable)."""
+    model, tok = tiny_reranker.model, tiny_reranker.tokenizer
+    for value, error in ((0, ValueError), (-5, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=f"batch_tokens must be a positive integer, got .*{value}"):
+            Reranker(model, tok, batch_tokens=value)
+    with pytest.raises(ValueError, match="max_length must be a positive integer, got 0"):
+        Reranker.from_pretrained(tiny_model_dir, device="cpu", max_length=0)
+    for top_k in (1.5, "2", True):
+        with pytest.raises(TypeError, match="top_k must be an integer or None, got "):
+            tiny_reranker.rank("q", ["a", "b"], top_k=top_k)
+    with pytest.raises(TypeError, match="documents must be a list of documents, got None"):
+        tiny_reranker.score("q", None)
+    with pytest.raises(TypeError, match=r"pairs must be a list of pairs .*, got NoneType"):
+        tiny_reranker.score_pairs(None)
+
+
+def test_numpy_rows_and_dtype_auto_are_taken(tiny_model_dir, tiny_reranker):
+    import numpy as np
+
+    pairs = [("wing lift", "Lift is produced by a wing."), ("wing lift", "Bananas.")]
+    assert tiny_reranker.score_pairs(np.array(pairs)) == tiny_reranker.score_pairs(pairs)
+    assert len(tiny_reranker.rank("q", ["a", "b", "c"], top_k=np.int64(2))) == 2  # a numpy count is an integer
+    auto = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="auto")
+    stored = json.loads((tiny_model_dir / "config.json").read_text())
+    assert str(next(auto.model.parameters()).dtype) == f"torch.{stored.get('dtype') or stored['torch_dtype']}"
+
+
+def test_a_calibration_used_off_its_instruction_or_budget_warns_once(tiny_reranker):
+    fitted = {"temperature": 2.0, "bias": 0.5, "instruction": "Find fruit", "max_length": tiny_reranker.max_length}
+    calibrated = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, instruction="Find fruit", calibration=fitted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fitted instruction (as the reranker's default): no warning
+        calibrated.score("banana", ["a banana", "a wing"])
+        calibrated.score("banana", ["a banana"], normalize=False)  # logits are not calibrated: no warning either
+    with pytest.warns(UserWarning, match=r"fitted with the instruction 'Find fruit', not 'Find wings'") as caught:
+        calibrated.score("banana", ["a banana", "a wing"], instruction="Find wings")
+        calibrated.score("banana", ["a banana"], instruction="Find wings")  # once per instruction
+    assert len(caught) == 1
+    with pytest.warns(UserWarning, match=r"fitted with max_length \d+, not this reranker's 64"):
+        Reranker(tiny_reranker.model, tiny_reranker.tokenizer, max_length=64, calibration=fitted)

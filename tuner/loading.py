@@ -255,19 +255,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps ...): {err}") from None
+        raise ValueError(f"device {device!r}: not a device name (cpu, cuda, cuda:1, mps ...): {err}") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"--device {device!r}: no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+            raise ValueError(f"device {device!r}: no CUDA GPU here (torch {torch.__version__}); use device 'cpu'")
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"--device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")
+        raise ValueError(f"device {device!r}: MPS is not available here; use device 'cpu'")
     return dev
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
+    """None: bf16 on CUDA, else fp32; "auto" (as in transformers): the checkpoint's own dtype."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -280,8 +281,10 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
         "float32": torch.float32,
         "fp32": torch.float32,
     }
+    if dtype == "auto":
+        return "auto"  # transformers' from_pretrained reads it from the config
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)} or 'auto' (the checkpoint's)")
     return table[dtype]
 
 

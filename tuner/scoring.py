@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import numbers
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 from tuner.contract import (
+    DEFAULT_INSTRUCTION,
     DEFAULT_MAX_LENGTH,
     Document,
     PromptEncoder,
@@ -162,9 +165,15 @@ class Reranker:
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.encoder = PromptEncoder(tokenizer, max_length=max_length, safe_text=safe_text)
         self.device = next(model.parameters()).device
+        if batch_tokens is not None:
+            _check_count(batch_tokens, "batch_tokens")  # 0 used to mean the default, -5 one row per batch
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
         self.instruction = instruction
         self.calibration = calibration
+        self._calibration_warned: set[str] = set()
+        fitted_length = (calibration or {}).get("max_length")
+        if fitted_length is not None and fitted_length != max_length:
+            self._warn_calibration(f"max_length {fitted_length}, not this reranker's {max_length}", stacklevel=3)
         self.show_progress = show_progress
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or "tuner-reranker"
         if prefix_reuse not in (True, False, "auto"):
@@ -205,11 +214,13 @@ class Reranker:
         `tuner calibrate`) unless `calibrated=False`. Calibrated probabilities are tuner's own: other engines
         return sigmoid(logit); raw logits are the same everywhere.
         """
+        if max_length is not None:
+            _check_count(max_length, "max_length")  # checked before the model loads; 0 used to mean the default
         model, tokenizer, meta = load_model(path_or_hub_id, adapter, device, dtype, attn_implementation)
         return cls(
             model,
             tokenizer,
-            max_length=max_length or int(meta.get("max_length") or DEFAULT_MAX_LENGTH),
+            max_length=max_length if max_length is not None else int(meta.get("max_length") or DEFAULT_MAX_LENGTH),
             batch_tokens=batch_tokens,
             instruction=instruction if instruction is not None else meta.get("instruction"),
             safe_text=safe_text,
@@ -400,9 +411,10 @@ class Reranker:
                 tuner.json's, else the contract's). `""` means no instruction at all.
             normalize: probabilities (sigmoid of the logit) if True, raw yes−no logits if False.
         """
-        if isinstance(pairs, (str, bytes, Mapping)):
-            raise TypeError(f"pairs must be a list of pairs [(query, document), ...], got one {type(pairs).__name__}")
-        pairs = list(pairs)
+        if isinstance(pairs, (str, bytes, Mapping)) or pairs is None:
+            raise TypeError(f"pairs must be a list of pairs [(query, document), ...], got {type(pairs).__name__}")
+        # rows of a numpy array or a pandas frame's .values are pairs too (np.str_ is a str)
+        pairs = [pair.tolist() if hasattr(pair, "tolist") else pair for pair in pairs]
         if isinstance(instruction, (list, tuple)) and len(instruction) != len(pairs):
             raise ValueError(f"{len(instruction)} instructions for {len(pairs)} pairs")
         triples = []
@@ -429,16 +441,41 @@ class Reranker:
             triples.append((pair[0], pair[1], inst))
         groups = prefix_groups([(query, inst) for query, _, inst in triples]) if self.prefix_reuse else None
         logits = self.logits_for_ids(self.encode(triples), groups=groups)
+        if normalize:
+            self.check_calibration_instructions(inst for _, _, inst in triples)
         return [self._normalize(x) for x in logits] if normalize else logits
+
+    def check_calibration_instructions(self, instructions: Iterable[str | None]) -> None:
+        """Warn (once per instruction) when the stored calibration, fitted on pairs scored with one instruction,
+        is applied to pairs scored with another: their logits have another spread, so the probabilities are not
+        calibrated (`tuner instruct --apply` removes such a calibration for that reason). `None`: the default."""
+        fitted = (self.calibration or {}).get("instruction")
+        if fitted is None:  # no calibration, or one from before calibrate recorded its instruction
+            return
+        default = DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
+        for inst in {default if i is None else i for i in instructions} - {fitted}:
+            self._warn_calibration(f"the instruction {fitted!r}, not {inst!r}", stacklevel=4)
+
+    def _warn_calibration(self, what: str, stacklevel: int) -> None:
+        if what in self._calibration_warned:
+            return
+        self._calibration_warned.add(what)
+        message = (
+            f"the calibration in tuner.json was fitted with {what}: the probabilities of these scores are not "
+            "calibrated (refit with `tuner calibrate`, or use calibrated=False / normalize=False)"
+        )
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
     def score(
         self,
         query: str,
         documents: Sequence[Document],
-        instruction: str | None = None,
+        instruction: str | Sequence[str | None] | None = None,
         normalize: bool = True,
     ) -> list[float]:
-        """Scores of `documents` for one query, in input order (probabilities, or logits if not normalize)."""
+        """Scores of `documents` for one query, in input order (probabilities, or logits if not normalize).
+
+        `instruction`: one for all documents or one per document (see `score_pairs`)."""
         documents = _document_list(query, documents)
         for n, document in enumerate(documents):
             _check_document(document, f"document {n}")
@@ -457,6 +494,8 @@ class Reranker:
         `top_k` None or 0 keeps every document (as the server's and vLLM's `top_n` read 0); `return_documents=False`
         leaves the document out of each entry.
         """
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)):
+            raise TypeError(f"top_k must be an integer or None, got {type(top_k).__name__} {top_k!r}")
         if top_k is not None and top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 or None: every document), got {top_k}")
         documents = _document_list(query, documents)
@@ -484,4 +523,14 @@ def _document_list(query: Any, documents: Any) -> list:
             f"documents must be a list of documents, got one {type(documents).__name__}; "
             "wrap a single document in a list: [...]"
         )
+    if documents is None:
+        raise TypeError("documents must be a list of documents, got None")
     return list(documents)
+
+
+def _check_count(value: Any, name: str) -> None:
+    """A token count given by the caller: a positive integer (a bool or 2.5 is a mistake, not a budget)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")

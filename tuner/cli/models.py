@@ -120,7 +120,7 @@ def add_score(sub) -> None:
     )
     p.add_argument("--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", help="bfloat16, float16, float32, auto (checkpoint's); default bf16 on GPU, fp32 on CPU")
     add_scoring_path_args(p)
     p.set_defaults(func=_run_score)
 
@@ -244,7 +244,7 @@ def add_serve(sub) -> None:
         "--compile", action="store_true", help="tuner engine: compiled decoder layers (GPU; warmed up at start)"
     )
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
-    p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", help="bfloat16, float16, float32, auto (checkpoint's); default bf16 on GPU, fp32 on CPU")
     add_scoring_path_args(p)
     p.set_defaults(func=_run_serve)
 
