@@ -72,7 +72,9 @@ def test_cli_instruct_writes_reports_and_applies_the_winner(tmp_path, beir_dir, 
     out = tmp_path / "out"
     argv = ["instruct", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--split", "test", "--top-k", "5"]
     argv += ["--instructions", str(inst), "--out", str(out), "--apply", str(export_dir), "--cache-dir", ""]
-    assert main([*argv, "--no-progress"]) == 0
+    # the winner gains on 1 of the 5 judged queries: no paired test can call that significant; with --force
+    # (refusal: test_an_insignificant_winner_is_not_applied_without_force)
+    assert main([*argv, "--no-progress", "--force"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     info = summary["instruction_search"]
     labels = [c["label"] for c in info["candidates"]]
@@ -94,7 +96,92 @@ def test_cli_instruct_writes_reports_and_applies_the_winner(tmp_path, beir_dir, 
     err = capsys.readouterr().err
     assert f"tuner instruct: warning: removed the calibration (temperature 2.0, bias 0.0) from {export_dir}" in err
     assert f"tuner calibrate --model {export_dir} --data DEV_PAIRS.jsonl --out runs/calibration --apply" in err
-    assert info["warnings"] == [err.split("tuner instruct: warning: ")[1].strip()]
+    assert "not significant at 0.05, applied because of --force" in info["warnings"][0]
+    assert info["warnings"] == [w.strip() for w in err.split("tuner instruct: warning: ")[1:]]
+
+
+def _instruct_argv(tiny_model_dir, beir_dir, tmp_path, *more):
+    inst = tmp_path / "inst.txt"
+    inst.write_text("\n".join(CUSTOM) + "\n", encoding="utf-8")
+    argv = ["instruct", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--split", "test", "--top-k", "5"]
+    return [*argv, "--instructions", str(inst), "--cache-dir", "", "--no-progress", *more]
+
+
+def _model_dir(tmp_path, tiny_model_dir, meta):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "config.json").write_text((tiny_model_dir / "config.json").read_text(), encoding="utf-8")
+    (target / "tuner.json").write_text(json.dumps(meta))
+    return target
+
+
+def test_an_insignificant_winner_is_not_applied_without_force(tmp_path, beir_dir, tiny_model_dir, capsys):
+    """A winner no better than noise (here +0.07 nDCG@10 from 1 win / 4 ties over 5 queries, p = 1.0) was written
+    into the target's tuner.json, removing its calibration, with only report.md saying it was not significant: it
+    is now said on stderr and recorded, and --apply refuses it (exit 2, one line, the report written) unless
+    --force."""
+    out = tmp_path / "out"
+    assert main(_instruct_argv(tiny_model_dir, beir_dir, tmp_path, "--out", str(out))) == 0
+    err = capsys.readouterr().err
+    info = json.loads((out / "metrics.json").read_text())["instruction_search"]
+    assert info["winner_label"] == "custom 1" and info["winner_vs_default"]["p_randomization"] >= 0.05
+    gain = f"the winner 'custom 1' ({CUSTOM[0]!r}) gains {info['delta_vs_default']:+.4f} nDCG@10 over the default"
+    assert f"tuner instruct: warning: {gain} ({DEFAULT_INSTRUCTION!r}): 1 wins / 4 ties / 0 losses, p = 1.0000" in err
+    assert "not significant at 0.05" in err and info["warnings"] == [err.split("warning: ")[1].strip()]
+    assert json.loads((out / "tuner.json").read_text())["instruction_search"]["warnings"] == info["warnings"]
+
+    calibrated = {"instruction": DEFAULT_INSTRUCTION, "calibration": {"temperature": 2.0}}
+    target = _model_dir(tmp_path, tiny_model_dir, calibrated)
+    out2 = tmp_path / "out2"
+    argv = _instruct_argv(tiny_model_dir, beir_dir, tmp_path, "--out", str(out2), "--apply", str(target))
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tuner ")]  # no load bars
+    assert err == [
+        f"tuner instruct: error: instruction not applied: the winner 'custom 1' ({CUSTOM[0]!r}) gains "
+        f"{info['delta_vs_default']:+.4f} nDCG@10 over the instruction {target} uses ({DEFAULT_INSTRUCTION!r}): 1 "
+        f"wins / 4 ties / 0 losses, p = 1.0000 (paired randomization test), not significant at 0.05, so --apply "
+        f"{target} was refused and its tuner.json left unchanged; pass --force to apply it anyway (report in {out2})"
+    ]
+    assert json.loads((target / "tuner.json").read_text()) == calibrated  # untouched, calibration kept
+    refused = json.loads((out2 / "metrics.json").read_text())["instruction_search"]
+    assert refused["applied_to"] is None and refused["apply_refused"] in err[0]
+    assert "> **Not applied:** the winner 'custom 1'" in (out2 / "report.md").read_text()
+
+    assert main([*argv, "--force"]) == 0
+    assert json.loads((target / "tuner.json").read_text()) == {"instruction": CUSTOM[0]}
+    assert "applied because of --force" in capsys.readouterr().err
+
+
+def test_a_significant_winner_is_applied_and_one_in_use_is_not_rewritten(
+    tmp_path, beir_dir, tiny_model_dir, capsys, monkeypatch
+):
+    """The winner is tested against the instruction the target uses (scored as a candidate when it is none of
+    them); when significant it is applied without --force; when the target uses the winner already, nothing is
+    written (rewriting it would remove a calibration that does not record its instruction)."""
+    from tuner import instruct, report
+
+    def significant(reference, other, **kwargs):  # 5 queries cannot be significant: the test's verdict is forced
+        return {**report.paired_stats(reference, other, **kwargs), "p_randomization": 0.001}
+
+    monkeypatch.setattr(instruct, "paired_stats", significant)
+    target = _model_dir(tmp_path, tiny_model_dir, {"instruction": "Find cats"})
+    out = tmp_path / "out"
+    argv = _instruct_argv(tiny_model_dir, beir_dir, tmp_path, "--out", str(out), "--apply", str(target))
+    assert main(argv) == 0
+    info = json.loads((out / "metrics.json").read_text())["instruction_search"]
+    assert [c["label"] for c in info["candidates"]][-1] == "in use by --apply"
+    assert info["candidates"][-1]["text"] == "Find cats" and info["winner"] == CUSTOM[0]
+    assert info["applied_to"] == [str(target / "tuner.json")] and info["apply_refused"] is None
+    assert json.loads((target / "tuner.json").read_text()) == {"instruction": CUSTOM[0]}
+    assert "applied because of --force" not in capsys.readouterr().err
+
+    unrecorded = {"instruction": CUSTOM[0], "calibration": {"temperature": 2.0}}
+    (target / "tuner.json").write_text(json.dumps(unrecorded))
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert f"not applied: the winner 'custom 1' ({CUSTOM[0]!r}) is the instruction {target} uses already" in stdout
+    assert json.loads((target / "tuner.json").read_text()) == unrecorded
+    assert json.loads((out / "metrics.json").read_text())["instruction_search"]["applied_to"] is None
 
 
 def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_path):

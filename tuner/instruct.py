@@ -24,18 +24,33 @@ from tuner.eval_run import ModelOptions, build_evaluator, first_stage_system, lo
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.files import atomic_write, decode_utf8
 from tuner.loading import TUNER_META, read_meta
+from tuner.report import paired_stats
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SIGNIFICANCE_LEVEL",
     "Candidate",
+    "NotSignificantError",
     "apply_meta",
     "apply_targets",
     "candidate_instructions",
+    "current_instructions",
     "read_instructions",
     "run_instruct",
     "search",
 ]
+
+
+# A winner whose paired randomization p-value vs the instruction in use is at or above this is not trusted: the
+# report says so, and `--apply` refuses it without `force` (a noise-level "gain" used to replace the instruction and
+# remove the calibration fitted with it).
+SIGNIFICANCE_LEVEL = 0.05
+
+
+class NotSignificantError(ValueError):
+    """`--apply` refused: the winner is not significantly better than the instruction in use (the report was
+    written)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,11 @@ def read_instructions(path: str | Path) -> list[str]:
     return out
 
 
-def candidate_instructions(custom: Sequence[str], model_default: str | None) -> list[Candidate]:
-    """The default (the model's, else the model card's), the card's if different, no instruction, then `custom`.
+def candidate_instructions(
+    custom: Sequence[str], model_default: str | None, current: Sequence[str] = ()
+) -> list[Candidate]:
+    """The default (the model's, else the model card's), the card's if different, no instruction, then `custom`,
+    then `current` (the instructions the `--apply` target uses: the winner is tested against them).
 
     Duplicates are dropped (the first label wins), so "default" is always candidate 0: the paired reference.
     """
@@ -71,6 +89,7 @@ def candidate_instructions(custom: Sequence[str], model_default: str | None) -> 
         items.append(Candidate("model card default", DEFAULT_INSTRUCTION))
     items.append(Candidate("no instruction", ""))
     items += [Candidate(f"custom {n}", text) for n, text in enumerate(custom, 1)]
+    items += [Candidate("in use by --apply", text) for text in current]
     seen: set[str] = set()
     unique = []
     for item in items:
@@ -303,6 +322,43 @@ def _fmt_p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.4f}"
 
 
+def _significant(stats: Mapping[str, Any] | None) -> bool:
+    """Whether a paired comparison (`report.paired_stats`) is significant at `SIGNIFICANCE_LEVEL`, by its
+    randomization test (the one `report.md` judges by; None, an undefined test, is not significant)."""
+    p = None if stats is None else stats.get("p_randomization")
+    return p is not None and p < SIGNIFICANCE_LEVEL
+
+
+def _versus(results: Sequence[EvalResult], reference: int, other: int, metric: str) -> dict[str, Any]:
+    """`report.paired_stats` of `metric`, per query, of `results[other]` against `results[reference]`."""
+    qids = list(results[reference].per_query)  # the order `report.build_summary` pairs them in
+    ref, oth = results[reference].per_query, results[other].per_query
+    return paired_stats([ref[q][metric] for q in qids], [oth[q][metric] for q in qids])
+
+
+def _gain(winner: Candidate, ref: Candidate, stats: Mapping[str, Any], metric: str, against: str) -> str:
+    """ "the winner 'custom 1' ('Find X') gains +0.0015 nDCG@10 over <against> ('...'): 5 wins / 89 ties / 6
+    losses, p = 0.8600 (paired randomization test)"."""
+    from tuner.report import pretty_metric
+
+    return (
+        f"the winner {winner.label!r} ({winner.text!r}) gains {stats['delta']:+.4f} {pretty_metric(metric)} over "
+        f"{against} ({ref.text!r}): {stats['wins']} wins / {stats['ties']} ties / {stats['losses']} losses, "
+        f"p = {_fmt_p(stats.get('p_randomization'))} (paired randomization test)"
+    )
+
+
+def current_instructions(target: str | Path) -> list[str]:
+    """The instructions the `apply_targets(target)` directories use now (their `tuner.json`'s, else the model card's
+    default), without duplicates: a winner must beat them to be applied."""
+    out: list[str] = []
+    for d in apply_targets(target):
+        text = _effective(read_meta(d).get("instruction"))
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def _render_search(summary: Mapping[str, Any]) -> str:
     search_info = summary["instruction_search"]
     primary = summary["primary_metric"]
@@ -320,8 +376,14 @@ def _render_search(summary: Mapping[str, Any]) -> str:
             f"Paired against the default over {stats['queries']} queries: {stats['wins']} wins / {stats['ties']} ties "
             f"/ {stats['losses']} losses, p = {_fmt_p(p_t)} (t-test), {_fmt_p(p_r)} (randomization)."
         )
-        if p_r is None or p_r >= 0.05:
-            lines.append("The difference is not significant at 0.05: more queries would be needed to trust it.")
+        if not _significant(stats):
+            lines.append(
+                f"The difference is not significant at {SIGNIFICANCE_LEVEL:g}: more queries would be needed to trust "
+                "it."
+            )
+    for key, head in (("apply_refused", "Not applied"), ("apply_skipped", "Nothing applied")):
+        if search_info.get(key):
+            lines += ["", f"> **{head}:** {search_info[key]}"]
     lines += [
         "",
         "| candidate | instruction |",
@@ -350,6 +412,7 @@ def run_instruct(
     cache_dir: str | Path | None = None,
     show_progress: bool | None = None,
     data: str | Path | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Search instructions on a BEIR split (or a labeled `data` file's groups, see `Evaluator.from_groups`) and
     write the report, `tuner.json` (and `apply`'s `tuner.json`).
@@ -358,8 +421,16 @@ def run_instruct(
     `report.png`, through `report.write_report`, with the default instruction as the paired reference and an
     instruction-search section on top) and `tuner.json` = `{"instruction": winner, "instruction_search": ...}`.
 
+    `apply` gets the winner only when it is significantly better (`SIGNIFICANCE_LEVEL`, paired randomization
+    test) than each instruction `apply`'s directories use now, or when `force` is set; when they use the winner
+    already, nothing is written there.
+
     Returns:
         The summary written to `metrics.json`.
+
+    Raises:
+        NotSignificantError: `apply` was given, the winner is not significantly better than the instruction it uses
+            and `force` is not set; `apply` was left unchanged, and the report was written to `out_dir` all the same.
     """
     from tuner.report import prepare_out_dir, render_markdown, write_report
 
@@ -377,7 +448,9 @@ def run_instruct(
             len(evaluator.qids),
             evaluator.name,
         )
-    cands = candidate_instructions(instructions, reranker.instruction)
+    # what --apply would replace is scored too (unless it is a candidate already): the winner is tested against it
+    current = current_instructions(apply) if apply is not None else []
+    cands = candidate_instructions(instructions, reranker.instruction, current)
     results, best = search(reranker, evaluator, cands)
     for result in results:
         result.info.update(model=model, adapter=adapter)
@@ -402,17 +475,53 @@ def run_instruct(
         "candidates": [{"label": c.label, "text": c.text, **r.metrics} for c, r in zip(cands, results, strict=True)],
         "seconds": round(time.perf_counter() - start, 3),
         "applied_to": None,
+        "apply_refused": None,
+        "apply_skipped": None,
         "warnings": [],
     }
+    info = summary["instruction_search"]
+    replaced: list[int] = []  # the candidates that are the instructions --apply would replace
     if apply is not None:
-        warnings: list[str] = []  # a calibration removed because it was fitted with another instruction
-        written = apply_meta(apply, {"instruction": cands[best].text}, on_warning=warnings.append)
-        summary["instruction_search"]["applied_to"] = [str(p) for p in written]
-        summary["instruction_search"]["warnings"] = warnings
+        texts = [c.text for c in cands]
+        replaced = [texts.index(text) for text in current if text != cands[best].text]
+        weak = [(i, _versus(results, i, best, primary)) for i in replaced]
+        weak = [(i, st) for i, st in weak if not _significant(st)]
+        if not replaced:
+            # rewriting the same instruction would change nothing, except remove a calibration that does not record
+            # the instruction it was fitted with
+            info["apply_skipped"] = (
+                f"the winner {cands[best].label!r} ({cands[best].text!r}) is the instruction {apply} uses already: "
+                "nothing to apply"
+            )
+        elif weak and not force:
+            i, st = weak[0]
+            info["apply_refused"] = (
+                f"{_gain(cands[best], cands[i], st, primary, f'the instruction {apply} uses')}, not significant at "
+                f"{SIGNIFICANCE_LEVEL:g}, so --apply {apply} was refused and its tuner.json left unchanged; pass "
+                "--force to apply it anyway"
+            )
+        else:
+            for i, st in weak:  # applied as forced: the record says what it rests on
+                info["warnings"].append(
+                    f"{_gain(cands[best], cands[i], st, primary, f'the instruction {apply} used')}: not significant "
+                    f"at {SIGNIFICANCE_LEVEL:g}, applied because of --force"
+                )
+            # and a calibration removed because it was fitted with another instruction
+            written = apply_meta(apply, {"instruction": cands[best].text}, on_warning=info["warnings"].append)
+            info["applied_to"] = [str(p) for p in written]
+    # A noise-level "gain" (e.g. +0.0015 with 5 wins / 89 ties / 6 losses, p = 0.86) is said on stderr and in the
+    # records, not only in report.md; with --apply it is judged against what the target uses now, above (once).
+    if best != 0 and 0 not in replaced and not _significant(stats):
+        info["warnings"].append(
+            f"{_gain(cands[best], cands[0], stats, primary, 'the default')}: not significant "
+            f"at {SIGNIFICANCE_LEVEL:g}, more queries would be needed to trust it"
+        )
     search_meta = {k: v for k, v in summary["instruction_search"].items() if k != "candidates"}
     search_meta.update(dataset=meta["dataset"], split=split, metric=primary, model=model, adapter=adapter)
     atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write(out / "report.md", _render_search(summary) + "\n" + render_markdown(summary))
     tuner_json = {"instruction": cands[best].text, "instruction_search": search_meta}
     atomic_write(out / TUNER_META, json.dumps(tuner_json, indent=2, ensure_ascii=False) + "\n")
+    if info["apply_refused"]:
+        raise NotSignificantError(f"instruction not applied: {info['apply_refused']} (report in {out})")
     return summary

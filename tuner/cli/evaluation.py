@@ -167,7 +167,14 @@ def add_instruct(sub) -> None:
     p.add_argument("--max-queries", type=positive_int, help="search on a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
     p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
-    p.add_argument("--apply", metavar="DIR", help="also write the winner into this adapter/export dir's tuner.json")
+    p.add_argument(
+        "--apply",
+        metavar="DIR",
+        help="also write the winner into this adapter/export dir's tuner.json, if it is significantly better (paired "
+        "randomization test, as report.md judges it) than the instruction DIR uses now (else exit 2; the report is "
+        "still written)",
+    )
+    p.add_argument("--force", action="store_true", help="--apply a winner that is not significantly better too")
     p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_instruct)
@@ -180,12 +187,16 @@ def _run_instruct(args) -> int:
     _check_apply(args)
     custom = read_instructions(args.instructions) if args.instructions else []
     out = Path(args.out or Path("runs") / "instruct" / _out_name(args))
-    summary = run_instruct(args.model, args.beir, out, instructions=custom, apply=args.apply, **options)
+    summary = run_instruct(
+        args.model, args.beir, out, instructions=custom, apply=args.apply, force=args.force, **options
+    )
     _print_report_head(out)
     info = summary["instruction_search"]
     print(f"\nwinner: {info['winner_label']} ({info['winner']!r}) in {info['seconds']:.1f} s; wrote {out}/tuner.json")
     for path in info["applied_to"] or []:
         print(f"applied to {path}")
+    if info.get("apply_skipped"):
+        print(f"not applied: {info['apply_skipped']}")
     for warning in info.get("warnings") or []:
         print(f"tuner instruct: warning: {warning}", file=sys.stderr)
     return 0
