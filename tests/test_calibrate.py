@@ -212,8 +212,7 @@ def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
 
 
 def test_data_without_both_labels_fails_before_scoring(tmp_path, monkeypatch, capsys):
-    """Only negatives (its query is left out for want of a positive) or only positives: one line with the counts,
-    before any model loads."""
+    """Only negatives or only positives in the whole file: one line with the counts, before any model loads."""
     from tuner import eval_run
     from tuner.cli import main
 
@@ -222,10 +221,31 @@ def test_data_without_both_labels_fails_before_scoring(tmp_path, monkeypatch, ca
     negatives.write_text('{"query": "q", "document": "d", "label": 0}\n{"query": "q", "document": "e", "label": 0}\n')
     positives = tmp_path / "pos.jsonl"
     positives.write_text('{"query": "q", "pos": ["a", "b"]}\n')
-    for data, counts in ((negatives, "0 positive and 0 negative"), (positives, "2 positive and 0 negative")):
+    for data, counts in ((negatives, "0 positive and 2 negative"), (positives, "2 positive and 0 negative")):
         argv = ["calibrate", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "out")]
         assert main(argv) == 2
         assert f"{data}: {counts} pairs; calibration needs both" in capsys.readouterr().err
+
+
+def test_every_labeled_pair_is_calibrated_on_queries_with_only_negatives_or_only_positives_included(
+    tmp_path, monkeypatch
+):
+    """A query without a positive label used to be left out (as training must), dropping 46% of one dev file's
+    pairs: the negatives that carry the base rate of "nothing relevant", so the fitted probabilities came out too
+    high. Calibration counts every labeled pair."""
+    from tuner import eval_run
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: Unrelated())
+    rows = [{"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}"]} for n in range(10)]
+    rows += [{"query": "nothing relevant", "document": f"engine {n}", "label": 0} for n in range(4)]  # pairs
+    rows += [{"query": "nothing here either", "pos": [], "neg": ["a", "b", "c"]}]  # a grouped row, empty pos
+    rows += [{"query": "only relevant", "document": "wing fact", "label": 1}]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["calibrate", "--model", "m", "--data", str(data), "--out", str(out)]) == 0
+    summary = json.loads((out / "calibration.json").read_text())
+    assert (summary["pairs"], summary["positives"], summary["negatives"]) == (28, 11, 17)
 
 
 def test_fit_warnings_flag_few_pairs_and_a_slope_at_its_bound():

@@ -61,6 +61,28 @@ def test_labeled_pairs_are_grouped_per_query_and_instruction(tmp_path, caplog):
     assert result.skipped_no_positive == 1  # q2 has only a 0 label
 
 
+def test_queries_without_a_positive_are_kept_when_not_required(tmp_path):
+    """Training and evaluation need a positive per query; calibration does not (a negatives-only query's pairs are
+    labeled data): `require_positive=False` keeps a pair query with only 0 labels and a grouped row's empty pos."""
+    rows = [
+        {"query": "q1", "document": "d1", "label": 1},
+        {"query": "q2", "document": "d2", "label": 0},
+        {"query": "q2", "document": "d3", "label": 0},
+        {"query": "q3", "pos": [], "neg": ["d4"]},
+    ]
+    path = _jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError, match=r"p\.jsonl:4: field 'pos' is empty"):
+        load_groups(path)  # unchanged by default
+    result = read_groups(path, require_positive=False)
+    assert [(g.query, g.pos, g.neg) for g in result.groups] == [
+        ("q1", ["d1"], []),
+        ("q2", [], ["d2", "d3"]),
+        ("q3", [], ["d4"]),
+    ]
+    assert result.skipped_no_positive == 0
+    assert read_groups(_jsonl(tmp_path / "q.jsonl", rows[:3])).skipped_no_positive == 1
+
+
 def test_json_array_gzip_and_folder_with_split(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(GROUPED, indent=2), encoding="utf-8")
     assert [g.query for g in load_groups(tmp_path / "a.json")] == ["what is bm25", "qwen"]

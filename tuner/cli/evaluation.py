@@ -210,7 +210,11 @@ def add_calibrate(sub) -> None:
         description="Writes calibration.json, report.md and reliability.png into --out.",
     )
     _add_model_args(p)
-    p.add_argument("--data", required=True, help="labeled pairs or grouped JSONL (pos → 1, neg → 0)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="labeled pairs or grouped JSONL (pos → 1, neg → 0); every pair counts, a query's with no positive too",
+    )
     p.add_argument("--split", help="file stem when --data is a folder (default train)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--apply", metavar="DIR", help="store {temperature, bias} in this adapter/export dir's tuner.json")

@@ -55,7 +55,8 @@ class LoadResult:
     """Groups plus what a check reports besides them.
 
     Attributes:
-        groups: one per grouped row, one per (query, instruction) of pair rows that has a positive.
+        groups: one per grouped row, one per (query, instruction) of pair rows that has a positive (every one
+            with `require_positive=False`).
         rows: rows read.
         errors: messages for bad rows (only filled when loading with `collect_errors=True`).
         skipped_no_positive: pair-file queries whose labels were all <= 0 (no training signal; left out).
@@ -381,15 +382,15 @@ def _qid(row: Mapping, where: str) -> str | None:
     return str(value)
 
 
-def parse_group(row: Any, where: str) -> Group:
-    """Validate one grouped row and return its `Group`."""
+def parse_group(row: Any, where: str, require_positive: bool = True) -> Group:
+    """Validate one grouped row and return its `Group` (an empty `pos` only without `require_positive`)."""
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     if "query" not in row or row["query"] is None:
         raise DataError(f"{where}: missing field 'query'")
     query = _text(row["query"], where, "query")
     pos = _documents(row, "pos", where, required=True)
-    if not pos:
+    if not pos and require_positive:
         raise DataError(f"{where}: field 'pos' is empty (a group needs at least one positive)")
     neg = _documents(row, "neg", where, required=False)
     return Group(
@@ -449,7 +450,11 @@ def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, str | dict
 
 
 def read_groups(
-    path_or_id: str | Path, split: str | None = None, collect_errors: bool = False, max_errors: int = 50
+    path_or_id: str | Path,
+    split: str | None = None,
+    collect_errors: bool = False,
+    max_errors: int = 50,
+    require_positive: bool = True,
 ) -> LoadResult:
     """Read and validate every row; the workhorse behind `load_groups` and `tuner data check`.
 
@@ -459,6 +464,9 @@ def read_groups(
         collect_errors: keep going after a bad row and record up to `max_errors` messages (for `data check`);
             otherwise the first bad row raises `DataError`. Unreadable files always raise.
         max_errors: cap on recorded messages.
+        require_positive: leave out pair queries without a positive label (counted in `skipped_no_positive`) and
+            reject grouped rows with an empty `pos`, as training and ranking metrics need; False keeps them (their
+            negatives are labeled data all the same: calibration counts them).
     """
     result = LoadResult()
     pairs: dict[tuple[str, str | None], Group] = {}
@@ -496,7 +504,7 @@ def read_groups(
                 group = group_for(query, instruction, qid)
                 (group.pos if label > 0 else group.neg).append(document)
             else:
-                order.append(parse_group(row, where))
+                order.append(parse_group(row, where, require_positive))
         except DataError as err:
             if not collect_errors:
                 raise
@@ -509,7 +517,7 @@ def read_groups(
     for item in order:
         if isinstance(item, Group):
             result.groups.append(item)
-        elif pairs[item].pos:
+        elif pairs[item].pos or not require_positive:
             result.groups.append(pairs[item])
         else:
             result.skipped_no_positive += 1
@@ -518,22 +526,24 @@ def read_groups(
     return result
 
 
-def load_groups(path_or_id: str | Path, split: str | None = None) -> list[Group]:
+def load_groups(path_or_id: str | Path, split: str | None = None, require_positive: bool = True) -> list[Group]:
     """Read grouped rows and/or labeled pairs into `Group`s; the first bad row raises `DataError`.
 
     Args:
         path_or_id: a local `.jsonl`/`.json`/`.parquet`/`.csv`/`.tsv` file (`.gz` allowed for JSON and CSV/TSV),
             a folder holding `<split>.<one of those>`, or a hub dataset id (when the hub is reachable).
         split: folder file stem or hub split; default "train".
+        require_positive: as training and evaluation need, a query without a positive is left out (pairs, with a
+            warning) or an error (a grouped row's empty `pos`); False keeps it, with its negatives (calibration).
 
     Returns:
         Groups in file order (pairs grouped by (query, instruction) at their first appearance). Pair queries
-        without any positive label are left out with a warning.
+        without any positive label are left out with a warning, unless `require_positive` is False.
 
     Raises:
         DataError: the message names the file, line (or row) and field of the first bad row.
     """
-    return read_groups(path_or_id, split).groups
+    return read_groups(path_or_id, split, require_positive=require_positive).groups
 
 
 # ------------------------------------------------------------------------------------------ collections
