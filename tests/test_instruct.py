@@ -39,6 +39,8 @@ def test_read_instructions_skips_blanks_and_comments(tmp_path):
     path = tmp_path / "inst.txt"
     path.write_text("# a comment\n\n  Find papers  \nRetrieve passages\n", encoding="utf-8")
     assert read_instructions(path) == ["Find papers", "Retrieve passages"]
+    path.write_text("Find papers\u2028on wings\r\nRetrieve\x0cpassages\n", encoding="utf-8", newline="")
+    assert read_instructions(path) == ["Find papers\u2028on wings", "Retrieve\x0cpassages"]  # "\n" ends a line
     path.write_text("# only a comment\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"inst\.txt: no instruction"):
         read_instructions(path)

@@ -68,7 +68,9 @@ def read_instructions(path: str | Path) -> list[str]:
         raise ValueError(f"{path}: a folder; --instructions takes a text file with one instruction per line")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such instructions file")
-    lines = decode_utf8(path.read_bytes(), path).splitlines()  # a bad byte names its line; a BOM is dropped
+    # a bad byte names its line; a BOM is dropped; lines end at "\n" only, as in every other text file tuner reads
+    # (str.splitlines would also break an instruction at U+2028 or a form feed)
+    lines = decode_utf8(path.read_bytes(), path).split("\n")
     out = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not out:
         raise ValueError(f"{path}: no instruction in the file (one per line; '#' starts a comment)")
