@@ -212,6 +212,10 @@ def test_an_adapters_recorded_base_and_tuner_json_fields_are_checked(tiny_model_
         ({"calibration": [1, 2]}, "field 'calibration' must be an object"),
         ({"calibration": {"temperature": 0}}, "field 'calibration.temperature' must be a positive number"),
         ({"calibration": {"temperature": 1.0, "bias": "x"}}, "field 'calibration.bias' must be a finite number"),
+        # a model trained or exported under another prompt would be scored on prompts it never saw
+        ({"contract": {"contract_version": 2}}, "written under prompt contract version 2; this tuner implements"),
+        ({"contract": {"suffix": "<|im_end|>\n"}}, r"field 'contract.suffix' is .*, not the contract's"),
+        ({"contract": "v1"}, "field 'contract' must be an object"),
     ]
     for fields, message in bad_fields:
         write(base_model=str(tmp_path / "base"), **fields)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tuner.contract import load_tokenizer, prepare_tokenizer
+from tuner.contract import BODY_TEMPLATE, CONTRACT_VERSION, PREFIX, SUFFIX, load_tokenizer, prepare_tokenizer
 from tuner.files import json_error_place
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,27 @@ def _near_miss(path: Path) -> str:
     return f". Did you mean {str(close[0])!r}?" if close else ""
 
 
+def _check_contract(recorded: Any, file: Path) -> None:
+    """The prompt contract an export or run recorded must be the one this tuner scores with: a model trained on
+    another prompt would get prompts it never saw, and its scores would drift with no error at all."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{file}: field 'contract' must be an object, got {recorded!r:.60}")
+    version = recorded.get("contract_version", CONTRACT_VERSION)
+    if version != CONTRACT_VERSION:
+        raise ValueError(
+            f"{file}: written under prompt contract version {version!r}; this tuner implements version "
+            f"{CONTRACT_VERSION} (score it with the tuner version that wrote it: {file.parent})"
+        )
+    for key, ours in (("prefix", PREFIX), ("body_template", BODY_TEMPLATE), ("suffix", SUFFIX)):
+        if key in recorded and recorded[key] != ours:
+            raise ValueError(
+                f"{file}: field 'contract.{key}' is {recorded[key]!r:.80}, not the contract's {ours!r:.80}: this "
+                "model was trained or exported with another prompt, which tuner does not score"
+            )
+
+
 def read_meta(path: str | Path | None) -> dict[str, Any]:
     """The `tuner.json` of an export or run directory, or `{}`."""
     if path is None:
@@ -215,6 +236,7 @@ def read_meta(path: str | Path | None) -> dict[str, Any]:
     if not file.is_file():
         return {}
     meta = _read_json(file)
+    _check_contract(meta.get("contract"), file)
     # the fields scoring reads, checked here so that a hand-edited file fails naming the field, not deep inside
     max_length = meta.get("max_length")
     if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
