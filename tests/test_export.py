@@ -61,6 +61,30 @@ def test_export_all_writes_three_formats_with_parity_figures(exported, run_dir):
     assert max(len(x) for x in reranker.encode(PROBES)) == 192
 
 
+def _card_snippet(card: str, section: str) -> str:
+    """The first python block after `### section` in a model card."""
+    rest = card.split(f"### {section}\n", 1)[1]
+    return rest.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("fmt", ["adapter", "merged", "seq-cls"])
+def test_the_cards_transformers_code_as_written_scores_as_tuner_does(exported, fmt):
+    """The adapter card loaded the base without dtype=: transformers then used its config's bfloat16 (the tiny
+    base's too) and the logit moved (-19.75 against tuner's -19.624 on a real adapter). Run as written, each
+    snippet must give tuner's fp32 logit, and refuse a prompt over max_length rather than score one tuner cuts."""
+    snippet = _card_snippet((exported / fmt / "README.md").read_text(), "transformers")
+    assert snippet.count("dtype=torch.float32") == 1
+    scope: dict = {}
+    exec(snippet, scope)  # the card's own code, on this test's export
+    pair = ("what produces lift?", "Lift comes from pressure.")
+    tuner_logit = Reranker.from_pretrained(exported / fmt, device="cpu", dtype="float32").score_pairs(
+        [pair], normalize=False
+    )[0]
+    assert float(scope["logit"]) == pytest.approx(tuner_logit, abs=1e-4)
+    with pytest.raises(AssertionError, match="max_length"):
+        exec(snippet.replace("Lift comes from pressure.", "lift " * 600), {})
+
+
 def test_reranker_loads_all_three_formats_with_instruction_and_calibration(exported, run_dir, tiny_reranker):
     from peft import PeftModel
 

@@ -154,6 +154,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             resolved = None
         if isinstance(resolved, dict) and data is None:
             data = resolved.get("data")
+    max_length = meta.get("max_length") or 8192
     parts = [
         f"# {Path(path).name}: Qwen3-Reranker LoRA fine-tune, {_TITLES[fmt]}",
         "",
@@ -162,7 +163,8 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
         f"- **Base model:** {_base_line(base, recipe)}",
         f"- **Format:** {fmt} ({meta.get('dtype')})",
         f"- **Default instruction:** {'the model card default' if instruction is None else json.dumps(instruction)}",
-        f"- **Max length:** {meta.get('max_length')} tokens (only the document is truncated)",
+        f"- **Max length:** {max_length} tokens (tuner and sentence-transformers truncate only the document; the "
+        "transformers and vLLM code below does not truncate)",
         f"- **Score:** logit = h_last · (w_yes − w_no) (yes id {meta.get('yes_token_id')}, no id "
         f"{meta.get('no_token_id')}); "
         + ("other engines' relevance = sigmoid(logit)" if meta.get("calibration") else "relevance = sigmoid(logit)"),
@@ -213,6 +215,14 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
         "",
         "### transformers",
         "",
+        # Without dtype=, transformers loads the dtype in config.json (bfloat16 for a bf16 export, and for the base
+        # an adapter sits on), whose logits differ from tuner's (-19.75 against -19.624 on a real adapter); a
+        # snippet that ignores max_length silently scores a long pair on a prompt tuner never builds.
+        f"Loads in float32: tuner's dtype on CPU, and the one the parity above was checked in (without `dtype=`, "
+        f"transformers uses config.json's, e.g. bfloat16, and the logit moves). This code does not truncate: a "
+        f"prompt over {max_length} tokens would score differently from tuner, which cuts only the document, so it "
+        f"refuses one; score long documents with tuner{' or the CrossEncoder below' if fmt != 'adapter' else ''}.",
+        "",
         "```python",
         "import torch",
     ]
@@ -220,31 +230,41 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
         'messages = [{"role": "query", "content": "what produces lift?"},'
         ' {"role": "document", "content": "Lift comes from pressure."}]'
     )
+    instruction_note = (
+        '# another instruction: prepend {"role": "system", "content": ...}; none at all: apply_chat_template(...,'
+        ' instruction="")'
+    )
+    tokenize = [
+        "ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors='pt')",
+        f"assert ids['input_ids'].shape[1] <= {max_length}, 'over max_length: tuner would cut the document'",
+    ]
     if fmt == "seq-cls":
         parts += [
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
             "",
             f"tok = AutoTokenizer.from_pretrained({path!r})",
-            f"model = AutoModelForSequenceClassification.from_pretrained({path!r}).eval()",
-            "# the chat template renders the reranker prompt; add a system message to change the instruction",
+            f"model = AutoModelForSequenceClassification.from_pretrained({path!r}, dtype=torch.float32).eval()",
+            "# the chat template renders the reranker prompt",
+            instruction_note,
             messages,
-            "ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors='pt')",
+            *tokenize,
             "with torch.no_grad():",
             "    logit = model(**ids).logits[0, 0]  # = logit(yes) - logit(no)",
             "print(torch.sigmoid(logit))",
         ]
     else:
-        load = f"AutoModelForCausalLM.from_pretrained({base!r})" if fmt == "adapter" else ""
+        load = f"AutoModelForCausalLM.from_pretrained({base!r}, dtype=torch.float32)" if fmt == "adapter" else ""
         parts += ["from transformers import AutoModelForCausalLM, AutoTokenizer"]
         if fmt == "adapter":
             parts += ["from peft import PeftModel", ""]
             parts += [f"model = PeftModel.from_pretrained({load}, {path!r}).eval()"]
         else:
-            parts += ["", f"model = AutoModelForCausalLM.from_pretrained({path!r}).eval()"]
+            parts += ["", f"model = AutoModelForCausalLM.from_pretrained({path!r}, dtype=torch.float32).eval()"]
         parts += [
             f"tok = AutoTokenizer.from_pretrained({path!r})",
+            instruction_note,
             messages,
-            "ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors='pt')",
+            *tokenize,
             "with torch.no_grad():",
             "    last = model(**ids).logits[0, -1]",
             f"logit = last[{meta.get('yes_token_id')}] - last[{meta.get('no_token_id')}]",
@@ -258,7 +278,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             "```python",
             "from sentence_transformers import CrossEncoder",
             "",
-            f"model = CrossEncoder({path!r}, max_length={meta.get('max_length') or 8192})",
+            f"model = CrossEncoder({path!r}, max_length={max_length})",
             'model.predict([("what produces lift?", "Lift comes from pressure.")])  # sigmoid(logit)',
             '# another instruction: model.predict(pairs, prompt="Given a claim, retrieve supporting abstracts")',
             '# (sentence-transformers ignores an empty prompt="": the export\'s instruction is used then)',
