@@ -9,7 +9,7 @@ import pytest
 import torch
 from exporting import RUN_INSTRUCTION, make_run
 
-from tuner.chat_template import pair_messages
+from tuner.chat_template import pair_messages, template_kwargs
 from tuner.cli import main
 from tuner.contract import PromptEncoder, render_prompt
 from tuner.export import export
@@ -94,6 +94,28 @@ def test_sentence_transformers_cross_encoder_scores_equal_ours(exports, ours, fm
     assert probs == pytest.approx(torch.sigmoid(torch.tensor(st[:2])).tolist(), abs=1e-6)
 
 
+def test_sentence_transformers_empty_prompt_is_the_default_and_no_instruction_is_the_template_variable(exports, ours):
+    """sentence-transformers adds the system message only for a non-empty prompt (`if prompt and ...`), so
+    `prompt=""` scores with the export's default instruction; export's template check used to render a system
+    message holding "" that sentence-transformers never sends. "No instruction" is the template variable the card
+    names, and pair_messages builds what sentence-transformers builds."""
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(exports / "merged"), max_length=MAX_LENGTH, device="cpu")
+    identity = torch.nn.Identity()
+    default = ours.score_pairs(PAIRS, normalize=False)
+    none = ours.score_pairs(PAIRS, instruction="", normalize=False)
+    assert none != pytest.approx(default, abs=1e-4)
+    assert model.predict(PAIRS, prompt="", activation_fn=identity).tolist() == pytest.approx(default, abs=1e-4)
+    kwargs = {"chat_template": {"instruction": ""}}
+    st_none = model.predict(PAIRS, processing_kwargs=kwargs, activation_fn=identity).tolist()
+    assert st_none == pytest.approx(none, abs=1e-4)
+    assert pair_messages("q", "d", "") == pair_messages("q", "d")
+    card = (exports / "merged" / "README.md").read_text()
+    assert 'processing_kwargs={"chat_template": {"instruction": ""}}' in card
+    assert '`{"instruction": ""}` for none' in card
+
+
 @pytest.mark.parametrize("fmt", ["merged", "seq-cls"])
 def test_sentence_transformers_without_max_length_cuts_where_tuner_does(exports, fmt):
     """Without `max_length=`, sentence-transformers reads the tokenizer's model_max_length (capped by the config's
@@ -124,14 +146,15 @@ def test_chat_template_renders_the_contract_prompt_bit_for_bit(exports, tokenize
     for query, doc, instruction in cases:
         expected = render_prompt(query, doc, RUN_INSTRUCTION if instruction is None else instruction)
         messages = pair_messages(query, doc, instruction)
-        rendered = exported.apply_chat_template(messages, tokenize=False)
+        kwargs = template_kwargs(instruction)  # "" (no instruction) is the template variable, never a message
+        rendered = exported.apply_chat_template(messages, tokenize=False, **kwargs)
         assert rendered == expected
-        assert _ids(exported, messages) == card_ids.encode(
-            query, doc, RUN_INSTRUCTION if instruction is None else instruction
+        assert list(exported.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]) == (
+            card_ids.encode(query, doc, RUN_INSTRUCTION if instruction is None else instruction)
         )
         # the structured message format (content parts) renders the same
         structured = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
-        assert exported.apply_chat_template(structured, tokenize=False) == expected
+        assert exported.apply_chat_template(structured, tokenize=False, **kwargs) == expected
     # an `instruction` template variable (vLLM chat_template_kwargs) wins over the baked default
     kw = exported.apply_chat_template(pair_messages("q", "d"), tokenize=False, instruction="From kwargs")
     assert kw == render_prompt("q", "d", "From kwargs")

@@ -7,7 +7,9 @@ sentence-transformers >= 6 maps a `(query, document)` pair to the messages
 per fact) and a golden test renders it with transformers and compares strings and token ids.
 
 The instruction comes from, in order: an `instruction` (or `instruct`) template variable, the content of a
-`system` message, else the export's default instruction (the run's, or the model card's).
+`system` message, else the export's default instruction (the run's, or the model card's). sentence-transformers
+sends no system message for an empty `prompt=""`, so "no instruction" is reachable only through the variable
+(`instruction=""`), never through a message.
 """
 
 from __future__ import annotations
@@ -91,10 +93,22 @@ def is_tuner_template(template: object) -> bool:
 
 
 def pair_messages(query: str, document: Document, instruction: str | None = None) -> list[dict[str, Any]]:
-    """The messages sentence-transformers builds for a pair (`instruction` → a system message, as `prompt=`)."""
+    """The messages sentence-transformers builds for a pair (`instruction` → a system message, as `prompt=`).
+
+    sentence-transformers (6.x, `Transformer.preprocess`: `if prompt and modality == "message"`) adds the system
+    message only for a non-empty prompt: `prompt=""` renders the export's default instruction, not none. So does
+    this function; "no instruction" is the template variable (`template_kwargs("")`).
+    """
     messages: list[dict[str, Any]] = []
-    if instruction is not None:
+    if instruction:
         messages.append({"role": "system", "content": instruction})
     messages.append({"role": "query", "content": query})
     messages.append({"role": "document", "content": document_text(document)})
     return messages
+
+
+def template_kwargs(instruction: str | None) -> dict[str, Any]:
+    """The chat-template variables that give `instruction` where a system message cannot: `""` (no instruction)
+    is `{"instruction": ""}` (apply_chat_template's keyword, vLLM's `chat_template_kwargs`, sentence-transformers'
+    `processing_kwargs={"chat_template": ...}`); any other instruction travels in `pair_messages`' system message."""
+    return {"instruction": ""} if instruction == "" else {}

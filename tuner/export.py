@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tuner.chat_template import build_chat_template, pair_messages
+from tuner.chat_template import build_chat_template, pair_messages, template_kwargs
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import gate_rows, model_card
 from tuner.files import atomic_dir
@@ -196,8 +196,13 @@ def check_template(tokenizer, template: str, default_instruction: str | None) ->
     strings = ids = 0
     for query, doc, instruction in PROBES:
         expected = render_prompt(query, doc, default_instruction if instruction is None else instruction)
+        # the messages sentence-transformers builds (no system message for ""), plus the template variable that
+        # is the only way to ask for no instruction
         rendered = tokenizer.apply_chat_template(
-            pair_messages(query, doc, instruction), chat_template=template, tokenize=False
+            pair_messages(query, doc, instruction),
+            chat_template=template,
+            tokenize=False,
+            **template_kwargs(instruction),
         )
         strings += rendered == expected
         got = tokenizer(rendered, add_special_tokens=False)["input_ids"]

@@ -281,7 +281,9 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             f"model = CrossEncoder({path!r}, max_length={max_length})",
             'model.predict([("what produces lift?", "Lift comes from pressure.")])  # sigmoid(logit)',
             '# another instruction: model.predict(pairs, prompt="Given a claim, retrieve supporting abstracts")',
-            '# (sentence-transformers ignores an empty prompt="": the export\'s instruction is used then)',
+            '# no instruction: prompt="" is not it (sentence-transformers then sends no system message, so the',
+            "# export's default instruction is used); pass the template variable instead:",
+            '# model.predict(pairs, processing_kwargs={"chat_template": {"instruction": ""}})',
             "```",
         ]
     parts += ["", "### vLLM", ""]
@@ -294,7 +296,8 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             "```",
             "",
             "Then `POST /v1/rerank` with `{query, documents}`. The chat template renders the contract prompt; pass "
-            'another instruction as `"chat_template_kwargs": {"instruction": ...}` where your vLLM version accepts it. '
+            'another instruction as `"chat_template_kwargs": {"instruction": ...}` (`{"instruction": ""}` for none) '
+            "where your vLLM version accepts it. "
             "vLLM does not truncate only the document: keep prompts within `--max-model-len`.",
         ]
     parts += [
