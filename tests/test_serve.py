@@ -92,6 +92,23 @@ def test_rerank_schema_order_top_n_and_scores_equal_offline(client, tiny_reranke
     assert custom != pytest.approx(offline, abs=1e-6)
 
 
+def test_a_title_only_document_is_scored_as_the_python_api_scores_it(client, tiny_reranker):
+    """The Python API reads {"title": ...} without text (tuner.contract.document_text); the server refused it
+    with `documents.0.text: Field required`."""
+    docs = [{"title": "Lift"}, {"title": "Fruit", "text": "Bananas."}, "plain"]
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": docs})
+    assert r.status_code == 200, r.text
+    by_index = {row["index"]: row for row in r.json()["results"]}
+    assert [by_index[i]["relevance_score"] for i in range(3)] == pytest.approx(tiny_reranker.score(QUERY, docs))
+    assert by_index[0]["document"] == {"title": "Lift", "text": ""}
+    r = client.post("/score", json={"queries": QUERY, "documents": {"title": "Lift"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["score"] == pytest.approx(tiny_reranker.score(QUERY, [{"title": "Lift"}])[0])
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": [{"titel": "Lift"}]})
+    message = r.json()["error"]["message"]
+    assert message == "documents.0: a document object needs 'text' (or 'title'); got keys 'titel'"
+
+
 def test_score_endpoint_vllm_shape(client, tiny_reranker):
     r = client.post("/score", json={"queries": QUERY, "documents": DOCS[:3]})
     assert r.status_code == 200, r.text
@@ -120,7 +137,9 @@ def post_json(client, route: str, payload: dict):
         ({"query": QUERY, "documents": []}, 400, "documents"),
         ({"query": QUERY, "documents": "not a list"}, 400, "documents"),
         ({"query": QUERY, "documents": ["ok", 5]}, 400, "documents.1"),
-        ({"query": QUERY, "documents": [{"title": "no text"}]}, 400, "documents.0.text"),
+        ({"query": QUERY, "documents": [{"text": 5}]}, 400, "documents.0.text"),
+        # neither text nor title (a typo, another library's schema): named, never scored as an empty document
+        ({"query": QUERY, "documents": [{"titel": "x"}]}, 400, "documents.0"),
         ({"query": 42, "documents": ["a"]}, 400, "query"),
         ({"documents": ["a"]}, 400, "query"),
         ({"query": QUERY, "documents": ["a"], "top_n": -1}, 400, "top_n"),

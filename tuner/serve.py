@@ -97,8 +97,17 @@ def error_body(message: str, status: int, field: str | None = None, kind: str = 
 # ------------------------------------------------------------------------------------------- schemas
 class DocumentObject(BaseModel):
     model_config = ConfigDict(extra="allow")  # kept only to be named: see _unknown_fields
-    text: StrictStr
+    # the shapes tuner.contract.document_text reads, which the Python API takes: a title alone is a document (its
+    # text ""); neither field is an error there, and here, rather than a silently empty document
+    text: StrictStr = ""
     title: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _text_or_title(self) -> DocumentObject:
+        if not {"text", "title"} & self.model_fields_set:
+            keys = ", ".join(repr(k) for k in self.model_extra or {}) or "(none)"
+            raise ValueError(f"a document object needs 'text' (or 'title'); got keys {keys}")
+        return self
 
 
 class RerankRequest(BaseModel):
@@ -373,10 +382,12 @@ def create_app(
     async def _validation_error(request: Request, err: RequestValidationError):
         # the deepest error is the most specific: for a document object without "text" that is
         # documents.N.text (missing), not the str branch of the union ("documents.N: a valid string")
-        first = max(err.errors(), key=lambda e: len(e.get("loc", ())))
+        # documents.N.text (missing), not the str branch of the union ("documents.N: a valid string"); at equal
+        # depth, a validator's own message (a document object with neither text nor title) beats the str branch's
+        first = max(err.errors(), key=lambda e: (len(e.get("loc", ())), e.get("type") == "value_error"))
         invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
         where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
-        message = f"{where}: {first.get('msg', 'invalid value')}"
+        message = f"{where}: {first.get('msg', 'invalid value').removeprefix('Value error, ')}"
         if first.get("type") == "missing" and request.url.path == "/score" and where in _SCORE_ALIASES:
             message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
         content_type = request.headers.get("content-type", "")
