@@ -268,6 +268,19 @@ def test_health_and_metrics(client):
     assert 'tuner_request_duration_seconds_bucket{path="/v1/rerank",le="+Inf"}' in text
 
 
+def test_v1_models_lists_the_served_name_as_openai_and_vllm_do(client):
+    """OpenAI-style clients ask GET /v1/models for the name to send in `model`; the server had no such route."""
+    r = client.get("/v1/models")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    model = body["data"][0]
+    assert model["id"] == "tiny" and model["object"] == "model" and model["owned_by"] == "tuner"
+    assert isinstance(model["created"], int) and abs(model["created"] - time.time()) < 3600
+    # the listed id is the one /v1/rerank accepts
+    assert client.post("/v1/rerank", json={"model": model["id"], "query": "q", "documents": ["a"]}).status_code == 200
+
+
 def test_api_key_is_required_and_checked(tiny_reranker):
     app = create_app(tiny_reranker, model_name="tiny", api_key="s3cret-key")
     with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
@@ -278,6 +291,9 @@ def test_api_key_is_required_and_checked(tiny_reranker):
         assert wrong.headers["www-authenticate"] == "Bearer"
         assert c.post("/v1/rerank", json=body, headers={"Authorization": "Basic s3cret-key"}).status_code == 401
         assert c.get("/metrics").status_code == 401
+        assert c.get("/v1/models").status_code == 401
+        listed = c.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"})
+        assert listed.status_code == 200 and listed.json()["data"][0]["id"] == "tiny"
         assert c.get("/health").status_code == 200  # liveness probes need no key
         ok = c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret-key"})
         assert ok.status_code == 200

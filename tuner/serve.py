@@ -401,7 +401,9 @@ def create_app(
         # unknown route (404), wrong method (405): the same error body as every other error, not {"detail": ...}
         message = f"{request.method} {request.url.path}: {err.detail}"
         if err.status_code == 404:
-            message += " (routes: POST /v1/rerank, /rerank, /v2/rerank, /score, /v1/score; GET /health, /metrics)"
+            message += (
+                " (routes: POST /v1/rerank, /rerank, /v2/rerank, /score, /v1/score; GET /health, /metrics, /v1/models)"
+            )
         body = error_body(message, err.status_code)
         return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
 
@@ -526,6 +528,14 @@ def create_app(
     async def health() -> dict[str, Any]:
         # the calibration tells a client why these probabilities differ from vLLM's sigmoid(logit) on the same export
         return {"status": "ok", "model": name, "calibration": reranker.calibration}
+
+    created = int(time.time())
+
+    # OpenAI's model list, as vLLM serves it: clients (openai.models.list(), LiteLLM, Open WebUI) read the name to
+    # send in `model` from here; behind the key like every route but /health, as vLLM guards it
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuner"}]}
 
     @app.get("/metrics", dependencies=[Depends(authorize)])
     async def get_metrics() -> PlainTextResponse:
