@@ -205,6 +205,23 @@ def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
 
 
+def test_an_export_or_model_folder_given_as_the_source_is_named_as_such(tmp_path, capsys):
+    """`tuner export exp2/merged` (an export, not a run) said "no such run or adapter directory" of a folder that
+    exists: it names what the folder is and what export reads instead."""
+    merged = tmp_path / "exp2" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    (merged / "tuner.json").write_text(json.dumps({"format": "merged"}))
+    assert main(["export", str(merged), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{merged}: a tuner export (merged format" in err and "not a training run" in err
+    assert "a training run (RUN, with RUN/adapter/) or an adapter directory (adapter_config.json)" in err
+    assert "no such" not in err and err.count("\n") == 1
+    (merged / "tuner.json").unlink()  # a model folder of any other origin
+    assert main(["export", str(merged), "--out", str(tmp_path / "o")]) == 2
+    assert "a full model folder (config.json, no adapter_config.json)" in capsys.readouterr().err
+
+
 def test_an_out_that_is_or_holds_an_input_is_refused(tmp_path, run_dir, tiny_model_dir, capsys):
     """An export replaces its whole --out: one that is, or holds, the run, its adapter or its base would delete
     them, so it is refused even with --overwrite, and nothing is touched."""

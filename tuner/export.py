@@ -81,6 +81,21 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     for candidate in (path / "adapter", path):
         if (candidate / "adapter_config.json").is_file():
             return candidate
+    expects = "tuner export reads a training run (RUN, with RUN/adapter/) or an adapter directory (adapter_config.json)"
+    # a merged or seq-cls export (or any full model folder) holds weights with the adapter already merged in:
+    # there is nothing left to export, and "no adapter" alone sent users hunting for a missing file
+    fmt = (read_meta(path) or {}).get("format") if path.is_dir() else None
+    if fmt in FORMATS:
+        raise FileNotFoundError(
+            f"{path}: a tuner export ({fmt} format, its tuner.json says), not a training run: {expects}. "
+            f"Export from the run it was made from, or score and serve this folder as it is (tuner score --model "
+            f"{path}, tuner serve {path})"
+        )
+    if (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: a full model folder (config.json, no adapter_config.json), not a training run: {expects}. "
+            f"Score and serve it as it is (tuner score --model {path}, tuner serve {path})"
+        )
     raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/")
 
 
