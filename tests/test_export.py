@@ -67,22 +67,27 @@ def _card_snippet(card: str, section: str) -> str:
     return rest.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-@pytest.mark.parametrize("fmt", ["adapter", "merged", "seq-cls"])
-def test_the_cards_transformers_code_as_written_scores_as_tuner_does(exported, fmt):
-    """The adapter card loaded the base without dtype=: transformers then used its config's bfloat16 (the tiny
-    base's too) and the logit moved (-19.75 against tuner's -19.624 on a real adapter). Run as written, each
-    snippet must give tuner's fp32 logit, and refuse a prompt over max_length rather than score one tuner cuts."""
-    snippet = _card_snippet((exported / fmt / "README.md").read_text(), "transformers")
+def _check_the_cards_transformers_code(export_dir) -> None:
+    """Run the card's transformers snippet as written: it must give tuner's fp32 logit, and refuse a prompt over
+    max_length rather than score one tuner would cut (only the document)."""
+    snippet = _card_snippet((export_dir / "README.md").read_text(), "transformers")
     assert snippet.count("dtype=torch.float32") == 1
     scope: dict = {}
     exec(snippet, scope)  # the card's own code, on this test's export
     pair = ("what produces lift?", "Lift comes from pressure.")
-    tuner_logit = Reranker.from_pretrained(exported / fmt, device="cpu", dtype="float32").score_pairs(
+    tuner_logit = Reranker.from_pretrained(export_dir, device="cpu", dtype="float32").score_pairs(
         [pair], normalize=False
     )[0]
     assert float(scope["logit"]) == pytest.approx(tuner_logit, abs=1e-4)
     with pytest.raises(AssertionError, match="max_length"):
         exec(snippet.replace("Lift comes from pressure.", "lift " * 600), {})
+
+
+@pytest.mark.parametrize("fmt", ["adapter", "merged", "seq-cls"])
+def test_the_cards_transformers_code_as_written_scores_as_tuner_does(exported, fmt):
+    """The adapter card loaded the base without dtype=: transformers then used its config's dtype (bfloat16 for
+    Qwen3-Reranker-4B) and the logit moved (-19.75 against tuner's -19.624). A bf16 export: see below."""
+    _check_the_cards_transformers_code(exported / fmt)
 
 
 def test_reranker_loads_all_three_formats_with_instruction_and_calibration(exported, run_dir, tiny_reranker):
@@ -153,6 +158,8 @@ def test_bfloat16_export_passes_a_gate_that_measures_the_export_not_bf16_inferen
         assert '"dtype": "bfloat16"' in (tmp_path / "bf16" / fmt / "config.json").read_text()
         with safe_open(str(tmp_path / "bf16" / fmt / "model.safetensors"), framework="pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118 (not iterable)
+        # config.json says bfloat16: the card's code, as written, must still load in float32 and score as tuner
+        _check_the_cards_transformers_code(tmp_path / "bf16" / fmt)
 
 
 def _drop_the_lora(monkeypatch):
