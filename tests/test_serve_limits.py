@@ -211,3 +211,19 @@ def test_with_an_api_key_the_interactive_pages_are_off(tiny_reranker):
     open_app = create_app(tiny_reranker, model_name="tiny")
     with running(open_app) as (url, _, _):
         assert httpx.get(f"{url}/openapi.json").status_code == 200
+
+
+def test_a_request_instruction_off_the_calibrations_is_logged_once(tiny_reranker, caplog):
+    """The stored calibration was fitted with one instruction; a request that brings its own gets probabilities
+    that are not calibrated: the server log says so, once per instruction (the Python API warns the same way)."""
+    from tuner.scoring import Reranker
+
+    fitted = {"temperature": 2.0, "bias": 0.1, "instruction": "Find fruit", "max_length": tiny_reranker.max_length}
+    calibrated = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, instruction="Find fruit", calibration=fitted)
+    caplog.set_level("WARNING", logger="tuner.serve")
+    with running(create_app(calibrated, model_name="tiny")) as (url, _, _), httpx.Client(base_url=url) as c:
+        for instruction in (None, "Find fruit", "Find wings", "Find wings"):
+            r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "instruction": instruction})
+            assert r.status_code == 200, r.text
+    said = [x.getMessage() for x in caplog.records if "calibration in tuner.json" in x.getMessage()]
+    assert len(said) == 1 and "fitted with the instruction 'Find fruit', not 'Find wings'" in said[0]

@@ -173,7 +173,8 @@ class Reranker:
         self._calibration_warned: set[str] = set()
         fitted_length = (calibration or {}).get("max_length")
         if fitted_length is not None and fitted_length != max_length:
-            self._warn_calibration(f"max_length {fitted_length}, not this reranker's {max_length}", stacklevel=3)
+            message = self._calibration_message(f"max_length {fitted_length}, not this reranker's {max_length}")
+            warnings.warn(message, UserWarning, stacklevel=2)
         self.show_progress = show_progress
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or "tuner-reranker"
         if prefix_reuse not in (True, False, "auto"):
@@ -442,29 +443,30 @@ class Reranker:
         groups = prefix_groups([(query, inst) for query, _, inst in triples]) if self.prefix_reuse else None
         logits = self.logits_for_ids(self.encode(triples), groups=groups)
         if normalize:
-            self.check_calibration_instructions(inst for _, _, inst in triples)
+            for message in self.calibration_mismatches(inst for _, _, inst in triples):
+                warnings.warn(message, UserWarning, stacklevel=2)
         return [self._normalize(x) for x in logits] if normalize else logits
 
-    def check_calibration_instructions(self, instructions: Iterable[str | None]) -> None:
-        """Warn (once per instruction) when the stored calibration, fitted on pairs scored with one instruction,
-        is applied to pairs scored with another: their logits have another spread, so the probabilities are not
-        calibrated (`tuner instruct --apply` removes such a calibration for that reason). `None`: the default."""
+    def calibration_mismatches(self, instructions: Iterable[str | None]) -> list[str]:
+        """What to warn of (each once per reranker) when the stored calibration, fitted on pairs scored with one
+        instruction, is applied to pairs scored with another: their logits have another spread, so the
+        probabilities are not calibrated (`tuner instruct --apply` removes such a calibration for that reason).
+        `None` in `instructions`: the default."""
         fitted = (self.calibration or {}).get("instruction")
         if fitted is None:  # no calibration, or one from before calibrate recorded its instruction
-            return
+            return []
         default = DEFAULT_INSTRUCTION if self.instruction is None else self.instruction
-        for inst in {default if i is None else i for i in instructions} - {fitted}:
-            self._warn_calibration(f"the instruction {fitted!r}, not {inst!r}", stacklevel=4)
+        used = {default if i is None else i for i in instructions} - {fitted}
+        return [m for m in (self._calibration_message(f"the instruction {fitted!r}, not {i!r}") for i in used) if m]
 
-    def _warn_calibration(self, what: str, stacklevel: int) -> None:
+    def _calibration_message(self, what: str) -> str | None:
         if what in self._calibration_warned:
-            return
+            return None
         self._calibration_warned.add(what)
-        message = (
+        return (
             f"the calibration in tuner.json was fitted with {what}: the probabilities of these scores are not "
             "calibrated (refit with `tuner calibrate`, or use calibrated=False / normalize=False)"
         )
-        warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
     def score(
         self,

@@ -489,6 +489,8 @@ def create_app(
             raise ApiError(400, f"{where}: {err}", where) from None
         except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
             raise ApiError(400, str(err)) from None
+        for message in reranker.calibration_mismatches(inst for _, _, inst in triples):
+            log.warning("%s", message)  # a request's own instruction, off the one the calibration was fitted with
         # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
         keys = [(query, instruction) for query, _, instruction in triples]
         try:
