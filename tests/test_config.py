@@ -52,6 +52,9 @@ def test_wrong_type_and_bad_choice_are_named(tmp_path):
 def test_cross_field_checks():
     with pytest.raises(ConfigError, match="group_size"):
         load_config(None, ["data.group_size=1", "loss.kind=listwise"])
+    for kind in ("pointwise", "sft"):  # positives alone teach "yes" for everything, with no ranking figure to show it
+        with pytest.raises(ConfigError, match=r"data.group_size: must be >= 2 \(a positive and at least one neg"):
+            load_config(None, ["data.group_size=1", f"loss.kind={kind}"])
     with pytest.raises(ConfigError, match="load_in_4bit"):
         load_config(None, ["model.load_in_4bit=true", "lora.enabled=false"])
 
@@ -73,6 +76,9 @@ def test_cross_field_checks():
         ("eval.metrics=[ndcg]", "eval.metrics: metric 'ndcg' needs a cutoff"),
         ("eval.metrics=[bleu@4]", "eval.metrics: unknown metric 'bleu@4'"),
         ("model.attn_implementation=fast", "model.attn_implementation: 'fast' is not one of sdpa"),
+        ("eval.metrics=[]", "eval.metrics: must name at least one metric"),  # was an IndexError after mining
+        ("loss.pos_weight=-5", "loss.pos_weight: must be > 0"),  # the loss went unbounded below
+        ("loss.pos_weight=0", "loss.pos_weight: must be > 0"),  # no positive term at all
     ],
 )
 def test_values_out_of_range_name_the_override(tmp_path, override, message):

@@ -241,15 +241,18 @@ def test_distill_without_teacher_scores_is_a_named_error(tiny_model_dir, beir, t
 
 
 def test_full_finetuning_writes_a_loadable_model(tiny_model_dir, beir, tmp_path):
-    result = train(
-        tiny_config(tiny_model_dir, beir, tmp_path / "full", "lora.enabled=false", "train.max_steps=2", "train.lr=1e-3")
-    )
+    """Full fine-tuning keeps fp32 weights whatever model.dtype says: in bf16 most AdamW updates (~lr) round away."""
+    overrides = ("lora.enabled=false", "model.dtype=bfloat16", "train.max_steps=2", "train.lr=1e-3")
+    result = train(tiny_config(tiny_model_dir, beir, tmp_path / "full", *overrides))
+    log = (tmp_path / "full" / "logs" / "train.log").read_text()  # the run's logger does not propagate to caplog
+    assert "the base is loaded in float32, not model.dtype=bfloat16" in log
     model_dir = result["adapter_dir"]
     assert model_dir.name == "model" and (model_dir / "config.json").is_file()
     assert json.loads((model_dir / "tuner.json").read_text())["base_model"] == str(tiny_model_dir)
     moved = load_file(next(model_dir.glob("*.safetensors")))
     base = load_file(tiny_model_dir / "model.safetensors")
     assert any(not torch.equal(moved[k], base[k]) for k in base if k in moved)
+    assert {t.dtype for t in moved.values()} == {torch.float32}  # trained (and saved) in fp32
     reranker = Reranker.from_pretrained(model_dir, device="cpu", dtype="float32", max_length=96)
     assert len(reranker.score("q", ["a", "b"])) == 2
 
@@ -350,6 +353,9 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
     assert [g.query for g in groups] == ["q1"]
     assert f"{file}: left out 1 of 2 groups without a negative" in caplog.text and "'neg'" in caplog.text
     assert "tuner mine --data FILE" in caplog.text  # the way to negatives for rows of positives alone
+    # q1's one negative fills a group of 4 three times over (a triplet file's usual shape): said, with the way out
+    assert f"{file}: 1 of 1 groups have fewer than 3 negatives (data.group_size 4 - 1)" in caplog.text
+    assert "lower data.group_size" in caplog.text
 
 
 def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monkeypatch):

@@ -309,9 +309,22 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
     set_seed(t.seed)
     m = config.model
+    dtype = m.dtype
+    if not config.lora.enabled and dtype != "float32":
+        # Full fine-tuning updates the base weights themselves: AdamW moves each by ~lr per step, which rounds away
+        # in bf16 (3 steps at lr 1e-5 changed 19% of the decoder weights in bf16, 71% in fp32). The weights stay
+        # fp32 (the optimizer's master copy) and train.precision's autocast keeps the matmuls in bf16, as in
+        # transformers' own mixed precision; LoRA trains fp32 adapter weights, so its base can stay in bf16.
+        log.warning(
+            "lora.enabled=false: the base is loaded in float32, not model.dtype=%s (bf16 weights would lose most "
+            "updates); the step still computes in train.precision=%s",
+            dtype,
+            t.precision,
+        )
+        dtype = "float32"
     model = load_base(
         base_path,
-        dtype=m.dtype,
+        dtype=dtype,
         attn_implementation=m.attn_implementation,
         load_in_4bit=m.load_in_4bit,
         quant_type=m.bnb_4bit_quant_type,

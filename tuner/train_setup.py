@@ -175,7 +175,7 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         source = f"{data.beir} ({data.split}, BM25 negatives)"
     else:
         raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
-    usable = [g for g in groups if g.pos and (g.neg or data.group_size == 1)]
+    usable = [g for g in groups if g.pos and g.neg]
     if groups and len(usable) < len(groups):  # a "negs" typo, or rows of positives only: say so, not silently
         log.warning(
             "%s: left out %d of %d groups without a negative (a group of %d documents needs one; is the field "
@@ -192,6 +192,20 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         raise ConfigError(
             f"data: no usable group (with a positive and a negative) in {source}; for positives alone, mine "
             "negatives first: tuner mine --data FILE --out groups.jsonl"
+        )
+    short = sum(1 for g in groups if len(g.neg) < data.group_size - 1)
+    if short:
+        # sample_group fills such a group with repeats of its negatives (a fixed group shape keeps one batch one
+        # tensor): a triplet file's single negative becomes 7 copies, which weighs it 7 times in every loss
+        log.warning(
+            "%s: %d of %d groups have fewer than %d negatives (data.group_size %d - 1); their negatives are repeated "
+            "to fill the group, which weighs them more in the loss. Mine more (`tuner mine --data FILE`, "
+            "data.num_negatives) or lower data.group_size",
+            source,
+            short,
+            len(groups),
+            data.group_size - 1,
+            data.group_size,
         )
     if loss_kind == "distill":
         missing = sum(1 for g in groups if g.pos_scores is None or g.neg_scores is None)
