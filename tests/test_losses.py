@@ -78,3 +78,35 @@ def test_gradients_flow_and_shapes_checked():
     assert logits.grad is not None and logits.grad[:, 0].lt(0).all()  # pushes positives up
     with pytest.raises(ValueError, match="labels"):
         pointwise_loss(torch.zeros(2, 3), labels=torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "listwise", "distill"])
+def test_placeholder_slots_of_a_short_group_count_in_no_loss(kind):
+    """A group with 1 negative in a group_size of 4 is filled with 2 placeholder slots (mask False): the loss is
+    the one of its real documents (repeating the negative instead weighed it 3 times), and no gradient reaches
+    the placeholders, whatever their logits."""
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.3], [1.0, 1.5, 9.0, -9.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    teacher = torch.tensor([[3.0, 0.0, -1.0, 1.0], [2.0, 1.0, 5.0, 5.0]])
+
+    def loss(x, t, m=None):
+        if kind == "pointwise":
+            return pointwise_loss(x, pos_weight=2.0, mask=m)
+        if kind == "listwise":
+            return listwise_loss(x, temperature=0.5, mask=m)
+        return distill_loss(x, t, temperature=0.5, teacher_temperature=2.0, hard_label_weight=0.3, mask=m)
+
+    got = loss(logits, teacher, mask)
+    full, short = loss(logits[:1], teacher[:1]), loss(logits[1:, :2], teacher[1:, :2])
+    want = (4 * full + 2 * short) / 6 if kind == "pointwise" else (full + short) / 2  # mean over documents / groups
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    got.backward()
+    assert torch.all(logits.grad[1, 2:] == 0) and torch.all(logits.grad[1, :2] != 0)
+    assert loss(logits, teacher, torch.ones_like(mask)).item() == loss(logits, teacher).item()  # all real: as before
+
+
+def test_sft_placeholder_rows_count_in_no_loss():
+    vocab = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    labels, mask = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([True, True, False, False])
+    got = sft_loss(vocab, labels, yes_id=3, no_id=7, mask=mask)
+    assert got.item() == pytest.approx(sft_loss(vocab[:2], labels[:2], yes_id=3, no_id=7).item(), rel=1e-6)

@@ -84,11 +84,45 @@ def test_ranking_window_sums_over_steps_and_resets():
     assert window.summary(lambda t: t + other) == both.summary()
 
 
+def test_a_short_group_is_filled_with_masked_placeholders_not_repeats(tiny_model_dir):
+    """A triplet file's one negative in a group of 4: all its negatives once, then placeholder slots (an empty
+    document) that the mask marks; the ranking window counts only real documents."""
+    from tuner.contract import PromptEncoder, load_tokenizer
+    from tuner.data.schema import Group
+    from tuner.train_data import GroupCollator, sample_group
+    from tuner.trainer import RankingWindow
+
+    short = sample_group(Group(query="q", pos=["p"], neg=["n"], pos_scores=[2.0], neg_scores=[1.0]), 4, 1, 0, 0)
+    assert short["docs"] == ["p", "n", "", ""] and short["mask"] == [True, True, False, False]
+    assert short["teacher"] == [2.0, 1.0, 0.0, 0.0]
+    full = sample_group(Group(query="q", pos=["p"], neg=["a", "b", "c", "d"]), 4, 1, 0, 0)
+    assert full["mask"] is None and len(set(full["docs"])) == 4
+    collate = GroupCollator(PromptEncoder(load_tokenizer(), max_length=128), pad_id=0)
+    assert "group_mask" not in collate([full, full])
+    assert collate([full, short])["group_mask"].tolist() == [[True] * 4, [True, True, False, False]]
+
+    masked, real = RankingWindow(), RankingWindow()
+    masked.add(torch.tensor([[3.0, 1.0, 9.0, 9.0]]), torch.tensor([[True, True, False, False]]))
+    real.add(torch.tensor([[3.0, 1.0]]))
+    assert masked.summary() == real.summary()
+
+
+@pytest.mark.parametrize("kind", ["listwise", "sft"])
+def test_a_triplet_file_trains_with_masked_short_groups(kind, tiny_model_dir, beir, tmp_path):
+    rows = [{"anchor": f"what about {w}?", "positive": f"{w} facts", "negative": f"not {w}"} for w in "abcdefgh"]
+    file = tmp_path / "triplets.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    overrides = (f"data.train_file={file}", f"loss.kind={kind}", "train.max_steps=2", "eval.beir=null")
+    result = train(tiny_config(tiny_model_dir, beir, tmp_path / kind, *overrides))
+    loss = result["metrics"]["train"]["train_loss"]
+    assert loss == loss and 0 < loss < 50
+
+
 def test_collapsed_scores_are_warned_about_once(tiny_model_dir, beir, tmp_path, monkeypatch):
     from tuner.trainer import RankingWindow
 
     original = RankingWindow.add
-    monkeypatch.setattr(RankingWindow, "add", lambda self, logits: original(self, torch.full_like(logits, 2.5)))
+    monkeypatch.setattr(RankingWindow, "add", lambda self, logits, *_: original(self, torch.full_like(logits, 2.5)))
     train(tiny_config(tiny_model_dir, beir, tmp_path / "run", "train.max_steps=3"))
     log = (tmp_path / "run" / "logs" / "train.log").read_text()  # the run's logger does not propagate to caplog
     assert log.count("scores collapsed") == 1
@@ -353,7 +387,7 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
     assert [g.query for g in groups] == ["q1"]
     assert f"{file}: left out 1 of 2 groups without a negative" in caplog.text and "'neg'" in caplog.text
     assert "tuner mine --data FILE" in caplog.text  # the way to negatives for rows of positives alone
-    # q1's one negative fills a group of 4 three times over (a triplet file's usual shape): said, with the way out
+    # q1 has one negative for a group of 4 (a triplet file's usual shape): said, with the way out
     assert f"{file}: 1 of 1 groups have fewer than 3 negatives (data.group_size 4 - 1)" in caplog.text
     assert "lower data.group_size" in caplog.text
 

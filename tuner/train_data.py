@@ -32,28 +32,31 @@ def _stream(seed: int, epoch: int, index: int) -> random.Random:
 def sample_group(group: Group, group_size: int, seed: int, epoch: int, index: int) -> dict[str, Any]:
     """One training example: the group's query, 1 positive + `group_size - 1` negatives, teacher scores.
 
-    Negatives are drawn without replacement when the group has enough, with replacement otherwise.
+    Negatives are drawn without replacement. A group with fewer takes all of them and is filled up with
+    placeholder slots (an empty document, the shortest prompt) that `mask` marks False and no loss counts: a
+    batch stays one `[groups, group_size]` tensor, and a triplet file's one negative is not weighed 7 times as
+    copies of it were.
 
     Returns:
-        `{"query", "instruction", "docs" (positive first), "teacher" (list or None)}`.
+        `{"query", "instruction", "docs" (positive first), "teacher" (list or None), "mask" (None when every
+        slot is a real document, else a list of bools)}`.
     """
     rng = _stream(seed, epoch, index)
     p = rng.randrange(len(group.pos))
     need = group_size - 1
     if need and not group.neg:
         raise ValueError(f"group {group.qid or index} has no negatives; group_size {group_size} needs {need}")
-    if len(group.neg) >= need:
-        negs = rng.sample(range(len(group.neg)), need)
-    else:
-        negs = [rng.randrange(len(group.neg)) for _ in range(need)]
+    negs = rng.sample(range(len(group.neg)), min(need, len(group.neg)))
+    filler = need - len(negs)
     teacher = None
     if group.pos_scores is not None and group.neg_scores is not None:
-        teacher = [float(group.pos_scores[p])] + [float(group.neg_scores[j]) for j in negs]
+        teacher = [float(group.pos_scores[p])] + [float(group.neg_scores[j]) for j in negs] + [0.0] * filler
     return {
         "query": group.query,
         "instruction": group.instruction,
-        "docs": [group.pos[p]] + [group.neg[j] for j in negs],
+        "docs": [group.pos[p]] + [group.neg[j] for j in negs] + [""] * filler,
         "teacher": teacher,
+        "mask": [True] * (1 + len(negs)) + [False] * filler if filler else None,
     }
 
 
@@ -110,7 +113,8 @@ class GroupCollator:
       (`tuner.packing.pack_rows`).
     Always: `group_labels` `[n_groups, group_size]` (1 for the positive in column 0; not `labels`, so that the
     Trainer does not treat them as token labels), `num_tokens` (real prompt tokens, for the FLOP count), and
-    `teacher_scores` when every group has them.
+    `teacher_scores` when every group has them; `group_mask` (bool, same shape, False at placeholder slots) when
+    a group has fewer negatives than `group_size - 1` (see `sample_group`).
     """
 
     encoder: PromptEncoder
@@ -141,6 +145,8 @@ class GroupCollator:
         labels = torch.zeros(len(samples), size)
         labels[:, 0] = 1.0
         batch["group_labels"] = labels
+        if any(s.get("mask") is not None for s in samples):  # placeholder slots of short groups (sample_group)
+            batch["group_mask"] = torch.tensor([s.get("mask") or [True] * size for s in samples], dtype=torch.bool)
         if all(s["teacher"] is not None for s in samples):
             batch["teacher_scores"] = torch.tensor([s["teacher"] for s in samples], dtype=torch.float32)
         return batch

@@ -195,11 +195,12 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         )
     short = sum(1 for g in groups if len(g.neg) < data.group_size - 1)
     if short:
-        # sample_group fills such a group with repeats of its negatives (a fixed group shape keeps one batch one
-        # tensor): a triplet file's single negative becomes 7 copies, which weighs it 7 times in every loss
+        # sample_group fills such a group with placeholder slots that no loss counts (a fixed group shape keeps a
+        # batch one tensor): they cost a short forward each and teach nothing, and a group of 1 negative is a
+        # pairwise task; worth knowing before hours of GPU time
         log.warning(
-            "%s: %d of %d groups have fewer than %d negatives (data.group_size %d - 1); their negatives are repeated "
-            "to fill the group, which weighs them more in the loss. Mine more (`tuner mine --data FILE`, "
+            "%s: %d of %d groups have fewer than %d negatives (data.group_size %d - 1); they train on the negatives "
+            "they have (the rest of the group is masked out of the loss). Mine more (`tuner mine --data FILE`, "
             "data.num_negatives) or lower data.group_size",
             source,
             short,

@@ -44,17 +44,24 @@ class RankingWindow:
     """
 
     def __init__(self) -> None:
-        self.sums: torch.Tensor | None = None  # on the device: [on_top, pos_sum, neg_sum, all_sum, all_sq]
+        # on the device: [on_top, pos_sum, neg_sum, all_sum, all_sq, placeholder slots]
+        self.sums: torch.Tensor | None = None
         self.groups = self.negatives = 0  # on the host (a tensor made per step would be a copy to the device)
 
-    def add(self, logits: torch.Tensor) -> None:
-        """`logits` `[groups, group_size]`, the positive in column 0."""
+    def add(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """`logits` `[groups, group_size]`, the positive in column 0; `mask` False at placeholder slots."""
         groups, size = logits.shape
         if size < 2:
             return
         x = logits.detach().double()
         pos, neg = x[:, 0], x[:, 1:]
-        step = torch.stack([(pos > neg.amax(dim=1)).sum().double(), pos.sum(), neg.sum(), x.sum(), (x * x).sum()])
+        if mask is None:
+            top, fillers = neg.amax(dim=1), x.new_zeros(())
+        else:
+            real = mask[:, 1:]
+            top = neg.masked_fill(~real, float("-inf")).amax(dim=1)
+            x, neg, fillers = x * mask, neg * real, (~real).sum().double()
+        step = torch.stack([(pos > top).sum().double(), pos.sum(), neg.sum(), x.sum(), (x * x).sum(), fillers])
         self.sums = step if self.sums is None else self.sums + step
         self.groups += groups
         self.negatives += groups * (size - 1)
@@ -66,7 +73,8 @@ class RankingWindow:
         counts = torch.tensor([self.groups, self.negatives], dtype=torch.float64, device=self.sums.device)
         sums = torch.cat([self.sums, counts])
         sums = reduce(sums) if reduce is not None else sums
-        on_top, pos_sum, neg_sum, all_sum, all_sq, groups, negatives = sums.tolist()
+        on_top, pos_sum, neg_sum, all_sum, all_sq, fillers, groups, negatives = sums.tolist()
+        negatives -= fillers  # placeholder slots are no negatives
         self.sums, self.groups, self.negatives = None, 0, 0
         n = groups + negatives
         mean = all_sum / n
@@ -156,20 +164,21 @@ class RerankTrainer(Trainer):
                 self._window_start = time.perf_counter()
             self._window_tokens += int(inputs.get("num_tokens", 0))
         labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
+        mask = inputs.get("group_mask")  # False at the placeholder slots of short groups (or None: none)
         groups, size = labels.shape
         keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index", "chunks")  # any batching
         batch = {k: inputs[k] for k in keys if k in inputs}
         if self.loss_kind == "sft":
             vocab = model(**batch, vocab=True)  # [rows, vocab]
-            loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id)
+            loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id, mask)
             logits = (vocab[:, self.yes_id] - vocab[:, self.no_id]).view(groups, size)
         else:
             logits = model(**batch).view(groups, size)  # yes−no logits, fp32
             kw = self.loss_kwargs
             if self.loss_kind == "pointwise":
-                loss = pointwise_loss(logits, labels, pos_weight=kw["pos_weight"])
+                loss = pointwise_loss(logits, labels, pos_weight=kw["pos_weight"], mask=mask)
             elif self.loss_kind == "listwise":
-                loss = listwise_loss(logits, kw["temperature"], labels)
+                loss = listwise_loss(logits, kw["temperature"], labels, mask)
             elif self.loss_kind == "distill":
                 loss = distill_loss(
                     logits,
@@ -178,11 +187,12 @@ class RerankTrainer(Trainer):
                     kw["teacher_temperature"],
                     kw["hard_label_weight"],
                     labels,
+                    mask,
                 )
             else:
                 raise ValueError(f"unknown loss {self.loss_kind!r}")
         if model.training:
-            self._ranking.add(logits)
+            self._ranking.add(logits, mask)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
