@@ -253,3 +253,14 @@ def test_rerun_into_a_finished_run_is_refused_unless_overwrite(finished, tiny_mo
     assert not (copy / "adapter" / "stale.txt").exists()
     assert [p.name for p in (copy / "checkpoints").iterdir()] == ["checkpoint-1"]
     assert redone["metrics"]["train"]["global_step"] == 1
+
+
+def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_path, monkeypatch):
+    from tuner.trainer import RerankTrainer
+
+    # this process as a rank other than 0 of a multi-process run: each rank's final metrics (its own runtime)
+    # would replace rank 0's, the last writer winning
+    monkeypatch.setattr(RerankTrainer, "is_world_process_zero", lambda self: False)
+    result = train(tiny_config(tiny_model_dir, beir, tmp_path / "r1", "train.max_steps=1"))
+    assert (result["adapter_dir"] / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "r1" / "metrics.json").exists()

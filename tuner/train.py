@@ -417,6 +417,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     trainer.add_callback(EpochFromState(trainer))
 
     def write_metrics() -> None:
+        # one writer: every rank reaches the final call with its own train_runtime, and the last to rename won
+        if not trainer.is_world_process_zero():
+            return
         record["dev"]["history"] = trainer.eval_history
         if trainer.state.best_metric is not None:
             record["dev"]["best"] = {
