@@ -264,3 +264,28 @@ def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_pat
     result = train(tiny_config(tiny_model_dir, beir, tmp_path / "r1", "train.max_steps=1"))
     assert (result["adapter_dir"] / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "r1" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------- an interrupted run with evaluations: its records
+@pytest.fixture(scope="module")
+def evaluated_resume(tiny_model_dir, beir, tmp_path_factory):
+    """A 4-step run evaluated at steps 2 and 4, interrupted after its checkpoint at step 2 (and after its
+    evaluation there), then resumed. Returns the run directory, its metrics.json before the resume, the result."""
+    out = tmp_path_factory.mktemp("evaluated") / "run"
+    evals = ("eval.beir=" + str(beir), "eval.split=test", "eval.top_k=6", "eval.steps=2", "eval.before=true")
+    common = ("train.max_steps=4", "train.save_steps=2", *evals)
+    with pytest.raises(_Crash):
+        train(tiny_config(tiny_model_dir, beir, out, *common), callbacks=[_CrashAfterSave(2)])
+    before = json.loads((out / "metrics.json").read_text())
+    resumed = train(tiny_config(tiny_model_dir, beir, out, *common), resume=True)
+    return out, before, resumed
+
+
+def test_resume_keeps_the_dev_history_before_the_checkpoint(evaluated_resume):
+    out, before, resumed = evaluated_resume
+    assert [e["step"] for e in before["dev"]["history"]] == [2]
+    written = json.loads((out / "metrics.json").read_text())
+    # the evaluation at step 2 (made before the interruption) is kept, the one at step 4 added after it
+    assert [e["step"] for e in written["dev"]["history"]] == [2, 4]
+    assert written["dev"]["history"][0] == before["dev"]["history"][0]
+    assert resumed["metrics"]["dev"]["history"] == written["dev"]["history"]

@@ -132,6 +132,22 @@ def _finished_at(checkpoint: Path) -> int | None:
     return step if last > 0 and step >= last else None
 
 
+def _evals_in(checkpoint: Path) -> list[dict[str, Any]]:
+    """The dev evaluations a checkpoint's run made up to its step, as `RerankTrainer.eval_history` entries
+    (`{"step", metric: value}`), read from its trainer_state.json log (where `evaluate` logged `eval_<metric>`)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        logged = list(state.get("log_history") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    history = []
+    for entry in logged:
+        values = {k[5:]: v for k, v in entry.items() if k.startswith("eval_")}
+        if values and "step" in entry:
+            history.append({"step": entry["step"], **values})
+    return history
+
+
 def _log_failure(config: Config, err: BaseException) -> None:
     """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
     from tuner.train_setup import output_dir_for
@@ -453,6 +469,10 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         tracker.log({f"first_stage/{k}": v for k, v in record["dev"]["first_stage"].items()}, commit=False)
 
     # 7. train
+    if resume:
+        # the evaluations before the checkpoint belong to this run's history too (the trainer starts with none);
+        # those the interrupted call made after it are left out: this call makes them again, from the same state
+        trainer.eval_history = _evals_in(latest)
     result = trainer.train(resume_from_checkpoint=str(latest) if resume else None)
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
