@@ -270,14 +270,18 @@ def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_pat
 @pytest.fixture(scope="module")
 def evaluated_resume(tiny_model_dir, beir, tmp_path_factory):
     """A 4-step run evaluated at steps 2 and 4, interrupted after its checkpoint at step 2 (and after its
-    evaluation there), then resumed. Returns the run directory, its metrics.json before the resume, the result."""
+    evaluation there), then resumed; tracked by an offline wandb run. Returns the run directory, its metrics.json
+    before the resume and the resumed call's result."""
     out = tmp_path_factory.mktemp("evaluated") / "run"
     evals = ("eval.beir=" + str(beir), "eval.split=test", "eval.top_k=6", "eval.steps=2", "eval.before=true")
-    common = ("train.max_steps=4", "train.save_steps=2", *evals)
-    with pytest.raises(_Crash):
-        train(tiny_config(tiny_model_dir, beir, out, *common), callbacks=[_CrashAfterSave(2)])
-    before = json.loads((out / "metrics.json").read_text())
-    resumed = train(tiny_config(tiny_model_dir, beir, out, *common), resume=True)
+    common = ("train.max_steps=4", "train.save_steps=2", "tracking.report_to=wandb", *evals)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("WANDB_SILENT", "true")
+        with pytest.raises(_Crash):
+            train(tiny_config(tiny_model_dir, beir, out, *common), callbacks=[_CrashAfterSave(2)])
+        before = json.loads((out / "metrics.json").read_text())
+        resumed = train(tiny_config(tiny_model_dir, beir, out, *common), resume=True)
     return out, before, resumed
 
 
@@ -289,3 +293,12 @@ def test_resume_keeps_the_dev_history_before_the_checkpoint(evaluated_resume):
     assert [e["step"] for e in written["dev"]["history"]] == [2, 4]
     assert written["dev"]["history"][0] == before["dev"]["history"][0]
     assert resumed["metrics"]["dev"]["history"] == written["dev"]["history"]
+
+
+def test_resume_continues_the_wandb_run(evaluated_resume):
+    out = evaluated_resume[0]
+    # one offline folder per call (offline-run-<time>-<id>), both for the same run: `wandb sync` adds them up
+    runs = sorted((out / "logs" / "wandb").glob("offline-run-*"))
+    ids = {p.name.rsplit("-", 1)[1] for p in runs}
+    assert len(runs) == 2 and len(ids) == 1, runs
+    assert (out / "logs" / "wandb-run-id").read_text().strip() in ids

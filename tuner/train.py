@@ -408,7 +408,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         )
 
     # 6. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
-    tracker = start_tracking(config, out, main)
+    tracker = start_tracking(config, out, main, resume)
     yes_id, no_id = encoder.yes_id, encoder.no_id
     install_score_forward(model, yes_id, no_id)
     trainer = RerankTrainer(

@@ -324,9 +324,15 @@ def setup_logging(file: Path, main: bool) -> None:
     logger.propagate = False
 
 
-def start_tracking(config: Config, out: Path, main: bool):
+WANDB_RUN_ID = "wandb-run-id"  # in <out>/logs: the wandb run a --resume continues
+
+
+def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
     """Start the wandb run ourselves (project, entity, name, tags, resolved config) so the Trainer's callback
-    reuses it; point tensorboard at `<out>/logs/tensorboard`. Returns the wandb run or None."""
+    reuses it; point tensorboard at `<out>/logs/tensorboard`. Returns the wandb run or None.
+
+    The wandb run id is kept in `<out>/logs/wandb-run-id`: `resume` continues that run (its steps after the
+    checkpoint's) instead of starting a second run for the same training."""
     tr = config.tracking
     if tr.report_to == "tensorboard":
         # TensorBoardCallback reads its directory from the environment when the Trainer builds it.
@@ -337,7 +343,10 @@ def start_tracking(config: Config, out: Path, main: bool):
     import wandb
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    return wandb.init(
+    id_file = out / "logs" / WANDB_RUN_ID
+    # a run started before wandb was its tracker (tracking.* may change on resume) has no id file: a new run
+    run_id = (id_file.read_text(encoding="utf-8").strip() or None) if resume and id_file.is_file() else None
+    run = wandb.init(
         project=tr.project,
         entity=tr.entity,
         name=tr.run_name or out.name,
@@ -345,7 +354,12 @@ def start_tracking(config: Config, out: Path, main: bool):
         config=config.to_dict(),
         dir=str(out / "logs"),
         reinit="finish_previous",
+        # "allow", not "must": a run id stored offline, never synced, is unknown to the server
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
+    if run_id is None:
+        id_file.write_text(run.id + "\n", encoding="utf-8")
+    return run
 
 
 def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
