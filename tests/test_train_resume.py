@@ -19,6 +19,7 @@ from tuner.data.schema import Group
 from tuner.files import default_mode
 from tuner.train import train
 from tuner.train_data import EpochSampler, sample_group
+from tuner.train_setup import RankEval
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,11 @@ def evaluated_resume(tiny_model_dir, beir, tmp_path_factory):
         with pytest.raises(_Crash):
             train(tiny_config(tiny_model_dir, beir, out, *common), callbacks=[_CrashAfterSave(2)])
         before = json.loads((out / "metrics.json").read_text())
+        base_calls = []  # the base evaluations the resumed call runs
+        measure = RankEval.base
+        env.setattr(RankEval, "base", lambda self, model: base_calls.append(1) or measure(self, model))
         resumed = train(tiny_config(tiny_model_dir, beir, out, *common), resume=True)
+    resumed["base_calls"] = len(base_calls)
     return out, before, resumed
 
 
@@ -302,3 +307,28 @@ def test_resume_continues_the_wandb_run(evaluated_resume):
     ids = {p.name.rsplit("-", 1)[1] for p in runs}
     assert len(runs) == 2 and len(ids) == 1, runs
     assert (out / "logs" / "wandb-run-id").read_text().strip() in ids
+
+
+def test_resume_reuses_the_recorded_base_metrics(evaluated_resume):
+    _, before, resumed = evaluated_resume
+    # measured once, by the interrupted call; the resumed call reads them back instead of scoring the dev set again
+    assert resumed["base_calls"] == 0
+    assert resumed["metrics"]["dev"]["base"] == before["dev"]["base"] and before["dev"]["base"]
+    from tuner.train import _recorded_base
+
+    dev, inputs = before["dev"], before["eval_inputs"]
+    assert _recorded_base(before, "dev", inputs, dev["name"], dev["first_stage"]) == dev["base"]
+    # measured again when anything it depends on differs: the settings, the set, its candidates or qrels
+    changed = json.loads(json.dumps(inputs))
+    changed["eval"]["top_k"] += 1
+    assert _recorded_base(before, "dev", changed, dev["name"], dev["first_stage"]) is None
+    assert _recorded_base(before, "dev", inputs, "other", dev["first_stage"]) is None
+    moved = {k: v + 0.01 for k, v in dev["first_stage"].items()}
+    assert _recorded_base(before, "dev", inputs, dev["name"], moved) is None
+    assert (
+        _recorded_base(
+            {k: v for k, v in before.items() if k != "eval_inputs"}, "dev", inputs, dev["name"], dev["first_stage"]
+        )
+        is None
+    )  # a metrics.json that does not say what it was measured on
+    assert _recorded_base(before, "ood", inputs, dev["name"], dev["first_stage"]) is None

@@ -148,6 +148,30 @@ def _evals_in(checkpoint: Path) -> list[dict[str, Any]]:
     return history
 
 
+def _eval_inputs(config: Config) -> dict[str, Any]:
+    """What a base evaluation's numbers depend on besides the evaluation data: the whole model section, the eval
+    section, the instruction, the seed (which samples eval queries) and the precision; as JSON would store it."""
+    d = config.to_dict()
+    inputs = {
+        "model": d["model"],
+        "eval": d["eval"],
+        "instruction": config.data.instruction,
+        "seed": config.train.seed,
+        "precision": config.train.precision,
+    }
+    return json.loads(json.dumps(inputs, default=str))
+
+
+def _recorded_base(prior: dict, part: str, inputs: dict, name: str, first_stage: dict) -> dict | None:
+    """The base metrics an earlier call of this run recorded in metrics.json for `part` ("dev" or "ood"), when
+    they were measured on the same inputs (`_eval_inputs`), the same set and the same candidates and qrels (the
+    first-stage metrics computed now equal the recorded ones); else None (measure again)."""
+    section = prior.get(part) or {}
+    if prior.get("eval_inputs") != inputs or section.get("name") != name or section.get("first_stage") != first_stage:
+        return None
+    return section.get("base") or None
+
+
 def _log_failure(config: Config, err: BaseException) -> None:
     """Write why the run stopped into this run's `train.log` only: the console already gets the error once."""
     from tuner.train_setup import output_dir_for
@@ -215,6 +239,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
                 f"{ckpt_dir} already has checkpoints; pass --resume to continue, train into a new output.dir, "
                 "or pass output.overwrite=true to start over"
             )
+    prior: dict = {}  # with --resume: the run's metrics.json so far
     prior_train: dict = {}  # a finished run's training figures, kept when --resume finds nothing left to train
     latest = None  # with --resume: the checkpoint it continues from
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
@@ -236,6 +261,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             prior = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             prior = {}
+        prior = prior if isinstance(prior, dict) else {}
         prior_train = prior.get("train") or {}
         done = _finished_at(latest)
         target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
@@ -380,12 +406,24 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             batch_tokens=config.eval.batch_tokens,
             instruction=config.data.instruction,
         )
-    record: dict[str, Any] = {"recipe": config.name, "output_dir": str(out), "dev": {}, "ood": {}}
+    # with --resume the base was measured by the interrupted call (tens of thousands of pairs for a real dev set):
+    # reused when it was measured on the same inputs, measured again otherwise
+    inputs = _eval_inputs(config)
+    record: dict[str, Any] = {
+        "recipe": config.name,
+        "output_dir": str(out),
+        "eval_inputs": inputs,
+        "dev": {},
+        "ood": {},
+    }
     if rank_eval is not None:
         record["dev"]["name"] = evaluators["dev"].name
         record["dev"]["first_stage"] = evaluators["dev"].first_stage_metrics()
         if config.eval.before:
-            record["dev"]["base"] = rank_eval.base(model)
+            recorded = _recorded_base(prior, "dev", inputs, record["dev"]["name"], record["dev"]["first_stage"])
+            if recorded is not None:
+                log.info("--resume: dev base metrics as recorded in %s", out / METRICS_FILE)
+            record["dev"]["base"] = recorded if recorded is not None else rank_eval.base(model)
             log.info(
                 "dev %s: %s %s | base %s",
                 record["dev"]["name"],
@@ -395,11 +433,11 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             )
     if "ood" in evaluators and config.eval.before:
         ood = RankEval(evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction)
-        record["ood"] = {
-            "name": evaluators["ood"].name,
-            "first_stage": evaluators["ood"].first_stage_metrics(),
-            "base": ood.base(model),
-        }
+        record["ood"] = {"name": evaluators["ood"].name, "first_stage": evaluators["ood"].first_stage_metrics()}
+        recorded = _recorded_base(prior, "ood", inputs, record["ood"]["name"], record["ood"]["first_stage"])
+        if recorded is not None:
+            log.info("--resume: out-of-domain base metrics as recorded in %s", out / METRICS_FILE)
+        record["ood"]["base"] = recorded if recorded is not None else ood.base(model)
         log.info(
             "out of domain %s: first stage %s | base %s",
             record["ood"]["name"],
