@@ -332,3 +332,30 @@ def test_resume_reuses_the_recorded_base_metrics(evaluated_resume):
         is None
     )  # a metrics.json that does not say what it was measured on
     assert _recorded_base(before, "ood", inputs, dev["name"], dev["first_stage"]) is None
+
+
+def test_resumed_run_reports_the_whole_runs_loss_and_time(evaluated_resume):
+    out, _, resumed = evaluated_resume
+    figures = resumed["metrics"]["train"]
+    assert json.loads((out / "metrics.json").read_text())["train"] == figures
+    # the loss was logged at every step (train.logging_steps=1): the whole run's mean is the mean of the 4 logs,
+    # not transformers' mean over steps 3 and 4 only
+    logged = json.loads((out / "checkpoints/checkpoint-4/trainer_state.json").read_text())["log_history"]
+    losses = {e["step"]: e["loss"] for e in logged if "loss" in e}
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert figures["train_loss"] == pytest.approx(sum(losses.values()) / 4, rel=1e-6)
+    assert "train_loss_from_step" not in figures and "runtime_from_step" not in figures
+    # the checkpoint carries the time up to it; the run's time adds this call's to it
+    clock = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())["stateful_callbacks"]
+    before = clock["RunClock"]["attributes"]["totals"]
+    assert 0 < before["train_runtime"] < figures["train_runtime"] and before["seconds"] < figures["seconds"]
+
+
+def test_whole_run_loss_needs_the_losses_up_to_the_checkpoint():
+    from tuner.train import _whole_run_loss
+
+    # windows of 2 steps: steps 1-2 mean 4.0, steps 3-4 mean 2.0; resumed at 4, steps 5-6 mean 1.0
+    logs = [{"loss": 4.0, "step": 2}, {"eval_ndcg@10": 0.5, "step": 2}, {"loss": 2.0, "step": 4}]
+    assert _whole_run_loss(logs, 4, 1.0, 6) == pytest.approx((8 + 4 + 2) / 6)
+    # resumed at 3: step 3 was never logged, its loss is not in the checkpoint
+    assert _whole_run_loss(logs[:2], 3, 1.0, 6) is None

@@ -24,7 +24,15 @@ from tuner.config import Config, ConfigError, atomic_write_json, has_dev_set
 from tuner.files import usual_modes
 from tuner.score_forward import install_score_forward, remove_score_forward
 from tuner.train_data import GroupCollator, GroupDataset
-from tuner.trainer import CheckpointMeta, EpochFromState, LogLines, MetricsWriter, RerankTrainer, StopOnNonFinite
+from tuner.trainer import (
+    CheckpointMeta,
+    EpochFromState,
+    LogLines,
+    MetricsWriter,
+    RerankTrainer,
+    RunClock,
+    StopOnNonFinite,
+)
 
 log = logging.getLogger("tuner.train")
 
@@ -132,20 +140,46 @@ def _finished_at(checkpoint: Path) -> int | None:
     return step if last > 0 and step >= last else None
 
 
+def _trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json ({} when unreadable)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def _evals_in(checkpoint: Path) -> list[dict[str, Any]]:
     """The dev evaluations a checkpoint's run made up to its step, as `RerankTrainer.eval_history` entries
     (`{"step", metric: value}`), read from its trainer_state.json log (where `evaluate` logged `eval_<metric>`)."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        logged = list(state.get("log_history") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
     history = []
-    for entry in logged:
+    for entry in _trainer_state(checkpoint).get("log_history") or []:
         values = {k[5:]: v for k, v in entry.items() if k.startswith("eval_")}
         if values and "step" in entry:
             history.append({"step": entry["step"], **values})
     return history
+
+
+def _clock_in(checkpoint: Path) -> dict[str, float]:
+    """The run's time up to a checkpoint (`RunClock` totals), {} for a checkpoint saved without them."""
+    saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(RunClock.__name__)
+    totals = saved.get("attributes", {}).get("totals") if isinstance(saved, dict) else None
+    return totals if isinstance(totals, dict) and {"seconds", "train_runtime"} <= totals.keys() else {}
+
+
+def _whole_run_loss(log_history: list[dict], resumed_at: int, call_loss: float, global_step: int) -> float | None:
+    """The mean training loss per step over the whole run, from a resumed call's own mean (`call_loss`, over steps
+    resumed_at+1..global_step) and the losses logged up to the checkpoint (each the mean of its logging window).
+    None when those windows do not reach the checkpoint's step: the steps after the last log before the save
+    were never logged, and their loss is not in the checkpoint."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and last < entry["step"] <= resumed_at:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    if last != resumed_at or global_step <= 0:
+        return None
+    return (total + call_loss * (global_step - resumed_at)) / global_step
 
 
 def _eval_inputs(config: Config) -> dict[str, Any]:
@@ -500,6 +534,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         )
 
     trainer.add_callback(CheckpointMeta(write_run_meta))
+    # the time up to the checkpoint, for the whole run's figures (a checkpoint saved before RunClock has none)
+    prior_clock = _clock_in(latest) if resume else {}
+    trainer.add_callback(RunClock(started, prior_clock))
     for callback in callbacks or []:
         trainer.add_callback(callback)
     if tracker is not None and record["dev"].get("base"):
@@ -515,6 +552,23 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
     nothing_left = resume and prior_train.get("global_step") == trainer.state.global_step
+    resumed_at = int(latest.name[11:]) if resume else 0
+    if resume and not nothing_left:
+        # transformers' figures cover this call's steps only: the loss and runtime below are the whole run's, or
+        # say from which step they count when the checkpoint does not carry the earlier part
+        whole = _whole_run_loss(
+            trainer.state.log_history, resumed_at, record["train"].get("train_loss", 0.0), trainer.state.global_step
+        )
+        if whole is None:
+            record["train"]["train_loss_from_step"] = resumed_at + 1
+        else:
+            record["train"]["train_loss"] = whole
+        if prior_clock:
+            record["train"]["train_runtime"] = round(
+                prior_clock["train_runtime"] + record["train"].get("train_runtime", 0.0), 4
+            )
+        else:  # train_runtime and seconds both
+            record["train"]["runtime_from_step"] = resumed_at + 1
     if nothing_left:
         # the checkpoint was the run's last step: this call trained nothing, and its zero loss and runtime would
         # overwrite the figures of the steps that did run
@@ -554,8 +608,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if main and staging.exists():
         shutil.rmtree(staging)
     trainer.save_model(str(staging))  # every rank calls it (FSDP gathers); the main process writes, PEFT format
-    if not nothing_left:
-        record["train"]["seconds"] = round(time.time() - started, 1)
+    if not nothing_left:  # all the calls' wall time when the checkpoint carries the earlier calls' (see above)
+        record["train"]["seconds"] = round(prior_clock.get("seconds", 0.0) + time.time() - started, 1)
     if main:
         tokenizer.save_pretrained(staging)
         eval_summary = {

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tuner.files import usual_modes
@@ -28,7 +29,7 @@ from tuner.train_data import EpochSampler
 # the run's logger (not __name__): the step lines belong to `tuner train`'s log, next to its other lines
 log = logging.getLogger("tuner.train")
 
-__all__ = ["EpochFromState", "LogLines", "MetricsWriter", "RankingWindow", "RerankTrainer"]
+__all__ = ["EpochFromState", "LogLines", "MetricsWriter", "RankingWindow", "RerankTrainer", "RunClock"]
 
 # The yes−no logits of a logging window spread less than this (std, logit units): every document gets one score.
 COLLAPSED_STD = 1e-3
@@ -282,3 +283,35 @@ class MetricsWriter(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.write()
+
+
+class RunClock(TrainerCallback, ExportableState):
+    """How long the run has taken up to each checkpoint, saved in its trainer_state.json (transformers stores an
+    `ExportableState` callback's `state()` under `stateful_callbacks`): a resumed run adds its own time to the
+    checkpoint's and reports the whole run's, not its last call's. The figures are `seconds` (wall time since each
+    call started) and `train_runtime` (time inside `Trainer.train`), up to the save.
+
+    Args:
+        started: `time.time()` when this call started.
+        before: the totals of the checkpoint this call resumes from (`{}` for a new run).
+    """
+
+    def __init__(self, started: float | None = None, before: dict[str, float] | None = None) -> None:
+        self.started = time.time() if started is None else started
+        self.before = dict(before or {})
+        self.train_started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_started = time.time()
+
+    def totals(self) -> dict[str, float]:
+        now = time.time()
+        return {
+            "seconds": self.before.get("seconds", 0.0) + now - self.started,
+            "train_runtime": self.before.get("train_runtime", 0.0) + now - (self.train_started or now),
+        }
+
+    def state(self) -> dict[str, Any]:
+        # attributes only: the restored object (transformers' restore_callback_states_from_checkpoint, off here)
+        # would be built with no arguments
+        return {"args": {}, "attributes": {"totals": self.totals()}}
