@@ -118,6 +118,20 @@ def test_a_triplet_file_trains_with_masked_short_groups(kind, tiny_model_dir, be
     assert loss == loss and 0 < loss < 50
 
 
+def test_checkpoint_writing_is_paused_out_of_the_throughput_window(monkeypatch):
+    import time
+
+    from transformers import Trainer
+
+    from tuner.trainer import RerankTrainer
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", lambda self, *a, **k: time.sleep(0.05))
+    trainer = object.__new__(RerankTrainer)  # (only the window's bookkeeping is under test)
+    trainer._window_paused = 0.0
+    trainer._save_checkpoint(None, None)
+    assert trainer._window_paused >= 0.05
+
+
 def test_collapsed_scores_are_warned_about_once(tiny_model_dir, beir, tmp_path, monkeypatch):
     from tuner.trainer import RankingWindow
 
