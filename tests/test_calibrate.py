@@ -208,7 +208,8 @@ def test_cli_calibrate_writes_report_and_applies(tmp_path, tiny_model_dir):
     loaded = Reranker.from_pretrained(target, device="cpu", dtype="float32")
     raw = loaded.score(QUERY, DOCS, normalize=False)
     t, b = summary["temperature"], summary["bias"]
-    assert loaded.score(QUERY, DOCS) == pytest.approx([_sigmoid(x / t + b) for x in raw], abs=1e-9)
+    with pytest.warns(UserWarning, match="fitted with the instruction 'Given a web search .*', not 'keep me'"):
+        assert loaded.score(QUERY, DOCS) == pytest.approx([_sigmoid(x / t + b) for x in raw], abs=1e-9)
 
 
 def test_data_without_both_labels_fails_before_scoring(tmp_path, monkeypatch, capsys):
