@@ -118,6 +118,21 @@ def test_bm25_index_is_cached(beir, tmp_path):
     assert [p.name for p in cache.iterdir()] == [index.name] and index.stat().st_mtime_ns == stamp
 
 
+def test_a_cached_bm25_index_is_not_reused_across_tokenizer_settings(beir, tmp_path, monkeypatch):
+    """An index built without PyStemmer was reused once it was installed: stemmed queries met unstemmed terms
+    (SciFact nDCG@10 0.48 for 0.69) without an error. The cache key covers the stemmer (and bm25s, its params)."""
+    from tuner import retrieval
+
+    cache = tmp_path / "cache"
+    stemmed = retrieval.BM25(beir.corpus, cache_dir=cache)
+    monkeypatch.setattr(retrieval, "_stemmer", lambda: None)
+    plain = retrieval.BM25(beir.corpus, cache_dir=cache)
+    assert not plain.cached and len(list(cache.glob("bm25-*"))) == 2
+    assert retrieval.BM25(beir.corpus, cache_dir=cache).cached  # the same settings again: reused
+    monkeypatch.undo()
+    assert retrieval.BM25(beir.corpus, cache_dir=cache).cached and stemmed.cached is False
+
+
 class FakeReranker:
     """Logit 4 for judged positives and documents with a marker word (likely false negatives), else -3."""
 
