@@ -324,11 +324,18 @@ def _fmt_p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.4f}"
 
 
-def _significant(stats: Mapping[str, Any] | None) -> bool:
-    """Whether a paired comparison (`report.paired_stats`) is significant at `SIGNIFICANCE_LEVEL`, by its
-    randomization test (the one `report.md` judges by; None, an undefined test, is not significant)."""
+def _significant(stats: Mapping[str, Any] | None, level: float = SIGNIFICANCE_LEVEL) -> bool:
+    """Whether a paired comparison (`report.paired_stats`) is significant at `level`, by its randomization test
+    (the one `report.md` judges by; None, an undefined test, is not significant)."""
     p = None if stats is None else stats.get("p_randomization")
-    return p is not None and p < SIGNIFICANCE_LEVEL
+    return p is not None and p < level
+
+
+def winner_level(candidates: int) -> float:
+    """The level a winner's paired test must pass: `SIGNIFICANCE_LEVEL` / (candidates − 1), Bonferroni. The
+    winner is the best of several on the same queries, so an uncorrected 0.05 let pure noise through about twice
+    as often (12% of trials for the best of 8 equal instructions, 6.5% for one chosen in advance)."""
+    return SIGNIFICANCE_LEVEL / max(1, candidates - 1)
 
 
 def _versus(results: Sequence[EvalResult], reference: int, other: int, metric: str) -> dict[str, Any]:
@@ -378,10 +385,12 @@ def _render_search(summary: Mapping[str, Any]) -> str:
             f"Paired against the default over {stats['queries']} queries: {stats['wins']} wins / {stats['ties']} ties "
             f"/ {stats['losses']} losses, p = {_fmt_p(p_t)} (t-test), {_fmt_p(p_r)} (randomization)."
         )
-        if not _significant(stats):
+        level = search_info.get("significance_level", SIGNIFICANCE_LEVEL)
+        if not _significant(stats, level):
             lines.append(
-                f"The difference is not significant at {SIGNIFICANCE_LEVEL:g}: more queries would be needed to trust "
-                "it."
+                f"The difference is not significant at {level:.3g} ({SIGNIFICANCE_LEVEL:g} over the "
+                f"{len(search_info['candidates']) - 1} alternatives to the default, Bonferroni: the winner is the best "
+                "of them): more queries would be needed to trust it."
             )
     for key, head in (("apply_refused", "Not applied"), ("apply_skipped", "Nothing applied")):
         if search_info.get(key):
@@ -479,15 +488,17 @@ def run_instruct(
         "applied_to": None,
         "apply_refused": None,
         "apply_skipped": None,
+        "significance_level": winner_level(len(cands)),
         "warnings": [],
     }
     info = summary["instruction_search"]
+    level = info["significance_level"]
     replaced: list[int] = []  # the candidates that are the instructions --apply would replace
     if apply is not None:
         texts = [c.text for c in cands]
         replaced = [texts.index(text) for text in current if text != cands[best].text]
         weak = [(i, _versus(results, i, best, primary)) for i in replaced]
-        weak = [(i, st) for i, st in weak if not _significant(st)]
+        weak = [(i, st) for i, st in weak if not _significant(st, level)]
         if not replaced:
             # rewriting the same instruction would change nothing, except remove a calibration that does not record
             # the instruction it was fitted with
@@ -499,24 +510,24 @@ def run_instruct(
             i, st = weak[0]
             info["apply_refused"] = (
                 f"{_gain(cands[best], cands[i], st, primary, f'the instruction {apply} uses')}, not significant at "
-                f"{SIGNIFICANCE_LEVEL:g}, so --apply {apply} was refused and its tuner.json left unchanged; pass "
-                "--force to apply it anyway"
+                f"{level:.3g} (the best of {len(cands)} candidates), so --apply {apply} was refused and its "
+                "tuner.json left unchanged; pass --force to apply it anyway"
             )
         else:
             for i, st in weak:  # applied as forced: the record says what it rests on
                 info["warnings"].append(
                     f"{_gain(cands[best], cands[i], st, primary, f'the instruction {apply} used')}: not significant "
-                    f"at {SIGNIFICANCE_LEVEL:g}, applied because of --force"
+                    f"at {level:.3g} (the best of {len(cands)} candidates), applied because of --force"
                 )
             # and a calibration removed because it was fitted with another instruction
             written = apply_meta(apply, {"instruction": cands[best].text}, on_warning=info["warnings"].append)
             info["applied_to"] = [str(p) for p in written]
     # A noise-level "gain" (e.g. +0.0015 with 5 wins / 89 ties / 6 losses, p = 0.86) is said on stderr and in the
     # records, not only in report.md; with --apply it is judged against what the target uses now, above (once).
-    if best != 0 and 0 not in replaced and not _significant(stats):
+    if best != 0 and 0 not in replaced and not _significant(stats, level):
         info["warnings"].append(
             f"{_gain(cands[best], cands[0], stats, primary, 'the default')}: not significant "
-            f"at {SIGNIFICANCE_LEVEL:g}, more queries would be needed to trust it"
+            f"at {level:.3g} (the best of {len(cands)} candidates), more queries would be needed to trust it"
         )
     search_meta = {k: v for k, v in summary["instruction_search"].items() if k != "candidates"}
     search_meta.update(dataset=meta["dataset"], split=split, metric=primary, model=model, adapter=adapter)
