@@ -202,14 +202,19 @@ def separation_p_value(logits, labels, temperature: float, bias: float) -> float
     return float(chi2.sf(max(0.0, 2 * y.size * (constant - fitted)), 1))
 
 
+def _at_bound(temperature: float) -> bool:
+    """Whether the slope (1/temperature) stopped at its lower bound `MIN_SLOPE`."""
+    return temperature >= 0.999 / MIN_SLOPE
+
+
 def is_degenerate(temperature: float, p_value: float = 0.0) -> bool:
     """Whether the fit says nothing: the slope stopped at its bound, or (`p_value` from `separation_p_value`) the
     logits do not separate the labels better than a constant at the `SEPARATION_ALPHA` level."""
-    return temperature >= 0.999 / MIN_SLOPE or p_value >= SEPARATION_ALPHA
+    return _at_bound(temperature) or p_value >= SEPARATION_ALPHA
 
 
 def _degenerate_reason(temperature: float, p_value: float) -> str:
-    if temperature >= 0.999 / MIN_SLOPE:
+    if _at_bound(temperature):
         return f"the temperature reached its bound ({1 / MIN_SLOPE:g})"
     return (
         f"the logits separate the labels no better than a constant probability (likelihood-ratio test p = "

@@ -331,12 +331,9 @@ def load_model(
     _check_reachable(model)
     if adapter is None and (Path(model) / "adapter_config.json").is_file():
         adapter = model
-        meta = read_meta(adapter)
-        cfg = _read_json(Path(adapter) / "adapter_config.json")
-        model = meta.get("base_model") or cfg.get("base_model_name_or_path")
+        model, recorded_in = _adapter_base(Path(adapter))
         if not model:
             raise ModelNotFoundError(f"adapter {adapter!r} names no base model; pass the base explicitly")
-        recorded_in = TUNER_META if meta.get("base_model") else "adapter_config.json"
         model = check_recorded_base(model, Path(adapter), recorded_in)
     if adapter is not None:
         _check_reachable(adapter, "adapter")
@@ -368,6 +365,17 @@ def load_model(
     return net, tokenizer, meta
 
 
+def _adapter_base(adapter: Path) -> tuple[str | None, str]:
+    """The base model an adapter folder names, and the file that names it: its `tuner.json`'s `base_model`, else
+    `adapter_config.json`'s `base_model_name_or_path` (None when neither does)."""
+    meta = read_meta(adapter)
+    if meta.get("base_model"):
+        return meta["base_model"], TUNER_META
+    config_file = adapter / "adapter_config.json"
+    named = _read_json(config_file).get("base_model_name_or_path") if config_file.is_file() else None
+    return named, "adapter_config.json"
+
+
 def _same_model(a: str, b: str) -> bool:
     """Whether two model names (hub ids or local paths) name the same model."""
     if a == b:
@@ -389,11 +397,7 @@ def _check_adapter_target(model: str, adapter: str, archs: list[str]) -> None:
         )
     if meta.get("format") != "merged":
         return
-    adapter_meta = read_meta(adapter) if Path(adapter).is_dir() else {}
-    config_file = Path(adapter) / "adapter_config.json"
-    trained_on = adapter_meta.get("base_model") or (
-        _read_json(config_file).get("base_model_name_or_path") if config_file.is_file() else None
-    )
+    trained_on = _adapter_base(Path(adapter))[0] if Path(adapter).is_dir() else None
     if trained_on and _same_model(str(trained_on), model):
         return  # an adapter trained on this merged model (a second round of tuning): that is its base
     raise ValueError(

@@ -121,7 +121,12 @@ def _checkpoints(ckpt_dir: Path) -> list[Path]:
     if not ckpt_dir.is_dir():
         return []
     found = [p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[11:]))
+    return sorted(found, key=_step_of)
+
+
+def _step_of(checkpoint: Path) -> int:
+    """The step in a `checkpoint-<step>` folder's name."""
+    return int(checkpoint.name[11:])
 
 
 def _is_complete(checkpoint: Path) -> bool:
@@ -132,10 +137,10 @@ def _is_complete(checkpoint: Path) -> bool:
 def _finished_at(checkpoint: Path) -> int | None:
     """The step of `checkpoint` when it is the run's last one (its trainer_state.json says global_step reached
     max_steps), else None."""
+    state = _trainer_state(checkpoint)
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
         step, last = int(state["global_step"]), int(state["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
     return step if last > 0 and step >= last else None
 
@@ -450,14 +455,20 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         "dev": {},
         "ood": {},
     }
+
+    def base_of(part: str, what: str, measure) -> dict:
+        """record[part]'s base metrics: as metrics.json recorded them for the same inputs, else measured now."""
+        recorded = _recorded_base(prior, part, inputs, record[part]["name"], record[part]["first_stage"])
+        if recorded is None:
+            return measure(model)
+        log.info("--resume: %s base metrics as recorded in %s", what, out / METRICS_FILE)
+        return recorded
+
     if rank_eval is not None:
         record["dev"]["name"] = evaluators["dev"].name
         record["dev"]["first_stage"] = evaluators["dev"].first_stage_metrics()
         if config.eval.before:
-            recorded = _recorded_base(prior, "dev", inputs, record["dev"]["name"], record["dev"]["first_stage"])
-            if recorded is not None:
-                log.info("--resume: dev base metrics as recorded in %s", out / METRICS_FILE)
-            record["dev"]["base"] = recorded if recorded is not None else rank_eval.base(model)
+            record["dev"]["base"] = base_of("dev", "dev", rank_eval.base)
             log.info(
                 "dev %s: %s %s | base %s",
                 record["dev"]["name"],
@@ -468,10 +479,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if "ood" in evaluators and config.eval.before:
         ood = RankEval(evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction)
         record["ood"] = {"name": evaluators["ood"].name, "first_stage": evaluators["ood"].first_stage_metrics()}
-        recorded = _recorded_base(prior, "ood", inputs, record["ood"]["name"], record["ood"]["first_stage"])
-        if recorded is not None:
-            log.info("--resume: out-of-domain base metrics as recorded in %s", out / METRICS_FILE)
-        record["ood"]["base"] = recorded if recorded is not None else ood.base(model)
+        record["ood"]["base"] = base_of("ood", "out-of-domain", ood.base)
         log.info(
             "out of domain %s: first stage %s | base %s",
             record["ood"]["name"],
@@ -552,7 +560,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
     nothing_left = resume and prior_train.get("global_step") == trainer.state.global_step
-    resumed_at = int(latest.name[11:]) if resume else 0
+    resumed_at = _step_of(latest) if resume else 0
     if resume and not nothing_left:
         # transformers' figures cover this call's steps only: the loss and runtime below are the whole run's, or
         # say from which step they count when the checkpoint does not carry the earlier part
