@@ -380,10 +380,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
-        # the deepest error is the most specific: for a document object without "text" that is
-        # documents.N.text (missing), not the str branch of the union ("documents.N: a valid string")
-        # documents.N.text (missing), not the str branch of the union ("documents.N: a valid string"); at equal
-        # depth, a validator's own message (a document object with neither text nor title) beats the str branch's
+        # the deepest error is the most specific: for a document object with a bad "text" that is
+        # documents.N.text, not the str branch of the union ("documents.N: a valid string"); at equal depth, a
+        # validator's own message (a document object with neither text nor title) beats the str branch's
         first = max(err.errors(), key=lambda e: (len(e.get("loc", ())), e.get("type") == "value_error"))
         invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
         where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
