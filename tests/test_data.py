@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,42 @@ def test_labeled_pairs_are_grouped_per_query_and_instruction(tmp_path, caplog):
     assert by_key[("q1", None)].pos == ["d1", "d4"] and by_key[("q1", None)].neg == [{"text": "d3"}]
     assert by_key[("q1", "other task")].pos == ["d5"]
     assert result.skipped_no_positive == 1  # q2 has only a 0 label
+
+
+def test_graded_labels_are_kept_through_split_and_write_and_are_the_gains_of_evaluation(tmp_path):
+    """Integer labels above 1 become the positives' grades; `tuner data split`'s files keep them; evaluating the
+    dev file uses them as qrels (so nDCG weighs a grade-3 document above a grade-1 one, as on a BEIR folder)."""
+    from tuner.evaluate import Evaluator
+    from tuner.metrics import evaluate_per_query
+
+    rows = [
+        {"query": "graded", "document": "best", "label": 3},
+        {"query": "graded", "document": "ok", "label": 1},
+        {"query": "graded", "document": "bad", "label": 0},
+        {"query": "graded", "document": "good", "label": 2.0},
+        {"query": "binary", "document": "yes", "label": 1},
+        {"query": "binary", "document": "no", "label": 0},
+        {"query": "soft", "document": "likely", "label": 0.8},  # fractional: no grade scale, grade 1 for metrics
+        {"query": "soft", "document": "surely", "label": 2},
+        {"query": "soft", "document": "never", "label": 0},
+    ]
+    groups = {g.query: g for g in load_groups(_jsonl(tmp_path / "p.jsonl", rows))}
+    assert groups["graded"].pos == ["best", "ok", "good"] and groups["graded"].pos_grades == [3, 1, 2]
+    assert groups["binary"].pos_grades is None and groups["soft"].pos_grades is None
+
+    written = write_groups(list(groups.values()), tmp_path / "g.jsonl")
+    again = {g.query: g for g in load_groups(written)}
+    assert again["graded"].pos_grades == [3, 1, 2] and again["binary"].pos_grades is None
+    assert "pos_grades" not in json.loads(written.read_text(encoding="utf-8").splitlines()[1])
+
+    ev = Evaluator.from_groups(written)
+    assert ev.qrels["q1"] == {"d1": 3, "d2": 1, "d3": 2}  # positives first; d4 ("bad") is judged 0: no qrel
+    assert ev.qrels["q2"] == {"d5": 1} and ev.qrels["q3"] == {"d7": 1, "d8": 1}
+    # graded gains: "ok" (grade 1) ranked above "best" (grade 3) costs more than under binary relevance
+    ranking = {"q1": [("d2", 4.0), ("d1", 3.0), ("d3", 2.0), ("d4", 1.0)]}
+    graded = evaluate_per_query(ev.qrels, ranking, ["ndcg@10"])["q1"]["ndcg@10"]
+    ideal = 3 + 2 / math.log2(3) + 1 / math.log2(4)
+    assert graded == pytest.approx((1 + 3 / math.log2(3) + 2 / math.log2(4)) / ideal)
 
 
 def test_queries_without_a_positive_are_kept_when_not_required(tmp_path):
@@ -277,6 +314,10 @@ BAD_CASES = {
         "field 'neg_scores' has 1 scores for 2 documents in 'neg'",
     ),
     "score type": (b'{"query": "q", "pos": ["p"], "pos_scores": ["high"]}', "field 'pos_scores[0]' must be a"),
+    "grade length": (b'{"query": "q", "pos": ["p", "r"], "pos_grades": [2]}', "field 'pos_grades' has 1 grades"),
+    "grade zero": (b'{"query": "q", "pos": ["p"], "pos_grades": [0]}', "field 'pos_grades[0]' must be an integer >= 1"),
+    "grade fraction": (b'{"query": "q", "pos": ["p"], "pos_grades": [1.5]}', "field 'pos_grades[0]' must be an"),
+    "grade type": (b'{"query": "q", "pos": ["p"], "pos_grades": 3}', "field 'pos_grades' must be a list of integers"),
 }
 
 

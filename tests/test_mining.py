@@ -65,6 +65,7 @@ def test_negatives_come_from_the_rank_range_and_never_are_judged_positives(beir,
     assert [d["text"] for d in groups[0].pos] == [beir.corpus["0-3"]["text"]]
     q1 = _ids(groups[1], beir.corpus)
     assert "1-0" not in q1 and "1-1" not in q1 and len(groups[1].pos) == 2  # graded positives (2 and 1)
+    assert groups[1].pos_grades == [2, 1] and groups[0].pos_grades is None  # the qrels' grades, for nDCG
     for g in groups:
         pos_texts = {d["text"] for d in g.pos}
         assert not any(d["text"] in pos_texts for d in g.neg)

@@ -216,7 +216,8 @@ class Evaluator:
         **kwargs: Any,
     ) -> Evaluator:
         """Evaluator on a training-format file (grouped rows or labeled pairs, e.g. `tuner data split`'s dev part):
-        each group's positives and negatives are its query's candidates, its positives the qrels (grade 1).
+        each group's positives and negatives are its query's candidates, its positives the qrels (at the
+        group's `pos_grades`, the gains of nDCG, or grade 1).
 
         The file gives no first-stage order (grouped rows list the positives first), so the candidates come in a
         seeded random order, which is what `first_stage_result` reports: the chance level the rerankers are

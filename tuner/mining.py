@@ -202,6 +202,9 @@ def mine_negatives(
         if not neg_ids:
             continue
         group = Group(query=query, pos=pos_docs, neg=[_doc(beir.corpus, d) for d in neg_ids], qid=qid)
+        grades = [int(beir.qrels[qid][d]) for d in positives[qid]]
+        if any(g > 1 for g in grades):  # graded qrels (Cranfield's 1-4): kept for nDCG on the mined file
+            group.pos_grades = grades
         if teacher_scores:
             group.pos_scores, group.neg_scores = pos_logits, neg_logits
         groups.append(group)

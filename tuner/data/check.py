@@ -87,6 +87,7 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
         "groups_without_negatives": no_neg,
         "pos_neg_conflicts": sum(len(v) for v in conflicts.values()),
         "with_teacher_scores": sum(1 for g in groups if g.pos_scores is not None or g.neg_scores is not None),
+        "with_graded_positives": sum(1 for g in groups if g.pos_grades is not None),
         "instructions": len({g.instruction for g in groups if g.instruction is not None}),
     }
     if duplicates:
@@ -238,6 +239,9 @@ def format_report(report: CheckReport) -> str:
             f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}",
             f"  empty texts (rejected rows): {s['empty_texts']}" if s.get("empty_texts") else "",
             f"  groups with teacher scores: {s.get('with_teacher_scores', 0)}",
+            f"  groups with graded positives (nDCG gains): {s['with_graded_positives']}"
+            if s.get("with_graded_positives")
+            else "",
         ]
         if "prompt_tokens" in s:
             keys = ("p50", "p95", "max")

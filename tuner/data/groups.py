@@ -5,7 +5,8 @@ Two row shapes are accepted (one file may mix them):
 - grouped (FlagEmbedding's field names): `{"query", "pos": [...], "neg": [...], "instruction"?, "pos_scores"?,
   "neg_scores"?, "qid"?}`; `neg` may be left out (no negatives);
 - labeled pairs: `{"query", "document", "label", "instruction"?}`, grouped per (query, instruction) in order of
-  first appearance: `label > 0` → positive, otherwise negative (binary or graded labels). A CSV/TSV file holds
+  first appearance: `label > 0` → positive, otherwise negative (binary or graded labels; integer grades above 1
+  are kept as the positives' `pos_grades`, the gains of nDCG when the file is evaluated). A CSV/TSV file holds
   labeled pairs, one per row, under a header naming the columns (`query`, `document`, `label`, and optionally
   `title` (the document's), `instruction`, `qid`);
 - triplets, sentence-transformers' layout: `{"query" (or "anchor"), "positive", "negative"?, "negative_1"?, ...}`
@@ -42,7 +43,7 @@ from tuner.files import decode_utf8, json_error_place, similar_names
 
 log = logging.getLogger(__name__)
 
-_GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid"}
+_GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid", "pos_grades"}
 _PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
 _TRIPLET_KEYS = {"query", "anchor", "positive", "instruction", "qid"}  # + negative, negative_1, negative_2, ...
 _NEGATIVE_KEY = re.compile(r"negative(?:_(\d+))?")
@@ -366,6 +367,34 @@ def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str) -> l
     return out
 
 
+def _grades(row: Mapping, n_pos: int, where: str) -> list[int] | None:
+    """A grouped row's `pos_grades`: one integer grade >= 1 per positive (2.0 is 2), or None when absent."""
+    value = row.get("pos_grades")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field 'pos_grades' must be a list of integers, got {type(value).__name__}")
+    out = []
+    for i, g in enumerate(value):
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g != int(g) or g < 1:
+            raise DataError(f"{where}: field 'pos_grades[{i}]' must be an integer >= 1, got {g!r}")
+        out.append(int(g))
+    if len(out) != n_pos:
+        raise DataError(f"{where}: field 'pos_grades' has {len(out)} grades for {n_pos} documents in 'pos'")
+    return out
+
+
+def _pair_grades(labels: list[float]) -> list[int] | None:
+    """The grades of a pair group's positives: kept when every positive label is an integer and one is above 1.
+
+    Fractional labels (0.7: a soft or averaged judgment) have no grade scale to keep: those positives count
+    as grade 1, as binary labels do.
+    """
+    if all(x == int(x) for x in labels) and any(x > 1 for x in labels):
+        return [int(x) for x in labels]
+    return None
+
+
 def _instruction(row: Mapping, where: str) -> str | None:
     value = row.get("instruction")
     if value is not None and not isinstance(value, str):
@@ -401,6 +430,7 @@ def parse_group(row: Any, where: str, require_positive: bool = True) -> Group:
         pos_scores=_scores(row, "pos_scores", "pos", len(pos), where),
         neg_scores=_scores(row, "neg_scores", "neg", len(neg), where),
         qid=_qid(row, where),
+        pos_grades=_grades(row, len(pos), where),
     )
 
 
@@ -472,6 +502,7 @@ def read_groups(
     pairs: dict[tuple[str, str | None], Group] = {}
     order: list[Group | tuple[str, str | None]] = []
     seen: dict[tuple[str, str | None], set[str]] = {}  # triplet rows: the documents their group already has
+    pos_labels: dict[tuple[str, str | None], list[float]] = {}  # pair rows: their positives' labels, for grades
 
     def group_for(query: str, instruction: str | None, qid: str | None) -> Group:
         """The group of pair / triplet rows with this query and instruction (made at its first row)."""
@@ -503,6 +534,8 @@ def read_groups(
                 query, instruction, document, label, qid = parse_pair(row, where)
                 group = group_for(query, instruction, qid)
                 (group.pos if label > 0 else group.neg).append(document)
+                if label > 0:
+                    pos_labels.setdefault((query, instruction), []).append(label)
             else:
                 order.append(parse_group(row, where, require_positive))
         except DataError as err:
@@ -514,6 +547,9 @@ def read_groups(
                 result.errors[-1] = f"... more errors not shown (stopped listing at {max_errors})"
     if result.rows == 0:
         raise DataError(f"{path_or_id}: no rows")
+    for key, labels in pos_labels.items():
+        if len(labels) == len(pairs[key].pos):  # not a group that triplet rows also fed (no grades for those)
+            pairs[key].pos_grades = _pair_grades(labels)
     for item in order:
         if isinstance(item, Group):
             result.groups.append(item)
@@ -553,8 +589,8 @@ class GroupCollection:
 
     Attributes:
         beir: corpus (every distinct document of the groups, `{"title", "text"}`, ids `d1`, `d2`, ... in order of
-            first appearance), queries and qrels (a group's positives, grade 1); query ids are the groups' `qid`
-            or `q<row>`, made unique (a repeated qid 7 of row 4 becomes `7#4`).
+            first appearance), queries and qrels (a group's positives, at their `pos_grades` or else grade 1);
+            query ids are the groups' `qid` or `q<row>`, made unique (a repeated qid 7 of row 4 becomes `7#4`).
         documents: query id → its group's document ids, positives first, each once (a document that is both a
             positive and a negative of one group counts as the positive).
         instructions: query id → the group's instruction (None: the default).
@@ -592,7 +628,8 @@ def groups_as_collection(groups: Sequence[Group], name: str = "") -> GroupCollec
             qid, k = f"{group.qid or 'q'}{'#' if group.qid else ''}{n}{'-' + str(k) if k > 1 else ''}", k + 1
         own: dict[str, None] = {}
         relevant: dict[str, int] = {}
-        for document, grade in [(d, 1) for d in group.pos] + [(d, 0) for d in group.neg]:
+        grades = group.pos_grades or [1] * len(group.pos)
+        for document, grade in list(zip(group.pos, grades, strict=True)) + [(d, 0) for d in group.neg]:
             doc = _as_titled(document)
             key = _doc_key(doc)
             if key not in ids:
@@ -601,8 +638,8 @@ def groups_as_collection(groups: Sequence[Group], name: str = "") -> GroupCollec
             doc_id = ids[key]
             if doc_id not in own:
                 own[doc_id] = None
-                if grade:
-                    relevant[doc_id] = grade
+            if grade:  # a positive listed twice keeps its higher grade
+                relevant[doc_id] = max(grade, relevant.get(doc_id, 0))
         beir.queries[qid], beir.qrels[qid] = group.query, relevant
         documents[qid], instructions[qid] = list(own), group.instruction
     return GroupCollection(beir, documents, instructions)

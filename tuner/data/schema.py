@@ -18,6 +18,9 @@ class Group:
         instruction: per-sample task instruction; `None` → the recipe's or the contract's default.
         pos_scores / neg_scores: optional teacher scores (same lengths as pos / neg), for distillation.
         qid: query id when the group comes from a BEIR collection.
+        pos_grades: graded relevance of each positive (integers >= 1, same length as pos) when the source had
+            grades (labeled pairs with integer labels above 1, BEIR qrels, a row's `pos_grades`); None → every
+            positive is grade 1. Ranking metrics use them as gains (nDCG); training treats positives alike.
     """
 
     query: str
@@ -27,11 +30,12 @@ class Group:
     pos_scores: list[float] | None = None
     neg_scores: list[float] | None = None
     qid: str | None = None
+    pos_grades: list[int] | None = None
 
     def to_json(self) -> dict:
         """The JSONL row form (keys with no value are left out)."""
         row = {"query": self.query, "pos": self.pos, "neg": self.neg}
-        for key in ("instruction", "pos_scores", "neg_scores", "qid"):
+        for key in ("instruction", "pos_scores", "neg_scores", "qid", "pos_grades"):
             value = getattr(self, key)
             if value is not None:
                 row[key] = value
