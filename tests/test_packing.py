@@ -147,6 +147,57 @@ def test_collator_batching_through_the_training_forward(lora_model, tokenizer, b
     torch.testing.assert_close(vb, va, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batching", ["padded", "sorted", "packed"])
+@pytest.mark.parametrize("kind", ["listwise", "sft"])
+def test_placeholder_slots_are_not_encoded_and_the_loss_and_gradients_stay(lora_model, tokenizer, batching, kind):
+    """Short groups' placeholder slots cost no forward pass: the collator encodes the real documents only, and
+    the trainer scatters their scores back into the slots; loss and LoRA gradients equal those of encoding the
+    placeholders too (what the masked loss saw before), in every batching mode."""
+    from tuner.contract import PromptEncoder
+    from tuner.data.schema import Group
+    from tuner.score_forward import install_score_forward, remove_score_forward
+    from tuner.train_data import GroupCollator, sample_group
+    from tuner.trainer import RerankTrainer
+
+    enc = PromptEncoder(tokenizer, max_length=96)
+    groups = [
+        Group(query="what heals wounds", pos=["honey on burns"], neg=["tax law", "moon rocks", "tides", "ink"]),
+        Group(query="cause of scurvy", pos=["vitamin C lack " * 5], neg=["a sailor's diet"], instruction="Find"),
+        Group(query="why is the sky blue", pos=["Rayleigh scattering"], neg=["green grass", "red apples"]),
+    ]
+    samples = [sample_group(g, 4, 0, 0, i) for i, g in enumerate(groups)]
+    assert [s["mask"] for s in samples] == [None, [True, True, False, False], [True, True, True, False]]
+    collator = GroupCollator(enc, tokenizer.pad_token_id, batching=batching, batch_tokens=160)
+    batch = collator(samples)
+    assert batch["slot_index"].tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10]  # slots 6, 7 and 11 are placeholders
+    every = collator([dict(s, mask=None) for s in samples])  # the placeholders encoded too ...
+    every["group_mask"] = batch["group_mask"]  # ... and their slots masked, as before
+    assert batch["num_tokens"] < every["num_tokens"]  # throughput counts real documents only
+
+    trainer = object.__new__(RerankTrainer)  # compute_loss reads only these
+    trainer.loss_kind, trainer.yes_id, trainer.no_id = kind, enc.yes_id, enc.no_id
+    trainer.loss_kwargs = {"temperature": 1.0}
+    lora_model.eval()  # (no dropout; the throughput window is for training steps)
+    install_score_forward(lora_model, enc.yes_id, enc.no_id)
+    try:
+        out = {}
+        for name, inputs in (("skipped", batch), ("encoded", every)):
+            lora_model.zero_grad(set_to_none=True)
+            loss, extra = trainer.compute_loss(lora_model, inputs, return_outputs=True)
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in lora_model.named_parameters() if p.requires_grad}
+            out[name] = loss.detach(), extra["logits"].detach(), grads
+    finally:
+        remove_score_forward(lora_model)
+    (loss_a, logits_a, grads_a), (loss_b, logits_b, grads_b) = out["skipped"], out["encoded"]
+    real = batch["group_mask"]
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_a[real], logits_b[real], atol=1e-5, rtol=0)
+    assert torch.all(logits_a[~real] == 0) and torch.any(logits_b[~real] != 0)
+    for n in grads_b:
+        torch.testing.assert_close(grads_a[n], grads_b[n], atol=1e-5, rtol=1e-4)
+
+
 def test_train_batching_modes_follow_the_padded_run(tiny_model_dir, tmp_path):
     """End to end through the Trainer: `train.batching` sorted and packed log the padded run's losses and norms.
 

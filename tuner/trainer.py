@@ -169,12 +169,20 @@ class RerankTrainer(Trainer):
         groups, size = labels.shape
         keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index", "chunks")  # any batching
         batch = {k: inputs[k] for k in keys if k in inputs}
+        slots = inputs.get("slot_index")  # the slot of each encoded prompt when placeholders were left out
+
+        def in_slots(rows: torch.Tensor) -> torch.Tensor:
+            # [prompts, ...] → [groups * size, ...]; a placeholder slot gets 0, which every loss masks out
+            if slots is None:
+                return rows
+            return rows.new_zeros(groups * size, *rows.shape[1:]).index_copy(0, slots.to(rows.device), rows)
+
         if self.loss_kind == "sft":
-            vocab = model(**batch, vocab=True)  # [rows, vocab]
+            vocab = in_slots(model(**batch, vocab=True))  # [rows, vocab]
             loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id, mask)
             logits = (vocab[:, self.yes_id] - vocab[:, self.no_id]).view(groups, size)
         else:
-            logits = model(**batch).view(groups, size)  # yes−no logits, fp32
+            logits = in_slots(model(**batch)).view(groups, size)  # yes−no logits, fp32
             kw = self.loss_kwargs
             if self.loss_kind == "pointwise":
                 loss = pointwise_loss(logits, labels, pos_weight=kw["pos_weight"], mask=mask)
