@@ -317,7 +317,8 @@ BAD_CASES = {
     "grade length": (b'{"query": "q", "pos": ["p", "r"], "pos_grades": [2]}', "field 'pos_grades' has 1 grades"),
     "grade zero": (b'{"query": "q", "pos": ["p"], "pos_grades": [0]}', "field 'pos_grades[0]' must be an integer >= 1"),
     "grade fraction": (b'{"query": "q", "pos": ["p"], "pos_grades": [1.5]}', "field 'pos_grades[0]' must be an"),
-    "grade type": (b'{"query": "q", "pos": ["p"], "pos_grades": 3}', "field 'pos_grades' must be a list of integers"),
+    "grade text": (b'{"query": "q", "pos": ["p"], "pos_grades": ["3"]}', "field 'pos_grades[0]' must be a finite"),
+    "grade type": (b'{"query": "q", "pos": ["p"], "pos_grades": 3}', "field 'pos_grades' must be a list of numbers"),
 }
 
 

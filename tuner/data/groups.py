@@ -351,7 +351,7 @@ def _documents(row: Mapping, key: str, where: str, required: bool) -> list:
     return [_document(doc, where, f"{key}[{i}]") for i, doc in enumerate(value)]
 
 
-def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str) -> list[float] | None:
+def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str, what: str = "scores") -> list[float] | None:
     value = row.get(key)
     if value is None:
         return None
@@ -363,25 +363,19 @@ def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str) -> l
             raise DataError(f"{where}: field '{key}[{i}]' must be a finite number, got {s!r}")
         out.append(float(s))
     if len(out) != n_docs:
-        raise DataError(f"{where}: field '{key}' has {len(out)} scores for {n_docs} documents in '{docs_key}'")
+        raise DataError(f"{where}: field '{key}' has {len(out)} {what} for {n_docs} documents in '{docs_key}'")
     return out
 
 
 def _grades(row: Mapping, n_pos: int, where: str) -> list[int] | None:
     """A grouped row's `pos_grades`: one integer grade >= 1 per positive (2.0 is 2), or None when absent."""
-    value = row.get("pos_grades")
-    if value is None:
+    values = _scores(row, "pos_grades", "pos", n_pos, where, what="grades")
+    if values is None:
         return None
-    if not isinstance(value, list):
-        raise DataError(f"{where}: field 'pos_grades' must be a list of integers, got {type(value).__name__}")
-    out = []
-    for i, g in enumerate(value):
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g != int(g) or g < 1:
+    for i, g in enumerate(values):
+        if g != int(g) or g < 1:
             raise DataError(f"{where}: field 'pos_grades[{i}]' must be an integer >= 1, got {g!r}")
-        out.append(int(g))
-    if len(out) != n_pos:
-        raise DataError(f"{where}: field 'pos_grades' has {len(out)} grades for {n_pos} documents in 'pos'")
-    return out
+    return [int(g) for g in values]
 
 
 def _pair_grades(labels: list[float]) -> list[int] | None:
