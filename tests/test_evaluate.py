@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mini_beir import QRELS, QUERIES
+from mini_beir import DOCS, QRELS, QUERIES
 
 from tuner.evaluate import Evaluator, first_stage_run, sample_queries
 from tuner.metrics import evaluate_run
@@ -371,3 +371,48 @@ def test_a_cutoff_deeper_than_the_reranked_candidates_is_flagged_in_training_and
     # reranked deep enough: no note
     meta["recipe"]["eval"]["top_k"] = 20
     assert "Only the top" not in model_card(tmp_path / "export", meta)
+
+
+def test_cli_eval_splits_the_queries_by_the_training_data_of_the_adapters_run(
+    tmp_path, tiny_model_dir, beir_dir, capsys
+):
+    """An adapter inside a tuner run folder: eval reports every system on the queries its training data covers and
+    on the rest (the run's config.yaml names the data); --train-data names another source or 'none'."""
+    from tuner.cli import main
+    from tuner.config import Config
+
+    run = tmp_path / "run"
+    adapter = _random_adapter(tiny_model_dir, run / "adapter")
+    title, text = DOCS["d1"]
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"query": "q", "pos": [f"{title} {text}"], "neg": ["x"]}) + "\n", encoding="utf-8")
+    config = Config()
+    config.data.train_file = str(train)
+    config.save(run / "config.yaml")
+    base = ["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--beir", str(beir_dir)]
+    base += ["--top-k", "5", "--no-progress", "--cache-dir", ""]
+
+    assert main([*base, "--out", str(tmp_path / "auto")]) == 0
+    out = capsys.readouterr().out
+    assert f"splitting the queries by the training data of run {run}" in out
+    assert "## Seen and unseen in training" in out  # printed with the report's head
+    summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    overlap = summary["training_overlap"]
+    assert (overlap["parts"]["seen"]["queries"], overlap["parts"]["unseen"]["queries"]) == (1, 4)  # q1 (d1)
+    by_label = {s["label"]: s for s in summary["systems"]}
+    seen_tuned = {r["label"]: r for r in overlap["parts"]["seen"]["systems"]}["tuned"]
+    rows = {r["qid"]: r for r in map(json.loads, (tmp_path / "auto" / "per_query.jsonl").read_text().splitlines())}
+    assert rows["q1"]["part"] == "seen" and seen_tuned["metrics"] == rows["q1"]["metrics"]["tuned"]
+    assert by_label["tuned"]["metrics"] != seen_tuned["metrics"]
+
+    assert main([*base, "--out", str(tmp_path / "none"), "--train-data", "none"]) == 0
+    assert "training_overlap" not in json.loads((tmp_path / "none" / "metrics.json").read_text())
+    # an explicit source that is not there: one line, before an output folder is made
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--train-data", str(tmp_path / "trian.jsonl")]) == 2
+    assert "--train-data" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # the run's data gone: a warning, and the report without the split
+    train.unlink()
+    assert main([*base, "--out", str(tmp_path / "gone")]) == 0
+    assert "warning: no seen/unseen split" in capsys.readouterr().err
+    assert "training_overlap" not in json.loads((tmp_path / "gone" / "metrics.json").read_text())

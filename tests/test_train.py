@@ -187,6 +187,19 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     assert [h["step"] for h in metrics["dev"]["history"]] == [12, 24]
     assert {"first_stage", "base", "final"} <= set(metrics["ood"]) and metrics["ood"]["name"].endswith("/train")
     assert metrics["dev"]["best"]["checkpoint"].endswith(("checkpoint-12", "checkpoint-24"))
+    # the test topics' documents are not the train topics': every dev query is unseen, and its part is the whole
+    overlap = metrics["dev"]["training_overlap"]
+    assert overlap["relevant_documents_in_training"] == 0 and overlap["parts"]["seen"] == {
+        "queries": 0,
+        "meaning": overlap["parts"]["seen"]["meaning"],
+    }
+    unseen = overlap["parts"]["unseen"]
+    assert unseen["queries"] == 4
+    for stage in ("first_stage", "base", "final"):
+        assert unseen[stage] == pytest.approx(metrics["dev"][stage], abs=1e-12)
+    assert unseen["final_vs_base"]["delta"] == pytest.approx(
+        metrics["dev"]["final"]["ndcg@10"] - metrics["dev"]["base"]["ndcg@10"], abs=1e-12
+    )
 
     # every checkpoint carries the run's tuner.json: scored or exported on its own, it keeps max_length 96 (not the
     # contract's 8192), the base and the recipe

@@ -12,9 +12,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuner.evaluate import RANDOM_ORDER, EvalResult, Evaluator
+
+if TYPE_CHECKING:
+    from tuner.overlap import TrainingView
 
 __all__ = [
     "ModelOptions",
@@ -159,6 +162,8 @@ def run_eval(
     cache_dir: str | Path | None = None,
     show_progress: bool | None = True,
     data: str | Path | None = None,
+    train_data: str | Path | TrainingView | None = None,
+    train_split: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
 
@@ -172,6 +177,11 @@ def run_eval(
     is released. The first model row is the reference for deltas and paired tests. Every model loads with
     `options` (device, dtype, budgets, fast paths).
 
+    With `train_data` (a training file or folder, a BEIR folder with `train_split`, or a tuner run folder, see
+    `tuner.overlap.training_view`; or a `TrainingView` read already), the queries are also split into those the
+    training data covers (the query, or one of its relevant documents as a positive) and the rest, and every
+    system is reported on each part.
+
     Returns:
         The summary written to `out_dir/metrics.json`.
     """
@@ -184,6 +194,13 @@ def run_eval(
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
     )
+    overlap = None
+    if train_data is not None:  # read before any scoring: a source that cannot be read fails in seconds
+        from tuner.overlap import TrainingView, split_queries, training_view
+
+        view = train_data if isinstance(train_data, TrainingView) else training_view(train_data, train_split)
+        overlap = split_queries(evaluator.queries, evaluator.qrels, evaluator.relevant_documents, view)
+        overlap.update(source=view.source, training_queries=view.groups)
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
 
@@ -218,4 +235,6 @@ def run_eval(
         gc.collect()
 
     meta = report_meta(evaluator, data or beir, split, source, evaluator.top_k, max_queries, instructions=instructions)
-    return write_report(out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels)
+    return write_report(
+        out_dir, results, 1, evaluator.metrics, evaluator.primary_metric, meta, qrels=evaluator.qrels, overlap=overlap
+    )

@@ -173,6 +173,11 @@ class Evaluator:
                 )
             self.candidates[q] = docs
         self.corpus = {d: corpus[d] for docs in self.candidates.values() for d in docs}
+        # the relevant documents, also those the first stage missed: what `tuner eval --train-data` compares with
+        # the training positives (tuner.overlap)
+        self.relevant_documents = {
+            d: corpus[d] for q in self.qids for d, g in self.qrels[q].items() if g > 0 and d in corpus
+        }
         self.first_stage = {q: [(d, float(s)) for d, s in _cut(candidates.get(q, ()), top_k)] for q in self.qids}
         self._cache: dict[tuple, list[list[np.ndarray]]] = {}
         self._first_stage_result: EvalResult | None = None

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ def paired_stats(
     if n > 1:
         from scipy.stats import ttest_rel
 
-        p = float(ttest_rel(b, a).pvalue)
+        with warnings.catch_warnings():  # equal non-zero differences: scipy warns, and the NaN below says it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(ttest_rel(b, a).pvalue)
         out["p_ttest"] = None if math.isnan(p) else p
     rng = np.random.default_rng(seed)
     observed = abs(diff.mean())
@@ -143,8 +146,11 @@ def build_summary(
     primary_metric: str,
     meta: Mapping[str, Any],
     qrels: Qrels | None = None,
+    overlap: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of `metrics.json`: one entry per system with its means and paired stats vs the reference."""
+    """The content of `metrics.json`: one entry per system with its means and paired stats vs the reference, and
+    with `overlap` (`tuner.overlap.split_queries`'s result plus `source` and `training_queries`) the same per part
+    (seen / unseen in training) under `training_overlap`."""
     ref = results[reference]
     qids = list(ref.per_query)
     systems = []
@@ -165,7 +171,7 @@ def build_summary(
         if qrels is not None:
             entry["pytrec_eval_max_abs_diff"] = crosscheck_pytrec_eval(qrels, result.run, result.per_query)
         systems.append(entry)
-    return {
+    summary = {
         **meta,
         "queries": len(qids),
         "metrics_order": list(metrics),
@@ -173,6 +179,39 @@ def build_summary(
         "reference": ref.label,
         "systems": systems,
     }
+    if overlap is not None:
+        summary["training_overlap"] = _overlap_summary(results, reference, metrics, overlap)
+    return summary
+
+
+def _overlap_summary(
+    results: Sequence[EvalResult], reference: int, metrics: Sequence[str], overlap: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`training_overlap` of metrics.json: each part's query count, and every system's means on it with paired
+    stats against the reference on the same queries (see `tuner.overlap`)."""
+    from tuner.overlap import MEANING
+
+    ref = results[reference]
+    parts: dict[str, Any] = {}
+    for name, meaning in MEANING.items():
+        qids = [q for q in ref.per_query if overlap["part"].get(q) == name]
+        entry: dict[str, Any] = {"queries": len(qids), "meaning": meaning, "systems": []}
+        for i, result in enumerate(results):
+            row: dict[str, Any] = {
+                "label": result.label,
+                "metrics": {
+                    m: float(np.mean([result.per_query[q][m] for q in qids])) if qids else None for m in metrics
+                },
+            }
+            if i != reference:
+                row["vs_reference"] = {
+                    m: paired_stats([ref.per_query[q][m] for q in qids], [result.per_query[q][m] for q in qids])
+                    for m in metrics
+                }
+            entry["systems"].append(row)
+        parts[name] = entry
+    counts = {k: v for k, v in overlap.items() if k != "part"}
+    return {**counts, "parts": parts}
 
 
 def _fmt_p(p: float | None) -> str:
@@ -247,6 +286,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         )
     lines += ["", "Wins, ties and losses count queries where the system scores above, equal to or below the "]
     lines[-1] += "reference; p-values are two-sided (randomization: 10,000 sign flips)."
+    if summary.get("training_overlap"):
+        lines += _overlap_markdown(summary)
     lines += ["", "## Systems", "", "| system | model | adapter | instruction | run file | trec_eval check |"]
     lines.append("|---|---|---|---|---|---|")
     for s in summary["systems"]:
@@ -262,6 +303,39 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         )
     lines += ["", "![per-query deltas](report.png)", ""]
     return "\n".join(lines)
+
+
+def _overlap_markdown(summary: Mapping[str, Any]) -> list[str]:
+    """The "seen / unseen in training" section of report.md."""
+    info = summary["training_overlap"]
+    primary, ref = summary["primary_metric"], summary["reference"]
+    name = pretty_metric(primary)
+    lines = ["", f"## Seen and unseen in training ({name}, against {ref})", ""]
+    lines.append(
+        f"Training data: {_md(info.get('source', '?'))} ({info.get('training_queries', '?')} training queries). "
+        f"{info['relevant_documents_in_training']} of the {info['relevant_documents']} relevant documents of "
+        f"these queries are training positives; {info['positive_in_training']} queries have one, "
+        f"{info['query_in_training']} are training queries themselves."
+    )
+    lines += ["", f"| part | queries | system | {name} | delta | wins / ties / losses | p (randomization) |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for part, entry in info["parts"].items():
+        if not entry["queries"]:
+            lines.append(f"| {part} | 0 | - | - | - | - | - |")
+            continue
+        for row in entry["systems"]:
+            value = f"{row['metrics'][primary]:.4f}"
+            st = (row.get("vs_reference") or {}).get(primary)
+            delta = f"{st['delta']:+.4f}" if st else "(reference)"
+            wtl = f"{st['wins']} / {st['ties']} / {st['losses']}" if st else "-"
+            p = _fmt_p(st["p_randomization"]) if st else "-"
+            lines.append(f"| {part} | {entry['queries']} | {row['label']} | {value} | {delta} | {wtl} | {p} |")
+    lines += [
+        "",
+        f"seen: {info['parts']['seen']['meaning']} (texts compared after whitespace and case folding); unseen: the "
+        "rest. A gain on seen queries alone is memory of those documents, not of the domain.",
+    ]
+    return lines
 
 
 def _md(text: str) -> str:
@@ -307,10 +381,12 @@ def write_report(
     primary_metric: str,
     meta: Mapping[str, Any],
     qrels: Qrels | None = None,
+    overlap: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into `out_dir`; return the summary.
 
-    Labels must be unique (they key `per_query.jsonl`).
+    Labels must be unique (they key `per_query.jsonl`). With `overlap` (see `build_summary`) each per-query row
+    also names its part ("seen" / "unseen" in training).
     """
     from tuner.retrieval import write_run
 
@@ -319,7 +395,7 @@ def write_report(
         raise ValueError(f"system labels must be unique, got {labels}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = build_summary(results, reference, metrics, primary_metric, meta, qrels)
+    summary = build_summary(results, reference, metrics, primary_metric, meta, qrels, overlap)
     for result, entry in zip(results, summary["systems"], strict=True):
         write_run(result.run, out / entry["run_file"], tag=slug(result.label)[:40], digits=None)
     # an earlier report in the same folder may have had more systems: its run files would look like this one's
@@ -330,7 +406,13 @@ def write_report(
                 old.unlink()
     qids = list(results[reference].per_query)
     per_query = {q: {r.label: r.per_query[q] for r in results} for q in qids}
-    rows = [json.dumps({"qid": q, "metrics": per_query[q]}, ensure_ascii=False) for q in qids]
+    parts = overlap["part"] if overlap is not None else {}
+    rows = [
+        json.dumps(
+            {"qid": q, **({"part": parts[q]} if q in parts else {}), "metrics": per_query[q]}, ensure_ascii=False
+        )
+        for q in qids
+    ]
     atomic_write(out / "per_query.jsonl", "\n".join(rows) + "\n")
     atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write(out / "report.md", render_markdown(summary))

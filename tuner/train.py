@@ -79,13 +79,12 @@ def _check_dev_is_not_trained_on(groups: list, dev, drop: bool, main: bool) -> l
     is also a training query (the same text in both splits, eval on the training split, a train file mined from
     the eval qrels) measures memory, not the domain. Every rank filters alike (same groups, same order)."""
 
-    def norm(text: str) -> str:
-        return " ".join(text.split()).lower()
+    from tuner.overlap import normalize  # the comparison `tuner eval --train-data` makes too
 
-    dev_texts = {norm(text) for text in dev.queries.values()}
+    dev_texts = {normalize(text) for text in dev.queries.values()}
     shared, kept = [], []
     for group in groups:
-        (shared if norm(group.query) in dev_texts else kept).append(group)
+        (shared if normalize(group.query) in dev_texts else kept).append(group)
     if not shared:
         return groups
     example = shared[0].query[:80]
@@ -114,6 +113,46 @@ def _check_dev_is_not_trained_on(groups: list, dev, drop: bool, main: bool) -> l
             example,
         )
     return groups
+
+
+def _training_overlap(groups: list, evaluator, rank_eval, prior: dict) -> dict[str, Any] | None:
+    """The dev queries split by what the training groups cover (see `tuner.overlap`): per part, the first stage's,
+    the base's and the final model's means, and final vs base paired on the primary metric, so that a gain made
+    of remembered documents shows in metrics.json and in `make demo` rather than in a later analysis.
+
+    The final figures are the last evaluation's per-query metrics (None when this call evaluated nothing: the
+    recorded split stays). A base reused from the run's metrics.json by --resume has no per-query figures: its
+    recorded part means are kept, without the paired test."""
+    from tuner.metrics import mean
+    from tuner.overlap import MEANING, groups_view, split_queries
+    from tuner.report import paired_stats
+
+    recorded = (prior.get("dev") or {}).get("training_overlap")
+    final, base = rank_eval.last_per_query, rank_eval.base_per_query
+    if not final:
+        return recorded
+    split = split_queries(evaluator.queries, evaluator.qrels, evaluator.relevant_documents, groups_view(groups))
+    first = evaluator.first_stage_result().per_query
+    primary, metrics = evaluator.primary_metric, list(evaluator.metrics)
+    out: dict[str, Any] = {k: v for k, v in split.items() if k != "part"}
+    out["parts"] = {}
+    for name, meaning in MEANING.items():
+        qids = [q for q in evaluator.qids if split["part"][q] == name]
+        part: dict[str, Any] = {"queries": len(qids), "meaning": meaning}
+        if qids:
+            part["first_stage"] = mean({q: first[q] for q in qids}, metrics)
+            part["final"] = mean({q: final[q] for q in qids}, metrics)
+            if base:
+                part["base"] = mean({q: base[q] for q in qids}, metrics)
+                part["final_vs_base"] = paired_stats(
+                    [base[q][primary] for q in qids], [final[q][primary] for q in qids]
+                )
+            else:
+                before = ((recorded or {}).get("parts") or {}).get(name) or {}
+                if before.get("base") and before.get("queries") == len(qids):
+                    part["base"] = before["base"]
+        out["parts"][name] = part
+    return out
 
 
 def _checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -587,6 +626,22 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             trainer.evaluate()
         record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
         log.info("dev final %s", _fmt(record["dev"]["final"]))
+        overlap = _training_overlap(groups, evaluators["dev"], rank_eval, prior)
+        if overlap:
+            record["dev"]["training_overlap"] = overlap
+            primary = evaluators["dev"].primary_metric
+            for name, part in overlap["parts"].items():
+                if part.get("final_vs_base"):
+                    st = part["final_vs_base"]
+                    log.info(
+                        "dev %s queries (%d: %s): %s %+.4f vs base (p = %.4g)",
+                        name,
+                        part["queries"],
+                        part["meaning"],
+                        primary,
+                        st["delta"],
+                        st["p_randomization"],
+                    )
     # every rank leaves a note (multi-process runs: each rank trained the same number of steps, scored its share
     # of the evaluation pairs and got the same metrics)
     atomic_write_json(

@@ -272,6 +272,9 @@ class RankEval:
         self.kwargs = {"max_length": max_length, "batch_tokens": batch_tokens, "instruction": instruction}
         self._rerankers: dict[int, Any] = {}
         self.pairs_scored = 0  # by this process (under DDP, its share)
+        # per-query metrics of the latest call and of the base (the seen / unseen split of metrics.json reads them)
+        self.last_per_query: dict[str, dict[str, float]] = {}
+        self.base_per_query: dict[str, dict[str, float]] = {}
 
     def __call__(self, model) -> dict[str, float]:
         import torch.distributed as dist
@@ -286,7 +289,9 @@ class RankEval:
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world == 1:
             self.pairs_scored += self.evaluator.num_pairs
-            return self.evaluator(reranker)  # switches to eval mode and back
+            result = self.evaluator.evaluate(reranker)  # switches to eval mode and back
+            self.last_per_query = result.per_query
+            return dict(result.metrics)
         # Under DDP every rank holds the same weights: each reranks its share of the queries and the runs are
         # gathered, so evaluation takes 1/world of the time instead of being repeated on every rank.
         run, _ = self.evaluator.rerank(reranker, shard=(dist.get_rank(), world))
@@ -294,14 +299,19 @@ class RankEval:
         parts: list[Any] = [None] * world
         dist.all_gather_object(parts, run)
         merged = {q: ranked for part in parts for q, ranked in part.items()}
-        return dict(self.evaluator.score_run(merged).metrics)
+        result = self.evaluator.score_run(merged)
+        self.last_per_query = result.per_query
+        return dict(result.metrics)
 
     def base(self, model) -> dict[str, float]:
         """Metrics of the base model (the adapter switched off; a fresh full fine-tune is its own base)."""
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
-                return self(model)
-        return self(model)
+                values = self(model)
+        else:
+            values = self(model)
+        self.base_per_query = self.last_per_query
+        return values
 
 
 def setup_logging(file: Path, main: bool) -> None:
@@ -364,7 +374,8 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
 
 def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
     """The run's evaluation in the wandb run summary, where runs are compared: `first_stage/`, `base/`, `final/`
-    and `delta/` (final − base) for the dev set, the same under `ood/` for the out-of-domain check, the best
+    and `delta/` (final − base) for the dev set, the same under `ood/` for the out-of-domain check and under
+    `seen/` and `unseen/` for the dev queries the training data covers and the rest, the best
     checkpoint's value, and a `eval/comparison` table (system × metric) for the run page."""
     import wandb
 
@@ -381,6 +392,12 @@ def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
                 rows.append([section.get("name", part), stage, *(values.get(m) for m in metrics)])
         base, final = section.get("base") or {}, section.get("final") or {}
         summary.update({f"{prefix}delta/{k}": final[k] - base[k] for k in final if k in base})
+    for name, part in (((record.get("dev") or {}).get("training_overlap") or {}).get("parts") or {}).items():
+        # the dev queries the training data covers and the rest (see tuner.overlap): where the gain comes from
+        base, final = part.get("base") or {}, part.get("final") or {}
+        summary.update({f"{name}/final/{k}": v for k, v in final.items()})
+        summary.update({f"{name}/delta/{k}": final[k] - base[k] for k in final if k in base})
+        summary[f"{name}/queries"] = part["queries"]
     best = (record.get("dev") or {}).get("best")
     if best:
         summary["best/value"], summary["best/checkpoint"] = best["value"], best["checkpoint"]

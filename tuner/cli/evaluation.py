@@ -126,6 +126,14 @@ def add_eval(sub) -> None:
         help="compare instructions: 'default', 'none' or a text, e.g. --instructions default none 'Find ...'",
     )
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_ADAPTER", help="more systems to score")
+    p.add_argument(
+        "--train-data",
+        metavar="SOURCE",
+        help="also report every system on the queries the training data covers (the query, or a relevant document "
+        "as a positive) and on the rest: a training file or folder, a BEIR folder (--train-split qrels) or a tuner "
+        "run folder. Default: the run of --adapter (or of an adapter --model) when it is one; 'none' to skip",
+    )
+    p.add_argument("--train-split", help="file stem of a --train-data folder, or its BEIR qrels split (default train)")
     p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
     p.add_argument("--max-queries", type=positive_int, help="evaluate a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
@@ -143,13 +151,53 @@ def _run_eval(args) -> int:
     instructions = [parse_instruction(s) for s in args.instructions] if args.instructions else [args.instruction]
     out = Path(args.out or Path("runs") / "eval" / _out_name(args))
     replaced = (out / "metrics.json").exists()
-    run_eval(args.model, args.beir, out, instructions=instructions, compare=args.compare, **options)
+    train_data = _train_data(args)
+    run_eval(
+        args.model,
+        args.beir,
+        out,
+        instructions=instructions,
+        compare=args.compare,
+        train_data=train_data,
+        train_split=args.train_split,
+        **options,
+    )
     _print_report_head(out)
     print(
         f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png"
         + (" (replaced the previous report)" if replaced else "")
     )
     return 0
+
+
+def _train_data(args):
+    """eval's training data (a `tuner.overlap.TrainingView`, or None: no split): --train-data as given ('none': no
+    split), else the run folder the evaluated adapter was trained in, when its recorded training data can be read
+    (else a warning, and no split)."""
+    from tuner.overlap import run_config, training_view
+
+    if args.train_data is not None:
+        if args.train_data.strip().lower() == "none":
+            if args.train_split:
+                raise UserError("--train-split: there is no training data to split (--train-data none)")
+            return None
+        try:  # read here, so that a wrong source fails before an output folder or a model is touched
+            return training_view(args.train_data, args.train_split)
+        except (OSError, ValueError) as err:
+            raise UserError(f"--train-data {err}") from None
+    if args.train_split:
+        raise UserError("--train-split: for --train-data (a folder of training files or a BEIR folder)")
+    adapter = args.adapter or (args.model if (Path(args.model) / "adapter_config.json").is_file() else None)
+    if adapter is None or run_config(Path(adapter).parent) is None:
+        return None
+    run = Path(adapter).parent
+    try:
+        view = training_view(run)
+    except (OSError, ValueError) as err:
+        print(f"tuner eval: warning: no seen/unseen split: {err}", file=sys.stderr)
+        return None
+    print(f"tuner eval: splitting the queries by the training data of run {run} (--train-data none: no split)")
+    return view
 
 
 # ------------------------------------------------------------------------------------------ instruct

@@ -1,0 +1,178 @@
+"""The seen / unseen split of evaluation queries by the training data (tuner.overlap) and its report part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mini_beir import DOCS, QRELS, QUERIES, write_beir
+
+from tuner.config import Config
+from tuner.data.beir import load_beir
+from tuner.evaluate import EvalResult
+from tuner.overlap import SEEN, UNSEEN, split_queries, training_view
+from tuner.report import paired_stats, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_scifact_test_queries_split_by_the_train_qrels_as_doc_ids_say():
+    """On the bundled SciFact, the text-based split equals the one computed from the collection's ids (the same
+    corpus on both sides): a test query is seen when a relevant abstract is judged relevant to a train claim, or
+    its claim is a train claim."""
+    test, train = load_beir(ROOT / "data" / "scifact", "test"), load_beir(ROOT / "data" / "scifact", "train")
+    train_pos = {d for judged in train.qrels.values() for d, g in judged.items() if g > 0}
+    train_claims = set(train.queries.values())
+    expected = {
+        q: SEEN
+        if test.queries[q] in train_claims or any(g > 0 and d in train_pos for d, g in judged.items())
+        else UNSEEN
+        for q, judged in test.qrels.items()
+    }
+    got = split_queries(test.queries, test.qrels, test.corpus, training_view(ROOT / "data" / "scifact", "train"))
+    assert got["part"] == expected
+    # the figures the README quotes
+    assert sum(p == SEEN for p in got["part"].values()) == 196 and len(got["part"]) == 300
+    assert (got["relevant_documents_in_training"], got["relevant_documents"]) == (181, 283)
+    assert got["query_in_training"] == 2 and got["positive_in_training"] == 196
+
+
+def _train_file(path: Path) -> Path:
+    title, text = DOCS["d1"]
+    rows = [
+        # d1 as a training positive, spaced and cased otherwise than the corpus renders it
+        {"query": "an unrelated claim", "pos": [f"  {title.upper()}   {text}"], "neg": ["Cats purr."]},
+        # q3's own text as a training query (positive and negative unrelated to the collection)
+        {"query": " does SLEEP help memory? ", "pos": ["Something else."], "neg": ["Dogs bark."]},
+        # d5 (relevant to q4) only as a negative: a negative is not what a query's gain could be remembered from
+        {"query": "another claim", "pos": ["Other text."], "neg": [{"title": DOCS["d5"][0], "text": DOCS["d5"][1]}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_training_file_is_matched_by_text_after_whitespace_and_case_folding(tmp_path):
+    corpus = {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}
+    view = training_view(_train_file(tmp_path / "train.jsonl"))
+    assert view.groups == 3 and view.source == str(tmp_path / "train.jsonl")
+    got = split_queries({q: QUERIES[q] for q in QRELS}, QRELS, corpus, view)
+    # q1: d1 is a positive; q2: d1 is judged 0 for it, d2 unseen; q3: its text; q4: d5 only as a negative
+    assert got["part"] == {"q1": SEEN, "q2": UNSEEN, "q3": SEEN, "q4": UNSEEN, "q5": UNSEEN}
+    assert (got["query_in_training"], got["positive_in_training"]) == (1, 1)
+    assert (got["relevant_documents_in_training"], got["relevant_documents"]) == (1, 5)
+
+
+def _run_folder(folder: Path, train_file: str, eval_beir: Path | None = None, **data) -> Path:
+    config = Config()
+    config.data.train_file = train_file
+    config.eval.beir = str(eval_beir) if eval_beir else None
+    for key, value in data.items():
+        setattr(config.data, key, value)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / "config.yaml")
+    return folder
+
+
+def test_a_run_folder_reads_its_recorded_training_data_and_names_it_when_gone(tmp_path):
+    train = _train_file(tmp_path / "train.jsonl")
+    view = training_view(_run_folder(tmp_path / "run", str(train)))
+    assert view.groups == 3 and f"from run {tmp_path / 'run'}" in view.source
+    assert training_view(_run_folder(tmp_path / "run1", str(train), max_groups=1)).groups == 1  # as trained
+    # a BEIR folder: its split's judged queries and relevant documents
+    beir = write_beir(tmp_path / "beir", split="train")
+    view = training_view(beir)
+    assert view.groups == 5 and len(view.positives) == 5  # q2's d1 is judged 0: not a positive; d1 is q1's
+    # the run evaluated on a collection holding q3 ("does sleep help memory?"): training left that group out
+    test = write_beir(tmp_path / "test-beir")
+    view = training_view(_run_folder(tmp_path / "run3", str(train), eval_beir=test))
+    assert view.groups == 2 and "less its 1 dev queries (data.drop_dev_queries)" in view.source
+    assert "does sleep help memory?" not in view.queries
+    kept = training_view(_run_folder(tmp_path / "run4", str(train), eval_beir=test, drop_dev_queries=False))
+    assert kept.groups == 3 and "does sleep help memory?" in kept.queries
+    with pytest.raises(FileNotFoundError) as err:
+        training_view(_run_folder(tmp_path / "run2", str(tmp_path / "gone.jsonl")))
+    assert str(tmp_path / "run2" / "config.yaml") in str(err.value) and "--train-data" in str(err.value)
+
+
+def _result(label: str, values: dict[str, float]) -> EvalResult:
+    per_query = {q: {"ndcg@10": v, "mrr@10": v / 2} for q, v in values.items()}
+    means = {m: sum(r[m] for r in per_query.values()) / len(per_query) for m in ("ndcg@10", "mrr@10")}
+    return EvalResult(label, means, per_query, {q: [("d1", 1.0)] for q in values}, pairs=len(values))
+
+
+def test_the_report_gives_each_part_its_means_and_paired_test(tmp_path):
+    base = _result("base", {"a": 0.2, "b": 0.4, "c": 0.5, "d": 0.1, "e": 0.9})
+    tuned = _result("tuned", {"a": 0.6, "b": 0.8, "c": 0.5, "d": 0.1, "e": 0.7})
+    first = _result("first stage (BM25)", {"a": 0.3, "b": 0.3, "c": 0.3, "d": 0.3, "e": 0.3})
+    overlap = {
+        "part": {"a": SEEN, "b": SEEN, "c": UNSEEN, "d": UNSEEN, "e": UNSEEN},
+        "query_in_training": 0,
+        "positive_in_training": 2,
+        "relevant_documents": 5,
+        "relevant_documents_in_training": 2,
+        "source": "train.jsonl",
+        "training_queries": 7,
+    }
+    summary = write_report(tmp_path, [first, base, tuned], 1, ["ndcg@10", "mrr@10"], "ndcg@10", {}, overlap=overlap)
+    parts = summary["training_overlap"]["parts"]
+    assert parts[SEEN]["queries"] == 2 and parts[UNSEEN]["queries"] == 3
+    seen = {row["label"]: row for row in parts[SEEN]["systems"]}
+    unseen = {row["label"]: row for row in parts[UNSEEN]["systems"]}
+    assert seen["tuned"]["metrics"] == pytest.approx({"ndcg@10": 0.7, "mrr@10": 0.35})
+    assert unseen["base"]["metrics"]["ndcg@10"] == pytest.approx(0.5) and "vs_reference" not in unseen["base"]
+    assert seen["tuned"]["vs_reference"]["ndcg@10"] == paired_stats([0.2, 0.4], [0.6, 0.8])
+    assert unseen["tuned"]["vs_reference"]["ndcg@10"] == paired_stats([0.5, 0.1, 0.9], [0.5, 0.1, 0.7])
+    assert summary["training_overlap"]["relevant_documents_in_training"] == 2
+
+    rows = [json.loads(line) for line in (tmp_path / "per_query.jsonl").read_text().splitlines()]
+    assert {r["qid"]: r["part"] for r in rows} == overlap["part"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Seen and unseen in training (nDCG@10, against base)" in report
+    assert "| seen | 2 | tuned | 0.7000 | +0.4000 | 2 / 0 / 0 |" in report
+    assert "| unseen | 3 | tuned | 0.4333 | -0.0667 | 0 / 2 / 1 |" in report
+    assert "2 of the 5 relevant documents of these queries are training positives" in report
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+
+    # a part with no query is a row that says so, not a mean of nothing
+    overlap["part"] = dict.fromkeys("abcde", UNSEEN)
+    summary = write_report(tmp_path, [first, base, tuned], 1, ["ndcg@10"], "ndcg@10", {}, overlap=overlap)
+    assert summary["training_overlap"]["parts"][SEEN]["queries"] == 0
+    assert "| seen | 0 | - | - | - | - | - |" in (tmp_path / "report.md").read_text()
+    # without the split, nothing of it
+    summary = write_report(tmp_path, [first, base, tuned], 1, ["ndcg@10"], "ndcg@10", {})
+    assert "training_overlap" not in summary and "Seen and unseen" not in (tmp_path / "report.md").read_text()
+    assert all("part" not in json.loads(line) for line in (tmp_path / "per_query.jsonl").read_text().splitlines())
+
+
+def test_training_records_each_parts_figures_and_keeps_a_recorded_base_on_resume():
+    """`tuner train`'s split of the dev queries (metrics.json dev.training_overlap): part means of the first stage,
+    base and final per-query figures, final vs base paired; a base reused by --resume keeps its recorded means."""
+    from types import SimpleNamespace
+
+    from tuner.data import Group
+    from tuner.evaluate import Evaluator
+    from tuner.train import _training_overlap
+
+    corpus = {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}
+    candidates = {q: [(d, 1.0 / (i + 1)) for i, d in enumerate(DOCS)] for q in QRELS}
+    evaluator = Evaluator({q: QUERIES[q] for q in QRELS}, corpus, QRELS, candidates, top_k=3, metrics=["ndcg@10"])
+    # d4 (q3's) is a relevant document the first stage's top 3 misses: it counts all the same
+    groups = [Group(query="x", pos=[corpus["d4"]], neg=["y"]), Group(query=QUERIES["q5"].upper(), pos=["z"])]
+    final = {q: {"ndcg@10": v} for q, v in zip(QRELS, [0.1, 0.2, 0.9, 0.4, 0.8], strict=True)}
+    base = {q: {"ndcg@10": v} for q, v in zip(QRELS, [0.1, 0.3, 0.3, 0.4, 0.2], strict=True)}
+    got = _training_overlap(groups, evaluator, SimpleNamespace(last_per_query=final, base_per_query=base), {})
+    seen, unseen = got["parts"][SEEN], got["parts"][UNSEEN]
+    assert (seen["queries"], unseen["queries"]) == (2, 3)  # q3 by its document, q5 by its text
+    assert seen["final"]["ndcg@10"] == pytest.approx(0.85) and seen["base"]["ndcg@10"] == pytest.approx(0.25)
+    assert seen["final_vs_base"] == paired_stats([0.3, 0.2], [0.9, 0.8])
+    first = evaluator.first_stage_result().per_query
+    assert unseen["first_stage"]["ndcg@10"] == pytest.approx(sum(first[q]["ndcg@10"] for q in ("q1", "q2", "q4")) / 3)
+    assert (got["query_in_training"], got["positive_in_training"]) == (1, 1)
+
+    resumed = _training_overlap(
+        groups, evaluator, SimpleNamespace(last_per_query=final, base_per_query={}), {"dev": {"training_overlap": got}}
+    )
+    assert resumed["parts"][SEEN]["base"] == seen["base"] and "final_vs_base" not in resumed["parts"][SEEN]
+    nothing = SimpleNamespace(last_per_query={}, base_per_query={})
+    assert _training_overlap(groups, evaluator, nothing, {"dev": {"training_overlap": got}}) is got

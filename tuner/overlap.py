@@ -1,0 +1,217 @@
+"""Which evaluation queries the training data already covers: the seen / unseen split of `tuner eval --train-data`.
+
+A tuned reranker can gain on a test set by remembering documents rather than by learning the domain: SciFact's
+test claims are new, but most of their relevant abstracts are also positives of training claims, and on the tiny
+model the whole gain sits on those queries. The split puts an evaluation query in **seen** when its text is a
+training query or one of its relevant documents is a training positive, and in **unseen** otherwise; the report
+then gives every system's metrics and paired test on each part, so "did it learn the domain?" is one command.
+
+Texts are compared after whitespace and case folding (`normalize`): a training file carries texts, not the
+collection's ids, and the same abstract reaches both sides through different tools. Nothing here needs a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.contract import document_text
+
+__all__ = [
+    "MEANING",
+    "SEEN",
+    "UNSEEN",
+    "TrainingView",
+    "groups_view",
+    "normalize",
+    "run_config",
+    "split_queries",
+    "training_view",
+]
+
+SEEN = "seen"
+UNSEEN = "unseen"
+# what report.md says each part holds
+MEANING = {
+    SEEN: "the query is a training query, or one of its relevant documents is a training positive",
+    UNSEEN: "neither the query nor any of its relevant documents is in the training data",
+}
+
+
+def normalize(text: str) -> str:
+    """Whitespace runs → one space, case folded: how query and document texts are compared across sources."""
+    return " ".join(text.split()).casefold()
+
+
+@dataclass(frozen=True)
+class TrainingView:
+    """What a training source holds, as the split needs it.
+
+    Attributes:
+        source: how reports name it (a path, with the split or the run's recipe key).
+        queries: normalized query texts.
+        positives: normalized texts of the documents judged relevant to a training query.
+        groups: training queries read (groups of a file, judged queries of a BEIR split).
+    """
+
+    source: str
+    queries: frozenset[str]
+    positives: frozenset[str]
+    groups: int
+
+
+def groups_view(groups: Iterable[Any], source: str = "training groups") -> TrainingView:
+    """The view of `Group`s already in memory (what `tuner train` trains on, after `data.drop_dev_queries`)."""
+    return _view(source, ((g.query, g.pos) for g in groups))
+
+
+def _view(source: str, pairs: Iterable[tuple[str, Iterable[Any]]]) -> TrainingView:
+    queries, positives, n = set(), set(), 0
+    for query, docs in pairs:
+        n += 1
+        queries.add(normalize(query))
+        positives.update(normalize(document_text(d)) for d in docs)
+    return TrainingView(source, frozenset(queries), frozenset(positives), n)
+
+
+def _is_beir(path: Path) -> bool:
+    return path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz"))
+
+
+def _beir_pairs(folder: Path, split: str) -> list[tuple[str, list[Any]]]:
+    """A BEIR split's judged queries with their relevant documents (grade > 0): the positives that `tuner mine` and
+    `data.beir` training turn into groups (mining adds negatives only)."""
+    from tuner.data.beir import load_beir
+
+    data = load_beir(folder, split)
+    return [
+        (data.queries[q], [data.corpus[d] for d, g in judged.items() if g > 0 and d in data.corpus])
+        for q, judged in data.qrels.items()
+        if any(g > 0 for g in judged.values())
+    ]
+
+
+def _source_pairs(source: str, split: str | None, max_groups: int | None) -> tuple[str, list[tuple[str, list[Any]]]]:
+    """How reports name a training source, and its (query, positives) in training order, up to `max_groups`."""
+    path = Path(source)
+    if _is_beir(path):
+        name, pairs = f"{source} ({split or 'train'} qrels)", _beir_pairs(path, split or "train")
+    else:
+        from tuner.data import load_groups
+
+        name = f"{source} ({split})" if split and path.is_dir() else str(source)
+        pairs = [(g.query, g.pos) for g in load_groups(source, split)]
+    return name, pairs if max_groups is None else pairs[:max_groups]
+
+
+def run_config(run_dir: str | Path):
+    """The recipe of a tuner run folder (the `config.yaml` that `tuner train` writes) when it names training data
+    (`data.train_file` or `data.beir`), else None."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return None
+    from tuner.config import load_config
+
+    config = load_config(saved)
+    return config if config.data.train_file or config.data.beir else None
+
+
+def _dev_query_texts(config) -> set[str]:
+    """The dev queries a run evaluated on (eval.data or eval.beir's split, sampled as training samples them), whose
+    training groups `data.drop_dev_queries` left out."""
+    ev, seed = config.eval, config.train.seed
+    if ev.data:
+        from tuner.evaluate import Evaluator
+
+        queries = Evaluator.from_groups(ev.data, ev.split, ev.max_queries, seed, show_progress=False).queries
+        return {normalize(t) for t in queries.values()}
+    if ev.beir:
+        from tuner.data.beir import load_beir
+        from tuner.evaluate import sample_queries
+
+        data = load_beir(ev.beir, ev.split)
+        keep = sample_queries([q for q in data.qrels if q in data.queries], ev.max_queries, seed)
+        return {normalize(data.queries[q]) for q in keep}
+    return set()
+
+
+def _run_view(run: Path) -> TrainingView:
+    config = run_config(run)
+    if config is None:
+        raise FileNotFoundError(f"{run / 'config.yaml'}: the run names no training data (data.train_file or data.beir)")
+    data = config.data
+    source, split = (data.train_file, None) if data.train_file else (data.beir, data.split)
+    try:
+        name, pairs = _source_pairs(source, split, data.max_groups)
+        dev = _dev_query_texts(config) if data.drop_dev_queries else set()
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"{run / 'config.yaml'}: the run's training or dev data cannot be read ({err}); name the training data "
+            "with --train-data"
+        ) from None
+    kept = [(q, docs) for q, docs in pairs if normalize(q) not in dev]
+    if len(kept) < len(pairs):
+        name += f" less its {len(pairs) - len(kept)} dev queries (data.drop_dev_queries)"
+    return _view(f"{name}, from run {run}", kept)
+
+
+def training_view(source: str | Path, split: str | None = None) -> TrainingView:
+    """Read the queries and positives of a training source.
+
+    Args:
+        source: a training-format file or folder (what `tuner train`'s `data.train_file` takes, a hub dataset id
+            included), a BEIR folder (its `split` qrels: the judged queries and relevant documents), or a tuner
+            run folder (what its `config.yaml` trained on: the training data up to `data.max_groups`, less the
+            groups of dev queries that `data.drop_dev_queries` left out).
+        split: file stem in a folder of training files, or the BEIR qrels split (default "train").
+
+    Raises:
+        DataError / FileNotFoundError: the source (or the run's recorded data) cannot be read; the message names it.
+    """
+    path = Path(str(source))
+    if path.is_dir() and not _is_beir(path) and (path / "config.yaml").is_file():
+        return _run_view(path)
+    return _view(*_source_pairs(str(source), split, None))
+
+
+def split_queries(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    documents: Mapping[str, Any],
+    view: TrainingView,
+) -> dict[str, Any]:
+    """Each evaluation query's part (SEEN / UNSEEN) and why.
+
+    Args:
+        queries: query id → text (the evaluated queries).
+        qrels: query id → {doc id → grade}; a grade > 0 is relevant.
+        documents: doc id → document, holding at least every relevant document of `qrels`.
+        view: the training source (see `training_view`).
+
+    Returns:
+        `{"part": {qid: SEEN | UNSEEN}, "query_in_training": n, "positive_in_training": n, "relevant_documents": n,
+        "relevant_documents_in_training": n}`: the counts of seen queries by reason (a query can have both) and of
+        the distinct relevant documents.
+    """
+    part: dict[str, str] = {}
+    by_query = by_doc = 0
+    relevant: dict[str, bool] = {}
+    for q, text in queries.items():
+        rel = [d for d, g in qrels.get(q, {}).items() if g > 0 and d in documents]
+        for d in rel:
+            if d not in relevant:
+                relevant[d] = normalize(document_text(documents[d])) in view.positives
+        q_seen = normalize(text) in view.queries
+        d_seen = any(relevant[d] for d in rel)
+        by_query += q_seen
+        by_doc += d_seen
+        part[q] = SEEN if q_seen or d_seen else UNSEEN
+    return {
+        "part": part,
+        "query_in_training": by_query,
+        "positive_in_training": by_doc,
+        "relevant_documents": len(relevant),
+        "relevant_documents_in_training": sum(relevant.values()),
+    }
