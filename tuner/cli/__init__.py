@@ -15,7 +15,7 @@ from collections.abc import Callable
 from tuner.cli.common import UserError
 from tuner.cli.data import add_data, add_mine
 from tuner.cli.evaluation import add_calibrate, add_eval, add_instruct
-from tuner.cli.models import add_export, add_score, add_serve, add_tiny_model, read_documents
+from tuner.cli.models import add_export, add_merge, add_score, add_serve, add_tiny_model, read_documents
 from tuner.cli.train import add_config, add_train
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main", "read_documents"]
@@ -32,6 +32,7 @@ COMMANDS: list[Callable] = [
     add_instruct,
     add_calibrate,
     add_export,
+    add_merge,
     add_serve,
 ]
 

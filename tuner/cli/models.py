@@ -208,6 +208,41 @@ def _run_export(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ merge
+def add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="weighted sum of LoRA adapters of one base (a checkpoint soup, or one adapter towards the base), "
+        "written as an adapter",
+        description="Writes the adapter W0 + sum of w_i * dW_i (exact: peft's 'cat' combination, checked layer by "
+        "layer) with the first source's tokenizer and tuner.json. Evaluate, export and serve it like any adapter.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="training runs (RUN/adapter), adapters or checkpoints")
+    p.add_argument("--out", required=True, help="the merged adapter's folder")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="one per source (default: 1/n each, the average); one source at W < 1 moves it towards the base",
+    )
+    p.add_argument("--base", help="base model path or hub id (default: the one recorded in the sources)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out once the merge is written")
+    p.set_defaults(func=_run_merge)
+
+
+def _run_merge(args) -> int:
+    from tuner.merge import merge_adapters
+
+    record = merge_adapters(args.sources, args.out, args.weights, base_model=args.base, overwrite=args.overwrite)
+    parts = ", ".join(f"{w:g} x {s}" for s, w in zip(record["sources"], record["weights"], strict=True))
+    print(
+        f"merged {parts}: rank {record['rank']} over {record['layers']} layers (max relative difference from the "
+        f"weighted sum {record['max_rel_diff_vs_weighted_sum']:.1e}); wrote {Path(args.out).resolve()}"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ serve
 def add_serve(sub) -> None:
     p = sub.add_parser(

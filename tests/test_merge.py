@@ -1,0 +1,144 @@
+"""`tuner merge`: a weighted sum of LoRA adapters of one base is W0 + Σ wᵢ·ΔWᵢ, written as an adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tuner.merge import merge_adapters
+from tuner.scoring import Reranker
+
+
+def _adapter(base: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, rslora: bool = False, **meta) -> Path:
+    """A LoRA adapter with random A and B (B starts at 0 in peft: nothing to merge) and the tuner.json training
+    writes."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear", use_rslora=rslora),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(out)
+    record = {
+        "base_model": str(base),
+        "instruction": None,
+        "max_length": 128,
+        "recipe": f"run{seed}",
+        "eval": {"final": {"ndcg@10": 0.5}},
+        "calibration": {"temperature": 2.0, "bias": 0.0},
+        **meta,
+    }
+    (out / "tuner.json").write_text(json.dumps(record), encoding="utf-8")
+    return out
+
+
+def _merged_weights(base: Path, adapter: Path | None) -> dict[str, torch.Tensor]:
+    """The full fp32 weights of base + adapter, merged by peft (the reference arithmetic)."""
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+DOCS = ["Paris is the capital of France.", "Gravity pulls objects down.", "The Seine flows through Paris."]
+
+
+def test_a_weighted_sum_of_adapters_is_the_weighted_sum_of_their_deltas(tiny_model_dir, tmp_path):
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1, r=4, alpha=8)
+    b = _adapter(tiny_model_dir, tmp_path / "b", seed=2, r=8, alpha=8, rslora=True)  # other rank and scale rule
+    w0, wa, wb = (_merged_weights(tiny_model_dir, x) for x in (None, a, b))
+    record = merge_adapters([a, b], tmp_path / "soup", weights=[0.7, 0.3])
+    assert record["rank"] == 12 and record["weights"] == [0.7, 0.3] and record["max_rel_diff_vs_weighted_sum"] < 1e-6
+    got = _merged_weights(tiny_model_dir, tmp_path / "soup")
+    changed = 0
+    for key, base in w0.items():
+        want = base + 0.7 * (wa[key] - base) + 0.3 * (wb[key] - base)
+        assert torch.allclose(got[key], want, atol=1e-6, rtol=0), key
+        changed += not torch.equal(want, base)
+    assert changed > 10  # the adapters moved the linear layers: the check compares something
+
+    meta = json.loads((tmp_path / "soup" / "tuner.json").read_text())
+    assert meta["recipe"] == "merge" and meta["merge"]["sources"] == [str(a.resolve()), str(b.resolve())]
+    assert meta["max_length"] == 128 and meta["eval"] == {} and "calibration" not in meta  # not the merge's
+    # the merged adapter loads and scores like any adapter
+    reranker = Reranker.from_pretrained(tmp_path / "soup", device="cpu", dtype="float32")
+    assert reranker.encoder.max_length == 128
+    assert any((tmp_path / "soup" / f).is_file() for f in ("tokenizer.json", "vocab.json"))
+
+
+def test_one_adapter_at_a_weight_moves_it_towards_the_base(tiny_model_dir, tmp_path):
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=3)
+    logits = {}
+    for w in (0.0, 0.5, 1.0):
+        merge_adapters([a], tmp_path / f"w{w}", weights=[w])
+        logits[w] = Reranker.from_pretrained(tmp_path / f"w{w}", device="cpu", dtype="float32").score(
+            "capital of France", DOCS, normalize=False
+        )
+    base = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32").score(
+        "capital of France", DOCS, normalize=False
+    )
+    tuned = Reranker.from_pretrained(a, device="cpu", dtype="float32").score("capital of France", DOCS, normalize=False)
+    assert logits[0.0] == pytest.approx(base, abs=1e-4) and logits[1.0] == pytest.approx(tuned, abs=1e-4)
+    assert logits[0.5] != pytest.approx(base, abs=1e-3) and logits[0.5] != pytest.approx(tuned, abs=1e-3)
+    # the default weights average: two copies of one run's adapter are that adapter
+    import shutil
+
+    shutil.copytree(a, tmp_path / "a-copy")
+    merge_adapters([a, tmp_path / "a-copy"], tmp_path / "avg")
+    avg = Reranker.from_pretrained(tmp_path / "avg", device="cpu", dtype="float32")
+    assert avg.score("capital of France", DOCS, normalize=False) == pytest.approx(tuned, abs=1e-4)
+
+
+def test_adapters_that_cannot_be_summed_are_named_and_nothing_is_written(tiny_model_dir, tmp_path):
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    other = _adapter(tiny_model_dir, tmp_path / "b", seed=2, instruction="Find laws")
+    with pytest.raises(ValueError, match=r"disagree on the instruction: None in .*a but 'Find laws' in .*b"):
+        merge_adapters([a, other], tmp_path / "out")
+    longer = _adapter(tiny_model_dir, tmp_path / "c", seed=2, max_length=256)
+    with pytest.raises(ValueError, match="disagree on max_length"):
+        merge_adapters([a, longer], tmp_path / "out")
+    with pytest.raises(ValueError, match="2 weights for 1 adapters"):
+        merge_adapters([a], tmp_path / "out", weights=[0.5, 0.5])
+    with pytest.raises(ValueError, match="nan is not a finite number"):
+        merge_adapters([a], tmp_path / "out", weights=[float("nan")])
+    with pytest.raises(ValueError, match="the same adapter is given twice"):
+        merge_adapters([a, a], tmp_path / "out")
+    with pytest.raises(ValueError, match="would replace the adapter #1"):
+        merge_adapters([a], a)
+    with pytest.raises(FileNotFoundError, match="no such run or adapter directory"):
+        merge_adapters([a, tmp_path / "nope"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    with pytest.raises(ValueError, match="already holds files"):
+        merge_adapters([a], tmp_path / "full", weights=[0.5])
+    assert (tmp_path / "full" / "x").read_text() == "keep"
+
+
+def test_cli_merge_writes_an_adapter_that_eval_and_export_take(tiny_model_dir, tmp_path, capsys):
+    from tuner.cli import main
+
+    run = tmp_path / "run"
+    _adapter(tiny_model_dir, run / "adapter", seed=4)
+    out = tmp_path / "half"
+    assert main(["merge", str(run), "--weights", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"0.5 x {(run / 'adapter').resolve()}" in printed and "rank 4 over" in printed
+    assert main(["merge", str(run), "--weights", "0.5", "0.5", "--out", str(tmp_path / "o")]) == 2
+    assert "2 weights for 1 adapters" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["merge", str(run), "--out", str(out)]) == 2  # exists: --overwrite replaces it
+    assert "already holds files" in capsys.readouterr().err
+    # the merge is an adapter: exported with the parity gate like a run's
+    assert main(["export", str(out), "--format", "merged", "--out", str(tmp_path / "export")]) == 0
+    assert "parity gate passed" in capsys.readouterr().out

@@ -1,0 +1,222 @@
+"""`tuner merge`: weighted sums of LoRA adapters of one base, written as one adapter.
+
+Two uses, both plain weight arithmetic on the adapters' deltas (ΔW = scale · B·A per adapted layer):
+
+- **a soup**: the average of several checkpoints or runs of one base (`--weights` default 1/n each), the model
+  merging the Qwen3 reranker report ends its recipe with;
+- **an interpolation towards the base**: one adapter at a weight below 1 (WiSE-FT), which trades some of the
+  in-domain gain for what fine-tuning cost out of domain; `tuner eval --compare` picks the weight on dev data.
+
+The result is exactly W0 + Σ wᵢ·ΔWᵢ: peft's `add_weighted_adapter(combination_type="cat")` stacks the adapters
+(rank = Σ rᵢ, each scale folded into its A), which we use rather than writing the arithmetic again; the merge is
+then checked layer by layer against the sum of the sources' deltas, and nothing is written when it differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["merge_adapters"]
+
+# |merged ΔW − Σ wᵢ ΔWᵢ| allowed, relative to the largest |Σ wᵢ ΔWᵢ| of the layer (fp32 arithmetic: ~1e-7)
+MERGE_RTOL = 1e-5
+# tuner.json keys that describe one source's training and would be wrong for the merge
+_SOURCE_ONLY = ("eval", "calibration", "parity", "format", "instruction_search")
+
+
+def _sources(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """(adapter dir, tuner.json, adapter_config.json) of each source: a run folder, an adapter or a checkpoint."""
+    from tuner.export import resolve_adapter_dir
+    from tuner.loading import read_meta
+
+    out = []
+    for path in paths:
+        folder = resolve_adapter_dir(path)
+        meta = read_meta(folder) or read_meta(folder.parent)
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        if config.get("peft_type") != "LORA":
+            raise ValueError(f"{folder}: a {config.get('peft_type')} adapter; tuner merge sums LoRA adapters")
+        if config.get("use_dora"):
+            raise ValueError(
+                f"{folder}: a DoRA adapter (use_dora); its magnitude vectors do not add up like LoRA deltas"
+            )
+        if config.get("modules_to_save"):
+            raise ValueError(f"{folder}: trains whole modules too (modules_to_save), which cannot be summed as LoRA")
+        out.append((folder, meta, config))
+    return out
+
+
+def _same(sources, key: str, what: str) -> Any:
+    """The one value of tuner.json's `key` over the sources, or an error naming two that differ."""
+    values = [(folder, meta.get(key)) for folder, meta, _ in sources]
+    first_folder, first = values[0]
+    for folder, value in values[1:]:
+        if value != first:
+            raise ValueError(
+                f"the adapters disagree on {what}: {first!r} in {first_folder} but {value!r} in {folder}; a merged "
+                "adapter has one"
+            )
+    return first
+
+
+def _check_loaded(net, name: str, folder: Path) -> None:
+    """peft loads an adapter non-strictly: every stored tensor must have found its layer, and every layer a tensor
+    (as `tuner.loading.load_adapter` checks for the first source)."""
+    from peft import get_peft_model_state_dict
+
+    from tuner.loading import _stored_adapter_shapes
+
+    stored = _stored_adapter_shapes(folder)
+    if stored is None:
+        return
+    loaded = set(get_peft_model_state_dict(net, adapter_name=name))
+    if loaded != set(stored):
+        unused, missing = sorted(set(stored) - loaded), sorted(loaded - set(stored))
+        example = (unused or missing)[0]
+        raise ValueError(
+            f"{folder}: {len(unused)} stored tensors did not load and {len(missing)} adapter tensors are not stored "
+            f"(e.g. {example}); its adapter_config.json does not describe its weights, or its base is another model"
+        )
+
+
+def _deltas(peft_model, name: str) -> dict[str, torch.Tensor]:
+    """ΔW = scale · B·A of every LoRA layer of adapter `name`, by module name (fp32)."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for module_name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and name in module.lora_A:
+            a, b = module.lora_A[name].weight.detach().float(), module.lora_B[name].weight.detach().float()
+            out[module_name] = (b @ a) * module.scaling[name]
+    return out
+
+
+def merge_adapters(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    weights: Sequence[float] | None = None,
+    base_model: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the adapter W0 + Σ wᵢ·ΔWᵢ of `sources` (LoRA adapters of one base) to `out`.
+
+    Args:
+        sources: training run folders (their `adapter/`), adapter folders or checkpoints.
+        out: the merged adapter's folder (PEFT files, tokenizer and `tuner.json`, as training writes them).
+        weights: one per source (default 1/n each: the average); one source at w < 1 moves it towards the base.
+        base_model: the base, when the sources' `tuner.json` / `adapter_config.json` do not name a reachable one.
+        overwrite: replace a non-empty `out` (only once the merge is written and checked).
+
+    Returns:
+        The `merge` record written into the output's `tuner.json` (sources, weights, rank, check).
+
+    Raises:
+        ValueError: sources of different bases, instructions, token budgets or contracts; non-LoRA adapters; a
+            weight count that does not match; a merge that does not equal the weighted sum (nothing written).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from tuner.export import _base_model, _check_out_spares_inputs, _tokenizer_for
+    from tuner.files import atomic_dir, check_output_dir
+    from tuner.loading import TUNER_META, load_adapter, peft_quietly
+
+    if not sources:
+        raise ValueError("tuner merge needs at least one adapter")
+    weights = [1.0 / len(sources)] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise ValueError(f"--weights: {len(weights)} weights for {len(sources)} adapters; give one per adapter")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"--weights: {bad[0]} is not a finite number")
+    found = _sources(sources)
+    folders = [folder for folder, _, _ in found]
+    if len({f.resolve() for f in folders}) != len(folders):
+        raise ValueError("the same adapter is given twice; weigh it once (--weights)")
+    bases = [_base_model(folder, meta, base_model) for folder, meta, _ in found]
+    other = next((i for i, b in enumerate(bases) if b != bases[0]), None)
+    if other is not None:
+        raise ValueError(
+            f"the adapters have different bases: {bases[0]} ({folders[0]}) and {bases[other]} ({folders[other]})"
+        )
+    base = bases[0]
+    instruction = _same(found, "instruction", "the instruction")
+    max_length = _same(found, "max_length", "max_length")
+    _same(found, "contract", "the prompt contract")
+    out = Path(out).expanduser().resolve()
+    inputs = {f"adapter #{i}": folder for i, folder in enumerate(folders, 1)}
+    _check_out_spares_inputs(out, {**inputs, "base model": Path(base)})
+    check_output_dir(out, "--out", overwrite=overwrite)
+
+    # every source on one copy of the base, named a0, a1, ... ("default" is the merge: peft writes the default
+    # adapter at the folder's top level). fp32, though the base's weights take no part in the sum: peft creates the
+    # merged adapter in the base layers' dtype, and a bf16 one is off by ~4e-3 (the check below caught it); the 4B
+    # base takes ~16 GB of RAM for it
+    net = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    names = [f"a{i}" for i in range(len(found))]
+    with peft_quietly(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        for i, (name, folder) in enumerate(zip(names, folders, strict=True)):
+            if i == 0:
+                net = load_adapter(net, folder, base)  # the checks of config against stored tensors
+                net.load_adapter(str(folder), adapter_name=name)
+                net.delete_adapter("default")
+            else:
+                net.load_adapter(str(folder), adapter_name=name)
+                _check_loaded(net, name, folder)
+        net.add_weighted_adapter(names, weights, adapter_name="default", combination_type="cat")
+    config = net.peft_config["default"]
+    if config.use_rslora:
+        # peft keeps use_rslora from the first source but sets lora_alpha = r (scale 1 meant): with rslora the
+        # reloaded adapter would scale by sqrt(r); the sources' scales are already folded into A
+        config.use_rslora = False
+        for module in net.modules():
+            if hasattr(module, "scaling") and "default" in getattr(module, "scaling", {}):
+                module.scaling["default"] = 1.0
+
+    # the check: merged ΔW against Σ wᵢ ΔWᵢ, every layer, before anything is written
+    merged = _deltas(net, "default")
+    expected: dict[str, torch.Tensor] = {}
+    for name, weight in zip(names, weights, strict=True):
+        for layer, delta in _deltas(net, name).items():
+            expected[layer] = expected.get(layer, 0) + weight * delta
+    if set(merged) != set(expected):
+        raise ValueError(f"the merge adapts {len(merged)} layers but the sources {len(expected)}")
+    worst = 0.0
+    for layer, want in expected.items():
+        scale = float(want.abs().max()) or 1.0
+        worst = max(worst, float((merged[layer] - want).abs().max()) / scale)
+    if worst > MERGE_RTOL:
+        raise ValueError(f"the merged adapter differs from the weighted sum by {worst:.2e} (relative); nothing written")
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        for name in names:
+            net.delete_adapter(name)
+    first_meta = found[0][1]
+    record = {
+        "sources": [str(f.resolve()) for f in folders],
+        "weights": weights,
+        "rank": int(config.r),
+        "layers": len(merged),
+        "max_rel_diff_vs_weighted_sum": worst,
+    }
+    meta = {k: v for k, v in first_meta.items() if k not in _SOURCE_ONLY}
+    meta.update(base_model=base, instruction=instruction, max_length=max_length, recipe="merge", merge=record, eval={})
+    tokenizer = _tokenizer_for(folders[0], base)
+    with atomic_dir(out) as tmp:
+        with peft_quietly():
+            net.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / TUNER_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log.info("merged %d adapters (weights %s) into %s: rank %d", len(folders), weights, out, config.r)
+    return record
