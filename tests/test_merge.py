@@ -13,7 +13,9 @@ from tuner.merge import merge_adapters
 from tuner.scoring import Reranker
 
 
-def _adapter(base: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, rslora: bool = False, **meta) -> Path:
+def _adapter(
+    base: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, rslora: bool = False, lora=None, **meta
+) -> Path:
     """A LoRA adapter with random A and B (B starts at 0 in peft: nothing to merge) and the tuner.json training
     writes."""
     from peft import LoraConfig, get_peft_model
@@ -21,7 +23,7 @@ def _adapter(base: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, rslor
     torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear", use_rslora=rslora),
+        LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, **{"target_modules": "all-linear", **(lora or {})}),
     )
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -78,7 +80,8 @@ def test_a_weighted_sum_of_adapters_is_the_weighted_sum_of_their_deltas(tiny_mod
 
 
 def test_one_adapter_at_a_weight_moves_it_towards_the_base(tiny_model_dir, tmp_path):
-    a = _adapter(tiny_model_dir, tmp_path / "a", seed=3)
+    # rslora: the merged config is the source's with scale 1, which rslora would turn into sqrt(r)
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=3, r=8, alpha=4, rslora=True)
     logits = {}
     for w in (0.0, 0.5, 1.0):
         merge_adapters([a], tmp_path / f"w{w}", weights=[w])
@@ -116,6 +119,17 @@ def test_adapters_that_cannot_be_summed_are_named_and_nothing_is_written(tiny_mo
         merge_adapters([a, a], tmp_path / "out")
     with pytest.raises(ValueError, match="would replace the adapter #1"):
         merge_adapters([a], a)
+    biased = _adapter(tiny_model_dir, tmp_path / "bias", seed=2, lora={"lora_bias": True})
+    with pytest.raises(ValueError, match=r"bias.*trains bias terms"):
+        merge_adapters([a, biased], tmp_path / "out")
+    per_layer = _adapter(tiny_model_dir, tmp_path / "pattern", seed=2, lora={"rank_pattern": {"q_proj": 2}})
+    with pytest.raises(ValueError, match="per-layer ranks"):
+        merge_adapters([per_layer], tmp_path / "out", weights=[0.5])
+    some_layers = _adapter(
+        tiny_model_dir, tmp_path / "layers", seed=2, lora={"layers_to_transform": [0], "target_modules": ["q_proj"]}
+    )
+    with pytest.raises(ValueError, match="select layers differently"):
+        merge_adapters([some_layers, a], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no such run or adapter directory"):
         merge_adapters([a, tmp_path / "nope"], tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -52,7 +52,28 @@ def _sources(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any], di
             )
         if config.get("modules_to_save"):
             raise ValueError(f"{folder}: trains whole modules too (modules_to_save), which cannot be summed as LoRA")
+        if config.get("lora_bias") or config.get("bias", "none") != "none":
+            # peft's combination sums the A and B matrices only: a trained bias would be dropped without a word
+            raise ValueError(f"{folder}: trains bias terms (lora_bias / bias), which peft's adapter sums leave out")
         out.append((folder, meta, config))
+    if len(out) == 1 and (out[0][2].get("rank_pattern") or out[0][2].get("alpha_pattern")):
+        # alone, peft combines it "linearly" into a config of one rank, while its layers keep their own ranks: the
+        # written adapter would not load
+        raise ValueError(f"{out[0][0]}: per-layer ranks (rank_pattern / alpha_pattern) merge only with other adapters")
+    # peft builds the merged adapter's layer selection from the first source's config: the sources must agree on it
+    for key in ("layers_to_transform", "layers_pattern", "exclude_modules"):
+        for folder, _, config in out[1:]:
+            if config.get(key) != out[0][2].get(key):
+                raise ValueError(
+                    f"the adapters select layers differently ({key}: {out[0][2].get(key)!r} in {out[0][0]}, "
+                    f"{config.get(key)!r} in {folder}); tuner merge needs the same selection"
+                )
+    kinds = {isinstance(config.get("target_modules"), str) for _, _, config in out}
+    if len(kinds) > 1:
+        regex = next(folder for folder, _, config in out if isinstance(config.get("target_modules"), str))
+        raise ValueError(
+            f"{regex} names its target modules by a pattern, the others by a list; peft cannot combine the two"
+        )
     return out
 
 
@@ -87,6 +108,20 @@ def _check_loaded(net, name: str, folder: Path) -> None:
             f"{folder}: {len(unused)} stored tensors did not load and {len(missing)} adapter tensors are not stored "
             f"(e.g. {example}); its adapter_config.json does not describe its weights, or its base is another model"
         )
+
+
+def _check_written(folder: Path) -> None:
+    """The written adapter's tensors have the rank its adapter_config.json says (what peft needs to load it back);
+    from the safetensors header, without a second copy of the base."""
+    from tuner.loading import _stored_adapter_shapes
+
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("rank_pattern"):
+        return
+    for key, shape in (_stored_adapter_shapes(folder) or {}).items():
+        rank = shape[0] if ".lora_A." in key else shape[1] if ".lora_B." in key else config["r"]
+        if rank != config["r"]:
+            raise ValueError(f"the merged adapter's {key} has rank {rank}, its config r={config['r']}; nothing written")
 
 
 def _deltas(peft_model, name: str) -> dict[str, torch.Tensor]:
@@ -124,6 +159,7 @@ def merge_adapters(
         ValueError: sources of different bases, instructions, token budgets or contracts; non-LoRA adapters; a
             weight count that does not match; a merge that does not equal the weighted sum (nothing written).
     """
+    from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
     from tuner.export import _base_model, _check_out_spares_inputs, _tokenizer_for
@@ -180,7 +216,7 @@ def merge_adapters(
         # reloaded adapter would scale by sqrt(r); the sources' scales are already folded into A
         config.use_rslora = False
         for module in net.modules():
-            if hasattr(module, "scaling") and "default" in getattr(module, "scaling", {}):
+            if isinstance(module, LoraLayer) and "default" in module.scaling:
                 module.scaling["default"] = 1.0
 
     # the check: merged ΔW against Σ wᵢ ΔWᵢ, every layer, before anything is written
@@ -218,5 +254,6 @@ def merge_adapters(
             net.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / TUNER_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _check_written(tmp)
     log.info("merged %d adapters (weights %s) into %s: rank %d", len(folders), weights, out, config.r)
     return record
