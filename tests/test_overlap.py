@@ -11,7 +11,18 @@ from mini_beir import DOCS, QRELS, QUERIES, write_beir
 from tuner.config import Config
 from tuner.data.beir import load_beir
 from tuner.evaluate import EvalResult
-from tuner.overlap import SEEN, UNSEEN, split_queries, training_view
+from tuner.overlap import (
+    SEEN,
+    TRAINING_VIEW,
+    UNSEEN,
+    groups_view,
+    runs_of_adapter,
+    split_queries,
+    text_key,
+    training_view,
+    union,
+    write_view,
+)
 from tuner.report import paired_stats, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +98,48 @@ def test_a_run_folder_reads_its_recorded_training_data_and_names_it_when_gone(tm
     test = write_beir(tmp_path / "test-beir")
     view = training_view(_run_folder(tmp_path / "run3", str(train), eval_beir=test))
     assert view.groups == 2 and "less its 1 dev queries (data.drop_dev_queries)" in view.source
-    assert "does sleep help memory?" not in view.queries
+    assert text_key("does sleep help memory?") not in view.queries
     kept = training_view(_run_folder(tmp_path / "run4", str(train), eval_beir=test, drop_dev_queries=False))
-    assert kept.groups == 3 and "does sleep help memory?" in kept.queries
+    assert kept.groups == 3 and text_key("does sleep help memory?") in kept.queries
     with pytest.raises(FileNotFoundError) as err:
         training_view(_run_folder(tmp_path / "run2", str(tmp_path / "gone.jsonl")))
     assert str(tmp_path / "run2" / "config.yaml") in str(err.value) and "--train-data" in str(err.value)
+    # as training reads it: a group without a negative is not trained on, and max_groups counts kept groups
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text("\n".join(json.dumps(r) for r in [{"query": "no negative", "pos": ["P"]}, *rows]) + "\n")
+    view = training_view(_run_folder(tmp_path / "run5", str(lone), max_groups=1))
+    assert view.groups == 1 and text_key("an unrelated claim") in view.queries
+    assert text_key("no negative") not in view.queries
+    # a split names a file of a folder (or a BEIR / hub split), not a file or a run
+    with pytest.raises(ValueError, match="a split names a file in a folder"):
+        training_view(train, "dev")
+
+
+def test_a_run_folder_splits_by_the_view_its_training_recorded(tmp_path):
+    """A run records the groups it trained on (training_view.json.gz, keys only): eval reads that, not the recipe;
+    the runs an adapter comes from: RUN/adapter, RUN/checkpoints/checkpoint-N, and the sources of a merge."""
+    from tuner.data import Group
+
+    run = _run_folder(tmp_path / "run", str(tmp_path / "moved-away.jsonl"))  # the recipe's data is gone
+    groups = [Group(query="Q one", pos=[{"title": "T", "text": "x y"}], neg=["n"])]
+    write_view(groups_view(groups, "train.jsonl, 1 groups"), run / TRAINING_VIEW)
+    view = training_view(run)
+    assert view.groups == 1 and view.source == f"train.jsonl, 1 groups, as run {run} trained on"
+    assert view.queries == {text_key(" q  ONE")} and view.positives == {text_key("T x y")}
+    assert "Q one" not in (run / TRAINING_VIEW).read_bytes().decode("latin-1")  # no training text in the run folder
+
+    (run / "adapter").mkdir()
+    (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    assert runs_of_adapter(run / "adapter") == [run] == runs_of_adapter(run / "checkpoints" / "checkpoint-5")
+    other = _run_folder(tmp_path / "other", "x.jsonl")
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    sources = [str(run / "adapter"), str(other / "adapter"), str(run / "checkpoints" / "checkpoint-5")]
+    (merged / "tuner.json").write_text(json.dumps({"merge": {"sources": sources}}))
+    assert runs_of_adapter(merged) == [run, other] and runs_of_adapter(tmp_path / "loose") == []
+    both = union([view, training_view(_run_folder(tmp_path / "third", str(_train_file(tmp_path / "t.jsonl"))))])
+    assert both.groups == 4 and text_key("Q one") in both.queries and text_key("an unrelated claim") in both.queries
 
 
 def _result(label: str, values: dict[str, float]) -> EvalResult:

@@ -197,6 +197,14 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     assert unseen["queries"] == 4
     for stage in ("first_stage", "base", "final"):
         assert unseen[stage] == pytest.approx(metrics["dev"][stage], abs=1e-12)
+    # the run records the groups it trained on (what `tuner eval` on its adapter splits by) and the base per query
+    from tuner.overlap import training_view
+
+    view = training_view(out)
+    assert view.groups == 6 and "as run" in view.source  # the 6 train topics
+    base_per_query = json.loads((out / "logs" / "dev-base-per-query.json").read_text())
+    assert sorted(base_per_query) == ["q6", "q7", "q8", "q9"]
+    assert sum(v["ndcg@10"] for v in base_per_query.values()) / 4 == pytest.approx(metrics["dev"]["base"]["ndcg@10"])
     assert unseen["final_vs_base"]["delta"] == pytest.approx(
         metrics["dev"]["final"]["ndcg@10"] - metrics["dev"]["base"]["ndcg@10"], abs=1e-12
     )

@@ -6,13 +6,18 @@ model the whole gain sits on those queries. The split puts an evaluation query i
 training query or one of its relevant documents is a training positive, and in **unseen** otherwise; the report
 then gives every system's metrics and paired test on each part, so "did it learn the domain?" is one command.
 
-Texts are compared after whitespace and case folding (`normalize`): a training file carries texts, not the
-collection's ids, and the same abstract reaches both sides through different tools. Nothing here needs a model.
+Texts are compared after whitespace and case folding (`normalize`), by a hash of that (`text_key`): a training
+file carries texts, not the collection's ids, and the same abstract reaches both sides through different tools.
+`tuner train` writes the view of the groups it trained on into the run folder (`TRAINING_VIEW`), so that
+`tuner eval` on the run's adapter splits by exactly those. Nothing here needs a model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import gzip
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +27,21 @@ from tuner.contract import document_text
 __all__ = [
     "MEANING",
     "SEEN",
+    "TRAINING_VIEW",
     "UNSEEN",
     "TrainingView",
     "groups_view",
     "normalize",
     "run_config",
+    "runs_of_adapter",
     "split_queries",
+    "text_key",
     "training_view",
+    "union",
+    "write_view",
 ]
+
+TRAINING_VIEW = "training_view.json.gz"  # in a run folder: the view of the groups `tuner train` trained on
 
 SEEN = "seen"
 UNSEEN = "unseen"
@@ -45,14 +57,20 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def text_key(text: str) -> str:
+    """The key a text is compared by: 16 hex digits of the SHA-1 of its normalized form (a run folder stores keys,
+    not the training texts; 64 bits make a collision among millions of texts a ~1e-7 event)."""
+    return hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class TrainingView:
     """What a training source holds, as the split needs it.
 
     Attributes:
         source: how reports name it (a path, with the split or the run's recipe key).
-        queries: normalized query texts.
-        positives: normalized texts of the documents judged relevant to a training query.
+        queries: `text_key`s of the query texts.
+        positives: `text_key`s of the documents judged relevant to a training query.
         groups: training queries read (groups of a file, judged queries of a BEIR split).
     """
 
@@ -71,8 +89,8 @@ def _view(source: str, pairs: Iterable[tuple[str, Iterable[Any]]]) -> TrainingVi
     queries, positives, n = set(), set(), 0
     for query, docs in pairs:
         n += 1
-        queries.add(normalize(query))
-        positives.update(normalize(document_text(d)) for d in docs)
+        queries.add(text_key(query))
+        positives.update(text_key(document_text(d)) for d in docs)
     return TrainingView(source, frozenset(queries), frozenset(positives), n)
 
 
@@ -93,8 +111,11 @@ def _beir_pairs(folder: Path, split: str) -> list[tuple[str, list[Any]]]:
     ]
 
 
-def _source_pairs(source: str, split: str | None, max_groups: int | None) -> tuple[str, list[tuple[str, list[Any]]]]:
-    """How reports name a training source, and its (query, positives) in training order, up to `max_groups`."""
+def _source_pairs(
+    source: str, split: str | None, max_groups: int | None, as_trained: bool = False
+) -> tuple[str, list[tuple[str, list[Any]]]]:
+    """How reports name a training source, and its (query, positives) in training order, up to `max_groups`;
+    `as_trained`: only the groups training keeps (with a positive and a negative)."""
     path = Path(source)
     if _is_beir(path):
         name, pairs = f"{source} ({split or 'train'} qrels)", _beir_pairs(path, split or "train")
@@ -102,7 +123,10 @@ def _source_pairs(source: str, split: str | None, max_groups: int | None) -> tup
         from tuner.data import load_groups
 
         name = f"{source} ({split})" if split and path.is_dir() else str(source)
-        pairs = [(g.query, g.pos) for g in load_groups(source, split)]
+        groups = load_groups(source, split)
+        if as_trained:
+            groups = [g for g in groups if g.pos and g.neg]
+        pairs = [(g.query, g.pos) for g in groups]
     return name, pairs if max_groups is None else pairs[:max_groups]
 
 
@@ -137,14 +161,40 @@ def _dev_query_texts(config) -> set[str]:
     return set()
 
 
+def write_view(view: TrainingView, path: str | Path) -> Path:
+    """Store a view (keys only, no text) as gzipped JSON, atomically."""
+    from tuner.files import atomic_write
+
+    doc = {"source": view.source, "groups": view.groups, "queries": sorted(view.queries)}
+    doc["positives"] = sorted(view.positives)
+    return atomic_write(path, gzip.compress(json.dumps(doc).encode("utf-8"), mtime=0))
+
+
+def _read_view(path: Path, run: Path) -> TrainingView:
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        return TrainingView(
+            f"{doc['source']}, as run {run} trained on",
+            frozenset(doc["queries"]),
+            frozenset(doc["positives"]),
+            int(doc["groups"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a training view tuner train wrote ({err})") from None
+
+
 def _run_view(run: Path) -> TrainingView:
+    if (run / TRAINING_VIEW).is_file():  # what the run trained on, recorded by it
+        return _read_view(run / TRAINING_VIEW, run)
+    # a run from before tuner recorded its view: rebuilt from its recipe (BEIR mining may have left out a query
+    # this counts)
     config = run_config(run)
     if config is None:
         raise FileNotFoundError(f"{run / 'config.yaml'}: the run names no training data (data.train_file or data.beir)")
     data = config.data
     source, split = (data.train_file, None) if data.train_file else (data.beir, data.split)
     try:
-        name, pairs = _source_pairs(source, split, data.max_groups)
+        name, pairs = _source_pairs(source, split, data.max_groups, as_trained=True)
         dev = _dev_query_texts(config) if data.drop_dev_queries else set()
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
@@ -154,7 +204,7 @@ def _run_view(run: Path) -> TrainingView:
     kept = [(q, docs) for q, docs in pairs if normalize(q) not in dev]
     if len(kept) < len(pairs):
         name += f" less its {len(pairs) - len(kept)} dev queries (data.drop_dev_queries)"
-    return _view(f"{name}, from run {run}", kept)
+    return _view(f"{name}, from run {run}'s config.yaml", kept)
 
 
 def training_view(source: str | Path, split: str | None = None) -> TrainingView:
@@ -171,9 +221,42 @@ def training_view(source: str | Path, split: str | None = None) -> TrainingView:
         DataError / FileNotFoundError: the source (or the run's recorded data) cannot be read; the message names it.
     """
     path = Path(str(source))
-    if path.is_dir() and not _is_beir(path) and (path / "config.yaml").is_file():
+    is_run = path.is_dir() and not _is_beir(path) and (path / "config.yaml").is_file()
+    if split and (is_run or path.is_file()):
+        raise ValueError(
+            f"{source}: a split names a file in a folder of training files, a BEIR qrels split or a hub split; "
+            f"this is a {'run folder' if is_run else 'file'}"
+        )
+    if is_run:
         return _run_view(path)
     return _view(*_source_pairs(str(source), split, None))
+
+
+def union(views: Sequence[TrainingView]) -> TrainingView:
+    """One view of several training sources (a merge of adapters from several runs)."""
+    if len(views) == 1:
+        return views[0]
+    return TrainingView(
+        " + ".join(v.source for v in views),
+        frozenset().union(*(v.queries for v in views)),
+        frozenset().union(*(v.positives for v in views)),
+        sum(v.groups for v in views),
+    )
+
+
+def runs_of_adapter(adapter: str | Path) -> list[Path]:
+    """The tuner run folders an adapter comes from: `RUN/adapter`, `RUN/checkpoints/checkpoint-N`, or the runs of
+    the sources of a `tuner merge` (its tuner.json's `merge.sources`); [] when none is known."""
+    from tuner.loading import read_meta
+
+    folder = Path(adapter)
+    for run in (folder.parent, folder.parent.parent if folder.parent.name == "checkpoints" else None):
+        if run is not None and (run / "config.yaml").is_file():
+            return [run]
+    runs: list[Path] = []
+    for source in ((read_meta(folder) or {}).get("merge") or {}).get("sources") or []:
+        runs += [r for r in runs_of_adapter(source) if r not in runs]
+    return runs
 
 
 def split_queries(
@@ -202,8 +285,8 @@ def split_queries(
         rel = [d for d, g in qrels.get(q, {}).items() if g > 0 and d in documents]
         for d in rel:
             if d not in relevant:
-                relevant[d] = normalize(document_text(documents[d])) in view.positives
-        q_seen = normalize(text) in view.queries
+                relevant[d] = text_key(document_text(documents[d])) in view.positives
+        q_seen = text_key(text) in view.queries
         d_seen = any(relevant[d] for d in rel)
         by_query += q_seen
         by_doc += d_seen

@@ -44,6 +44,7 @@ MODEL_DIR = "model"  # full fine-tuning writes the whole model here instead of a
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+DEV_BASE_PER_QUERY = "dev-base-per-query.json"  # in <out>/logs: the base's dev figures per query
 _NO_PERIODIC_SAVE = 2**31 - 1  # train.save_steps=0: a checkpoint period no run reaches (only the final save)
 
 
@@ -423,8 +424,17 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     # fails in seconds; the first stage and the base are measured once the model is there
     with args.main_process_first(desc="evaluation data"):
         evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
+    dropped = len(groups)
     if "dev" in evaluators:
         groups = _check_dev_is_not_trained_on(groups, evaluators["dev"], config.data.drop_dev_queries, main)
+    dropped -= len(groups)
+    if main:  # what `tuner eval` on this run's adapter splits its queries by (seen / unseen in training)
+        from tuner.overlap import TRAINING_VIEW, groups_view, write_view
+
+        d = config.data
+        name = d.train_file or f"{d.beir} ({d.split} qrels, BM25 negatives)"
+        name += f", {len(groups)} groups" + (f" less {dropped} of dev queries" if dropped else "")
+        write_view(groups_view(groups, name), out / TRAINING_VIEW)
 
     # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
     set_seed(t.seed)
@@ -508,6 +518,14 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         record["dev"]["first_stage"] = evaluators["dev"].first_stage_metrics()
         if config.eval.before:
             record["dev"]["base"] = base_of("dev", "dev", rank_eval.base)
+            # the base's per-query figures, for the seen / unseen paired tests at the end: kept in the run folder,
+            # so that a --resume that reuses the recorded base still has them
+            base_file = out / "logs" / DEV_BASE_PER_QUERY
+            if rank_eval.base_per_query:
+                if main:
+                    atomic_write_json(base_file, rank_eval.base_per_query)
+            elif base_file.is_file():
+                rank_eval.base_per_query = json.loads(base_file.read_text(encoding="utf-8"))
             log.info(
                 "dev %s: %s %s | base %s",
                 record["dev"]["name"],

@@ -172,9 +172,9 @@ def _run_eval(args) -> int:
 
 def _train_data(args):
     """eval's training data (a `tuner.overlap.TrainingView`, or None: no split): --train-data as given ('none': no
-    split), else the run folder the evaluated adapter was trained in, when its recorded training data can be read
-    (else a warning, and no split)."""
-    from tuner.overlap import run_config, training_view
+    split), else the run the evaluated adapter comes from (RUN/adapter, a checkpoint of it, or the runs of a
+    `tuner merge`'s sources), when that can be read (else a warning, and no split)."""
+    from tuner.overlap import runs_of_adapter, training_view, union
 
     if args.train_data is not None:
         if args.train_data.strip().lower() == "none":
@@ -188,15 +188,19 @@ def _train_data(args):
     if args.train_split:
         raise UserError("--train-split: for --train-data (a folder of training files or a BEIR folder)")
     adapter = args.adapter or (args.model if (Path(args.model) / "adapter_config.json").is_file() else None)
-    if adapter is None or run_config(Path(adapter).parent) is None:
+    if adapter is None:
         return None
-    run = Path(adapter).parent
     try:
-        view = training_view(run)
+        runs = runs_of_adapter(adapter)
+        if not runs:
+            print(f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)")
+            return None
+        view = union([training_view(run) for run in runs])
     except (OSError, ValueError) as err:
         print(f"tuner eval: warning: no seen/unseen split: {err}", file=sys.stderr)
         return None
-    print(f"tuner eval: splitting the queries by the training data of run {run} (--train-data none: no split)")
+    names = ", ".join(str(r) for r in runs)
+    print(f"tuner eval: splitting the queries by the training data of run {names} (--train-data none: no split)")
     return view
 
 
