@@ -223,3 +223,26 @@ def test_training_records_each_parts_figures_and_keeps_a_recorded_base_on_resume
     assert resumed["parts"][SEEN]["base"] == seen["base"] and "final_vs_base" not in resumed["parts"][SEEN]
     nothing = SimpleNamespace(last_per_query={}, base_per_query={})
     assert _training_overlap(groups, evaluator, nothing, {"dev": {"training_overlap": got}}) is got
+
+
+def test_data_check_against_an_evaluation_set_counts_what_the_data_covers(tmp_path, capsys):
+    """Before training: `tuner data check TRAIN --against EVAL` counts the evaluation queries the data covers."""
+    from tuner.cli import main
+
+    train = _train_file(tmp_path / "train.jsonl")
+    beir = write_beir(tmp_path / "beir")
+    assert main(["data", "check", str(train), "--no-tokens", "--against", str(beir), "--json"]) == 0
+    against = json.loads(capsys.readouterr().out)["against"]
+    assert (against["seen"], against["queries"]) == (2, 5)  # q1 (d1 a positive), q3 (its text)
+    assert (against["query_in_training"], against["positive_in_training"]) == (1, 1)
+    assert main(["data", "check", str(train), "--no-tokens", "--against", str(beir)]) == 0
+    assert f"against {beir}: 2 of 5 queries are covered by this data" in capsys.readouterr().out
+    # a labeled file as the evaluation set: its groups' positives are the relevant documents
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps({"query": "Does sleep help memory?", "pos": ["Other text."], "neg": ["x"]}) + "\n")
+    assert main(["data", "check", str(train), "--no-tokens", "--against", str(dev), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["against"]["seen"] == 1
+    assert main(["data", "check", str(train), "--no-tokens", "--against-split", "dev"]) == 2
+    assert "--against-split: for --against" in capsys.readouterr().err
+    assert main(["data", "check", str(train), "--no-tokens", "--against", str(tmp_path / "nope")]) == 2
+    assert f"--against {tmp_path / 'nope'}" in capsys.readouterr().err

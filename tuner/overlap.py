@@ -30,6 +30,7 @@ __all__ = [
     "TRAINING_VIEW",
     "UNSEEN",
     "TrainingView",
+    "eval_overlap",
     "groups_view",
     "normalize",
     "run_config",
@@ -298,3 +299,27 @@ def split_queries(
         "relevant_documents": len(relevant),
         "relevant_documents_in_training": sum(relevant.values()),
     }
+
+
+def eval_overlap(view: TrainingView, evaluation: str | Path, split: str | None = None) -> dict[str, Any]:
+    """`split_queries` of an evaluation set against a training view, before any model is trained: a BEIR folder's
+    `split` (default test) qrels, or a labeled file's groups (their positives as the relevant documents).
+
+    Returns:
+        `split_queries`'s counts (without the per-query parts) with `queries` and `seen` (how many are seen).
+    """
+    path = Path(str(evaluation))
+    if _is_beir(path):
+        from tuner.data.beir import load_beir
+
+        data = load_beir(path, split or "test")
+        queries, qrels, corpus = data.queries, data.qrels, data.corpus
+    else:
+        from tuner.data import load_groups
+        from tuner.data.groups import groups_as_collection
+
+        beir = groups_as_collection(load_groups(evaluation, split), path.name).beir
+        queries, qrels, corpus = beir.queries, beir.qrels, beir.corpus
+    got = split_queries(queries, qrels, corpus, view)
+    parts = got.pop("part")
+    return {"queries": len(parts), "seen": sum(p == SEEN for p in parts.values()), **got}

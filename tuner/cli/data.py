@@ -21,6 +21,13 @@ def add_data(sub) -> None:
         "--max-length", type=positive_int, default=8192, help="prompt token budget to count truncation against"
     )
     c.add_argument("--no-tokens", action="store_true", help="skip token-length statistics (no tokenizer)")
+    c.add_argument(
+        "--against",
+        metavar="EVAL",
+        help="an evaluation set (BEIR folder, or a labeled file): count its queries this data already covers (the "
+        "query, or a relevant document as a positive), which `tuner eval` will report as 'seen'",
+    )
+    c.add_argument("--against-split", help="qrels split of a BEIR --against (default test), or a folder's file stem")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_run_data_check)
     s = verbs.add_parser("split", help="split groups into train and dev by query (seeded)")
@@ -36,20 +43,46 @@ def _run_data_check(args) -> int:
     from tuner.data.check import check_beir, check_file, format_report
 
     path = Path(args.path)
-    if path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz")):
+    beir = path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz"))
+    if args.against_split and not args.against:
+        raise UserError("--against-split: for --against (the evaluation set)")
+    if beir:
         report = check_beir(path, args.split or "test")
     else:
         report = check_file(args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens)
+    against = _against(args, beir) if args.against and report.ok else None
     if args.json:
         payload = {"path": report.path, "rows": report.rows, "groups": report.groups, "ok": report.ok}
         payload.update(stats=report.stats, warnings=report.warnings, errors=report.errors)
+        if against is not None:
+            payload["against"] = against
         json.dump(payload, sys.stdout, indent=2)
         print()
     else:
         print(format_report(report))
+        if against is not None:
+            a = against
+            print(
+                f"against {a['evaluation']}: {a['seen']} of {a['queries']} queries are covered by this data "
+                f"({a['query_in_training']} are its queries, {a['positive_in_training']} have a relevant document "
+                f"among its positives; {a['relevant_documents_in_training']} of {a['relevant_documents']} relevant "
+                "documents): tuner eval reports them apart as 'seen'"
+            )
     for err in report.errors if args.json else []:
         print(f"error: {err}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _against(args, beir: bool) -> dict:
+    """`data check --against`: how much of the evaluation set the checked data covers (see tuner.overlap)."""
+    from tuner.overlap import eval_overlap, training_view
+
+    try:  # a BEIR folder checked as training data: its train qrels, unless --split names another
+        view = training_view(args.path, (args.split or "train") if beir else args.split)
+        counts = eval_overlap(view, args.against, args.against_split)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--against {args.against}: {err}") from None
+    return {"evaluation": args.against, **counts}
 
 
 def _run_data_split(args) -> int:
