@@ -140,6 +140,10 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
     # the summary compares runs: base, final and their delta, and the comparison table
     for key in (b"base/ndcg@10", b"final/ndcg@10", b"delta/ndcg@10", b"first_stage/ndcg@10", b"eval/comparison"):
         assert key in records, key
+    # and the dev queries the training data covers apart from the rest (all unseen here: seen has no figures)
+    for key in (b"unseen/delta/ndcg@10", b"unseen/final/ndcg@10", b"unseen/queries", b"seen/queries"):
+        assert key in records, key
+    assert b"seen/delta/ndcg@10" not in records.replace(b"unseen/delta", b"")
     assert b"tuner-test" in records and b"tiny" in records
 
 
