@@ -156,3 +156,16 @@ def test_cli_merge_writes_an_adapter_that_eval_and_export_take(tiny_model_dir, t
     # the merge is an adapter: exported with the parity gate like a run's
     assert main(["export", str(out), "--format", "merged", "--out", str(tmp_path / "export")]) == 0
     assert "parity gate passed" in capsys.readouterr().out
+
+
+def test_sources_that_select_the_same_layers_in_another_order_merge(tmp_path):
+    """peft writes a set of excluded modules in hash order: the same selection must not read as two."""
+    from tuner.merge import _sources
+
+    for name, order in (("a", ["x.q_proj", "y.k_proj"]), ("b", ["y.k_proj", "x.q_proj"]), ("c", ["x.q_proj"])):
+        (tmp_path / name).mkdir()
+        config = {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "exclude_modules": order}
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+    assert len(_sources([tmp_path / "a", tmp_path / "b"])) == 2
+    with pytest.raises(ValueError, match="select layers differently"):
+        _sources([tmp_path / "a", tmp_path / "c"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -127,7 +128,14 @@ def test_a_run_folder_splits_by_the_view_its_training_recorded(tmp_path):
     view = training_view(run)
     assert view.groups == 1 and view.source == f"train.jsonl, 1 groups, as run {run} trained on"
     assert view.queries == {text_key(" q  ONE")} and view.positives == {text_key("T x y")}
-    assert "Q one" not in (run / TRAINING_VIEW).read_bytes().decode("latin-1")  # no training text in the run folder
+    assert b"Q one" not in gzip.decompress((run / TRAINING_VIEW).read_bytes())  # no training text in the run folder
+    # a damaged view is named, with the way out
+    good = (run / TRAINING_VIEW).read_bytes()
+    for damaged in (good[:20], good[:10] + b"x" * 30, gzip.compress(b'{"queries": "abc", "positives": []}')):
+        (run / TRAINING_VIEW).write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"not a training view tuner train wrote .*--train-data"):
+            training_view(run)
+    (run / TRAINING_VIEW).write_bytes(good)
 
     (run / "adapter").mkdir()
     (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
@@ -138,6 +146,12 @@ def test_a_run_folder_splits_by_the_view_its_training_recorded(tmp_path):
     sources = [str(run / "adapter"), str(other / "adapter"), str(run / "checkpoints" / "checkpoint-5")]
     (merged / "tuner.json").write_text(json.dumps({"merge": {"sources": sources}}))
     assert runs_of_adapter(merged) == [run, other] and runs_of_adapter(tmp_path / "loose") == []
+    (run / "soup").mkdir()  # a merge saved inside one of its sources' runs comes from all of them
+    (run / "soup" / "tuner.json").write_text(json.dumps({"merge": {"sources": sources}}))
+    assert runs_of_adapter(run / "soup") == [run, other]
+    (merged / "tuner.json").write_text(json.dumps({"merge": {"sources": [str(run / "adapter"), str(tmp_path)]}}))
+    with pytest.raises(ValueError, match="which comes from no tuner run"):
+        runs_of_adapter(merged)  # a split by part of its training data would call trained-on queries unseen
     both = union([view, training_view(_run_folder(tmp_path / "third", str(_train_file(tmp_path / "t.jsonl"))))])
     assert both.groups == 4 and text_key("Q one") in both.queries and text_key("an unrelated claim") in both.queries
 
@@ -246,3 +260,11 @@ def test_data_check_against_an_evaluation_set_counts_what_the_data_covers(tmp_pa
     assert "--against-split: for --against" in capsys.readouterr().err
     assert main(["data", "check", str(train), "--no-tokens", "--against", str(tmp_path / "nope")]) == 2
     assert f"--against {tmp_path / 'nope'}" in capsys.readouterr().err
+    # the checked data at fault is named as such, not the evaluation set
+    assert main(["data", "check", str(train), "--no-tokens", "--split", "dev", "--against", str(beir)]) == 2
+    assert f"{train} as the training data of --against" in capsys.readouterr().err
+    # data with errors: said, not counted
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(train.read_text() + "{not json\n")
+    assert main(["data", "check", str(bad), "--no-tokens", "--against", str(beir)]) == 1
+    assert f"against {beir}: not counted: the data has errors" in capsys.readouterr().out

@@ -318,6 +318,10 @@ def test_resume_reuses_the_recorded_base_metrics(evaluated_resume):
     # measured once, by the interrupted call; the resumed call reads them back instead of scoring the dev set again
     assert resumed["base_calls"] == 0
     assert resumed["metrics"]["dev"]["base"] == before["dev"]["base"] and before["dev"]["base"]
+    # its per-query figures too (kept in logs/): the seen / unseen parts still get their paired test
+    unseen = resumed["metrics"]["dev"]["training_overlap"]["parts"]["unseen"]
+    assert unseen["base"] == pytest.approx(before["dev"]["base"], abs=1e-12)  # every dev query is unseen here
+    assert unseen["final_vs_base"]["queries"] == unseen["queries"] == 4
     from tuner.train import _recorded_base
 
     dev, inputs = before["dev"], before["eval_inputs"]

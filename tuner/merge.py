@@ -60,10 +60,15 @@ def _sources(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any], di
         # alone, peft combines it "linearly" into a config of one rank, while its layers keep their own ranks: the
         # written adapter would not load
         raise ValueError(f"{out[0][0]}: per-layer ranks (rank_pattern / alpha_pattern) merge only with other adapters")
+
     # peft builds the merged adapter's layer selection from the first source's config: the sources must agree on it
+    def selection(config: dict, key: str) -> Any:  # peft writes sets as lists in hash order
+        value = config.get(key)
+        return sorted(value) if key == "exclude_modules" and isinstance(value, list) else value
+
     for key in ("layers_to_transform", "layers_pattern", "exclude_modules"):
         for folder, _, config in out[1:]:
-            if config.get(key) != out[0][2].get(key):
+            if selection(config, key) != selection(out[0][2], key):
                 raise ValueError(
                     f"the adapters select layers differently ({key}: {out[0][2].get(key)!r} in {out[0][0]}, "
                     f"{config.get(key)!r} in {folder}); tuner merge needs the same selection"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,14 +175,20 @@ def write_view(view: TrainingView, path: str | Path) -> Path:
 def _read_view(path: Path, run: Path) -> TrainingView:
     try:
         doc = json.loads(gzip.decompress(path.read_bytes()))
+        keys = {k: doc[k] for k in ("queries", "positives")}
+        for name, value in keys.items():
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"'{name}' is not a list of keys")
         return TrainingView(
             f"{doc['source']}, as run {run} trained on",
-            frozenset(doc["queries"]),
-            frozenset(doc["positives"]),
+            frozenset(keys["queries"]),
+            frozenset(keys["positives"]),
             int(doc["groups"]),
         )
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a training view tuner train wrote ({err})") from None
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as err:  # truncated, corrupt, other
+        raise ValueError(
+            f"{path}: not a training view tuner train wrote ({err}); --train-data names the data"
+        ) from None
 
 
 def _run_view(run: Path) -> TrainingView:
@@ -246,18 +253,32 @@ def union(views: Sequence[TrainingView]) -> TrainingView:
 
 
 def runs_of_adapter(adapter: str | Path) -> list[Path]:
-    """The tuner run folders an adapter comes from: `RUN/adapter`, `RUN/checkpoints/checkpoint-N`, or the runs of
-    the sources of a `tuner merge` (its tuner.json's `merge.sources`); [] when none is known."""
+    """The tuner run folders an adapter (or a fully fine-tuned model) comes from: `RUN/adapter`, `RUN/model`,
+    `RUN/checkpoints/checkpoint-N`, or the runs of every source of a `tuner merge` (its tuner.json's
+    `merge.sources`); [] when it is none of these.
+
+    Raises:
+        ValueError: a merge with a source that comes from no run (its training data is unknown: a split by the other
+            sources' data alone would call queries unseen that it trained on).
+    """
     from tuner.loading import read_meta
 
     folder = Path(adapter)
+    sources = (((read_meta(folder) if folder.is_dir() else {}) or {}).get("merge") or {}).get("sources")
+    if sources:  # first: a merge saved inside one of its sources' runs comes from all of them
+        runs: list[Path] = []
+        for source in sources:
+            found = runs_of_adapter(source)
+            if not found:
+                raise ValueError(
+                    f"{folder} merges {source}, which comes from no tuner run: --train-data names the data"
+                )
+            runs += [r for r in found if r not in runs]
+        return runs
     for run in (folder.parent, folder.parent.parent if folder.parent.name == "checkpoints" else None):
         if run is not None and (run / "config.yaml").is_file():
             return [run]
-    runs: list[Path] = []
-    for source in ((read_meta(folder) or {}).get("merge") or {}).get("sources") or []:
-        runs += [r for r in runs_of_adapter(source) if r not in runs]
-    return runs
+    return []
 
 
 def split_queries(

@@ -25,7 +25,8 @@ def add_data(sub) -> None:
         "--against",
         metavar="EVAL",
         help="an evaluation set (BEIR folder, or a labeled file): count its queries this data already covers (the "
-        "query, or a relevant document as a positive), which `tuner eval` will report as 'seen'",
+        "query, or a relevant document as a positive), which `tuner eval` will report as 'seen' (a checked BEIR "
+        "folder is the training data by its --split qrels, default train)",
     )
     c.add_argument("--against-split", help="qrels split of a BEIR --against (default test), or a folder's file stem")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -51,22 +52,25 @@ def _run_data_check(args) -> int:
     else:
         report = check_file(args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens)
     against = _against(args, beir) if args.against and report.ok else None
+    skipped = "not counted: the data has errors" if args.against and not report.ok else None
     if args.json:
         payload = {"path": report.path, "rows": report.rows, "groups": report.groups, "ok": report.ok}
         payload.update(stats=report.stats, warnings=report.warnings, errors=report.errors)
-        if against is not None:
-            payload["against"] = against
+        if args.against:
+            payload["against"] = against if against is not None else {"evaluation": args.against, "skipped": skipped}
         json.dump(payload, sys.stdout, indent=2)
         print()
     else:
         print(format_report(report))
+        if skipped:
+            print(f"against {args.against}: {skipped}")
         if against is not None:
             a = against
             print(
                 f"against {a['evaluation']}: {a['seen']} of {a['queries']} queries are covered by this data "
                 f"({a['query_in_training']} are its queries, {a['positive_in_training']} have a relevant document "
                 f"among its positives; {a['relevant_documents_in_training']} of {a['relevant_documents']} relevant "
-                "documents): tuner eval reports them apart as 'seen'"
+                "documents): a model trained on it is judged apart on them ('seen' in tuner eval)"
             )
     for err in report.errors if args.json else []:
         print(f"error: {err}", file=sys.stderr)
@@ -77,8 +81,13 @@ def _against(args, beir: bool) -> dict:
     """`data check --against`: how much of the evaluation set the checked data covers (see tuner.overlap)."""
     from tuner.overlap import eval_overlap, training_view
 
-    try:  # a BEIR folder checked as training data: its train qrels, unless --split names another
-        view = training_view(args.path, (args.split or "train") if beir else args.split)
+    split = (args.split or "train") if beir else args.split  # a BEIR folder as training data: its train qrels
+    try:
+        view = training_view(args.path, split)
+    except (OSError, ValueError) as err:
+        hint = " (--split names the training qrels)" if beir else ""
+        raise UserError(f"{args.path} as the training data of --against: {err}{hint}") from None
+    try:
         counts = eval_overlap(view, args.against, args.against_split)
     except (OSError, ValueError) as err:
         raise UserError(f"--against {args.against}: {err}") from None

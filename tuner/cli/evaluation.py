@@ -188,12 +188,13 @@ def _train_data(args):
     if args.train_split:
         raise UserError("--train-split: for --train-data (a folder of training files or a BEIR folder)")
     adapter = args.adapter or (args.model if (Path(args.model) / "adapter_config.json").is_file() else None)
-    if adapter is None:
-        return None
     try:
-        runs = runs_of_adapter(adapter)
+        runs = runs_of_adapter(adapter or args.model)  # a fully fine-tuned RUN/model too
         if not runs:
-            print(f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)")
+            if adapter is not None:  # a base model on its own has no training data to split by
+                print(
+                    f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)"
+                )
             return None
         view = union([training_view(run) for run in runs])
     except (OSError, ValueError) as err:
