@@ -505,3 +505,28 @@ def test_json_errors_point_at_the_end_of_the_line_that_is_short_not_the_next_lin
     whole.write_text('[\n  {"query": "q", "pos": ["p"]}\n  {"query": "r", "pos": ["s"]}\n]\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"g\.json:2: invalid JSON \(Expecting ',' delimiter at column 31\)"):
         load_groups(whole)
+
+
+def test_fractional_pair_labels_count_as_positives_and_are_warned_about(tmp_path, caplog):
+    """A label strictly between 0 and 1 is a positive (label > 0); probability-like labels do not mean that, so the
+    load and `data check` say so, naming the first such row."""
+    rows = [
+        {"query": "q", "document": "barely", "label": 0.2},
+        {"query": "q", "document": "clearly", "label": 1},
+        {"query": "q", "document": "not", "label": 0},
+        {"query": "r", "document": "half", "label": 0.5},
+    ]
+    path = tmp_path / "soft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="tuner"):
+        loaded = read_groups(path)
+    assert loaded.fractional_labels == 2 and loaded.first_fractional.endswith(":1")
+    assert loaded.groups[0].pos == ["barely", "clearly"] and loaded.groups[0].neg == ["not"]
+    assert "2 pair labels lie strictly between 0 and 1" in caplog.text and "loss.kind=distill" in caplog.text
+    report = check_file(path, tokens=False)
+    assert report.stats["fractional_labels"] == 2 and any("strictly between 0 and 1" in w for w in report.warnings)
+    binary = tmp_path / "binary.jsonl"
+    binary.write_text("\n".join(json.dumps({**r, "label": int(r["label"] > 0)}) for r in rows) + "\n")
+    assert (
+        read_groups(binary).fractional_labels == 0 and not check_file(binary, tokens=False).stats["fractional_labels"]
+    )

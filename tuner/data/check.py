@@ -159,6 +159,11 @@ def check_file(
     stats["pair_queries_without_positive"] = loaded.skipped_no_positive
     for key, where in loaded.unknown_fields.items():
         warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it)")
+    stats["fractional_labels"] = loaded.fractional_labels
+    if loaded.fractional_labels:
+        from tuner.data.groups import fractional_warning
+
+        warnings.append(fractional_warning(loaded))
     if loaded.skipped_no_positive:
         n = loaded.skipped_no_positive
         warnings.append(

@@ -63,6 +63,8 @@ class LoadResult:
         skipped_no_positive: pair-file queries whose labels were all <= 0 (no training signal; left out).
         unknown_fields: field name → first row that has it, for fields no loader reads (often a typo,
             such as "negs", that would silently drop data).
+        fractional_labels: pair rows with a label strictly between 0 and 1, and the first of them: each counts as
+            a positive (label > 0), which probability-like labels (0.2 "barely relevant") do not mean.
     """
 
     groups: list[Group] = field(default_factory=list)
@@ -70,6 +72,8 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     skipped_no_positive: int = 0
     unknown_fields: dict[str, str] = field(default_factory=dict)
+    fractional_labels: int = 0
+    first_fractional: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -530,6 +534,9 @@ def read_groups(
                 (group.pos if label > 0 else group.neg).append(document)
                 if label > 0:
                     pos_labels.setdefault((query, instruction), []).append(label)
+                if 0 < label < 1:
+                    result.fractional_labels += 1
+                    result.first_fractional = result.first_fractional or str(where)
             else:
                 order.append(parse_group(row, where, require_positive))
         except DataError as err:
@@ -553,7 +560,18 @@ def read_groups(
             result.skipped_no_positive += 1
     if result.skipped_no_positive:
         log.warning("%s: %d queries have no positive label and were left out", path_or_id, result.skipped_no_positive)
+    if result.fractional_labels:
+        log.warning("%s", fractional_warning(result))
     return result
+
+
+def fractional_warning(result: LoadResult) -> str:
+    """What a pair file with labels strictly between 0 and 1 is told (training log and `data check`)."""
+    return (
+        f"{result.fractional_labels} pair labels lie strictly between 0 and 1 (first: {result.first_fractional}); "
+        "each counts as a positive (label > 0). If they are probabilities or soft scores, threshold them into 0/1 "
+        "labels, or give them as teacher scores (pos_scores / neg_scores) with loss.kind=distill"
+    )
 
 
 def load_groups(path_or_id: str | Path, split: str | None = None, require_positive: bool = True) -> list[Group]:
