@@ -131,7 +131,8 @@ def add_eval(sub) -> None:
         metavar="SOURCE",
         help="also report every system on the queries the training data covers (the query, or a relevant document "
         "as a positive) and on the rest: a training file or folder, a BEIR folder (--train-split qrels) or a tuner "
-        "run folder. Default: the run of --adapter (or of an adapter --model) when it is one; 'none' to skip",
+        "run folder. Default: the run the evaluated adapter or model comes from (RUN/adapter, RUN/model, a "
+        "checkpoint, or the runs of a tuner merge's sources); 'none' to skip",
     )
     p.add_argument("--train-split", help="file stem of a --train-data folder, or its BEIR qrels split (default train)")
     p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
