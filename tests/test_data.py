@@ -453,6 +453,20 @@ def test_cli_data_split(tmp_path, capsys):
     train, dev = load_groups(tmp_path / "train.jsonl"), load_groups(tmp_path / "dev.jsonl")
     assert (len(train), len(dev)) == (15, 5)
     assert (train, dev) == split_groups(_groups(20), 0.25, 3)
+    assert "also a train positive" not in capsys.readouterr().out  # every positive is its query's own
+
+    # queries apart, documents not: dev queries whose positive is also a train positive are counted
+    shared = [
+        Group(query=f"q{i}", pos=["THE shared  abstract" if i % 2 else f"p{i}"], neg=[f"n{i}"]) for i in range(20)
+    ]
+    write_groups(shared, src)
+    rc = main(["data", "split", str(src), "--dev-fraction", "0.25", "--seed", "3",
+               "--train-out", str(tmp_path / "train.jsonl"), "--dev-out", str(tmp_path / "dev.jsonl")])  # fmt: skip
+    dev = load_groups(tmp_path / "dev.jsonl")
+    odd = sum(1 for g in dev if int(g.query[1:]) % 2)
+    assert rc == 0 and 0 < odd < len(dev)
+    out = capsys.readouterr().out
+    assert f"dev: {odd} of {len(dev)} queries have a positive that is also a train positive" in out
 
 
 def test_cli_data_split_refuses_what_would_write_a_useless_or_half_split(tmp_path, capsys):

@@ -121,7 +121,25 @@ def _run_data_split(args) -> int:
     write_groups(dev, args.dev_out)
     for label, part, out, path in (("train", train, train_out, args.train_out), ("dev", dev, dev_out, args.dev_out)):
         print(f"{label}: {len(part)} groups -> {path}" + (" (replaced the previous file)" if out in replaced else ""))
+    if train and dev:
+        _print_dev_overlap(train, dev)
     return 0
+
+
+def _print_dev_overlap(train, dev) -> None:
+    """A split by query keeps queries apart, not documents: say how many dev queries have a positive that is also
+    a train positive, whose dev figures partly measure memory (see tuner.overlap)."""
+    from tuner.data.groups import groups_as_collection
+    from tuner.overlap import SEEN, groups_view, split_queries
+
+    beir = groups_as_collection(dev).beir
+    got = split_queries(beir.queries, beir.qrels, beir.corpus, groups_view(train))
+    seen = sum(part == SEEN for part in got["part"].values())
+    if seen:
+        print(
+            f"dev: {seen} of {len(got['part'])} queries have a positive that is also a train positive; tuner eval "
+            "reports them apart from the rest ('seen' / 'unseen')"
+        )
 
 
 def add_mine(sub) -> None:
