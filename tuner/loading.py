@@ -419,8 +419,11 @@ def _stored_adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]] | None:
         return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (not a dict)
 
 
-def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
+def load_adapter(net, adapter: str | Path, base: str | Path = "the base", adapter_name: str = "default"):
     """`peft.PeftModel.from_pretrained(net, adapter)`, with the checks peft leaves out.
+
+    On a `PeftModel` already (several adapters on one base, as `tuner merge` loads them), the adapter is added
+    under `adapter_name` (`PeftModel.load_adapter`), with the same checks.
 
     peft loads a state dict non-strictly: an adapter_config.json that lost its `target_modules` puts LoRA on
     peft's default modules and drops every other stored tensor without a word; one that lost its `r` (peft's
@@ -448,7 +451,10 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
         with peft_quietly(), warnings.catch_warnings():
             if shapes is not None:  # checked below, and named in one error instead of a list of every key
                 warnings.filterwarnings("ignore", message="Found missing adapter keys", category=UserWarning)
-            net = PeftModel.from_pretrained(net, str(adapter))
+            if isinstance(net, PeftModel):
+                net.load_adapter(str(adapter), adapter_name=adapter_name)
+            else:
+                net = PeftModel.from_pretrained(net, str(adapter), adapter_name=adapter_name)
     except RuntimeError as err:
         # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
         if "size mismatch" not in str(err):
@@ -456,7 +462,7 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
         first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), "")
         raise ValueError(f"adapter {str(adapter)!r} does not fit base {str(base)!r}: {first}") from None
     if shapes is not None:
-        loaded = set(get_peft_model_state_dict(net))
+        loaded = set(get_peft_model_state_dict(net, adapter_name=adapter_name))
         unused, missing = sorted(set(shapes) - loaded), sorted(loaded - set(shapes))
         if unused or missing:
             what = f"{len(unused)} stored tensors did not load (e.g. {unused[0]})" if unused else ""
@@ -464,7 +470,7 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base"):
                 what += ("; " if what else "") + f"{len(missing)} adapter tensors are not stored (e.g. {missing[0]})"
             raise ValueError(
                 f"adapter {str(adapter)!r}: {what}; its adapter_config.json (target_modules "
-                f"{net.peft_config['default'].target_modules}) does not describe {ADAPTER_WEIGHTS[0]}"
+                f"{net.peft_config[adapter_name].target_modules}) does not describe {ADAPTER_WEIGHTS[0]}"
             )
     return net
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.contract import document_text
+from tuner.data.beir import is_beir_folder
 
 __all__ = [
     "MEANING",
@@ -36,6 +37,7 @@ __all__ = [
     "normalize",
     "run_config",
     "runs_of_adapter",
+    "seen_counts",
     "split_queries",
     "text_key",
     "training_view",
@@ -96,10 +98,6 @@ def _view(source: str, pairs: Iterable[tuple[str, Iterable[Any]]]) -> TrainingVi
     return TrainingView(source, frozenset(queries), frozenset(positives), n)
 
 
-def _is_beir(path: Path) -> bool:
-    return path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz"))
-
-
 def _beir_pairs(folder: Path, split: str) -> list[tuple[str, list[Any]]]:
     """A BEIR split's judged queries with their relevant documents (grade > 0): the positives that `tuner mine` and
     `data.beir` training turn into groups (mining adds negatives only)."""
@@ -119,7 +117,7 @@ def _source_pairs(
     """How reports name a training source, and its (query, positives) in training order, up to `max_groups`;
     `as_trained`: only the groups training keeps (with a positive and a negative)."""
     path = Path(source)
-    if _is_beir(path):
+    if is_beir_folder(path):
         name, pairs = f"{source} ({split or 'train'} qrels)", _beir_pairs(path, split or "train")
     else:
         from tuner.data import load_groups
@@ -229,7 +227,7 @@ def training_view(source: str | Path, split: str | None = None) -> TrainingView:
         DataError / FileNotFoundError: the source (or the run's recorded data) cannot be read; the message names it.
     """
     path = Path(str(source))
-    is_run = path.is_dir() and not _is_beir(path) and (path / "config.yaml").is_file()
+    is_run = path.is_dir() and not is_beir_folder(path) and (path / "config.yaml").is_file()
     if split and (is_run or path.is_file()):
         raise ValueError(
             f"{source}: a split names a file in a folder of training files, a BEIR qrels split or a hub split; "
@@ -330,7 +328,7 @@ def eval_overlap(view: TrainingView, evaluation: str | Path, split: str | None =
         `split_queries`'s counts (without the per-query parts) with `queries` and `seen` (how many are seen).
     """
     path = Path(str(evaluation))
-    if _is_beir(path):
+    if is_beir_folder(path):
         from tuner.data.beir import load_beir
 
         data = load_beir(path, split or "test")
@@ -341,6 +339,11 @@ def eval_overlap(view: TrainingView, evaluation: str | Path, split: str | None =
 
         beir = groups_as_collection(load_groups(evaluation, split), path.name).beir
         queries, qrels, corpus = beir.queries, beir.qrels, beir.corpus
-    got = split_queries(queries, qrels, corpus, view)
-    parts = got.pop("part")
-    return {"queries": len(parts), "seen": sum(p == SEEN for p in parts.values()), **got}
+    return seen_counts(split_queries(queries, qrels, corpus, view))
+
+
+def seen_counts(split: Mapping[str, Any]) -> dict[str, Any]:
+    """`split_queries`'s counts without its per-query parts, with `queries` and `seen` (how many are seen)."""
+    parts = split["part"]
+    counts = {k: v for k, v in split.items() if k != "part"}
+    return {"queries": len(parts), "seen": sum(p == SEEN for p in parts.values()), **counts}

@@ -20,7 +20,7 @@ import numpy as np
 
 from tuner.evaluate import RANDOM_ORDER, EvalResult
 from tuner.files import atomic_path, atomic_write
-from tuner.metrics import Qrels, parse_metric, ranked_ids
+from tuner.metrics import Qrels, mean, parse_metric, ranked_ids
 
 __all__ = [
     "build_summary",
@@ -199,9 +199,8 @@ def _overlap_summary(
         for i, result in enumerate(results):
             row: dict[str, Any] = {
                 "label": result.label,
-                "metrics": {
-                    m: float(np.mean([result.per_query[q][m] for q in qids])) if qids else None for m in metrics
-                },
+                # the part's means as the whole's (tuner.metrics.mean); None for a part without queries
+                "metrics": mean({q: result.per_query[q] for q in qids}, metrics) if qids else dict.fromkeys(metrics),
             }
             if i != reference:
                 row["vs_reference"] = {

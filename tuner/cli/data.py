@@ -41,10 +41,11 @@ def add_data(sub) -> None:
 
 
 def _run_data_check(args) -> int:
+    from tuner.data.beir import is_beir_folder
     from tuner.data.check import check_beir, check_file, format_report
 
     path = Path(args.path)
-    beir = path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz"))
+    beir = is_beir_folder(path)
     if args.against_split and not args.against:
         raise UserError("--against-split: for --against (the evaluation set)")
     if beir:
@@ -130,15 +131,14 @@ def _print_dev_overlap(train, dev) -> None:
     """A split by query keeps queries apart, not documents: say how many dev queries have a positive that is also
     a train positive, whose dev figures partly measure memory (see tuner.overlap)."""
     from tuner.data.groups import groups_as_collection
-    from tuner.overlap import SEEN, groups_view, split_queries
+    from tuner.overlap import groups_view, seen_counts, split_queries
 
     beir = groups_as_collection(dev).beir
-    got = split_queries(beir.queries, beir.qrels, beir.corpus, groups_view(train))
-    seen = sum(part == SEEN for part in got["part"].values())
-    if seen:
+    counts = seen_counts(split_queries(beir.queries, beir.qrels, beir.corpus, groups_view(train)))
+    if counts["seen"]:
         print(
-            f"dev: {seen} of {len(got['part'])} queries have a positive that is also a train positive; tuner eval "
-            "reports them apart from the rest ('seen' / 'unseen')"
+            f"dev: {counts['seen']} of {counts['queries']} queries have a positive that is also a train positive; "
+            "tuner eval reports them apart from the rest ('seen' / 'unseen')"
         )
 
 

@@ -94,6 +94,12 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
         yield n, value
 
 
+def is_beir_folder(path: str | Path) -> bool:
+    """Whether `path` is a BEIR folder (it holds `corpus.jsonl[.gz]`)."""
+    path = Path(path)
+    return path.is_dir() and any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz"))
+
+
 def _find(folder: Path, stem: str) -> Path:
     for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
         if (folder / name).is_file():

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data.beir import DataError, jsonl_lines, utf8_lines
+from tuner.data.beir import DataError, is_beir_folder, jsonl_lines, utf8_lines
 from tuner.data.schema import Group
 from tuner.files import decode_utf8, json_error_place, similar_names
 
@@ -238,7 +238,7 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
     """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet|.csv|.tsv`."""
     path = Path(path_or_id)
     if path.is_dir():
-        if any((path / f"corpus{s}").is_file() for s in (".jsonl", ".jsonl.gz")):
+        if is_beir_folder(path):
             raise DataError(
                 f"{path}: a BEIR folder, not a file of training rows: evaluate on it with --beir (eval.beir), or "
                 "turn it into groups with `tuner mine --beir`"
