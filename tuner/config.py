@@ -88,7 +88,14 @@ class DataSection:
         15, "mining: negatives kept per query, a pool each epoch samples group_size - 1 from (`tuner mine` keeps 7)"
     )
     max_groups: int | None = _f(None, "use at most this many groups (a quick look); null = all")
-    group_size: int = _f(8, "documents per group in a step: 1 positive + group_size - 1 negatives")
+    group_size: int = _f(8, "documents per group in a step: positives_per_group positive(s) + the rest negatives")
+    positives_per_group: int = _f(
+        1,
+        "positives drawn per group (up to this many distinct ones; the rest of the group is negatives). With graded "
+        "positives (graded qrels, integer labels > 1, pos_grades) the listwise target (and distill's hard-label "
+        "part) weighs each by its grade, the gain nDCG counts, so training learns grade 3 above grade 1; pointwise "
+        "and sft treat every positive as 'yes'. 1 = one positive, drawn uniformly: grades then do not steer training",
+    )
     instruction: str | None = _f(None, "instruction for rows that carry none; null = the contract's default")
     cache_dir: str | None = _f(None, "cache for BM25 indexes and mined groups; null = <output>/cache")
     drop_dev_queries: bool = _f(
@@ -452,6 +459,11 @@ def validate(config: Config, where: str = "") -> None:
         raise ConfigError(
             f"{where}data.group_size: must be >= 2 (a positive and at least one negative per group), got "
             f"{config.data.group_size}"
+        )
+    if not 1 <= config.data.positives_per_group < config.data.group_size:
+        raise ConfigError(
+            f"{where}data.positives_per_group: must be >= 1 and below data.group_size ({config.data.group_size}, so "
+            f"that a group keeps a negative), got {config.data.positives_per_group}"
         )
     if not 0.0 <= config.loss.hard_label_weight <= 1.0:
         raise ConfigError(f"{where}loss.hard_label_weight: must be in [0, 1]")

@@ -1,9 +1,9 @@
 """Training losses: pure functions of scores (and labels or teacher scores), unit-tested without a model.
 
-Shapes: `logits` is `[groups, group_size]` with the positive at column 0 of each group (the collator's
-layout), unless a `labels` tensor of the same shape says otherwise. An optional boolean `mask` of that shape marks
-the real documents: a group with fewer negatives than `group_size - 1` is filled with placeholder slots (one
-tensor per batch), which count in no loss. All math is done in fp32.
+Shapes: `logits` is `[groups, group_size]` with the positive at column 0 of each group, unless a `labels` tensor
+of the same shape says otherwise (the collator's: each positive's grade, 1 when ungraded, 0 for a negative). An
+optional boolean `mask` of that shape marks the real documents: a group with fewer negatives than its slots is
+filled with placeholder slots (one tensor per batch), which count in no loss. All math is done in fp32.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def listwise_loss(
 ) -> torch.Tensor:
     """Softmax cross-entropy over each group (InfoNCE with the group's negatives), mean over groups.
 
-    With several positives in `labels`, the target is the uniform distribution over them.
+    With several positives in `labels`, the target distribution is proportional to their labels: uniform over
+    equal ones, and with grades as labels (ListNet's graded target) a grade-3 document gets 3 times the mass of a
+    grade-1 one, the gains nDCG gives them.
     """
     x = logits.float() / temperature
     y = _labels_like(x, labels)

@@ -551,7 +551,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     trainer = RerankTrainer(
         model=model,
         args=args,
-        train_dataset=GroupDataset(groups, config.data.group_size, config.train.seed),
+        train_dataset=GroupDataset(groups, config.data.group_size, config.train.seed, config.data.positives_per_group),
         eval_dataset=list(evaluators["dev"].qids) if rank_eval is not None else None,
         data_collator=GroupCollator(
             encoder, tokenizer.pad_token_id, config.data.instruction, t.batching, t.batch_tokens

@@ -29,8 +29,15 @@ def _stream(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
 
 
-def sample_group(group: Group, group_size: int, seed: int, epoch: int, index: int) -> dict[str, Any]:
-    """One training example: the group's query, 1 positive + `group_size - 1` negatives, teacher scores.
+def sample_group(
+    group: Group, group_size: int, seed: int, epoch: int, index: int, positives: int = 1
+) -> dict[str, Any]:
+    """One training example: the group's query, its positive(s), negatives to `group_size` documents, teacher scores.
+
+    `positives` > 1 draws up to that many distinct positives (columns `0..k-1`, k = min(positives, the group's));
+    the rest of the group is negatives. Each positive's `labels` entry is its grade (`group.pos_grades`, else 1):
+    the listwise target weighs it by that gain, the one nDCG counts, so a grade-3 document is taught above a grade-1
+    one. With `positives` 1 the draw is the one it always was (the same stream, so old runs resume identically).
 
     Negatives are drawn without replacement. A group with fewer takes all of them and is filled up with
     placeholder slots (an empty document) that `mask` marks False and no loss counts: a batch stays one
@@ -38,42 +45,50 @@ def sample_group(group: Group, group_size: int, seed: int, epoch: int, index: in
     were. The collator never encodes a placeholder, so it costs no forward pass either.
 
     Returns:
-        `{"query", "instruction", "docs" (positive first), "teacher" (list or None), "mask" (None when every
-        slot is a real document, else a list of bools)}`.
+        `{"query", "instruction", "docs" (positives first), "labels" (grade of each positive, 0 elsewhere),
+        "teacher" (list or None), "mask" (None when every slot is a real document, else a list of bools)}`.
     """
     rng = _stream(seed, epoch, index)
-    p = rng.randrange(len(group.pos))
-    need = group_size - 1
+    if positives > 1:
+        picked = rng.sample(range(len(group.pos)), min(positives, len(group.pos)))
+    else:
+        picked = [rng.randrange(len(group.pos))]
+    need = group_size - len(picked)
     if need and not group.neg:
         raise ValueError(f"group {group.qid or index} has no negatives; group_size {group_size} needs {need}")
     negs = rng.sample(range(len(group.neg)), min(need, len(group.neg)))
     filler = need - len(negs)
     teacher = None
     if group.pos_scores is not None and group.neg_scores is not None:
-        teacher = [float(group.pos_scores[p])] + [float(group.neg_scores[j]) for j in negs] + [0.0] * filler
+        teacher = (
+            [float(group.pos_scores[p]) for p in picked] + [float(group.neg_scores[j]) for j in negs] + [0.0] * filler
+        )
+    grades = group.pos_grades or [1] * len(group.pos)
     return {
         "query": group.query,
         "instruction": group.instruction,
-        "docs": [group.pos[p]] + [group.neg[j] for j in negs] + [""] * filler,
+        "docs": [group.pos[p] for p in picked] + [group.neg[j] for j in negs] + [""] * filler,
+        "labels": [float(grades[p]) for p in picked] + [0.0] * need,
         "teacher": teacher,
-        "mask": [True] * (1 + len(negs)) + [False] * filler if filler else None,
+        "mask": [True] * (len(picked) + len(negs)) + [False] * filler if filler else None,
     }
 
 
 class GroupDataset(Dataset):
     """Groups indexed by `(epoch, index)`; see the module docstring."""
 
-    def __init__(self, groups: Sequence[Group], group_size: int, seed: int) -> None:
+    def __init__(self, groups: Sequence[Group], group_size: int, seed: int, positives: int = 1) -> None:
         self.groups = list(groups)
         self.group_size = group_size
         self.seed = seed
+        self.positives = positives
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        return sample_group(self.groups[index], self.group_size, self.seed, epoch, index)
+        return sample_group(self.groups[index], self.group_size, self.seed, epoch, index, self.positives)
 
 
 class EpochSampler(Sampler):
@@ -111,9 +126,10 @@ class GroupCollator:
       `batch_tokens` padded tokens (`tuner.packing.sorted_chunks`);
     - `packed`: `input_ids`, `position_ids`, `row_index`, `last_index`, rows of at most `batch_tokens`
       (`tuner.packing.pack_rows`).
-    Always: `group_labels` `[n_groups, group_size]` (1 for the positive in column 0; not `labels`, so that the
-    Trainer does not treat them as token labels), `num_tokens` (real prompt tokens, for the FLOP count), and
-    `teacher_scores` when every group has them. When a group has fewer negatives than `group_size - 1` (see
+    Always: `group_labels` `[n_groups, group_size]` (each positive's grade, 1 when ungraded, in the first columns,
+    0 elsewhere; not `labels`, so that the Trainer does not treat them as token labels), `num_tokens` (real prompt
+    tokens, for the FLOP count), and `teacher_scores` when every group has them. When a group has fewer negatives
+    than its slots (see
     `sample_group`): `group_mask` (bool, same shape, False at placeholder slots) and `slot_index` (the flat slot
     of each encoded prompt): placeholders are not encoded, and the trainer scatters the prompts' scores back
     into their slots (a triplet file in groups of 8 would otherwise spend 6 of 8 forward passes on them).
@@ -148,9 +164,8 @@ class GroupCollator:
         else:
             batch = collate(ids, self.pad_id)
         batch["num_tokens"] = sum(len(x) for x in ids)  # a Python int: reading it never waits on the GPU
-        labels = torch.zeros(len(samples), size)
-        labels[:, 0] = 1.0
-        batch["group_labels"] = labels
+        one = [1.0] + [0.0] * (size - 1)  # a sample without labels: its positive in column 0
+        batch["group_labels"] = torch.tensor([s.get("labels") or one for s in samples], dtype=torch.float32)
         if any(s.get("mask") is not None for s in samples):  # placeholder slots of short groups (sample_group)
             batch["group_mask"] = torch.tensor([s.get("mask") or [True] * size for s in samples], dtype=torch.bool)
             batch["slot_index"] = torch.tensor(slots, dtype=torch.long)

@@ -193,20 +193,23 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
             f"data: no usable group (with a positive and a negative) in {source}; for positives alone, mine "
             "negatives first: tuner mine --data FILE --out groups.jsonl"
         )
-    short = sum(1 for g in groups if len(g.neg) < data.group_size - 1)
+    k = data.positives_per_group
+    short = sum(1 for g in groups if len(g.neg) < data.group_size - min(k, len(g.pos)))
+    _say_how_grades_train(groups, k, loss_kind, source)
     if short:
         # sample_group fills such a group with placeholder slots that no loss counts (a fixed group shape keeps a
         # batch one tensor): they cost a short forward each and teach nothing, and a group of 1 negative is a
         # pairwise task; worth knowing before hours of GPU time
         log.warning(
-            "%s: %d of %d groups have fewer than %d negatives (data.group_size %d - 1); they train on the negatives "
-            "they have (the rest of the group is masked out of the loss). Mine more (`tuner mine --data FILE`, "
-            "data.num_negatives) or lower data.group_size",
+            "%s: %d of %d groups have fewer negatives than their slots (data.group_size %d minus the group's "
+            "positives, at most data.positives_per_group %d); they train on the negatives they have (the rest of the "
+            "group is masked out of the loss). Mine more (`tuner mine --data FILE`, data.num_negatives) or lower "
+            "data.group_size",
             source,
             short,
             len(groups),
-            data.group_size - 1,
             data.group_size,
+            k,
         )
     if loss_kind == "distill":
         missing = sum(1 for g in groups if g.pos_scores is None or g.neg_scores is None)
@@ -216,6 +219,46 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
                 f"{missing} of {len(groups)} groups in {source} lack one or both (mine with a reranker teacher)"
             )
     return groups
+
+
+def _say_how_grades_train(groups: list, positives_per_group: int, loss_kind: str, source: str) -> None:
+    """One line on what the data's graded or multiple positives do in training (nothing, unless configured)."""
+    graded = sum(1 for g in groups if g.pos_grades is not None and len(set(g.pos_grades)) > 1)
+    several = sum(1 for g in groups if len(g.pos) > 1)
+    if positives_per_group == 1:
+        if graded:
+            log.warning(
+                "%s: %d of %d groups have positives of different grades; with data.positives_per_group 1 each step "
+                "trains one positive against negatives, so the grades do not steer training (set "
+                "data.positives_per_group, e.g. 2, with loss.kind=listwise to teach the higher grades above the lower)",
+                source,
+                graded,
+                len(groups),
+            )
+        return
+    if not several:
+        log.warning(
+            "%s: data.positives_per_group is %d but no group has more than one positive: it changes nothing",
+            source,
+            positives_per_group,
+        )
+    elif graded and loss_kind in ("pointwise", "sft"):
+        log.warning(
+            "%s: loss.kind=%s treats every positive as 'yes': the grades of %d groups do not steer training "
+            "(loss.kind=listwise weighs each positive by its grade)",
+            source,
+            loss_kind,
+            graded,
+        )
+    else:
+        log.info(
+            "%s: up to %d positives per group; %d of %d groups have several%s",
+            source,
+            positives_per_group,
+            several,
+            len(groups),
+            f", {graded} of them graded (listwise targets weighed by grade)" if graded else "",
+        )
 
 
 def build_evaluators(ev: EvalSection, seed: int, cache_dir: Path) -> dict[str, Any]:

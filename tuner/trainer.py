@@ -38,50 +38,62 @@ COLLAPSED_STD = 1e-3
 class RankingWindow:
     """How the training groups rank, summed on the device over one logging window (no host sync per step).
 
-    Logged with each loss as `pos_top1` (the fraction of groups whose positive scores above every negative) and
+    Logged with each loss as `pos_top1` (the fraction of groups whose positives all score above every negative) and
     `pos_margin` (mean positive minus mean negative yes−no logit): a loss can fall while these stay flat (or a
     loss of 0 hide a model that says "yes" to everything), the degenerate runs users of other trainers report.
     Written here because transformers logs only the loss; the sums are kept so DDP ranks add up exactly.
     """
 
     def __init__(self) -> None:
-        # on the device: [on_top, pos_sum, neg_sum, all_sum, all_sq, placeholder slots]
+        # on the device: [on_top, pos_sum, neg_sum, all_sum, all_sq, positives, negatives]
         self.sums: torch.Tensor | None = None
-        self.groups = self.negatives = 0  # on the host (a tensor made per step would be a copy to the device)
+        self.groups = 0  # on the host (a tensor made per step would be a copy to the device)
 
-    def add(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """`logits` `[groups, group_size]`, the positive in column 0; `mask` False at placeholder slots."""
+    def add(self, logits: torch.Tensor, mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
+        """`logits` `[groups, group_size]`; `labels` > 0 at the positives (None: column 0); `mask` False at
+        placeholder slots."""
         groups, size = logits.shape
         if size < 2:
             return
         x = logits.detach().double()
-        pos, neg = x[:, 0], x[:, 1:]
-        if mask is None:
-            top, fillers = neg.amax(dim=1), x.new_zeros(())
+        if labels is None:
+            pos = torch.zeros_like(x, dtype=torch.bool)
+            pos[:, 0] = True
         else:
-            real = mask[:, 1:]
-            top = neg.masked_fill(~real, float("-inf")).amax(dim=1)
-            x, neg, fillers = x * mask, neg * real, (~real).sum().double()
-        step = torch.stack([(pos > top).sum().double(), pos.sum(), neg.sum(), x.sum(), (x * x).sum(), fillers])
+            pos = labels.to(x.device) > 0
+        real = torch.ones_like(pos) if mask is None else mask.to(x.device)
+        neg = real & ~pos
+        lowest_pos = x.masked_fill(~pos, float("inf")).amin(dim=1)
+        top_neg = x.masked_fill(~neg, float("-inf")).amax(dim=1)
+        x = x * real
+        step = torch.stack(
+            [
+                (lowest_pos > top_neg).sum().double(),
+                (x * pos).sum(),
+                (x * neg).sum(),
+                x.sum(),
+                (x * x).sum(),
+                pos.sum().double(),
+                neg.sum().double(),
+            ]
+        )
         self.sums = step if self.sums is None else self.sums + step
         self.groups += groups
-        self.negatives += groups * (size - 1)
 
     def summary(self, reduce=None) -> dict[str, float] | None:
         """`{pos_top1, pos_margin, logit_std}` of the window (after `reduce`, e.g. a sum over DDP ranks), then reset."""
         if self.sums is None:
             return None
-        counts = torch.tensor([self.groups, self.negatives], dtype=torch.float64, device=self.sums.device)
+        counts = torch.tensor([self.groups], dtype=torch.float64, device=self.sums.device)
         sums = torch.cat([self.sums, counts])
         sums = reduce(sums) if reduce is not None else sums
-        on_top, pos_sum, neg_sum, all_sum, all_sq, fillers, groups, negatives = sums.tolist()
-        negatives -= fillers  # placeholder slots are no negatives
-        self.sums, self.groups, self.negatives = None, 0, 0
-        n = groups + negatives
+        on_top, pos_sum, neg_sum, all_sum, all_sq, positives, negatives, groups = sums.tolist()
+        self.sums, self.groups = None, 0
+        n = positives + negatives
         mean = all_sum / n
         return {
             "pos_top1": round(on_top / groups, 4),
-            "pos_margin": round(pos_sum / groups - neg_sum / negatives, 4),
+            "pos_margin": round(pos_sum / positives - neg_sum / max(negatives, 1), 4),
             "logit_std": math.sqrt(max(all_sq / n - mean * mean, 0.0)),
         }
 
@@ -164,7 +176,8 @@ class RerankTrainer(Trainer):
             if self._window_start is None:
                 self._window_start = time.perf_counter()
             self._window_tokens += int(inputs.get("num_tokens", 0))
-        labels = inputs["group_labels"]  # [groups, group_size], positive in column 0
+        labels = inputs["group_labels"]  # [groups, group_size]: each positive's grade (1 ungraded), 0 elsewhere
+        binary = (labels > 0).float()  # pointwise and sft targets (a grade is a gain, not a probability)
         mask = inputs.get("group_mask")  # False at the placeholder slots of short groups (or None: none)
         groups, size = labels.shape
         keys = ("input_ids", "attention_mask", "last_index", "position_ids", "row_index", "chunks")  # any batching
@@ -179,13 +192,13 @@ class RerankTrainer(Trainer):
 
         if self.loss_kind == "sft":
             vocab = in_slots(model(**batch, vocab=True))  # [rows, vocab]
-            loss = sft_loss(vocab, labels.reshape(-1), self.yes_id, self.no_id, mask)
+            loss = sft_loss(vocab, binary.reshape(-1), self.yes_id, self.no_id, mask)
             logits = (vocab[:, self.yes_id] - vocab[:, self.no_id]).view(groups, size)
         else:
             logits = in_slots(model(**batch)).view(groups, size)  # yes−no logits, fp32
             kw = self.loss_kwargs
             if self.loss_kind == "pointwise":
-                loss = pointwise_loss(logits, labels, pos_weight=kw["pos_weight"], mask=mask)
+                loss = pointwise_loss(logits, binary, pos_weight=kw["pos_weight"], mask=mask)
             elif self.loss_kind == "listwise":
                 loss = listwise_loss(logits, kw["temperature"], labels, mask)
             elif self.loss_kind == "distill":
@@ -201,7 +214,7 @@ class RerankTrainer(Trainer):
             else:
                 raise ValueError(f"unknown loss {self.loss_kind!r}")
         if model.training:
-            self._ranking.add(logits, mask)
+            self._ranking.add(logits, mask, labels)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def _save_checkpoint(self, *args, **kwargs):
