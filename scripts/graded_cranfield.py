@@ -7,8 +7,9 @@ tiny recipe's 4 documents leave no room for 4 positives), steps and seed, so it 
     python scripts/graded_cranfield.py [--arms 1,2,4] [--steps 300] [--seeds 42] [--out runs/graded-cranfield]
 
 The split is seeded and by query: a test query is never trained on. Cranfield's score-0 qrel of each query (the
-paper the question was written from, see data/cranfield/README.md) is left out of the training qrels, so it is
-neither a positive nor judged there; the test qrels keep it, as every evaluator does. Prints a table and writes
+paper the question was written from, see data/cranfield/README.md) is left out of the training qrels: it is no
+positive there (BM25 may still draw it as a negative, in every arm alike); the test qrels keep it, as every
+evaluator does. Prints a table and writes
 `<out>/graded.json`. About 2.5 minutes per arm and seed on 2 CPU cores.
 """
 

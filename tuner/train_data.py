@@ -129,10 +129,10 @@ class GroupCollator:
     Always: `group_labels` `[n_groups, group_size]` (each positive's grade, 1 when ungraded, in the first columns,
     0 elsewhere; not `labels`, so that the Trainer does not treat them as token labels), `num_tokens` (real prompt
     tokens, for the FLOP count), and `teacher_scores` when every group has them. When a group has fewer negatives
-    than its slots (see
-    `sample_group`): `group_mask` (bool, same shape, False at placeholder slots) and `slot_index` (the flat slot
-    of each encoded prompt): placeholders are not encoded, and the trainer scatters the prompts' scores back
-    into their slots (a triplet file in groups of 8 would otherwise spend 6 of 8 forward passes on them).
+    than its slots (see `sample_group`): `group_mask` (bool, same shape, False at placeholder slots) and
+    `slot_index` (the flat slot of each encoded prompt): placeholders are not encoded, and the trainer scatters
+    the prompts' scores back into their slots (a triplet file in groups of 8 would otherwise spend 6 of 8 forward
+    passes on them).
     """
 
     encoder: PromptEncoder
