@@ -1,16 +1,18 @@
 #!/usr/bin/env python
 """Does training on grades pay? Cranfield (graded 1-4) split by query, the tiny recipe trained with
-`data.positives_per_group` 1 (grades unused), 2 and 4 (graded listwise targets), each evaluated on the held-out
-queries (BM25 top-k reranked, graded nDCG) against the base and BM25. Every arm has the same group size (8: the
-tiny recipe's 4 documents leave no room for 4 positives), steps and seed, so it sees as many documents.
+`data.positives_per_group` 1 (grades unused), 2 and 4 (graded listwise targets).
+
+Each run is evaluated on the held-out queries against the base and BM25: BM25 top-k reranked, graded nDCG, and
+`grade_order`, the fraction of pairs of relevant documents of different grades (per test query) ordered by grade.
+Every arm has the same group size (8: the tiny recipe's 4 documents leave no room for 4 positives), steps and
+seed, so it sees as many documents.
 
     python scripts/graded_cranfield.py [--arms 1,2,4] [--steps 300] [--seeds 42] [--out runs/graded-cranfield]
 
 The split is seeded and by query: a test query is never trained on. Cranfield's score-0 qrel of each query (the
 paper the question was written from, see data/cranfield/README.md) is left out of the training qrels: it is no
 positive there (BM25 may still draw it as a negative, in every arm alike); the test qrels keep it, as every
-evaluator does. Prints a table and writes
-`<out>/graded.json`. About 2.5 minutes per arm and seed on 2 CPU cores.
+evaluator does. Prints a table and writes `<out>/graded.json`. About 5 minutes per arm and seed on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int) -> dict[str, int]:
-    """A BEIR folder with `qrels/train.tsv` (train_queries queries, score-0 rows left out) and `qrels/test.tsv`."""
+def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int, ungraded: bool) -> dict[str, int]:
+    """A BEIR folder with `qrels/train.tsv` (train_queries queries, score-0 rows left out; every grade 1 when
+    `ungraded`), `qrels/train-graded.tsv` (the same with their grades) and `qrels/test.tsv`."""
     rows = [line.split("\t") for line in (source / "qrels" / "test.tsv").read_text().splitlines()[1:]]
     qids = sorted({r[0] for r in rows}, key=int)
     random.Random(seed).shuffle(qids)
@@ -37,11 +40,40 @@ def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int) -
     for name in ("corpus.jsonl.gz", "queries.jsonl"):
         shutil.copyfile(source / name, folder / name)
     header = "query-id\tcorpus-id\tscore\n"
-    train_rows = [r for r in rows if r[0] in train and int(r[2]) > 0]
+    train_rows = [[q, d, "1" if ungraded else g] for q, d, g in rows if q in train and int(g) > 0]
     test_rows = [r for r in rows if r[0] not in train]
-    for split, part in (("train", train_rows), ("test", test_rows)):
+    graded_rows = [r for r in rows if r[0] in train and int(r[2]) > 0]  # what grade_order reads for the train side
+    for split, part in (("train", train_rows), ("test", test_rows), ("train-graded", graded_rows)):
         (folder / "qrels" / f"{split}.tsv").write_text(header + "".join("\t".join(r) + "\n" for r in part))
     return {"train_queries": len(train), "test_queries": len(qids) - len(train), "train_qrels": len(train_rows)}
+
+
+def grade_order(reranker, beir: Path, split: str) -> float:
+    """Among each query's relevant documents (of `split`): the fraction of pairs of different grades that the
+    reranker orders by grade (ties count half), over all pairs. What graded targets teach, apart from nDCG, which
+    also counts relevant above irrelevant."""
+    from tuner.data.beir import load_beir
+
+    data = load_beir(beir, split)
+    right = pairs = 0.0
+    for qid, judged in data.qrels.items():
+        docs = [(d, g) for d, g in judged.items() if g > 0]
+        scores = reranker.score(data.queries[qid], [data.corpus[d] for d, _ in docs], normalize=False)
+        for i in range(len(docs)):
+            for j in range(i + 1, len(docs)):
+                if docs[i][1] != docs[j][1]:
+                    pairs += 1
+                    agree = (scores[i] - scores[j]) * (docs[i][1] - docs[j][1])
+                    right += 0.5 if agree == 0 else float(agree > 0)
+    return right / pairs
+
+
+def grade_orders(model: str, adapter, beir: Path, max_length: int) -> dict[str, float]:
+    from tuner.scoring import Reranker
+
+    kw = {"device": "cpu", "dtype": "float32", "max_length": max_length, "show_progress": False}
+    reranker = Reranker.from_pretrained(model, adapter=adapter, **kw)
+    return {f"grade_order_{split}": grade_order(reranker, beir, split) for split in ("test", "train-graded")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="42", help="train.seed values (each arm runs once per seed)")
     parser.add_argument("--train-queries", type=int, default=150, help="Cranfield queries trained on (of 225)")
     parser.add_argument("--group-size", type=int, default=8, help="data.group_size of every arm (above the largest)")
+    parser.add_argument(
+        "--negatives", type=int, default=None, help="instead of --group-size: group_size = positives + this per arm"
+    )
+    parser.add_argument(
+        "--ungraded", action="store_true", help="train on the same positives as grade 1 (the test keeps its grades)"
+    )
     parser.add_argument("--top-k", type=int, default=30, help="BM25 candidates reranked per test query")
     parser.add_argument("--out", default=str(ROOT / "runs" / "graded-cranfield"))
     args = parser.parse_args(argv)
@@ -63,51 +101,49 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     beir = out / "beir"
-    split = split_cranfield(ROOT / "data" / "cranfield", beir, args.train_queries, seed=0)
+    split = split_cranfield(ROOT / "data" / "cranfield", beir, args.train_queries, 0, args.ungraded)
     print(f"Cranfield split by query: {split}", flush=True)
-    results = []
+    metrics = ["ndcg@10", "ndcg@5", "mrr@10"]
+    results, base = [], None
     for seed in [int(s) for s in args.seeds.split(",")]:
         for k in [int(a) for a in args.arms.split(",")]:
-            run = out / f"k{k}-seed{seed}"
-            config = load_config(
-                ROOT / "recipes" / "tiny-cpu.yaml",
-                [
-                    f"data.beir={beir}",
-                    "data.split=train",
-                    f"data.positives_per_group={k}",
-                    f"data.group_size={args.group_size}",
-                    f"train.max_steps={args.steps}",
-                    f"train.seed={seed}",
-                    "train.save_steps=0",
-                    f"eval.beir={beir}",
-                    "eval.split=test",
-                    f"eval.top_k={args.top_k}",
-                    "eval.metrics=[ndcg@10,ndcg@5,mrr@10]",
-                    "eval.ood=null",
-                    f"output.dir={run}",
-                    "output.overwrite=true",
-                ],
-            )
-            dev = train(config)["metrics"]["dev"]
-            results.append(
-                {
-                    "positives_per_group": k,
-                    "seed": seed,
-                    **{key: dev.get(key) for key in ("first_stage", "base", "final")},
-                }
-            )
+            size = args.group_size if args.negatives is None else k + args.negatives
+            run = out / f"k{k}-g{size}-seed{seed}"
+            overrides = [
+                f"data.beir={beir}",
+                "data.split=train",
+                f"data.positives_per_group={k}",
+                f"data.group_size={size}",
+                f"train.max_steps={args.steps}",
+                f"train.seed={seed}",
+                "train.save_steps=0",
+                f"eval.beir={beir}",
+                "eval.split=test",
+                f"eval.top_k={args.top_k}",
+                f"eval.metrics=[{','.join(metrics)}]",
+                "eval.ood=null",
+                f"output.dir={run}",
+                "output.overwrite=true",
+            ]
+            config = load_config(ROOT / "recipes" / "tiny-cpu.yaml", overrides)
+            result = train(config)
+            dev = result["metrics"]["dev"]
+            model, length = config.model.name_or_path, config.model.max_length
+            if base is None:
+                base = {"bm25": dev["first_stage"], "base": {**dev["base"], **grade_orders(model, None, beir, length)}}
+            final = {**dev["final"], **grade_orders(model, result["adapter_dir"], beir, length)}
+            results.append({"positives_per_group": k, "group_size": size, "seed": seed, "final": final})
             print(json.dumps(results[-1]), flush=True)
-    (out / "graded.json").write_text(
-        json.dumps({"split": split, "top_k": args.top_k, "steps": args.steps, "runs": results}, indent=1) + "\n"
-    )
-    metrics = ["ndcg@10", "ndcg@5", "mrr@10"]
-    print("\n| system | seed | " + " | ".join(metrics) + " |\n|---|---:|" + "---:|" * len(metrics))
-    first = results[0]
-    for label, values in (("BM25", first["first_stage"]), ("base", first["base"])):
-        print(f"| {label} | | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    report = {"split": split, "top_k": args.top_k, "steps": args.steps, **base, "runs": results}
+    (out / "graded.json").write_text(json.dumps(report, indent=1) + "\n")
+    columns = [*metrics, "grade_order_test", "grade_order_train-graded"]
+    print("\n| system | group | seed | " + " | ".join(columns) + " |\n|---|---:|---:|" + "---:|" * len(columns))
+    for label, values in (("BM25", base["bm25"]), ("base", base["base"])):
+        print(f"| {label} | | | " + " | ".join(f"{values[m]:.4f}" if m in values else "" for m in columns) + " |")
     for r in results:
         label = f"tuned, positives_per_group {r['positives_per_group']}"
-        print(f"| {label} | {r['seed']} | " + " | ".join(f"{r['final'][m]:.4f}" for m in metrics) + " |")
+        cells = " | ".join(f"{r['final'][m]:.4f}" for m in columns)
+        print(f"| {label} | {r['group_size']} | {r['seed']} | {cells} |")
     return 0
 
 
