@@ -193,3 +193,43 @@ def test_each_loss_gets_the_targets_it_understands(kind):
     assert got.item() == pytest.approx(want.item(), abs=1e-6)
     if kind == "pointwise":  # and not what the raw grades would give
         assert got.item() != pytest.approx(pointwise_loss(logits, labels, pos_weight=2.0).item(), abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("rows", "overrides", "said"),
+    [
+        # grades that one positive per group cannot use
+        (_graded_rows([1, 3]), (), "12 of 12 groups have positives of different grades"),
+        # several positives asked for where no group has two
+        (
+            [{"query": f"q{i}", "pos": ["p"], "neg": ["a", "b", "c"]} for i in range(3)],
+            ("data.positives_per_group=2",),
+            "no group has more than one positive: it changes nothing",
+        ),
+        # grades under a loss that reads every positive as "yes"
+        (
+            _graded_rows([1, 3]),
+            ("data.positives_per_group=2", "loss.kind=pointwise"),
+            "loss.kind=pointwise treats every positive as 'yes': the grades of 12 groups do not steer training",
+        ),
+    ],
+)
+def test_the_run_says_what_grades_and_several_positives_do(rows, overrides, said, tiny_model_dir, tmp_path, caplog):
+    from tuner.train_setup import load_training_groups
+
+    file = _write(rows, tmp_path / "train.jsonl")
+    config = tiny_config(
+        tiny_model_dir, write_beir(tmp_path / "beir"), tmp_path / "run", f"data.train_file={file}", *overrides
+    )
+    with caplog.at_level("WARNING", logger="tuner.train"):
+        load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
+    assert said in caplog.text
+    # and a setting that uses the grades draws no such warning
+    caplog.clear()
+    if rows[0].get("pos_grades"):
+        good = tiny_config(
+            tiny_model_dir, tmp_path / "beir", tmp_path / "run", f"data.train_file={file}", "data.positives_per_group=2"
+        )
+        with caplog.at_level("WARNING", logger="tuner.train"):
+            load_training_groups(good.data, good.loss.kind, 0, tmp_path / "run")
+        assert "steer" not in caplog.text
