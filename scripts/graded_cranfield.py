@@ -8,6 +8,7 @@ Every arm has the same group size (8: the tiny recipe's 4 documents leave no roo
 seed, so it sees as many documents.
 
     python scripts/graded_cranfield.py [--arms 1,2,4] [--steps 300] [--seeds 42] [--out runs/graded-cranfield]
+    python scripts/graded_cranfield.py --recipe recipes/qwen3-reranker-4b-lora.yaml --steps 600   (the 4B, on a GPU)
 
 The split is seeded and by query: a test query is never trained on. Cranfield's score-0 qrel of each query (the
 paper the question was written from, see data/cranfield/README.md) is left out of the training qrels: it is no
@@ -68,11 +69,12 @@ def grade_order(reranker, beir: Path, split: str) -> float:
     return right / pairs
 
 
-def grade_orders(model: str, adapter, beir: Path, max_length: int) -> dict[str, float]:
+def grade_orders(config, adapter, beir: Path) -> dict[str, float]:
     from tuner.scoring import Reranker
 
-    kw = {"device": "cpu", "dtype": "float32", "max_length": max_length, "show_progress": False}
-    reranker = Reranker.from_pretrained(model, adapter=adapter, **kw)
+    m = config.model
+    kw = {"dtype": m.dtype, "max_length": m.max_length, "show_progress": False}  # the device: cuda when there is one
+    reranker = Reranker.from_pretrained(m.name_or_path, adapter=adapter, **kw)
     return {f"grade_order_{split}": grade_order(reranker, beir, split) for split in ("test", "train-graded")}
 
 
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top-k", type=int, default=30, help="BM25 candidates reranked per test query")
     parser.add_argument("--out", default=str(ROOT / "runs" / "graded-cranfield"))
+    parser.add_argument(
+        "--recipe", default=str(ROOT / "recipes" / "tiny-cpu.yaml"), help="recipe of every run (a GPU one for 4B)"
+    )
+    parser.add_argument("overrides", nargs="*", help="more section.key=value overrides for every run")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -125,13 +131,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"output.dir={run}",
                 "output.overwrite=true",
             ]
-            config = load_config(ROOT / "recipes" / "tiny-cpu.yaml", overrides)
+            config = load_config(args.recipe, overrides + args.overrides)
             result = train(config)
             dev = result["metrics"]["dev"]
-            model, length = config.model.name_or_path, config.model.max_length
             if base is None:
-                base = {"bm25": dev["first_stage"], "base": {**dev["base"], **grade_orders(model, None, beir, length)}}
-            final = {**dev["final"], **grade_orders(model, result["adapter_dir"], beir, length)}
+                base = {"bm25": dev["first_stage"], "base": {**dev["base"], **grade_orders(config, None, beir)}}
+            final = {**dev["final"], **grade_orders(config, result["adapter_dir"], beir)}
             results.append({"positives_per_group": k, "group_size": size, "seed": seed, "final": final})
             print(json.dumps(results[-1]), flush=True)
     report = {"split": split, "top_k": args.top_k, "steps": args.steps, **base, "runs": results}
