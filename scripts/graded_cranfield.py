@@ -11,9 +11,9 @@ seed, so it sees as many documents.
     python scripts/graded_cranfield.py --recipe recipes/qwen3-reranker-4b-lora.yaml --steps 600   (the 4B, on a GPU)
 
 The split is seeded and by query: a test query is never trained on. Cranfield's score-0 qrel of each query (the
-paper the question was written from, see data/cranfield/README.md) is left out of the training qrels: it is no
-positive there (BM25 may still draw it as a negative, in every arm alike); the test qrels keep it, as every
-evaluator does. Prints a table and writes `<out>/graded.json`. About 5 minutes per arm and seed on 2 CPU cores.
+paper the question was written from, see data/cranfield/README.md) is no positive in training and is taken out of
+the mined negatives (`<out>/train-seed<N>.jsonl`, mined with the recipe's settings); the test qrels keep it, as
+every evaluator does. Prints a table and writes `<out>/graded.json`. About 5 minutes per arm and seed on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int, ungraded: bool) -> dict[str, int]:
-    """A BEIR folder with `qrels/train.tsv` (train_queries queries, score-0 rows left out; every grade 1 when
-    `ungraded`), `qrels/train-graded.tsv` (the same with their grades) and `qrels/test.tsv`."""
+def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int) -> tuple[dict[str, int], dict]:
+    """A BEIR folder with `qrels/train.tsv` (train_queries queries, score-0 rows left out) and `qrels/test.tsv`;
+    also returns each training query's score-0 documents (its source paper)."""
     rows = [line.split("\t") for line in (source / "qrels" / "test.tsv").read_text().splitlines()[1:]]
     qids = sorted({r[0] for r in rows}, key=int)
     random.Random(seed).shuffle(qids)
@@ -41,12 +41,47 @@ def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int, u
     for name in ("corpus.jsonl.gz", "queries.jsonl"):
         shutil.copyfile(source / name, folder / name)
     header = "query-id\tcorpus-id\tscore\n"
-    train_rows = [[q, d, "1" if ungraded else g] for q, d, g in rows if q in train and int(g) > 0]
+    train_rows = [r for r in rows if r[0] in train and int(r[2]) > 0]
     test_rows = [r for r in rows if r[0] not in train]
-    graded_rows = [r for r in rows if r[0] in train and int(r[2]) > 0]  # what grade_order reads for the train side
-    for split, part in (("train", train_rows), ("test", test_rows), ("train-graded", graded_rows)):
+    for split, part in (("train", train_rows), ("test", test_rows)):
         (folder / "qrels" / f"{split}.tsv").write_text(header + "".join("\t".join(r) + "\n" for r in part))
-    return {"train_queries": len(train), "test_queries": len(qids) - len(train), "train_qrels": len(train_rows)}
+    sources: dict[str, set[str]] = {}
+    for q, d, g in rows:
+        if q in train and int(g) == 0:
+            sources.setdefault(q, set()).add(d)
+    counts = {"train_queries": len(train), "test_queries": len(qids) - len(train), "train_qrels": len(train_rows)}
+    return counts, sources
+
+
+def training_groups(beir: Path, sources: dict, config, ungraded: bool, path: Path) -> dict[str, int]:
+    """Mine the training split as `tuner train` would (the recipe's settings and seed), then drop each query's
+    source paper from its negatives (data/cranfield/README.md: not a negative) and, `ungraded`, the grades."""
+    from tuner.contract import document_text
+    from tuner.data.beir import load_beir
+    from tuner.data.groups import write_groups
+    from tuner.mining import mine_negatives
+
+    data = load_beir(beir, "train")
+    d = config.data
+    groups = mine_negatives(
+        data,
+        depth=d.mine_depth,
+        range_min=d.mine_range_min,
+        num_negatives=d.num_negatives,
+        seed=config.train.seed,
+        cache_dir=path.parent / "cache",
+        show_progress=False,
+    )
+    dropped = 0
+    for g in groups:
+        banned = {document_text(data.corpus[doc]).strip() for doc in sources.get(g.qid, ())}
+        kept = [n for n in g.neg if document_text(n).strip() not in banned]
+        dropped += len(g.neg) - len(kept)
+        g.neg = kept
+        if ungraded:
+            g.pos_grades = None
+    write_groups(groups, path)
+    return {"groups": len(groups), "source_papers_dropped_from_negatives": dropped}
 
 
 def grade_order(reranker, beir: Path, split: str) -> float:
@@ -75,7 +110,7 @@ def grade_orders(config, adapter, beir: Path) -> dict[str, float]:
     m = config.model
     kw = {"dtype": m.dtype, "max_length": m.max_length, "show_progress": False}  # the device: cuda when there is one
     reranker = Reranker.from_pretrained(m.name_or_path, adapter=adapter, **kw)
-    return {f"grade_order_{split}": grade_order(reranker, beir, split) for split in ("test", "train-graded")}
+    return {f"grade_order_{split}": grade_order(reranker, beir, split) for split in ("test", "train")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "--negatives", type=int, default=None, help="instead of --group-size: group_size = positives + this per arm"
     )
     parser.add_argument(
-        "--ungraded", action="store_true", help="train on the same positives as grade 1 (the test keeps its grades)"
+        "--ungraded", action="store_true", help="train on the same positives without grades (the test keeps them)"
     )
     parser.add_argument("--top-k", type=int, default=30, help="BM25 candidates reranked per test query")
     parser.add_argument("--out", default=str(ROOT / "runs" / "graded-cranfield"))
@@ -107,17 +142,18 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     beir = out / "beir"
-    split = split_cranfield(ROOT / "data" / "cranfield", beir, args.train_queries, 0, args.ungraded)
+    split, sources = split_cranfield(ROOT / "data" / "cranfield", beir, args.train_queries, 0)
     print(f"Cranfield split by query: {split}", flush=True)
     metrics = ["ndcg@10", "ndcg@5", "mrr@10"]
     results, base = [], None
     for seed in [int(s) for s in args.seeds.split(",")]:
         for k in [int(a) for a in args.arms.split(",")]:
             size = args.group_size if args.negatives is None else k + args.negatives
-            run = out / f"k{k}-g{size}-seed{seed}"
+            tag = "-ungraded" if args.ungraded else ""
+            run = out / f"k{k}-g{size}-seed{seed}{tag}"
             overrides = [
-                f"data.beir={beir}",
-                "data.split=train",
+                "data.beir=null",
+                f"data.train_file={out / f'train-seed{seed}{tag}.jsonl'}",
                 f"data.positives_per_group={k}",
                 f"data.group_size={size}",
                 f"train.max_steps={args.steps}",
@@ -132,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 "output.overwrite=true",
             ]
             config = load_config(args.recipe, overrides + args.overrides)
+            if not Path(config.data.train_file).exists():
+                mined = training_groups(beir, sources, config, args.ungraded, Path(config.data.train_file))
+                print(f"training groups (seed {seed}): {mined}", flush=True)
             result = train(config)
             dev = result["metrics"]["dev"]
             if base is None:
@@ -141,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results[-1]), flush=True)
     report = {"split": split, "top_k": args.top_k, "steps": args.steps, **base, "runs": results}
     (out / "graded.json").write_text(json.dumps(report, indent=1) + "\n")
-    columns = [*metrics, "grade_order_test", "grade_order_train-graded"]
+    columns = [*metrics, "grade_order_test", "grade_order_train"]
     print("\n| system | group | seed | " + " | ".join(columns) + " |\n|---|---:|---:|" + "---:|" * len(columns))
     for label, values in (("BM25", base["bm25"]), ("base", base["base"])):
         print(f"| {label} | | | " + " | ".join(f"{values[m]:.4f}" if m in values else "" for m in columns) + " |")

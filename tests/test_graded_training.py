@@ -163,11 +163,12 @@ def test_graded_positives_teach_the_order_among_relevant_documents(tiny_model_di
     assert _higher_grade_first(graded["model"], rows) >= 11 / 12
 
 
-@pytest.mark.parametrize("kind", ["pointwise", "listwise", "sft"])
+# (sft is left out: sft_loss reads labels > 0.5 as "yes" itself, so raw grades and binary targets agree there)
+@pytest.mark.parametrize("kind", ["pointwise", "listwise"])
 def test_each_loss_gets_the_targets_it_understands(kind):
-    """Grades are gains: listwise weighs by them; pointwise and sft get 1 for every positive (BCE against a target
-    of 3 would reward pushing the score down)."""
-    from tuner.losses import pointwise_loss, sft_loss
+    """Grades are gains: listwise weighs by them; pointwise gets 1 for every positive (BCE against a target of 3
+    would reward pushing the score down)."""
+    from tuner.losses import pointwise_loss
     from tuner.trainer import RerankTrainer
 
     trainer = object.__new__(RerankTrainer)  # compute_loss alone, without a Trainer around it
@@ -188,7 +189,6 @@ def test_each_loss_gets_the_targets_it_understands(kind):
     want = {
         "pointwise": lambda: pointwise_loss(logits, binary, pos_weight=2.0),
         "listwise": lambda: listwise_loss(logits, 1.0, labels),
-        "sft": lambda: sft_loss(rows, binary.reshape(-1), 1, 2),
     }[kind]()
     assert got.item() == pytest.approx(want.item(), abs=1e-6)
     if kind == "pointwise":  # and not what the raw grades would give
@@ -212,24 +212,31 @@ def test_each_loss_gets_the_targets_it_understands(kind):
             ("data.positives_per_group=2", "loss.kind=pointwise"),
             "loss.kind=pointwise treats every positive as 'yes': the grades of 12 groups do not steer training",
         ),
+        # grades under distill without its hard-label part: the teacher's scores alone
+        (
+            [dict(r, pos_scores=[2.0, 1.0], neg_scores=[0.0] * 4) for r in _graded_rows([1, 3])],
+            ("data.positives_per_group=2", "loss.kind=distill"),
+            "loss.kind=distill with loss.hard_label_weight 0 follows the teacher's scores alone: the grades of 12",
+        ),
     ],
 )
 def test_the_run_says_what_grades_and_several_positives_do(rows, overrides, said, tiny_model_dir, tmp_path, caplog):
     from tuner.train_setup import load_training_groups
 
     file = _write(rows, tmp_path / "train.jsonl")
+    config_args = (f"data.train_file={file}", "data.positives_per_group=2")
     config = tiny_config(
         tiny_model_dir, write_beir(tmp_path / "beir"), tmp_path / "run", f"data.train_file={file}", *overrides
     )
     with caplog.at_level("WARNING", logger="tuner.train"):
-        load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
+        load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run", config.loss.hard_label_weight)
     assert said in caplog.text
-    # and a setting that uses the grades draws no such warning
-    caplog.clear()
+    # and a setting that uses the grades draws no such warning: listwise, or distill with a hard-label part
     if rows[0].get("pos_grades"):
-        good = tiny_config(
-            tiny_model_dir, tmp_path / "beir", tmp_path / "run", f"data.train_file={file}", "data.positives_per_group=2"
-        )
-        with caplog.at_level("WARNING", logger="tuner.train"):
-            load_training_groups(good.data, good.loss.kind, 0, tmp_path / "run")
-        assert "steer" not in caplog.text
+        fixes = [("loss.kind=listwise",)] + [("loss.hard_label_weight=0.5",)] * ("loss.kind=distill" in overrides)
+        for fix in fixes:
+            good = tiny_config(tiny_model_dir, tmp_path / "beir", tmp_path / "run", *config_args, *overrides, *fix)
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="tuner.train"):
+                load_training_groups(good.data, good.loss.kind, 0, tmp_path / "run", good.loss.hard_label_weight)
+            assert "steer" not in caplog.text, (fix, caplog.text)

@@ -85,7 +85,9 @@ class DataSection:
     mine_depth: int = _f(100, "mining: BM25 depth the negatives are drawn from")
     mine_range_min: int = _f(5, "mining: skip the top N BM25 candidates (likely unjudged positives)")
     num_negatives: int = _f(
-        15, "mining: negatives kept per query, a pool each epoch samples group_size - 1 from (`tuner mine` keeps 7)"
+        15,
+        "mining: negatives kept per query, a pool each epoch samples a group's negative slots from (`tuner mine` "
+        "keeps 7)",
     )
     max_groups: int | None = _f(None, "use at most this many groups (a quick look); null = all")
     group_size: int = _f(8, "documents per group in a step: positives_per_group positive(s) + the rest negatives")

@@ -46,8 +46,8 @@ def pointwise_loss(
 ) -> torch.Tensor:
     """Binary cross-entropy on the yes−no logit of every document, mean over (real) documents.
 
-    `pos_weight` multiplies the positive term (use ~group_size − 1 to balance 1 positive against its
-    negatives): `−[w·y·log σ(x) + (1−y)·log(1−σ(x))]`.
+    `pos_weight` multiplies the positive term (use ~(group_size − k)/k to balance k positives per group against
+    their negatives; group_size − 1 for one): `−[w·y·log σ(x) + (1−y)·log(1−σ(x))]`.
     """
     x = logits.float()
     y = _labels_like(x, labels)

@@ -417,7 +417,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
 
     # 2. training groups (mined with BM25 once, cached in the run directory)
     with args.main_process_first(desc="training data"):
-        groups = load_training_groups(config.data, config.loss.kind, config.train.seed, out)
+        groups = load_training_groups(
+            config.data, config.loss.kind, config.train.seed, out, config.loss.hard_label_weight
+        )
     log.info("%d training groups of %d documents", len(groups), config.data.group_size)
 
     # 3. evaluators (dev set + optional out-of-domain): read before the model loads, so that a malformed dev file

@@ -1,7 +1,7 @@
 """Training data for the loop: seeded per-epoch group sampling and the collator that builds prompt batches.
 
 The documents a step sees are a pure function of (seed, epoch, group index): the sampler yields
-`(epoch, index)` pairs in a seeded per-epoch order and the dataset draws the positive and the negatives of a
+`(epoch, index)` pairs in a seeded per-epoch order and the dataset draws the positive(s) and the negatives of a
 group from a stream seeded by those three numbers. A run resumed from a checkpoint therefore replays exactly
 the data the uninterrupted run would have seen, and negatives are resampled every epoch.
 """

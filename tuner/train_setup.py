@@ -137,7 +137,9 @@ def read_tokenizer(base: str):
     return _load_tokenizer_for(base, None)
 
 
-def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path) -> list:
+def load_training_groups(
+    data: DataSection, loss_kind: str, seed: int, out: Path, hard_label_weight: float = 0.0
+) -> list:
     """Training groups from `data.train_file` (grouped JSONL) or mined with BM25 from `data.beir`.
 
     Raises:
@@ -195,7 +197,7 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
         )
     k = data.positives_per_group
     short = sum(1 for g in groups if len(g.neg) < data.group_size - min(k, len(g.pos)))
-    _say_how_grades_train(groups, k, loss_kind, source)
+    _say_how_grades_train(groups, k, loss_kind, hard_label_weight, source)
     if short:
         # sample_group fills such a group with placeholder slots that no loss counts (a fixed group shape keeps a
         # batch one tensor): they cost a short forward each and teach nothing, and a group of 1 negative is a
@@ -221,19 +223,23 @@ def load_training_groups(data: DataSection, loss_kind: str, seed: int, out: Path
     return groups
 
 
-def _say_how_grades_train(groups: list, positives_per_group: int, loss_kind: str, source: str) -> None:
+def _say_how_grades_train(
+    groups: list, positives_per_group: int, loss_kind: str, hard_label_weight: float, source: str
+) -> None:
     """One line on what the data's graded or multiple positives do in training (nothing, unless configured)."""
     graded = sum(1 for g in groups if g.pos_grades is not None and len(set(g.pos_grades)) > 1)
     several = sum(1 for g in groups if len(g.pos) > 1)
+    how = "loss.kind=listwise, or distill with loss.hard_label_weight > 0, weighs each positive by its grade"
     if positives_per_group == 1:
         if graded:
             log.warning(
                 "%s: %d of %d groups have positives of different grades; with data.positives_per_group 1 each step "
                 "trains one positive against negatives, so the grades do not steer training (set "
-                "data.positives_per_group, e.g. 2, with loss.kind=listwise to teach the higher grades above the lower)",
+                "data.positives_per_group, e.g. 2: %s)",
                 source,
                 graded,
                 len(groups),
+                how,
             )
         return
     if not several:
@@ -242,14 +248,11 @@ def _say_how_grades_train(groups: list, positives_per_group: int, loss_kind: str
             source,
             positives_per_group,
         )
-    elif graded and loss_kind in ("pointwise", "sft"):
-        log.warning(
-            "%s: loss.kind=%s treats every positive as 'yes': the grades of %d groups do not steer training "
-            "(loss.kind=listwise weighs each positive by its grade)",
-            source,
-            loss_kind,
-            graded,
-        )
+        return
+    if graded and loss_kind in ("pointwise", "sft"):
+        unused = f"loss.kind={loss_kind} treats every positive as 'yes'"
+    elif graded and loss_kind == "distill" and hard_label_weight <= 0:
+        unused = "loss.kind=distill with loss.hard_label_weight 0 follows the teacher's scores alone"
     else:
         log.info(
             "%s: up to %d positives per group; %d of %d groups have several%s",
@@ -257,8 +260,10 @@ def _say_how_grades_train(groups: list, positives_per_group: int, loss_kind: str
             positives_per_group,
             several,
             len(groups),
-            f", {graded} of them graded (listwise targets weighed by grade)" if graded else "",
+            f", {graded} of them graded (targets weighed by grade)" if graded else "",
         )
+        return
+    log.warning("%s: %s: the grades of %d groups do not steer training (%s)", source, unused, graded, how)
 
 
 def build_evaluators(ev: EvalSection, seed: int, cache_dir: Path) -> dict[str, Any]:

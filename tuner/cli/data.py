@@ -181,7 +181,7 @@ def add_mine(sub) -> None:
         type=positive_int,
         default=mining.DEFAULT_NUM_NEGATIVES,
         help="negatives per query (default %(default)s: one group of 8; a recipe's own mining, data.num_negatives, "
-        "keeps a pool of 15 that each epoch samples data.group_size - 1 from, as training does from a file with more)",
+        "keeps a pool of 15 that each epoch samples a group's negatives from, as training does from a file with more)",
     )
     p.add_argument(
         "--sampling",

@@ -244,7 +244,8 @@ def format_report(report: CheckReport) -> str:
             f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}",
             f"  empty texts (rejected rows): {s['empty_texts']}" if s.get("empty_texts") else "",
             f"  groups with teacher scores: {s.get('with_teacher_scores', 0)}",
-            f"  groups with graded positives (nDCG gains; trained on with data.positives_per_group > 1): "
+            f"  groups with graded positives (nDCG gains; weighed in training with data.positives_per_group > 1 "
+            f"and a listwise target): "
             f"{s['with_graded_positives']}"
             if s.get("with_graded_positives")
             else "",

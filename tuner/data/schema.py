@@ -20,7 +20,8 @@ class Group:
         qid: query id when the group comes from a BEIR collection.
         pos_grades: graded relevance of each positive (integers >= 1, same length as pos) when the source had
             grades (labeled pairs with integer labels above 1, BEIR qrels, a row's `pos_grades`); None → every
-            positive is grade 1. Ranking metrics use them as gains (nDCG); training treats positives alike.
+            positive is grade 1. Ranking metrics use them as gains (nDCG); training weighs by them only with
+            `data.positives_per_group` > 1 and a listwise target (listwise, or distill's hard-label part).
     """
 
     query: str
