@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     split, sources = split_cranfield(ROOT / "data" / "cranfield", beir, args.train_queries, 0)
     print(f"Cranfield split by query: {split}", flush=True)
     metrics = ["ndcg@10", "ndcg@5", "mrr@10"]
-    results, base = [], None
+    results, base, mined_seeds = [], None, set()
     for seed in [int(s) for s in args.seeds.split(",")]:
         for k in [int(a) for a in args.arms.split(",")]:
             size = args.group_size if args.negatives is None else k + args.negatives
@@ -168,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                 "output.overwrite=true",
             ]
             config = load_config(args.recipe, overrides + args.overrides)
-            if not Path(config.data.train_file).exists():
+            if seed not in mined_seeds:  # once per seed in this call: a file left by another split is never read
                 mined = training_groups(beir, sources, config, args.ungraded, Path(config.data.train_file))
                 print(f"training groups (seed {seed}): {mined}", flush=True)
+                mined_seeds.add(seed)
             result = train(config)
             dev = result["metrics"]["dev"]
             if base is None:
