@@ -371,11 +371,42 @@ def test_check_counts_duplicates_conflicts_and_missing_negatives(tmp_path):
     assert s["groups_without_negatives"] == 1
     assert s["pos_per_query"] == {"min": 1, "p50": 1, "p95": 2, "max": 2}
     assert s["neg_per_query"] == {"min": 0, "p50": 1, "p95": 2, "max": 2}
+    assert s["repeated_in_group"] == 0
     assert len(report.warnings) == 3
     # one of each, in the singular ("1 groups repeat ...")
     assert report.warnings[0].startswith("1 group repeats an earlier group's query")
     assert report.warnings[1].startswith("1 document is both positive and negative for its query")
+    assert report.warnings[1].endswith("training leaves such negatives out")
     assert report.warnings[2].startswith("1 group has no negatives")
+    rows = [{"query": "q", "pos": ["a", {"title": "", "text": "a "}], "neg": ["b", "c", "b"]}]
+    report = check_file(_jsonl(tmp_path / "r.jsonl", rows), tokens=False)
+    assert report.stats["repeated_in_group"] == 2 and report.stats["pos_neg_conflicts"] == 0
+    assert report.warnings == ["2 documents repeat an earlier document of its group; training keeps one copy"]
+
+
+# ---------------------------------------------------------------------------------- consistent groups
+def test_consistent_groups_drop_negatives_that_are_positives_and_repeats_keeping_grades_and_scores():
+    from tuner.data.groups import consistent_groups
+
+    groups = [
+        Group("q", pos=["a", "b", "a "], neg=["c", "b", "d", "c"], pos_scores=[1.0, 2.0, 3.0],
+              neg_scores=[4.0, 5.0, 6.0, 7.0], pos_grades=[1, 2, 3]),
+        Group("q", pos=["d"], neg=["a", "e"], neg_scores=[8.0, 9.0]),  # same query: a and d are its positives
+        Group("q", pos=["x"], neg=["a"], instruction="other task"),  # another instruction: another query
+        Group("r", pos=["c"], neg=["a", "b"]),  # clean
+    ]  # fmt: skip
+    out, cleaned = consistent_groups(groups)
+    first, second, third, fourth = out
+    # "a " reads as "a": one positive, at the higher grade and the first copy's teacher score
+    assert first.pos == ["a", "b"] and first.pos_grades == [3, 2] and first.pos_scores == [1.0, 2.0]
+    # b and d are positives of q (d in the second group); the repeated c keeps its first place and score
+    assert first.neg == ["c"] and first.neg_scores == [4.0]
+    assert second.neg == ["e"] and second.neg_scores == [9.0] and second.pos == ["d"]
+    assert third is groups[2] and fourth is groups[3]  # nothing to drop: the very same objects
+    assert (cleaned.conflicts, cleaned.repeats, cleaned.groups_changed) == (3, 2, 2)
+    assert cleaned.example == "query 'q': 'b'"
+    assert groups[0].pos == ["a", "b", "a "] and groups[0].neg == ["c", "b", "d", "c"]  # inputs are not changed
+    assert consistent_groups(out)[1] == consistent_groups([])[1]  # a second pass finds nothing
 
 
 def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tokenizer):

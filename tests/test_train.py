@@ -427,6 +427,31 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
     assert "lower data.group_size" in caplog.text
 
 
+def test_training_leaves_out_negatives_that_are_positives_and_repeated_documents(
+    tiny_model_dir, beir, tmp_path, caplog
+):
+    """A user's file can list a document as a positive and a negative of one query (in one group or two): such a
+    negative is left out, as evaluation counts the document as the positive, and so are repeats in a group."""
+    from tuner.train_setup import load_training_groups
+
+    rows = [
+        {"query": "q1", "pos": ["p", "p"], "neg": ["n1", "n2", "n1"]},
+        {"query": "q1", "pos": ["p2"], "neg": ["p"]},  # its only negative is q1's positive: the group has none left
+        {"query": "q2", "pos": ["p"], "neg": ["n1", "n2", "n3"]},  # p is not q2's positive: it stays as it is
+    ]
+    file = tmp_path / "train.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "run", f"data.train_file={file}", "data.group_size=3")
+    with caplog.at_level("WARNING", logger="tuner.train"):
+        groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
+    assert [(g.query, g.pos, g.neg) for g in groups] == [("q1", ["p"], ["n1", "n2"]), ("q2", ["p"], ["n1", "n2", "n3"])]
+    assert (
+        f"{file}: left out 1 negatives that are also a positive of their query (query 'q1': 'p') and 2 repeats of a "
+        "document within its group, in 2 groups" in caplog.text
+    )
+    assert f"{file}: left out 1 of 3 groups without a negative" in caplog.text  # what the conflict left empty
+
+
 def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monkeypatch):
     """eval.data: the groups of a training-format file are evaluated before and after training (next to their
     random order), and a training group with a dev query is left out as with eval.beir."""

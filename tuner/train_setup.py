@@ -146,6 +146,8 @@ def load_training_groups(
         FileNotFoundError: the train file or BEIR folder does not exist (the message names the recipe key).
         ConfigError: neither source is set, or `distill` without teacher scores.
     """
+    from tuner.data.groups import consistent_groups
+
     if data.train_file:
         from tuner.data import load_groups
         from tuner.data.beir import DataError
@@ -177,6 +179,20 @@ def load_training_groups(
         source = f"{data.beir} ({data.split}, BM25 negatives)"
     else:
         raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
+    groups, cleaned = consistent_groups(groups)
+    if cleaned.conflicts or cleaned.repeats:
+        what = []
+        if cleaned.conflicts:
+            what.append(f"{cleaned.conflicts} negatives that are also a positive of their query ({cleaned.example})")
+        if cleaned.repeats:
+            what.append(f"{cleaned.repeats} repeats of a document within its group")
+        log.warning(
+            "%s: left out %s, in %d groups: a loss cannot teach a document both ways, and evaluation counts such a "
+            "document once, as a positive (`tuner data check FILE` lists them)",
+            source,
+            " and ".join(what),
+            cleaned.groups_changed,
+        )
     usable = [g for g in groups if g.pos and g.neg]
     if groups and len(usable) < len(groups):  # a "negs" typo, or rows of positives only: say so, not silently
         log.warning(

@@ -10,7 +10,7 @@ from typing import Any
 
 from tuner.contract import DEFAULT_MAX_LENGTH, document_text
 from tuner.data.beir import load_beir
-from tuner.data.groups import read_groups
+from tuner.data.groups import consistent_groups, read_groups, text_key
 from tuner.data.schema import Group
 
 
@@ -57,10 +57,6 @@ class CheckReport:
         return not self.errors
 
 
-def _doc_key(doc: Any) -> str:
-    return document_text(doc).strip()
-
-
 def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
     """Counts that need no tokenizer, plus warnings: duplicates, pos/neg conflicts, groups without negatives."""
     warnings: list[str] = []
@@ -74,11 +70,12 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
             duplicates += 1
         else:
             seen[key] = i
-        pos_by_query.setdefault(key, set()).update(_doc_key(d) for d in g.pos)
-        neg_by_query.setdefault(key, set()).update(_doc_key(d) for d in g.neg)
+        pos_by_query.setdefault(key, set()).update(text_key(d) for d in g.pos)
+        neg_by_query.setdefault(key, set()).update(text_key(d) for d in g.neg)
     conflicts = {k: pos_by_query[k] & neg_by_query[k] for k in pos_by_query}
     conflicts = {k: v for k, v in conflicts.items() if v}
     no_neg = sum(1 for g in groups if not g.neg)
+    repeats = consistent_groups(groups)[1].repeats
     stats = {
         "queries": len(seen),
         "duplicate_queries": duplicates,
@@ -86,6 +83,7 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
         "neg_per_query": summary([len(g.neg) for g in groups]),
         "groups_without_negatives": no_neg,
         "pos_neg_conflicts": sum(len(v) for v in conflicts.values()),
+        "repeated_in_group": repeats,
         "with_teacher_scores": sum(1 for g in groups if g.pos_scores is not None or g.neg_scores is not None),
         "with_graded_positives": sum(1 for g in groups if g.pos_grades is not None),
         "instructions": len({g.instruction for g in groups if g.instruction is not None}),
@@ -100,7 +98,12 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
         warnings.append(
             f"{_n(stats['pos_neg_conflicts'], 'document')} {_v(stats['pos_neg_conflicts'], 'is', 'are')} both "
             f"positive and negative for {_v(stats['pos_neg_conflicts'], 'its', 'their')} query "
-            f"(e.g. query {query[:60]!r}: {next(iter(docs))[:60]!r})"
+            f"(e.g. query {query[:60]!r}: {next(iter(docs))[:60]!r}); training leaves such negatives out"
+        )
+    if repeats:
+        warnings.append(
+            f"{_n(repeats, 'document')} {_v(repeats, 'repeats', 'repeat')} an earlier document of its group; "
+            "training keeps one copy"
         )
     if no_neg:
         warnings.append(
@@ -242,6 +245,7 @@ def format_report(report: CheckReport) -> str:
             f"  negatives per query: {_fmt_summary(s['neg_per_query'])}" if report.groups else "",
             f"  duplicate queries: {s.get('duplicate_queries', 0)}",
             f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}",
+            f"  documents repeated within a group: {s.get('repeated_in_group', 0)}",
             f"  empty texts (rejected rows): {s['empty_texts']}" if s.get("empty_texts") else "",
             f"  groups with teacher scores: {s.get('with_teacher_scores', 0)}",
             f"  groups with graded positives (nDCG gains; weighed in training with data.positives_per_group > 1 "

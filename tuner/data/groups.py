@@ -33,10 +33,11 @@ import random
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tuner.contract import document_text
 from tuner.data.beir import DataError, is_beir_folder, jsonl_lines, utf8_lines
 from tuner.data.schema import Group
 from tuner.files import decode_utf8, json_error_place, similar_names
@@ -655,6 +656,85 @@ def groups_as_collection(groups: Sequence[Group], name: str = "") -> GroupCollec
         beir.queries[qid], beir.qrels[qid] = group.query, relevant
         documents[qid], instructions[qid] = list(own), group.instruction
     return GroupCollection(beir, documents, instructions)
+
+
+def text_key(document: str | Mapping[str, Any]) -> str:
+    """A document as the model reads it (the contract's rendering, outer whitespace aside): two documents with one
+    key are one input to the reranker, however they are written."""
+    return document_text(document).strip()
+
+
+@dataclass
+class Cleaned:
+    """What `consistent_groups` took out: negatives that are a positive of their query, repeated documents."""
+
+    conflicts: int = 0
+    repeats: int = 0
+    groups_changed: int = 0
+    example: str = ""  # one conflict, for the warning: query and document, shortened
+
+
+def consistent_groups(groups: Sequence[Group]) -> tuple[list[Group], Cleaned]:
+    """Groups a loss can learn from: no document both positive and negative for one query, none twice in a group.
+
+    A negative whose text (`text_key`) is a positive of its query (same query and instruction, in any of that
+    query's groups) is dropped, as evaluation does (`groups_as_collection` counts it as the positive). Teaching it
+    both ways in one step pulls its score up and down at once, and `tuner data check` warns about it. A document
+    listed twice among a group's positives keeps its first place, at the higher of its grades; one listed twice
+    among the negatives keeps its first place. Teacher scores go with the copy kept. Groups with nothing to drop
+    are returned as they are (the same objects), so clean data trains on exactly what it did before.
+
+    No library does this on our `Group`s: sentence-transformers' `mine_hard_negatives` keeps positives out of the
+    negatives it mines, but a user's own file reaches training without such a check.
+    """
+    positives: dict[tuple[str, str | None], set[str]] = {}
+    for group in groups:
+        positives.setdefault((group.query, group.instruction), set()).update(text_key(d) for d in group.pos)
+    cleaned = Cleaned()
+    out: list[Group] = []
+    for group in groups:
+        grades = group.pos_grades or [1] * len(group.pos)
+        first: dict[str, int] = {}  # text → index among the kept positives
+        pos_keep: list[int] = []
+        kept_grades: list[int] = []
+        for i, document in enumerate(group.pos):
+            key = text_key(document)
+            if key in first:
+                kept_grades[first[key]] = max(kept_grades[first[key]], grades[i])
+                continue
+            first[key] = len(pos_keep)
+            pos_keep.append(i)
+            kept_grades.append(grades[i])
+        own_positives = positives[(group.query, group.instruction)]
+        seen: set[str] = set()
+        neg_keep: list[int] = []
+        conflicts = 0
+        for j, document in enumerate(group.neg):
+            key = text_key(document)
+            if key in own_positives:
+                conflicts += 1
+                cleaned.example = cleaned.example or f"query {group.query[:60]!r}: {key[:60]!r}"
+            elif key not in seen:
+                seen.add(key)
+                neg_keep.append(j)
+        repeats = len(group.pos) - len(pos_keep) + len(group.neg) - len(neg_keep) - conflicts
+        if not conflicts and not repeats:
+            out.append(group)
+            continue
+        cleaned.conflicts += conflicts
+        cleaned.repeats += repeats
+        cleaned.groups_changed += 1
+        out.append(
+            replace(
+                group,
+                pos=[group.pos[i] for i in pos_keep],
+                neg=[group.neg[j] for j in neg_keep],
+                pos_scores=None if group.pos_scores is None else [group.pos_scores[i] for i in pos_keep],
+                neg_scores=None if group.neg_scores is None else [group.neg_scores[j] for j in neg_keep],
+                pos_grades=None if group.pos_grades is None else kept_grades,
+            )
+        )
+    return out, cleaned
 
 
 # --------------------------------------------------------------------------------------------- writing
