@@ -218,3 +218,67 @@ def test_recipe_file_problems_are_named(tmp_path):
     bom = tmp_path / "bom.yaml"
     bom.write_bytes(b"\xef\xbb\xbftrain:\n  lr: 2.0e-4\n")
     assert load_config(bom).train.lr == pytest.approx(2e-4)
+
+
+# ------------------------------------------------------------------------------------------- wandb sweeps
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml"))
+
+
+def test_output_dir_expands_environment_variables_and_names_an_unset_one(monkeypatch):
+    monkeypatch.setenv("TRIAL", "t42")
+    assert load_config(None, ["output.dir=runs/$TRIAL/${TRIAL}-x"]).output.dir == "runs/t42/t42-x"
+    assert load_config(None, ["output.dir=runs/plain"]).output.dir == "runs/plain"
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    with pytest.raises(ConfigError, match=r"output.dir: environment variable NOT_SET_HERE is not set"):
+        load_config(None, ["output.dir=runs/${NOT_SET_HERE}"])
+
+
+def test_a_none_override_is_null_as_a_sweep_agent_writes_it():
+    assert load_config(None, ["data.max_groups=None"]).data.max_groups is None
+    assert load_config(None, ["data.max_groups=null"]).data.max_groups is None
+
+
+def _sample(spec: dict):
+    """One value of a sweep parameter, of the type the sweep would send."""
+    if "values" in spec:
+        return spec["values"][-1]
+    if "value" in spec:
+        return spec["value"]
+    return spec["min"]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_sweeps_build_runs_the_recipe_accepts_each_in_its_own_directory_chosen_on_dev(sweep, monkeypatch):
+    """The command a wandb agent builds from each shipped sweep (wandb's own functions fill in the macros) is a
+    valid `tuner train` line: every parameter a recipe key, the trial's run id in its run directory, the metric
+    one the run summary has, and the dev set not the test queries."""
+    import yaml
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    spec = yaml.safe_load(sweep.read_text())
+    args = {name: {"value": _sample(p)} for name, p in spec["parameters"].items()}
+    macros = create_sweep_command_args({"args": args})
+    macros["env"] = ["/usr/bin/env"]
+    argv: list[str] = []
+    for chunk in create_sweep_command(list(spec["command"])):  # the agent's loop, as wandb_agent.py runs it
+        chunk = str(chunk)
+        argv += macros[chunk[2:-1]] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    assert argv[:3] == ["/usr/bin/env", "tuner", "train"]
+    recipe, overrides = argv[3], argv[4:]
+    assert (ROOT / recipe).is_file()
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")  # what the agent sets for each trial
+    config = load_config(ROOT / recipe, overrides)
+    assert config.output.dir == "runs/sweep/abc123"
+    for name, value in args.items():  # the sampled values arrived
+        section, key = name.split(".")
+        assert getattr(getattr(config, section), key) == value["value"], name
+    assert config.eval.beir is None and config.eval.data == "runs/dev.jsonl"  # chosen on dev, not test
+    assert config.data.train_file == "runs/tr.jsonl" and config.data.beir is None
+    assert config.tracking.report_to == "wandb"
+    stage, metric = spec["metric"]["name"].split("/")
+    assert stage == "final" and metric in config.eval.metrics  # summarize_to_tracker's key for the dev set
+
+
+def test_sweeps_shipped():
+    assert {p.name for p in SWEEPS} >= {"qwen3-reranker-4b-lora.yaml", "tiny-cpu.yaml"}

@@ -147,6 +147,28 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
     assert b"tuner-test" in records and b"tiny" in records
 
 
+def test_a_sweep_trial_logs_to_the_agents_run_in_its_own_directory(tmp_path, monkeypatch):
+    """A wandb agent starts each trial with WANDB_RUN_ID set: the run tuner starts is that one (the sweep sees its
+    metric), and `output.dir=.../$WANDB_RUN_ID` (recipes/sweeps/) gives each trial its own run directory."""
+    from tuner.config import load_config
+    from tuner.train_setup import WANDB_RUN_ID, start_tracking
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_RUN_ID", "trial7x")
+    config = load_config(
+        None, ["tracking.report_to=wandb", "tracking.project=tuner-test", f"output.dir={tmp_path}/sweep/$WANDB_RUN_ID"]
+    )
+    out = tmp_path / "sweep" / "trial7x"
+    assert config.output.dir == str(out)
+    run = start_tracking(config, out, main=True)
+    try:
+        assert run.id == "trial7x"
+        assert (out / "logs" / WANDB_RUN_ID).read_text().strip() == "trial7x"  # what a --resume would continue
+    finally:
+        run.finish()
+
+
 # ------------------------------------------------------------------ a finished run: guards on resume and re-run
 @pytest.fixture(scope="module")
 def finished(tiny_model_dir, beir, tmp_path_factory):

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import types
 import typing
@@ -297,6 +298,8 @@ def _parse_scalar(text: str) -> Any:
     """An override's value as YAML (so `1e-4`, `true`, `null`, `[a, b]` work); bare words stay strings."""
     import yaml
 
+    if text == "None":  # how a wandb sweep agent writes a null value (Python's str(None)); YAML would keep "None"
+        return None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -359,11 +362,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         _upgrade(data, where)
         config = _build(Config, data, "", where)
+        config.output.dir = expand_env(config.output.dir, "output.dir", where)
         validate(config, where)
     except ConfigError as err:
         raise _blame_override(err, where, overrides or [], recipe_data) from None
     config.source = str(path) if path is not None else None
     return config
+
+
+_ENV_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand_env(value: str | None, key: str, where: str = "") -> str | None:
+    """`$NAME` and `${NAME}` in a path replaced by the environment's value; an unset one is an error naming it.
+
+    What a wandb sweep needs: the agent starts each trial with its run id in `WANDB_RUN_ID`, and a command item
+    `output.dir=runs/sweep/$WANDB_RUN_ID` gives every trial its own run directory (wandb's own `${envvar:...}`
+    macro is filled in once, before the agent sets that variable). `os.path.expandvars` would leave an unset
+    name in the path as it is, and a run would write to a folder literally named `$WANDB_RUN_ID`.
+    """
+    if value is None or "$" not in value:
+        return value
+    missing = [
+        m.group(1) or m.group(2) for m in _ENV_VAR.finditer(value) if (m.group(1) or m.group(2)) not in os.environ
+    ]
+    if missing:
+        raise ConfigError(
+            f"{where}{key}: environment variable {missing[0]} is not set (in {value!r}); set it, or write the path out"
+        )
+    return _ENV_VAR.sub(lambda m: os.environ[m.group(1) or m.group(2)], value)
 
 
 def _yaml_error(path: Path, err: Exception) -> str:
