@@ -184,7 +184,10 @@ class TrackingSection:
 
 @dataclass
 class OutputSection:
-    dir: str | None = _f(None, "run directory; null = runs/<recipe name>")
+    dir: str | None = _f(
+        None,
+        "run directory; null = runs/<recipe name>; $VAR / ${VAR} come from the environment (a sweep: $WANDB_RUN_ID)",
+    )
     overwrite: bool = _f(
         False, "start over (without --resume) in a directory that holds checkpoints or a finished run: they are deleted"
     )
