@@ -273,3 +273,26 @@ def test_the_card_names_the_base_as_the_recipe_gave_it_not_this_machines_path(tm
     assert "- **Base model:** `Qwen/Qwen3-Reranker-4B`" in model_card(
         tmp_path / "out", {**meta, "base_model": "Qwen/Qwen3-Reranker-4B"}
     )
+
+
+def test_the_card_carries_the_hubs_metadata_so_a_pushed_export_links_to_its_base(tmp_path):
+    """`hf upload` of an export: the hub reads the YAML block at the top of README.md (huggingface_hub's parser
+    here) to list it under text-ranking and link it to its base, as an adapter or a fine-tune."""
+    from huggingface_hub import ModelCard
+
+    from tuner.export_card import model_card
+
+    hub = {"model": {"name_or_path": "Qwen/Qwen3-Reranker-4B"}}
+    expected = {"adapter": ("peft", "adapter"), "merged": ("transformers", "finetune"),
+                "seq-cls": ("transformers", "finetune")}  # fmt: skip
+    for fmt, (library, relation) in expected.items():
+        data = ModelCard(model_card(tmp_path / fmt, {"format": fmt, "base_model": "/x", "recipe": hub})).data
+        assert data.base_model == "Qwen/Qwen3-Reranker-4B" and data.base_model_relation == relation, fmt
+        assert data.library_name == library and data.pipeline_tag == "text-ranking" and data.license == "apache-2.0"
+        assert "reranker" in data.tags
+    # a local or tiny base has no hub id to link to, and no license tuner could know
+    for recipe in ({"model": {"name_or_path": "/home/me/models/Q3"}}, {"model": {"name_or_path": "x", "tiny": True}}):
+        data = ModelCard(model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "recipe": recipe})).data
+        assert data.base_model is None and data.license is None and data.pipeline_tag == "text-ranking"
+    card = model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "recipe": hub})
+    assert card.startswith("---\n") and "\n---\n\n# m: Qwen3-Reranker LoRA fine-tune, merged causal LM" in card

@@ -30,19 +30,38 @@ def _eval_table(evaluation: Any) -> str:
     return "\n".join(lines)
 
 
-def _base_line(base: Any, recipe: Any) -> str:
-    """The base model as the recipe named it: a hub id as is, a local folder by its name only (its absolute path,
-    kept in tuner.json for loading the adapter on this machine, means nothing where the card is read)."""
+def _base_named(base: Any, recipe: Any) -> tuple[str, str | None]:
+    """The base model as the recipe named it, for the card's line and its metadata: (line, hub id or None).
+
+    A hub id is given as is; a local folder by its name only (its absolute path, kept in tuner.json for loading
+    the adapter on this machine, means nothing where the card is read), with no hub id to link to."""
     model = recipe.get("model") if isinstance(recipe, dict) else None
     if isinstance(model, dict) and model.get("tiny") is True:
-        return "a random tiny Qwen3 (`model.tiny`; not a published model)"
+        return "a random tiny Qwen3 (`model.tiny`; not a published model)", None
     named = model.get("name_or_path") if isinstance(model, dict) and model.get("name_or_path") else base
     if named is None:
-        return "unknown"
+        return "unknown", None
     path = Path(str(named)).expanduser()
     if path.is_absolute() or str(named).startswith((".", "~")) or path.exists():
-        return f"a local copy, `{path.name or named}`"
-    return f"`{named}`"
+        return f"a local copy, `{path.name or named}`", None
+    return f"`{named}`", str(named)
+
+
+def _front_matter(fmt: str, hub_base: str | None) -> str:
+    """The hub's metadata block (YAML between `---` lines), so that a pushed export (`hf upload`) is listed as a
+    text-ranking model fine-tuned from (or, an adapter, attached to) its base. huggingface_hub writes it."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(
+        base_model=hub_base,
+        library_name="peft" if fmt == "adapter" else "transformers",
+        pipeline_tag="text-ranking",
+        tags=["reranker", "qwen3", "lora", "tuner"],
+        # the Qwen3-Reranker models are Apache-2.0; another base's license is its own, for the user to state
+        license="apache-2.0" if hub_base and hub_base.startswith("Qwen/Qwen3-Reranker") else None,
+        base_model_relation=("adapter" if fmt == "adapter" else "finetune") if hub_base else None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
 
 
 def _depth_note(evaluation: dict[str, Any], recipe: Any) -> str:
@@ -155,12 +174,14 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
         if isinstance(resolved, dict) and data is None:
             data = resolved.get("data")
     max_length = meta.get("max_length") or 8192
+    base_line, hub_base = _base_named(base, recipe)
     parts = [
+        _front_matter(fmt, hub_base),
         f"# {Path(path).name}: Qwen3-Reranker LoRA fine-tune, {_TITLES[fmt]}",
         "",
         f"Exported by tuner {meta.get('tuner_version')} on {meta.get('exported_at')}.",
         "",
-        f"- **Base model:** {_base_line(base, recipe)}",
+        f"- **Base model:** {base_line}",
         f"- **Format:** {fmt} ({meta.get('dtype')})",
         f"- **Default instruction:** {'the model card default' if instruction is None else json.dumps(instruction)}",
         f"- **Max length:** {max_length} tokens (tuner and sentence-transformers truncate only the document; the "
