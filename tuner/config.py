@@ -386,9 +386,7 @@ def expand_env(value: str | None, key: str, where: str = "") -> str | None:
     """
     if value is None or "$" not in value:
         return value
-    missing = [
-        m.group(1) or m.group(2) for m in _ENV_VAR.finditer(value) if (m.group(1) or m.group(2)) not in os.environ
-    ]
+    missing = [name for m in _ENV_VAR.finditer(value) if (name := m.group(1) or m.group(2)) not in os.environ]
     if missing:
         raise ConfigError(
             f"{where}{key}: environment variable {missing[0]} is not set (in {value!r}); set it, or write the path out"
