@@ -270,6 +270,7 @@ def test_sweeps_build_runs_the_recipe_accepts_each_in_its_own_directory_chosen_o
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")  # what the agent sets for each trial
     config = load_config(ROOT / recipe, overrides)
     assert config.output.dir == "runs/sweep/abc123"
+    assert config.eval.base_cache_dir == "runs/sweep/base-cache"  # the base is evaluated once per sweep
     for name, value in args.items():  # the sampled values arrived
         section, key = name.split(".")
         assert getattr(getattr(config, section), key) == value["value"], name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -488,3 +489,43 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monke
     monkeypatch.setattr("tuner.modeling.load_base", never)
     with pytest.raises(ConfigError, match=r"eval\.data: .*bad\.jsonl:1: field 'query' must be a string"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "z", f"eval.data={bad}"))
+
+
+def test_runs_of_one_base_share_its_evaluations_through_the_base_cache(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """eval.base_cache_dir (a sweep): the first run measures the base on the dev and out-of-domain sets, a later
+    run with other training settings reads the same figures back without measuring; other eval settings or
+    another base are measured again."""
+    from tuner.train_setup import RankEval
+
+    cache = tmp_path / "cache"
+    shared = (
+        *("eval.beir=" + str(beir), "eval.split=test", "eval.top_k=6", "eval.before=true", "train.max_steps=1"),
+        *("eval.ood=" + str(beir), "eval.ood_split=train", f"eval.base_cache_dir={cache}"),
+    )
+    first = train(tiny_config(tiny_model_dir, beir, tmp_path / "a", *shared))
+    assert len(list(cache.glob("base-*.json"))) == 2  # dev and out of domain
+
+    measured = []
+    real_base = RankEval.base
+    monkeypatch.setattr(
+        RankEval, "base", lambda self, model: measured.append(self.evaluator.name) or real_base(self, model)
+    )
+    second = train(tiny_config(tiny_model_dir, beir, tmp_path / "b", *shared, "train.lr=1e-3", "lora.r=4"))
+    assert measured == []
+    for part in ("dev", "ood"):
+        assert second["metrics"][part]["base"] == first["metrics"][part]["base"], part
+    log = (tmp_path / "b" / "logs" / "train.log").read_text()
+    assert f"dev base metrics as {tmp_path / 'a'} measured them (eval.base_cache_dir)" in log
+    # the per-query base figures came along: the seen / unseen split at the end has its paired test
+    assert json.loads((tmp_path / "b" / "logs" / "dev-base-per-query.json").read_text()) == json.loads(
+        (tmp_path / "a" / "logs" / "dev-base-per-query.json").read_text()
+    )
+
+    train(tiny_config(tiny_model_dir, beir, tmp_path / "c", *shared, "eval.top_k=5"))  # another candidate depth
+    assert len(measured) == 2 and len(list(cache.glob("base-*.json"))) == 4
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + " ")  # another base, as far as it knows
+    measured.clear()
+    train(tiny_config(other, beir, tmp_path / "d", *shared))
+    assert len(measured) == 2

@@ -171,6 +171,11 @@ class EvalSection:
     ood_split: str = _f("test", "qrels split of the out-of-domain folder")
     batch_tokens: int | None = _f(None, "padded tokens per scoring batch; null = the Reranker's default")
     before: bool = _f(True, "evaluate the base model before training (logged once)")
+    base_cache_dir: str | None = _f(
+        None,
+        "folder shared by runs of one base (a sweep): its dev and out-of-domain figures are measured by the first "
+        "run and read back by the others when the base, eval settings, sets and library versions are the same",
+    )
 
 
 @dataclass
@@ -366,6 +371,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _upgrade(data, where)
         config = _build(Config, data, "", where)
         config.output.dir = expand_env(config.output.dir, "output.dir", where)
+        config.eval.base_cache_dir = expand_env(config.eval.base_cache_dir, "eval.base_cache_dir", where)
         validate(config, where)
     except ConfigError as err:
         raise _blame_override(err, where, overrides or [], recipe_data) from None

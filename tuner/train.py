@@ -231,6 +231,7 @@ def _eval_inputs(config: Config) -> dict[str, Any]:
     """What a base evaluation's numbers depend on besides the evaluation data: the whole model section, the eval
     section, the instruction, the seed (which samples eval queries) and the precision; as JSON would store it."""
     d = config.to_dict()
+    d["eval"].pop("base_cache_dir")  # where base figures are kept, not what they are
     inputs = {
         "model": d["model"],
         "eval": d["eval"],
@@ -239,6 +240,17 @@ def _eval_inputs(config: Config) -> dict[str, Any]:
         "precision": config.train.precision,
     }
     return json.loads(json.dumps(inputs, default=str))
+
+
+def _from_main_rank(read):
+    """`read()` on rank 0, its result on every rank (no process group: just `read()`)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return read()
+    box = [read() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _recorded_base(prior: dict, part: str, inputs: dict, name: str, first_stage: dict) -> dict | None:
@@ -507,19 +519,35 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         "ood": {},
     }
 
-    def base_of(part: str, what: str, measure) -> dict:
-        """record[part]'s base metrics: as metrics.json recorded them for the same inputs, else measured now."""
+    base_cache = None
+    if config.eval.base_cache_dir and evaluators and config.eval.before:
+        from tuner.base_cache import BaseCache
+
+        base_cache = BaseCache(config.eval.base_cache_dir, base_path, inputs)
+
+    def base_of(part: str, what: str, ranker: RankEval) -> dict:
+        """record[part]'s base metrics: as metrics.json recorded them for the same inputs, else as an earlier run
+        measured them on the same base and set (eval.base_cache_dir), else measured now."""
         recorded = _recorded_base(prior, part, inputs, record[part]["name"], record[part]["first_stage"])
-        if recorded is None:
-            return measure(model)
-        log.info("--resume: %s base metrics as recorded in %s", what, out / METRICS_FILE)
-        return recorded
+        if recorded is not None:
+            log.info("--resume: %s base metrics as recorded in %s", what, out / METRICS_FILE)
+            return recorded
+        # under DDP every rank must take the same way (measuring is collective): rank 0 reads, the others follow
+        cached = _from_main_rank(lambda: base_cache.get(ranker.evaluator)) if base_cache is not None else None
+        if cached is not None:
+            log.info("%s base metrics as %s measured them (eval.base_cache_dir)", what, cached.get("written_by"))
+            ranker.base_per_query = cached.get("per_query") or {}
+            return cached["metrics"]
+        values = ranker.base(model)
+        if base_cache is not None and main:
+            base_cache.put(ranker.evaluator, values, ranker.base_per_query, written_by=str(out))
+        return values
 
     if rank_eval is not None:
         record["dev"]["name"] = evaluators["dev"].name
         record["dev"]["first_stage"] = evaluators["dev"].first_stage_metrics()
         if config.eval.before:
-            record["dev"]["base"] = base_of("dev", "dev", rank_eval.base)
+            record["dev"]["base"] = base_of("dev", "dev", rank_eval)
             # the base's per-query figures, for the seen / unseen paired tests at the end: kept in the run folder,
             # so that a --resume that reuses the recorded base still has them
             base_file = out / "logs" / DEV_BASE_PER_QUERY
@@ -538,7 +566,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if "ood" in evaluators and config.eval.before:
         ood = RankEval(evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction)
         record["ood"] = {"name": evaluators["ood"].name, "first_stage": evaluators["ood"].first_stage_metrics()}
-        record["ood"]["base"] = base_of("ood", "out-of-domain", ood.base)
+        record["ood"]["base"] = base_of("ood", "out-of-domain", ood)
         log.info(
             "out of domain %s: first stage %s | base %s",
             record["ood"]["name"],

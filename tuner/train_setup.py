@@ -32,6 +32,7 @@ RESUME_SAFE_KEYS = (
     "tracking.",  # experiment tracker, project, entity, run name, tags
     "train.logging_steps",  # how often the loss is logged
     "output.dir",  # the same run directory may be spelled differently (relative, absolute, ~)
+    "eval.base_cache_dir",  # where base figures shared between runs are kept
     "output.overwrite",  # only consulted when a run starts without --resume
     "name",  # recipe name recorded in tuner.json and metrics.json
 )
