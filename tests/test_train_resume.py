@@ -389,3 +389,77 @@ def test_whole_run_loss_needs_the_losses_up_to_the_checkpoint():
     assert _whole_run_loss(logs, 4, 1.0, 6) == pytest.approx((8 + 4 + 2) / 6)
     # resumed at 3: step 3 was never logged, its loss is not in the checkpoint
     assert _whole_run_loss(logs[:2], 3, 1.0, 6) is None
+
+
+# ------------------------------------------------------------------------------- best checkpoint, early stopping
+def _scripted_dev(monkeypatch, primary: list[float]) -> list[int]:
+    """Dev evaluations that return `primary` in turn (then its last value), so that when the metric peaks is known;
+    returns the list of evaluated steps' call numbers."""
+    from tuner.train_setup import RankEval
+
+    calls: list[int] = []
+
+    def evaluate(self, model):
+        value = primary[min(len(calls), len(primary) - 1)]
+        calls.append(len(calls))
+        self.last_per_query = {}
+        return {"ndcg@10": value, "mrr@10": value, "recall@100": value}
+
+    monkeypatch.setattr(RankEval, "__call__", evaluate)
+    return calls
+
+
+def test_early_stopping_ends_the_run_and_keeps_its_best_checkpoint(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """Evaluations every 2 steps peak at step 4, then fail to improve twice: the run stops at step 8 of 20, and
+    its adapter is checkpoint-4's weights (not step 8's), with the figures measured on them."""
+    calls = _scripted_dev(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.7])
+    common = ("eval.beir=" + str(beir), "eval.steps=2", "train.save_steps=2", "train.max_steps=20")
+    result = train(tiny_config(tiny_model_dir, beir, tmp_path / "run", *common, "train.early_stopping_patience=2"))
+    metrics = result["metrics"]
+    assert metrics["train"]["global_step"] == 8 and metrics["train"]["stopped_early"] == {"step": 8, "of": 20}
+    assert metrics["dev"]["final_checkpoint"] == "checkpoint-4" and metrics["dev"]["final"]["ndcg@10"] == 0.7
+    assert len(calls) == 5  # 4 during training, 1 on the best checkpoint's weights
+    saved = load_file(result["adapter_dir"] / "adapter_model.safetensors")
+    ckpts = tmp_path / "run" / "checkpoints"
+    best = load_file(ckpts / "checkpoint-4" / "adapter_model.safetensors")
+    last = load_file(ckpts / "checkpoint-8" / "adapter_model.safetensors")
+    assert saved.keys() == best.keys() and saved
+    assert all(torch.equal(saved[k], best[k]) for k in saved)
+    assert not all(torch.equal(saved[k], last[k]) for k in saved)  # training did move on after step 4
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert "stopped early at step 8 of 20: dev ndcg@10 did not improve for 2 evaluations" in log
+    assert json.loads((result["adapter_dir"] / "tuner.json").read_text())["eval"]["final"]["ndcg@10"] == 0.7
+
+    # without patience, load_best trains to the end and still keeps the best
+    _scripted_dev(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.6, 0.6, 0.6])
+    plain = train(tiny_config(tiny_model_dir, beir, tmp_path / "all", *common[:2], "train.save_steps=2",
+                              "train.max_steps=10", "train.load_best=true"))  # fmt: skip
+    assert plain["metrics"]["train"]["global_step"] == 10 and "stopped_early" not in plain["metrics"]["train"]
+    assert plain["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
+
+
+def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """The patience counter is in the checkpoint: a run cut after step 6 (one evaluation without improvement
+    counted) stops at step 8 when resumed, not 2 evaluations later."""
+    common = ("eval.beir=" + str(beir), "eval.steps=2", "train.save_steps=2", "train.max_steps=20",
+              "train.early_stopping_patience=2")  # fmt: skip
+    _scripted_dev(monkeypatch, [0.5, 0.7, 0.6])
+    with pytest.raises(_Crash):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), callbacks=[_CrashAfterSave(6)])
+    _scripted_dev(monkeypatch, [0.65, 0.7])  # the resumed call's evaluations: step 8, then the best's weights
+    resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
+    assert resumed["metrics"]["train"]["global_step"] == 8
+    assert resumed["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
+
+
+def test_best_checkpoint_settings_need_evaluations_and_checkpoints(tiny_model_dir, beir, tmp_path):
+    dev = "eval.beir=" + str(beir)
+    with pytest.raises(ConfigError, match=r"train.early_stopping_patience: picks among the evaluations"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "x", "train.early_stopping_patience=2")  # no dev set
+    with pytest.raises(ConfigError, match=r"train.load_best: picks among the evaluations .* eval.steps > 0"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "train.load_best=true")
+    with pytest.raises(ConfigError, match=r"train.load_best: needs a checkpoint at each evaluation"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "eval.steps=2", "train.load_best=true")
+    with pytest.raises(ConfigError, match=r"train.early_stopping_patience: must be >= 1"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "eval.steps=2", "train.save_steps=2",
+                    "train.early_stopping_patience=0")  # fmt: skip

@@ -140,6 +140,16 @@ class TrainSection:
     compile: bool = _f(
         False, "torch.compile each decoder layer in place (dynamic shapes; the first steps pay the compile time)"
     )
+    load_best: bool = _f(
+        False,
+        "the run's adapter (and its final figures) is the checkpoint with the best primary dev metric, not the last "
+        "step (needs eval.steps, and save_steps a multiple of it)",
+    )
+    early_stopping_patience: int | None = _f(
+        None,
+        "stop when the primary dev metric has not improved for this many evaluations in a row; the run's adapter is "
+        "then its best checkpoint (as with load_best); null = train to the end",
+    )
 
 
 @dataclass
@@ -515,6 +525,18 @@ def validate(config: Config, where: str = "") -> None:
             f"{where}train.save_steps ({config.train.save_steps}) must be a multiple of eval.steps "
             f"({config.eval.steps})"
         )
+    best_of = "train.early_stopping_patience" if config.train.early_stopping_patience is not None else "train.load_best"
+    if config.train.load_best or config.train.early_stopping_patience is not None:
+        if not has_dev_set(config) or config.eval.steps <= 0:
+            raise ConfigError(
+                f"{where}{best_of}: picks among the evaluations made during training; set a dev set (eval.beir or "
+                f"eval.data) and eval.steps > 0"
+            )
+        if config.train.save_steps <= 0:
+            raise ConfigError(
+                f"{where}{best_of}: needs a checkpoint at each evaluation to go back to; set train.save_steps to a "
+                f"multiple of eval.steps ({config.eval.steps})"
+            )
     if not 0.0 < config.model.checkpoint_ratio <= 1.0:
         raise ConfigError(f"{where}model.checkpoint_ratio: must be in (0, 1]")
     for key in ("batch_groups", "grad_accum", "logging_steps", "batch_tokens"):
@@ -545,6 +567,7 @@ _RANGES = [
     ("train.max_grad_norm", 0, True, False, ">= 0"),
     ("train.save_steps", 0, True, False, ">= 0 (0 = only at the end)"),
     ("train.save_total_limit", 1, True, True, ">= 1 (or null for all)"),
+    ("train.early_stopping_patience", 1, True, True, ">= 1 (or null to train to the end)"),
     ("train.dataloader_workers", 0, True, False, ">= 0"),
     ("eval.top_k", 1, True, False, ">= 1"),
     ("eval.max_queries", 1, True, True, ">= 1 (or null for all)"),

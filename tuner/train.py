@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, TrainerCallback, set_seed
+from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from tuner.config import Config, ConfigError, atomic_write_json, has_dev_set
 from tuner.files import usual_modes
@@ -212,6 +212,15 @@ def _clock_in(checkpoint: Path) -> dict[str, float]:
     return totals if isinstance(totals, dict) and {"seconds", "train_runtime"} <= totals.keys() else {}
 
 
+def _patience_in(checkpoint: Path) -> int:
+    """EarlyStoppingCallback's count of evaluations without improvement at a checkpoint (0 if it has none). Read
+    here rather than through transformers' restore_callback_states_from_checkpoint, which would rebuild every
+    stateful callback from its saved state alone (RunClock's totals need the arguments it is made with)."""
+    saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(EarlyStoppingCallback.__name__)
+    counter = saved.get("attributes", {}).get("early_stopping_patience_counter") if isinstance(saved, dict) else None
+    return counter if isinstance(counter, int) else 0
+
+
 def _whole_run_loss(log_history: list[dict], resumed_at: int, call_loss: float, global_step: int) -> float | None:
     """The mean training loss per step over the whole run, from a resumed call's own mean (`call_loss`, over steps
     resumed_at+1..global_step) and the losses logged up to the checkpoint (each the mean of its logging window).
@@ -370,6 +379,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         log.warning("train.precision=%s without CUDA: training in fp32 on CPU", precision)
         precision = "fp32"
     eval_steps = config.eval.steps if (has_dev_set(config) and config.eval.steps > 0) else 0
+    pick_best = t.load_best or t.early_stopping_patience is not None
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_groups,
@@ -395,6 +405,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps or None,
         metric_for_best_model=config.eval.metrics[0] if eval_steps else None,
+        # train.load_best / early_stopping_patience (validated: evaluations and a checkpoint at each): transformers
+        # keeps the best checkpoint through save_total_limit and loads it when training ends
+        load_best_model_at_end=pick_best,
         greater_is_better=True,
         report_to=[] if config.tracking.report_to == "none" else [config.tracking.report_to],
         run_name=config.tracking.run_name or out.name,
@@ -598,6 +611,11 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         rank_eval=rank_eval,
     )
     trainer.add_callback(EpochFromState(trainer))
+    if t.early_stopping_patience is not None:
+        stopper = EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)
+        if resume:  # evaluations without improvement before the checkpoint count: it stops where it would have
+            stopper.early_stopping_patience_counter = _patience_in(latest)
+        trainer.add_callback(stopper)
 
     def write_metrics() -> None:
         # one writer: every rank reaches the final call with its own train_runtime, and the last to rename won
@@ -669,10 +687,28 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         # overwrite the figures of the steps that did run
         log.info("--resume: the run had already finished at step %d; nothing left to train", trainer.state.global_step)
         record["train"] = prior_train
+    best = trainer.state.best_model_checkpoint if pick_best else None
+    if t.early_stopping_patience is not None and trainer.state.global_step < trainer.state.max_steps:
+        record["train"]["stopped_early"] = {"step": trainer.state.global_step, "of": trainer.state.max_steps}
+        log.info(
+            "stopped early at step %d of %d: dev %s did not improve for %d evaluations",
+            trainer.state.global_step,
+            trainer.state.max_steps,
+            config.eval.metrics[0],
+            t.early_stopping_patience,
+        )
     if rank_eval is not None:
-        if not trainer.eval_history or trainer.eval_history[-1]["step"] != trainer.state.global_step:
+        last = trainer.eval_history[-1]["step"] if trainer.eval_history else None
+        if best is not None and _step_of(Path(best)) != last:
+            # transformers loaded the best checkpoint: its figures (and per-query ones, for the seen / unseen split)
+            # are measured again on the weights that are saved below, not copied from the history
+            log.info("the run's adapter is its best checkpoint, %s (train.load_best)", Path(best).name)
+            trainer.evaluate()
+        elif last != trainer.state.global_step:
             trainer.evaluate()
         record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
+        if best is not None:
+            record["dev"]["final_checkpoint"] = Path(best).name
         log.info("dev final %s", _fmt(record["dev"]["final"]))
         overlap = _training_overlap(groups, evaluators["dev"], rank_eval, prior)
         if overlap:
