@@ -450,6 +450,9 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_di
     resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
     assert resumed["metrics"]["train"]["global_step"] == 8
     assert resumed["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
+    # the run has ended (it stopped early): a further --resume has nothing left to do, and trains no more steps
+    again = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
+    assert again["model"] is None and again["metrics"]["train"]["global_step"] == 8
 
 
 def test_best_checkpoint_settings_need_evaluations_and_checkpoints(tiny_model_dir, beir, tmp_path):

@@ -176,13 +176,21 @@ def _is_complete(checkpoint: Path) -> bool:
 
 def _finished_at(checkpoint: Path) -> int | None:
     """The step of `checkpoint` when it is the run's last one (its trainer_state.json says global_step reached
-    max_steps), else None."""
+    max_steps, or that early stopping had run out of patience there), else None."""
     state = _trainer_state(checkpoint)
     try:
         step, last = int(state["global_step"]), int(state["max_steps"])
     except (ValueError, KeyError, TypeError):
         return None
-    return step if last > 0 and step >= last else None
+    if last > 0 and step >= last:
+        return step
+    stopper = (state.get("stateful_callbacks") or {}).get(EarlyStoppingCallback.__name__)
+    if isinstance(stopper, dict):
+        patience = (stopper.get("args") or {}).get("early_stopping_patience")
+        counter = (stopper.get("attributes") or {}).get("early_stopping_patience_counter")
+        if isinstance(patience, int) and isinstance(counter, int) and counter >= patience:
+            return step
+    return None
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any]:

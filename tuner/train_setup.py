@@ -421,6 +421,9 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
     id_file = out / "logs" / WANDB_RUN_ID
     # a run started before wandb was its tracker (tracking.* may change on resume) has no id file: a new run
     run_id = (id_file.read_text(encoding="utf-8").strip() or None) if resume and id_file.is_file() else None
+    # a sweep agent starts each trial with its run id in WANDB_RUN_ID: that run, by name (wandb reads the variable
+    # only when its settings are first made, once per process)
+    agent_id = None if run_id else os.environ.get("WANDB_RUN_ID") or None
     run = wandb.init(
         project=tr.project,
         entity=tr.entity,
@@ -430,7 +433,7 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
         dir=str(out / "logs"),
         reinit="finish_previous",
         # "allow", not "must": a run id stored offline, never synced, is unknown to the server
-        **({"id": run_id, "resume": "allow"} if run_id else {}),
+        **({"id": run_id, "resume": "allow"} if run_id else {"id": agent_id} if agent_id else {}),
     )
     if run_id is None:
         id_file.write_text(run.id + "\n", encoding="utf-8")
