@@ -184,13 +184,8 @@ def _finished_at(checkpoint: Path) -> int | None:
         return None
     if last > 0 and step >= last:
         return step
-    stopper = (state.get("stateful_callbacks") or {}).get(EarlyStoppingCallback.__name__)
-    if isinstance(stopper, dict):
-        patience = (stopper.get("args") or {}).get("early_stopping_patience")
-        counter = (stopper.get("attributes") or {}).get("early_stopping_patience_counter")
-        if isinstance(patience, int) and isinstance(counter, int) and counter >= patience:
-            return step
-    return None
+    patience, counter = _patience_in(checkpoint)
+    return step if patience is not None and counter >= patience else None
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -220,13 +215,16 @@ def _clock_in(checkpoint: Path) -> dict[str, float]:
     return totals if isinstance(totals, dict) and {"seconds", "train_runtime"} <= totals.keys() else {}
 
 
-def _patience_in(checkpoint: Path) -> int:
-    """EarlyStoppingCallback's count of evaluations without improvement at a checkpoint (0 if it has none). Read
-    here rather than through transformers' restore_callback_states_from_checkpoint, which would rebuild every
-    stateful callback from its saved state alone (RunClock's totals need the arguments it is made with)."""
+def _patience_in(checkpoint: Path) -> tuple[int | None, int]:
+    """EarlyStoppingCallback's patience and count of evaluations without improvement at a checkpoint ((None, 0)
+    without one). Read here rather than through transformers' restore_callback_states_from_checkpoint, which would
+    rebuild every stateful callback from its saved state alone (RunClock's totals need the arguments it is made
+    with)."""
     saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(EarlyStoppingCallback.__name__)
-    counter = saved.get("attributes", {}).get("early_stopping_patience_counter") if isinstance(saved, dict) else None
-    return counter if isinstance(counter, int) else 0
+    saved = saved if isinstance(saved, dict) else {}
+    patience = (saved.get("args") or {}).get("early_stopping_patience")
+    counter = (saved.get("attributes") or {}).get("early_stopping_patience_counter")
+    return (patience if isinstance(patience, int) else None), (counter if isinstance(counter, int) else 0)
 
 
 def _whole_run_loss(log_history: list[dict], resumed_at: int, call_loss: float, global_step: int) -> float | None:
@@ -622,7 +620,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if t.early_stopping_patience is not None:
         stopper = EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)
         if resume:  # evaluations without improvement before the checkpoint count: it stops where it would have
-            stopper.early_stopping_patience_counter = _patience_in(latest)
+            stopper.early_stopping_patience_counter = _patience_in(latest)[1]
         trainer.add_callback(stopper)
 
     def write_metrics() -> None:
