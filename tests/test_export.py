@@ -294,5 +294,7 @@ def test_the_card_carries_the_hubs_metadata_so_a_pushed_export_links_to_its_base
     for recipe in ({"model": {"name_or_path": "/home/me/models/Q3"}}, {"model": {"name_or_path": "x", "tiny": True}}):
         data = ModelCard(model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "recipe": recipe})).data
         assert data.base_model is None and data.license is None and data.pipeline_tag == "text-ranking"
+    full = {**hub, "lora": {"enabled": False}}  # a full fine-tune is not tagged lora
+    assert "lora" not in ModelCard(model_card(tmp_path / "f", {"format": "merged", "recipe": full})).data.tags
     card = model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "recipe": hub})
     assert card.startswith("---\n") and "\n---\n\n# m: Qwen3-Reranker LoRA fine-tune, merged causal LM" in card

@@ -529,3 +529,20 @@ def test_runs_of_one_base_share_its_evaluations_through_the_base_cache(tiny_mode
     measured.clear()
     train(tiny_config(other, beir, tmp_path / "d", *shared))
     assert len(measured) == 2
+
+
+def test_the_base_identity_changes_with_its_weights_config_or_tokenizer_files(tiny_model_dir, tmp_path):
+    from tuner.base_cache import model_identity
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "tokenizer_config.json").write_text('{"model_max_length": 8}')
+    first = model_identity(str(base))
+    assert first is not None and first == model_identity(str(base))
+    (base / "tokenizer_config.json").write_text('{"model_max_length": 9}')  # another chat template or special tokens
+    second = model_identity(str(base))
+    assert second != first
+    weights = next(base.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")  # retrained in place: another size
+    assert model_identity(str(base)) != second
+    assert model_identity(str(tmp_path / "no-such-hub-id")) is None  # no local snapshot: nothing to key it on

@@ -419,6 +419,7 @@ def test_early_stopping_ends_the_run_and_keeps_its_best_checkpoint(tiny_model_di
     assert metrics["train"]["global_step"] == 8 and metrics["train"]["stopped_early"] == {"step": 8, "of": 20}
     assert metrics["dev"]["final_checkpoint"] == "checkpoint-4" and metrics["dev"]["final"]["ndcg@10"] == 0.7
     assert len(calls) == 5  # 4 during training, 1 on the best checkpoint's weights
+    assert [h["step"] for h in metrics["dev"]["history"]] == [2, 4, 6, 8]  # that 5th is not a step of training
     saved = load_file(result["adapter_dir"] / "adapter_model.safetensors")
     ckpts = tmp_path / "run" / "checkpoints"
     best = load_file(ckpts / "checkpoint-4" / "adapter_model.safetensors")
@@ -430,12 +431,16 @@ def test_early_stopping_ends_the_run_and_keeps_its_best_checkpoint(tiny_model_di
     assert "stopped early at step 8 of 20: dev ndcg@10 did not improve for 2 evaluations" in log
     assert json.loads((result["adapter_dir"] / "tuner.json").read_text())["eval"]["final"]["ndcg@10"] == 0.7
 
-    # without patience, load_best trains to the end and still keeps the best
+    # without patience, load_best trains to the end and still keeps the best; with save_total_limit 1 that is the
+    # only checkpoint left, and a --resume of the finished run still has nothing to do (it is not the last step)
     _scripted_dev(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.6, 0.6, 0.6])
-    plain = train(tiny_config(tiny_model_dir, beir, tmp_path / "all", *common[:2], "train.save_steps=2",
-                              "train.max_steps=10", "train.load_best=true"))  # fmt: skip
+    keep_one = (*common[:3], "train.max_steps=10", "train.load_best=true", "train.save_total_limit=1")
+    plain = train(tiny_config(tiny_model_dir, beir, tmp_path / "all", *keep_one))
     assert plain["metrics"]["train"]["global_step"] == 10 and "stopped_early" not in plain["metrics"]["train"]
     assert plain["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
+    assert [p.name for p in (tmp_path / "all" / "checkpoints").iterdir()] == ["checkpoint-4"]
+    again = train(tiny_config(tiny_model_dir, beir, tmp_path / "all", *keep_one), resume=True)
+    assert again["model"] is None and again["metrics"]["train"]["global_step"] == 10
 
 
 def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_dir, beir, tmp_path, monkeypatch):
@@ -454,6 +459,17 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_di
     again = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
     assert again["model"] is None and again["metrics"]["train"]["global_step"] == 8
 
+    # cut off right after the checkpoint where patience ran out (before the adapter was saved): resumed, it
+    # trains no further step, and ends as the uninterrupted run did
+    _scripted_dev(monkeypatch, [0.5, 0.7, 0.6, 0.65])
+    with pytest.raises(_Crash):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "late", *common), callbacks=[_CrashAfterSave(8)])
+    _scripted_dev(monkeypatch, [0.7])
+    late = train(tiny_config(tiny_model_dir, beir, tmp_path / "late", *common), resume=True)
+    assert late["metrics"]["train"]["global_step"] == 8
+    assert late["metrics"]["train"]["stopped_early"] == {"step": 8, "of": 20}
+    assert late["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
+
 
 def test_best_checkpoint_settings_need_evaluations_and_checkpoints(tiny_model_dir, beir, tmp_path):
     dev = "eval.beir=" + str(beir)
@@ -463,6 +479,10 @@ def test_best_checkpoint_settings_need_evaluations_and_checkpoints(tiny_model_di
         tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "train.load_best=true")
     with pytest.raises(ConfigError, match=r"train.load_best: needs a checkpoint at each evaluation"):
         tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "eval.steps=2", "train.load_best=true")
+    # saves every other evaluation: transformers would record the best value at a step it has no checkpoint of
+    with pytest.raises(ConfigError, match=r"set train.save_steps to eval.steps \(2\), got 4"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "eval.steps=2", "train.save_steps=4",
+                    "train.early_stopping_patience=1")  # fmt: skip
     with pytest.raises(ConfigError, match=r"train.early_stopping_patience: must be >= 1"):
         tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "eval.steps=2", "train.save_steps=2",
                     "train.early_stopping_patience=0")  # fmt: skip

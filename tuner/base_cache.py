@@ -1,16 +1,16 @@
 """Base-model evaluations shared by training runs (`eval.base_cache_dir`): measured once, read back by later runs.
 
 Every trial of a sweep, and every rerun of a recipe with another learning rate, evaluates the same base on the same
-dev and out-of-domain sets before training: on the 4B model and a BEIR top-100 set, minutes of GPU time per run
-for figures that cannot differ. With a cache folder, the first run writes them and later runs read them.
+dev and out-of-domain sets before training: a BEIR top-100 set is tens of thousands of pairs through the 4B model,
+per run, for figures that cannot differ. With a cache folder, the first run writes them and later runs read them.
 
 A cache entry is used only when everything its numbers depend on is the same, kept in the entry and compared whole:
-the base model's identity (a local folder: its config and the names, sizes and modification times of its weight
-files; a hub id: the commit of the cached snapshot), the run's evaluation inputs (`tuner.train._eval_inputs`: the
-model section, eval section, instruction, seed, precision), the evaluated set itself (queries, instructions,
-candidates in order, their texts, judgments, metrics), the library versions and the device. A base that cannot be
-identified (a hub id with no local snapshot) is not cached. No library offers this: transformers' and
-datasets' caches key downloads and preprocessing, not an evaluation of a model on a set.
+the base model's identity (a local folder: its config and tokenizer files and the names, sizes and modification
+times of its weight files; a hub id: the commit of the cached snapshot), the run's evaluation inputs
+(`tuner.train._eval_inputs`: the model section, eval section, instruction, seed, precision), the evaluated set itself
+(queries, instructions, candidates in order, their texts, judgments, metrics), the library versions and the device.
+A base that cannot be identified (a hub id with no local snapshot) is not cached. No library offers this:
+transformers' and datasets' caches key downloads and preprocessing, not an evaluation of a model on a set.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from tuner.files import atomic_write
 log = logging.getLogger("tuner.train")
 
 _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+# what else decides the prompts' token ids: the tokenizer and chat template shipped with the base (a base without
+# them uses tuner's own, which the tuner version in the key covers)
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+              "added_tokens.json", "chat_template.jinja", "chat_template.json")  # fmt: skip
 
 
 def model_identity(base: str) -> dict[str, Any] | None:
@@ -40,6 +44,11 @@ def model_identity(base: str) -> dict[str, Any] | None:
             "folder": str(path.resolve()),
             "config": hashlib.sha256(config.read_bytes()).hexdigest(),
             "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+            "tokenizer": {
+                name: hashlib.sha256((path / name).read_bytes()).hexdigest()
+                for name in _TOKENIZER
+                if (path / name).is_file()
+            },
         }
     try:  # a hub id: the commit of the snapshot transformers loaded from the local cache
         from huggingface_hub import try_to_load_from_cache

@@ -143,7 +143,7 @@ class TrainSection:
     load_best: bool = _f(
         False,
         "the run's adapter (and its final figures) is the checkpoint with the best primary dev metric, not the last "
-        "step (needs eval.steps, and save_steps a multiple of it)",
+        "step (needs eval.steps, and save_steps equal to it)",
     )
     early_stopping_patience: int | None = _f(
         None,
@@ -532,10 +532,12 @@ def validate(config: Config, where: str = "") -> None:
                 f"{where}{best_of}: picks among the evaluations made during training; set a dev set (eval.beir or "
                 f"eval.data) and eval.steps > 0"
             )
-        if config.train.save_steps <= 0:
+        if config.train.save_steps != config.eval.steps:
+            # transformers records the best metric at every evaluation but the best checkpoint only at a save: with
+            # evaluations between saves, the best value and the checkpoint loaded as the best are different steps
             raise ConfigError(
-                f"{where}{best_of}: needs a checkpoint at each evaluation to go back to; set train.save_steps to a "
-                f"multiple of eval.steps ({config.eval.steps})"
+                f"{where}{best_of}: needs a checkpoint at each evaluation to go back to; set train.save_steps to "
+                f"eval.steps ({config.eval.steps}), got {config.train.save_steps}"
             )
     if not 0.0 < config.model.checkpoint_ratio <= 1.0:
         raise ConfigError(f"{where}model.checkpoint_ratio: must be in (0, 1]")

@@ -47,7 +47,7 @@ def _base_named(base: Any, recipe: Any) -> tuple[str, str | None]:
     return f"`{named}`", str(named)
 
 
-def _front_matter(fmt: str, hub_base: str | None) -> str:
+def _front_matter(fmt: str, hub_base: str | None, lora: bool) -> str:
     """The hub's metadata block (YAML between `---` lines), so that a pushed export (`hf upload`) is listed as a
     text-ranking model fine-tuned from (or, an adapter, attached to) its base. huggingface_hub writes it."""
     from huggingface_hub import ModelCardData
@@ -56,7 +56,7 @@ def _front_matter(fmt: str, hub_base: str | None) -> str:
         base_model=hub_base,
         library_name="peft" if fmt == "adapter" else "transformers",
         pipeline_tag="text-ranking",
-        tags=["reranker", "qwen3", "lora", "tuner"],
+        tags=["reranker", "qwen3", *(["lora"] if lora else []), "tuner"],
         # the Qwen3-Reranker models are Apache-2.0; another base's license is its own, for the user to state
         license="apache-2.0" if hub_base and hub_base.startswith("Qwen/Qwen3-Reranker") else None,
         base_model_relation=("adapter" if fmt == "adapter" else "finetune") if hub_base else None,
@@ -175,8 +175,9 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             data = resolved.get("data")
     max_length = meta.get("max_length") or 8192
     base_line, hub_base = _base_named(base, recipe)
+    full_fine_tune = isinstance(recipe, dict) and (recipe.get("lora") or {}).get("enabled") is False
     parts = [
-        _front_matter(fmt, hub_base),
+        _front_matter(fmt, hub_base, lora=not full_fine_tune),
         f"# {Path(path).name}: Qwen3-Reranker LoRA fine-tune, {_TITLES[fmt]}",
         "",
         f"Exported by tuner {meta.get('tuner_version')} on {meta.get('exported_at')}.",

@@ -174,20 +174,6 @@ def _is_complete(checkpoint: Path) -> bool:
     return (checkpoint / "trainer_state.json").is_file()
 
 
-def _finished_at(checkpoint: Path) -> int | None:
-    """The step of `checkpoint` when it is the run's last one (its trainer_state.json says global_step reached
-    max_steps, or that early stopping had run out of patience there), else None."""
-    state = _trainer_state(checkpoint)
-    try:
-        step, last = int(state["global_step"]), int(state["max_steps"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if last > 0 and step >= last:
-        return step
-    patience, counter = _patience_in(checkpoint)
-    return step if patience is not None and counter >= patience else None
-
-
 def _trainer_state(checkpoint: Path) -> dict[str, Any]:
     """A checkpoint's trainer_state.json ({} when unreadable)."""
     try:
@@ -225,6 +211,11 @@ def _patience_in(checkpoint: Path) -> tuple[int | None, int]:
     patience = (saved.get("args") or {}).get("early_stopping_patience")
     counter = (saved.get("attributes") or {}).get("early_stopping_patience_counter")
     return (patience if isinstance(patience, int) else None), (counter if isinstance(counter, int) else 0)
+
+
+def _patience_ran_out(checkpoint: Path) -> bool:
+    patience, counter = _patience_in(checkpoint)
+    return patience is not None and counter >= patience
 
 
 def _whole_run_loss(log_history: list[dict], resumed_at: int, call_loss: float, global_step: int) -> float | None:
@@ -369,12 +360,13 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             prior = {}
         prior = prior if isinstance(prior, dict) else {}
         prior_train = prior.get("train") or {}
-        done = _finished_at(latest)
+        done = prior_train.get("global_step")
         target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
-        if done is not None and prior_train.get("global_step") == done and (target / "tuner.json").is_file():
-            # the run got to its last step and saved: training again from that checkpoint would train nothing,
-            # re-run every evaluation and rewrite the adapter (losing what `tuner instruct/calibrate --apply`
-            # added to its tuner.json); there is nothing for --resume to do
+        if done is not None and (target / "tuner.json").is_file():
+            # the run ended and saved (its adapter and its training figures are written only then): training again
+            # would re-run every evaluation and rewrite the adapter (losing what `tuner instruct/calibrate --apply`
+            # added to its tuner.json), and from whichever checkpoint is left (save_total_limit may keep only the
+            # best one; early stopping need not stop on a save) it would even train again
             log.info("--resume: %s finished at step %d and saved %s; nothing left to do", out, done, target)
             return TrainResult(output_dir=out, adapter_dir=target, metrics=prior, model=None)
         log.info("--resume: continuing from %s", latest)
@@ -386,6 +378,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         precision = "fp32"
     eval_steps = config.eval.steps if (has_dev_set(config) and config.eval.steps > 0) else 0
     pick_best = t.load_best or t.early_stopping_patience is not None
+    ended_at_checkpoint = resume and _patience_ran_out(latest)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_groups,
@@ -395,7 +388,10 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup,
         num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
+        # a run resumed from the checkpoint where early stopping ran out of patience (cut off before its adapter
+        # was saved) ended there: it trains no further step (EarlyStoppingCallback would only stop it at the next
+        # evaluation)
+        max_steps=_step_of(latest) if ended_at_checkpoint else t.max_steps,
         max_grad_norm=t.max_grad_norm,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -694,12 +690,13 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         log.info("--resume: the run had already finished at step %d; nothing left to train", trainer.state.global_step)
         record["train"] = prior_train
     best = trainer.state.best_model_checkpoint if pick_best else None
-    if t.early_stopping_patience is not None and trainer.state.global_step < trainer.state.max_steps:
-        record["train"]["stopped_early"] = {"step": trainer.state.global_step, "of": trainer.state.max_steps}
+    planned = int(_trainer_state(latest).get("max_steps") or 0) if ended_at_checkpoint else trainer.state.max_steps
+    if t.early_stopping_patience is not None and trainer.state.global_step < planned:
+        record["train"]["stopped_early"] = {"step": trainer.state.global_step, "of": planned}
         log.info(
             "stopped early at step %d of %d: dev %s did not improve for %d evaluations",
             trainer.state.global_step,
-            trainer.state.max_steps,
+            planned,
             config.eval.metrics[0],
             t.early_stopping_patience,
         )
@@ -707,12 +704,14 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         last = trainer.eval_history[-1]["step"] if trainer.eval_history else None
         if best is not None and _step_of(Path(best)) != last:
             # transformers loaded the best checkpoint: its figures (and per-query ones, for the seen / unseen split)
-            # are measured again on the weights that are saved below, not copied from the history
+            # are measured again on the weights saved below, not copied from the history. Not through
+            # trainer.evaluate: that would log a second evaluation at this step, as if training had reached it
             log.info("the run's adapter is its best checkpoint, %s (train.load_best)", Path(best).name)
-            trainer.evaluate()
-        elif last != trainer.state.global_step:
-            trainer.evaluate()
-        record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
+            record["dev"]["final"] = rank_eval(model)
+        else:
+            if last != trainer.state.global_step:
+                trainer.evaluate()
+            record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
         if best is not None:
             record["dev"]["final_checkpoint"] = Path(best).name
         log.info("dev final %s", _fmt(record["dev"]["final"]))
