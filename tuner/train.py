@@ -218,6 +218,20 @@ def _patience_ran_out(checkpoint: Path) -> bool:
     return patience is not None and counter >= patience
 
 
+def _call_loss(figures: dict[str, Any], resumed_at: int, global_step: int) -> float:
+    """A resumed call's mean loss per step it trained, from transformers' `train_loss`: before 5.19 that was the
+    call's summed loss divided by the run's global step (every step, also those before the checkpoint), since 5.19
+    by the steps this call trained."""
+    import transformers
+    from packaging.version import Version
+
+    loss = figures.get("train_loss", 0.0)
+    trained = global_step - resumed_at
+    if Version(transformers.__version__).release < (5, 19) and trained > 0:
+        return loss * global_step / trained
+    return loss
+
+
 def _whole_run_loss(log_history: list[dict], resumed_at: int, call_loss: float, global_step: int) -> float | None:
     """The mean training loss per step over the whole run, from a resumed call's own mean (`call_loss`, over steps
     resumed_at+1..global_step) and the losses logged up to the checkpoint (each the mean of its logging window).
@@ -672,7 +686,10 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         # transformers' figures cover this call's steps only: the loss and runtime below are the whole run's, or
         # say from which step they count when the checkpoint does not carry the earlier part
         whole = _whole_run_loss(
-            trainer.state.log_history, resumed_at, record["train"].get("train_loss", 0.0), trainer.state.global_step
+            trainer.state.log_history,
+            resumed_at,
+            _call_loss(record["train"], resumed_at, trainer.state.global_step),
+            trainer.state.global_step,
         )
         if whole is None:
             record["train"]["train_loss_from_step"] = resumed_at + 1
