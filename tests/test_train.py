@@ -493,8 +493,8 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monke
 
 def test_runs_of_one_base_share_its_evaluations_through_the_base_cache(tiny_model_dir, beir, tmp_path, monkeypatch):
     """eval.base_cache_dir (a sweep): the first run measures the base on the dev and out-of-domain sets, a later
-    run with other training settings reads the same figures back without measuring; other eval settings or
-    another base are measured again."""
+    run with other training settings reads the same figures back without measuring (what makes an entry miss:
+    the next test)."""
     from tuner.train_setup import RankEval
 
     cache = tmp_path / "cache"
@@ -521,14 +521,32 @@ def test_runs_of_one_base_share_its_evaluations_through_the_base_cache(tiny_mode
         (tmp_path / "a" / "logs" / "dev-base-per-query.json").read_text()
     )
 
-    train(tiny_config(tiny_model_dir, beir, tmp_path / "c", *shared, "eval.top_k=5"))  # another candidate depth
-    assert len(measured) == 2 and len(list(cache.glob("base-*.json"))) == 4
+
+def test_a_base_cache_entry_is_read_back_only_for_the_same_base_inputs_and_set(tiny_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from tuner.base_cache import BaseCache
+
+    def evaluator(**changes):
+        fields = dict(name="dev", qids=["q1"], queries={"q1": "a query"}, instruction=None, query_instructions={},
+                      qrels={"q1": {"d1": 1}}, candidates={"q1": ["d1", "d2"]}, corpus={"d1": "one", "d2": "two"},
+                      metrics=("ndcg@10",))  # fmt: skip
+        return SimpleNamespace(**{**fields, **changes})
+
+    inputs = {"eval": {"top_k": 6}, "seed": 0}
+    cache = BaseCache(tmp_path / "c", str(tiny_model_dir), inputs)
+    cache.put(evaluator(), {"ndcg@10": 0.5}, {"q1": {"ndcg@10": 0.5}}, written_by="run-a")
+    entry = BaseCache(tmp_path / "c", str(tiny_model_dir), inputs).get(evaluator())
+    assert entry["metrics"] == {"ndcg@10": 0.5} and entry["per_query"] == {"q1": {"ndcg@10": 0.5}}
+    assert BaseCache(tmp_path / "c", str(tiny_model_dir), {**inputs, "seed": 1}).get(evaluator()) is None
+    assert cache.get(evaluator(corpus={"d1": "one", "d2": "two, edited"})) is None  # a candidate's text
+    assert cache.get(evaluator(qrels={"q1": {"d2": 1}})) is None
+    assert cache.get(evaluator(candidates={"q1": ["d2", "d1"]})) is None  # the first stage's order
     other = tmp_path / "other-base"
     shutil.copytree(tiny_model_dir, other)
-    (other / "config.json").write_text((other / "config.json").read_text() + " ")  # another base, as far as it knows
-    measured.clear()
-    train(tiny_config(other, beir, tmp_path / "d", *shared))
-    assert len(measured) == 2
+    assert BaseCache(tmp_path / "c", str(other), inputs).get(evaluator()) is None  # another folder
+    (next(tmp_path.glob("c/base-*.json"))).write_text("{not json")
+    assert cache.get(evaluator()) is None  # unreadable: measured again
 
 
 def test_the_base_identity_changes_with_its_weights_config_or_tokenizer_files(tiny_model_dir, tmp_path):
