@@ -469,6 +469,9 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_di
     assert late["metrics"]["train"]["global_step"] == 8
     assert late["metrics"]["train"]["stopped_early"] == {"step": 8, "of": 20}
     assert late["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
+    saved = load_file(late["adapter_dir"] / "adapter_model.safetensors")
+    best = load_file(tmp_path / "late" / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in saved)
 
 
 def test_best_checkpoint_settings_need_evaluations_and_checkpoints(tiny_model_dir, beir, tmp_path):
