@@ -371,7 +371,7 @@ def test_check_counts_duplicates_conflicts_and_missing_negatives(tmp_path):
     assert s["groups_without_negatives"] == 1
     assert s["pos_per_query"] == {"min": 1, "p50": 1, "p95": 2, "max": 2}
     assert s["neg_per_query"] == {"min": 0, "p50": 1, "p95": 2, "max": 2}
-    assert s["repeated_in_group"] == 0
+    assert s["repeated_in_group"] == 0 and s["negatives_left_out"] == 1
     assert len(report.warnings) == 3
     # one of each, in the singular ("1 groups repeat ...")
     assert report.warnings[0].startswith("1 group repeats an earlier group's query")
@@ -382,6 +382,14 @@ def test_check_counts_duplicates_conflicts_and_missing_negatives(tmp_path):
     report = check_file(_jsonl(tmp_path / "r.jsonl", rows), tokens=False)
     assert report.stats["repeated_in_group"] == 2 and report.stats["pos_neg_conflicts"] == 0
     assert report.warnings == ["2 documents repeat an earlier document of its group; training keeps one copy"]
+    # one document, negative in two groups of its query: one conflict, two copies that training leaves out
+    rows = [{"query": "q", "pos": ["a"], "neg": ["b"]}, {"query": "q", "pos": ["b"], "neg": ["c"]},
+            {"query": "q", "pos": ["d"], "neg": ["b"]}]  # fmt: skip
+    report = check_file(_jsonl(tmp_path / "c.jsonl", rows), tokens=False)
+    assert report.stats["pos_neg_conflicts"] == 1 and report.stats["negatives_left_out"] == 2
+    from tuner.data.check import format_report
+
+    assert "documents both positive and negative: 1 (negative copies training leaves out: 2)" in format_report(report)
 
 
 # ---------------------------------------------------------------------------------- consistent groups

@@ -75,7 +75,8 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
     conflicts = {k: pos_by_query[k] & neg_by_query[k] for k in pos_by_query}
     conflicts = {k: v for k, v in conflicts.items() if v}
     no_neg = sum(1 for g in groups if not g.neg)
-    repeats = consistent_groups(groups)[1].repeats
+    cleaned = consistent_groups(groups)[1]  # what training leaves out, counted as it counts them (copies)
+    repeats = cleaned.repeats
     stats = {
         "queries": len(seen),
         "duplicate_queries": duplicates,
@@ -84,6 +85,7 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
         "groups_without_negatives": no_neg,
         "pos_neg_conflicts": sum(len(v) for v in conflicts.values()),
         "repeated_in_group": repeats,
+        "negatives_left_out": cleaned.conflicts,
         "with_teacher_scores": sum(1 for g in groups if g.pos_scores is not None or g.neg_scores is not None),
         "with_graded_positives": sum(1 for g in groups if g.pos_grades is not None),
         "instructions": len({g.instruction for g in groups if g.instruction is not None}),
@@ -244,7 +246,12 @@ def format_report(report: CheckReport) -> str:
             f"  positives per query: {_fmt_summary(s['pos_per_query'])}" if report.groups else "",
             f"  negatives per query: {_fmt_summary(s['neg_per_query'])}" if report.groups else "",
             f"  duplicate queries: {s.get('duplicate_queries', 0)}",
-            f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}",
+            f"  documents both positive and negative: {s.get('pos_neg_conflicts', 0)}"
+            + (
+                f" (negative copies training leaves out: {s['negatives_left_out']})"
+                if s.get("negatives_left_out")
+                else ""
+            ),
             f"  documents repeated within a group: {s.get('repeated_in_group', 0)}",
             f"  empty texts (rejected rows): {s['empty_texts']}" if s.get("empty_texts") else "",
             f"  groups with teacher scores: {s.get('with_teacher_scores', 0)}",
