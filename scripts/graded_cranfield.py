@@ -56,9 +56,8 @@ def split_cranfield(source: Path, folder: Path, train_queries: int, seed: int) -
 def training_groups(beir: Path, sources: dict, config, ungraded: bool, path: Path) -> dict[str, int]:
     """Mine the training split as `tuner train` would (the recipe's settings and seed), then drop each query's
     source paper from its negatives (data/cranfield/README.md: not a negative) and, `ungraded`, the grades."""
-    from tuner.contract import document_text
     from tuner.data.beir import load_beir
-    from tuner.data.groups import write_groups
+    from tuner.data.groups import text_key, write_groups
     from tuner.mining import mine_negatives
 
     data = load_beir(beir, "train")
@@ -74,8 +73,8 @@ def training_groups(beir: Path, sources: dict, config, ungraded: bool, path: Pat
     )
     dropped = 0
     for g in groups:
-        banned = {document_text(data.corpus[doc]).strip() for doc in sources.get(g.qid, ())}
-        kept = [n for n in g.neg if document_text(n).strip() not in banned]
+        banned = {text_key(data.corpus[doc]) for doc in sources.get(g.qid, ())}
+        kept = [n for n in g.neg if text_key(n) not in banned]
         dropped += len(g.neg) - len(kept)
         g.neg = kept
         if ungraded:

@@ -194,20 +194,25 @@ def _evals_in(checkpoint: Path) -> list[dict[str, Any]]:
     return history
 
 
+def _saved_callback(checkpoint: Path, callback: type) -> dict[str, Any]:
+    """A stateful callback's saved state at a checkpoint (`{"args", "attributes"}` under trainer_state.json's
+    `stateful_callbacks`), {} for a checkpoint saved without it. Each is read by hand rather than through
+    transformers' restore_callback_states_from_checkpoint, which would rebuild every stateful callback from its
+    saved state alone (RunClock's totals need the arguments it is made with)."""
+    saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(callback.__name__)
+    return saved if isinstance(saved, dict) else {}
+
+
 def _clock_in(checkpoint: Path) -> dict[str, float]:
     """The run's time up to a checkpoint (`RunClock` totals), {} for a checkpoint saved without them."""
-    saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(RunClock.__name__)
-    totals = saved.get("attributes", {}).get("totals") if isinstance(saved, dict) else None
+    totals = (_saved_callback(checkpoint, RunClock).get("attributes") or {}).get("totals")
     return totals if isinstance(totals, dict) and {"seconds", "train_runtime"} <= totals.keys() else {}
 
 
 def _patience_in(checkpoint: Path) -> tuple[int | None, int]:
     """EarlyStoppingCallback's patience and count of evaluations without improvement at a checkpoint ((None, 0)
-    without one). Read here rather than through transformers' restore_callback_states_from_checkpoint, which would
-    rebuild every stateful callback from its saved state alone (RunClock's totals need the arguments it is made
-    with)."""
-    saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(EarlyStoppingCallback.__name__)
-    saved = saved if isinstance(saved, dict) else {}
+    without one)."""
+    saved = _saved_callback(checkpoint, EarlyStoppingCallback)
     patience = (saved.get("args") or {}).get("early_stopping_patience")
     counter = (saved.get("attributes") or {}).get("early_stopping_patience_counter")
     return (patience if isinstance(patience, int) else None), (counter if isinstance(counter, int) else 0)
