@@ -10,7 +10,7 @@ from typing import Any
 
 from tuner.contract import DEFAULT_MAX_LENGTH, document_text
 from tuner.data.beir import load_beir
-from tuner.data.groups import consistent_groups, read_groups, text_key
+from tuner.data.groups import consistent_groups, read_groups
 from tuner.data.schema import Group
 
 
@@ -62,20 +62,16 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
     warnings: list[str] = []
     seen: dict[tuple[str, str | None], int] = {}
     duplicates = 0
-    pos_by_query: dict[tuple[str, str | None], set[str]] = {}
-    neg_by_query: dict[tuple[str, str | None], set[str]] = {}
     for i, g in enumerate(groups):
         key = (g.query, g.instruction)
         if key in seen:
             duplicates += 1
         else:
             seen[key] = i
-        pos_by_query.setdefault(key, set()).update(text_key(d) for d in g.pos)
-        neg_by_query.setdefault(key, set()).update(text_key(d) for d in g.neg)
-    conflicts = {k: pos_by_query[k] & neg_by_query[k] for k in pos_by_query}
-    conflicts = {k: v for k, v in conflicts.items() if v}
     no_neg = sum(1 for g in groups if not g.neg)
-    cleaned = consistent_groups(groups)[1]  # what training leaves out, counted as it counts them (copies)
+    # what training leaves out: documents both positive and negative for a query (each once, and the negative
+    # copies dropped), documents repeated within a group
+    cleaned = consistent_groups(groups)[1]
     repeats = cleaned.repeats
     stats = {
         "queries": len(seen),
@@ -83,7 +79,7 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
         "pos_per_query": summary([len(g.pos) for g in groups]),
         "neg_per_query": summary([len(g.neg) for g in groups]),
         "groups_without_negatives": no_neg,
-        "pos_neg_conflicts": sum(len(v) for v in conflicts.values()),
+        "pos_neg_conflicts": len(cleaned.conflicting),
         "repeated_in_group": repeats,
         "negatives_left_out": cleaned.conflicts,
         "with_teacher_scores": sum(1 for g in groups if g.pos_scores is not None or g.neg_scores is not None),
@@ -95,12 +91,11 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
             f"{_n(duplicates, 'group')} {_v(duplicates, 'repeats', 'repeat')} an earlier group's query "
             "(same query and instruction)"
         )
-    if conflicts:
-        (query, _), docs = next(iter(conflicts.items()))
+    if cleaned.conflicting:
         warnings.append(
             f"{_n(stats['pos_neg_conflicts'], 'document')} {_v(stats['pos_neg_conflicts'], 'is', 'are')} both "
             f"positive and negative for {_v(stats['pos_neg_conflicts'], 'its', 'their')} query "
-            f"(e.g. query {query[:60]!r}: {next(iter(docs))[:60]!r}); training leaves such negatives out"
+            f"(e.g. {cleaned.example}); training leaves such negatives out"
         )
     if repeats:
         warnings.append(

@@ -668,7 +668,8 @@ def text_key(document: str | Mapping[str, Any]) -> str:
 class Cleaned:
     """What `consistent_groups` took out: negatives that are a positive of their query, repeated documents."""
 
-    conflicts: int = 0
+    conflicts: int = 0  # negatives left out (copies)
+    conflicting: set[tuple[str, str | None, str]] = field(default_factory=set)  # (query, instruction, text) each once
     repeats: int = 0
     groups_changed: int = 0
     example: str = ""  # one conflict, for the warning: query and document, shortened
@@ -713,6 +714,7 @@ def consistent_groups(groups: Sequence[Group]) -> tuple[list[Group], Cleaned]:
             key = text_key(document)
             if key in own_positives:
                 conflicts += 1
+                cleaned.conflicting.add((group.query, group.instruction, key))
                 cleaned.example = cleaned.example or f"query {group.query[:60]!r}: {key[:60]!r}"
             elif key not in seen:
                 seen.add(key)
