@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -474,6 +475,14 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monke
     log = (result["output_dir"] / "logs" / "train.log").read_text()
     assert "left out 1 of 6 training groups whose query is a dev.jsonl query" in log
     assert "dev dev.jsonl: random order " in log
+    # the record `tuner eval` splits queries by counts the groups the data had, then those left out (it said
+    # "5 groups less 1": the count after the drop)
+    from tuner.overlap import TRAINING_VIEW
+
+    view = json.loads(gzip.decompress((result["output_dir"] / TRAINING_VIEW).read_bytes()))
+    assert view["groups"] == 5 and view["source"].endswith(
+        ", 6 groups less 1 of queries the run evaluated on (its dev set)"
+    )
 
     with pytest.raises(ConfigError, match=r"eval\.data: the dev set is eval\.beir or eval\.data, not both"):
         tiny_config(tiny_model_dir, beir, tmp_path / "x", f"eval.data={dev}", f"eval.beir={beir}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import stat
@@ -42,6 +43,15 @@ class _CrashAfterSave(TrainerCallback):
             raise _Crash(f"interrupted after step {self.step}")
 
 
+def _as_a_new_process() -> None:
+    """Remove the log handlers an earlier `train` call in this process left on the "tuner" logger, as a new
+    `tuner train --resume` process starts without them."""
+    logger = logging.getLogger("tuner")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     # 6 train groups, 2 per step: 3 steps per epoch, so the interruption at step 4 falls inside epoch 1,
     # where negatives and order differ from epoch 0. Dropout is on: its RNG state must be restored too.
@@ -57,10 +67,13 @@ def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     # a later save that was cut off (a folder without trainer_state.json) is skipped, not fatal
     (tmp_path / "cut" / "checkpoints" / "checkpoint-6").mkdir()
     (tmp_path / "cut" / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
+    _as_a_new_process()
     resumed = train(
         tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common, "tracking.run_name=again"), resume=True
     )
-    assert "checkpoint-6 is incomplete" in (tmp_path / "cut" / "logs" / "train.log").read_text()
+    log_text = (tmp_path / "cut" / "logs" / "train.log").read_text()
+    assert "checkpoint-6 is incomplete" in log_text
+    assert "--resume: continuing from " + str(tmp_path / "cut" / "checkpoints" / "checkpoint-4") in log_text
     assert "run_name: again" in (tmp_path / "cut" / "config.yaml").read_text()  # a harmless key, saved once checked
     a = load_file(full["adapter_dir"] / "adapter_model.safetensors")
     b = load_file(resumed["adapter_dir"] / "adapter_model.safetensors")
@@ -455,9 +468,12 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_di
     resumed = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
     assert resumed["metrics"]["train"]["global_step"] == 8
     assert resumed["metrics"]["dev"]["final_checkpoint"] == "checkpoint-4"
-    # the run has ended (it stopped early): a further --resume has nothing left to do, and trains no more steps
+    # the run has ended (it stopped early): a further --resume has nothing left to do, and trains no more steps,
+    # and says so (in a new process too, where logging is not set up yet when it finds out)
+    _as_a_new_process()
     again = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
     assert again["model"] is None and again["metrics"]["train"]["global_step"] == 8
+    assert "finished at step 8" in (tmp_path / "cut" / "logs" / "train.log").read_text().splitlines()[-1]
 
     # cut off right after the checkpoint where patience ran out (before the adapter was saved): resumed, it
     # trains no further step, and ends as the uninterrupted run did

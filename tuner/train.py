@@ -358,6 +358,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     prior: dict = {}  # with --resume: the run's metrics.json so far
     prior_train: dict = {}  # a finished run's training figures, kept when --resume finds nothing left to train
     latest = None  # with --resume: the checkpoint it continues from
+    resume_notes: list[tuple[int, str]] = []  # what --resume found, logged once logging is set up
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
         saved = _checkpoints(ckpt_dir)
@@ -372,7 +373,12 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             )
         latest = complete[-1]
         for broken in saved[saved.index(latest) + 1 :]:
-            log.warning("--resume: %s is incomplete (no trainer_state.json, an interrupted save); skipped", broken)
+            resume_notes.append(
+                (
+                    logging.WARNING,
+                    f"--resume: {broken} is incomplete (no trainer_state.json, an interrupted save); skipped",
+                )
+            )
         try:
             prior = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -386,9 +392,14 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             # would re-run every evaluation and rewrite the adapter (losing what `tuner instruct/calibrate --apply`
             # added to its tuner.json), and from whichever checkpoint is left (save_total_limit may keep only the
             # best one; early stopping need not stop on a save) it would even train again
+            # logging is not set up yet (it is per process, from TrainingArguments): the launcher's RANK says which
+            # process reports, to the console and the run's log
+            setup_logging(out / "logs" / "train.log", int(os.environ.get("RANK", "0")) == 0)
+            for level, message in resume_notes:
+                log.log(level, message)
             log.info("--resume: %s finished at step %d and saved %s; nothing left to do", out, done, target)
             return TrainResult(output_dir=out, adapter_dir=target, metrics=prior, model=None)
-        log.info("--resume: continuing from %s", latest)
+        resume_notes.append((logging.INFO, f"--resume: continuing from {latest}"))
 
     t = config.train
     precision = t.precision
@@ -443,6 +454,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     )
     main = args.process_index == 0
     setup_logging(out / "logs" / "train.log", main)
+    for level, message in resume_notes:
+        log.log(level, message)
     if main:
         if not resume:  # output.overwrite: stale checkpoints would confuse a later --resume, a stale adapter a reader
             if has_ckpt:
@@ -472,16 +485,18 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     # fails in seconds; the first stage and the base are measured once the model is there
     with args.main_process_first(desc="evaluation data"):
         evaluators = build_evaluators(config.eval, config.train.seed, out / "cache")
-    dropped = len(groups)
+    loaded = len(groups)
     if "dev" in evaluators:
         groups = _check_dev_is_not_trained_on(groups, evaluators["dev"], config.data.drop_dev_queries, main)
-    dropped -= len(groups)
+    dropped = loaded - len(groups)
     if main:  # what `tuner eval` on this run's adapter splits its queries by (seen / unseen in training)
         from tuner.overlap import TRAINING_VIEW, groups_view, write_view
 
         d = config.data
         name = d.train_file or f"{d.beir} ({d.split} qrels, BM25 negatives)"
-        name += f", {len(groups)} groups" + (f" less {dropped} of dev queries" if dropped else "")
+        name += f", {loaded} groups"
+        if dropped:
+            name += f" less {dropped} of queries the run evaluated on (its dev set)"
         write_view(groups_view(groups, name), out / TRAINING_VIEW)
 
     # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
