@@ -147,9 +147,18 @@ def test_bad_numbers_and_devices_are_one_line_before_any_model_loads(tiny_model_
         ("--top-k", "two", "must be an integer"),
     ]:
         assert main([*score, flag, value]) == 2
-        assert f"argument {flag}: {message}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"argument {flag}: {message}" in err and err.count("\n") == 1  # no usage block above it
     assert main(["serve", "--model", str(tiny_model_dir), "--port", "99999"]) == 2
     assert "argument --port: must be a port number from 0 to 65535" in capsys.readouterr().err
+    # argparse's own usage errors, in a verb's and in a sub-verb's parser, are one line naming what to read
+    assert main(["export", str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tuner export: error: argument --format: invalid choice: 'onnx'" in err
+    assert "`tuner export --help`" in err
+    assert main(["data", "chek"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tuner data: error:") and "'chek'" in err
     assert main([*score, "--device", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "device 'bogus': not a device name" in err
@@ -185,6 +194,20 @@ def test_ctrl_c_and_sigterm_stop_a_verb_cleanly(tmp_path, monkeypatch, capsys):
         signal.signal(signal.SIGTERM, before)
     assert "tuner tiny-model: interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary copy
+
+    # a server stopped by SIGTERM (how systemd, Kubernetes and `docker stop` end it; uvicorn shuts down gracefully
+    # and re-raises the signal) exits 0: a stopped service, not a failed one
+    def stopped_by_the_process_manager(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the server")
+
+    monkeypatch.setattr(models_cli, "_run_serve", stopped_by_the_process_manager)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert main(["serve", str(tmp_path)]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "tuner serve: stopped (SIGTERM)" in capsys.readouterr().err
 
 
 def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, capsys):
@@ -226,6 +249,12 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
     array = tmp_path / "docs.json"
     array.write_text('[\n  "first",\n  {"title": "T", "text": "second"},\n  {"document": "third"}\n]\n')
     assert read_documents(array) == ["first", {"title": "T", "text": "second"}, "third"]
+    # a title alone is a document, as in the Python API and the server; an object of another schema is not
+    array.write_text('[{"title": "Only a title"}]')
+    assert read_documents(array) == [{"title": "Only a title"}]
+    array.write_text('[{"body": "x"}]')
+    assert score(array) == 2
+    assert "item 1: a document object needs a 'text' (or 'title') field; got keys 'body'" in capsys.readouterr().err
     array.write_text('["first", {"text": 5}]')
     assert score(array) == 2
     assert "docs.json: item 2: field 'text' must be a string, got int" in capsys.readouterr().err

@@ -37,8 +37,17 @@ COMMANDS: list[Callable] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error, like every other user error of the CLI (argparse prints the whole usage
+    block first: for `tuner eval`, twenty lines above the one that says what was wrong). Subparsers are built with
+    this class too (argparse's `parser_class` default is the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuner", description="Domain-adapt Qwen3-Reranker with LoRA.")
+    parser = _Parser(prog="tuner", description="Domain-adapt Qwen3-Reranker with LoRA.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -46,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb; return its exit code: 0, 2 for a user's mistake (one line on stderr), 130 when stopped."""
+    """Run one verb; return its exit code: 0, 2 for a user's mistake (one line on stderr), 130 when stopped (0 for
+    `serve` stopped by SIGTERM)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse's usage error (2) or --help (0): an exit code like every other
@@ -55,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     verb = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # "data check" too
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if verb == "serve" and stop.args == ("SIGTERM",):
+            # how a process manager (systemd, Kubernetes, docker stop) ends a server: uvicorn has shut down
+            # gracefully and re-raised the signal; a stopped server is a clean exit, not a failed one
+            print("tuner serve: stopped (SIGTERM)", file=sys.stderr)
+            return 0
         # one line, not a page of traceback; what a stopped train left is in its train.log
         print(f"\ntuner {verb}: interrupted", file=sys.stderr)
         return 130
