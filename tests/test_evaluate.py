@@ -256,6 +256,12 @@ def test_cli_eval_user_errors(tmp_path, tiny_model_dir, beir_dir, capsys):
     assert main([*base, "--beir", str(beir_dir), "--split", "dev"]) == 2
     assert "no qrels for split 'dev'" in capsys.readouterr().err
     assert main([*base, "--beir", str(beir_dir), "--top-k", "0"]) == 2
+    capsys.readouterr()
+    # a wrong adapter path is the one thing said (not first a note that it is not from a tuner run), before any work
+    missing = str(tmp_path / "nope" / "adapter")
+    assert main([*base, "--beir", str(beir_dir), "--adapter", missing]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"adapter {missing!r} not found" in err
 
 
 def _dev_groups(path: Path) -> Path:
@@ -342,7 +348,10 @@ def test_cli_instruct_on_a_groups_file(tmp_path, tiny_model_dir):
     summary = json.loads((out / "metrics.json").read_text())
     labels = [s["label"] for s in summary["systems"]]
     assert labels[0] == "first stage (random order)" and len(labels) == 4 and summary["queries"] == 3
-    assert json.loads((out / "tuner.json").read_text())["instruction"] == summary["instruction_search"]["winner"]
+    record = json.loads((out / "tuner.json").read_text())
+    assert record["instruction"] == summary["instruction_search"]["winner"]
+    # a labeled file has no split: the record says what metrics.json says (it said "test", the --split default)
+    assert record["instruction_search"]["split"] == summary["split"] == ""
 
 
 def test_a_cutoff_deeper_than_the_reranked_candidates_is_flagged_in_training_and_the_card(tmp_path, caplog):

@@ -530,7 +530,7 @@ def run_instruct(
             f"at {level:.3g} (the best of {len(cands)} candidates), more queries would be needed to trust it"
         )
     search_meta = {k: v for k, v in summary["instruction_search"].items() if k != "candidates"}
-    search_meta.update(dataset=meta["dataset"], split=split, metric=primary, model=model, adapter=adapter)
+    search_meta.update(dataset=meta["dataset"], split=meta["split"], metric=primary, model=model, adapter=adapter)
     atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write(out / "report.md", _render_search(summary) + "\n" + render_markdown(summary))
     tuner_json = {"instruction": cands[best].text, "instruction_search": search_meta}

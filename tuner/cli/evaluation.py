@@ -175,6 +175,7 @@ def _train_data(args):
     """eval's training data (a `tuner.overlap.TrainingView`, or None: no split): --train-data as given ('none': no
     split), else the run the evaluated adapter comes from (RUN/adapter, a checkpoint of it, or the runs of a
     `tuner merge`'s sources), when that can be read (else a warning, and no split)."""
+    from tuner.loading import _looks_local
     from tuner.overlap import runs_of_adapter, training_view, union
 
     if args.train_data is not None:
@@ -192,7 +193,9 @@ def _train_data(args):
     try:
         runs = runs_of_adapter(adapter or args.model)  # a fully fine-tuned RUN/model too
         if not runs:
-            if adapter is not None:  # a base model on its own has no training data to split by
+            # a base model on its own has no training data to split by; an adapter path that does not exist gets
+            # its one error when it loads, not first a note that it is not from a tuner run
+            if adapter is not None and not (_looks_local(adapter) and not Path(adapter).expanduser().exists()):
                 print(
                     f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)"
                 )
