@@ -42,6 +42,9 @@ def test_grouped_rows_keep_documents_instructions_and_scores(tmp_path):
     assert groups[1].instruction == "find models"
     assert groups[1].pos_scores == [2.5] and groups[1].neg_scores == [-1.0]
     assert groups[1].qid == "7"
+    # a title alone is a document (as in scoring), read as the scorer reads it
+    titled = load_groups(_jsonl(tmp_path / "t.jsonl", [{"query": "q", "pos": [{"title": "Only a title"}]}]))
+    assert titled[0].pos == [{"title": "Only a title", "text": ""}]
 
 
 def test_labeled_pairs_are_grouped_per_query_and_instruction(tmp_path, caplog):
@@ -308,6 +311,10 @@ BAD_CASES = {
     "empty query": (b'{"query": "  ", "pos": ["p"]}', "field 'query' is empty text"),
     "empty neg text": (b'{"query": "q", "pos": ["p"], "neg": ["n", ""]}', "field 'neg[1]' is empty text"),
     "empty doc object": (b'{"query": "q", "pos": [{"title": "", "text": ""}]}', "field 'pos[0]' is empty text"),
+    "doc object of another schema": (
+        b'{"query": "q", "pos": [{"body": "p"}]}',
+        "field 'pos[0]' is an object without 'text' (or 'title'): keys 'body'",
+    ),
     "non-UTF-8": (b'{"query": "caf\xe9", "pos": ["p"]}', "not UTF-8"),
     "score length": (
         b'{"query": "q", "pos": ["p"], "neg": ["n", "m"], "neg_scores": [0.1]}',
@@ -437,8 +444,12 @@ def test_check_warns_about_unknown_fields(tmp_path):
     rows = [{"query": "q", "pos": ["a"], "negs": ["b"]}, {"query": "r", "document": "d", "label": 1, "score": 3}]
     report = check_file(_jsonl(tmp_path / "g.jsonl", rows), tokens=False)
     assert report.ok
-    assert f"{tmp_path / 'g.jsonl'}:1: field 'negs' is not read by tuner (first row that has it)" in report.warnings
-    assert any(w.startswith(f"{tmp_path / 'g.jsonl'}:2: field 'score'") for w in report.warnings)
+    assert (
+        f"{tmp_path / 'g.jsonl'}:1: field 'negs' is not read by tuner (first row that has it); did you mean 'neg'?"
+        in report.warnings
+    )
+    score = [w for w in report.warnings if w.startswith(f"{tmp_path / 'g.jsonl'}:2: field 'score'")]
+    assert len(score) == 1 and "did you mean" not in score[0]  # nothing close to suggest
 
 
 def test_percentile_is_nearest_rank():

@@ -89,11 +89,13 @@ def read_documents(path: str | Path) -> list:
 
 
 def _document(value: Any, where: str) -> str | dict:
-    """One JSON document (a string, `{"text"[, "title"]}` or `{"document": ...}`), checked; `where` names it."""
+    """One JSON document (a string, `{"text", "title"}` with either or both, or `{"document": ...}`), checked;
+    `where` names it. A title alone is a document, as in the Python API and the server."""
     if isinstance(value, dict) and "document" in value:
         value = value["document"]
-    if isinstance(value, dict) and "text" not in value:
-        raise UserError(f"{where}: a document object needs a 'text' field")
+    if isinstance(value, dict) and "text" not in value and value.get("title") is None:
+        keys = ", ".join(repr(k) for k in value) or "(none)"
+        raise UserError(f"{where}: a document object needs a 'text' (or 'title') field; got keys {keys}")
     if isinstance(value, dict):
         for key in ("text", "title"):
             if key in value and not (isinstance(value[key], str) or (key == "title" and value[key] is None)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 
 from tuner.contract import DEFAULT_MAX_LENGTH, document_text
 from tuner.data.beir import load_beir
-from tuner.data.groups import consistent_groups, read_groups
+from tuner.data.groups import READ_FIELDS, consistent_groups, read_groups
 from tuner.data.schema import Group
 
 
@@ -158,7 +159,9 @@ def check_file(
     stats["empty_texts"] = sum(1 for e in loaded.errors if "empty text" in e)
     stats["pair_queries_without_positive"] = loaded.skipped_no_positive
     for key, where in loaded.unknown_fields.items():
-        warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it)")
+        close = difflib.get_close_matches(key, sorted(READ_FIELDS), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it){hint}")
     stats["fractional_labels"] = loaded.fractional_labels
     if loaded.fractional_labels:
         from tuner.data.groups import fractional_warning

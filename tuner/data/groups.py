@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid", "pos_grades"}
 _PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
 _TRIPLET_KEYS = {"query", "anchor", "positive", "instruction", "qid"}  # + negative, negative_1, negative_2, ...
+READ_FIELDS = _GROUP_KEYS | _PAIR_KEYS | _TRIPLET_KEYS | {"negative"}  # what a typo'd field name is compared with
 _NEGATIVE_KEY = re.compile(r"negative(?:_(\d+))?")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".tsv", ".csv.gz", ".tsv.gz")
 _TABLE_COLUMNS = ("query", "document", "label")  # required in a CSV/TSV header; "title", "instruction", "qid" optional
@@ -329,12 +330,14 @@ def _document(value: Any, where: str, field_name: str) -> str | dict[str, str]:
     if isinstance(value, str):
         return _text(value, where, field_name)
     if isinstance(value, Mapping):
-        if "text" not in value or value["text"] is None:
-            raise DataError(f"{where}: field '{field_name}' is an object without a 'text' field")
+        # a title alone is a document (a product name, a heading), as in scoring (`contract.document_text`)
+        if value.get("text") is None and value.get("title") is None:
+            keys = ", ".join(repr(k) for k in value) or "(none)"
+            raise DataError(f"{where}: field '{field_name}' is an object without 'text' (or 'title'): keys {keys}")
         title = value.get("title")
         if title is not None and not isinstance(title, str):
             raise DataError(f"{where}: field '{field_name}.title' must be a string, got {type(title).__name__}")
-        text = value["text"]
+        text = value.get("text") or ""
         if not isinstance(text, str):
             raise DataError(f"{where}: field '{field_name}.text' must be a string, got {type(text).__name__}")
         if not text.strip() and not (title or "").strip():
