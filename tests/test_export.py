@@ -275,6 +275,20 @@ def test_the_card_names_the_base_as_the_recipe_gave_it_not_this_machines_path(tm
     )
 
 
+def test_the_cards_data_line_names_what_the_run_trained_on(tmp_path):
+    """A run of the tiny recipe with `data.train_file=runs/tr.jsonl` kept the recipe's `data.beir: data/scifact`,
+    which the card listed as its data, though training read only the file."""
+    from tuner.export_card import model_card
+
+    data = {"train_file": "runs/tr.jsonl", "beir": "data/scifact", "split": "train", "num_negatives": 15,
+            "group_size": 8}  # fmt: skip
+    card = model_card(tmp_path / "out", {"format": "merged", "recipe": {"data": data}})
+    assert '- **Data:** `{"train_file": "runs/tr.jsonl", "group_size": 8}`' in card
+    mined = {**data, "train_file": None}  # mined from the BEIR folder: its split and mining settings are the data
+    card = model_card(tmp_path / "out", {"format": "merged", "recipe": {"data": mined}})
+    assert '"beir": "data/scifact", "split": "train", "num_negatives": 15' in card
+
+
 def test_the_card_carries_the_hubs_metadata_so_a_pushed_export_links_to_its_base(tmp_path):
     """`hf upload` of an export: the hub reads the YAML block at the top of README.md (huggingface_hub's parser
     here) to list it under text-ranking and link it to its base, as an adapter or a fine-tune."""

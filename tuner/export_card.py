@@ -10,6 +10,19 @@ from typing import Any
 _TITLES = {"adapter": "PEFT LoRA adapter", "merged": "merged causal LM", "seq-cls": "1-label sequence classifier"}
 
 
+# data.* fields that only mining a BEIR folder reads (tuner.train_setup.load_training_groups)
+_MINING_ONLY = ("beir", "split", "mine_depth", "mine_range_min", "num_negatives")
+
+
+def _data_used(data: Any) -> Any:
+    """The recipe's data section as the run used it: with a `train_file`, the BEIR mining fields (a recipe's
+    `data.beir: data/scifact` left in place by a `data.train_file=...` override) were not read, and a card that
+    names them says the model was trained on data it never saw."""
+    if isinstance(data, dict) and data.get("train_file"):
+        return {k: v for k, v in data.items() if k not in _MINING_ONLY}
+    return data
+
+
 def _eval_table(evaluation: Any) -> str:
     """A markdown table from `{metric: value}` or `{system: {metric: value}}`."""
     if not isinstance(evaluation, dict) or not evaluation:
@@ -199,7 +212,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             "or load with `calibrated=False` / `--no-calibration` for the uncalibrated probability)"
         )
     if data is not None:
-        parts.append(f"- **Data:** `{json.dumps(data, ensure_ascii=False)}`")
+        parts.append(f"- **Data:** `{json.dumps(_data_used(data), ensure_ascii=False)}`")
     if recipe_yaml is not None:
         parts += ["", "## Recipe", "", "The run's resolved config (also in `recipe.yaml`):", "", "```yaml"]
         parts += [recipe_yaml.rstrip(), "```"]
