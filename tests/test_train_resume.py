@@ -456,7 +456,7 @@ def test_early_stopping_ends_the_run_and_keeps_its_best_checkpoint(tiny_model_di
     assert again["model"] is None and again["metrics"]["train"]["global_step"] == 10
 
 
-def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_dir, beir, tmp_path, monkeypatch):
+def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_dir, beir, tmp_path, monkeypatch, capsys):
     """The patience counter is in the checkpoint: a run cut after step 6 (one evaluation without improvement
     counted) stops at step 8 when resumed, not 2 evaluations later."""
     common = ("eval.beir=" + str(beir), "eval.steps=2", "train.save_steps=2", "train.max_steps=20",
@@ -471,9 +471,11 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(tiny_model_di
     # the run has ended (it stopped early): a further --resume has nothing left to do, and trains no more steps,
     # and says so (in a new process too, where logging is not set up yet when it finds out)
     _as_a_new_process()
+    log_before = (tmp_path / "cut" / "logs" / "train.log").read_bytes()
     again = train(tiny_config(tiny_model_dir, beir, tmp_path / "cut", *common), resume=True)
     assert again["model"] is None and again["metrics"]["train"]["global_step"] == 8
-    assert "finished at step 8" in (tmp_path / "cut" / "logs" / "train.log").read_text().splitlines()[-1]
+    assert "finished at step 8" in capsys.readouterr().out  # on the console; the finished run's log is as it was
+    assert (tmp_path / "cut" / "logs" / "train.log").read_bytes() == log_before
 
     # cut off right after the checkpoint where patience ran out (before the adapter was saved): resumed, it
     # trains no further step, and ends as the uninterrupted run did

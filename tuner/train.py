@@ -393,8 +393,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             # added to its tuner.json), and from whichever checkpoint is left (save_total_limit may keep only the
             # best one; early stopping need not stop on a save) it would even train again
             # logging is not set up yet (it is per process, from TrainingArguments): the launcher's RANK says which
-            # process reports, to the console and the run's log
-            setup_logging(out / "logs" / "train.log", int(os.environ.get("RANK", "0")) == 0)
+            # process reports, on the console only (a finished run's folder, its train.log too, is left as it was)
+            setup_logging(None, int(os.environ.get("RANK", "0")) == 0)
             for level, message in resume_notes:
                 log.log(level, message)
             log.info("--resume: %s finished at step %d and saved %s; nothing left to do", out, done, target)

@@ -379,8 +379,9 @@ class RankEval:
         return values
 
 
-def setup_logging(file: Path, main: bool) -> None:
-    """`tuner.train` logs to stdout and to `file` on the main process; other ranks log warnings only."""
+def setup_logging(file: Path | None, main: bool) -> None:
+    """`tuner.train` logs to stdout and to `file` (None: stdout only) on the main process; other ranks log
+    warnings only."""
     logger = logging.getLogger("tuner")
     logger.setLevel(logging.INFO if main else logging.WARNING)
     for h in list(logger.handlers):
@@ -389,7 +390,7 @@ def setup_logging(file: Path, main: bool) -> None:
             h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if main:
+    if main and file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(file, encoding="utf-8"))
     for h in handlers:
