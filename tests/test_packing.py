@@ -141,10 +141,26 @@ def test_collator_batching_through_the_training_forward(lora_model, tokenizer, b
             b = lora_model(**{k: fast[k] for k in keys})
             va = lora_model(**{k: padded[k] for k in ("input_ids", "attention_mask", "last_index")}, vocab=True)
             vb = lora_model(**{k: fast[k] for k in keys}, vocab=True)
+            # bf16 training runs this forward under autocast, which computes a matmul in bf16 whatever its
+            # inputs' dtypes: the head's projection must stay fp32 there (the served score is fp32)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                auto = [lora_model(**{k: fast[k] for k in keys}), lora_model(**{k: fast[k] for k in keys}, vocab=True)]
     finally:
         remove_score_forward(lora_model)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     torch.testing.assert_close(vb, va, atol=1e-4, rtol=1e-5)
+    assert [t.dtype for t in auto] == [torch.float32, torch.float32]
+    torch.testing.assert_close(auto[0], b, atol=0.1, rtol=0.05)  # the bf16 decoder's rounding, nothing more
+
+
+def test_the_head_projects_in_fp32_under_autocast():
+    from tuner.head import project
+
+    h, w = torch.randn(4, 64), torch.randn(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.matmul(h, w).dtype == torch.bfloat16  # what autocast does to a plain matmul
+        got = project(h, w)
+    assert got.dtype == torch.float32 and torch.equal(got, h @ w)
 
 
 @pytest.mark.parametrize("batching", ["padded", "sorted", "packed"])

@@ -99,6 +99,15 @@ def last_hidden(
     return hidden[rows, last_index.to(hidden.device)]
 
 
+def project(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`h @ w` in fp32, also under autocast: bf16 training runs the forward in `torch.autocast` (accelerate wraps
+    the model's forward in it), which computes every matmul in bf16 whatever its inputs' dtypes, so `h.float() @ w`
+    alone would round the trained logits to bf16 (steps of 0.03 at |logit| 4 to 8) while `Reranker` serves fp32 ones.
+    Differentiable; `w` is the head vector [hidden] or a matrix [hidden, k]."""
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        return h.float() @ w.float()
+
+
 def yes_no_logits(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -108,8 +117,8 @@ def yes_no_logits(
     no_id: int,
 ) -> torch.Tensor:
     """Relevance logits `h_last · (w_yes − w_no)` in fp32, shape [batch]. Differentiable (training uses it)."""
-    h = last_hidden(model, input_ids, attention_mask, last_index).float()  # [batch, hidden]
-    return h @ live_head_vector(model, yes_id, no_id)
+    h = last_hidden(model, input_ids, attention_mask, last_index)  # [batch, hidden]
+    return project(h, live_head_vector(model, yes_id, no_id))
 
 
 def live_head_vector(model: nn.Module, yes_id: int, no_id: int) -> torch.Tensor:

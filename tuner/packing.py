@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tuner.head import collate, last_hidden, live_head_vector, to_device, unwrap_backbone
+from tuner.head import collate, last_hidden, live_head_vector, project, to_device, unwrap_backbone
 
 __all__ = [
     "chunked_last_hidden",
@@ -112,8 +112,8 @@ def packed_yes_no_logits(
     No attention mask and `use_cache=False`: that is what makes transformers treat restarting `position_ids`
     as separate sequences.
     """
-    h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index).float()  # [n, hidden]
-    return h @ live_head_vector(model, yes_id, no_id)
+    h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index)  # [n, hidden]
+    return project(h, live_head_vector(model, yes_id, no_id))
 
 
 def packed_last_hidden(
@@ -170,4 +170,4 @@ def chunked_last_hidden(model: nn.Module, chunks: Chunks) -> torch.Tensor:
 
 def chunked_yes_no_logits(model: nn.Module, chunks: Chunks, yes_id: int, no_id: int) -> torch.Tensor:
     """Logits [n] (fp32, differentiable) in input order from `sorted_chunks`; the head of `yes_no_logits`."""
-    return chunked_last_hidden(model, chunks).float() @ live_head_vector(model, yes_id, no_id)
+    return project(chunked_last_hidden(model, chunks), live_head_vector(model, yes_id, no_id))

@@ -24,7 +24,7 @@ def install_score_forward(model, yes_id: int, no_id: int) -> None:
     for this object only (saving, loading and PEFT's adapter handling are untouched); `remove_score_forward`
     restores it.
     """
-    from tuner.head import live_head_vector
+    from tuner.head import live_head_vector, project
     from tuner.packing import chunked_last_hidden, packed_last_hidden
 
     def forward(
@@ -44,12 +44,15 @@ def install_score_forward(model, yes_id: int, no_id: int) -> None:
             h = packed_last_hidden(model, input_ids, position_ids, row_index, last_index)
         else:  # train.batching=padded
             h = last_hidden(model, input_ids, attention_mask, last_index)
-        h = h.float()
         if not vocab:  # the contract's score: h · (w_yes − w_no), what tuner.head.yes_no_logits computes
-            return h @ live_head_vector(model, yes_id, no_id)  # [rows] fp32
-        # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab]
+            return project(h, live_head_vector(model, yes_id, no_id))  # [rows] fp32, under autocast too
+        # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab], in the
+        # embedding's dtype (an fp32 copy of the 4B's 151669 x 2560 embedding would be 1.55 GB per forward) with
+        # fp32 accumulation, returned in fp32 for the cross-entropy
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return h @ inner.get_output_embeddings().weight.float().T
+        weight = inner.get_output_embeddings().weight
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return (h.to(weight.dtype) @ weight.T).float()
 
     model.forward = forward
 

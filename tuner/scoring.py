@@ -24,7 +24,7 @@ from tuner.contract import (
     prepare_tokenizer,
     score_from_logit,
 )
-from tuner.head import collate, head_vector, to_device, unwrap_backbone, yes_no_logits
+from tuner.head import collate, head_vector, project, to_device, unwrap_backbone, yes_no_logits
 from tuner.loading import TUNER_META, ModelNotFoundError, _check_reachable, load_model, read_meta
 from tuner.modeling import compile_layers
 from tuner.packing import first_fit_rows, packed_last_hidden, rows_batch
@@ -359,7 +359,7 @@ class Reranker:
                 local.append(range(k, k + len(row)))
                 k += len(row)
             batch = rows_batch([ids[i] for i in members], local, self.tokenizer.pad_token_id, self.device)
-            yield members, packed_last_hidden(self.model, **batch).float() @ w
+            yield members, project(packed_last_hidden(self.model, **batch), w)
             bar.update(len(members))
 
     def _logits_shared_prefix(
@@ -394,8 +394,7 @@ class Reranker:
                     use_cache=True,
                     **{_cache_kwarg(): batch_cache},
                 ).last_hidden_state
-            last = hidden[torch.arange(rows, device=self.device), inputs["last_index"]].float()
-            yield batch, last @ w
+            yield batch, project(hidden[torch.arange(rows, device=self.device), inputs["last_index"]], w)
 
     def score_pairs(
         self,
