@@ -308,3 +308,20 @@ def test_output_folders_that_cannot_be_made_and_bad_sizes_name_the_flag(tiny_mod
     again = tmp_path / "again"
     assert main(["tiny-model", str(again), "--layers", "1", "--hidden", "32"]) == 0
     assert main(["tiny-model", str(again), "--layers", "1", "--hidden", "32", "--overwrite"]) == 0
+
+
+def test_a_model_write_cut_off_leaves_no_folder_that_looks_complete(tmp_path, monkeypatch):
+    """save_pretrained writes config.json before the weights: the GPU benchmark's check for an already written 4B
+    (config.json present) would have taken a write cut off by its timeout for a model, and failed every load."""
+    from transformers import Qwen3ForCausalLM
+
+    from tuner.tiny import write_tiny_model
+
+    def cut_off(self, folder, **kwargs):
+        (folder / "config.json").write_text("{}", encoding="utf-8")
+        raise KeyboardInterrupt("the timeout's signal, mid-write")
+
+    monkeypatch.setattr(Qwen3ForCausalLM, "save_pretrained", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        write_tiny_model(tmp_path / "model", layers=1, hidden=32)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary copy

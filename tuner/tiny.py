@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tuner.contract import config_dir, load_tokenizer
-from tuner.files import usual_modes
+from tuner.files import atomic_dir
 
 QWEN3_VOCAB_SIZE = 151669
 
@@ -81,16 +81,19 @@ def write_random_model(
 
 
 def _save(model, out_dir: str | Path, chat_template: bool) -> Path:
+    """Written whole or not at all (a folder filled next to `out_dir`, then renamed): `save_pretrained` writes
+    config.json first, so a write cut off (a timeout on the 4B's 8 GB) left a folder that looked complete to a
+    `config.json` check and failed every later load."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
     tokenizer = load_tokenizer()
     if chat_template:
         from tuner.chat_template import build_chat_template
 
         tokenizer.chat_template = build_chat_template(None)
-    tokenizer.save_pretrained(out)
-    return usual_modes(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out
 
 
 def random_model(
