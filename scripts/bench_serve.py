@@ -189,6 +189,21 @@ def main() -> None:
         "offline_one_call_docs_per_s": round(n_docs / one_call, 2),
         "server": [],
     }
+
+    def save() -> None:
+        """The JSON so far, atomically: after the offline figures and after each concurrency level, so that a run
+        cut short by a time limit (scripts/gpu_bench.sh) keeps what it measured."""
+        if not args.json:
+            return
+        import json
+
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(out)
+
+    save()
     for concurrency in [int(x) for x in args.concurrency.split(",")]:
         start = time.perf_counter()
         latencies = asyncio.run(drive(url, reqs, concurrency))
@@ -210,15 +225,9 @@ def main() -> None:
                 "vs_offline_one_call": round(one_call / wall, 3),
             }
         )
+        save()
     if args.json:
-        import json
-
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(out)
-        print(f"wrote {out}")
+        print(f"wrote {args.json}")
     server.should_exit = True
     thread.join(30)
 

@@ -264,6 +264,15 @@ def test_compiled_layers_give_the_reference_scores(tiny_model_dir, parity, tmp_p
         assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < 1e-4, (prefix_reuse, packing)
     assert counters["stats"]["unique_graphs"] == graphs
 
+    # made eager again (what lets the scoring benchmark time eager paths after a compiled one): no call is captured
+    from tuner.modeling import uncompile_layers
+
+    assert uncompile_layers(deeper.model) == 4 and uncompile_layers(deeper.model) == 0
+    captured = counters["stats"]["calls_captured"]
+    deeper.prefix_reuse, deeper.packing = False, False  # the path `expected` was scored on, eagerly
+    got = deeper.score_pairs(pairs, normalize=False)
+    assert counters["stats"]["calls_captured"] == captured and got == expected
+
 
 def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
     from tuner import scoring

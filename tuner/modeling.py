@@ -187,6 +187,19 @@ def compile_layers(model, dynamic: bool = True) -> int:
     return len(layers)
 
 
+def uncompile_layers(model) -> int:
+    """Undo `compile_layers`: the decoder layers run eagerly again (dynamo keeps its cache, so compiling them again
+    is quick); returns how many were compiled. Lets a benchmark time eager paths after a compiled one."""
+    from tuner.head import unwrap_backbone
+
+    undone = 0
+    for layer in unwrap_backbone(model).layers:
+        if getattr(layer, "_compiled_call_impl", None) is not None:
+            layer._compiled_call_impl = None  # what `nn.Module.compile` set: __call__ goes back to _call_impl
+            undone += 1
+    return undone
+
+
 def attach_lora(
     model,
     r: int = 16,
