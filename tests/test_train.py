@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,18 @@ def test_the_training_log_shows_how_the_groups_rank(trained):
     first, last = history[:6], history[-6:]
     assert sum(r["pos_top1"] for r in last) > sum(r["pos_top1"] for r in first)
     assert sum(r["pos_margin"] for r in last) / 6 > sum(r["pos_margin"] for r in first) / 6 + 0.5
-    assert "pos_top1=" in (trained["output_dir"] / "logs" / "train.log").read_text()
+    text = (trained["output_dir"] / "logs" / "train.log").read_text()
+    assert "pos_top1=" in text
+    # each training line ends with the progress, counted down to the last step
+    progress = re.findall(r"step (\d+): loss=.* \| (\d+)/24 steps, ~(\S+) of training left", text)
+    assert progress and all(a == b for a, b, _ in progress) and progress[-1][:2] == ("24", "24")
+    assert progress[-1][2] == "0s"
+
+
+def test_durations_read_at_a_glance():
+    from tuner.trainer import duration
+
+    assert [duration(s) for s in (0.4, 45, 185, 7620, -3)] == ["0s", "45s", "3m05s", "2h07m", "0s"]
 
 
 def test_ranking_window_sums_over_steps_and_resets():

@@ -281,12 +281,42 @@ def _finite(value) -> bool:
         return True  # not a number: not ours to judge
 
 
+def duration(seconds: float) -> str:
+    """`45s`, `3m05s`, `2h07m`: how long, for a log line."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class LogLines(TrainerCallback):
-    """Trainer logs (loss, LR, grad norm, eval metrics) as one line each, to stdout and train.log."""
+    """Trainer logs (loss, LR, grad norm, eval metrics) as one line each, to stdout and train.log. A training line
+    ends with the progress: steps done of all, and the training time left at the mean time of this call's steps
+    (optimizer steps only: evaluations and saves between them are not counted; tqdm's bar, which would say it, is
+    off for one readable line per logging step in files and CI)."""
+
+    def __init__(self) -> None:
+        self._began: float | None = None
+        self._step_seconds = 0.0  # time inside this call's optimizer steps (forward, backward, update)
+        self._steps = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._began is not None:
+            self._step_seconds += time.perf_counter() - self._began
+            self._steps += 1
+            self._began = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             items = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+            if "loss" in logs and state.max_steps > 0 and self._steps:
+                left = (state.max_steps - state.global_step) * self._step_seconds / self._steps
+                items += f" | {state.global_step}/{state.max_steps} steps, ~{duration(left)} of training left"
             log.info("step %d: %s", state.global_step, items)
 
 
