@@ -145,8 +145,8 @@ def main() -> int:
     ap.add_argument(
         "--variants",
         default="plain,prefix,packed",
-        help="Reranker paths to time, comma-separated, run in this order: plain, prefix, packed, compiled, compiled-prefix "
-        "(default: plain,prefix,packed)",
+        help="Reranker paths to time, comma-separated, run in this order: plain, prefix, packed, compiled, "
+        "compiled-prefix (default: plain,prefix,packed)",
     )
     ap.add_argument(
         "--st", action="store_true", help="also time sentence-transformers' CrossEncoder on a merged export"
