@@ -40,7 +40,8 @@ else
   nvidia-smi --query-gpu=name,memory.total --format=csv  # (the JSON files name the device too)
 fi
 if [ ! -f "$ckpt/config.json" ]; then
-  timeout 60 "$py" -c "import sys; sys.path.insert(0, '.'); from tuner.tiny import write_random_model, write_tiny_model; $write" ||
+  # SIGINT, not timeout's SIGTERM: Python unwinds on it, so a cut-off write removes its 8 GB temporary folder
+  timeout -s INT -k 10 60 "$py" -c "import sys; sys.path.insert(0, '.'); from tuner.tiny import write_random_model, write_tiny_model; $write" ||
     echo "writing $ckpt failed or timed out"
 fi
 if [ "$part" = all ] || [ "$part" = score ]; then

@@ -159,6 +159,12 @@ def test_bad_numbers_and_devices_are_one_line_before_any_model_loads(tiny_model_
     assert main(["data", "chek"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tuner data: error:") and "'chek'" in err
+    # a mistyped flag is the verb's (and sub-verb's) error, pointing at the help that lists its flags
+    assert main([*score, "--bogus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tuner score: error: unrecognized arguments: --bogus 1 (`tuner score --help` lists the options)\n"
+    assert main(["data", "check", str(docs), "--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("tuner data check: error: unrecognized arguments: --bogus (`tuner data")
     assert main([*score, "--device", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "device 'bogus': not a device name" in err
@@ -321,7 +327,16 @@ def test_a_model_write_cut_off_leaves_no_folder_that_looks_complete(tmp_path, mo
         (folder / "config.json").write_text("{}", encoding="utf-8")
         raise KeyboardInterrupt("the timeout's signal, mid-write")
 
+    real_save = Qwen3ForCausalLM.save_pretrained
     monkeypatch.setattr(Qwen3ForCausalLM, "save_pretrained", cut_off)
     with pytest.raises(KeyboardInterrupt):
         write_tiny_model(tmp_path / "model", layers=1, hidden=32)
-    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary copy
+    assert list((tmp_path / "model").iterdir()) == []  # no config.json, and no temporary folder left
+    # written into a folder that holds other files, it keeps them (`tuner tiny-model DIR --overwrite`, or ".")
+    monkeypatch.setattr(Qwen3ForCausalLM, "save_pretrained", real_save)
+    (tmp_path / "model" / "notes.txt").write_text("mine", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "model")
+    write_tiny_model(".", layers=1, hidden=32)
+    names = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"notes.txt", "config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert not any(n.startswith(".tuner-write-") for n in names)

@@ -3,12 +3,15 @@ GPU benchmarks (built directly on the device; `write_random_model` saves one whe
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from tuner.contract import config_dir, load_tokenizer
-from tuner.files import atomic_dir
+from tuner.files import usual_modes
 
 QWEN3_VOCAB_SIZE = 151669
 
@@ -81,18 +84,28 @@ def write_random_model(
 
 
 def _save(model, out_dir: str | Path, chat_template: bool) -> Path:
-    """Written whole or not at all (a folder filled next to `out_dir`, then renamed): `save_pretrained` writes
-    config.json first, so a write cut off (a timeout on the 4B's 8 GB) left a folder that looked complete to a
-    `config.json` check and failed every later load."""
+    """Write the model and tokenizer into `out_dir` (other files there are kept), config.json last.
+
+    `save_pretrained` writes config.json first, so a write cut off (a timeout on the 4B's 8 GB) left a folder that
+    looked complete to a `config.json` check and failed every later load. The files are written into a hidden folder
+    inside `out_dir` and moved out of it once all are written, config.json last; a failed write removes that folder.
+    """
     out = Path(out_dir)
     tokenizer = load_tokenizer()
     if chat_template:
         from tuner.chat_template import build_chat_template
 
         tokenizer.chat_template = build_chat_template(None)
-    with atomic_dir(out) as tmp:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tuner-write-"))
+    try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        usual_modes(tmp)  # readable by others, as a plain open() would make them (safetensors writes 0600)
+        for file in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
