@@ -311,6 +311,10 @@ BAD_CASES = {
     "empty query": (b'{"query": "  ", "pos": ["p"]}', "field 'query' is empty text"),
     "empty neg text": (b'{"query": "q", "pos": ["p"], "neg": ["n", ""]}', "field 'neg[1]' is empty text"),
     "empty doc object": (b'{"query": "q", "pos": [{"title": "", "text": ""}]}', "field 'pos[0]' is empty text"),
+    "doc text not a string": (
+        b'{"query": "q", "pos": [{"title": "T", "text": 0}]}',
+        "field 'pos[0].text' must be a string, got int",
+    ),
     "doc object of another schema": (
         b'{"query": "q", "pos": [{"body": "p"}]}',
         "field 'pos[0]' is an object without 'text' (or 'title'): keys 'body'",

@@ -13,7 +13,7 @@ Two row shapes are accepted (one file may mix them):
   (its `mine_hard_negatives` output, triplet and n-tuple datasets), grouped per (query, instruction) like pairs,
   each document once. A CSV/TSV file may hold them too (a header with `positive` instead of `document, label`).
 
-A document is a non-empty string or `{"title"?, "text"}`.
+A document is a non-empty string or `{"title"?, "text"?}` with at least one of the two (a title alone is a document).
 
 Local JSONL/JSON files are read line by line here rather than through `datasets`: Arrow needs one type per
 column (a file that mixes string and `{title, text}` documents cannot be loaded by its JSON builder), and its
@@ -337,7 +337,7 @@ def _document(value: Any, where: str, field_name: str) -> str | dict[str, str]:
         title = value.get("title")
         if title is not None and not isinstance(title, str):
             raise DataError(f"{where}: field '{field_name}.title' must be a string, got {type(title).__name__}")
-        text = value.get("text") or ""
+        text = "" if value.get("text") is None else value["text"]
         if not isinstance(text, str):
             raise DataError(f"{where}: field '{field_name}.text' must be a string, got {type(text).__name__}")
         if not text.strip() and not (title or "").strip():
