@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one verb; return its exit code: 0, 2 for a user's mistake (one line on stderr), 130 when stopped (0 for
     `serve` stopped by SIGTERM)."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # argparse says it from the top parser ("tuner: error:"), whose --help lists verbs, not flags
+            _verb_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse's usage error (2) or --help (0): an exit code like every other
         return 2 if isinstance(exit_.code, str) else int(exit_.code or 0)
     restore = _exit_cleanly_on_sigterm()
@@ -81,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         restore()
+
+
+def _verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the verb (and sub-verb: `data check`) that `args` ran: the one whose flags were mistyped."""
+    for dest in ("command", "data_command"):
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, dest, None)
+        if not subparsers or name not in subparsers[0].choices:
+            break
+        parser = subparsers[0].choices[name]
+    return parser
 
 
 def _exit_cleanly_on_sigterm() -> Callable[[], None]:
