@@ -153,6 +153,30 @@ def test_collator_batching_through_the_training_forward(lora_model, tokenizer, b
     torch.testing.assert_close(auto[0], b, atol=0.1, rtol=0.05)  # the bf16 decoder's rounding, nothing more
 
 
+def test_sft_vocabulary_logits_of_a_bf16_base_are_fp32_without_autocast(tiny_model_dir, tokenizer):
+    """train.precision=fp32 on a bf16 base (no autocast): the vocabulary logits are an fp32 product, not a bf16
+    one cast up (which rounds them to bf16's 8 bits)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuner.contract import PromptEncoder
+    from tuner.head import last_hidden
+    from tuner.score_forward import install_score_forward
+    from tuner.train_data import GroupCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    enc = PromptEncoder(tokenizer, max_length=96)
+    sample = {"query": "what heals wounds", "instruction": None, "docs": ["honey on burns", "tax law"], "teacher": None}
+    batch = GroupCollator(enc, tokenizer.pad_token_id)([sample])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "last_index")}
+    with torch.no_grad():
+        h = last_hidden(model, **inputs)
+        weight = model.get_output_embeddings().weight
+        install_score_forward(model, enc.yes_id, enc.no_id)
+        got = model(**inputs, vocab=True)
+    assert got.dtype == torch.float32 and torch.equal(got, h.float() @ weight.float().T)
+    assert not torch.equal(got, (h @ weight.T).float())  # what a bf16 product would give
+
+
 def test_the_head_projects_in_fp32_under_autocast():
     from tuner.head import project
 

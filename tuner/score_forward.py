@@ -46,13 +46,17 @@ def install_score_forward(model, yes_id: int, no_id: int) -> None:
             h = last_hidden(model, input_ids, attention_mask, last_index)
         if not vocab:  # the contract's score: h · (w_yes − w_no), what tuner.head.yes_no_logits computes
             return project(h, live_head_vector(model, yes_id, no_id))  # [rows] fp32, under autocast too
-        # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab], in the
-        # embedding's dtype (an fp32 copy of the 4B's 151669 x 2560 embedding would be 1.55 GB per forward) with
-        # fp32 accumulation, returned in fp32 for the cross-entropy
+        # sft: full-vocabulary logits at the last real position only: [rows, hidden] @ [hidden, vocab], returned in
+        # fp32 for the cross-entropy. Under bf16 autocast the product is computed in the embedding's dtype, as
+        # autocast would, without first making an fp32 copy of it (1.55 GB per forward for the 4B's 151669 x 2560);
+        # without autocast (train.precision=fp32) in fp32, whatever the base's dtype
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         weight = inner.get_output_embeddings().weight
+        low_precision = torch.is_autocast_enabled(h.device.type)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return (h.to(weight.dtype) @ weight.T).float()
+            if low_precision:
+                return (h.to(weight.dtype) @ weight.T).float()
+            return h.float() @ weight.float().T
 
     model.forward = forward
 
