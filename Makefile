@@ -22,11 +22,11 @@ $(VENV)/.installed-$(EXTRAS): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed-$(EXTRAS)
 
-# one test process per core (pytest-xdist), each test file on one of them (its module fixtures built once):
+# one test process per core, at most 8 (pytest-xdist), each test file on one of them (its module fixtures built once):
 # 8.6 min where one process took 13 on 2 cores. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 8 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

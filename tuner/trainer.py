@@ -294,8 +294,8 @@ def duration(seconds: float) -> str:
 class LogLines(TrainerCallback):
     """Trainer logs (loss, LR, grad norm, eval metrics) as one line each, to stdout and train.log. A training line
     ends with the progress: steps done of all, and the training time left at the mean time of this call's steps
-    (optimizer steps only: evaluations and saves between them are not counted; tqdm's bar, which would say it, is
-    off for one readable line per logging step in files and CI)."""
+    (optimizer steps only: evaluations and saves between them, and fetching the next batch, are not counted; tqdm's
+    bar, which would say it, is off for one readable line per logging step in files and CI)."""
 
     def __init__(self) -> None:
         self._began: float | None = None
