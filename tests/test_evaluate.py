@@ -153,11 +153,11 @@ def test_paired_stats_hand_computed():
         paired_stats([0.0], [0.0, 1.0])
 
 
-def _random_adapter(base_dir, out_dir):
+def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
     )
@@ -425,3 +425,55 @@ def test_cli_eval_splits_the_queries_by_the_training_data_of_the_adapters_run(
     assert main([*base, "--out", str(tmp_path / "gone")]) == 0
     assert "warning: no seen/unseen split" in capsys.readouterr().err
     assert "training_overlap" not in json.loads((tmp_path / "gone" / "metrics.json").read_text())
+
+
+def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_dir, beir_dir, monkeypatch):
+    """`tuner eval --base-cache DIR`: the base (the adapter disabled) is scored once for a set; a later eval of
+    another adapter of that base reads it back, ranked run included (the paired tests against it are the same);
+    another instruction is another entry."""
+    from tuner import eval_run
+    from tuner.evaluate import Evaluator
+
+    cache = tmp_path / "base-cache"
+    options = {"top_k": 5, "show_progress": False, "cache_dir": None, "base_cache_dir": cache}
+    first = eval_run.run_eval(
+        str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=str(_random_adapter(tiny_model_dir, tmp_path / "x")),
+        **options,
+    )  # fmt: skip
+    assert len(list(cache.glob("base-*.json"))) == 1
+    scored = []
+    evaluate = Evaluator.evaluate
+
+    def counted(self, model, *args, **kwargs):
+        scored.append(kwargs.get("label"))
+        return evaluate(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counted)
+    other = str(_random_adapter(tiny_model_dir, tmp_path / "y", seed=1))
+    second = eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "b", adapter=other, **options)
+    assert scored == ["tuned"]
+    base = next(s for s in second["systems"] if s["label"] == "base")
+    assert base["metrics"] == next(s for s in first["systems"] if s["label"] == "base")["metrics"]
+    assert "--base-cache" in base["base_cache"]
+    fresh = eval_run.run_eval(
+        str(tiny_model_dir), beir_dir, tmp_path / "c", adapter=other, **{**options, "base_cache_dir": None}
+    )
+
+    def figures(summary):  # what the report says of each system (not its timing)
+        keys = ("label", "metrics", "vs_reference", "pytrec_eval_max_abs_diff", "instruction", "pairs")
+        return [{k: s.get(k) for k in keys} for s in summary["systems"]]
+
+    assert figures(second) == figures(fresh) and "base_cache" not in fresh["systems"][1]
+    scored.clear()
+    eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "d", adapter=other, instructions=[""], **options)
+    assert scored == ["base", "tuned"] and len(list(cache.glob("base-*.json"))) == 2
+
+    # the CLI flag: a second eval of the same base reads it back
+    from tuner.cli import main
+
+    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", other, "--beir", str(beir_dir), "--top-k", "5"]
+    argv += ["--cache-dir", "", "--no-progress", "--base-cache", str(tmp_path / "cli-cache")]
+    assert main([*argv, "--out", str(tmp_path / "e")]) == 0
+    scored.clear()
+    assert main([*argv, "--out", str(tmp_path / "f")]) == 0
+    assert scored == ["tuned"]

@@ -98,13 +98,17 @@ def _environment() -> dict[str, str]:
 class BaseCache:
     """`get(evaluator)` / `put(evaluator, metrics, per_query)` for one base model and one run's evaluation inputs."""
 
-    def __init__(self, folder: str | Path, base: str, inputs: dict[str, Any]) -> None:
+    def __init__(
+        self, folder: str | Path, base: str, inputs: dict[str, Any], what: str = "eval.base_cache_dir"
+    ) -> None:
         self.folder = Path(folder).expanduser()
+        self.what = what  # how messages name the cache: the recipe field, or `tuner eval --base-cache`
         self.model = model_identity(base)
         if self.model is None:
             log.warning(
-                "eval.base_cache_dir: the base %s cannot be identified without loading it (no local snapshot, or no "
-                "weight files); its evaluations are measured and not cached",
+                "%s: the base %s cannot be identified without loading it (no local snapshot, or no weight files); its "
+                "evaluations are measured and not cached",
+                what,
                 base,
             )
         self.inputs = inputs
@@ -126,18 +130,21 @@ class BaseCache:
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            log.warning("eval.base_cache_dir: %s is unreadable (%s); measuring the base again", path, err)
+            log.warning("%s: %s is unreadable (%s); measuring the base again", self.what, path, err)
             return None
         stored_key = json.loads(json.dumps(key, default=str))  # as JSON stores it (tuples become lists)
         if not isinstance(entry, dict) or entry.get("key") != stored_key or not isinstance(entry.get("metrics"), dict):
             return None
         return entry
 
-    def put(self, evaluator, metrics: dict[str, float], per_query: dict[str, Any], written_by: str) -> None:
+    def put(
+        self, evaluator, metrics: dict[str, float], per_query: dict[str, Any], written_by: str, **extra: Any
+    ) -> None:
+        """Store the base's figures on `evaluator`'s set; `extra` (e.g. `tuner eval`'s ranked run) goes alongside."""
         found = self._key(evaluator)
         if found is None:
             return
         path, key = found
-        entry = {"key": key, "metrics": metrics, "per_query": per_query, "written_by": written_by}
+        entry = {"key": key, "metrics": metrics, "per_query": per_query, "written_by": written_by, **extra}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(entry, default=str, ensure_ascii=False))

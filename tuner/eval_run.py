@@ -138,6 +138,31 @@ def report_meta(
     }
 
 
+def _base_cache(folder: str | Path | None, model: str, options: ModelOptions | None, instruction: str | None):
+    """The base cache entry point of one instruction (None without a folder)."""
+    if folder is None:
+        return None
+    from tuner.base_cache import BaseCache
+
+    inputs = {"command": "eval", "options": asdict(options or ModelOptions()), "instruction": instruction}
+    return BaseCache(folder, model, inputs, what="--base-cache")
+
+
+def _cached_result(entry: dict[str, Any], label: str) -> EvalResult:
+    """An `EvalResult` of a base evaluation read from the cache (JSON: ranked pairs come back as lists)."""
+    run = {qid: [(str(d), float(score)) for d, score in ranking] for qid, ranking in entry["run"].items()}
+    info = {**entry.get("info", {}), "base_cache": "read from --base-cache (measured by an earlier tuner eval)"}
+    return EvalResult(
+        label=label,
+        metrics=entry["metrics"],
+        per_query=entry["per_query"],
+        run=run,
+        seconds=float(entry.get("seconds", 0.0)),
+        pairs=int(entry.get("pairs", 0)),
+        info=info,
+    )
+
+
 def _unique(label: str, taken: set[str]) -> str:
     out, n = label, 2
     while out in taken:
@@ -164,6 +189,7 @@ def run_eval(
     data: str | Path | None = None,
     train_data: str | Path | TrainingView | None = None,
     train_split: str | None = None,
+    base_cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
 
@@ -181,6 +207,11 @@ def run_eval(
     `tuner.overlap.training_view`; or a `TrainingView` read already), the queries are also split into those the
     training data covers (the query, or one of its relevant documents as a positive) and the rest, and every
     system is reported on each part.
+
+    With `base_cache_dir`, the base's evaluation (an adapter's, with the adapter disabled) is read from there when
+    an earlier `tuner eval` measured the same base on the same set with the same options and instruction (the
+    entry's key: `tuner.base_cache`), and written there when measured: evaluating run after run of one base scores
+    the base once.
 
     Returns:
         The summary written to `out_dir/metrics.json`.
@@ -204,10 +235,18 @@ def run_eval(
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
 
-    def score_all(reranker, label: str, info: dict[str, Any]) -> None:
+    def score_all(reranker, label: str, info: dict[str, Any], cached: bool = False) -> None:
         for n, instruction in enumerate(instructions, 1):
             name = label if len(instructions) == 1 else f"{label} [{_instruction_tag(instruction, n)}]"
-            result = evaluator.evaluate(reranker, instruction=instruction, label=_unique(name, taken))
+            cache = _base_cache(base_cache_dir, model, options, instruction) if cached else None
+            entry = cache.get(evaluator) if cache is not None else None
+            if entry is not None and isinstance(entry.get("run"), dict):
+                result = _cached_result(entry, _unique(name, taken))
+            else:
+                result = evaluator.evaluate(reranker, instruction=instruction, label=_unique(name, taken))
+                if cache is not None:
+                    record = {"seconds": result.seconds, "pairs": result.pairs, "info": result.info}
+                    cache.put(evaluator, result.metrics, result.per_query, "tuner eval", run=result.run, **record)
             result.info = {**info, **result.info}
             results.append(result)
 
@@ -215,7 +254,8 @@ def run_eval(
     if hasattr(reranker.model, "disable_adapter"):  # PEFT: base = adapter disabled, same weights in memory
         adapter_name = adapter or model
         with reranker.model.disable_adapter():
-            score_all(reranker, "base", {"model": model, "adapter": None, "note": "adapter disabled"})
+            base_info = {"model": model, "adapter": None, "note": "adapter disabled"}
+            score_all(reranker, "base", base_info, cached=base_cache_dir is not None)
         score_all(reranker, "tuned", {"model": model, "adapter": adapter_name})
     else:
         score_all(reranker, Path(model).name or model, {"model": model, "adapter": None})

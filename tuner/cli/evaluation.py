@@ -140,6 +140,12 @@ def add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
     _add_runtime_args(p)
     p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
+    p.add_argument(
+        "--base-cache",
+        metavar="DIR",
+        help="keep the base's evaluation (--model with --adapter disabled) in DIR and read it back when a later eval "
+        "has the same base, set, options and instruction: evaluating run after run of one base scores the base once",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
 
@@ -161,6 +167,7 @@ def _run_eval(args) -> int:
         compare=args.compare,
         train_data=train_data,
         train_split=args.train_split,
+        base_cache_dir=args.base_cache or None,
         **options,
     )
     _print_report_head(out)
