@@ -1,4 +1,5 @@
-"""Base-model evaluations shared by training runs (`eval.base_cache_dir`): measured once, read back by later runs.
+"""Base-model evaluations shared by training runs (`eval.base_cache_dir`) and by `tuner eval --base-cache` runs (which
+also keep the base's ranked run, for their paired tests): measured once, read back by later runs.
 
 Every trial of a sweep, and every rerun of a recipe with another learning rate, evaluates the same base on the same
 dev and out-of-domain sets before training: a BEIR top-100 set is tens of thousands of pairs through the 4B model,
