@@ -467,6 +467,11 @@ def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_di
     scored.clear()
     eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "d", adapter=other, instructions=[""], **options)
     assert scored == ["base", "tuned"] and len(list(cache.glob("base-*.json"))) == 2
+    # an adapter whose tuner.json sets another default instruction: its base is scored with that one, not read back
+    (tmp_path / "y" / "tuner.json").write_text(json.dumps({"instruction": "Judge the claim"}), encoding="utf-8")
+    scored.clear()
+    eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "g", adapter=other, **options)
+    assert scored == ["base", "tuned"] and len(list(cache.glob("base-*.json"))) == 3
 
     # the CLI flag: a second eval of the same base reads it back
     from tuner.cli import main

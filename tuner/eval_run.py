@@ -138,13 +138,20 @@ def report_meta(
     }
 
 
-def _base_cache(folder: str | Path | None, model: str, options: ModelOptions | None, instruction: str | None):
-    """The base cache entry point of one instruction (None without a folder)."""
+def _base_cache(folder: str | Path | None, model: str, options: ModelOptions | None, reranker, instruction):
+    """The base cache entry point of one instruction (None without a folder). The key takes the instruction and
+    prompt budget the base is scored with as resolved: an adapter's tuner.json can set both (None would be "the
+    model's default", which differs between adapters of one base)."""
     if folder is None:
         return None
     from tuner.base_cache import BaseCache
 
-    inputs = {"command": "eval", "options": asdict(options or ModelOptions()), "instruction": instruction}
+    inputs = {
+        "command": "eval",
+        "options": asdict(options or ModelOptions()),
+        "instruction": reranker.instruction if instruction is None else instruction,
+        "max_length": reranker.encoder.max_length,
+    }
     return BaseCache(folder, model, inputs, what="--base-cache")
 
 
@@ -238,7 +245,7 @@ def run_eval(
     def score_all(reranker, label: str, info: dict[str, Any], cached: bool = False) -> None:
         for n, instruction in enumerate(instructions, 1):
             name = label if len(instructions) == 1 else f"{label} [{_instruction_tag(instruction, n)}]"
-            cache = _base_cache(base_cache_dir, model, options, instruction) if cached else None
+            cache = _base_cache(base_cache_dir, model, options, reranker, instruction) if cached else None
             entry = cache.get(evaluator) if cache is not None else None
             if entry is not None and isinstance(entry.get("run"), dict):
                 result = _cached_result(entry, _unique(name, taken))
