@@ -97,7 +97,8 @@ def _environment() -> dict[str, str]:
 
 
 class BaseCache:
-    """`get(evaluator)` / `put(evaluator, metrics, per_query)` for one base model and one run's evaluation inputs."""
+    """`get(evaluator)` / `put(evaluator, metrics, per_query)` for one base model and one run's evaluation inputs;
+    `variant` (get's and put's) adds inputs that differ between calls on one cache (`tuner eval`'s instruction)."""
 
     def __init__(
         self, folder: str | Path, base: str, inputs: dict[str, Any], what: str = "eval.base_cache_dir"
@@ -115,16 +116,17 @@ class BaseCache:
         self.inputs = inputs
         self.environment = _environment()
 
-    def _key(self, evaluator) -> tuple[Path, dict[str, Any]] | None:
+    def _key(self, evaluator, variant: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]] | None:
         if self.model is None:
             return None
-        key = {"model": self.model, "inputs": self.inputs, "set": set_identity(evaluator), **self.environment}
+        inputs = {**self.inputs, **(variant or {})}
+        key = {"model": self.model, "inputs": inputs, "set": set_identity(evaluator), **self.environment}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
         return self.folder / f"base-{digest[:32]}.json", key
 
-    def get(self, evaluator) -> dict[str, Any] | None:
+    def get(self, evaluator, variant: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """`{"metrics", "per_query", "written_by"}` of an earlier run's base on this set, or None."""
-        found = self._key(evaluator)
+        found = self._key(evaluator, variant)
         if found is None or not found[0].is_file():
             return None
         path, key = found
@@ -139,10 +141,16 @@ class BaseCache:
         return entry
 
     def put(
-        self, evaluator, metrics: dict[str, float], per_query: dict[str, Any], written_by: str, **extra: Any
+        self,
+        evaluator,
+        metrics: dict[str, float],
+        per_query: dict[str, Any],
+        written_by: str,
+        variant: dict[str, Any] | None = None,
+        **extra: Any,
     ) -> None:
         """Store the base's figures on `evaluator`'s set; `extra` (e.g. `tuner eval`'s ranked run) goes alongside."""
-        found = self._key(evaluator)
+        found = self._key(evaluator, variant)
         if found is None:
             return
         path, key = found

@@ -138,18 +138,15 @@ def report_meta(
     }
 
 
-def _base_cache(folder: str | Path | None, model: str, options: ModelOptions | None, reranker, instruction):
-    """The base cache entry point of one instruction (None without a folder). The key takes the instruction and
-    prompt budget the base is scored with as resolved: an adapter's tuner.json can set both (None would be "the
+def _base_cache(folder: str | Path, model: str, options: ModelOptions | None, reranker):
+    """The base cache of one eval. Its key takes the prompt budget, and each entry the instruction (get's and put's
+    `variant`), that the base is scored with as resolved: an adapter's tuner.json can set both (None would be "the
     model's default", which differs between adapters of one base)."""
-    if folder is None:
-        return None
     from tuner.base_cache import BaseCache
 
     inputs = {
         "command": "eval",
         "options": asdict(options or ModelOptions()),
-        "instruction": reranker.instruction if instruction is None else instruction,
         "max_length": reranker.encoder.max_length,
     }
     return BaseCache(folder, model, inputs, what="--base-cache")
@@ -242,18 +239,20 @@ def run_eval(
     results = [first_stage_system(evaluator, source)]
     taken = {results[0].label}
 
-    def score_all(reranker, label: str, info: dict[str, Any], cached: bool = False) -> None:
+    def score_all(reranker, label: str, info: dict[str, Any], cache=None) -> None:
         for n, instruction in enumerate(instructions, 1):
             name = label if len(instructions) == 1 else f"{label} [{_instruction_tag(instruction, n)}]"
-            cache = _base_cache(base_cache_dir, model, options, reranker, instruction) if cached else None
-            entry = cache.get(evaluator) if cache is not None else None
+            variant = {"instruction": reranker.instruction if instruction is None else instruction}
+            entry = cache.get(evaluator, variant) if cache is not None else None
             if entry is not None and isinstance(entry.get("run"), dict):
                 result = _cached_result(entry, _unique(name, taken))
             else:
                 result = evaluator.evaluate(reranker, instruction=instruction, label=_unique(name, taken))
                 if cache is not None:
                     record = {"seconds": result.seconds, "pairs": result.pairs, "info": result.info}
-                    cache.put(evaluator, result.metrics, result.per_query, "tuner eval", run=result.run, **record)
+                    cache.put(
+                        evaluator, result.metrics, result.per_query, "tuner eval", variant, run=result.run, **record
+                    )
             result.info = {**info, **result.info}
             results.append(result)
 
@@ -262,7 +261,8 @@ def run_eval(
         adapter_name = adapter or model
         with reranker.model.disable_adapter():
             base_info = {"model": model, "adapter": None, "note": "adapter disabled"}
-            score_all(reranker, "base", base_info, cached=base_cache_dir is not None)
+            cache = _base_cache(base_cache_dir, model, options, reranker) if base_cache_dir is not None else None
+            score_all(reranker, "base", base_info, cache)
         score_all(reranker, "tuned", {"model": model, "adapter": adapter_name})
     else:
         score_all(reranker, Path(model).name or model, {"model": model, "adapter": None})
