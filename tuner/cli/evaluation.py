@@ -202,7 +202,8 @@ def _train_data(args):
         if not runs:
             # a base model on its own has no training data to split by; an adapter path that does not exist gets
             # its one error when it loads, not first a note that it is not from a tuner run
-            if adapter is not None and not (_looks_local(adapter) and not Path(adapter).expanduser().exists()):
+            missing = adapter is not None and _looks_local(adapter) and not Path(adapter).expanduser().exists()
+            if adapter is not None and not missing:
                 print(
                     f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)"
                 )
