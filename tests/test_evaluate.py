@@ -476,9 +476,17 @@ def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_di
     # the CLI flag: a second eval of the same base reads it back
     from tuner.cli import main
 
-    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", other, "--beir", str(beir_dir), "--top-k", "5"]
-    argv += ["--cache-dir", "", "--no-progress", "--base-cache", str(tmp_path / "cli-cache")]
+    flags = ["--beir", str(beir_dir), "--top-k", "5", "--cache-dir", "", "--no-progress"]
+    flags += ["--base-cache", str(tmp_path / "cli-cache")]
+    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", other, *flags]
     assert main([*argv, "--out", str(tmp_path / "e")]) == 0
     scored.clear()
     assert main([*argv, "--out", str(tmp_path / "f")]) == 0
     assert scored == ["tuned"]
+    # the adapter given alone as --model stands for the base it names: the same base, read back from the same cache
+    scored.clear()
+    assert main(["eval", "--model", other, *flags, "--out", str(tmp_path / "h")]) == 0
+    assert scored == ["tuned"]
+    systems = {s["label"]: s for s in json.loads((tmp_path / "h" / "metrics.json").read_text())["systems"]}
+    assert systems["base"]["model"] == systems["tuned"]["model"] == str(tiny_model_dir)
+    assert systems["tuned"]["adapter"] == other

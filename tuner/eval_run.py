@@ -222,6 +222,7 @@ def run_eval(
     """
     import gc
 
+    from tuner.loading import split_adapter
     from tuner.report import prepare_out_dir, write_report
 
     prepare_out_dir(out_dir)
@@ -256,20 +257,21 @@ def run_eval(
             result.info = {**info, **result.info}
             results.append(result)
 
-    reranker = load_reranker(model, adapter, options)
+    main_is_adapter = adapter is None and (Path(model) / "adapter_config.json").is_file()
+    # an adapter given alone as `model` is scored on the base it names: that base keys the cache and the reports
+    base, main_adapter = split_adapter(model) if main_is_adapter else (model, adapter)
+    reranker = load_reranker(base, main_adapter, options)
     if hasattr(reranker.model, "disable_adapter"):  # PEFT: base = adapter disabled, same weights in memory
-        adapter_name = adapter or model
         with reranker.model.disable_adapter():
-            base_info = {"model": model, "adapter": None, "note": "adapter disabled"}
-            cache = _base_cache(base_cache_dir, model, options, reranker) if base_cache_dir is not None else None
+            base_info = {"model": base, "adapter": None, "note": "adapter disabled"}
+            cache = _base_cache(base_cache_dir, base, options, reranker) if base_cache_dir is not None else None
             score_all(reranker, "base", base_info, cache)
-        score_all(reranker, "tuned", {"model": model, "adapter": adapter_name})
+        score_all(reranker, "tuned", {"model": base, "adapter": main_adapter})
     else:
         score_all(reranker, Path(model).name or model, {"model": model, "adapter": None})
     del reranker
     gc.collect()
 
-    main_is_adapter = adapter is None and (Path(model) / "adapter_config.json").is_file()
     for other in compare:
         if (Path(other) / "adapter_config.json").is_file() and not main_is_adapter:
             other_reranker = load_reranker(model, other, options)

@@ -327,14 +327,7 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model, adapter = str(model), (str(adapter) if adapter is not None else None)
-    _check_reachable(model)
-    if adapter is None and (Path(model) / "adapter_config.json").is_file():
-        adapter = model
-        model, recorded_in = _adapter_base(Path(adapter))
-        if not model:
-            raise ModelNotFoundError(f"adapter {adapter!r} names no base model; pass the base explicitly")
-        model = check_recorded_base(model, Path(adapter), recorded_in)
+    model, adapter = split_adapter(model, adapter)
     if adapter is not None:
         _check_reachable(adapter, "adapter")
 
@@ -363,6 +356,21 @@ def load_model(
     tokenizer = _load_tokenizer_for(model, adapter)
     meta = {**read_meta(model), **read_meta(adapter)}
     return net, tokenizer, meta
+
+
+def split_adapter(model: str | Path, adapter: str | Path | None = None) -> tuple[str, str | None]:
+    """(base, adapter) of a model argument: an adapter folder given alone as `model` stands for its base (from its
+    `tuner.json`, else `adapter_config.json`, checked reachable) with that adapter on it; anything else is
+    returned as is. Raises `ModelNotFoundError` when `model` cannot be reached or the adapter names no base."""
+    model, adapter = str(model), (str(adapter) if adapter is not None else None)
+    _check_reachable(model)
+    if adapter is None and (Path(model) / "adapter_config.json").is_file():
+        adapter = model
+        model, recorded_in = _adapter_base(Path(adapter))
+        if not model:
+            raise ModelNotFoundError(f"adapter {adapter!r} names no base model; pass the base explicitly")
+        model = check_recorded_base(model, Path(adapter), recorded_in)
+    return model, adapter
 
 
 def _adapter_base(adapter: Path) -> tuple[str | None, str]:

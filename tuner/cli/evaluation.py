@@ -144,7 +144,8 @@ def add_eval(sub) -> None:
         "--base-cache",
         metavar="DIR",
         help="keep the base's evaluation (--model with --adapter disabled) in DIR and read it back when a later eval "
-        "has the same base, set, options and instruction: evaluating run after run of one base scores the base once",
+        "has the same base, set, options and instruction: evaluating run after run of one base scores the base once "
+        "(an adapter given alone as --model counts as the base it names)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
