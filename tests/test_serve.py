@@ -327,7 +327,7 @@ def test_concurrent_clients_are_batched_together_with_identical_scores(tiny_rera
 
     with running(app) as (url, _, _):
         results = asyncio.run(run(url))
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text
     assert len(results) == total
     worst = max(abs(a - b) for k, got in results for a, b in zip(got, expected[k], strict=True))
     assert worst < 1e-5  # the same score whichever requests shared the forward pass

@@ -75,7 +75,7 @@ def test_a_request_whose_client_left_is_not_scored_to_the_end(tiny_reranker):
         start = time.perf_counter()
         r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": ["one"]}, timeout=30)
         waited = time.perf_counter() - start
-        text = httpx.get(f"{url}/metrics").text
+        text = httpx.get(f"{url}/metrics", timeout=30).text
     assert r.status_code == 200
     assert waited < 1.5  # not behind the 24 abandoned documents (6 s of forward passes)
     assert sum(passes) < 12  # the abandoned documents were not all scored
@@ -210,7 +210,7 @@ def test_with_an_api_key_the_interactive_pages_are_off(tiny_reranker):
             assert c.get(path).status_code in (401, 404)
     open_app = create_app(tiny_reranker, model_name="tiny")
     with running(open_app) as (url, _, _):
-        assert httpx.get(f"{url}/openapi.json").status_code == 200
+        assert httpx.get(f"{url}/openapi.json", timeout=30).status_code == 200
 
 
 def test_a_request_instruction_off_the_calibrations_is_logged_once(tiny_reranker, caplog):
@@ -221,7 +221,7 @@ def test_a_request_instruction_off_the_calibrations_is_logged_once(tiny_reranker
     fitted = {"temperature": 2.0, "bias": 0.1, "instruction": "Find fruit", "max_length": tiny_reranker.max_length}
     calibrated = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, instruction="Find fruit", calibration=fitted)
     caplog.set_level("WARNING", logger="tuner.serve")
-    with running(create_app(calibrated, model_name="tiny")) as (url, _, _), httpx.Client(base_url=url) as c:
+    with running(create_app(calibrated, model_name="tiny")) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
         for instruction in (None, "Find fruit", "Find wings", "Find wings"):
             r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "instruction": instruction})
             assert r.status_code == 200, r.text
