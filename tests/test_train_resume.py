@@ -377,6 +377,25 @@ def test_resume_reuses_the_recorded_base_metrics(evaluated_resume):
     assert _recorded_base(before, "ood", inputs, dev["name"], dev["first_stage"]) is None
 
 
+def test_a_run_evaluated_only_before_and_after_keeps_its_base_for_resume(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """With eval.steps=0 nothing evaluates during training: the base measured before it is written to
+    metrics.json at once, so a run stopped before its end does not measure it again on --resume."""
+    out = tmp_path / "run"
+    evals = ("eval.beir=" + str(beir), "eval.split=test", "eval.top_k=6", "eval.steps=0", "eval.before=true")
+    common = ("train.max_steps=2", "train.save_steps=1", *evals)
+    with pytest.raises(_Crash):
+        train(tiny_config(tiny_model_dir, beir, out, *common), callbacks=[_CrashAfterSave(1)])
+    before = json.loads((out / "metrics.json").read_text())
+    assert before["dev"]["base"] and "train" not in before
+    base_calls = []
+    measure = RankEval.base
+    monkeypatch.setattr(RankEval, "base", lambda self, model: base_calls.append(1) or measure(self, model))
+    _as_a_new_process()
+    resumed = train(tiny_config(tiny_model_dir, beir, out, *common), resume=True)
+    assert base_calls == [] and resumed["metrics"]["dev"]["base"] == before["dev"]["base"]
+    assert resumed["metrics"]["train"]["global_step"] == 2 and resumed["metrics"]["dev"]["final"]
+
+
 def test_resumed_run_reports_the_whole_runs_loss_and_time(evaluated_resume):
     out, _, resumed = evaluated_resume
     figures = resumed["metrics"]["train"]
@@ -392,6 +411,9 @@ def test_resumed_run_reports_the_whole_runs_loss_and_time(evaluated_resume):
     clock = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())["stateful_callbacks"]
     before = clock["RunClock"]["attributes"]["totals"]
     assert 0 < before["train_runtime"] < figures["train_runtime"] and before["seconds"] < figures["seconds"]
+    # the rates are the whole run's too: 4 steps of 2 groups over its runtime (not over this call's runtime)
+    assert figures["train_steps_per_second"] == pytest.approx(4 / figures["train_runtime"], rel=1e-2, abs=1e-3)
+    assert figures["train_samples_per_second"] == pytest.approx(8 / figures["train_runtime"], rel=1e-2, abs=1e-3)
 
 
 def test_whole_run_loss_needs_the_losses_up_to_the_checkpoint():

@@ -574,6 +574,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
 
         base_cache = BaseCache(config.eval.base_cache_dir, base_path, inputs)
 
+    new_bases: list[str] = []  # parts whose base metrics are not in metrics.json yet: written before training
+
     def base_of(part: str, what: str, ranker: RankEval) -> dict:
         """record[part]'s base metrics: as metrics.json recorded them for the same inputs, else as an earlier run
         measured them on the same base and set (eval.base_cache_dir), else measured now."""
@@ -581,6 +583,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         if recorded is not None:
             log.info("--resume: %s base metrics as recorded in %s", what, out / METRICS_FILE)
             return recorded
+        new_bases.append(part)
         # under DDP every rank must take the same way (measuring is collective): rank 0 reads, the others follow
         cached = _from_main_rank(lambda: base_cache.get(ranker.evaluator)) if base_cache is not None else None
         if cached is not None:
@@ -622,6 +625,11 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             _fmt(record["ood"]["first_stage"]),
             _fmt(record["ood"]["base"]),
         )
+
+    if new_bases and main:
+        # metrics.json is otherwise written at each evaluation during training and at the end: a run that evaluates
+        # only before and after (eval.steps=0) and is stopped before its end would measure the base again on --resume
+        atomic_write_json(out / METRICS_FILE, record)
 
     # 6. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
     tracker = start_tracking(config, out, main, resume)
@@ -721,6 +729,13 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             )
         else:  # train_runtime and seconds both
             record["train"]["runtime_from_step"] = resumed_at + 1
+        # transformers divides every planned step's samples by this call's runtime: rates of the steps timed instead
+        runtime, steps = record["train"].get("train_runtime", 0.0), trainer.state.global_step
+        steps -= 0 if prior_clock else resumed_at
+        if runtime > 0:
+            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            record["train"]["train_steps_per_second"] = round(steps / runtime, 3)
+            record["train"]["train_samples_per_second"] = round(steps * batch / runtime, 3)
     if nothing_left:
         # the checkpoint was the run's last step: this call trained nothing, and its zero loss and runtime would
         # overwrite the figures of the steps that did run
