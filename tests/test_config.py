@@ -133,6 +133,9 @@ def test_an_override_with_an_empty_key_is_named():
         load_config(None, ["=3"])
     with pytest.raises(ConfigError, match=r"override 'train.=3': expected section.key=value"):
         load_config(None, ["train.=3"])
+    # a scalar for a whole section is named on itself, not on the next override that walks into it
+    with pytest.raises(ConfigError, match=r"^override 'train=5': 'train' is a section; set its fields as train.KEY"):
+        load_config(None, ["train=5", "train.max_steps=2"])
 
 
 @pytest.mark.parametrize(
@@ -193,6 +196,13 @@ def test_cli_lists_fields(capsys):
     assert "train.lr" in out and "peak learning rate" in out
     assert main(["config", "train.nope=1"]) == 2
     assert "train.nope" in capsys.readouterr().err
+    # the recipe first, as `tuner train` takes it, or with --recipe: the same listing
+    recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny-cpu.yaml")
+    assert main(["config", recipe, "train.max_steps=7"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^train\.max_steps\s+7\s", listed, re.M) and '"tiny-cpu"' in listed
+    assert main(["config", "--recipe", recipe, "train.max_steps=7"]) == 0
+    assert capsys.readouterr().out == listed
 
 
 def test_recipe_file_problems_are_named(tmp_path):
@@ -218,6 +228,12 @@ def test_recipe_file_problems_are_named(tmp_path):
     bom = tmp_path / "bom.yaml"
     bom.write_bytes(b"\xef\xbb\xbftrain:\n  lr: 2.0e-4\n")
     assert load_config(bom).train.lr == pytest.approx(2e-4)
+    # an empty recipe (or one of comments only) is not "every default": that would train the 4B from the hub
+    empty = tmp_path / "empty.yaml"
+    for text in ("", "# nothing yet\n"):
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=r"empty\.yaml: the recipe is empty"):
+            load_config(empty)
 
 
 # ------------------------------------------------------------------------------------------- wandb sweeps

@@ -324,6 +324,10 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+# the recipe's sections (`train`, `lora`, ...): a scalar given to one of them is a mistake
+_SECTIONS = frozenset(f.name for f in fields(Config) if dataclasses.is_dataclass(f.default_factory))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides to a nested mapping (a copy); errors name the override."""
     out = json.loads(json.dumps(data))
@@ -340,7 +344,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(text)
+        value = _parse_scalar(text)
+        if len(parts) == 1 and parts[0] in _SECTIONS and not isinstance(value, dict):
+            # said here, on this override: a later `train.lr=...` would otherwise be the one blamed
+            raise ConfigError(f"override {item!r}: {parts[0]!r} is a section; set its fields as {parts[0]}.KEY=VALUE")
+        node[parts[-1]] = value
     return out
 
 
@@ -368,9 +376,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         where = f"{path}: "
         text = decode_utf8(path.read_bytes(), path, ConfigError)
         try:
-            data = yaml.load(text, Loader=_unique_keys_loader()) or {}
+            data = yaml.load(text, Loader=_unique_keys_loader())
         except yaml.YAMLError as err:
             raise ConfigError(_yaml_error(path, err)) from None
+        if data is None:  # an empty file (a failed copy, the wrong file) more likely than "every default, please"
+            raise ConfigError(f"{path}: the recipe is empty (no sections); see recipes/ for complete ones")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
         data.setdefault("name", path.stem)

@@ -54,14 +54,22 @@ def _run_train(args) -> int:
 def add_config(sub) -> None:
     p = sub.add_parser("config", help="list every recipe field with its type, value (default or recipe) and doc")
     p.add_argument("--recipe", help="show this recipe's resolved values instead of the defaults")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides applied before listing")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="overrides applied before listing (the recipe may also come first, as in `tuner train RECIPE ...`)",
+    )
     p.set_defaults(func=_run_config)
 
 
 def _run_config(args) -> int:
     from tuner.config import describe_fields, load_config
 
-    rows = describe_fields(load_config(args.recipe, args.overrides))
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is None and overrides and "=" not in overrides[0]:  # `tuner config RECIPE [overrides]`, as train
+        recipe = overrides.pop(0)
+    rows = describe_fields(load_config(recipe, overrides))
     width = max(len(r[0]) for r in rows)
     for key, tp, value, doc in rows:
         print(f"{key:<{width}}  {value:<18} {doc}  [{tp}]")
