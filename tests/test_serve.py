@@ -169,6 +169,13 @@ def test_malformed_json_and_score_errors(client):
     r = client.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["field"] == "body"
     assert "Content-Type" not in r.json()["error"]["message"]
+    # where the JSON broke, as line and column, and why
+    broken = b'{"query": "q",\n "documents": ["a",]}'
+    r = client.post("/v1/rerank", content=broken, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "body: invalid JSON (Expecting value) at line 2 column 20"
+    r = client.post("/v1/rerank", content=b'{"query": "q\xff"}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "must be JSON text in UTF-8" in r.json()["error"]["message"]
     body = json.dumps({"query": QUERY, "documents": ["a"]}).encode()
     r = client.post("/v1/rerank", content=body, headers={"content-type": "text/plain"})  # curl -d without -H
     assert r.status_code == 400 and "Content-Type: application/json; got 'text/plain'" in r.json()["error"]["message"]

@@ -387,6 +387,14 @@ def create_app(
         invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
         where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
         message = f"{where}: {first.get('msg', 'invalid value').removeprefix('Value error, ')}"
+        if invalid_json:  # where it broke, as a client's editor counts: line and column of the body's text
+            loc = tuple(first.get("loc", ()))
+            offset, body = (loc[1] if len(loc) > 1 else None), err.body
+            reason = (first.get("ctx") or {}).get("error") or "not JSON"
+            message = f"body: invalid JSON ({reason})"
+            if isinstance(offset, int) and isinstance(body, str):
+                line = body.count("\n", 0, offset) + 1
+                message += f" at line {line} column {offset - body.rfind(chr(10), 0, offset)}"
         if first.get("type") == "missing" and request.url.path == "/score" and where in _SCORE_ALIASES:
             message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
         content_type = request.headers.get("content-type", "")
@@ -399,6 +407,8 @@ def create_app(
     async def _http_error(request: Request, err: StarletteHTTPException):
         # unknown route (404), wrong method (405): the same error body as every other error, not {"detail": ...}
         message = f"{request.method} {request.url.path}: {err.detail}"
+        if err.status_code == 400 and err.detail == "There was an error parsing the body":
+            message += " (the body must be JSON text in UTF-8)"  # FastAPI's answer to bytes that do not decode
         if err.status_code == 404:
             message += (
                 " (routes: POST /v1/rerank, /rerank, /v2/rerank, /score, /v1/score; GET /health, /metrics, /v1/models)"
