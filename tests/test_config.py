@@ -152,7 +152,28 @@ def test_names_transformers_must_know_are_checked_before_any_work(override, mess
         check_before_work(load_config(None, [override]))
     with pytest.raises(FileNotFoundError, match=r"eval.beir: '/no/such/beir' is not a directory"):
         check_before_work(load_config(None, ["eval.beir=/no/such/beir"]))
-    check_before_work(load_config(None, ["train.scheduler=linear", "train.optim=adamw_torch"]))
+    scifact = str(Path(__file__).resolve().parent.parent / "data" / "scifact")
+    check_before_work(load_config(None, ["train.scheduler=linear", "train.optim=adamw_torch", f"data.beir={scifact}"]))
+
+
+def test_the_training_data_and_a_local_base_are_checked_before_any_work(tmp_path):
+    """A training file or a local base that is not there fails before the run folder is made (it was found after
+    the folder and the tokenizer, about 10 s in); so does a recipe with no training data at all."""
+    from tuner.cli import main
+    from tuner.train_setup import check_before_work
+
+    with pytest.raises(FileNotFoundError, match=r"^data.train_file: .*nope\.jsonl: no such file"):
+        check_before_work(load_config(None, [f"data.train_file={tmp_path / 'nope.jsonl'}"]))
+    with pytest.raises(ConfigError, match=r"^data: set data.train_file"):
+        check_before_work(load_config(None))
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"query": "q", "pos": ["a"], "neg": ["b"]}\n')
+    with pytest.raises(Exception, match=r"model '.*no-base' not found"):
+        check_before_work(load_config(None, [f"data.train_file={train}", f"model.name_or_path={tmp_path / 'no-base'}"]))
+    out = tmp_path / "run"
+    argv = ["train", str(Path(__file__).resolve().parent.parent / "recipes" / "tiny-cpu.yaml"), f"output.dir={out}"]
+    assert main([*argv, f"data.train_file={tmp_path / 'nope.jsonl'}"]) == 2
+    assert not out.exists()
 
 
 def test_every_field_has_a_doc():

@@ -251,14 +251,19 @@ def test_named_errors(tiny_model_dir, beir, tmp_path):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "c", "eval.beir=" + str(tmp_path / "nobeir")))
     with pytest.raises(ConfigError, match="--resume"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "d"), resume=True)
-    # a run that stopped after its log was opened says why at the end of that log; one that stopped before (the
-    # eval folder and --resume are checked first) has no log, and its error does not land in the previous run's
-    log_a = (tmp_path / "a" / "logs" / "train.log").read_text()
-    assert "ERROR run failed: FileNotFoundError" in log_a and "data.train_file" in log_a and "Traceback" in log_a
-    log_b = (tmp_path / "b" / "logs" / "train.log").read_text()
-    assert log_b.count("ERROR run failed") == 1 and "no/such/model" in log_b and "--resume" not in log_b
-    assert not (tmp_path / "c" / "logs").exists() and not (tmp_path / "d" / "logs").exists()
-    assert not (tmp_path / "c").exists()  # a run stopped by the first checks leaves no empty run directory
+    # a run that stopped after its log was opened says why at the end of that log (a bad row is found when the
+    # data is read); one that stopped before (the files, folders and local base the recipe names, and --resume,
+    # are checked first) has no log, and its error does not land in the previous run's
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "pos": ["a"], "neg": ["b"]}\n{"query": "q2", "pos": "a"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "e", f"data.train_file={bad}"))
+    log_e = (tmp_path / "e" / "logs" / "train.log").read_text()
+    assert log_e.count("ERROR run failed") == 1 and "bad.jsonl:2" in log_e and "Traceback" in log_e
+    assert "--resume" not in log_e
+    for name in "abc":  # a run stopped by the first checks leaves no empty run directory
+        assert not (tmp_path / name).exists(), name
+    assert not (tmp_path / "d" / "logs").exists()
 
 
 def test_cli_bad_key_exit_code(capsys, tmp_path):

@@ -104,6 +104,23 @@ def check_before_work(config: Config) -> None:
             resolve_path(config.eval.data, config.eval.split)  # a missing or mistyped file, before the model loads
         except ValueError as err:
             raise ConfigError(f"eval.data: {err}") from None
+    # the training data and a local base too: before the run folder is made and the tokenizer loads
+    if config.data.train_file:
+        from tuner.data.beir import DataError
+        from tuner.data.groups import resolve_path
+
+        try:  # a hub dataset id (no local path) is left to load_groups
+            resolve_path(config.data.train_file)
+        except DataError as err:
+            raise FileNotFoundError(f"data.train_file: {err}") from None
+    elif not config.data.beir:
+        raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
+    if not config.model.tiny:
+        from tuner.loading import _check_reachable, _looks_local
+
+        name = config.model.name_or_path
+        if Path(name).expanduser().exists() or _looks_local(name):  # a hub id is asked once, when the base loads
+            _check_reachable(name)
 
 
 def prepare_base(model: ModelConfig, out: Path) -> str:
