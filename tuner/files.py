@@ -20,7 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_dir", "atomic_open", "atomic_path", "atomic_write", "decode_utf8", "default_mode"]
+__all__ = [
+    "atomic_dir",
+    "atomic_open",
+    "atomic_path",
+    "atomic_write",
+    "decode_utf8",
+    "default_mode",
+    "make_output_dir",
+]
 
 
 def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueError) -> str:
@@ -91,6 +99,40 @@ def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None)
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise ValueError(f"{flag} {path} already holds files ({shown}); choose another folder or pass --overwrite")
     _check_writable_in(path if path.is_dir() else path.parent, path, flag)
+
+
+def make_output_dir(path: str | Path, flag: str) -> Path:
+    """Create the folder `path` (and its parents) for a command's outputs and check that a file can be written in
+    it; returns `path`. Every failure is a `ValueError` naming `flag` and the folder at fault (a file where a
+    folder is wanted, no permission, a read-only or full disk), not the OS's bare errno: `check_output_dir`'s
+    checks first, then the creation itself (which also catches what they cannot see, e.g. a read-only mount)."""
+    check_output_dir(path, flag)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(output_error(err, Path(path).absolute(), flag)) from None
+    return Path(path)
+
+
+def output_error(err: OSError, path: str | Path, flag: str) -> str:
+    """One line naming `flag`, `path` and what is wrong, for an `OSError` met writing the output `path`."""
+    import errno
+
+    path = Path(path)
+    folder = path
+    while not folder.is_dir() and folder != folder.parent:  # the nearest folder that exists
+        if folder.exists():
+            where = f"{flag} {path}" if folder == path else f"{flag} {path}: {folder}"
+            return f"{where} is a file, not a folder"
+        folder = folder.parent
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"{flag} {path}: no permission to write in {folder}"
+    if err.errno == errno.EROFS:
+        return f"{flag} {path}: {folder} is on a read-only file system"
+    reason = (err.strerror or str(err)).lower()
+    return f"{flag} {path}: cannot write in {folder} ({reason})"
 
 
 def _umask() -> int:

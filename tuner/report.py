@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuner.evaluate import RANDOM_ORDER, EvalResult
-from tuner.files import atomic_path, atomic_write
+from tuner.files import atomic_path, atomic_write, make_output_dir
 from tuner.metrics import Qrels, mean, parse_metric, ranked_ids
 
 __all__ = [
@@ -48,17 +47,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower() or "run"
 
 
-def prepare_out_dir(path: str | Path) -> Path:
+def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create the output folder and check that a file can be written in it, before any scoring is done.
 
-    Raises the OS's error (it names the path: a file where a folder is wanted, no permission, a full disk), so
+    Raises `ValueError` naming `flag` (eval, instruct and calibrate all call it `--out`) and the folder at fault: a
+    file where a folder is wanted, no permission, a read-only or full disk (`tuner.files.make_output_dir`), so
     that a report folder that cannot be written fails in seconds, not after hours of scoring.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-        pass
-    return path
+    return make_output_dir(path, flag)
 
 
 # ------------------------------------------------------------------------------------------ statistics

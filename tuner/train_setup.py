@@ -18,11 +18,20 @@ RUNS_DIR = "runs"
 
 
 def output_dir_for(config: Config, create: bool = True) -> Path:
-    """`output.dir`, or `runs/<recipe name>` under the current directory (made unless `create` is false)."""
+    """`output.dir`, or `runs/<recipe name>` under the current directory (made unless `create` is false).
+
+    A folder that cannot be made or written in raises `ConfigError` naming `output.dir` and the folder at fault (a
+    file where a folder is wanted, no permission), before any data or model work."""
+    from tuner.files import make_output_dir
+
     out = Path(config.output.dir) if config.output.dir else Path(RUNS_DIR) / config.name
     out = out.expanduser().resolve()
     if create:
-        out.mkdir(parents=True, exist_ok=True)
+        key = "output.dir" if config.output.dir else f"output.dir (default {RUNS_DIR}/<name>)"
+        try:
+            make_output_dir(out, key)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     return out
 
 

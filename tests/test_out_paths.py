@@ -1,0 +1,128 @@
+"""Output paths that cannot be written: one line naming the flag (or recipe key) and the folder at fault, exit code 2,
+before any model loads or any scoring starts; and a failed run leaves no empty output folder behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner.files import make_output_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+VERBS = ("eval", "instruct", "calibrate")
+
+
+class Loaded(Exception):
+    """What the stubbed model loader raises: the run reached the model."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Model loading and the evaluator's build raise `Loaded`: a check that comes later fails the test."""
+    from tuner import eval_run, instruct
+
+    def fake(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(eval_run, "load_reranker", fake)
+    monkeypatch.setattr(instruct, "load_reranker", fake)
+    monkeypatch.setattr(eval_run.Evaluator, "from_beir", fake)
+    monkeypatch.setattr(eval_run.Evaluator, "from_groups", fake)
+
+
+def _deny_mkdir(monkeypatch, under: Path) -> None:
+    """`Path.mkdir` of a folder under `under` raises PermissionError, as in a read-only parent for a user who is
+    not root (the tests may run as root, whom mode bits do not stop)."""
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if Path(self).absolute().is_relative_to(under):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+def _args(verb: str, tmp_path: Path, out: Path) -> list[str]:
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"query": "q", "pos": ["a"], "neg": ["b"]}) + "\n", encoding="utf-8")
+    source = ["--data", str(data)] if verb == "calibrate" else ["--beir", str(tmp_path)]
+    return [verb, "--model", str(tmp_path), *source, "--out", str(out)]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_an_out_that_cannot_be_a_folder_is_named_before_any_model_loads(verb, tmp_path, capsys, no_model, monkeypatch):
+    from tuner.cli import main
+
+    existing = tmp_path / "existing.txt"
+    existing.write_text("x\n", encoding="utf-8")
+    cases = [
+        (existing, f"--out {existing} is a file, not a folder"),
+        (existing / "ev", f"--out {existing / 'ev'}: {existing} is a file, not a folder"),
+    ]
+    for out, message in cases:
+        assert main(_args(verb, tmp_path, out)) == 2
+        err = capsys.readouterr().err
+        assert f"tuner {verb}: error: {message}" in err and "Errno" not in err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _deny_mkdir(monkeypatch, locked)
+    assert main(_args(verb, tmp_path, locked / "ev")) == 2
+    err = capsys.readouterr().err
+    assert f"--out {locked / 'ev'}: no permission to write in {locked}" in err and "Errno" not in err
+
+
+def test_make_output_dir_names_the_flag_for_what_the_checks_cannot_see(tmp_path, monkeypatch):
+    """An OS error of the creation itself (a read-only mount, a full disk) is one line naming the flag too."""
+    for code, reason in ((errno.EROFS, "is on a read-only file system"), (errno.ENOSPC, "no space left on device")):
+
+        def mkdir(self, *args, _code=code, **kwargs):
+            raise OSError(_code, {errno.EROFS: "Read-only file system"}.get(_code, "No space left on device"))
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        with pytest.raises(ValueError) as info:
+            make_output_dir(tmp_path / "a" / "b", "--x")
+        assert str(info.value).startswith(f"--x {tmp_path / 'a' / 'b'}: ") and reason in str(info.value)
+
+
+def test_train_names_output_dir_when_it_cannot_be_a_folder(tmp_path, monkeypatch):
+    from tuner.config import ConfigError, load_config
+    from tuner.train_setup import output_dir_for
+
+    existing = tmp_path / "existing.txt"
+    existing.write_text("x\n", encoding="utf-8")
+    recipe = ROOT / "recipes" / "tiny-cpu.yaml"
+    for out, message in [
+        (existing, f"output.dir {existing} is a file, not a folder"),
+        (existing / "run", f"output.dir {existing / 'run'}: {existing} is a file, not a folder"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            output_dir_for(load_config(recipe, [f"output.dir={out}"]))
+        assert str(info.value) == message
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _deny_mkdir(monkeypatch, locked)
+    with pytest.raises(ConfigError) as info:
+        output_dir_for(load_config(recipe, [f"output.dir={locked / 'run'}"]))
+    assert str(info.value) == f"output.dir {locked / 'run'}: no permission to write in {locked}"
+    assert output_dir_for(load_config(recipe, [f"output.dir={existing / 'run'}"]), create=False)  # not checked
+
+
+def test_tuner_train_exits_2_naming_output_dir(tmp_path, capsys, monkeypatch):
+    """Before the data is read or the model loads (both stubbed to fail the test)."""
+    from tuner import modeling, train_setup
+    from tuner.cli import main
+
+    def fake(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(modeling, "load_base", fake)
+    monkeypatch.setattr(train_setup, "load_training_groups", fake)
+    existing = tmp_path / "existing.txt"
+    existing.write_text("x\n", encoding="utf-8")
+    out = existing / "run"
+    assert main(["train", str(ROOT / "recipes" / "tiny-cpu.yaml"), f"output.dir={out}"]) == 2
+    assert f"tuner train: error: output.dir {out}: {existing} is a file, not a folder" in capsys.readouterr().err
