@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.files import make_output_dir
+from tuner.files import make_output_dir, removed_if_failed
 
 ROOT = Path(__file__).resolve().parents[1]
 VERBS = ("eval", "instruct", "calibrate")
@@ -126,3 +126,51 @@ def test_tuner_train_exits_2_naming_output_dir(tmp_path, capsys, monkeypatch):
     out = existing / "run"
     assert main(["train", str(ROOT / "recipes" / "tiny-cpu.yaml"), f"output.dir={out}"]) == 2
     assert f"tuner train: error: output.dir {out}: {existing} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_on_its_inputs_leaves_no_empty_out_folder(tmp_path, capsys):
+    """`tuner eval` makes --out first (so that an unwritable one fails in seconds): a bad --data row or --candidates
+    file found after it removes the folders it made, which are empty; a folder that was there before stays."""
+    from mini_beir import write_beir
+
+    from tuner.cli import main
+
+    bad_row = tmp_path / "bad.jsonl"
+    bad_row.write_text(json.dumps({"query": "q", "pos": "a", "neg": ["b"]}) + "\n", encoding="utf-8")
+    beir = write_beir(tmp_path / "beir")
+    bad_run = tmp_path / "other.run"
+    bad_run.write_text("nope Q0 d1 1 5.0 x\n", encoding="utf-8")
+    model = str(ROOT / "models" / "tiny-reranker")
+    sources = [
+        (["--data", str(bad_row)], f"{bad_row}:1: field 'pos'"),
+        (["--beir", str(beir), "--candidates", str(bad_run)], f"{bad_run}: none of the"),
+    ]
+    for source, message in sources:
+        out = tmp_path / "new" / "ev"
+        assert main(["eval", "--model", model, *source, "--out", str(out), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()  # both folders it made are gone
+        before = tmp_path / "before"
+        before.mkdir(exist_ok=True)
+        assert main(["eval", "--model", model, *source, "--out", str(before / "ev"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert before.is_dir() and not (before / "ev").exists()
+        assert main(["eval", "--model", model, *source, "--out", str(before), "--no-progress"]) == 2
+        assert before.is_dir()  # empty, but not this call's
+
+
+def test_removed_if_failed_removes_only_the_empty_folders_it_saw_made(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RuntimeError), removed_if_failed(kept / "a" / "b") as out:
+        out.mkdir(parents=True)
+        raise RuntimeError
+    assert kept.is_dir() and not (kept / "a").exists()
+    with pytest.raises(RuntimeError), removed_if_failed(kept / "a" / "b") as out:
+        out.mkdir(parents=True)
+        (out / "partial.json").write_text("{}")
+        raise RuntimeError
+    assert (kept / "a" / "b" / "partial.json").is_file()  # something was written: nothing is removed
+    with removed_if_failed(tmp_path / "ok") as out:  # success: the folder stays
+        out.mkdir()
+    assert (tmp_path / "ok").is_dir()

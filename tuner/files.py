@@ -28,6 +28,7 @@ __all__ = [
     "decode_utf8",
     "default_mode",
     "make_output_dir",
+    "removed_if_failed",
 ]
 
 
@@ -114,6 +115,30 @@ def make_output_dir(path: str | Path, flag: str) -> Path:
     except OSError as err:
         raise ValueError(output_error(err, Path(path).absolute(), flag)) from None
     return Path(path)
+
+
+@contextmanager
+def removed_if_failed(path: str | Path) -> Iterator[Path]:
+    """Around a command that makes the output folder `path` (`make_output_dir`) and may then fail on its inputs:
+    on failure, the folders of `path` that did not exist on entry and are still empty are removed (the deepest
+    first), so a failed run leaves no empty folder behind. A folder that existed before, or holds anything, is
+    never removed. Yields `path` as given."""
+    made = []
+    folder = Path(path).absolute()
+    while not os.path.lexists(folder) and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    try:
+        yield Path(path)
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # not made (the command failed before): its parent may have been
+                continue
+            except OSError:  # not empty (or not ours to remove): nor are the folders above it
+                break
+        raise
 
 
 def output_error(err: OSError, path: str | Path, flag: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.cli.common import UserError, add_scoring_path_args, positive_int, scoring_path_kwargs
+from tuner.files import removed_if_failed
 
 
 # -------------------------------------------------------------------------------------------- shared
@@ -160,17 +161,18 @@ def _run_eval(args) -> int:
     out = Path(args.out or Path("runs") / "eval" / _out_name(args))
     replaced = (out / "metrics.json").exists()
     train_data = _train_data(args)
-    run_eval(
-        args.model,
-        args.beir,
-        out,
-        instructions=instructions,
-        compare=args.compare,
-        train_data=train_data,
-        train_split=args.train_split,
-        base_cache_dir=args.base_cache or None,
-        **options,
-    )
+    with removed_if_failed(out):  # a bad --data row or --candidates file leaves no empty --out folder behind
+        run_eval(
+            args.model,
+            args.beir,
+            out,
+            instructions=instructions,
+            compare=args.compare,
+            train_data=train_data,
+            train_split=args.train_split,
+            base_cache_dir=args.base_cache or None,
+            **options,
+        )
     _print_report_head(out)
     print(
         f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png"
@@ -253,9 +255,10 @@ def _run_instruct(args) -> int:
     _check_apply(args)
     custom = read_instructions(args.instructions) if args.instructions else []
     out = Path(args.out or Path("runs") / "instruct" / _out_name(args))
-    summary = run_instruct(
-        args.model, args.beir, out, instructions=custom, apply=args.apply, force=args.force, **options
-    )
+    with removed_if_failed(out):
+        summary = run_instruct(
+            args.model, args.beir, out, instructions=custom, apply=args.apply, force=args.force, **options
+        )
     _print_report_head(out)
     info = summary["instruction_search"]
     print(f"\nwinner: {info['winner_label']} ({info['winner']!r}) in {info['seconds']:.1f} s; wrote {out}/tuner.json")
@@ -297,16 +300,17 @@ def _run_calibrate(args) -> int:
     from tuner.calibrate import run_calibrate
 
     _check_apply(args)
-    summary = run_calibrate(
-        args.model,
-        args.data,
-        args.out,
-        split=args.split,
-        apply=args.apply,
-        seed=args.seed,
-        force=args.force,
-        **_model_options(args),
-    )
+    with removed_if_failed(args.out):
+        summary = run_calibrate(
+            args.model,
+            args.data,
+            args.out,
+            split=args.split,
+            apply=args.apply,
+            seed=args.seed,
+            force=args.force,
+            **_model_options(args),
+        )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8").split("\n![")[0].rstrip())
     for warning in summary.get("warnings") or []:
         print(f"tuner calibrate: warning: {warning}", file=sys.stderr)
