@@ -490,3 +490,36 @@ def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_di
     systems = {s["label"]: s for s in json.loads((tmp_path / "h" / "metrics.json").read_text())["systems"]}
     assert systems["base"]["model"] == systems["tuned"]["model"] == str(tiny_model_dir)
     assert systems["tuned"]["adapter"] == other
+
+
+def test_judged_relevant_documents_missing_from_the_corpus_are_warned_about(tmp_path, tiny_model_dir, caplog):
+    """A qrels line whose document the corpus lacks cannot be retrieved by any system yet counts in recall and
+    nDCG: said once on stderr (the log) and kept in metrics.json and report.md, not silently evaluated."""
+    from mini_beir import write_beir
+
+    from tuner.cli import main
+    from tuner.eval_run import report_meta
+
+    qrels = {**QRELS, "q1": {"d1": 1, "d999": 1, "d998": 0}}  # d998 is judged non-relevant: it changes nothing
+    beir = write_beir(tmp_path / "mini", qrels=qrels)
+    want = (
+        f"{beir / 'qrels' / 'test.tsv'}: 1 judged-relevant document of 1 query is not in corpus.jsonl "
+        "(e.g. q1 → d999): it counts as relevant and never retrieved"
+    )
+    with caplog.at_level("WARNING", logger="tuner.evaluate"):
+        evaluator = Evaluator.from_beir(beir, "test", top_k=5, show_progress=False)
+        assert [r.getMessage()[: len(want)] for r in caplog.records] == [want]
+        assert len(evaluator.warnings) == 1 and evaluator.warnings[0].startswith(want)
+        caplog.clear()
+        sampled = Evaluator.from_beir(beir, "test", top_k=5, max_queries=2, seed=0)
+        assert "q1" not in sampled.qids  # the queries evaluated are all findable: nothing to say
+        assert sampled.warnings == [] and not caplog.records
+        assert "warnings" not in report_meta(sampled, beir, "test", "BM25", 5, 2)
+
+        out = tmp_path / "out"
+        argv = ["eval", "--model", str(tiny_model_dir), "--beir", str(beir), "--top-k", "5", "--out", str(out)]
+        assert main([*argv, "--no-progress", "--cache-dir", ""]) == 0
+        assert [r.getMessage()[: len(want)] for r in caplog.records] == [want]
+    meta = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert len(meta["warnings"]) == 1 and meta["warnings"][0].startswith(want)
+    assert f"**Warning:** {want}" in (out / "report.md").read_text(encoding="utf-8")

@@ -125,7 +125,8 @@ def report_meta(
     max_queries: int | None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The run facts at the top of `metrics.json`; `extra` keys go before `max_queries`."""
+    """The run facts at the top of `metrics.json`; `extra` keys go before `max_queries`; the evaluator's warnings
+    (e.g. judged-relevant documents the corpus lacks) last, when there are any."""
     return {
         "dataset": Path(beir).name,
         "split": split if source != RANDOM_ORDER or Path(beir).is_dir() else "",  # a labeled file: no split
@@ -135,6 +136,7 @@ def report_meta(
         **extra,
         "max_queries": max_queries,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"warnings": list(evaluator.warnings)} if getattr(evaluator, "warnings", None) else {}),
     }
 
 

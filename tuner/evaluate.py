@@ -103,6 +103,27 @@ def first_stage_run(
     return {q: run[q] for q in queries if q in run}
 
 
+def _relevant_not_in_corpus(folder: str | Path, split: str, qrels: Qrels, corpus: Mapping[str, Any]) -> str:
+    """The warning for judged-relevant documents (grade > 0) of `qrels` that `corpus` lacks, or "" when none: no
+    system can retrieve them, yet recall and nDCG count them (as BEIR's and trec_eval's figures do), so every
+    system's figures are lower than the corpus allows."""
+    missing = {q: [d for d, g in judged.items() if g > 0 and d not in corpus] for q, judged in qrels.items()}
+    missing = {q: docs for q, docs in missing.items() if docs}
+    if not missing:
+        return ""
+    folder = Path(folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    corpus_name = next((n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (folder / n).is_file()), "the corpus")
+    docs = sum(len(d) for d in missing.values())
+    first = next(iter(missing))
+    return (
+        f"{qrels_path}: {docs} judged-relevant document{'s' if docs != 1 else ''} of {len(missing)} "
+        f"quer{'ies' if len(missing) != 1 else 'y'} {'are' if docs != 1 else 'is'} not in {corpus_name} "
+        f"(e.g. {first} → {missing[first][0]}): {'they count' if docs != 1 else 'it counts'} as relevant and "
+        "never retrieved, which lowers every system's recall, nDCG and MAP"
+    )
+
+
 def _examples(ids, n: int = 3) -> str:
     ids = list(ids)
     return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "") if ids else "none"
@@ -182,6 +203,8 @@ class Evaluator:
         self._cache: dict[tuple, list[list[np.ndarray]]] = {}
         self._first_stage_result: EvalResult | None = None
         self.first_stage_name = "first stage"  # how logs name the candidates' own order (from_groups: RANDOM_ORDER)
+        # what a report should say about the set (from_beir: judged-relevant documents the corpus lacks)
+        self.warnings: list[str] = []
 
     @classmethod
     def from_beir(
@@ -201,15 +224,20 @@ class Evaluator:
         data = load_beir(folder, split)
         keep = sample_queries([q for q in data.qrels if q in data.queries], max_queries, seed)
         queries = {q: data.queries[q] for q in keep}
+        unfindable = _relevant_not_in_corpus(folder, split, {q: data.qrels[q] for q in keep}, data.corpus)
+        if unfindable:
+            log.warning("%s", unfindable)
         run = first_stage_run(data.corpus, queries, candidates, top_k, cache_dir)
         kwargs.setdefault("name", f"{data.name}/{split}")
         try:
-            return cls(queries, data.corpus, {q: data.qrels[q] for q in keep}, run, top_k=top_k, **kwargs)
+            evaluator = cls(queries, data.corpus, {q: data.qrels[q] for q in keep}, run, top_k=top_k, **kwargs)
         except ValueError as err:
             if str(candidates).lower() == "bm25" or "not in the corpus" not in str(err):
                 raise
             # the ids came from the run file: name it, and the corpus it does not match
             raise ValueError(f"{candidates}: {err} (corpus {Path(folder) / 'corpus.jsonl[.gz]'})") from None
+        evaluator.warnings = [unfindable] if unfindable else []
+        return evaluator
 
     @classmethod
     def from_groups(

@@ -253,6 +253,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         facts.append(f"{summary['pairs_per_model']:,} pairs per model")
     facts.append(f"reference: **{ref}** (deltas in parentheses are against it)")
     lines += [" · ".join(facts), ""]
+    for warning in summary.get("warnings") or []:  # what the set itself gets wrong (tuner.evaluate.Evaluator.warnings)
+        lines += [f"**Warning:** {_md(warning)}", ""]
     lines.append("| system | " + " | ".join(pretty_metric(m) for m in metrics) + " | time (s) |")
     lines.append("|---" * (len(metrics) + 2) + "|")
     for s in summary["systems"]:
