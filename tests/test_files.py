@@ -125,3 +125,12 @@ def test_json_errors_are_placed_where_the_text_is_short(doc, place):
     with pytest.raises(json.JSONDecodeError) as err:
         json.loads(doc)
     assert json_error_place(doc, err.value) == place
+
+
+def test_a_failed_rename_names_the_file_written_not_the_temporary(tmp_path):
+    target = tmp_path / "report.png"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        atomic_write(target, b"png")
+    assert info.value.filename == str(target) and ".tmp" not in str(info.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.png"]  # no temporary left

@@ -174,3 +174,63 @@ def test_removed_if_failed_removes_only_the_empty_folders_it_saw_made(tmp_path):
     with removed_if_failed(tmp_path / "ok") as out:  # success: the folder stays
         out.mkdir()
     assert (tmp_path / "ok").is_dir()
+
+
+def _results():
+    from tuner.evaluate import EvalResult
+
+    def result(label, values):
+        per_query = {q: {"ndcg@10": v} for q, v in values.items()}
+        mean = sum(values.values()) / len(values)
+        return EvalResult(label, {"ndcg@10": mean}, per_query, {q: [("d1", 1.0)] for q in values}, pairs=len(values))
+
+    return [result("first stage", {"a": 0.3, "b": 0.3}), result("base", {"a": 0.2, "b": 0.4})]
+
+
+def _report_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_report_that_cannot_be_written_whole_replaces_nothing_and_names_the_final_path(tmp_path, monkeypatch):
+    """write_report writes every file to a temporary first: a late failure (report.png) leaves the previous report
+    as it was, no temporary behind, and one line naming the flag and the file (not the temporary)."""
+    from tuner import report
+
+    out = tmp_path / "out"
+    report.write_report(out, _results(), 1, ["ndcg@10"], "ndcg@10", {"created": "before"})
+    before = _report_files(out)
+    assert set(before) >= {"metrics.json", "per_query.jsonl", "report.md", "report.png"}
+
+    (out / "report.png").unlink()
+    (out / "report.png").mkdir()  # a folder where the report writes a file: found before anything is replaced
+    before = _report_files(out)
+    with pytest.raises(ValueError) as info:
+        report.write_report(out, _results(), 1, ["ndcg@10"], "ndcg@10", {"created": "after"})
+    assert str(info.value) == f"--out {out}: {out / 'report.png'} is a folder, where the report writes its report.png"
+    assert _report_files(out) == before
+    (out / "report.png").rmdir()
+
+    def full_disk(summary, per_query, path):
+        Path(path).write_bytes(b"half a png")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "plot_deltas", full_disk)
+    before = _report_files(out)
+    with pytest.raises(ValueError) as info:
+        report.write_report(out, _results(), 1, ["ndcg@10"], "ndcg@10", {"created": "after"})
+    assert str(info.value) == (
+        f"--out {out}: could not write {out / 'report.png'} (No space left on device); no file of the report was "
+        "replaced"
+    )
+    assert _report_files(out) == before  # metrics.json says "before" still; no temporary left
+
+
+def test_eval_finds_a_folder_in_the_way_of_its_report_before_any_model_loads(tmp_path, capsys, no_model):
+    from tuner.cli import main
+
+    out = tmp_path / "out"
+    (out / "report.png").mkdir(parents=True)
+    assert main(["eval", "--model", str(tmp_path), "--beir", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"tuner eval: error: --out {out}: {out / 'report.png'} is a folder, where the report writes" in err
+    assert (out / "report.png").is_dir()

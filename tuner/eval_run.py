@@ -225,9 +225,10 @@ def run_eval(
     import gc
 
     from tuner.loading import split_adapter
-    from tuner.report import prepare_out_dir, write_report
+    from tuner.report import check_report_targets, prepare_out_dir, write_report
 
     prepare_out_dir(out_dir)
+    check_report_targets(out_dir)  # a folder named report.png fails now, not after the scoring
     instructions = list(instructions) or [None]
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress

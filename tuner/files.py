@@ -217,7 +217,10 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod(default_mode())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # named by the file written, not "[Errno 21] Is a directory: '.x.1a2b.tmp' -> 'x'"
+            raise type(err)(err.errno, err.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

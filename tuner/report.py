@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from tuner.evaluate import RANDOM_ORDER, EvalResult
-from tuner.files import atomic_path, atomic_write, make_output_dir
+from tuner.files import atomic_path, make_output_dir
 from tuner.metrics import Qrels, mean, parse_metric, ranked_ids
 
 __all__ = [
     "build_summary",
+    "check_report_targets",
     "crosscheck_pytrec_eval",
     "paired_stats",
     "plot_deltas",
@@ -370,6 +371,23 @@ def plot_deltas(summary: Mapping[str, Any], per_query: Mapping[str, Mapping[str,
     return path
 
 
+REPORT_FILES = ("metrics.json", "per_query.jsonl", "report.md", "report.png")  # and runs/*.trec
+
+
+def check_report_targets(out_dir: str | Path, flag: str = "--out", run_files: Sequence[str] = ()) -> None:
+    """Raise `ValueError` naming `flag` if a report file of `write_report` could not replace what is at its path in
+    `out_dir` (a folder named like one, `runs` as a file): checked before any file is replaced, and by `tuner eval`
+    before its scoring as well."""
+    out = Path(out_dir)
+    runs = out / "runs"
+    if runs.exists() and not runs.is_dir():
+        raise ValueError(f"{flag} {out}: {runs} is a file, not a folder (the report writes its run files there)")
+    for name in (*REPORT_FILES, *run_files):
+        target = out / name
+        if target.is_dir():
+            raise ValueError(f"{flag} {out}: {target} is a folder, where the report writes its {target.name}")
+
+
 def write_report(
     out_dir: str | Path,
     results: Sequence[EvalResult],
@@ -379,28 +397,28 @@ def write_report(
     meta: Mapping[str, Any],
     qrels: Qrels | None = None,
     overlap: Mapping[str, Any] | None = None,
+    flag: str = "--out",
 ) -> dict[str, Any]:
     """Write metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into `out_dir`; return the summary.
 
     Labels must be unique (they key `per_query.jsonl`). With `overlap` (see `build_summary`) each per-query row
     also names its part ("seen" / "unseen" in training).
+
+    Every file is written to a temporary beside it first, and only when all are written are they renamed into
+    place (metrics.json last): a failure (a full disk, a folder where a file goes) leaves the previous report
+    whole, and is a `ValueError` naming `flag`, `out_dir` and the file, not the temporary.
     """
+    from contextlib import ExitStack
+
     from tuner.retrieval import write_run
 
     labels = [r.label for r in results]
     if len(set(labels)) != len(labels):
         raise ValueError(f"system labels must be unique, got {labels}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, flag)
     summary = build_summary(results, reference, metrics, primary_metric, meta, qrels, overlap)
-    for result, entry in zip(results, summary["systems"], strict=True):
-        write_run(result.run, out / entry["run_file"], tag=slug(result.label)[:40], digits=None)
-    # an earlier report in the same folder may have had more systems: its run files would look like this one's
-    written = {out / entry["run_file"] for entry in summary["systems"]}
-    for stale in {p.parent for p in written}:
-        for old in stale.glob("*.trec"):
-            if old not in written:
-                old.unlink()
+    check_report_targets(out, flag, [entry["run_file"] for entry in summary["systems"]])
     qids = list(results[reference].per_query)
     per_query = {q: {r.label: r.per_query[q] for r in results} for q in qids}
     parts = overlap["part"] if overlap is not None else {}
@@ -410,8 +428,36 @@ def write_report(
         )
         for q in qids
     ]
-    atomic_write(out / "per_query.jsonl", "\n".join(rows) + "\n")
-    atomic_write(out / "metrics.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write(out / "report.md", render_markdown(summary))
-    plot_deltas(summary, per_query, out / "report.png")
+    texts = {  # renamed in the reverse order: metrics.json, which says a report is there, last
+        "metrics.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+        "per_query.jsonl": "\n".join(rows) + "\n",
+        "report.md": render_markdown(summary),
+    }
+    target = out
+    try:
+        with ExitStack() as stack:
+            for name, text in texts.items():
+                target = out / name
+                stack.enter_context(atomic_path(target)).write_bytes(text.encode("utf-8"))
+            for result, entry in zip(results, summary["systems"], strict=True):
+                target = out / entry["run_file"]
+                tmp = stack.enter_context(atomic_path(target, ".trec"))
+                write_run(result.run, tmp, tag=slug(result.label)[:40], digits=None)
+            target = out / "report.png"
+            plot_deltas(summary, per_query, stack.enter_context(atomic_path(target, ".png")))
+            target = out  # all written: the renames follow, as the stack closes
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if target != out:
+            raise ValueError(
+                f"{flag} {out}: could not write {target} ({reason}); no file of the report was replaced"
+            ) from err
+        failed = err.filename or out  # atomic_path names the file it renames onto
+        raise ValueError(f"{flag} {out}: could not replace {failed} ({reason}); the report is incomplete") from err
+    # an earlier report in the same folder may have had more systems: its run files would look like this one's
+    written = {out / entry["run_file"] for entry in summary["systems"]}
+    for stale in {p.parent for p in written}:
+        for old in stale.glob("*.trec"):
+            if old not in written:
+                old.unlink()
     return summary
