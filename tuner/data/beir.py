@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.data.schema import MAX_GRADE
 from tuner.files import decode_utf8, json_error_place
 
 # How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
@@ -84,6 +85,8 @@ def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as err:
                 column = json_error_place(line, err)[1]
                 yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {column})")
+            except ValueError:  # an integer of more than 4300 digits (Python's limit on reading one)
+                yield n, DataError(f"{path}:{n}: invalid JSON (a number of more than 4300 digits)")
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -130,6 +133,11 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             score = int(row[2])
         except ValueError:
             raise DataError(f"{path}:{n}: score {row[2]!r} is not an integer") from None
+        if score > MAX_GRADE:
+            raise DataError(
+                f"{path}:{n}: score {row[2]!r} is above {MAX_GRADE}, the largest relevance grade (rescale the grades, "
+                "e.g. to 0-4)"
+            )
         qrels.setdefault(row[0].strip(), {})[row[1].strip()] = score
     return qrels
 

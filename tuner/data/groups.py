@@ -39,7 +39,7 @@ from typing import Any
 
 from tuner.contract import document_text
 from tuner.data.beir import DataError, is_beir_folder, jsonl_lines, utf8_lines
-from tuner.data.schema import Group
+from tuner.data.schema import MAX_GRADE, Group
 from tuner.files import decode_utf8, json_error_place, similar_names
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     except json.JSONDecodeError as err:
         line, column = json_error_place(text, err)
         raise DataError(f"{path}:{line}: invalid JSON ({err.msg} at column {column})") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's limit on reading one)
+        raise DataError(f"{path}: invalid JSON (a number of more than 4300 digits)") from None
     if isinstance(value, Mapping) and isinstance(value.get("data"), list):
         value = value["data"]  # {"data": [...]}, the other layout `datasets`' JSON builder reads
     if not isinstance(value, list):
@@ -311,7 +313,7 @@ def _is_json_document(path: Path) -> bool:
         first = f.readline()
     try:
         value = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, not UTF-8, or a number too long to read: the JSON reader names the problem
         return True
     # the first line is a whole object: JSONL named .json, unless it is the {"data": [...]} layout
     return isinstance(value, Mapping) and isinstance(value.get("data"), list) and "query" not in value
@@ -359,6 +361,22 @@ def _documents(row: Mapping, key: str, where: str, required: bool) -> list:
     return [_document(doc, where, f"{key}[{i}]") for i, doc in enumerate(value)]
 
 
+def _finite(value: Any) -> bool:
+    """Whether a value is a number that is finite as a float (an integer of 400 digits is not: float() overflows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` for an error, cut short (a 400-digit integer would fill the terminal)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str, what: str = "scores") -> list[float] | None:
     value = row.get(key)
     if value is None:
@@ -367,8 +385,8 @@ def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str, what
         raise DataError(f"{where}: field '{key}' must be a list of numbers, got {type(value).__name__}")
     out = []
     for i, s in enumerate(value):
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-            raise DataError(f"{where}: field '{key}[{i}]' must be a finite number, got {s!r}")
+        if not _finite(s):
+            raise DataError(f"{where}: field '{key}[{i}]' must be a finite number, got {_shown(s)}")
         out.append(float(s))
     if len(out) != n_docs:
         raise DataError(f"{where}: field '{key}' has {len(out)} {what} for {n_docs} documents in '{docs_key}'")
@@ -376,14 +394,23 @@ def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str, what
 
 
 def _grades(row: Mapping, n_pos: int, where: str) -> list[int] | None:
-    """A grouped row's `pos_grades`: one integer grade >= 1 per positive (2.0 is 2), or None when absent."""
+    """A grouped row's `pos_grades`: one integer grade from 1 to `MAX_GRADE` per positive (2.0 is 2), or None."""
     values = _scores(row, "pos_grades", "pos", n_pos, where, what="grades")
     if values is None:
         return None
     for i, g in enumerate(values):
         if g != int(g) or g < 1:
             raise DataError(f"{where}: field 'pos_grades[{i}]' must be an integer >= 1, got {g!r}")
+        if g > MAX_GRADE:
+            raise DataError(_above_max_grade(where, f"pos_grades[{i}]", row["pos_grades"][i]))
     return [int(g) for g in values]
+
+
+def _above_max_grade(where: str, field_name: str, value: Any) -> str:
+    return (
+        f"{where}: field '{field_name}' must be at most {MAX_GRADE}, the largest relevance grade, got "
+        f"{_shown(value)} (rescale the grades, e.g. to 0-4)"
+    )
 
 
 def _pair_grades(labels: list[float]) -> list[int] | None:
@@ -449,8 +476,10 @@ def parse_pair(row: Mapping, where: str) -> tuple[str, str | None, str | dict, f
     label = row["label"]
     if isinstance(label, bool):
         label = int(label)
-    if not isinstance(label, (int, float)) or not math.isfinite(label):
-        raise DataError(f"{where}: field 'label' must be a number, got {label!r}")
+    if not _finite(label):
+        raise DataError(f"{where}: field 'label' must be a number, got {_shown(label)}")
+    if label > MAX_GRADE:  # a positive's label is its grade (an integer one, the gain of nDCG)
+        raise DataError(_above_max_grade(where, "label", label))
     return query, _instruction(row, where), document, float(label), _qid(row, where)
 
 

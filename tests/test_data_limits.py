@@ -1,0 +1,108 @@
+"""Input limits and the messages of the data layer: the largest grade, qrels files, misnamed files, warnings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+from tuner.data import DataError, load_beir, load_groups, read_groups
+from tuner.data.schema import MAX_GRADE
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _beir(folder: Path, qrels: str, split: str = "test") -> Path:
+    """A two-document BEIR folder whose `qrels/<split>.tsv` holds `qrels` as given."""
+    (folder / "qrels").mkdir(parents=True)
+    docs = [{"_id": "d0", "title": "", "text": "solar panel efficiency"}, {"_id": "d1", "text": "river flood model"}]
+    _jsonl(folder / "corpus.jsonl", docs)
+    _jsonl(folder / "queries.jsonl", [{"_id": "q0", "text": "solar panels"}, {"_id": "q1", "text": "floods"}])
+    (folder / "qrels" / f"{split}.tsv").write_text(qrels, encoding="utf-8")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- largest grade
+def test_the_largest_grade_is_100():
+    # nDCG's gains and the listwise target are linear in the grade; 100 keeps the 0-100 scales of real data
+    assert MAX_GRADE == 100
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"query": "q", "document": "d", "label": 3000000000}, "field 'label' must be at most 100, the largest"),
+        ({"query": "q", "document": "d", "label": 1e308}, "field 'label' must be at most 100, the largest"),
+        ({"query": "q", "document": "d", "label": 100.5}, "field 'label' must be at most 100, the largest"),
+        ({"query": "q", "pos": ["p", "o"], "pos_grades": [2, 1e300]}, "field 'pos_grades[1]' must be at most 100, the"),
+        ({"query": "q", "pos": ["p"], "pos_grades": [101]}, "field 'pos_grades[0]' must be at most 100, the"),
+    ],
+)
+def test_a_grade_above_the_largest_is_named_with_its_line_and_field(tmp_path, row, message, capsys):
+    path = _jsonl(tmp_path / "big.jsonl", [{"query": "r", "document": "e", "label": 1}, row])
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value).startswith(f"{path}:2: {message}") and "(rescale the grades, e.g. to 0-4)" in str(err.value)
+    assert main(["data", "check", str(path), "--no-tokens"]) == 1
+    assert f"error: {path}:2: {message}" in capsys.readouterr().out
+
+
+def test_the_largest_grade_itself_is_kept(tmp_path):
+    rows = [
+        {"query": "q", "document": "top", "label": 100},
+        {"query": "q", "document": "some", "label": 3},
+        {"query": "q", "document": "none", "label": 0},
+        {"query": "r", "pos": ["a", "b"], "pos_grades": [100, 1.0]},
+    ]
+    groups = load_groups(_jsonl(tmp_path / "ok.jsonl", rows))
+    assert [g.pos_grades for g in groups] == [[100, 3], [100, 1]]
+
+
+def test_a_csv_label_above_the_largest_grade_is_named(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("query,document,label\nq,d,1\nq,e,3000000000\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:3: field 'label' must be at most 100, the largest relevance grade"):
+        load_groups(path)
+
+
+def test_numbers_too_large_for_a_float_are_errors_not_crashes(tmp_path, capsys):
+    """A 400-digit integer overflows float() (an OverflowError, not a DataError); one of 5000 digits is more than
+    Python reads (a ValueError out of json.loads)."""
+    path = tmp_path / "huge.jsonl"
+    path.write_text(
+        '{"query": "q", "document": "d", "label": 1' + "0" * 400 + "}\n"
+        '{"query": "q", "document": "e", "label": -1' + "0" * 400 + "}\n"
+        '{"query": "q", "pos": ["p"], "pos_scores": [1' + "0" * 400 + "]}\n"
+        '{"query": "q", "pos": ["p"], "pos_grades": [1' + "0" * 400 + "]}\n"
+        '{"query": "q", "document": "d", "label": 1' + "0" * 5000 + "}\n",
+        encoding="utf-8",
+    )
+    loaded = read_groups(path, collect_errors=True, require_positive=False)
+    expected = [
+        f"{path}:1: field 'label' must be a number, got 10000000000000000000... (401 characters)",
+        f"{path}:2: field 'label' must be a number, got -1000000000000000000... (402 characters)",
+        f"{path}:3: field 'pos_scores[0]' must be a finite number, got 10000000000000000000... (401 characters)",
+        f"{path}:4: field 'pos_grades[0]' must be a finite number, got 10000000000000000000... (401 characters)",
+        f"{path}:5: invalid JSON (a number of more than 4300 digits)",
+    ]
+    assert loaded.errors == expected
+    array = tmp_path / "huge.json"
+    array.write_text('[{"query": "q", "document": "d", "label": 1' + "0" * 5000 + "}]\n", encoding="utf-8")
+    assert main(["data", "check", str(array), "--no-tokens"]) == 2
+    assert f"{array}: invalid JSON (a number of more than 4300 digits)" in capsys.readouterr().err
+
+
+def test_a_qrels_score_above_the_largest_grade_is_named(tmp_path, capsys):
+    folder = _beir(tmp_path / "b", "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t3000000000\n")
+    message = rf"{folder}/qrels/test\.tsv:3: score '3000000000' is above 100, the largest relevance grade"
+    with pytest.raises(DataError, match=message):
+        load_beir(folder)
+    assert main(["data", "check", str(folder), "--no-tokens"]) == 2
+    assert "test.tsv:3: score '3000000000' is above 100" in capsys.readouterr().err
+    (folder / "qrels" / "test.tsv").write_text("q0\td0\t100\nq1\td1\t-1\n", encoding="utf-8")
+    assert load_beir(folder).qrels == {"q0": {"d0": 100}, "q1": {"d1": -1}}
