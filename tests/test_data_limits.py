@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,45 @@ def test_a_qrels_score_above_the_largest_grade_is_named(tmp_path, capsys):
     assert "test.tsv:3: score '3000000000' is above 100" in capsys.readouterr().err
     (folder / "qrels" / "test.tsv").write_text("q0\td0\t100\nq1\td1\t-1\n", encoding="utf-8")
     assert load_beir(folder).qrels == {"q0": {"d0": 100}, "q1": {"d1": -1}}
+
+
+# ------------------------------------------------------------------------------------------------- qrels files
+@pytest.mark.parametrize(
+    ("qrels", "why"),
+    [("query-id\tcorpus-id\tscore\n", "only a header"), ("", "the file is empty"), ("\n\n", "the file is empty")],
+)
+def test_qrels_without_a_judgment_are_named_before_any_indexing(tmp_path, capsys, monkeypatch, qrels, why):
+    """A header alone made `tuner mine` build its BM25 index and then advise lowering --range-min; `tuner eval`
+    would average over no query."""
+    folder = _beir(tmp_path / "b", qrels, split="train")
+    (folder / "qrels" / "test.tsv").write_text(qrels, encoding="utf-8")
+
+    def no_index(*args, **kwargs):
+        raise AssertionError("a BM25 index was built")
+
+    monkeypatch.setattr("tuner.retrieval.BM25", no_index)
+    message = f"{folder / 'qrels' / 'train.tsv'}: no judgments ({why}"
+    with pytest.raises(DataError, match=f"^{re.escape(message)}"):
+        load_beir(folder, "train")
+    out = tmp_path / "out" / "mined.jsonl"
+    assert main(["mine", "--beir", str(folder), "--split", "train", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"tuner mine: error: {message}" in err and "--range-min" not in err and not out.exists()
+    # eval reads the qrels before it looks for the model
+    assert (
+        main(["eval", "--model", str(tmp_path / "no-model"), "--beir", str(folder), "--out", str(tmp_path / "e")]) == 2
+    )
+    assert f"tuner eval: error: {folder / 'qrels' / 'test.tsv'}: no judgments ({why}" in capsys.readouterr().err
+    assert main(["data", "check", str(folder), "--split", "train"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_space_separated_qrels_may_have_a_header(tmp_path):
+    folder = _beir(tmp_path / "b", "query-id corpus-id score\nq0 d0 1\nq1 d1 2\n")
+    assert load_beir(folder).qrels == {"q0": {"d0": 1}, "q1": {"d1": 2}}
+    (folder / "qrels" / "test.tsv").write_text("qid iter docno rel\nq0 0 d0 1\nq1 0 d1 0\n", encoding="utf-8")
+    assert load_beir(folder).qrels == {"q0": {"d0": 1}, "q1": {"d1": 0}}
+    # a header is the first line only: a second one is a bad row, named
+    (folder / "qrels" / "test.tsv").write_text("q0 d0 1\nquery-id corpus-id score\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"test\.tsv:2: score 'score' is not an integer"):
+        load_beir(folder)

@@ -111,17 +111,22 @@ def _find(folder: Path, stem: str) -> Path:
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """`query-id<TAB>corpus-id<TAB>score` with a header line (BEIR); also accepts 4-column TREC qrels."""
+    """`query-id<TAB>corpus-id<TAB>score` under a header line (BEIR), or space-separated; also accepts 4-column TREC
+    qrels. A file without a judgment raises `DataError`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such qrels file")
     qrels: dict[str, dict[str, int]] = {}
     text = decode_utf8(path.read_bytes(), path, DataError)  # a BOM before the header is dropped
+    header = False
     for n, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t"), 1):
-        if not row or (n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id")):
+        if not row:
             continue
         if len(row) == 1 and len(row[0].split()) in (3, 4):  # TREC's own files separate by spaces, not tabs
             row = row[0].split()
+        if n == 1 and row[0].strip().lower() in ("query-id", "qid", "query_id"):  # a header, either separator
+            header = True
+            continue
         if len(row) == 4:  # TREC: qid iter docid rel
             row = [row[0], row[2], row[3]]
         if len(row) != 3:
@@ -139,6 +144,8 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
                 "e.g. to 0-4)"
             )
         qrels.setdefault(row[0].strip(), {})[row[1].strip()] = score
+    if not qrels:  # before a caller builds an index for nothing, or averages over no query
+        raise DataError(f"{path}: no judgments ({'only a header' if header else 'the file is empty'})")
     return qrels
 
 
