@@ -149,3 +149,17 @@ def test_space_separated_qrels_may_have_a_header(tmp_path):
     (folder / "qrels" / "test.tsv").write_text("q0 d0 1\nquery-id corpus-id score\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"test\.tsv:2: score 'score' is not an integer"):
         load_beir(folder)
+
+
+def test_a_judged_document_missing_from_the_corpus_is_named_by_qrels_file_and_line(tmp_path, capsys):
+    qrels = "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq1\td999\t1\nq1\td998\t0\n"
+    folder = _beir(tmp_path / "missingdoc", qrels, split="train")
+    place = f"{folder / 'qrels' / 'train.tsv'}:4"
+    out = tmp_path / "out.jsonl"
+    assert main(["mine", "--beir", str(folder), "--split", "train", "--out", str(out), "--no-progress"]) == 2
+    assert (
+        f"tuner mine: error: {place}: qrels query 'q1' judges document 'd999' relevant, and the corpus has no such _id"
+    ) in capsys.readouterr().err
+    assert main(["data", "check", str(folder), "--split", "train"]) == 1
+    printed = capsys.readouterr().out
+    assert f"error: {place}: judged document 'd999' is not in the corpus (2 judged documents missing in all)" in printed

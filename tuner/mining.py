@@ -146,8 +146,8 @@ def mine_negatives(
         missing = [d for d in pos_ids if d not in beir.corpus]
         if missing:
             raise DataError(
-                f"{beir.name}: qrels query {qid!r} judges document {missing[0]!r} relevant, and the corpus has no "
-                "such _id (are the qrels from another version of the collection?)"
+                f"{beir.qrels_place(qid, missing[0])}: qrels query {qid!r} judges document {missing[0]!r} relevant, "
+                "and the corpus has no such _id (are the qrels from another version of the collection?)"
             )
         if not beir.queries.get(qid, "").strip():
             if pos_ids:

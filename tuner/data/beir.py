@@ -12,7 +12,7 @@ import io
 import json
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,24 @@ class BeirData:
         queries: query id → text (only queries with qrels in the split).
         qrels: query id → {doc id → graded relevance}; 0 means judged non-relevant.
         name: folder name.
+        qrels_path: the qrels file read (None when the qrels came from elsewhere, e.g. a training file's groups).
+        qrels_lines: (query id, doc id) → the line of `qrels_path` that judges it (the last, when judged twice), so
+            that a later check names the line.
     """
 
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
     name: str = ""
+    qrels_path: Path | None = None
+    qrels_lines: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def qrels_place(self, qid: str, doc_id: str) -> str:
+        """Where a judgment was read: `FILE:LINE` of the qrels, else the collection's name."""
+        if self.qrels_path is None:
+            return self.name
+        line = self.qrels_lines.get((qid, doc_id))
+        return f"{self.qrels_path}:{line}" if line else str(self.qrels_path)
 
 
 def utf8_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
@@ -110,9 +122,10 @@ def _find(folder: Path, stem: str) -> Path:
     raise DataError(f"{folder}: no {stem}.jsonl or {stem}.jsonl.gz (is this a BEIR folder?)")
 
 
-def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+def read_qrels(path: str | Path, lines: dict[tuple[str, str], int] | None = None) -> dict[str, dict[str, int]]:
     """`query-id<TAB>corpus-id<TAB>score` under a header line (BEIR), or space-separated; also accepts 4-column TREC
-    qrels. A file without a judgment raises `DataError`."""
+    qrels. A file without a judgment raises `DataError`. `lines`, when given, is filled with (query id, doc id) →
+    line number."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such qrels file")
@@ -144,6 +157,8 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
                 "e.g. to 0-4)"
             )
         qrels.setdefault(row[0].strip(), {})[row[1].strip()] = score
+        if lines is not None:
+            lines[(row[0].strip(), row[1].strip())] = n
     if not qrels:  # before a caller builds an index for nothing, or averages over no query
         raise DataError(f"{path}: no judgments ({'only a header' if header else 'the file is empty'})")
     return qrels
@@ -179,7 +194,8 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise DataError(f"{qrels_path}: no qrels for split {split!r} (available: {', '.join(splits) or 'none'})")
-    qrels = read_qrels(qrels_path)
+    qrels_lines: dict[tuple[str, str], int] = {}
+    qrels = read_qrels(qrels_path, qrels_lines)
     queries_path = _find(folder, "queries")
     queries: dict[str, str] = {}
     query_line: dict[str, int] = {}
@@ -199,4 +215,6 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise DataError(f"{qrels_path}: {len(missing)} query ids have no text in {queries_path} (e.g. {missing[0]!r})")
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels, name=folder.name)
+    return BeirData(
+        corpus=corpus, queries=queries, qrels=qrels, name=folder.name, qrels_path=qrels_path, qrels_lines=qrels_lines
+    )

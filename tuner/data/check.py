@@ -190,6 +190,7 @@ def check_beir(folder: str | Path, split: str = "test") -> CheckReport:
     report = CheckReport(path=str(folder))
     rel = [sum(1 for r in judged.values() if r > 0) for judged in beir.qrels.values()]
     missing = sorted({d for judged in beir.qrels.values() for d in judged if d not in beir.corpus})
+    first_missing = next(((q, d) for q, judged in beir.qrels.items() for d in judged if d not in beir.corpus), None)
     empty = sum(1 for d in beir.corpus.values() if not (d["title"].strip() or d["text"].strip()))
     report.stats = {
         "split": split,
@@ -201,8 +202,12 @@ def check_beir(folder: str | Path, split: str = "test") -> CheckReport:
         "judged_docs_missing_from_corpus": len(missing),
         "empty_documents": empty,
     }
-    if missing:
-        report.errors.append(f"{folder}: {len(missing)} judged documents are not in the corpus (e.g. {missing[0]!r})")
+    if first_missing:
+        q, d = first_missing
+        in_all = _n(len(missing), "judged document")
+        report.errors.append(
+            f"{beir.qrels_place(q, d)}: judged document {d!r} is not in the corpus ({in_all} missing in all)"
+        )
     if empty:
         report.warnings.append(f"{empty} corpus documents have no title and no text")
     if report.stats["queries_without_positive"]:
