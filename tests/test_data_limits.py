@@ -163,3 +163,46 @@ def test_a_judged_document_missing_from_the_corpus_is_named_by_qrels_file_and_li
     assert main(["data", "check", str(folder), "--split", "train"]) == 1
     printed = capsys.readouterr().out
     assert f"error: {place}: judged document 'd999' is not in the corpus (2 judged documents missing in all)" in printed
+
+
+# ------------------------------------------------------------------------------------------ misread files
+@pytest.mark.parametrize(
+    ("text", "line", "end"),
+    [
+        ('query,document,label\nq,"unterminated,1\nq,e,0\n', 2, 3),
+        ('query,document,label\nq,"multi\nline",1\nq,e,0\nq,"x\ny","open,1\nq,e,0\n', 6, 7),  # after quoted breaks
+        ('query,document,label\nq,d,1\nq,"open', 3, 3),  # no line break at the end
+    ],
+)
+def test_an_unterminated_csv_quote_is_named_where_it_opens(tmp_path, capsys, text, line, end):
+    """Python's csv reads the rest of the file into a quoted cell that never closes; the row then read as
+    '2 cells, the header names 3 columns', which hid the cause."""
+    path = tmp_path / "u.csv"
+    path.write_text(text, encoding="utf-8")
+    message = (
+        f"{path}:{line}: a quoted field opened on this line is never closed (no closing '\"'; the rest of the file, "
+        f"to line {end}, was read into it)"
+    )
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == message
+    assert main(["data", "check", str(path), "--no-tokens"]) == 1
+    out = capsys.readouterr().out
+    assert f"error: {message}" in out and "cells, the header names" not in out
+    path.write_text('query,"document,label\nq,d,1\n', encoding="utf-8")  # in the header: the file cannot be read
+    assert main(["data", "check", str(path), "--no-tokens"]) == 2
+    assert f"{path}:1: a quoted field opened on this line is never closed" in capsys.readouterr().err
+
+
+def test_quoted_csv_cells_that_close_and_tsv_quotes_are_read_as_before(tmp_path):
+    path = tmp_path / "ok.csv"
+    path.write_text('query,document,label\nq,"two\nlines, and ""quotes""",1\nq,"last"', encoding="utf-8")
+    with pytest.raises(DataError, match=r"ok\.csv:4: 2 cells, the header names 3 columns"):
+        load_groups(path)  # a short last row, closed: not a quote problem
+    path.write_text('query,document,label\nq,"two\nlines, and ""quotes""",1\nq,"last",0', encoding="utf-8")
+    (group,) = load_groups(path)
+    assert group.pos == ['two\nlines, and "quotes"'] and group.neg == ["last"]
+    tsv = tmp_path / "ok.tsv"
+    tsv.write_text('query\tdocument\tlabel\nq\t"opens a quote\t1\nq\te\t0\n', encoding="utf-8")  # TSV is unquoted
+    (group,) = load_groups(tsv)
+    assert group.pos == ['"opens a quote'] and group.neg == ["e"]

@@ -32,7 +32,7 @@ import math
 import random
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,14 +125,32 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
     kind = "TSV (tab-separated)" if tsv else "CSV (comma-separated)"
     csv.field_size_limit(2**31 - 1)  # the default 128 KiB cell limit would refuse a long document
 
+    read_all = False
+
     def lines() -> Iterator[str]:  # csv reads text lines; a bad byte (a DataError) stops it, naming the line
+        nonlocal read_all
         for _, line in utf8_lines(path):
             if isinstance(line, DataError):
                 raise line
             yield line
+        read_all = True
 
     reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(lines())
-    yield from _table_rows(path, reader, kind, tsv)
+    yield from _table_rows(path, reader, kind, tsv, lambda: read_all)
+
+
+def _unclosed_quote(path: Path, start: int, cells: list[str], end: int) -> tuple[str, DataError]:
+    """(location, error) for a CSV row (starting on line `start`) that the reader ended only at the end of the file.
+
+    Python's csv asks for a line past the last one within a row only when a quoted cell never closes; it then reads
+    the rest of the file into that cell (its last) and returns the row as it is.
+    """
+    opened = start + sum(cell.count("\n") for cell in cells[:-1])  # the line breaks of the quoted cells before it
+    where = f"{path}:{opened}"
+    return where, DataError(
+        f"{where}: a quoted field opened on this line is never closed (no closing '\"'; the rest of the file, to line "
+        f"{end}, was read into it)"
+    )
 
 
 def _unquote_tsv(cell: str) -> str:
@@ -142,15 +160,19 @@ def _unquote_tsv(cell: str) -> str:
     return cell
 
 
-def _table_rows(path: Path, reader, kind: str, tsv: bool) -> Iterator[tuple[str, Any]]:
+def _table_rows(path: Path, reader, kind: str, tsv: bool, read_all: Callable[[], bool]) -> Iterator[tuple[str, Any]]:
     try:
+        start = 1
         header = next(reader, None)
         while header is not None and not any(cell.strip() for cell in header):
+            start = reader.line_num + 1
             header = next(reader, None)  # blank lines before the header
     except csv.Error as err:
         raise DataError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
     if header is None:
         return
+    if read_all() and not tsv:
+        raise _unclosed_quote(path, start, header, reader.line_num)[1]
     columns = [_unquote_tsv(cell).strip().lower() if tsv else cell.strip().lower() for cell in header]
     repeated = sorted({c for c in columns if columns.count(c) > 1 and c})
     if repeated:
@@ -181,6 +203,9 @@ def _table_rows(path: Path, reader, kind: str, tsv: bool) -> Iterator[tuple[str,
             yield f"{path}:{start}", DataError(f"{path}:{start}: not valid {kind} ({err})")
             start = reader.line_num + 1
             continue
+        if read_all() and not tsv:
+            yield _unclosed_quote(path, start, cells, reader.line_num)
+            return
         where, start = f"{path}:{start}", reader.line_num + 1
         if not any(cell.strip() for cell in cells):
             continue  # a blank line
