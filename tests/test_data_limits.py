@@ -206,3 +206,34 @@ def test_quoted_csv_cells_that_close_and_tsv_quotes_are_read_as_before(tmp_path)
     tsv.write_text('query\tdocument\tlabel\nq\t"opens a quote\t1\nq\te\t0\n', encoding="utf-8")  # TSV is unquoted
     (group,) = load_groups(tsv)
     assert group.pos == ['"opens a quote'] and group.neg == ["e"]
+
+
+def test_a_json_array_saved_as_jsonl_is_named_as_such(tmp_path, capsys):
+    hint = (
+        "the file holds one JSON array, not JSON Lines: name it .json (read as an array of rows) or write one object "
+        "per line"
+    )
+    path = tmp_path / "a.jsonl"
+    path.write_text('[{"query": "q", "pos": ["a"], "neg": ["b"]}]\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == f"{path}:1: a row must be a JSON object, got list; {hint}"
+    assert main(["data", "check", str(path), "--no-tokens"]) == 1
+    assert f"error: {path}:1: a row must be a JSON object, got list; {hint}" in capsys.readouterr().out
+    # pretty-printed, the array's first line is not JSON on its own
+    path.write_text('[\n  {"query": "q", "pos": ["a"], "neg": ["b"]}\n]\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == f"{path}:1: invalid JSON (Expecting value at column 2); {hint}"
+    # the advice holds: named .json, the same text is read
+    (group,) = load_groups(path.rename(tmp_path / "a.json"))
+    assert (group.pos, group.neg) == (["a"], ["b"])
+    # a list that is not an array of rows, or one on a later line, is a bad row and no more
+    path.write_text('{"query": "q", "pos": ["a"]}\n[{"query": "q", "pos": ["a"]}]\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == f"{path}:2: a row must be a JSON object, got list"
+    path.write_text('["q", "a"]\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == f"{path}:1: a row must be a JSON object, got list"

@@ -84,9 +84,25 @@ def _is_gz(path: Path) -> bool:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, value) per non-blank line (`tuner.data.beir.jsonl_lines`: a bad line is a `DataError` value)."""
+    """(location, value) per non-blank line (`tuner.data.beir.jsonl_lines`: a bad line is a `DataError` value).
+
+    A file that opens with `[` is often one JSON array saved under a JSONL name: its first line (a list of objects,
+    or invalid JSON when the array spans lines) gets an error that says so.
+    """
+    array = _first_char(path) == "["
     for n, value in jsonl_lines(path):
-        yield f"{path}:{n}", value
+        where = f"{path}:{n}"
+        if array:
+            array = False
+            hint = (
+                "the file holds one JSON array, not JSON Lines: name it .json (read as an array of rows) or write one "
+                "object per line"
+            )
+            if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+                value = DataError(f"{where}: a row must be a JSON object, got list; {hint}")
+            elif isinstance(value, DataError):
+                value = DataError(f"{value}; {hint}")
+        yield where, value
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
