@@ -237,3 +237,47 @@ def test_a_json_array_saved_as_jsonl_is_named_as_such(tmp_path, capsys):
     with pytest.raises(DataError) as err:
         load_groups(path)
     assert str(err.value) == f"{path}:1: a row must be a JSON object, got list"
+
+
+# ------------------------------------------------------------------------------------------------ warnings
+def test_negative_pair_labels_count_as_negatives_and_are_warned_about(tmp_path, caplog):
+    rows = [
+        {"query": "q", "document": "good", "label": 1},
+        {"query": "q", "document": "bad", "label": -1},
+        {"query": "q", "document": "worse", "label": -0.5},
+        {"query": "q", "document": "plain", "label": 0},
+    ]
+    path = _jsonl(tmp_path / "neg.jsonl", rows)
+    with caplog.at_level("WARNING", logger="tuner"):
+        loaded = read_groups(path)
+    assert loaded.groups[0].pos == ["good"] and loaded.groups[0].neg == ["bad", "worse", "plain"]
+    assert loaded.negative_labels == 2 and loaded.first_negative == f"{path}:2"
+    expected = (
+        f"2 pair labels lie below 0 (first: {path}:2); each counts as a negative (label <= 0), as 0 does. If they are "
+        "scores (logits, similarities from -1 to 1), threshold them into 0/1 labels, or give them as teacher scores "
+        "(pos_scores / neg_scores) with loss.kind=distill"
+    )
+    assert expected in caplog.text
+    assert main(["data", "check", str(path), "--no-tokens", "--json"]) == 0
+    binary = _jsonl(tmp_path / "binary.jsonl", [{**r, "label": int(r["label"] > 0)} for r in rows])
+    assert read_groups(binary).negative_labels == 0
+
+
+def test_data_check_says_each_load_warning_once(tmp_path, capsys, caplog):
+    """The load logged its warnings and the report printed them again."""
+    rows = [
+        {"query": "q", "document": "soft", "label": 0.5},
+        {"query": "q", "document": "scored", "label": -2},
+        {"query": "r", "document": "none", "label": 0},
+    ]
+    path = _jsonl(tmp_path / "soft.jsonl", rows)
+    evaluation = _beir(tmp_path / "eval", "query-id corpus-id score\nq0 d0 1\n")
+    for extra in ([], ["--against", str(evaluation)]):  # --against reads the checked file a second time
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tuner"):
+            assert main(["data", "check", str(path), "--no-tokens", *extra]) == 0
+        captured = capsys.readouterr()
+        said = captured.out + captured.err + caplog.text
+        for warning in ("strictly between 0 and 1", "lie below 0", "no positive label"):
+            assert said.count(warning) == 1, (warning, extra, said)
+        assert "OK: 0 errors, 3 warnings" in captured.out

@@ -80,14 +80,22 @@ def _run_data_check(args) -> int:
 
 def _against(args, beir: bool) -> dict:
     """`data check --against`: how much of the evaluation set the checked data covers (see tuner.overlap)."""
+    import logging
+
     from tuner.overlap import eval_overlap, training_view
 
     split = (args.split or "train") if beir else args.split  # a BEIR folder as training data: its train qrels
+    groups_log = logging.getLogger("tuner.data.groups")
+    was_disabled = groups_log.disabled
     try:
+        # read a second time: what loading it warns about (fractional labels, ...) the report above has said
+        groups_log.disabled = True
         view = training_view(args.path, split)
     except (OSError, ValueError) as err:
         hint = " (--split names the training qrels)" if beir else ""
         raise UserError(f"{args.path} as the training data of --against: {err}{hint}") from None
+    finally:
+        groups_log.disabled = was_disabled
     try:
         counts = eval_overlap(view, args.against, args.against_split)
     except (OSError, ValueError) as err:

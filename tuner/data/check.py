@@ -11,7 +11,7 @@ from typing import Any
 
 from tuner.contract import DEFAULT_MAX_LENGTH, document_text
 from tuner.data.beir import load_beir
-from tuner.data.groups import READ_FIELDS, consistent_groups, read_groups
+from tuner.data.groups import READ_FIELDS, consistent_groups, fractional_warning, negative_warning, read_groups
 from tuner.data.schema import Group
 
 
@@ -153,7 +153,7 @@ def check_file(
     Raises:
         DataError: the file cannot be read at all (missing, not UTF-8 JSON document, ...).
     """
-    loaded = read_groups(path, split, collect_errors=True)
+    loaded = read_groups(path, split, collect_errors=True, warn=False)  # its warnings are the report's, said once
     report = CheckReport(path=str(path), rows=loaded.rows, groups=len(loaded.groups), errors=list(loaded.errors))
     stats, warnings = group_stats(loaded.groups)
     stats["empty_texts"] = sum(1 for e in loaded.errors if "empty text" in e)
@@ -164,9 +164,10 @@ def check_file(
         warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it){hint}")
     stats["fractional_labels"] = loaded.fractional_labels
     if loaded.fractional_labels:
-        from tuner.data.groups import fractional_warning
-
         warnings.append(fractional_warning(loaded))
+    stats["negative_labels"] = loaded.negative_labels
+    if loaded.negative_labels:
+        warnings.append(negative_warning(loaded))
     if loaded.skipped_no_positive:
         n = loaded.skipped_no_positive
         warnings.append(

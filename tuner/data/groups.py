@@ -67,6 +67,8 @@ class LoadResult:
             such as "negs", that would silently drop data).
         fractional_labels: pair rows with a label strictly between 0 and 1, and the first of them: each counts as
             a positive (label > 0), which probability-like labels (0.2 "barely relevant") do not mean.
+        negative_labels: pair rows with a label below 0, and the first of them: each counts as a negative, as 0
+            does, which scores (a logit, a -1 to 1 similarity) do not mean.
     """
 
     groups: list[Group] = field(default_factory=list)
@@ -76,6 +78,8 @@ class LoadResult:
     unknown_fields: dict[str, str] = field(default_factory=dict)
     fractional_labels: int = 0
     first_fractional: str | None = None
+    negative_labels: int = 0
+    first_negative: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -557,6 +561,7 @@ def read_groups(
     collect_errors: bool = False,
     max_errors: int = 50,
     require_positive: bool = True,
+    warn: bool = True,
 ) -> LoadResult:
     """Read and validate every row; the workhorse behind `load_groups` and `tuner data check`.
 
@@ -569,6 +574,8 @@ def read_groups(
         require_positive: leave out pair queries without a positive label (counted in `skipped_no_positive`) and
             reject grouped rows with an empty `pos`, as training and ranking metrics need; False keeps them (their
             negatives are labeled data all the same: calibration counts them).
+        warn: log what the result counts (queries left out, fractional and negative labels); False for a caller
+            that reports them itself (`tuner data check`), so that each is said once.
     """
     result = LoadResult()
     pairs: dict[tuple[str, str | None], Group] = {}
@@ -611,6 +618,9 @@ def read_groups(
                 if 0 < label < 1:
                     result.fractional_labels += 1
                     result.first_fractional = result.first_fractional or str(where)
+                elif label < 0:
+                    result.negative_labels += 1
+                    result.first_negative = result.first_negative or str(where)
             else:
                 order.append(parse_group(row, where, require_positive))
         except DataError as err:
@@ -632,10 +642,12 @@ def read_groups(
             result.groups.append(pairs[item])
         else:
             result.skipped_no_positive += 1
-    if result.skipped_no_positive:
+    if warn and result.skipped_no_positive:
         log.warning("%s: %d queries have no positive label and were left out", path_or_id, result.skipped_no_positive)
-    if result.fractional_labels:
+    if warn and result.fractional_labels:
         log.warning("%s", fractional_warning(result))
+    if warn and result.negative_labels:
+        log.warning("%s", negative_warning(result))
     return result
 
 
@@ -645,6 +657,15 @@ def fractional_warning(result: LoadResult) -> str:
         f"{result.fractional_labels} pair labels lie strictly between 0 and 1 (first: {result.first_fractional}); "
         "each counts as a positive (label > 0). If they are probabilities or soft scores, threshold them into 0/1 "
         "labels, or give them as teacher scores (pos_scores / neg_scores) with loss.kind=distill"
+    )
+
+
+def negative_warning(result: LoadResult) -> str:
+    """What a pair file with labels below 0 is told (training log and `data check`)."""
+    return (
+        f"{result.negative_labels} pair labels lie below 0 (first: {result.first_negative}); each counts as a "
+        "negative (label <= 0), as 0 does. If they are scores (logits, similarities from -1 to 1), threshold them "
+        "into 0/1 labels, or give them as teacher scores (pos_scores / neg_scores) with loss.kind=distill"
     )
 
 
