@@ -263,7 +263,7 @@ def _first_char(path: Path) -> str:
     try:
         with opener(path, "rb") as f:
             head = f.read(4096)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
         raise DataError(f"{path}: cannot read ({err})") from None
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     return chr(text[0]) if text else ""
