@@ -53,6 +53,19 @@ def test_a_grade_above_the_largest_is_named_with_its_line_and_field(tmp_path, ro
     assert f"error: {path}:2: {message}" in capsys.readouterr().out
 
 
+def test_a_teacher_score_out_of_range_is_named_and_a_large_real_one_is_kept(tmp_path, capsys):
+    """1e300 is a finite float, but inf in the fp32 softmax of the distill loss (NaN at step 1)."""
+    row = {"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [2.5], "neg_scores": [-1e300]}
+    path = _jsonl(tmp_path / "teacher.jsonl", [row])
+    said = f"{path}:1: field 'neg_scores[0]' must lie between -1,000,000 and 1,000,000"
+    with pytest.raises(DataError, match=re.escape(said)):
+        load_groups(path)
+    assert main(["data", "check", str(path), "--no-tokens"]) == 1
+    assert "neg_scores[0]" in capsys.readouterr().out
+    kept = _jsonl(tmp_path / "bm25.jsonl", [{**row, "neg_scores": [-35000.0]}])  # e.g. a dot product
+    assert load_groups(kept)[0].neg_scores == [-35000.0]
+
+
 def test_the_largest_grade_itself_is_kept(tmp_path):
     rows = [
         {"query": "q", "document": "top", "label": 100},

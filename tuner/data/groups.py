@@ -39,7 +39,7 @@ from typing import Any
 
 from tuner.contract import document_text
 from tuner.data.beir import DataError, is_beir_folder, jsonl_lines, utf8_lines
-from tuner.data.schema import MAX_GRADE, Group
+from tuner.data.schema import MAX_GRADE, MAX_TEACHER_SCORE, Group
 from tuner.files import decode_utf8, json_error_place, similar_names
 
 log = logging.getLogger(__name__)
@@ -432,6 +432,12 @@ def _scores(row: Mapping, key: str, docs_key: str, n_docs: int, where: str, what
     for i, s in enumerate(value):
         if not _finite(s):
             raise DataError(f"{where}: field '{key}[{i}]' must be a finite number, got {_shown(s)}")
+        if what == "scores" and abs(s) > MAX_TEACHER_SCORE:
+            bound = f"{MAX_TEACHER_SCORE:,.0f}"
+            raise DataError(
+                f"{where}: field '{key}[{i}]' must lie between -{bound} and {bound} (a teacher score: a logit, a "
+                f"probability or a similarity), got {_shown(s)}"
+            )
         out.append(float(s))
     if len(out) != n_docs:
         raise DataError(f"{where}: field '{key}' has {len(out)} {what} for {n_docs} documents in '{docs_key}'")

@@ -12,6 +12,10 @@ from tuner.contract import Document
 # 0-10 or 0-100; 100 keeps all of them, and even a gain of 2**grade would stay finite in fp32 and bf16 (2**100 is
 # below their ~3.4e38), while a label of 3e9 or 1e300 is a mistake that would exhaust memory or turn the loss NaN.
 MAX_GRADE = 100
+# The largest teacher score, in absolute value (`pos_scores` / `neg_scores`: logits, probabilities, BM25 or
+# similarity scores are all far below it). The distill loss takes a softmax of them in fp32, where 1e300 is inf and
+# the loss NaN at the first step (which reads as a learning-rate problem, not a data one).
+MAX_TEACHER_SCORE = 1e6
 
 
 @dataclass
