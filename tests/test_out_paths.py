@@ -225,12 +225,13 @@ def test_a_report_that_cannot_be_written_whole_replaces_nothing_and_names_the_fi
     assert _report_files(out) == before  # metrics.json says "before" still; no temporary left
 
 
-def test_eval_finds_a_folder_in_the_way_of_its_report_before_any_model_loads(tmp_path, capsys, no_model):
+@pytest.mark.parametrize("verb", ["eval", "instruct"])
+def test_a_folder_in_the_way_of_the_report_is_found_before_any_model_loads(verb, tmp_path, capsys, no_model):
     from tuner.cli import main
 
     out = tmp_path / "out"
     (out / "report.png").mkdir(parents=True)
-    assert main(["eval", "--model", str(tmp_path), "--beir", str(tmp_path), "--out", str(out)]) == 2
+    assert main([verb, "--model", str(tmp_path), "--beir", str(tmp_path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"tuner eval: error: --out {out}: {out / 'report.png'} is a folder, where the report writes" in err
+    assert f"tuner {verb}: error: --out {out}: {out / 'report.png'} is a folder, where the report writes" in err
     assert (out / "report.png").is_dir()

@@ -443,9 +443,10 @@ def run_instruct(
         NotSignificantError: `apply` was given, the winner is not significantly better than the instruction it uses
             and `force` is not set; `apply` was left unchanged, and the report was written to `out_dir` all the same.
     """
-    from tuner.report import prepare_out_dir, render_markdown, write_report
+    from tuner.report import check_report_targets, prepare_out_dir, render_markdown, write_report
 
     prepare_out_dir(out_dir)
+    check_report_targets(out_dir)  # a folder named report.png fails now, not after the search
     start = time.perf_counter()
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
