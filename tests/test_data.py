@@ -444,6 +444,24 @@ def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tok
     assert check_file(path, max_length=lengths[1], tokenizer=tokenizer).stats["truncated"] == 0
 
 
+def test_token_stats_tokenize_in_chunks_with_the_same_figures(tmp_path, tokenizer, monkeypatch):
+    """A large file's prompts are never all held at once (20k groups of 8 took 5.6 GB in one call)."""
+    from tuner.contract import PromptEncoder
+    from tuner.data import check
+
+    rows = [{"query": f"query {i}", "pos": [f"positive {i} " * (i % 7 + 1)], "neg": [f"n{i}", "x"]} for i in range(9)]
+    path = _jsonl(tmp_path / "g.jsonl", rows)
+    whole = check_file(path, max_length=12, tokenizer=tokenizer).stats
+    sizes = []
+    encode_many = PromptEncoder.encode_many
+    monkeypatch.setattr(
+        PromptEncoder, "encode_many", lambda self, t, *a, **k: sizes.append(len(t)) or encode_many(self, t, *a, **k)
+    )
+    monkeypatch.setattr(check, "TOKEN_CHUNK", 4)
+    chunked = check_file(path, max_length=12, tokenizer=tokenizer).stats
+    assert sizes == [4, 4, 4, 4, 4, 4, 3] and chunked == whole and whole["pairs"] == 27
+
+
 def test_check_warns_about_unknown_fields(tmp_path):
     rows = [{"query": "q", "pos": ["a"], "negs": ["b"]}, {"query": "r", "document": "d", "label": 1, "score": 3}]
     report = check_file(_jsonl(tmp_path / "g.jsonl", rows), tokens=False)

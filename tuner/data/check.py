@@ -111,6 +111,9 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
     return stats, warnings
 
 
+TOKEN_CHUNK = 4096  # prompts tokenized at once by `token_stats`
+
+
 def token_stats(groups: Sequence[Group], max_length: int, tokenizer: Any = None) -> dict[str, Any]:
     """Token lengths with the contract's tokenizer: queries, and full prompts (prefix + body + suffix).
 
@@ -123,7 +126,11 @@ def token_stats(groups: Sequence[Group], max_length: int, tokenizer: Any = None)
     queries = list(dict.fromkeys(g.query for g in groups))
     query_lengths = [len(ids) for ids in tokenizer(queries, add_special_tokens=False)["input_ids"]]
     triples = list(dict.fromkeys((g.query, document_text(d), g.instruction) for g in groups for d in (*g.pos, *g.neg)))
-    prompt_lengths = [len(ids) for ids in encoder.encode_many(triples)]
+    # in chunks, keeping only the lengths: one call over every pair held each prompt's text, encoding and ids at
+    # once (5.6 GB for a 211 MB file of 20k groups of 8; 0.8 GB in chunks, the same figures)
+    prompt_lengths: list[int] = []
+    for start in range(0, len(triples), TOKEN_CHUNK):
+        prompt_lengths += [len(ids) for ids in encoder.encode_many(triples[start : start + TOKEN_CHUNK])]
     truncated = sum(1 for n in prompt_lengths if n > max_length)
     return {
         "max_length": max_length,
