@@ -110,6 +110,13 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
+    # the file's bytes and text are gone once it is parsed (a helper's locals): kept alive beside the parsed rows
+    # while they are yielded, they tripled the memory of a large .json (3.2 GB for 1.05 GB of rows, 1.2 as JSONL)
+    for n, row in enumerate(_read_json_array(path), 1):
+        yield f"{path}: row {n}", row
+
+
+def _read_json_array(path: Path) -> list:
     opener = gzip.open if _is_gz(path) else open
     try:
         with opener(path, "rb") as f:
@@ -117,6 +124,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
     text = decode_utf8(raw, path, DataError)
+    del raw
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -128,8 +136,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
         value = value["data"]  # {"data": [...]}, the other layout `datasets`' JSON builder reads
     if not isinstance(value, list):
         raise DataError(f"{path}: a JSON file must hold a list of rows (or be JSONL, one row per line)")
-    for n, row in enumerate(value, 1):
-        yield f"{path}: row {n}", row
+    return value
 
 
 def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
