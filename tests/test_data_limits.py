@@ -285,7 +285,7 @@ def test_data_check_says_each_load_warning_once(tmp_path, capsys, caplog):
     ]
     path = _jsonl(tmp_path / "soft.jsonl", rows)
     evaluation = _beir(tmp_path / "eval", "query-id corpus-id score\nq0 d0 1\n")
-    for extra in ([], ["--against", str(evaluation)]):  # --against reads the checked file a second time
+    for extra in ([], ["--against", str(evaluation)]):  # --against counts on the groups the check read
         caplog.clear()
         with caplog.at_level("WARNING", logger="tuner"):
             assert main(["data", "check", str(path), "--no-tokens", *extra]) == 0

@@ -239,13 +239,16 @@ def test_training_records_each_parts_figures_and_keeps_a_recorded_base_on_resume
     assert _training_overlap(groups, evaluator, nothing, {"dev": {"training_overlap": got}}) is got
 
 
-def test_data_check_against_an_evaluation_set_counts_what_the_data_covers(tmp_path, capsys):
+def test_data_check_against_an_evaluation_set_counts_what_the_data_covers(tmp_path, capsys, monkeypatch):
     """Before training: `tuner data check TRAIN --against EVAL` counts the evaluation queries the data covers."""
+    from tuner import overlap
     from tuner.cli import main
 
     train = _train_file(tmp_path / "train.jsonl")
     beir = write_beir(tmp_path / "beir")
-    assert main(["data", "check", str(train), "--no-tokens", "--against", str(beir), "--json"]) == 0
+    with monkeypatch.context() as patch:  # counted on the groups the check read: the file is not read again
+        patch.setattr(overlap, "training_view", lambda *a, **k: pytest.fail("the training file was read twice"))
+        assert main(["data", "check", str(train), "--no-tokens", "--against", str(beir), "--json"]) == 0
     against = json.loads(capsys.readouterr().out)["against"]
     assert (against["seen"], against["queries"]) == (2, 5)  # q1 (d1 a positive), q3 (its text)
     assert (against["query_in_training"], against["positive_in_training"]) == (1, 1)
@@ -260,9 +263,18 @@ def test_data_check_against_an_evaluation_set_counts_what_the_data_covers(tmp_pa
     assert "--against-split: for --against" in capsys.readouterr().err
     assert main(["data", "check", str(train), "--no-tokens", "--against", str(tmp_path / "nope")]) == 2
     assert f"--against {tmp_path / 'nope'}" in capsys.readouterr().err
-    # the checked data at fault is named as such, not the evaluation set
+    # the checked data at fault is named as such, not the evaluation set: a split of a file (ignored before)
     assert main(["data", "check", str(train), "--no-tokens", "--split", "dev", "--against", str(beir)]) == 2
-    assert f"{train} as the training data of --against" in capsys.readouterr().err
+    assert (
+        f"--split dev: names a file in a folder of training files, a BEIR qrels split or a hub split; {train} is a file"
+        in capsys.readouterr().err
+    )
+    assert main(["data", "check", str(train), "--no-tokens", "--split", "dev"]) == 2
+    assert "--split dev: names a file" in capsys.readouterr().err
+    # a BEIR folder as the training data: its train qrels, which this one lacks (it has test qrels only)
+    assert main(["data", "check", str(beir), "--against", str(beir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{beir} as the training data of --against:" in err and "(--split names the training qrels)" in err
     # data with errors: said, not counted
     bad = tmp_path / "bad.jsonl"
     bad.write_text(train.read_text() + "{not json\n")

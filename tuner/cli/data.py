@@ -48,11 +48,16 @@ def _run_data_check(args) -> int:
     beir = is_beir_folder(path)
     if args.against_split and not args.against:
         raise UserError("--against-split: for --against (the evaluation set)")
+    if args.split and path.is_file():  # it would be ignored: a file is all one split
+        raise UserError(
+            f"--split {args.split}: names a file in a folder of training files, a BEIR qrels split or a hub split; "
+            f"{path} is a file"
+        )
     if beir:
         report = check_beir(path, args.split or "test")
     else:
         report = check_file(args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens)
-    against = _against(args, beir) if args.against and report.ok else None
+    against = _against(args, beir, report) if args.against and report.ok else None
     skipped = "not counted: the data has errors" if args.against and not report.ok else None
     if args.json:
         payload = {"path": report.path, "rows": report.rows, "groups": report.groups, "ok": report.ok}
@@ -78,24 +83,19 @@ def _run_data_check(args) -> int:
     return 0 if report.ok else 1
 
 
-def _against(args, beir: bool) -> dict:
+def _against(args, beir: bool, report) -> dict:
     """`data check --against`: how much of the evaluation set the checked data covers (see tuner.overlap)."""
-    import logging
+    from tuner.overlap import eval_overlap, groups_view, training_view
 
-    from tuner.overlap import eval_overlap, training_view
-
-    split = (args.split or "train") if beir else args.split  # a BEIR folder as training data: its train qrels
-    groups_log = logging.getLogger("tuner.data.groups")
-    was_disabled = groups_log.disabled
-    try:
-        # read a second time: what loading it warns about (fractional labels, ...) the report above has said
-        groups_log.disabled = True
-        view = training_view(args.path, split)
-    except (OSError, ValueError) as err:
-        hint = " (--split names the training qrels)" if beir else ""
-        raise UserError(f"{args.path} as the training data of --against: {err}{hint}") from None
-    finally:
-        groups_log.disabled = was_disabled
+    if beir:  # a BEIR folder as training data: the judged queries and relevant documents of its train qrels
+        try:
+            view = training_view(args.path, args.split or "train")
+        except (OSError, ValueError) as err:
+            hint = "(--split names the training qrels)"
+            raise UserError(f"{args.path} as the training data of --against: {err} {hint}") from None
+    else:  # the groups the check read: a file is not read (or a hub dataset fetched) a second time
+        name = f"{args.path} ({args.split})" if args.split and Path(args.path).is_dir() else str(args.path)
+        view = groups_view(report.loaded, source=name)
     try:
         counts = eval_overlap(view, args.against, args.against_split)
     except (OSError, ValueError) as err:

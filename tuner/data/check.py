@@ -52,6 +52,8 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    # the groups read (`check_file`), for what else the check reports on them (`data check --against`)
+    loaded: list[Group] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -162,6 +164,7 @@ def check_file(
     """
     loaded = read_groups(path, split, collect_errors=True, warn=False)  # its warnings are the report's, said once
     report = CheckReport(path=str(path), rows=loaded.rows, groups=len(loaded.groups), errors=list(loaded.errors))
+    report.loaded = loaded.groups
     stats, warnings = group_stats(loaded.groups)
     stats["empty_texts"] = sum(1 for e in loaded.errors if "empty text" in e)
     stats["pair_queries_without_positive"] = loaded.skipped_no_positive
