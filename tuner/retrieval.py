@@ -40,8 +40,10 @@ class BM25:
             "bm25s": getattr(bm25s, "__version__", "?"),
             "params": BM25_PARAMS,
         }
-        key = hashlib.sha256((corpus_fingerprint(corpus) + json.dumps(settings, sort_keys=True)).encode())
-        cache = Path(cache_dir) / f"bm25-{key.hexdigest()[:16]}" if cache_dir else None
+        cache = None
+        if cache_dir:  # (the fingerprint reads the whole corpus: ~1 s for 300k documents, for nothing without a cache)
+            key = hashlib.sha256((corpus_fingerprint(corpus) + json.dumps(settings, sort_keys=True)).encode())
+            cache = Path(cache_dir) / f"bm25-{key.hexdigest()[:16]}"
         if cache is not None and (cache / "params.index.json").is_file():
             self.index = bm25s.BM25.load(str(cache))
             self.doc_ids = json.loads((cache / "doc_ids.json").read_text(encoding="utf-8"))
@@ -69,7 +71,11 @@ class BM25:
             return {}
         k = min(k, len(self.doc_ids))
         tokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=self._stemmer, show_progress=False)
-        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False)
+        # every core this process may use (bm25s' -1 takes os.cpu_count(), the host's, in a container): queries are
+        # scored independently, so the results are the same; 4000 queries over 300k documents took 10.5 s on one
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = threads if len(qids) > 50 else 0  # (bm25s' chunk of queries per thread is 50)
+        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=threads)
         run: Run = {}
         for row, qid in enumerate(qids):
             run[qid] = [(self.doc_ids[int(d)], float(s)) for d, s in zip(docs[row], scores[row], strict=True)]
