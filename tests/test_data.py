@@ -444,7 +444,7 @@ def test_token_stats_match_the_prompt_encoder_and_count_truncation(tmp_path, tok
     assert check_file(path, max_length=lengths[1], tokenizer=tokenizer).stats["truncated"] == 0
 
 
-def test_token_stats_tokenize_in_chunks_with_the_same_figures(tmp_path, tokenizer, monkeypatch):
+def test_token_stats_tokenize_in_chunks_with_the_same_figures(tmp_path, tokenizer, monkeypatch, capsys):
     """A large file's prompts are never all held at once (20k groups of 8 took 5.6 GB in one call)."""
     from tuner.contract import PromptEncoder
     from tuner.data import check
@@ -460,6 +460,10 @@ def test_token_stats_tokenize_in_chunks_with_the_same_figures(tmp_path, tokenize
     monkeypatch.setattr(check, "TOKEN_CHUNK", 4)
     chunked = check_file(path, max_length=12, tokenizer=tokenizer).stats
     assert sizes == [4, 4, 4, 4, 4, 4, 3] and chunked == whole and whole["pairs"] == 27
+    # with enough chunks to take a while, a progress bar counts the pairs (on stderr)
+    shown = check_file(path, max_length=12, tokenizer=tokenizer, show_progress=True).stats
+    err = capsys.readouterr().err
+    assert shown == whole and "counting tokens" in err and "27/27" in err
 
 
 def test_check_warns_about_unknown_fields(tmp_path):

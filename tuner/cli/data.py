@@ -56,7 +56,9 @@ def _run_data_check(args) -> int:
     if beir:
         report = check_beir(path, args.split or "test")
     else:
-        report = check_file(args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens)
+        report = check_file(
+            args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens, show_progress=True
+        )
     against = _against(args, beir, report) if args.against and report.ok else None
     skipped = "not counted: the data has errors" if args.against and not report.ok else None
     if args.json:
