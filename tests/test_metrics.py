@@ -47,7 +47,7 @@ def test_metric_names():
     assert parse_metric("ndcg_cut.10") == ("ndcg", 10)
     assert parse_metric("recip_rank") == ("mrr", None)
     assert parse_metric("P.5") == ("precision", 5)
-    for bad in ("ndcg", "foo@10", "recall@0"):
+    for bad in ("ndcg", "recall", "p", "foo@10", "recall@0"):
         with pytest.raises(ValueError):
             parse_metric(bad)
 
