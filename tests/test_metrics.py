@@ -29,6 +29,9 @@ def test_ties_follow_trec_eval_order():
     # equal scores: trec_eval ranks the larger doc id first, whatever the input order
     assert ranked_ids([("d1", 1.0), ("d3", 1.0), ("d2", 2.0), ("d1", 0.5)]) == ["d2", "d3", "d1"]
     assert ranked_ids({"a": 0.0, "b": 0.0}) == ["b", "a"]
+    # a document listed twice keeps its first score, wherever its later copies would rank it
+    assert ranked_ids([("a", 1.0), ("b", 2.0), ("a", 3.0)]) == ["b", "a"]
+    assert evaluate_run({"q": {"a": 1}}, {"q": [("a", 0.0), ("b", 1.0), ("a", 5.0)]}, ["mrr@10"])["mrr@10"] == 0.5
     qrels = {"q": {"a": 1}}
     assert evaluate_run(qrels, {"q": [("a", 1.0), ("b", 1.0)]}, ["mrr@10"])["mrr@10"] == 0.5
 
