@@ -43,6 +43,8 @@ def test_queries_without_relevant_documents_and_missing_queries():
     assert per_query == {"q1": {"ndcg@10": 1.0}, "q2": {"ndcg@10": 0.0}}  # q3 skipped, "other" unjudged
     assert evaluate_run(qrels, run, ["ndcg@10"], missing="zero")["ndcg@10"] == pytest.approx(1 / 3)
     assert mean({}, ["ndcg@10"]) == {"ndcg@10": 0.0}
+    with pytest.raises(ValueError, match="missing must be"):
+        evaluate_run(qrels, run, ["ndcg@10"], missing="drop")
 
 
 def test_metric_names():
