@@ -110,3 +110,15 @@ def test_sft_placeholder_rows_count_in_no_loss():
     labels, mask = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([True, True, False, False])
     got = sft_loss(vocab, labels, yes_id=3, no_id=7, mask=mask)
     assert got.item() == pytest.approx(sft_loss(vocab[:2], labels[:2], yes_id=3, no_id=7).item(), rel=1e-6)
+
+
+def test_distill_student_temperature_scales_the_student_and_its_hard_label_part():
+    """`temperature` divides the student's logits in the KL and in the hard-label listwise term alike."""
+    student, teacher = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    # student / 2 == teacher: no KL left
+    assert distill_loss(student, teacher, temperature=2.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert distill_loss(student, teacher).item() > 0.01
+    hard = listwise_loss(student, temperature=2.0).item()
+    assert hard == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+    mixed = distill_loss(student, teacher, temperature=2.0, hard_label_weight=0.4).item()
+    assert mixed == pytest.approx(0.4 * hard, rel=1e-5)
