@@ -122,3 +122,13 @@ def test_distill_student_temperature_scales_the_student_and_its_hard_label_part(
     assert hard == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
     mixed = distill_loss(student, teacher, temperature=2.0, hard_label_weight=0.4).item()
     assert mixed == pytest.approx(0.4 * hard, rel=1e-5)
+
+
+def test_distill_hard_label_part_follows_the_labels():
+    """With `labels`, the hard-label part is the listwise loss on those labels (graded), not on column 0."""
+    student, teacher = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[1.0, 0.0, 2.0]])  # KL 0
+    labels = torch.tensor([[1, 0, 3]])
+    want = listwise_loss(student, labels=labels).item()
+    assert want != pytest.approx(listwise_loss(student).item())
+    got = distill_loss(student, teacher, hard_label_weight=0.5, labels=labels).item()
+    assert got == pytest.approx(0.5 * want, rel=1e-6)
