@@ -132,3 +132,12 @@ def test_distill_hard_label_part_follows_the_labels():
     assert want != pytest.approx(listwise_loss(student).item())
     got = distill_loss(student, teacher, hard_label_weight=0.5, labels=labels).item()
     assert got == pytest.approx(0.5 * want, rel=1e-6)
+
+
+def test_listwise_label_on_a_placeholder_slot_gets_no_target_mass():
+    """A placeholder (mask False) counts in no loss even if its label slot is not 0."""
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.3]])
+    mask = torch.tensor([[True, True, False, False]])
+    labels = torch.tensor([[1, 0, 1, 2]])
+    want = listwise_loss(logits[:, :2], labels=labels[:, :2]).item()
+    assert listwise_loss(logits, labels=labels, mask=mask).item() == pytest.approx(want, rel=1e-6)
