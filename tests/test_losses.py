@@ -141,3 +141,9 @@ def test_listwise_label_on_a_placeholder_slot_gets_no_target_mass():
     labels = torch.tensor([[1, 0, 1, 2]])
     want = listwise_loss(logits[:, :2], labels=labels[:, :2]).item()
     assert listwise_loss(logits, labels=labels, mask=mask).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_all_placeholder_mask_gives_zero_not_nan():
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    assert pointwise_loss(torch.tensor([[1.0, -1.0, 0.5]]), mask=mask).item() == 0.0
+    assert sft_loss(torch.zeros(2, 4), torch.tensor([1, 0]), 2, 3, mask=torch.zeros(2, dtype=torch.bool)).item() == 0.0
