@@ -101,6 +101,21 @@ def test_graded_labels_are_kept_through_split_and_write_and_are_the_gains_of_eva
     assert graded == pytest.approx((1 + 3 / math.log2(3) + 2 / math.log2(4)) / ideal)
 
 
+def test_a_query_fed_by_pair_and_triplet_rows_gets_no_grades(tmp_path):
+    """Pair labels grade only the positives they name: a query whose group triplet rows also fed has positives
+    without a label, so it keeps no grades (not a grade list shorter than its positives)."""
+    from tuner.data.groups import groups_as_collection
+
+    rows = [
+        {"query": "q", "document": "graded", "label": 3},
+        {"query": "q", "positive": "from a triplet", "negative": "n"},
+    ]
+    (group,) = load_groups(_jsonl(tmp_path / "mixed.jsonl", rows))
+    assert group.pos == ["graded", "from a triplet"] and group.neg == ["n"]
+    assert group.pos_grades is None
+    assert groups_as_collection([group]).beir.qrels == {"q1": {"d1": 1, "d2": 1}}
+
+
 def test_queries_without_a_positive_are_kept_when_not_required(tmp_path):
     """Training and evaluation need a positive per query; calibration does not (a negatives-only query's pairs are
     labeled data): `require_positive=False` keeps a pair query with only 0 labels and a grouped row's empty pos."""
