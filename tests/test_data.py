@@ -597,6 +597,10 @@ def test_groups_as_collection_never_merges_two_groups_and_counts_a_document_once
     assert len(c.beir.corpus) == 5  # x, y, z, u, v
     a, b, _, d = c.documents.values()
     assert a[0] == b[0] and len(d) == 2 and list(c.beir.qrels.values())[3] == {d[0]: 1}
+    # a positive listed twice is one qrel, at the higher of its grades, whichever copy comes first
+    for grades in ([3, 1], [1, 3]):
+        graded = groups_as_collection([Group(query="g", pos=["x", {"text": "x"}], pos_grades=grades)])
+        assert graded.beir.qrels == {"q1": {"d1": 3}} and graded.documents == {"q1": ["d1"]}
 
 
 def test_json_errors_point_at_the_end_of_the_line_that_is_short_not_the_next_line(tmp_path):
