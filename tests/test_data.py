@@ -518,6 +518,13 @@ def test_split_is_by_query_seeded_and_keeps_order():
         split_groups(groups, 1.0)
 
 
+def test_split_of_two_queries_gives_each_side_one():
+    """A positive fraction gives dev at least one query once there are two, and train always keeps one."""
+    for fraction in (0.01, 0.5, 0.99):
+        train, dev = split_groups(_groups(2), fraction, seed=0)
+        assert (len(train), len(dev)) == (1, 1), fraction
+
+
 def test_write_groups_round_trips_and_is_atomic(tmp_path):
     groups = load_groups(_jsonl(tmp_path / "in.jsonl", GROUPED))
     out = tmp_path / "out" / "g.jsonl"
