@@ -525,6 +525,13 @@ def test_split_of_two_queries_gives_each_side_one():
         assert (len(train), len(dev)) == (1, 1), fraction
 
 
+def test_split_does_not_depend_on_the_input_order():
+    groups = _groups(30)
+    _, dev = split_groups(groups, 0.3, seed=5)
+    _, dev_reversed = split_groups(groups[::-1], 0.3, seed=5)
+    assert {g.query for g in dev_reversed} == {g.query for g in dev}
+
+
 def test_write_groups_round_trips_and_is_atomic(tmp_path):
     groups = load_groups(_jsonl(tmp_path / "in.jsonl", GROUPED))
     out = tmp_path / "out" / "g.jsonl"
