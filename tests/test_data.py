@@ -217,6 +217,10 @@ def test_sentence_transformers_triplets_and_n_tuples_are_grouped_per_query(tmp_p
         ("q2", [{"title": "T", "text": "p2"}], ["m"], "task"),
     ]
     assert result.unknown_fields == {"x": f"{tmp_path / 't.jsonl'}:3"}
+    # number order, not text order: negative_10 comes after negative_2
+    wide = [{"query": "q", "positive": "p", "negative_10": "n10", "negative_2": "n2", "negative": "n0"}]
+    (g,) = load_groups(_jsonl(tmp_path / "w.jsonl", wide))
+    assert g.neg == ["n0", "n2", "n10"]
     (tmp_path / "t.csv").write_text("query,positive,negative_1,negative_2\nq,p,n1,\nq,p,n2,n1\n", encoding="utf-8")
     (g,) = load_groups(tmp_path / "t.csv")
     assert (g.pos, g.neg) == (["p"], ["n1", "n2"])
