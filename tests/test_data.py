@@ -334,6 +334,10 @@ BAD_CASES = {
         b'{"query": "q", "pos": [{"title": "T", "text": 0}]}',
         "field 'pos[0].text' must be a string, got int",
     ),
+    "doc title not a string": (
+        b'{"query": "q", "pos": [{"title": 5, "text": "p"}]}',
+        "field 'pos[0].title' must be a string, got int",
+    ),
     "doc object of another schema": (
         b'{"query": "q", "pos": [{"body": "p"}]}',
         "field 'pos[0]' is an object without 'text' (or 'title'): keys 'body'",
