@@ -300,6 +300,10 @@ def test_beir_corpus_rows_are_checked(tmp_path, row, message):
             '{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n',
             r"queries\.jsonl:2: duplicate _id 'q1' \(first on line 1\)",
         ),
+        (
+            '{"_id": "q2", "text": "other"}\n',  # q1 of the qrels has no text
+            r"test\.tsv: 1 query ids have no text in .*queries\.jsonl \(e\.g\. 'q1'\)",
+        ),
     ],
 )
 def test_beir_query_rows_are_checked(tmp_path, rows, message):
