@@ -319,6 +319,15 @@ def test_beir_accepts_empty_text_and_missing_title(tmp_path):
     assert data.corpus == {"d1": {"title": "", "text": ""}, "2": {"title": "", "text": "x"}}
 
 
+def test_beir_files_tolerate_blank_lines_and_spaces_around_qrels_ids(tmp_path):
+    folder = _beir(tmp_path / "b", ['{"_id": "d1", "text": "one"}', "", "   ", '{"_id": "d2", "text": "two"}'])
+    (folder / "queries.jsonl").write_text('\n{"_id": "q1", "text": "query"}\n\n', encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n q1 \t d2 \t1\n", encoding="utf-8")
+    data = load_beir(folder)
+    assert set(data.corpus) == {"d1", "d2"} and data.queries == {"q1": "query"}
+    assert data.qrels == {"q1": {"d2": 1}}
+
+
 def test_beir_bytes_problems_are_named_or_tolerated(tmp_path):
     """A bad byte names its line (not an offset into a read buffer), a corrupt .gz is a data error naming the
     file, and a BOM (queries, qrels) is dropped as in training files."""
