@@ -176,6 +176,14 @@ def test_removed_if_failed_removes_only_the_empty_folders_it_saw_made(tmp_path):
     assert (tmp_path / "ok").is_dir()
 
 
+def test_removed_if_failed_cleans_up_after_an_interrupt_too(tmp_path):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) during a command leaves no empty folder behind either."""
+    with pytest.raises(KeyboardInterrupt), removed_if_failed(tmp_path / "a" / "b") as out:
+        make_output_dir(out, "--out")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
 def _results():
     from tuner.evaluate import EvalResult
 
