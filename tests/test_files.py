@@ -107,6 +107,16 @@ def test_did_you_mean_compares_names_without_their_suffixes(tmp_path):
     assert similar_names(tmp_path / "corpus.jsonl") == [tmp_path / "corpus.jsonl.gz"]
 
 
+def test_did_you_mean_leaves_out_hidden_entries_and_offers_at_most_n(tmp_path):
+    from tuner.files import similar_names
+
+    for name in (".train.jsonl", "train1.jsonl", "train2.jsonl", "train3.jsonl", "train4.jsonl"):
+        (tmp_path / name).write_text("")
+    assert similar_names(tmp_path / ".train.jsnol") == []  # much like ".train.jsonl", but that one is hidden
+    assert len(similar_names(tmp_path / "train.jsonl")) == 3
+    assert len(similar_names(tmp_path / "train.jsonl", n=2)) == 2
+
+
 @pytest.mark.parametrize(
     ("doc", "place"),
     [
