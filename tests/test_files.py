@@ -117,6 +117,15 @@ def test_did_you_mean_leaves_out_hidden_entries_and_offers_at_most_n(tmp_path):
     assert len(similar_names(tmp_path / "train.jsonl", n=2)) == 2
 
 
+def test_did_you_mean_cutoff_is_a_stem_ratio_of_0_6(tmp_path):
+    from tuner.files import similar_names
+
+    (tmp_path / "abcde.jsonl").write_text("")  # "abcxy" against "abcde": ratio 0.6, offered
+    (tmp_path / "wxyz.jsonl").write_text("")  # "wxab" against "wxyz": ratio 0.5, not
+    assert similar_names(tmp_path / "abcxy.jsonl") == [tmp_path / "abcde.jsonl"]
+    assert similar_names(tmp_path / "wxab.jsonl") == []
+
+
 @pytest.mark.parametrize(
     ("doc", "place"),
     [
