@@ -86,6 +86,19 @@ def test_run_outputs_are_shareable(tmp_path, umask):
         assert _mode(path) == 0o644, path
 
 
+def test_a_symlink_in_a_written_folder_leaves_its_target_alone(tmp_path, umask):
+    """usual_modes gives the folder's own files the usual mode; a link (e.g. into a shared cache) is not followed."""
+    umask(0o022)
+    private = tmp_path / "private.bin"
+    private.write_bytes(b"secret")
+    private.chmod(0o600)
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "link.bin").symlink_to(private)
+        (tmp / "own.bin").write_bytes(b"1")
+    assert _mode(private) == 0o600
+    assert _mode(tmp_path / "out" / "own.bin") == 0o644
+
+
 def test_weights_written_by_libraries_get_the_umask_mode(tiny_model_dir):
     # safetensors writes its files 0600 (a private tempfile renamed into place): a model folder others on the
     # machine (a serving user, a shared cache) cannot read. The tiny model here; the training adapter and
