@@ -297,6 +297,47 @@ class Unrelated(AntiCorrelated):  # logits that carry nothing about the labels: 
         return [x + (0.2 if doc.startswith("wing") else 0.0) for x, (_, doc, _) in zip(noise, triples, strict=True)]
 
 
+class Separated(AntiCorrelated):  # positives above negatives, with some overlap: a sound fit
+    def score_pairs(self, triples, normalize=True):
+        noise = np.random.default_rng(2).normal(size=len(triples))
+        return [x + (2.0 if doc.startswith("wing") else 0.0) for x, (_, doc, _) in zip(noise, triples, strict=True)]
+
+
+def test_a_report_that_cannot_be_written_leaves_the_fit_unapplied(tmp_path, monkeypatch):
+    """The reliability plot is drawn before --apply writes tuner.json: when it fails (a full disk), nothing was
+    applied and no file of the report was replaced; when it works, both are done."""
+    import errno
+
+    from tuner import calibrate, eval_run
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: Separated())
+    rows = [{"query": f"question {n}", "pos": [f"wing {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    plot = calibrate.plot_reliability
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(calibrate, "plot_reliability", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        calibrate.run_calibrate("m", data, tmp_path / "out", apply=str(target))
+    assert json.loads((target / "tuner.json").read_text()) == {"instruction": "keep me"}
+    assert not any((tmp_path / "out").iterdir())  # no report, and no temporary left
+    monkeypatch.setattr(calibrate, "plot_reliability", plot)
+    summary = calibrate.run_calibrate("m", data, tmp_path / "out", apply=str(target))
+    assert json.loads((target / "tuner.json").read_text())["calibration"]["temperature"] == summary["temperature"]
+    assert summary["applied_to"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "calibration.json",
+        "reliability.png",
+        "report.md",
+    ]
+
+
 @pytest.mark.parametrize(
     ("scorer", "reason"),
     [(AntiCorrelated, "the temperature reached"), (Unrelated, "the logits separate the labels no better")],

@@ -15,13 +15,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tuner.contract import DEFAULT_INSTRUCTION
-from tuner.files import atomic_path, atomic_write
+from tuner.files import atomic_path
 
 if TYPE_CHECKING:
     from tuner.eval_run import ModelOptions
@@ -433,14 +434,22 @@ def run_calibrate(
             f"only from {after_probs.min():.6g} to {after_probs.max():.6g}), so --apply {apply} was refused and "
             "its tuner.json left unchanged; pass --force to apply it anyway"
         )
-    elif apply is not None:
-        written = apply_meta(apply, {"calibration": summary["calibration"]}, on_warning=summary["warnings"].append)
-        summary["applied_to"] = [str(p) for p in written]
     out = Path(out_dir)
-    plot_reliability(summary["reliability_before"], summary["reliability_after"], out / "reliability.png")
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    atomic_write(out / "calibration.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write(out / "report.md", _render(summary))
+    # The plot is drawn (to a temporary) before the fit is applied, and the report's files are renamed into place
+    # together at the end: a plot that cannot be written (a full disk, a folder in its way) leaves tuner.json as it
+    # was, not a fit applied with no report.
+    with ExitStack() as stack:
+        png = stack.enter_context(atomic_path(out / "reliability.png", ".png"))
+        plot_reliability(summary["reliability_before"], summary["reliability_after"], png)
+        json_file = stack.enter_context(atomic_path(out / "calibration.json"))
+        report = stack.enter_context(atomic_path(out / "report.md"))
+        if apply is not None and summary["apply_refused"] is None:
+            calibration = {"calibration": summary["calibration"]}
+            written = apply_meta(apply, calibration, on_warning=summary["warnings"].append)
+            summary["applied_to"] = [str(p) for p in written]
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        json_file.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        report.write_text(_render(summary), encoding="utf-8")
     if summary["apply_refused"]:
         raise DegenerateFitError(f"calibration not applied: {summary['apply_refused']} (report in {out})")
     return summary
