@@ -297,6 +297,20 @@ class Unrelated(AntiCorrelated):  # logits that carry nothing about the labels: 
         return [x + (0.2 if doc.startswith("wing") else 0.0) for x, (_, doc, _) in zip(noise, triples, strict=True)]
 
 
+def _dev_and_target(tmp_path):
+    """25 queries of 1 "wing" positive and 2 negatives, and a model folder whose tuner.json sets an instruction."""
+    rows = [
+        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)
+    ]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    return data, target
+
+
 class Separated(AntiCorrelated):  # positives above negatives, with some overlap: a sound fit
     def score_pairs(self, triples, normalize=True):
         noise = np.random.default_rng(2).normal(size=len(triples))
@@ -311,13 +325,7 @@ def test_a_report_that_cannot_be_written_leaves_the_fit_unapplied(tmp_path, monk
     from tuner import calibrate, eval_run
 
     monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: Separated())
-    rows = [{"query": f"question {n}", "pos": [f"wing {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)]
-    data = tmp_path / "dev.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "config.json").write_text("{}")
-    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    data, target = _dev_and_target(tmp_path)
     plot = calibrate.plot_reliability
 
     def full_disk(*args, **kwargs):
@@ -349,15 +357,7 @@ def test_a_degenerate_fit_is_not_applied_without_force(tmp_path, monkeypatch, ca
     from tuner import eval_run
 
     monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: scorer())
-    rows = [
-        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)
-    ]
-    data = tmp_path / "dev.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "config.json").write_text("{}")
-    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    data, target = _dev_and_target(tmp_path)
     out = tmp_path / "out"
     argv = ["calibrate", "--model", "m", "--data", str(data), "--out", str(out), "--apply", str(target)]
     assert main(argv) == 2
