@@ -114,22 +114,28 @@ def check_before_work(config: Config) -> None:
         except ValueError as err:
             raise ConfigError(f"eval.data: {err}") from None
     # the training data and a local base too: before the run folder is made and the tokenizer loads
-    if config.data.train_file:
-        from tuner.data.beir import DataError
-        from tuner.data.groups import resolve_path
-
-        try:  # a hub dataset id (no local path) is left to load_groups
-            resolve_path(config.data.train_file)
-        except DataError as err:
-            raise FileNotFoundError(f"data.train_file: {err}") from None
-    elif not config.data.beir:
-        raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
+    check_training_source(config.data)
     if not config.model.tiny:
         from tuner.loading import _check_reachable, _looks_local
 
         name = config.model.name_or_path
         if Path(name).expanduser().exists() or _looks_local(name):  # a hub id is asked once, when the base loads
             _check_reachable(name)
+
+
+def check_training_source(data: DataSection) -> None:
+    """The recipe names training data, and a local `data.train_file` is there (a hub dataset id is left to
+    `load_groups`). Raises `FileNotFoundError` / `ConfigError` naming the recipe key."""
+    if data.train_file:
+        from tuner.data.beir import DataError
+        from tuner.data.groups import resolve_path
+
+        try:
+            resolve_path(data.train_file)
+        except DataError as err:
+            raise FileNotFoundError(f"data.train_file: {err}") from None
+    elif not data.beir:
+        raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
 
 
 def prepare_base(model: ModelConfig, out: Path) -> str:
@@ -175,18 +181,13 @@ def load_training_groups(
     """
     from tuner.data.groups import consistent_groups
 
+    check_training_source(data)
     if data.train_file:
         from tuner.data import load_groups
-        from tuner.data.beir import DataError
-        from tuner.data.groups import resolve_path
 
-        try:  # a local file or folder that is not there; a hub dataset id (no local path) goes to load_groups
-            resolve_path(data.train_file)
-        except DataError as err:
-            raise FileNotFoundError(f"data.train_file: {err}") from None
         groups = load_groups(data.train_file)
         source = data.train_file
-    elif data.beir:
+    else:  # data.beir (check_training_source: one of them is set)
         from tuner.data.beir import load_beir
         from tuner.mining import mine_negatives
 
@@ -204,8 +205,6 @@ def load_training_groups(
             show_progress=False,
         )
         source = f"{data.beir} ({data.split}, BM25 negatives)"
-    else:
-        raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
     groups, cleaned = consistent_groups(groups)
     if cleaned.conflicts or cleaned.repeats:
         what = []
