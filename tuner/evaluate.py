@@ -18,12 +18,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tuner.metrics import DEFAULT_METRICS, Qrels, evaluate_per_query, mean, ranked_ids
 from tuner.retrieval import Run
+
+if TYPE_CHECKING:
+    from tuner.data.beir import BeirData
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +106,22 @@ def first_stage_run(
     return {q: run[q] for q in queries if q in run}
 
 
-def _relevant_not_in_corpus(folder: str | Path, split: str, qrels: Qrels, corpus: Mapping[str, Any]) -> str:
-    """The warning for judged-relevant documents (grade > 0) of `qrels` that `corpus` lacks, or "" when none: no
-    system can retrieve them, yet recall and nDCG count them (as BEIR's and trec_eval's figures do), so every
-    system's figures are lower than the corpus allows."""
-    missing = {q: [d for d, g in judged.items() if g > 0 and d not in corpus] for q, judged in qrels.items()}
-    missing = {q: docs for q, docs in missing.items() if docs}
+def _relevant_not_in_corpus(folder: str | Path, data: BeirData, qids: Sequence[str]) -> str:
+    """The warning for judged-relevant documents (grade > 0) of the queries `qids` that the corpus lacks, or ""
+    when none: no system can retrieve them, yet recall and nDCG count them (as BEIR's and trec_eval's figures do),
+    so every system's figures are lower than the corpus allows."""
+    missing = {
+        q: docs for q in qids if (docs := [d for d, g in data.qrels[q].items() if g > 0 and d not in data.corpus])
+    }
     if not missing:
         return ""
-    folder = Path(folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    corpus_name = next((n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (folder / n).is_file()), "the corpus")
+    from tuner.data.beir import _find
+
+    corpus_name = _find(Path(folder), "corpus").name
     docs = sum(len(d) for d in missing.values())
     first = next(iter(missing))
     return (
-        f"{qrels_path}: {docs} judged-relevant document{'s' if docs != 1 else ''} of {len(missing)} "
+        f"{data.qrels_path}: {docs} judged-relevant document{'s' if docs != 1 else ''} of {len(missing)} "
         f"quer{'ies' if len(missing) != 1 else 'y'} {'are' if docs != 1 else 'is'} not in {corpus_name} "
         f"(e.g. {first} → {missing[first][0]}): {'they count' if docs != 1 else 'it counts'} as relevant and "
         "never retrieved, which lowers every system's recall, nDCG and MAP"
@@ -224,7 +228,7 @@ class Evaluator:
         data = load_beir(folder, split)
         keep = sample_queries([q for q in data.qrels if q in data.queries], max_queries, seed)
         queries = {q: data.queries[q] for q in keep}
-        unfindable = _relevant_not_in_corpus(folder, split, {q: data.qrels[q] for q in keep}, data.corpus)
+        unfindable = _relevant_not_in_corpus(folder, data, keep)
         if unfindable:
             log.warning("%s", unfindable)
         run = first_stage_run(data.corpus, queries, candidates, top_k, cache_dir)
