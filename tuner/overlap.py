@@ -111,6 +111,11 @@ def _beir_pairs(folder: Path, split: str) -> list[tuple[str, list[Any]]]:
     ]
 
 
+def file_source_name(source: str | Path, split: str | None) -> str:
+    """How reports name a training file, or the split file of a folder of them."""
+    return f"{source} ({split})" if split and Path(source).is_dir() else str(source)
+
+
 def _source_pairs(
     source: str, split: str | None, max_groups: int | None, as_trained: bool = False
 ) -> tuple[str, list[tuple[str, list[Any]]]]:
@@ -122,7 +127,7 @@ def _source_pairs(
     else:
         from tuner.data import load_groups
 
-        name = f"{source} ({split})" if split and path.is_dir() else str(source)
+        name = file_source_name(source, split)
         groups = load_groups(source, split)
         if as_trained:
             groups = [g for g in groups if g.pos and g.neg]

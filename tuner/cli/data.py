@@ -87,7 +87,7 @@ def _run_data_check(args) -> int:
 
 def _against(args, beir: bool, report) -> dict:
     """`data check --against`: how much of the evaluation set the checked data covers (see tuner.overlap)."""
-    from tuner.overlap import eval_overlap, groups_view, training_view
+    from tuner.overlap import eval_overlap, file_source_name, groups_view, training_view
 
     if beir:  # a BEIR folder as training data: the judged queries and relevant documents of its train qrels
         try:
@@ -96,8 +96,7 @@ def _against(args, beir: bool, report) -> dict:
             hint = "(--split names the training qrels)"
             raise UserError(f"{args.path} as the training data of --against: {err} {hint}") from None
     else:  # the groups the check read: a file is not read (or a hub dataset fetched) a second time
-        name = f"{args.path} ({args.split})" if args.split and Path(args.path).is_dir() else str(args.path)
-        view = groups_view(report.loaded, source=name)
+        view = groups_view(report.loaded, source=file_source_name(args.path, args.split))
     try:
         counts = eval_overlap(view, args.against, args.against_split)
     except (OSError, ValueError) as err:
