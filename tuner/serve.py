@@ -393,8 +393,8 @@ def create_app(
             reason = (first.get("ctx") or {}).get("error") or "not JSON"
             message = f"body: invalid JSON ({reason})"
             if isinstance(offset, int) and isinstance(body, str):
-                line = body.count("\n", 0, offset) + 1
-                message += f" at line {line} column {offset - body.rfind(chr(10), 0, offset)}"
+                line, column = body.count("\n", 0, offset) + 1, offset - body.rfind("\n", 0, offset)
+                message += f" at line {line} column {column}"
         if first.get("type") == "missing" and request.url.path == "/score" and where in _SCORE_ALIASES:
             message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
         content_type = request.headers.get("content-type", "")
