@@ -212,8 +212,8 @@ def check_beir(folder: str | Path, split: str = "test") -> CheckReport:
     beir = load_beir(folder, split)
     report = CheckReport(path=str(folder))
     rel = [sum(1 for r in judged.values() if r > 0) for judged in beir.qrels.values()]
-    missing = sorted({d for judged in beir.qrels.values() for d in judged if d not in beir.corpus})
-    first_missing = next(((q, d) for q, judged in beir.qrels.items() for d in judged if d not in beir.corpus), None)
+    judged_missing = [(q, d) for q, judged in beir.qrels.items() for d in judged if d not in beir.corpus]
+    missing = {d for _, d in judged_missing}
     empty = sum(1 for d in beir.corpus.values() if not (d["title"].strip() or d["text"].strip()))
     report.stats = {
         "split": split,
@@ -225,8 +225,8 @@ def check_beir(folder: str | Path, split: str = "test") -> CheckReport:
         "judged_docs_missing_from_corpus": len(missing),
         "empty_documents": empty,
     }
-    if first_missing:
-        q, d = first_missing
+    if judged_missing:
+        q, d = judged_missing[0]
         in_all = _n(len(missing), "judged document")
         report.errors.append(
             f"{beir.qrels_place(q, d)}: judged document {d!r} is not in the corpus ({in_all} missing in all)"
