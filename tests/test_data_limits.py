@@ -207,6 +207,26 @@ def test_an_unterminated_csv_quote_is_named_where_it_opens(tmp_path, capsys, tex
     assert f"{path}:1: a quoted field opened on this line is never closed" in capsys.readouterr().err
 
 
+def test_a_csv_quote_that_closes_late_is_an_error_not_rows_read_into_one_cell(tmp_path, capsys):
+    """Without csv's strict mode the rows between a quote left open and the next quote became one document, with
+    no error: q1's positive held q2's row, and q2 and q3 were lost."""
+    path = tmp_path / "late.csv"
+    path.write_text('query,document,label\nq1,"doc one, part,1\nq2,doc two,1\nq3,"doc three",1\nq4,d,1\n', "utf-8")
+    message = (
+        f"{path}:2: not valid CSV (comma-separated) (',' expected after '\"'): a quoted cell of this row closes only "
+        "on line 4, with text after its closing '\"' (is a quote in this row unbalanced?)"
+    )
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == message
+    assert main(["data", "check", str(path), "--no-tokens"]) == 1
+    assert f"error: {message}" in capsys.readouterr().out
+    path.write_text('query,document,label\nq,"doc" x,1\nq,e,0\n', "utf-8")  # on one line: no word on other lines
+    with pytest.raises(DataError) as err:
+        load_groups(path)
+    assert str(err.value) == f"{path}:2: not valid CSV (comma-separated) (',' expected after '\"')"
+
+
 def test_quoted_csv_cells_that_close_and_tsv_quotes_are_read_as_before(tmp_path):
     path = tmp_path / "ok.csv"
     path.write_text('query,document,label\nq,"two\nlines, and ""quotes""",1\nq,"last"', encoding="utf-8")

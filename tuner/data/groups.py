@@ -32,7 +32,7 @@ import math
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,26 +151,41 @@ def _iter_table(path: Path) -> Iterator[tuple[str, Any]]:
     tsv = path.name.lower().removesuffix(".gz").endswith(".tsv")
     kind = "TSV (tab-separated)" if tsv else "CSV (comma-separated)"
     csv.field_size_limit(2**31 - 1)  # the default 128 KiB cell limit would refuse a long document
+    source = _TableLines(path)
+    # strict: text after a closing quote is an error, not glued onto the cell. Without it, a quote that closes late
+    # (`q,"doc one,1` ... `q3,"doc three",1` two lines on) reads the rows between into one cell, silently.
+    reader = csv.reader(source, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(source, strict=True)
+    yield from _table_rows(path, reader, kind, tsv, source)
 
-    read_all = False
 
-    def lines() -> Iterator[str]:  # csv reads text lines; a bad byte (a DataError) stops it, naming the line
-        nonlocal read_all
-        for _, line in utf8_lines(path):
+class _TableLines:
+    """A table file's text lines for csv; a bad byte (a DataError) stops it, naming the line. It keeps the lines of
+    the row being read (`row`, cleared by the reader's caller before each row), to re-read a row whose quote never
+    closes and name where that quote opened."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.row: list[str] = []
+        self.read_all = False
+
+    def __iter__(self) -> Iterator[str]:
+        for _, line in utf8_lines(self.path):
             if isinstance(line, DataError):
                 raise line
+            self.row.append(line)
             yield line
-        read_all = True
+        self.read_all = True
 
-    reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(lines())
-    yield from _table_rows(path, reader, kind, tsv, lambda: read_all)
+    def unclosed_cells(self) -> list[str] | None:
+        """The current row's cells read leniently if the file ended inside it (a quoted cell never closed), else None.
+        Strict csv raises there; the lenient reader returns the row with the rest of the file in its last cell."""
+        return next(csv.reader(self.row), None) if self.read_all else None
 
 
 def _unclosed_quote(path: Path, start: int, cells: list[str], end: int) -> tuple[str, DataError]:
-    """(location, error) for a CSV row (starting on line `start`) that the reader ended only at the end of the file.
+    """(location, error) for a CSV row (starting on line `start`) that the file ended inside of.
 
-    Python's csv asks for a line past the last one within a row only when a quoted cell never closes; it then reads
-    the rest of the file into that cell (its last) and returns the row as it is.
+    The lenient reader reads the rest of the file into the cell whose quote never closes (the row's last).
     """
     opened = start + sum(cell.count("\n") for cell in cells[:-1])  # the line breaks of the quoted cells before it
     where = f"{path}:{opened}"
@@ -187,19 +202,22 @@ def _unquote_tsv(cell: str) -> str:
     return cell
 
 
-def _table_rows(path: Path, reader, kind: str, tsv: bool, read_all: Callable[[], bool]) -> Iterator[tuple[str, Any]]:
+def _table_rows(path: Path, reader, kind: str, tsv: bool, source: _TableLines) -> Iterator[tuple[str, Any]]:
+    start = 1
     try:
-        start = 1
+        source.row.clear()
         header = next(reader, None)
         while header is not None and not any(cell.strip() for cell in header):
             start = reader.line_num + 1
+            source.row.clear()
             header = next(reader, None)  # blank lines before the header
     except csv.Error as err:
+        cells = source.unclosed_cells()
+        if cells is not None:
+            raise _unclosed_quote(path, start, cells, reader.line_num)[1] from None
         raise DataError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
     if header is None:
         return
-    if read_all() and not tsv:
-        raise _unclosed_quote(path, start, header, reader.line_num)[1]
     columns = [_unquote_tsv(cell).strip().lower() if tsv else cell.strip().lower() for cell in header]
     repeated = sorted({c for c in columns if columns.count(c) > 1 and c})
     if repeated:
@@ -223,16 +241,24 @@ def _table_rows(path: Path, reader, kind: str, tsv: bool, read_all: Callable[[],
     start = reader.line_num + 1
     while True:
         try:
+            source.row.clear()
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as err:
-            yield f"{path}:{start}", DataError(f"{path}:{start}: not valid {kind} ({err})")
+            unclosed = source.unclosed_cells()
+            if unclosed is not None:
+                yield _unclosed_quote(path, start, unclosed, reader.line_num)
+                return
+            late = (
+                f": a quoted cell of this row closes only on line {reader.line_num}, with text after its closing "
+                "'\"' (is a quote in this row unbalanced?)"
+                if reader.line_num > start
+                else ""
+            )
+            yield f"{path}:{start}", DataError(f"{path}:{start}: not valid {kind} ({err}){late}")
             start = reader.line_num + 1
             continue
-        if read_all() and not tsv:
-            yield _unclosed_quote(path, start, cells, reader.line_num)
-            return
         where, start = f"{path}:{start}", reader.line_num + 1
         if not any(cell.strip() for cell in cells):
             continue  # a blank line
