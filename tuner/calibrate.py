@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuner.contract import DEFAULT_INSTRUCTION
-from tuner.files import atomic_path
+from tuner.files import atomic_path, save_figure
 
 if TYPE_CHECKING:
     from tuner.eval_run import ModelOptions
@@ -266,13 +266,7 @@ def plot_reliability(before: list[dict], after: list[dict], path: str | Path, ti
     hist.set_ylabel("pairs")
     hist.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def fit_warnings(positives: int, negatives: int, temperature: float, p_value: float = 0.0) -> list[str]:

@@ -226,6 +226,19 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure written atomically as a PNG, then closed (pyplot keeps every figure it made alive)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """`open(path, mode)` ("w" text in UTF-8, or "wb") that lands whole on `path` on success, or not at all."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tuner.evaluate import RANDOM_ORDER, EvalResult
-from tuner.files import atomic_path, make_output_dir
+from tuner.files import atomic_path, make_output_dir, save_figure
 from tuner.metrics import Qrels, mean, parse_metric, ranked_ids
 
 __all__ = [
@@ -362,13 +362,7 @@ def plot_deltas(summary: Mapping[str, Any], per_query: Mapping[str, Mapping[str,
     if others:
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 REPORT_FILES = ("metrics.json", "per_query.jsonl", "report.md", "report.png")  # and runs/*.trec
