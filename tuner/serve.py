@@ -510,6 +510,12 @@ def create_app(
         gone = asyncio.ensure_future(_client_gone(request))
         try:
             await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests it still holds when its graceful-shutdown timeout ends: nobody will
+            # read the scores, and the lifespan's shutdown waits for the worker
+            batcher.abandon(future)
+            waiter.cancel()
+            raise
         finally:
             gone.cancel()
         if not waiter.done():
