@@ -502,3 +502,19 @@ def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
         port = busy.getsockname()[1]
         with pytest.raises(OSError, match=rf"--port {port} on 127.0.0.1: Address already in use; choose another"):
             serve(tmp_path / "no-model-here", port=port)  # the model would fail second: the port is checked first
+
+
+def test_an_api_key_read_with_a_trailing_newline_still_matches(tiny_reranker, monkeypatch):
+    """A key from a secret file or `kubectl create secret --from-file` ends in a newline; the server stripped the
+    client's token but not its own key, so every request got 401. A blank key is refused, never "no key"."""
+    from tuner.cli import main
+
+    app = create_app(tiny_reranker, model_name="tiny", api_key="s3cret-key\n")
+    with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
+        body = {"query": "q", "documents": ["a"]}
+        assert c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 401
+    with pytest.raises(ValueError, match="blank"):
+        create_app(tiny_reranker, api_key=" \n")
+    monkeypatch.setenv("TUNER_TEST_KEY", " \n")
+    assert main(["serve", "no-model-here", "--api-key-env", "TUNER_TEST_KEY"]) == 2  # before any model loads

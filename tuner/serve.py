@@ -352,7 +352,10 @@ def create_app(
     name = model_name or Path(str(reranker.name)).name or "tuner-reranker"
     metrics = Metrics()
     batcher = Batcher(reranker, max_batch_tokens, metrics, max_queued=max_queued_documents)
-    key = api_key.encode("utf-8") if api_key else None
+    # stripped as the client's token is: a key read from a secret file keeps its trailing newline
+    key = api_key.strip().encode("utf-8") if api_key else None
+    if api_key and not key:
+        raise ValueError("api_key is blank (only whitespace): give a key, or None for no key")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -291,9 +291,9 @@ def _run_serve(args) -> int:
 
     api_key = None
     if args.api_key_env and args.engine == "tuner":
-        api_key = os.environ.get(args.api_key_env)
+        api_key = os.environ.get(args.api_key_env, "").strip()  # a secret file's trailing newline is no part of it
         if not api_key:
-            raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+            raise UserError(f"--api-key-env {args.api_key_env}: the environment variable is unset, empty or blank")
     if args.exec and args.engine != "vllm":
         raise UserError("--exec runs the vLLM command: use it with --engine vllm")
     if args.engine == "vllm" and (args.prefix_reuse != "off" or args.packing or args.attn_implementation):
