@@ -518,3 +518,12 @@ def test_an_api_key_read_with_a_trailing_newline_still_matches(tiny_reranker, mo
         create_app(tiny_reranker, api_key=" \n")
     monkeypatch.setenv("TUNER_TEST_KEY", " \n")
     assert main(["serve", "no-model-here", "--api-key-env", "TUNER_TEST_KEY"]) == 2  # before any model loads
+
+
+def test_a_missing_score_field_names_its_vllm_name_on_v1_score_too(client):
+    """vLLM's clients post to /v1/score with text_1 / text_2; a missing one was named with its vLLM name only on
+    /score, so a vLLM client that sent data_1 / data_2 read "queries: Field required" alone."""
+    for path in ("/score", "/v1/score"):
+        r = client.post(path, json={"data_1": "q", "data_2": ["x"]})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["message"] == "queries: Field required (or its vLLM name text_1)", path

@@ -398,7 +398,7 @@ def create_app(
             if isinstance(offset, int) and isinstance(body, str):
                 line, column = body.count("\n", 0, offset) + 1, offset - body.rfind("\n", 0, offset)
                 message += f" at line {line} column {column}"
-        if first.get("type") == "missing" and request.url.path == "/score" and where in _SCORE_ALIASES:
+        if first.get("type") == "missing" and request.url.path in ("/score", "/v1/score") and where in _SCORE_ALIASES:
             message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
         content_type = request.headers.get("content-type", "")
         if where == "body" and not content_type.startswith("application/json"):
