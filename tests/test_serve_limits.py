@@ -264,3 +264,43 @@ def test_a_request_cut_off_by_the_graceful_shutdown_timeout_stops_its_drain(tiny
     assert not thread.is_alive()
     assert stopped < 3  # the timeout and one forward pass, not the 8 s of the whole drain
     assert sum(passes) < 40
+
+
+def test_a_large_request_is_scored_in_turns_with_the_small_ones_behind_it(tiny_reranker, monkeypatch):
+    """A drain took the request at the head of the queue whole: a 1-document request waited for all of a
+    5000-document one (78 s on CPU). Drains now take at most MAX_PAIRS_PER_DRAIN prompts, a large request's in
+    turns with the requests that arrived meanwhile, and its parts' scores are put back together in order."""
+    from tuner import serve as serve_mod
+    from tuner.serve import Batcher, ClientGone
+    from tuner.serve_metrics import Metrics
+
+    monkeypatch.setattr(serve_mod, "MAX_PAIRS_PER_DRAIN", 4)
+    passes: list[int] = []
+    batcher = Batcher(slowed(tiny_reranker, 0.05, passes), max_batch_tokens=1, metrics=Metrics())  # 1 prompt a pass
+    big = [(QUERY, f"document {n} about wings, lift and drag", None) for n in range(24)]
+    small = [("which fruit has potassium?", doc, "Find fruit facts") for doc in DOCS]
+    done: list[str] = []
+    first = batcher.submit(tiny_reranker.encode(big), [(q, i) for q, _, i in big])
+    first.add_done_callback(lambda _: done.append("big"))
+    batcher.start()
+    while not passes:  # the large request's first drain is running
+        time.sleep(0.01)
+    second = batcher.submit(tiny_reranker.encode(small), [(q, i) for q, _, i in small])
+    second.add_done_callback(lambda _: done.append("small"))
+    big_logits, big_tokens = first.result(timeout=60)
+    small_logits, _ = second.result(timeout=60)
+    assert done == ["small", "big"]
+    assert len(passes) == len(big) + len(small)  # each prompt scored once
+    assert big_logits == pytest.approx(tiny_reranker.logits_for_ids(tiny_reranker.encode(big)), abs=1e-5)
+    assert small_logits == pytest.approx(tiny_reranker.logits_for_ids(tiny_reranker.encode(small)), abs=1e-5)
+    assert big_tokens == sum(len(ids) for ids in tiny_reranker.encode(big))
+    # a large request abandoned between two of its drains is not taken again
+    passes.clear()
+    third = batcher.submit(tiny_reranker.encode(big), [(q, i) for q, _, i in big])
+    while not passes:
+        time.sleep(0.01)
+    batcher.abandon(third)
+    with pytest.raises(ClientGone):
+        third.result(timeout=60)
+    batcher.stop()
+    assert len(passes) <= 8  # the drain it was in, at most one more: not its 24 prompts

@@ -16,6 +16,7 @@ Imports torch (through scoring), FastAPI, pydantic and uvicorn only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import difflib
 import hmac
@@ -61,8 +62,10 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20
 # nginx's status for a request whose client closed the connection first: it is never sent (nobody is there to read
 # it), only counted in /metrics.
 CLIENT_CLOSED_REQUEST = 499
-# A drain takes at most this many pairs, so that one burst cannot delay the requests behind it without bound.
-MAX_PAIRS_PER_DRAIN = 4096
+# A drain (one scoring call) takes at most this many pairs, a large request's in turns with the requests that arrive
+# meanwhile: a 1-document request waits for at most about two drains, not for a 5000-document request to end. 1024
+# prompts of ~400 tokens are still dozens of forward passes per wait for the device.
+MAX_PAIRS_PER_DRAIN = 1024
 _FIELDS = {"model", "query", "queries", "documents", "top_n", "instruction", "return_documents", "text", "title"}
 _FIELDS |= {"truncate_prompt_tokens", "max_tokens_per_doc"}
 _SCORE_ALIASES = {"queries": "text_1", "documents": "text_2"}  # /score's vLLM names
@@ -191,6 +194,8 @@ class _Job:
     keys: list[Any] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     abandoned: threading.Event = field(default_factory=threading.Event)  # its client went away while it ran
+    taken: int = 0  # prompts handed to drains so far (a large request is scored over several)
+    logits: list[float] = field(default_factory=list)  # the scores of those prompts, in order
 
 
 class Batcher:
@@ -266,34 +271,50 @@ class Batcher:
             job.abandoned.set()
 
     def _loop(self) -> None:
+        pending: collections.deque[_Job] = collections.deque()  # jobs with prompts not yet scored, in turn order
+        turned: list[_Job] = []  # jobs the last drain took a part of: after the jobs that arrived meanwhile
+        stop = False
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            jobs, pairs, stop = [job], len(job.ids), False
-            while pairs < MAX_PAIRS_PER_DRAIN:  # everything that arrived while the last batch ran
+            if not pending and not turned:
+                job = None if stop else self._queue.get()
+                if job is None:
+                    return
+                pending.append(job)
+            while not stop:  # everything that arrived while the last drain ran
                 try:
-                    nxt = self._queue.get_nowait()
+                    job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                jobs.append(nxt)
-                pairs += len(nxt.ids)
-            self._run(jobs)
-            if stop:
-                return
+                if job is None:
+                    stop = True  # after the queued work (`stop`)
+                else:
+                    pending.append(job)
+            pending.extend(turned)
+            drain: list[tuple[_Job, int, int]] = []  # (job, first prompt, end) of each part in this drain
+            room = MAX_PAIRS_PER_DRAIN
+            while pending and room:
+                job = pending.popleft()
+                if not job.taken and not job.future.set_running_or_notify_cancel():
+                    continue  # abandoned while it waited in the queue
+                if job.abandoned.is_set():  # abandoned between two of its drains
+                    job.future.set_exception(ClientGone("request abandoned by its client"))
+                    continue
+                end = min(len(job.ids), job.taken + room)
+                drain.append((job, job.taken, end))
+                room -= end - job.taken
+                job.taken = end
+            if drain:
+                self._run(drain)
+            turned = [job for job, _, _ in drain if not job.future.done()]
 
-    def _run(self, jobs: list[_Job]) -> None:
-        live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-        if not live:
-            return
-        flat = [ids for job in live for ids in job.ids]
-        owner = [n for n, job in enumerate(live) for _ in job.ids]
+    def _run(self, drain: list[tuple[_Job, int, int]]) -> None:
+        live = [job for job, _, _ in drain]
+        flat = [ids for job, start, end in drain for ids in job.ids[start:end]]
+        owner = [n for n, (_, start, end) in enumerate(drain) for _ in range(start, end)]
         groups = None
         if self.reranker.prefix_reuse:  # a job without keys: in no group (scored on the other paths)
-            groups = prefix_groups([key for job in live for key in (job.keys or [None] * len(job.ids))])
+            keys = [key for job, start, end in drain for key in (job.keys or [None] * len(job.ids))[start:end]]
+            groups = prefix_groups(keys)
 
         def observe(batch) -> None:
             self.metrics.observe_batch(rows=len(batch), requests=len({owner[i] for i in batch}))
@@ -314,11 +335,12 @@ class Batcher:
             for job in live:
                 job.future.set_exception(err)
             return
-        start = 0
-        for job in live:
-            n = len(job.ids)
-            job.future.set_result((logits[start : start + n], sum(len(x) for x in job.ids)))
-            start += n
+        at = 0
+        for job, start, end in drain:
+            job.logits += logits[at : at + end - start]
+            at += end - start
+            if end == len(job.ids):
+                job.future.set_result((job.logits, sum(len(x) for x in job.ids)))
 
 
 # ----------------------------------------------------------------------------------------------- app
