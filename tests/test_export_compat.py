@@ -192,3 +192,19 @@ def test_vllm_command_errors(exports, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no vllm executable
     assert main(["serve", "--engine", "vllm", "--exec", str(exports / "seq-cls")]) == 2
     assert "vllm is not installed" in capsys.readouterr().err
+
+
+def test_vllm_command_spells_the_dtype_as_vllm_takes_it(tmp_path, capsys):
+    """`tuner serve --engine vllm EXPORT --dtype bf16` printed `--dtype bf16`, which `vllm serve` (auto, half,
+    float16, bfloat16, float, float32) rejects: tuner's short names are written out, and an unknown one is named."""
+    export_dir = tmp_path / "seq-cls"
+    export_dir.mkdir()
+    (export_dir / "tuner.json").write_text(json.dumps({"format": "seq-cls", "max_length": 512}))
+    (export_dir / "chat_template.jinja").write_text("{{ messages }}")
+    for given, written in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32"), ("auto", "auto")):
+        assert main(["serve", "--engine", "vllm", str(export_dir), "--dtype", given]) == 0
+        argv = shlex.split(capsys.readouterr().out)
+        assert argv[argv.index("--dtype") + 1] == written
+    assert main(["serve", "--engine", "vllm", str(export_dir), "--dtype", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype 'fp8'" in err and err.count("\n") == 1

@@ -10,6 +10,18 @@ from pathlib import Path
 from tuner.export_card import vllm_args
 from tuner.scoring import read_meta
 
+# `--dtype` as tuner takes it (tuner.loading._resolve_dtype) -> as `vllm serve --dtype` takes it: vLLM's argparse
+# knows auto, half, float16, bfloat16, float, float32 and rejects tuner's short names (bf16, fp16, fp32)
+VLLM_DTYPES = {
+    "auto": "auto",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+}
+
 
 def vllm_argv(
     export_dir: str | Path,
@@ -46,7 +58,9 @@ def vllm_argv(
     argv = vllm_args(str(path), meta)
     argv += ["--served-model-name", served_name or path.name, "--host", host, "--port", str(port)]
     if dtype:
-        argv += ["--dtype", dtype]
+        if dtype not in VLLM_DTYPES:
+            raise ValueError(f"--dtype {dtype!r}: use one of {sorted(VLLM_DTYPES)} (written as vLLM spells it)")
+        argv += ["--dtype", VLLM_DTYPES[dtype]]
     if api_key_env:
         # vLLM reads VLLM_API_KEY itself; the key never appears on the command line.
         argv = ["env", f"VLLM_API_KEY=${{{api_key_env}}}", *argv] if api_key_env != "VLLM_API_KEY" else argv
