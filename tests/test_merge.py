@@ -169,3 +169,22 @@ def test_sources_that_select_the_same_layers_in_another_order_merge(tmp_path):
     assert len(_sources([tmp_path / "a", tmp_path / "b"])) == 2
     with pytest.raises(ValueError, match="select layers differently"):
         _sources([tmp_path / "a", tmp_path / "c"])
+
+
+def test_an_export_of_a_merge_keeps_what_it_merged(tiny_model_dir, tmp_path):
+    """The export of a `tuner merge` adapter dropped its tuner.json `merge` record: the exported soup's tuner.json
+    and model card said `recipe: "merge"` and nothing of which adapters it summed, at which weights."""
+    from tuner.export import export
+
+    run = tmp_path / "run"
+    _adapter(tiny_model_dir, run / "adapter", seed=1)
+    (run / "checkpoints").mkdir()
+    checkpoint = _adapter(tiny_model_dir, run / "checkpoints" / "checkpoint-5", seed=2)
+    record = merge_adapters([run, checkpoint], tmp_path / "soup", weights=[0.75, 0.25])
+    export(tmp_path / "soup", tmp_path / "export", formats=["adapter"], device="cpu")
+    meta = json.loads((tmp_path / "export" / "tuner.json").read_text())
+    assert meta["merge"] == record
+    card = (tmp_path / "export" / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("- **Merge:**"))
+    assert line.startswith("- **Merge:** base + 0.75 × `run` + 0.25 × `run/checkpoint-5`")
+    assert str(tmp_path) not in line  # names, not this machine's paths

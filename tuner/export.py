@@ -193,7 +193,7 @@ def _export_meta(meta: dict[str, Any], fmt: str, base: str, dtype: str, encoder:
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "contract": encoder.metadata(),
     }
-    for key in ("calibration", "recipe", "eval"):
+    for key in ("calibration", "recipe", "eval", "merge"):  # merge: what a `tuner merge` adapter sums
         if meta.get(key) is not None:
             out[key] = meta[key]
     if fmt == "merged":

@@ -23,6 +23,25 @@ def _data_used(data: Any) -> Any:
     return data
 
 
+def _merge_line(merge: Any) -> str | None:
+    """The card's line for an export of a `tuner merge` adapter: its weights and sources, by run (and checkpoint)
+    name, not by this machine's paths."""
+    if not isinstance(merge, dict) or not merge.get("sources"):
+        return None
+
+    def name(source: str) -> str:
+        path = Path(source)
+        if path.name == "adapter":  # RUN/adapter
+            return path.parent.name
+        if path.parent.name == "checkpoints":  # RUN/checkpoints/checkpoint-N
+            return f"{path.parent.parent.name}/{path.name}"
+        return path.name
+
+    weights = merge.get("weights") or []
+    terms = " + ".join(f"{w:g} × `{name(s)}`" for s, w in zip(merge["sources"], weights, strict=False))
+    return f"- **Merge:** base + {terms} (`tuner merge`: the weighted sum of the adapters' weight updates)"
+
+
 def _eval_table(evaluation: Any) -> str:
     """A markdown table from `{metric: value}` or `{system: {metric: value}}`."""
     if not isinstance(evaluation, dict) or not evaluation:
@@ -211,6 +230,9 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             f"{cal.get('bias', 0.0)}); other engines return sigmoid(logit) (apply the same formula to their logit, "
             "or load with `calibrated=False` / `--no-calibration` for the uncalibrated probability)"
         )
+    merge_line = _merge_line(meta.get("merge"))
+    if merge_line:
+        parts.append(merge_line)
     if data is not None:
         parts.append(f"- **Data:** `{json.dumps(_data_used(data), ensure_ascii=False)}`")
     if recipe_yaml is not None:
