@@ -312,3 +312,18 @@ def test_the_card_carries_the_hubs_metadata_so_a_pushed_export_links_to_its_base
     assert "lora" not in ModelCard(model_card(tmp_path / "f", {"format": "merged", "recipe": full})).data.tags
     card = model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "recipe": hub})
     assert card.startswith("---\n") and "\n---\n\n# m: Qwen3-Reranker LoRA fine-tune, merged causal LM" in card
+
+
+def test_exporting_a_calibrated_run_gives_no_warning_about_the_gates_probe_budget(run_dir, tmp_path, recwarn):
+    """`tuner calibrate --apply` records the max_length it fitted at; the gate loads each format back at its probe
+    budget (192), and every export of a calibrated run warned that "the probabilities of these scores are not
+    calibrated (refit with tuner calibrate ...)", of scores the gate reads as logits. The calibration is still
+    exported."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    meta = json.loads((run / "adapter" / "tuner.json").read_text())
+    meta["calibration"] = {"temperature": 2.0, "bias": 0.25, "instruction": RUN_INSTRUCTION, "max_length": 512}
+    (run / "adapter" / "tuner.json").write_text(json.dumps(meta))
+    export(run, tmp_path / "out", formats=["adapter"], device="cpu")
+    assert not [w for w in recwarn if "calibrat" in str(w.message)]
+    assert json.loads((tmp_path / "out" / "tuner.json").read_text())["calibration"] == meta["calibration"]

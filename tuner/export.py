@@ -400,8 +400,16 @@ def export(
             return _compare(logits, expected[fmt], EXACT, source)
 
         for fmt, path in dirs.items():
+            # logits only, at the probes' budget: without calibrated=False, a calibration fitted at the export's
+            # max_length warned, on every export of a calibrated run, that these probes' probabilities were not
+            # calibrated
             loaded = Reranker.from_pretrained(
-                path, device=dev, dtype=torch.float32, max_length=PROBE_MAX_LENGTH, show_progress=False
+                path,
+                device=dev,
+                dtype=torch.float32,
+                max_length=PROBE_MAX_LENGTH,
+                show_progress=False,
+                calibrated=False,
             )
             report["formats"][fmt] = check(fmt, _probe_logits(loaded))
             if fmt == "merged":
