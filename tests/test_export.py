@@ -327,3 +327,34 @@ def test_exporting_a_calibrated_run_gives_no_warning_about_the_gates_probe_budge
     export(run, tmp_path / "out", formats=["adapter"], device="cpu")
     assert not [w for w in recwarn if "calibrat" in str(w.message)]
     assert json.loads((tmp_path / "out" / "tuner.json").read_text())["calibration"] == meta["calibration"]
+
+
+def test_an_out_whose_parent_cannot_be_written_is_refused_before_the_model_loads(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    """An export (and a merge) is written beside --out and renamed into place: an existing --out the user may write
+    in, inside a folder they may not (a shared models folder, a read-only mount), passed the check and failed only
+    after the model had loaded and been scored, naming a hidden temporary folder instead of --out."""
+    import os
+
+    from tuner import files
+
+    parent = tmp_path / "shared"
+    (parent / "mine").mkdir(parents=True)
+    access = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode: str(p) != str(parent) and access(p, mode))
+    monkeypatch.setattr(export_mod, "export", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["export", str(run_dir), "--out", str(parent / "mine"), "--format", "adapter"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {parent / 'mine'}: no permission to write in {parent} (the new folder is written beside" in err
+    assert err.count("\n") == 1
+    assert main(["merge", str(run_dir), "--weights", "0.5", "--out", str(parent / "mine")]) == 2
+    assert f"no permission to write in {parent}" in capsys.readouterr().err
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", refused)  # what the check cannot see (root on a read-only mount)
+    match = rf"cannot write {parent / 'mine'}: Permission denied in {parent}"
+    with pytest.raises(OSError, match=match), files.atomic_dir(parent / "mine"):
+        pass

@@ -78,20 +78,21 @@ def check_output_file(path: str | Path, flag: str) -> None:
     _check_writable_in(path.parent, path, flag)
 
 
-def _check_writable_in(folder: Path, path: Path, flag: str) -> None:
+def _check_writable_in(folder: Path, path: Path, flag: str, why: str = "") -> None:
     """`folder` (or its nearest existing ancestor) must be a folder this process can create `path` in."""
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
         raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: no permission to write in {folder}")
+        raise ValueError(f"{flag} {path}: no permission to write in {folder}{why}")
 
 
-def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None) -> None:
+def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None, replaced: bool = False) -> None:
     """Raise `ValueError` naming `flag` if a folder could not be written at `path`: it is a file, a parent is a
     file, or the nearest existing folder is not writable. With `overwrite=False`, a folder that already holds
-    files is refused too (the caller's `--overwrite` replaces it)."""
+    files is refused too (the caller's `--overwrite` replaces it). `replaced=True`: the folder is written by
+    `atomic_dir`, beside `path` and renamed into place, so an existing `path` needs a writable parent too."""
     path = Path(path).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path} is a file, not a folder")
@@ -100,6 +101,9 @@ def check_output_dir(path: str | Path, flag: str, overwrite: bool | None = None)
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise ValueError(f"{flag} {path} already holds files ({shown}); choose another folder or pass --overwrite")
     _check_writable_in(path if path.is_dir() else path.parent, path, flag)
+    if replaced and path.is_dir():
+        why = " (the new folder is written beside it and renamed into place)"
+        _check_writable_in(path.parent, path, flag, why)
 
 
 def make_output_dir(path: str | Path, flag: str) -> Path:
@@ -261,8 +265,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """A temporary folder next to `path` to fill; on success it replaces `path` (a previous one is removed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as err:  # named as the caller's folder, not as a hidden temporary one
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror} in {path.parent}") from None
     try:
         yield tmp
         usual_modes(tmp)

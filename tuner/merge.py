@@ -176,7 +176,7 @@ def merge_adapters(
     out = Path(out).expanduser().resolve()
     inputs = {f"adapter #{i}": folder for i, folder in enumerate(folders, 1)}
     _check_out_spares_inputs(out, {**inputs, "base model": Path(base)})
-    check_output_dir(out, "--out", overwrite=overwrite)
+    check_output_dir(out, "--out", overwrite=overwrite, replaced=True)
 
     # every source on one copy of the base, named a0, a1, ... ("default" is the merge: peft writes the default
     # adapter at the folder's top level). fp32, though the base's weights take no part in the sum: peft creates the

@@ -183,7 +183,7 @@ def _run_export(args) -> int:
     from tuner.export import FORMATS, ParityError, export
     from tuner.files import check_output_dir
 
-    check_output_dir(args.out, "--out")  # before the model loads (minutes for the 4B base)
+    check_output_dir(args.out, "--out", replaced=True)  # before the model loads (minutes for the 4B base)
 
     formats = list(FORMATS) if args.format == "all" else [args.format]
     try:
