@@ -188,3 +188,15 @@ def test_an_export_of_a_merge_keeps_what_it_merged(tiny_model_dir, tmp_path):
     line = next(x for x in card.splitlines() if x.startswith("- **Merge:**"))
     assert line.startswith("- **Merge:** base + 0.75 × `run` + 0.25 × `run/checkpoint-5`")
     assert str(tmp_path) not in line  # names, not this machine's paths
+
+
+def test_a_sources_calibration_is_not_carried_and_the_merge_says_so(tiny_model_dir, tmp_path, caplog):
+    """`tuner calibrate --apply RUN`, then `tuner merge RUN --weights 0.5`: the fit (on the run's logits) is rightly
+    left out of the merge, but without a word the merge's probabilities were silently uncalibrated."""
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)  # _adapter records a calibration
+    with caplog.at_level("WARNING", logger="tuner.merge"):
+        merge_adapters([a], tmp_path / "half", weights=[0.5])
+    assert "calibration" not in json.loads((tmp_path / "half" / "tuner.json").read_text())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and f"the calibration of {a} is not carried into {tmp_path / 'half'}" in warned[0]
+    assert f"--apply {tmp_path / 'half'}" in warned[0]

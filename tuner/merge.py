@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,4 +235,15 @@ def merge_adapters(
         (tmp / TUNER_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _check_written(tmp)
     log.info("merged %d adapters (weights %s) into %s: rank %d", len(folders), weights, out, config.r)
+    calibrated = [str(folder) for folder, source_meta, _ in found if source_meta.get("calibration")]
+    if calibrated:  # fitted on a source's logits, which the merge changes: said, not dropped without a word
+        log.warning(
+            "the calibration of %s is not carried into %s (it was fitted on that adapter's scores, not the "
+            "merge's); fit one for the merge: tuner calibrate --model %s --data DEV_PAIRS.jsonl --out "
+            "runs/calibration --apply %s",
+            " and ".join(calibrated),
+            out,
+            shlex.quote(str(out)),
+            shlex.quote(str(out)),
+        )
     return record
