@@ -358,3 +358,21 @@ def test_an_out_whose_parent_cannot_be_written_is_refused_before_the_model_loads
     match = rf"cannot write {parent / 'mine'}: Permission denied in {parent}"
     with pytest.raises(OSError, match=match), files.atomic_dir(parent / "mine"):
         pass
+
+
+def test_a_full_fine_tuning_run_is_named_as_such_by_export_and_the_vllm_command(tmp_path, capsys):
+    """A run with lora.enabled=false writes RUN/model, no adapter: `tuner export RUN` said "neither an adapter
+    directory nor a run with adapter/" of a run, and `tuner serve --engine vllm RUN/model` told the user to run
+    that `tuner export`, a dead end."""
+    run = tmp_path / "full"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: full\nlora:\n  enabled: false\n")
+    (run / "model" / "config.json").write_text("{}")
+    (run / "model" / "tuner.json").write_text(json.dumps({"base_model": "models/tiny-reranker", "max_length": 256}))
+    assert main(["export", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: a full fine-tuning run (its whole model in {run / 'model'}, no adapter)" in err
+    assert f"tuner serve {run / 'model'}" in err and err.count("\n") == 1
+    assert main(["serve", "--engine", "vllm", str(run / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "a full fine-tune), which `tuner export` does not convert" in err and "run `tuner export" not in err

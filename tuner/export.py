@@ -91,6 +91,11 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             f"Export from the run it was made from, or score and serve this folder as it is (tuner score --model "
             f"{path}, tuner serve {path})"
         )
+    if (path / "model" / "config.json").is_file():  # a run with lora.enabled=false (tuner.train.MODEL_DIR)
+        raise FileNotFoundError(
+            f"{path}: a full fine-tuning run (its whole model in {path / 'model'}, no adapter): {expects}. Score and "
+            f"serve {path / 'model'} as it is (tuner score --model {path / 'model'}, tuner serve {path / 'model'})"
+        )
     if (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path}: a full model folder (config.json, no adapter_config.json), not a training run: {expects}. "

@@ -47,6 +47,12 @@ def vllm_argv(
             raise ValueError(f"{path}: a multi-format export; pass one of its formats, e.g. {path / inside[0]}")
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such export directory")
+        if meta and (path / "config.json").is_file():  # a run's fully fine-tuned model/: tuner export takes adapters
+            raise ValueError(
+                f"{path}: vLLM serves merged or seq-cls exports, and this is a model a tuner run wrote (tuner.json "
+                "without a format: a full fine-tune), which `tuner export` does not convert (it exports LoRA "
+                f"adapters); serve it with tuner (tuner serve {path})"
+            )
         raise ValueError(
             f"{path}: vLLM serves merged or seq-cls exports, and this is {hint}; run "
             "`tuner export RUN --format merged` (or seq-cls) first"
