@@ -317,3 +317,24 @@ def test_reranker_default_instruction_comes_from_the_applied_tuner_json(tmp_path
     assert loaded.score("q", docs, normalize=False) == pytest.approx(
         tiny_reranker.score("q", docs, instruction="Find fruit", normalize=False), abs=1e-6
     )
+
+
+def test_rechecking_an_exports_template_gives_no_transformers_length_warning(tmp_path, capfd):
+    """An export's tokenizer keeps `model_max_length = max_length` (256 in the tiny recipe); the template re-check of
+    `tuner instruct --apply EXPORT` tokenizes the untruncated long probe with it, and transformers printed "Token
+    indices sequence length is longer than the specified maximum sequence length for this model (618 > 256) ...
+    will result in indexing errors" once per format, of a check that runs no model."""
+    from tuner.chat_template import build_chat_template
+    from tuner.contract import load_tokenizer
+    from tuner.export import save_tokenizer
+
+    export_dir = tmp_path / "merged"
+    export_dir.mkdir()
+    save_tokenizer(load_tokenizer(), export_dir, 64)
+    (export_dir / "config.json").write_text("{}")
+    (export_dir / "chat_template.jinja").write_text(build_chat_template(None))
+    (export_dir / "tuner.json").write_text(json.dumps({"format": "merged", "max_length": 64, "parity": {}}))
+    capfd.readouterr()
+    apply_meta(export_dir, {"instruction": "Find abstracts"})
+    assert json.loads((export_dir / "tuner.json").read_text())["parity"]["template"]["prompt_strings_equal"] == 9
+    assert "Token indices sequence length" not in capfd.readouterr().err

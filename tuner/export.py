@@ -225,7 +225,7 @@ def check_template(tokenizer, template: str, default_instruction: str | None) ->
             **template_kwargs(instruction),
         )
         strings += rendered == expected
-        got = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        got = tokenizer(rendered, add_special_tokens=False, verbose=False)["input_ids"]
         want = encoder.encode(query, doc, default_instruction if instruction is None else instruction)
         ids += got == want
     return {"probes": len(PROBES), "prompt_strings_equal": strings, "token_ids_equal": ids}
