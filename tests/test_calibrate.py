@@ -370,3 +370,22 @@ def test_a_degenerate_fit_is_not_applied_without_force(tmp_path, monkeypatch, ca
     assert "> **Not applied:** the fit is degenerate" in (out / "report.md").read_text()
     assert main([*argv, "--force"]) == 0
     assert json.loads((target / "tuner.json").read_text())["calibration"]["temperature"] == summary["temperature"]
+
+
+def test_an_adapter_on_a_calibrated_merged_export_does_not_take_the_bases_calibration(tmp_path, tiny_model_dir):
+    """A second round of tuning on a calibrated merged export: the new adapter's tuner.json has no calibration, and
+    `Reranker.from_pretrained(adapter)` applied the base's (fitted on the base's logits) to the adapter's scores,
+    while `tuner export` of the same adapter, which reads the adapter's tuner.json, wrote none: one adapter, two
+    probabilities."""
+    import shutil
+
+    base = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "tuner.json").write_text(json.dumps({"format": "merged", "calibration": CALIBRATION, "max_length": 512}))
+    run = make_run(tmp_path / "run2", base)
+    meta = json.loads((run / "adapter" / "tuner.json").read_text())
+    del meta["calibration"]  # a fresh run's adapter: not calibrated yet
+    (run / "adapter" / "tuner.json").write_text(json.dumps(meta))
+    reranker = Reranker.from_pretrained(run / "adapter", device="cpu", dtype="float32")
+    assert reranker.calibration is None
+    assert Reranker.from_pretrained(base, device="cpu", dtype="float32").calibration == CALIBRATION  # its own

@@ -354,7 +354,12 @@ def load_model(
     net.to(dev).eval()
 
     tokenizer = _load_tokenizer_for(model, adapter)
-    meta = {**read_meta(model), **read_meta(adapter)}
+    meta = read_meta(model)
+    if adapter is not None:
+        # a calibration of the base (a calibrated merged export tuned again) was fitted on the base's logits, not
+        # on the adapter's: the adapter's own tuner.json says whether it has one
+        meta.pop("calibration", None)
+    meta = {**meta, **read_meta(adapter)}
     return net, tokenizer, meta
 
 
