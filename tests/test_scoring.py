@@ -191,6 +191,24 @@ def test_adapter_loads_on_its_base(tiny_model_dir, tmp_path):
     assert twice.score("q", docs) != pytest.approx(m, abs=1e-4)  # (this adapter on top of the merged weights)
 
 
+def test_an_adapter_given_as_the_model_and_with_an_adapter_is_one_clear_error(tmp_path, tiny_model_dir, capsys):
+    """`tuner eval --model RUN/adapter --adapter RUN/adapter` (or another adapter) failed in transformers with
+    "Unrecognized model in RUN/adapter. Should have a `model_type` key in its config.json", naming neither flag."""
+    from exporting import make_run
+
+    from tuner.cli import main
+
+    adapter = make_run(tmp_path / "run", tiny_model_dir) / "adapter"
+    with pytest.raises(ValueError, match=r"is an adapter \(adapter_config.json, no config.json\), given with adapter"):
+        Reranker.from_pretrained(adapter, adapter=adapter, device="cpu")
+    (tmp_path / "docs.txt").write_text("one document\n")
+    argv = ["score", "--model", str(adapter), "--adapter", str(adapter), "--query", "q"]
+    capsys.readouterr()
+    assert main([*argv, "--documents", str(tmp_path / "docs.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--model BASE --adapter ADAPTER" in err and err.count("\n") == 1
+
+
 def test_unreachable_model_is_one_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no such directory"):
         Reranker.from_pretrained(tmp_path / "missing")

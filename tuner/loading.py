@@ -369,6 +369,14 @@ def split_adapter(model: str | Path, adapter: str | Path | None = None) -> tuple
     returned as is. Raises `ModelNotFoundError` when `model` cannot be reached or the adapter names no base."""
     model, adapter = str(model), (str(adapter) if adapter is not None else None)
     _check_reachable(model)
+    is_adapter = (Path(model) / "adapter_config.json").is_file() and not (Path(model) / "config.json").is_file()
+    if adapter is not None and is_adapter:
+        # transformers' "Unrecognized model in ... Should have a `model_type` key in its config.json" named neither
+        raise ValueError(
+            f"model {model!r} is an adapter (adapter_config.json, no config.json), given with adapter {adapter!r}: "
+            "pass an adapter alone as the model (its base comes from its tuner.json), or the base as the model and "
+            "the adapter as the adapter (--model BASE --adapter ADAPTER)"
+        )
     if adapter is None and (Path(model) / "adapter_config.json").is_file():
         adapter = model
         model, recorded_in = _adapter_base(Path(adapter))
