@@ -376,3 +376,21 @@ def test_a_full_fine_tuning_run_is_named_as_such_by_export_and_the_vllm_command(
     assert main(["serve", "--engine", "vllm", str(run / "model")]) == 2
     err = capsys.readouterr().err
     assert "a full fine-tune), which `tuner export` does not convert" in err and "run `tuner export" not in err
+
+
+def test_an_export_replacing_one_with_a_calibration_applied_after_it_says_so(run_dir, tmp_path, caplog):
+    """`tuner calibrate --apply EXPORT` (the README's way to calibrate an export already written), then `tuner export
+    RUN --out EXPORT --overwrite` (another dtype, a newer tuner): the new export takes the run's tuner.json, and the
+    calibration applied to the old one was gone without a word."""
+    out = tmp_path / "export"
+    export(run_dir, out, formats=["adapter"], device="cpu")
+    meta = json.loads((out / "tuner.json").read_text())
+    meta["calibration"] = {"temperature": 3.0, "bias": -1.0}  # what calibrate --apply EXPORT writes (in part)
+    (out / "tuner.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="tuner.export"):
+        export(run_dir, out, formats=["adapter"], device="cpu", overwrite=True)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "tuner.export"]
+    assert len(warned) == 1  # the instruction is the run's: nothing to say of it
+    assert f"{out / 'tuner.json'} had calibration {{'temperature': 3.0, 'bias': -1.0}}" in warned[0]
+    assert f"tuner calibrate ... --apply {run_dir / 'adapter'}" in warned[0]
+    assert json.loads((out / "tuner.json").read_text())["calibration"] == {"temperature": 2.0, "bias": 0.25}

@@ -104,6 +104,27 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/")
 
 
+def _replaced_settings(out: Path, meta: dict[str, Any], source: Path) -> list[str]:
+    """What the export at `out`, about to be replaced, records that the new one will not: a calibration or default
+    instruction applied to that export after it was written (`tuner calibrate/instruct --apply EXPORT`), where the
+    new export takes the source's `tuner.json`. One message per setting."""
+    notes: dict[str, str] = {}
+    verbs = {"calibration": "calibrate", "instruction": "instruct"}
+    for file in [out / TUNER_META, *sorted(out.glob(f"*/{TUNER_META}"))] if out.is_dir() else []:
+        try:
+            old = read_meta(file.parent)
+        except ValueError:
+            continue
+        for key, verb in verbs.items():
+            if key in old and old[key] != meta.get(key) and key not in notes:
+                notes[key] = (
+                    f"{file} had {key} {old[key]!r}, replaced by the source's {meta.get(key)!r} "
+                    f"({source / TUNER_META}); to keep a {key} across exports, apply it to the source: "
+                    f"tuner {verb} ... --apply {source}"
+                )
+    return list(notes.values())
+
+
 def tolerance_for(dtype: str, reference: float) -> float:
     """The allowed |Δ logit| for one probe whose training-time logit is `reference`."""
     atol, rtol = TOLERANCE[dtype]
@@ -306,6 +327,7 @@ def export(
     _check_out_spares_inputs(out, {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)})
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    replaced = _replaced_settings(out, meta, adapter_dir)
     dev = resolve_device(device)
     instruction = meta.get("instruction")
     # the trainer saves the resolved recipe next to adapter/, and next to checkpoints/ (tuner.train.CHECKPOINTS_DIR)
@@ -460,4 +482,6 @@ def export(
             )
         if len(formats) > 1:
             _write_json(tmp / "parity.json", report)
+    for note in replaced:  # said once the new export is in place (a failed one leaves the old one as it was)
+        log.warning(note)
     return report
