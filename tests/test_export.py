@@ -360,22 +360,41 @@ def test_an_out_whose_parent_cannot_be_written_is_refused_before_the_model_loads
         pass
 
 
-def test_a_full_fine_tuning_run_is_named_as_such_by_export_and_the_vllm_command(tmp_path, capsys):
+def test_a_full_fine_tuning_run_exports_its_merged_and_seq_cls_formats(tiny_model_dir, tmp_path, capsys):
     """A run with lora.enabled=false writes RUN/model, no adapter: `tuner export RUN` said "neither an adapter
-    directory nor a run with adapter/" of a run, and `tuner serve --engine vllm RUN/model` told the user to run
-    that `tuner export`, a dead end."""
+    directory nor a run with adapter/", so a full fine-tune could not reach sentence-transformers or vLLM (its
+    model holds Qwen's own chat template, not the instruction's). Its whole model is the merged format already:
+    `--format all` writes merged and seq-cls, through the same parity gate."""
     run = tmp_path / "full"
-    (run / "model").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, run / "model")
     (run / "config.yaml").write_text("name: full\nlora:\n  enabled: false\n")
-    (run / "model" / "config.json").write_text("{}")
-    (run / "model" / "tuner.json").write_text(json.dumps({"base_model": "models/tiny-reranker", "max_length": 256}))
-    assert main(["export", str(run), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert f"{run}: a full fine-tuning run (its whole model in {run / 'model'}, no adapter)" in err
-    assert f"tuner serve {run / 'model'}" in err and err.count("\n") == 1
+    meta = {"base_model": str(tiny_model_dir), "max_length": 256, "instruction": RUN_INSTRUCTION, "recipe": "full"}
+    (run / "model" / "tuner.json").write_text(json.dumps(meta))
+    out = tmp_path / "o"
+    assert main(["export", str(run), "--out", str(out), "--format", "all", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["merged", "seq-cls"]
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] and report["reference"].startswith("in-memory fully fine-tuned model")
+    source = Reranker.from_pretrained(run / "model", device="cpu", dtype="float32")
+    pairs = [("what produces lift?", "Wings produce lift.", None), ("q", "Bananas.", "Find fruit facts")]
+    for fmt in ("merged", "seq-cls"):
+        loaded = Reranker.from_pretrained(out / fmt, device="cpu", dtype="float32")
+        assert loaded.instruction == RUN_INSTRUCTION and loaded.max_length == 256
+        assert loaded.score_pairs(pairs, normalize=False) == pytest.approx(
+            source.score_pairs(pairs, normalize=False), abs=1e-5
+        )
+        card = (out / fmt / "README.md").read_text()
+        assert "Qwen3-Reranker full fine-tune" in card and "- lora" not in card
+        assert RUN_INSTRUCTION in (out / fmt / "chat_template.jinja").read_text()  # not Qwen's chat template
+    capsys.readouterr()
+    assert main(["export", str(run / "model"), "--out", str(tmp_path / "a"), "--format", "adapter"]) == 2
+    assert (
+        "a full fine-tuning run has no adapter to export; choose --format merged or seq-cls" in capsys.readouterr().err
+    )
+    assert main(["merge", str(run), str(run), "--out", str(tmp_path / "m")]) == 2
+    assert f"`tuner export {run}` writes its merged and seq-cls formats" in capsys.readouterr().err
     assert main(["serve", "--engine", "vllm", str(run / "model")]) == 2
-    err = capsys.readouterr().err
-    assert "a full fine-tune), which `tuner export` does not convert" in err and "run `tuner export" not in err
+    assert f"run `tuner export {run / 'model'} --format seq-cls` (or merged) first" in capsys.readouterr().err
 
 
 def test_an_export_replacing_one_with_a_calibration_applied_after_it_says_so(run_dir, tmp_path, caplog):

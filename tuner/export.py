@@ -91,10 +91,11 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             f"Export from the run it was made from, or score and serve this folder as it is (tuner score --model "
             f"{path}, tuner serve {path})"
         )
-    if (path / "model" / "config.json").is_file():  # a run with lora.enabled=false (tuner.train.MODEL_DIR)
+    if full_fine_tune_dir(path) is not None:  # a run with lora.enabled=false: its whole model, no adapter
         raise FileNotFoundError(
-            f"{path}: a full fine-tuning run (its whole model in {path / 'model'}, no adapter): {expects}. Score and "
-            f"serve {path / 'model'} as it is (tuner score --model {path / 'model'}, tuner serve {path / 'model'})"
+            f"{path}: a full fine-tuning run (its whole model, no adapter): this reads LoRA adapters. "
+            f"`tuner export {path}` writes its merged and seq-cls formats; tuner score and serve take its model as "
+            "it is"
         )
     if (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -102,6 +103,30 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             f"Score and serve it as it is (tuner score --model {path}, tuner serve {path})"
         )
     raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/")
+
+
+def full_fine_tune_dir(path: str | Path) -> Path | None:
+    """The whole model of a full fine-tuning run (`lora.enabled=false`: `RUN/model`, given as RUN or RUN/model),
+    or None for anything else."""
+    path = Path(path).expanduser()
+    for candidate in (path / "model", path):  # tuner.train.MODEL_DIR
+        if (candidate / "config.json").is_file() and not (candidate / "adapter_config.json").is_file():
+            meta = read_meta(candidate) if (candidate / TUNER_META).is_file() else {}
+            if meta.get("base_model") and not meta.get("format"):  # written by a run, not by an export
+                return candidate
+    return None
+
+
+def _full_fine_tune_formats(formats: list[str], model_dir: Path) -> list[str]:
+    """A full fine-tune has no adapter: `all` is its merged and seq-cls formats; `adapter` alone is an error."""
+    if "adapter" not in formats:
+        return formats
+    if set(formats) == set(FORMATS):
+        log.info("%s is a full fine-tune (no adapter): exporting its merged and seq-cls formats", model_dir)
+        return [f for f in formats if f != "adapter"]
+    raise ValueError(
+        f"{model_dir}: a full fine-tuning run has no adapter to export; choose --format merged or seq-cls (all: both)"
+    )
 
 
 def _replaced_settings(out: Path, meta: dict[str, Any], source: Path) -> list[str]:
@@ -301,7 +326,8 @@ def export(
     """Write the requested formats of a run's adapter to `out`, or raise `ParityError` and write nothing.
 
     Args:
-        source: a training run directory (its `adapter/` is used) or an adapter directory.
+        source: a training run directory (its `adapter/` is used) or an adapter directory; a full fine-tuning run
+            (`RUN/model`, no adapter) exports its merged and seq-cls formats.
         out: destination. One format → the export itself; several → one subdirectory per format.
         formats: any of "adapter", "merged", "seq-cls".
         dtype: weights of merged / seq-cls exports ("float32" or "bfloat16"); every format is checked in fp32.
@@ -321,10 +347,20 @@ def export(
         raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)} or 'all'")
     torch_dtype = _dtype(dtype)
     out = Path(out).expanduser().resolve()
-    adapter_dir = resolve_adapter_dir(source)
-    meta = read_meta(adapter_dir) or read_meta(adapter_dir.parent)
-    base = _base_model(adapter_dir, meta, base_model)
-    _check_out_spares_inputs(out, {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)})
+    full = full_fine_tune_dir(source)  # a lora.enabled=false run: its whole model is the merged format already
+    if full is not None:
+        if base_model:
+            raise ValueError(f"--base {base_model}: {full} is a full fine-tune, whole in itself (--base: an adapter's)")
+        formats = _full_fine_tune_formats(formats, full)
+        adapter_dir, meta = full, read_meta(full)
+        base = meta["base_model"]  # named by the card (fine-tuned from), not loaded
+        inputs = {"source": Path(source), "model": full}
+    else:
+        adapter_dir = resolve_adapter_dir(source)
+        meta = read_meta(adapter_dir) or read_meta(adapter_dir.parent)
+        base = _base_model(adapter_dir, meta, base_model)
+        inputs = {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)}
+    _check_out_spares_inputs(out, inputs)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     replaced = _replaced_settings(out, meta, adapter_dir)
@@ -336,10 +372,15 @@ def export(
     run_config = run_dir / "config.yaml"
     recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
 
-    # 1. The training-time scorer: base in fp32 + the adapter, through the same Reranker the trainer evaluates.
-    tokenizer = _tokenizer_for(adapter_dir, base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = load_adapter(model, adapter_dir, base).to(dev).eval()
+    # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
+    # Reranker the trainer evaluates.
+    if full is not None:
+        tokenizer = _tokenizer_for(full, str(full))
+        model = AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32).to(dev).eval()
+    else:
+        tokenizer = _tokenizer_for(adapter_dir, base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = load_adapter(model, adapter_dir, base).to(dev).eval()
     scorer = Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
     reference = _probe_logits(scorer)
     encoder = PromptEncoder(tokenizer, max_length=int(meta.get("max_length") or DEFAULT_MAX_LENGTH))
@@ -358,7 +399,7 @@ def export(
             model.save_pretrained(dirs["adapter"], safe_serialization=True)
             save_tokenizer(tokenizer, dirs["adapter"], encoder.max_length)
         if "merged" in dirs or "seq-cls" in dirs:
-            merged = model.merge_and_unload()
+            merged = model if full is not None else model.merge_and_unload()
             merged.config.architectures = ["Qwen3ForCausalLM"]
             lm_head, embed = merged.get_output_embeddings(), merged.get_input_embeddings()
             if merged.config.tie_word_embeddings and lm_head.weight.data_ptr() != embed.weight.data_ptr():
@@ -409,7 +450,7 @@ def export(
         # 3. Load every format back fresh, in fp32 (a bf16 checkpoint is upcast exactly: the figures measure the
         # stored weights, not bf16 arithmetic), and score the probes again.
         report: dict[str, Any] = {
-            "reference": "in-memory PEFT model, fp32, tuner Reranker",
+            "reference": f"in-memory {'fully fine-tuned' if full is not None else 'PEFT'} model, fp32, tuner Reranker",
             "dtype": dtype,
             "loaded_back_in": "float32",
             "device": str(dev),

@@ -207,10 +207,12 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
             data = resolved.get("data")
     max_length = meta.get("max_length") or 8192
     base_line, hub_base = _base_named(base, recipe)
-    full_fine_tune = isinstance(recipe, dict) and (recipe.get("lora") or {}).get("enabled") is False
+    # a run records its recipe's name; its resolved config (recipe_yaml) says whether it trained LoRA adapters
+    settings = recipe if isinstance(recipe, dict) else resolved if recipe_yaml is not None else None
+    full_fine_tune = isinstance(settings, dict) and ((settings.get("lora") or {}).get("enabled") is False)
     parts = [
         _front_matter(fmt, hub_base, lora=not full_fine_tune),
-        f"# {Path(path).name}: Qwen3-Reranker LoRA fine-tune, {_TITLES[fmt]}",
+        f"# {Path(path).name}: Qwen3-Reranker {'full' if full_fine_tune else 'LoRA'} fine-tune, {_TITLES[fmt]}",
         "",
         f"Exported by tuner {meta.get('tuner_version')} on {meta.get('exported_at')}.",
         "",

@@ -50,8 +50,7 @@ def vllm_argv(
         if meta and (path / "config.json").is_file():  # a run's fully fine-tuned model/: tuner export takes adapters
             raise ValueError(
                 f"{path}: vLLM serves merged or seq-cls exports, and this is a model a tuner run wrote (tuner.json "
-                "without a format: a full fine-tune), which `tuner export` does not convert (it exports LoRA "
-                f"adapters); serve it with tuner (tuner serve {path})"
+                f"without a format: a full fine-tune); run `tuner export {path} --format seq-cls` (or merged) first"
             )
         raise ValueError(
             f"{path}: vLLM serves merged or seq-cls exports, and this is {hint}; run "

@@ -151,7 +151,11 @@ def _run_score(args) -> int:
 # ----------------------------------------------------------------------------------------------- export
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run's adapter as adapter / merged / seq-cls, parity-checked")
-    p.add_argument("source", help="training run directory (uses RUN/adapter) or an adapter directory")
+    p.add_argument(
+        "source",
+        help="training run directory (uses RUN/adapter) or an adapter directory; a full fine-tuning run "
+        "(lora.enabled=false, RUN/model) exports merged and seq-cls",
+    )
     p.add_argument("--out", required=True, help="export directory (one subdirectory per format with 'all')")
     p.add_argument("--format", default="all", choices=["adapter", "merged", "seq-cls", "all"], help="default all")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (float32)")
