@@ -117,6 +117,15 @@ def test_a_call_may_cut_documents_further_but_never_the_query(tokenizer):
         enc.encode_many([("capital of China " * 10, doc, None)], max_length=60)
 
 
+def test_a_document_cap_below_one_token_is_refused(tokenizer):
+    """max_document_tokens=0 would score every document as empty: refused, and 1 (the smallest cap) is kept."""
+    enc = PromptEncoder(tokenizer, max_length=200)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        enc.encode_many([("capital", "Beijing is the capital.", None)], max_document_tokens=0)
+    head = len(enc.encode("capital", "x")) - 1
+    assert len(enc.encode_many([("capital", "Beijing is the capital.", None)], max_document_tokens=1)[0]) == head + 1
+
+
 def test_query_over_budget_is_a_value_error_naming_sizes(tokenizer):
     enc = PromptEncoder(tokenizer, max_length=60)
     with pytest.raises(ValueError, match=r"instruction \+ query take \d+ tokens, over the body budget of 12"):
