@@ -330,6 +330,17 @@ def test_a_two_label_head_is_refused_on_every_path(tiny_model_dir, tokenizer):
             Reranker(model.eval(), tokenizer, **kwargs).score("q", ["a document", "another document"])
 
 
+def test_a_one_label_head_with_a_bias_is_refused(tiny_model_dir, tokenizer):
+    """The contract's head is `w_yes − w_no` alone: a score layer with a bias would be scored without it."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.score = torch.nn.Linear(model.score.in_features, 1, bias=True)
+    with pytest.raises(ValueError, match="has a bias"):
+        Reranker(model.eval(), tokenizer).score("q", ["a document", "another document"])
+
+
 def test_right_padded_batches_reach_attention_without_a_mask(tiny_model_dir):
     """Right padding needs no padding mask under causal attention: the padded path gives none to the model (so SDPA
     runs `is_causal`, the flash kernel with native grouped-query attention on CUDA), and a padded batch still
