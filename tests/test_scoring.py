@@ -110,6 +110,13 @@ def test_batches_respect_the_token_budget(tiny_reranker):
         assert max(lengths[i] for i in b) * len(b) <= 600 or len(b) == 1
 
 
+def test_batches_hold_at_most_max_batch_rows(tiny_reranker):
+    from tuner.scoring import MAX_BATCH_ROWS
+
+    batches = list(tiny_reranker.batches([3] * (2 * MAX_BATCH_ROWS + 1), batch_tokens=10**9))
+    assert [len(b) for b in batches] == [MAX_BATCH_ROWS, MAX_BATCH_ROWS, 1]
+
+
 def test_score_rank_and_instructions(tiny_reranker):
     docs = ["alpha beta", {"title": "Gamma", "text": "delta"}, "epsilon zeta eta", ""]
     scores = tiny_reranker.score("query text", docs)
