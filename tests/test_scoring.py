@@ -117,6 +117,12 @@ def test_batches_hold_at_most_max_batch_rows(tiny_reranker):
     assert [len(b) for b in batches] == [MAX_BATCH_ROWS, MAX_BATCH_ROWS, 1]
 
 
+def test_rank_breaks_ties_by_input_order(tiny_reranker, monkeypatch):
+    monkeypatch.setattr(tiny_reranker, "score", lambda query, documents, instruction=None: [0.5, 0.9, 0.5, 0.5])
+    assert [r["index"] for r in tiny_reranker.rank("q", ["a", "b", "c", "d"])] == [1, 0, 2, 3]
+    assert [r["index"] for r in tiny_reranker.rank("q", ["a", "b", "c", "d"], top_k=2)] == [1, 0]
+
+
 def test_score_rank_and_instructions(tiny_reranker):
     docs = ["alpha beta", {"title": "Gamma", "text": "delta"}, "epsilon zeta eta", ""]
     scores = tiny_reranker.score("query text", docs)
