@@ -45,6 +45,12 @@ def test_sorted_chunks_respect_budget_and_cover_all():
         assert batch["last_index"].tolist() == [len(ids[i]) - 1 for i in idx.tolist()]
 
 
+def test_a_chunk_that_fills_the_budget_exactly_stays_one_chunk():
+    chunks = sorted_chunks([[1] * 4, [2] * 3, [3] * 4], pad_id=0, batch_tokens=12)
+    assert [idx.tolist() for idx, _ in chunks] == [[1, 0, 2]]  # 3 rows x 4 tokens = 12, at the budget
+    assert [idx.tolist() for idx, _ in sorted_chunks([[1] * 4, [2] * 3, [3] * 4], 0, 11)] == [[1, 0], [2]]
+
+
 @pytest.fixture(scope="module")
 def lora_model(tiny_model_dir):
     from train_helpers import random_lora
