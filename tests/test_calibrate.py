@@ -260,6 +260,13 @@ def test_fit_warnings_flag_few_pairs_and_a_slope_at_its_bound():
     assert len(fit_warnings(1, 1, temperature)) == 2
 
 
+def test_fit_warnings_take_min_pairs_per_label_itself_as_enough():
+    from tuner.calibrate import MIN_PAIRS_PER_LABEL, fit_warnings
+
+    assert fit_warnings(MIN_PAIRS_PER_LABEL, MIN_PAIRS_PER_LABEL, 2.0) == []
+    assert fit_warnings(MIN_PAIRS_PER_LABEL - 1, 500, 2.0)[0].startswith(f"only {MIN_PAIRS_PER_LABEL - 1} positive")
+
+
 def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
     the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
