@@ -267,6 +267,22 @@ def test_fit_warnings_take_min_pairs_per_label_itself_as_enough():
     assert fit_warnings(MIN_PAIRS_PER_LABEL - 1, 500, 2.0)[0].startswith(f"only {MIN_PAIRS_PER_LABEL - 1} positive")
 
 
+def test_cross_validated_fits_never_see_their_own_fold(monkeypatch):
+    """Each fold is scored by a fit on the other folds only (the out-of-fold estimate is not the in-sample one)."""
+    from tuner import calibrate
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 25)
+    logits = rng.normal(size=50) + 2.0 * labels
+    fitted = []
+    original = calibrate.fit_platt
+    monkeypatch.setattr(calibrate, "fit_platt", lambda x, y: fitted.append(set(x.tolist())) or original(x, y))
+    assert calibrate._cross_validated(logits, labels, 5, seed=0)["folds"] == 5
+    assert [len(f) for f in fitted] == [40] * 5
+    left_out = [set(logits.tolist()) - f for f in fitted]  # each point is left out of exactly one fit
+    assert sorted(x for part in left_out for x in part) == sorted(logits.tolist())
+
+
 def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
     the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
