@@ -283,6 +283,16 @@ def test_cross_validated_fits_never_see_their_own_fold(monkeypatch):
     assert sorted(x for part in left_out for x in part) == sorted(logits.tolist())
 
 
+def test_cross_validated_folds_follow_the_seed():
+    from tuner.calibrate import _cross_validated
+
+    rng = np.random.default_rng(2)
+    labels = np.array([0, 1] * 20)
+    logits = rng.normal(size=40) + labels
+    assert _cross_validated(logits, labels, 5, seed=3) == _cross_validated(logits, labels, 5, seed=3)
+    assert _cross_validated(logits, labels, 5, seed=3) != _cross_validated(logits, labels, 5, seed=4)
+
+
 def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
     the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
