@@ -293,6 +293,15 @@ def test_cross_validated_folds_follow_the_seed():
     assert _cross_validated(logits, labels, 5, seed=3) != _cross_validated(logits, labels, 5, seed=4)
 
 
+def test_cross_validated_needs_two_pairs_per_fold():
+    from tuner.calibrate import _cross_validated
+
+    labels = np.array([0, 1] * 5)
+    logits = np.linspace(-1.0, 1.0, 10) + labels
+    assert _cross_validated(logits[:9], labels[:9], 5, seed=0) is None
+    assert _cross_validated(logits, labels, 5, seed=0) is not None
+
+
 def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
     the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
