@@ -103,6 +103,17 @@ def test_one_adapter_at_a_weight_moves_it_towards_the_base(tiny_model_dir, tmp_p
     assert avg.score("capital of France", DOCS, normalize=False) == pytest.approx(tuned, abs=1e-4)
 
 
+def test_adapters_of_different_bases_are_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    other_base = Path(shutil.copytree(tiny_model_dir, tmp_path / "other-base"))
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    b = _adapter(other_base, tmp_path / "b", seed=2)
+    with pytest.raises(ValueError, match="the adapters have different bases"):
+        merge_adapters([a, b], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_adapters_that_cannot_be_summed_are_named_and_nothing_is_written(tiny_model_dir, tmp_path):
     a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
     other = _adapter(tiny_model_dir, tmp_path / "b", seed=2, instruction="Find laws")
