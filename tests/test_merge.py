@@ -114,6 +114,25 @@ def test_adapters_of_different_bases_are_refused(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_merge_that_is_not_the_weighted_sum_is_not_written(tiny_model_dir, tmp_path, monkeypatch):
+    from peft.tuners.lora import LoraModel
+
+    original = LoraModel.add_weighted_adapter
+
+    def off_by_a_little(self, *args, **kwargs):  # a combination that is not W0 + Σ wᵢ·ΔWᵢ
+        original(self, *args, **kwargs)
+        layer = next(m for m in self.modules() if "default" in getattr(m, "lora_B", {}))
+        with torch.no_grad():
+            layer.lora_B["default"].weight.add_(0.01)
+
+    monkeypatch.setattr(LoraModel, "add_weighted_adapter", off_by_a_little)
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    b = _adapter(tiny_model_dir, tmp_path / "b", seed=2)
+    with pytest.raises(ValueError, match=r"differs from the weighted sum .*nothing written"):
+        merge_adapters([a, b], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_adapters_that_cannot_be_summed_are_named_and_nothing_is_written(tiny_model_dir, tmp_path):
     a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
     other = _adapter(tiny_model_dir, tmp_path / "b", seed=2, instruction="Find laws")
