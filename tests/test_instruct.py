@@ -194,6 +194,14 @@ def test_a_significant_winner_is_applied_and_one_in_use_is_not_rewritten(
     assert json.loads((out / "metrics.json").read_text())["instruction_search"]["applied_to"] is None
 
 
+def test_a_p_value_at_the_level_is_not_significant():
+    from tuner.instruct import _significant
+
+    assert _significant({"p_randomization": 0.0499}, 0.05)
+    assert not _significant({"p_randomization": 0.05}, 0.05)
+    assert not _significant({"p_randomization": None}, 0.05) and not _significant(None, 0.05)
+
+
 def test_the_winner_level_is_corrected_for_the_number_of_candidates():
     """The best of 8 equal instructions passed an uncorrected 0.05 in 12% of simulated trials (6.5% for one chosen
     in advance): the winner's test is at 0.05 / (candidates - 1)."""
