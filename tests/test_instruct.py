@@ -202,6 +202,23 @@ def test_a_p_value_at_the_level_is_not_significant():
     assert not _significant({"p_randomization": None}, 0.05) and not _significant(None, 0.05)
 
 
+def test_a_tie_goes_to_the_default_then_to_the_earlier_candidate():
+    from types import SimpleNamespace
+
+    class Fixed:  # an evaluator whose nDCG per instruction is given
+        primary_metric = "ndcg@10"
+
+        def __init__(self, values):
+            self.values = values
+
+        def evaluate(self, reranker, instruction, label):
+            return SimpleNamespace(metrics={"ndcg@10": self.values[instruction]}, info={})
+
+    cands = [Candidate("default", "d"), Candidate("no instruction", ""), Candidate("custom 1", "c1")]
+    assert search(None, Fixed({"d": 0.5, "": 0.5, "c1": 0.5}), cands)[1] == 0
+    assert search(None, Fixed({"d": 0.4, "": 0.5, "c1": 0.5}), cands)[1] == 1
+
+
 def test_the_winner_level_is_corrected_for_the_number_of_candidates():
     """The best of 8 equal instructions passed an uncorrected 0.05 in 12% of simulated trials (6.5% for one chosen
     in advance): the winner's test is at 0.05 / (candidates - 1)."""
