@@ -219,6 +219,28 @@ def test_a_tie_goes_to_the_default_then_to_the_earlier_candidate():
     assert search(None, Fixed({"d": 0.4, "": 0.5, "c1": 0.5}), cands)[1] == 1
 
 
+def test_apply_tests_at_the_corrected_level_and_warns_once(tmp_path, beir_dir, tiny_model_dir, capsys, monkeypatch):
+    """--apply's test against the instruction in use is at the Bonferroni level, not 0.05; when that instruction is
+    the default the verdict is said once (the refusal, or the --force warning), not twice."""
+    from tuner import instruct, report
+
+    def p_between(reference, other, **kwargs):  # significant at 0.05, not at 0.05 / (candidates - 1)
+        return {**report.paired_stats(reference, other, **kwargs), "p_randomization": 0.02}
+
+    monkeypatch.setattr(instruct, "paired_stats", p_between)
+    target = _model_dir(tmp_path, tiny_model_dir, {"instruction": DEFAULT_INSTRUCTION})
+    out = tmp_path / "out"
+    argv = _instruct_argv(tiny_model_dir, beir_dir, tmp_path, "--out", str(out), "--apply", str(target))
+    assert main(argv) == 2
+    info = json.loads((out / "metrics.json").read_text())["instruction_search"]
+    assert info["winner_label"] == "custom 1" and info["significance_level"] < 0.02
+    assert "p = 0.0200" in info["apply_refused"] and info["warnings"] == []
+    assert main([*argv, "--force"]) == 0
+    warned = json.loads((out / "metrics.json").read_text())["instruction_search"]["warnings"]
+    assert len(warned) == 1 and "applied because of --force" in warned[0]
+    capsys.readouterr()
+
+
 def test_the_winner_level_is_corrected_for_the_number_of_candidates():
     """The best of 8 equal instructions passed an uncorrected 0.05 in 12% of simulated trials (6.5% for one chosen
     in advance): the winner's test is at 0.05 / (candidates - 1)."""
