@@ -160,6 +160,16 @@ def test_chat_template_renders_the_contract_prompt_bit_for_bit(exports, tokenize
     assert kw == render_prompt("q", "d", "From kwargs")
 
 
+def test_the_template_takes_instruct_as_another_name_for_the_instruction_variable(tokenizer):
+    from tuner.chat_template import build_chat_template
+
+    template = build_chat_template(RUN_INSTRUCTION)
+    rendered = tokenizer.apply_chat_template(
+        pair_messages("q", "d"), chat_template=template, tokenize=False, instruct="From instruct"
+    )
+    assert rendered == render_prompt("q", "d", "From instruct")
+
+
 def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
     assert main(["serve", "--engine", "vllm", str(exports / "merged"), "--port", "8011"]) == 0
     argv = shlex.split(capsys.readouterr().out)
