@@ -170,6 +170,20 @@ def test_the_template_takes_instruct_as_another_name_for_the_instruction_variabl
     assert rendered == render_prompt("q", "d", "From instruct")
 
 
+def test_the_instruction_variable_wins_over_a_system_message(tokenizer):
+    from tuner.chat_template import build_chat_template
+
+    template = build_chat_template(RUN_INSTRUCTION)
+    messages = pair_messages("q", "d", "From system")
+    assert tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False) == render_prompt(
+        "q", "d", "From system"
+    )
+    rendered = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, instruction="From kwargs"
+    )
+    assert rendered == render_prompt("q", "d", "From kwargs")
+
+
 def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
     assert main(["serve", "--engine", "vllm", str(exports / "merged"), "--port", "8011"]) == 0
     argv = shlex.split(capsys.readouterr().out)
