@@ -184,6 +184,17 @@ def test_the_instruction_variable_wins_over_a_system_message(tokenizer):
     assert rendered == render_prompt("q", "d", "From kwargs")
 
 
+def test_only_tuners_own_templates_are_recognised_and_regenerated(tmp_path):
+    from tuner.chat_template import build_chat_template, is_tuner_template
+    from tuner.instruct import _regenerated_templates
+
+    assert is_tuner_template(build_chat_template("Find X")) and is_tuner_template(build_chat_template())
+    own = "{%- for message in messages %}{{ message.content }}{% endfor %}"
+    assert not is_tuner_template(own) and not is_tuner_template(None)
+    (tmp_path / "chat_template.jinja").write_text(own, encoding="utf-8")
+    assert _regenerated_templates(tmp_path, "Find X") == {}  # a model's own template is left alone
+
+
 def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
     assert main(["serve", "--engine", "vllm", str(exports / "merged"), "--port", "8011"]) == 0
     argv = shlex.split(capsys.readouterr().out)
