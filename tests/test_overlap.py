@@ -64,6 +64,16 @@ def _train_file(path: Path) -> Path:
     return path
 
 
+def test_a_union_of_views_holds_every_views_queries_positives_and_groups():
+    from tuner.overlap import TrainingView
+
+    a = TrainingView("a", frozenset({"q1"}), frozenset({"d1"}), 2)
+    b = TrainingView("b", frozenset({"q2"}), frozenset({"d1", "d2"}), 3)
+    both = union([a, b])
+    assert both.queries == {"q1", "q2"} and both.positives == {"d1", "d2"} and both.groups == 5
+    assert both.source == "a + b" and union([a]) is a
+
+
 def test_a_training_file_is_matched_by_text_after_whitespace_and_case_folding(tmp_path):
     corpus = {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}
     view = training_view(_train_file(tmp_path / "train.jsonl"))
