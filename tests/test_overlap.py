@@ -74,6 +74,25 @@ def test_a_union_of_views_holds_every_views_queries_positives_and_groups():
     assert both.source == "a + b" and union([a]) is a
 
 
+def test_a_runs_dev_queries_are_sampled_with_its_training_seed():
+    """`data.drop_dev_queries` left out the dev queries training sampled with `train.seed`: the split must drop the
+    same ones."""
+    from tuner.config import load_config
+    from tuner.evaluate import sample_queries
+    from tuner.overlap import _dev_query_texts, normalize
+
+    beir = ROOT / "data" / "scifact"
+    data = load_beir(beir, "test")
+    qids = [q for q in data.qrels if q in data.queries]
+    overrides = [f"eval.beir={beir}", "eval.split=test", "eval.max_queries=5"]
+
+    def dev(seed):
+        return {normalize(data.queries[q]) for q in sample_queries(qids, 5, seed)}
+
+    assert dev(7) != dev(0)
+    assert _dev_query_texts(load_config(None, [*overrides, "train.seed=7"])) == dev(7)
+
+
 def test_a_training_file_is_matched_by_text_after_whitespace_and_case_folding(tmp_path):
     corpus = {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}
     view = training_view(_train_file(tmp_path / "train.jsonl"))
