@@ -100,7 +100,7 @@ def test_a_title_only_document_is_scored_as_the_python_api_scores_it(client, tin
     assert r.status_code == 200, r.text
     by_index = {row["index"]: row for row in r.json()["results"]}
     assert [by_index[i]["relevance_score"] for i in range(3)] == pytest.approx(tiny_reranker.score(QUERY, docs))
-    assert by_index[0]["document"] == {"title": "Lift", "text": ""}
+    assert by_index[0]["document"] == {"title": "Lift"}  # echoed as it was sent
     r = client.post("/score", json={"queries": QUERY, "documents": {"title": "Lift"}})
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["score"] == pytest.approx(tiny_reranker.score(QUERY, [{"title": "Lift"}])[0])
@@ -219,23 +219,24 @@ def test_score_errors_name_the_field_as_the_client_sent_it(client, payload, stat
 
 
 def test_unknown_fields_are_named_not_silently_dropped(client, tiny_reranker, caplog):
-    """Other clients' fields are accepted (Cohere's rank_fields ...), but a typo does not pass unseen: the
+    """Other clients' fields are accepted (Cohere's priority ...), but a typo does not pass unseen: the
     response names every ignored field and the log says it once, with the known field it is close to."""
     caplog.set_level("WARNING", logger="tuner.serve")
     docs = [{"text": "Bananas are rich in potassium.", "titel": "Fruit"}, "Jet engines burn fuel."]
-    payload = {"query": QUERY, "documents": docs, "instrution": "Find fruit", "rank_fields": ["text"]}
+    payload = {"query": QUERY, "documents": docs, "instrution": "Find fruit", "priority": 3}
     r = client.post("/v1/rerank", json=payload)
     assert r.status_code == 200, r.text
-    assert r.headers["x-ignored-fields"] == "instrution, rank_fields, documents.N.titel"
-    # scored as if the unknown fields were absent (no instruction, no title), and not echoed back as known ones
+    assert r.headers["x-ignored-fields"] == "instrution, priority, documents.N.titel"
+    # scored as if the unknown fields were absent (no instruction, no title); a document object is echoed back as
+    # it was sent (Cohere's v1 API does: clients read their own ids from it)
     plain = tiny_reranker.score(QUERY, [docs[0]["text"], docs[1]])
     assert {x["index"]: x["relevance_score"] for x in r.json()["results"]} == pytest.approx(dict(enumerate(plain)))
     echoed = {x["index"]: x["document"] for x in r.json()["results"]}
-    assert echoed[0] == {"text": docs[0]["text"]}
+    assert echoed[0] == docs[0] and echoed[1] == {"text": docs[1]}
     warnings = [x.getMessage() for x in caplog.records if "ignored unknown" in x.getMessage()]
     assert len(warnings) == 1 and "'instrution' (did you mean 'instruction'?)" in warnings[0]
     assert "'documents.N.titel' (did you mean 'documents.N.title'?)" in warnings[0]
-    assert "'rank_fields'," in warnings[0] and "rank_fields' (did" not in warnings[0]
+    assert "'priority'," in warnings[0] and "priority' (did" not in warnings[0]
     client.post("/v1/rerank", json=payload)  # the same names again: no second warning
     assert len([x for x in caplog.records if "ignored unknown" in x.getMessage()]) == 1
     r = client.post("/score", json={"text_1": QUERY, "text_2": {"text": "x", "titl": "t"}, "top_n": 1})
@@ -527,3 +528,27 @@ def test_a_missing_score_field_names_its_vllm_name_on_v1_score_too(client):
         r = client.post(path, json={"data_1": "q", "data_2": ["x"]})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["message"] == "queries: Field required (or its vLLM name text_1)", path
+
+
+def test_cohere_rank_fields_pick_title_or_text_and_other_fields_are_refused(client, tiny_reranker):
+    """Cohere v1's rank_fields was ignored: {"title", "body"} documents with rank_fields ["title", "body"] were
+    ranked on their titles alone, with only a response header to say so. rank_fields now picks a document's title
+    and/or text; a field tuner cannot rank on is a 400 naming it. Document objects come back with their ids."""
+    docs = [{"id": 7, "title": "Fruit", "text": "Bananas are rich in potassium."}, {"id": 8, "title": "Jets"}]
+    for fields, scored in (
+        (["text"], ["Bananas are rich in potassium.", ""]),
+        (["title"], [{"title": "Fruit"}, {"title": "Jets"}]),  # a title alone, read as the scorer reads it
+        (["title", "text"], [docs[0], {"title": "Jets"}]),
+    ):
+        r = client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": fields})
+        assert r.status_code == 200 and r.headers["x-ignored-fields"] == "documents.N.id", r.text  # not scored
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        want = tiny_reranker.score(
+            QUERY, [{k: v for k, v in d.items() if k != "id"} if isinstance(d, dict) else d for d in scored]
+        )
+        assert got == pytest.approx(dict(enumerate(want)), rel=1e-5), fields
+        assert {x["index"]: x["document"]["id"] for x in r.json()["results"]} == {0: 7, 1: 8}
+    body = [{"title": "Fruit", "body": "Bananas."}]
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": body, "rank_fields": ["title", "body"]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("rank_fields: 'body': a document object is ranked on its 'title'")

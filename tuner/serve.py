@@ -67,7 +67,7 @@ CLIENT_CLOSED_REQUEST = 499
 # prompts of ~400 tokens are still dozens of forward passes per wait for the device.
 MAX_PAIRS_PER_DRAIN = 1024
 _FIELDS = {"model", "query", "queries", "documents", "top_n", "instruction", "return_documents", "text", "title"}
-_FIELDS |= {"truncate_prompt_tokens", "max_tokens_per_doc"}
+_FIELDS |= {"truncate_prompt_tokens", "max_tokens_per_doc", "rank_fields"}
 _SCORE_ALIASES = {"queries": "text_1", "documents": "text_2"}  # /score's vLLM names
 _FIELDS |= set(_SCORE_ALIASES.values())
 
@@ -99,7 +99,7 @@ def error_body(message: str, status: int, field: str | None = None, kind: str = 
 
 # ------------------------------------------------------------------------------------------- schemas
 class DocumentObject(BaseModel):
-    model_config = ConfigDict(extra="allow")  # kept only to be named: see _unknown_fields
+    model_config = ConfigDict(extra="allow")  # kept to be named (see _unknown_fields) and echoed back by rerank
     # the shapes tuner.contract.document_text reads, which the Python API takes: a title alone is a document (its
     # text ""); neither field is an error there, and here, rather than a silently empty document
     text: StrictStr = ""
@@ -125,6 +125,9 @@ class RerankRequest(BaseModel):
     # cut only documents, as the contract's truncation does (vLLM would cut the prompt's head)
     truncate_prompt_tokens: StrictInt | None = Field(default=None, ge=-1)
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
+    # Cohere v1's fields of a document object to rank on: here a part of ("title", "text"), which a document object
+    # is scored by (another field is an error, not ranked on silently)
+    rank_fields: list[StrictStr] | None = Field(default=None, min_length=1)
 
 
 class ScoreRequest(BaseModel):
@@ -550,8 +553,13 @@ def create_app(
             raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
         return waiter.result()
 
-    def doc_value(doc: str | DocumentObject) -> Any:
-        return doc if isinstance(doc, str) else _doc_dict(doc)
+    def doc_value(doc: str | DocumentObject, rank_fields: list[str] | None = None) -> Any:
+        if isinstance(doc, str):
+            return doc
+        value = _doc_dict(doc)
+        if rank_fields is None:
+            return value
+        return {k: v for k, v in value.items() if k in rank_fields} or {"text": ""}  # none of them: empty, as ""
 
     warned: set[str] = set()
 
@@ -588,7 +596,15 @@ def create_app(
         flag_unknown(body, request, response)
         check_query(body.query, "query")
         check_documents(body.documents)
-        docs = [doc_value(d) for d in body.documents]
+        other = [f for f in body.rank_fields or [] if f not in ("title", "text")]
+        if other:
+            raise ApiError(
+                400,
+                f"rank_fields: {', '.join(map(repr, other))}: a document object is ranked on its 'title' and 'text' "
+                "(rank_fields may name either or both); send the field to rank on as 'text'",
+                "rank_fields",
+            )
+        docs = [doc_value(d, body.rank_fields) for d in body.documents]
         fields = {"query": "query", "instruction": "instruction"}
         logits, tokens = await score(
             request,
@@ -605,7 +621,9 @@ def create_app(
             row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if body.return_documents is not False:
                 doc = body.documents[i]
-                row["document"] = {"text": doc} if isinstance(doc, str) else _doc_dict(doc)
+                # a document object as it was sent, its other fields (an id ...) too: Cohere's v1 API returns it so
+                # (X-Ignored-Fields still says they took no part in the score)
+                row["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump(exclude_unset=True)
             results.append(row)
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
