@@ -492,3 +492,20 @@ def test_a_calibration_used_off_its_instruction_or_budget_warns_once(tiny_rerank
     assert len(caught) == 1
     with pytest.warns(UserWarning, match=r"fitted with max_length \d+, not this reranker's 64"):
         Reranker(tiny_reranker.model, tiny_reranker.tokenizer, max_length=64, calibration=fitted)
+
+
+def test_a_max_length_past_the_models_positions_is_refused(tiny_reranker, tiny_model_dir, tmp_path, capsys):
+    """A budget past max_position_embeddings (40960 for Qwen3) scored long documents at positions the model never
+    had, silently; vLLM refuses the same --max-model-len at start. The limit itself is allowed."""
+    from tuner.cli import main
+    from tuner.scoring import Reranker
+
+    limit = tiny_reranker.model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=rf"max_length {limit + 1} is past the model's max_position_embeddings"):
+        Reranker(tiny_reranker.model, tiny_reranker.tokenizer, max_length=limit + 1)
+    assert Reranker(tiny_reranker.model, tiny_reranker.tokenizer, max_length=limit).max_length == limit
+    docs = tmp_path / "docs.txt"
+    docs.write_text("a\n")
+    argv = ["score", "--model", str(tiny_model_dir), "--query", "q", "--documents", str(docs)]
+    assert main([*argv, "--max-length", str(limit + 1)]) == 2
+    assert f"use at most {limit}" in capsys.readouterr().err

@@ -323,6 +323,11 @@ def test_each_loss_trains_from_a_train_file(kind, tiny_model_dir, beir, tmp_path
     assert any(p.abs().sum() > 0 for n, p in result["model"].named_parameters() if "lora_B" in n)
 
 
+def test_a_max_length_past_the_models_positions_is_a_config_error(tiny_model_dir, beir, tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.max_length 40961 is past the model's max_position_embeddings"):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "model.max_length=40961"))
+
+
 def test_distill_without_teacher_scores_is_a_named_error(tiny_model_dir, beir, tmp_path):
     with pytest.raises(ConfigError, match="teacher scores"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "loss.kind=distill"))

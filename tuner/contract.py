@@ -202,6 +202,18 @@ def _data_tokenizer(tokenizer):
     return data
 
 
+def past_positions(max_length: int, model_config: Any) -> str | None:
+    """Why `max_length` cannot be used with a model of this config (its prompts would run past the positions the
+    model has, `max_position_embeddings`: 40960 for Qwen3-Reranker), or None when it can."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        return (
+            f"max_length {max_length} is past the model's max_position_embeddings ({limit}): tokens beyond it sit at "
+            f"positions it never had; use at most {limit}"
+        )
+    return None
+
+
 @dataclass
 class PromptEncoder:
     """Turns (query, document, instruction) into prompt token ids under the contract's truncation rule.

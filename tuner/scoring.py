@@ -21,6 +21,7 @@ from tuner.contract import (
     Document,
     PromptEncoder,
     document_text,
+    past_positions,
     prepare_tokenizer,
     score_from_logit,
 )
@@ -164,6 +165,9 @@ class Reranker:
         self.model = model
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.encoder = PromptEncoder(tokenizer, max_length=max_length, safe_text=safe_text)
+        too_long = past_positions(max_length, getattr(model, "config", None))
+        if too_long:  # vLLM refuses such a --max-model-len; here it scored silently
+            raise ValueError(too_long)
         self.device = next(model.parameters()).device
         if batch_tokens is not None:
             _check_count(batch_tokens, "batch_tokens")  # 0 used to mean the default, -5 one row per batch

@@ -315,7 +315,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     from transformers import TrainingArguments
 
     from tuner import __version__
-    from tuner.contract import PromptEncoder
+    from tuner.contract import PromptEncoder, past_positions
     from tuner.modeling import attach_lora, compile_layers, load_base, require_liger, trainable_summary
     from tuner.train_setup import (
         RankEval,
@@ -528,6 +528,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         liger_kernel=m.liger_kernel,
         device=args.device,
     )
+    too_long = past_positions(m.max_length, model.config)
+    if too_long:  # before any step: prompts past the model's positions would train on positions it never had
+        raise ConfigError(f"model.{too_long}")
     if config.lora.enabled:
         lc = config.lora
         try:
