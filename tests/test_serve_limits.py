@@ -304,3 +304,28 @@ def test_a_large_request_is_scored_in_turns_with_the_small_ones_behind_it(tiny_r
         third.result(timeout=60)
     batcher.stop()
     assert len(passes) <= 8  # the drain it was in, at most one more: not its 24 prompts
+
+
+def test_a_request_abandoned_between_two_of_its_drains_is_not_taken_again(tiny_reranker, monkeypatch):
+    """A drain shared with a live request runs to its end; the abandoned large request behind it must be dropped at
+    its next turn (ClientGone), not scored in drain after drain for nobody."""
+    from tuner import serve as serve_mod
+    from tuner.serve import Batcher, ClientGone
+    from tuner.serve_metrics import Metrics
+
+    monkeypatch.setattr(serve_mod, "MAX_PAIRS_PER_DRAIN", 4)
+    passes: list[int] = []
+    batcher = Batcher(slowed(tiny_reranker, 0.05, passes), max_batch_tokens=1, metrics=Metrics())  # 1 prompt a pass
+    small = [("which fruit has potassium?", doc, None) for doc in DOCS[:2]]
+    big = [(QUERY, f"document {n} about wings, lift and drag", None) for n in range(24)]
+    live = batcher.submit(tiny_reranker.encode(small))
+    gone = batcher.submit(tiny_reranker.encode(big))
+    batcher.start()  # the first drain: both of `small`, the first two of `big`
+    while not passes:
+        time.sleep(0.01)
+    batcher.abandon(gone)  # while that drain runs: it goes on, for `small`
+    assert len(live.result(timeout=60)[0]) == len(small)
+    with pytest.raises(ClientGone):
+        gone.result(timeout=60)
+    batcher.stop()
+    assert len(passes) == 4  # that drain alone: none of the other 22 prompts of `big`
