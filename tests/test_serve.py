@@ -100,7 +100,7 @@ def test_a_title_only_document_is_scored_as_the_python_api_scores_it(client, tin
     assert r.status_code == 200, r.text
     by_index = {row["index"]: row for row in r.json()["results"]}
     assert [by_index[i]["relevance_score"] for i in range(3)] == pytest.approx(tiny_reranker.score(QUERY, docs))
-    assert by_index[0]["document"] == {"title": "Lift"}  # echoed as it was sent
+    assert by_index[0]["document"] == {"text": "", "title": "Lift"}  # as it was sent, with the text clients read
     r = client.post("/score", json={"queries": QUERY, "documents": {"title": "Lift"}})
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["score"] == pytest.approx(tiny_reranker.score(QUERY, [{"title": "Lift"}])[0])
@@ -534,11 +534,14 @@ def test_cohere_rank_fields_pick_title_or_text_and_other_fields_are_refused(clie
     """Cohere v1's rank_fields was ignored: {"title", "body"} documents with rank_fields ["title", "body"] were
     ranked on their titles alone, with only a response header to say so. rank_fields now picks a document's title
     and/or text; a field tuner cannot rank on is a 400 naming it. Document objects come back with their ids."""
-    docs = [{"id": 7, "title": "Fruit", "text": "Bananas are rich in potassium."}, {"id": 8, "title": "Jets"}]
+    docs = [
+        {"id": 7, "title": "Fruit", "text": "Bananas are rich in potassium."},
+        {"id": 8, "title": "Jets", "text": "x"},
+    ]
     for fields, scored in (
-        (["text"], ["Bananas are rich in potassium.", ""]),
+        (["text"], ["Bananas are rich in potassium.", "x"]),
         (["title"], [{"title": "Fruit"}, {"title": "Jets"}]),  # a title alone, read as the scorer reads it
-        (["title", "text"], [docs[0], {"title": "Jets"}]),
+        (["title", "text"], docs),
     ):
         r = client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": fields})
         assert r.status_code == 200 and r.headers["x-ignored-fields"] == "documents.N.id", r.text  # not scored
@@ -548,6 +551,10 @@ def test_cohere_rank_fields_pick_title_or_text_and_other_fields_are_refused(clie
         )
         assert got == pytest.approx(dict(enumerate(want)), rel=1e-5), fields
         assert {x["index"]: x["document"]["id"] for x in r.json()["results"]} == {0: 7, 1: 8}
+    # a document with none of them is named, not scored as an empty document
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": ["a", {"title": "Jets"}], "rank_fields": ["text"]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "documents.1: a document object has none of the rank_fields ('text')"
     body = [{"title": "Fruit", "body": "Bananas."}]
     r = client.post("/v1/rerank", json={"query": QUERY, "documents": body, "rank_fields": ["title", "body"]})
     assert r.status_code == 400

@@ -63,8 +63,9 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20
 # it), only counted in /metrics.
 CLIENT_CLOSED_REQUEST = 499
 # A drain (one scoring call) takes at most this many pairs, a large request's in turns with the requests that arrive
-# meanwhile: a 1-document request waits for at most about two drains, not for a 5000-document request to end. 1024
-# prompts of ~400 tokens are still dozens of forward passes per wait for the device.
+# meanwhile: a 1-document request waits for the drain running when it came and one drain per large request ahead of
+# it, not for a 5000-document request to end. 1024 prompts of ~400 tokens are still dozens of forward passes per
+# wait for the device.
 MAX_PAIRS_PER_DRAIN = 1024
 _FIELDS = {"model", "query", "queries", "documents", "top_n", "instruction", "return_documents", "text", "title"}
 _FIELDS |= {"truncate_prompt_tokens", "max_tokens_per_doc", "rank_fields"}
@@ -159,7 +160,7 @@ def _unknown_fields(body: RerankRequest | ScoreRequest) -> dict[str, str | None]
     """The request's fields this server does not know, as the client named them, each with a close known name.
 
     They are accepted, as vLLM and the hosted rerank APIs accept the fields of each other's clients (Cohere's
-    `rank_fields`, `max_chunks_per_doc` ...), but never silently: a typo such as `instrution` would otherwise
+    `priority`, `max_chunks_per_doc` ...), but never silently: a typo such as `instrution` would otherwise
     score without the instruction the client meant. The server logs each name once and every response that
     ignored something says so in its `X-Ignored-Fields` header. Returns {field: the known field it is close to}.
     """
@@ -265,7 +266,8 @@ class Batcher:
 
     def abandon(self, future: concurrent.futures.Future) -> None:
         """The request's client has gone: drop its job if it still waits in the queue; if it is being scored,
-        mark it, and its drain stops at the next forward pass once every job in it is marked."""
+        mark it: its drain stops at the next forward pass once every job in it is marked, and a large request
+        between two of its drains is not taken again."""
         if future.cancel():
             return
         with self._lock:
@@ -559,7 +561,7 @@ def create_app(
         value = _doc_dict(doc)
         if rank_fields is None:
             return value
-        return {k: v for k, v in value.items() if k in rank_fields} or {"text": ""}  # none of them: empty, as ""
+        return {k: v for k, v in value.items() if k in rank_fields}
 
     warned: set[str] = set()
 
@@ -604,6 +606,12 @@ def create_app(
                 "(rank_fields may name either or both); send the field to rank on as 'text'",
                 "rank_fields",
             )
+        if body.rank_fields:
+            for n, doc in enumerate(body.documents):
+                if isinstance(doc, DocumentObject) and not set(body.rank_fields) & doc.model_fields_set:
+                    fields = ", ".join(map(repr, body.rank_fields))
+                    message = f"documents.{n}: a document object has none of the rank_fields ({fields})"
+                    raise ApiError(400, message, f"documents.{n}")
         docs = [doc_value(d, body.rank_fields) for d in body.documents]
         fields = {"query": "query", "instruction": "instruction"}
         logits, tokens = await score(
@@ -623,7 +631,9 @@ def create_app(
                 doc = body.documents[i]
                 # a document object as it was sent, its other fields (an id ...) too: Cohere's v1 API returns it so
                 # (X-Ignored-Fields still says they took no part in the score)
-                row["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump(exclude_unset=True)
+                row["document"] = (
+                    {"text": doc} if isinstance(doc, str) else {"text": doc.text, **doc.model_dump(exclude_unset=True)}
+                )
             results.append(row)
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
