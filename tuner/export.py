@@ -27,7 +27,7 @@ from tuner.chat_template import build_chat_template, pair_messages, template_kwa
 from tuner.contract import DEFAULT_MAX_LENGTH, Document, PromptEncoder, render_prompt
 from tuner.export_card import gate_rows, model_card
 from tuner.files import atomic_dir
-from tuner.loading import _check_reachable, check_recorded_base, load_adapter, resolve_device
+from tuner.loading import _check_reachable, check_recorded_base, full_fine_tune_dir, load_adapter, resolve_device
 from tuner.scoring import TUNER_META, Reranker, read_meta
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,6 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/")
 
 
-def full_fine_tune_dir(path: str | Path) -> Path | None:
-    """The whole model of a full fine-tuning run (`lora.enabled=false`: `RUN/model`, given as RUN or RUN/model),
-    or None for anything else."""
-    path = Path(path).expanduser()
-    for candidate in (path / "model", path):  # tuner.train.MODEL_DIR
-        if (candidate / "config.json").is_file() and not (candidate / "adapter_config.json").is_file():
-            meta = read_meta(candidate) if (candidate / TUNER_META).is_file() else {}
-            if meta.get("base_model") and not meta.get("format"):  # written by a run, not by an export
-                return candidate
-    return None
-
-
 def _full_fine_tune_formats(formats: list[str], model_dir: Path) -> list[str]:
     """A full fine-tune has no adapter: `all` is its merged and seq-cls formats; `adapter` alone is an error."""
     if "adapter" not in formats:
@@ -144,8 +132,8 @@ def _replaced_settings(out: Path, meta: dict[str, Any], source: Path) -> list[st
             if key in old and old[key] != meta.get(key) and key not in notes:
                 notes[key] = (
                     f"{file} had {key} {old[key]!r}, replaced by the source's {meta.get(key)!r} "
-                    f"({source / TUNER_META}); to keep a {key} across exports, apply it to the source: "
-                    f"tuner {verb} ... --apply {source}"
+                    f"({source / TUNER_META}); if that {key} was applied to the export after it was written, apply "
+                    f"it to the source to keep it across exports: tuner {verb} ... --apply {source}"
                 )
     return list(notes.values())
 
@@ -375,7 +363,7 @@ def export(
     # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
     # Reranker the trainer evaluates.
     if full is not None:
-        tokenizer = _tokenizer_for(full, str(full))
+        tokenizer = _tokenizer_for(full, base)
         model = AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32).to(dev).eval()
     else:
         tokenizer = _tokenizer_for(adapter_dir, base)

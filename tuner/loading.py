@@ -289,25 +289,40 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+# the dtype names tuner takes (`--dtype`, `dtype=`), each with torch's (and vLLM's `--dtype`) name for it
+DTYPE_NAMES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+}
+
+
+def full_fine_tune_dir(path: str | Path) -> Path | None:
+    """The whole model of a full fine-tuning run (`lora.enabled=false`: `RUN/model`, given as RUN or RUN/model),
+    or None for anything else."""
+    path = Path(path).expanduser()
+    for candidate in (path / "model", path):  # tuner.train.MODEL_DIR
+        if (candidate / "config.json").is_file() and not (candidate / "adapter_config.json").is_file():
+            meta = read_meta(candidate) if (candidate / TUNER_META).is_file() else {}
+            if meta.get("base_model") and not meta.get("format"):  # written by a run, not by an export
+                return candidate
+    return None
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
     """None: bf16 on CUDA, else fp32; "auto" (as in transformers): the checkpoint's own dtype."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "float32": torch.float32,
-        "fp32": torch.float32,
-    }
     if dtype == "auto":
         return "auto"  # transformers' from_pretrained reads it from the config
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)} or 'auto' (the checkpoint's)")
-    return table[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPE_NAMES)} or 'auto' (the checkpoint's)")
+    return getattr(torch, DTYPE_NAMES[dtype])
 
 
 def load_model(

@@ -238,8 +238,8 @@ def merge_adapters(
     calibrated = [str(folder) for folder, source_meta, _ in found if source_meta.get("calibration")]
     if calibrated:  # fitted on a source's logits, which the merge changes: said, not dropped without a word
         log.warning(
-            "the calibration of %s is not carried into %s (it was fitted on that adapter's scores, not the "
-            "merge's); fit one for the merge: tuner calibrate --model %s --data DEV_PAIRS.jsonl --out "
+            "the calibration of %s is not carried into %s (fitted on a source's scores, not the merge's); fit "
+            "one for the merge: tuner calibrate --model %s --data DEV_PAIRS.jsonl --out "
             "runs/calibration --apply %s",
             " and ".join(calibrated),
             out,

@@ -8,19 +8,8 @@ import shutil
 from pathlib import Path
 
 from tuner.export_card import vllm_args
+from tuner.loading import DTYPE_NAMES, full_fine_tune_dir
 from tuner.scoring import read_meta
-
-# `--dtype` as tuner takes it (tuner.loading._resolve_dtype) -> as `vllm serve --dtype` takes it: vLLM's argparse
-# knows auto, half, float16, bfloat16, float, float32 and rejects tuner's short names (bf16, fp16, fp32)
-VLLM_DTYPES = {
-    "auto": "auto",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "float32": "float32",
-    "fp32": "float32",
-}
 
 
 def vllm_argv(
@@ -47,7 +36,7 @@ def vllm_argv(
             raise ValueError(f"{path}: a multi-format export; pass one of its formats, e.g. {path / inside[0]}")
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such export directory")
-        if meta and (path / "config.json").is_file():  # a run's fully fine-tuned model/: tuner export takes adapters
+        if full_fine_tune_dir(path) is not None:  # a full fine-tuning run (RUN or RUN/model)
             raise ValueError(
                 f"{path}: vLLM serves merged or seq-cls exports, and this is a model a tuner run wrote (tuner.json "
                 f"without a format: a full fine-tune); run `tuner export {path} --format seq-cls` (or merged) first"
@@ -63,9 +52,10 @@ def vllm_argv(
     argv = vllm_args(str(path), meta)
     argv += ["--served-model-name", served_name or path.name, "--host", host, "--port", str(port)]
     if dtype:
-        if dtype not in VLLM_DTYPES:
-            raise ValueError(f"--dtype {dtype!r}: use one of {sorted(VLLM_DTYPES)} (written as vLLM spells it)")
-        argv += ["--dtype", VLLM_DTYPES[dtype]]
+        # tuner's short names (bf16, fp16, fp32) are not among the names vLLM's --dtype takes: written as torch's
+        if dtype != "auto" and dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype {dtype!r}: use one of {sorted(DTYPE_NAMES)} or 'auto'")
+        argv += ["--dtype", DTYPE_NAMES.get(dtype, dtype)]
     if api_key_env:
         # vLLM reads VLLM_API_KEY itself; the key never appears on the command line.
         argv = ["env", f"VLLM_API_KEY=${{{api_key_env}}}", *argv] if api_key_env != "VLLM_API_KEY" else argv
