@@ -31,12 +31,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running(app):
-    """Run `app` with uvicorn in a thread on a free port; yield its base URL; shut it down gracefully."""
+def running(app, **options):
+    """Run `app` with uvicorn in a thread on a free port; yield its base URL; shut it down gracefully.
+    `options`: more uvicorn.Config arguments."""
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = {"log_level": "warning", **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

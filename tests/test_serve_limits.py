@@ -233,35 +233,25 @@ def test_a_request_cut_off_by_the_graceful_shutdown_timeout_stops_its_drain(tiny
     """uvicorn cancels the requests still running when its graceful-shutdown timeout ends; their drain used to be
     scored to the end for nobody (the lifespan then waited for it up to a minute), so the server outlived the
     timeout by as long as the work it had queued. It stops at the next forward pass."""
-    import uvicorn
-    from test_serve import _free_port
-
     passes: list[int] = []
     # one document per forward pass, 0.2 s each: 40 documents are 8 s of work
     app = create_app(slowed(tiny_reranker, 0.2, passes), model_name="tiny", max_documents=64, max_batch_tokens=1)
-    port = _free_port()
-    config = uvicorn.Config(app, port=port, log_level="critical", timeout_graceful_shutdown=0.3)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.02)
-    docs = [f"document {n} about wings and lift" for n in range(40)]
-    caller = threading.Thread(
-        target=lambda: httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": QUERY, "documents": docs})
-    )
-    caller.start()
-    while not passes:  # the drain is running
-        assert time.time() < deadline
-        time.sleep(0.02)
-    start = time.perf_counter()
-    server.should_exit = True  # what SIGTERM does
-    thread.join(30)
-    stopped = time.perf_counter() - start
-    caller.join(30)
-    assert not thread.is_alive()
+    with running(app, log_level="critical", timeout_graceful_shutdown=0.3) as (url, server, thread):
+        docs = [f"document {n} about wings and lift" for n in range(40)]
+        caller = threading.Thread(
+            target=lambda: httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": docs})
+        )
+        caller.start()
+        deadline = time.time() + 20
+        while not passes:  # the drain is running
+            assert time.time() < deadline
+            time.sleep(0.02)
+        start = time.perf_counter()
+        server.should_exit = True  # what SIGTERM does
+        thread.join(30)
+        stopped = time.perf_counter() - start
+        caller.join(30)
+        assert not thread.is_alive()
     assert stopped < 3  # the timeout and one forward pass, not the 8 s of the whole drain
     assert sum(passes) < 40
 
