@@ -555,13 +555,32 @@ def create_app(
             raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
         return waiter.result()
 
-    def doc_value(doc: str | DocumentObject, rank_fields: list[str] | None = None) -> Any:
-        if isinstance(doc, str):
-            return doc
-        value = _doc_dict(doc)
-        if rank_fields is None:
-            return value
-        return {k: v for k, v in value.items() if k in rank_fields}
+    def doc_value(doc: str | DocumentObject) -> Any:
+        return doc if isinstance(doc, str) else _doc_dict(doc)
+
+    def ranked_documents(body: RerankRequest) -> list[Any]:
+        """The request's documents as they are scored: an object by its title and text, or by the part of them its
+        `rank_fields` (Cohere v1) name; a field tuner cannot rank on, or an object with none of them, is a 400."""
+        wanted = body.rank_fields
+        if wanted is None:
+            return [doc_value(d) for d in body.documents]
+        other = [f for f in wanted if f not in ("title", "text")]
+        if other:
+            raise ApiError(
+                400,
+                f"rank_fields: {', '.join(map(repr, other))}: a document object is ranked on its 'title' and 'text' "
+                "(rank_fields may name either or both); send the field to rank on as 'text'",
+                "rank_fields",
+            )
+        for n, doc in enumerate(body.documents):
+            if isinstance(doc, DocumentObject) and not set(wanted) & doc.model_fields_set:
+                named = ", ".join(map(repr, wanted))
+                raise ApiError(
+                    400, f"documents.{n}: a document object has none of the rank_fields ({named})", f"documents.{n}"
+                )
+        return [
+            d if isinstance(d, str) else {k: v for k, v in _doc_dict(d).items() if k in wanted} for d in body.documents
+        ]
 
     warned: set[str] = set()
 
@@ -598,21 +617,7 @@ def create_app(
         flag_unknown(body, request, response)
         check_query(body.query, "query")
         check_documents(body.documents)
-        other = [f for f in body.rank_fields or [] if f not in ("title", "text")]
-        if other:
-            raise ApiError(
-                400,
-                f"rank_fields: {', '.join(map(repr, other))}: a document object is ranked on its 'title' and 'text' "
-                "(rank_fields may name either or both); send the field to rank on as 'text'",
-                "rank_fields",
-            )
-        if body.rank_fields:
-            for n, doc in enumerate(body.documents):
-                if isinstance(doc, DocumentObject) and not set(body.rank_fields) & doc.model_fields_set:
-                    fields = ", ".join(map(repr, body.rank_fields))
-                    message = f"documents.{n}: a document object has none of the rank_fields ({fields})"
-                    raise ApiError(400, message, f"documents.{n}")
-        docs = [doc_value(d, body.rank_fields) for d in body.documents]
+        docs = ranked_documents(body)
         fields = {"query": "query", "instruction": "instruction"}
         logits, tokens = await score(
             request,
