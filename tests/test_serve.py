@@ -561,3 +561,20 @@ def test_cohere_rank_fields_pick_title_or_text_and_other_fields_are_refused(clie
     r = client.post("/v1/rerank", json={"query": QUERY, "documents": body, "rank_fields": ["title", "body"]})
     assert r.status_code == 400
     assert r.json()["error"]["message"].startswith("rank_fields: 'body': a document object is ranked on its 'title'")
+
+
+def test_a_document_of_the_wrong_type_is_named_with_what_a_document_may_be(client):
+    """`documents: [1, 2]` got "documents.0: Input should be a valid string", which hid that objects are taken."""
+    cases = [
+        ("/v1/rerank", {"query": QUERY, "documents": ["a", 2]}, "documents.1", "a number (2)"),
+        ("/v1/rerank", {"query": QUERY, "documents": [None]}, "documents.0", "null"),
+        ("/v1/rerank", {"query": QUERY, "documents": [["a"]]}, "documents.0", "an array"),
+        ("/score", {"text_1": QUERY, "text_2": [True]}, "text_2.0", "a boolean (true)"),
+    ]
+    for path, payload, where, kind in cases:
+        r = client.post(path, json=payload)
+        assert r.status_code == 400
+        assert (
+            r.json()["error"]["message"]
+            == f'{where}: a document is a string or a {{"text", "title"}} object, not {kind}'
+        )

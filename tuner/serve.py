@@ -22,6 +22,7 @@ import difflib
 import hmac
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -349,6 +350,20 @@ class Batcher:
 
 
 # ----------------------------------------------------------------------------------------------- app
+_DOCUMENT_PLACE = re.compile(r"(documents|text_2)(\.\d+)?")  # a document's place in a request
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (for errors about a value of the wrong type)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return {list: "an array", dict: "an object", str: "a string"}.get(type(value), type(value).__name__)
+
+
 def _field_of(loc: tuple) -> str:
     parts = [str(x) for x in loc[1:] if isinstance(x, int) or x in _FIELDS]
     return ".".join(parts) or "body"
@@ -425,6 +440,10 @@ def create_app(
             if isinstance(offset, int) and isinstance(body, str):
                 line, column = body.count("\n", 0, offset) + 1, offset - body.rfind("\n", 0, offset)
                 message += f" at line {line} column {column}"
+        if _DOCUMENT_PLACE.fullmatch(where) and first.get("type") in ("string_type", "model_type"):
+            # both branches of the union failed: "Input should be a valid string" alone hid that objects are taken
+            got = first.get("input")
+            message = f'{where}: a document is a string or a {{"text", "title"}} object, not {_json_kind(got)}'
         if first.get("type") == "missing" and request.url.path in ("/score", "/v1/score") and where in _SCORE_ALIASES:
             message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
         content_type = request.headers.get("content-type", "")
