@@ -319,3 +319,48 @@ def test_a_request_abandoned_between_two_of_its_drains_is_not_taken_again(tiny_r
         gone.result(timeout=60)
     batcher.stop()
     assert len(passes) == 4  # that drain alone: none of the other 22 prompts of `big`
+
+
+def test_a_client_gone_while_sending_its_body_is_counted_as_499(tiny_reranker):
+    """A client that dropped the connection halfway through its body was counted as a 400 (FastAPI's "error
+    parsing the body"), as if it had sent a bad request; it is nginx's 499, as for one gone while scored."""
+    import asyncio
+
+    app = create_app(tiny_reranker, model_name="tiny")
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "scheme": "http",
+        "method": "POST",
+        "path": "/v1/rerank",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+    }
+
+    async def call(scope, messages):
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+
+    partial = [
+        {"type": "http.request", "body": b'{"query": "q", "docu', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    status, _ = asyncio.run(call(scope, partial))
+    assert status == 499
+    _, text = asyncio.run(call({**scope, "method": "GET", "path": "/metrics", "headers": []}, []))
+    assert 'tuner_requests_total{path="/v1/rerank",code="499"} 1' in text
+    assert 'code="400"' not in text
+    whole = [{"type": "http.request", "body": b'{"query": "q"}', "more_body": False}]  # a bad request stays a 400
+    assert asyncio.run(call(scope, whole))[0] == 400

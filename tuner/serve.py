@@ -748,16 +748,22 @@ class _BodyLimit:
             response = JSONResponse(error_body(message, 413), status_code=413)
             await response(scope, receive, send)
             return
-        seen = 0
+        seen, whole = 0, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, whole
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                whole = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     # an HTTPException passes FastAPI's body parsing unchanged (any other error becomes its 400)
                     raise self._too_large()
+            elif message["type"] == "http.disconnect" and not whole:
+                # gone while sending its body: counted as the client's 499, not as a 400 "error parsing the body"
+                raise StarletteHTTPException(
+                    CLIENT_CLOSED_REQUEST, "client closed the connection while sending its body"
+                )
             return message
 
         await self.app(scope, limited, send)
