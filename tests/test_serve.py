@@ -462,7 +462,9 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     shutil.copytree(tiny_model_dir, model)
     (model / "tuner.json").write_text(json.dumps({"max_length": 200, "calibration": {"temperature": 2.0, "bias": 0}}))
     seen = {}
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.setdefault("ran", True))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self: seen.update(ran=True, graceful=self.config.timeout_graceful_shutdown)
+    )
     monkeypatch.setattr(serve_mod, "warm_up", lambda reranker: seen.setdefault("warmed", reranker))
     create_app = serve_mod.create_app
 
@@ -472,7 +474,8 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
 
     monkeypatch.setattr(serve_mod, "create_app", spy)
     argv = ["serve", str(model), "--compile", "--no-calibration", "--max-length", "300", "--device", "cpu"]
-    assert main(argv) == 0
+    assert main([*argv, "--graceful-timeout", "12.5"]) == 0
+    assert seen["graceful"] == 12.5  # uvicorn's graceful-shutdown timeout (30 s without the flag, below)
     reranker = seen["warmed"]
     assert seen["served"] is reranker
     assert seen["ran"] and reranker.calibration is None and reranker.encoder.max_length == 300
@@ -480,7 +483,7 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     # without the options: tuner.json's budget and calibration, eager layers, no warm-up
     seen.clear()
     assert main(["serve", str(model), "--device", "cpu"]) == 0
-    assert "warmed" not in seen
+    assert "warmed" not in seen and seen["graceful"] == 30.0
     reranker = seen["served"]
     assert reranker.calibration == {"temperature": 2.0, "bias": 0} and reranker.encoder.max_length == 200
     assert all(layer._compiled_call_impl is None for layer in reranker.model.model.layers)

@@ -286,6 +286,13 @@ def add_serve(sub) -> None:
     )
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16, float32, auto (checkpoint's); default bf16 on GPU, fp32 on CPU")
+    p.add_argument(
+        "--graceful-timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds in-flight requests get to finish after SIGTERM before they are cut off; keep it below your "
+        "orchestrator's grace period (Kubernetes: 30 s by default) (default 30)",
+    )
     add_scoring_path_args(p)
     p.set_defaults(func=_run_serve)
 
@@ -345,6 +352,7 @@ def _run_serve(args) -> int:
         max_queued_documents=args.max_queued_documents,
         max_request_bytes=int(args.max_request_mb * 2**20),
         max_length=args.max_length,
+        graceful_timeout=args.graceful_timeout,
         calibrated=not args.no_calibration,
         compile=args.compile,
         device=args.device,
