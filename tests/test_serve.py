@@ -307,6 +307,13 @@ def test_api_key_is_required_and_checked(tiny_reranker):
         assert c.get("/health").status_code == 200  # liveness probes need no key
         ok = c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret-key"})
         assert ok.status_code == 200
+        # the key before the body: an unauthenticated client's body is not parsed (it got a 400 before the 401)
+        malformed = c.post("/v1/rerank", content=b'{"query": ', headers={"content-type": "application/json"})
+        assert malformed.status_code == 401 and malformed.json()["error"]["field"] == "authorization"
+        assert c.post("/score", json={"queries": 5}).status_code == 401
+        assert c.get("/v1/rerank").status_code == 401  # a guarded path, whatever the method
+        text = c.get("/metrics", headers={"Authorization": "Bearer s3cret-key"}).text
+        assert 'tuner_requests_total{path="/v1/rerank",code="401"}' in text  # still counted
 
 
 def test_concurrent_clients_are_batched_together_with_identical_scores(tiny_reranker):

@@ -479,6 +479,15 @@ def create_app(
         metrics.inflight(+1)
         status = 500
         try:
+            if key is not None and request.url.path in guarded_paths():
+                # the key before the body: FastAPI parses a body before the route's dependencies run, so an
+                # unauthenticated client's malformed (or 32 MB) body was read and answered 400 before the 401
+                try:
+                    await authorize(request)
+                except ApiError as err:
+                    response = await _api_error(request, err)
+                    status = response.status_code
+                    return response
             response = await call_next(request)
             status = response.status_code
             return response
@@ -489,6 +498,17 @@ def create_app(
             # by route, never by the raw path: one label per path a scanner tries would grow without bound
             path = request.url.path if request.url.path in routes else "other"
             metrics.observe_request(path, status, time.perf_counter() - start)
+
+    def guarded_paths() -> set[str]:
+        """The paths of the routes behind the key (those that depend on `authorize`)."""
+        if not guarded:
+            for route in app.routes:
+                dependant = getattr(route, "dependant", None)
+                if dependant is not None and any(d.call is authorize for d in dependant.dependencies):
+                    guarded.add(route.path)
+        return guarded
+
+    guarded: set[str] = set()
 
     async def authorize(request: Request) -> None:
         if key is None:
