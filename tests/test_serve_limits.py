@@ -238,8 +238,11 @@ def test_a_request_cut_off_by_the_graceful_shutdown_timeout_stops_its_drain(tiny
     app = create_app(slowed(tiny_reranker, 0.2, passes), model_name="tiny", max_documents=64, max_batch_tokens=1)
     with running(app, log_level="critical", timeout_graceful_shutdown=0.3) as (url, server, thread):
         docs = [f"document {n} about wings and lift" for n in range(40)]
+        answers: list[httpx.Response] = []
         caller = threading.Thread(
-            target=lambda: httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": docs})
+            target=lambda: answers.append(
+                httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": docs}, timeout=30)
+            )
         )
         caller.start()
         deadline = time.time() + 20
@@ -254,6 +257,12 @@ def test_a_request_cut_off_by_the_graceful_shutdown_timeout_stops_its_drain(tiny
         assert not thread.is_alive()
     assert stopped < 3  # the timeout and one forward pass, not the 8 s of the whole drain
     assert sum(passes) < 40
+    # the client cut off is told so, in the error body of every other error, and may retry elsewhere: it got
+    # uvicorn's plain-text 500 "Internal Server Error" (and the log a traceback, "Exception in ASGI application")
+    (answer,) = answers
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert "shutting down" in answer.json()["error"]["message"]
+    assert app.state.metrics.requests == {("/v1/rerank", 503): 1}  # counted as answered, not as a 500
 
 
 def test_a_large_request_is_scored_in_turns_with_the_small_ones_behind_it(tiny_reranker, monkeypatch):

@@ -491,6 +491,9 @@ def create_app(
             response = await call_next(request)
             status = response.status_code
             return response
+        except asyncio.CancelledError:
+            status = 503  # what _ShutdownCut below answers
+            raise
         finally:
             metrics.inflight(-1)
             if not routes:
@@ -498,6 +501,8 @@ def create_app(
             # by route, never by the raw path: one label per path a scanner tries would grow without bound
             path = request.url.path if request.url.path in routes else "other"
             metrics.observe_request(path, status, time.perf_counter() - start)
+
+    app.add_middleware(_ShutdownCut)  # outermost: a cancelled request passes through every other layer
 
     def guarded_paths() -> set[str]:
         """The paths of the routes behind the key (those that depend on `authorize`)."""
@@ -745,6 +750,33 @@ async def _client_gone(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class _ShutdownCut:
+    """ASGI middleware: a request that uvicorn cancels (its graceful-shutdown timeout ended while it was being
+    scored) gets a 503 in the error body of every other error, which a client or load balancer retries elsewhere;
+    uvicorn answered it with a plain-text 500 and logged a traceback, as for a crash."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or started:
+                raise
+            message = "server shutting down: the request was cut off before its scores were ready; retry it"
+            log.warning("%s %s: %s", scope.get("method"), scope.get("path"), message)
+            response = JSONResponse(error_body(message, 503, kind="server_error"), 503, {"Retry-After": "1"})
+            await response(scope, receive, send)
 
 
 class _BodyLimit:
