@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -209,11 +210,40 @@ def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
     template = argv[argv.index("--chat-template") + 1]
     assert template == str(exports / "merged" / "chat_template.jinja")
     assert argv[argv.index("--port") + 1] == "8011" and argv[argv.index("--max-model-len") + 1] == "512"
+    # named by the export, not "merged": the same name as its seq-cls format under vLLM or tuner serve
+    assert argv[argv.index("--served-model-name") + 1] == exports.name
 
     assert main(["serve", "--engine", "vllm", str(exports / "seq-cls"), "--api-key-env", "MY_KEY"]) == 0
     line = capsys.readouterr().out.strip()
     assert "--hf-overrides" not in line and "--chat-template" in line
     assert line.startswith("env VLLM_API_KEY=${MY_KEY} vllm serve ")  # the key itself is never printed
+
+
+def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exports, tmp_path, monkeypatch):
+    """Both formats of a multi-format export answered to their folder's name ("merged", "seq-cls"), so a client's
+    `model` broke when the export moved from `tuner serve` (merged) to vLLM (seq-cls); a hub id lost its owner
+    ("Qwen3-Reranker-4B"), so a client written for `vllm serve Qwen/Qwen3-Reranker-4B` got 404."""
+    import uvicorn
+
+    from tuner import serve as serve_mod
+    from tuner.serve_vllm import default_served_name
+
+    assert default_served_name(exports / "merged") == default_served_name(exports / "seq-cls") == exports.name
+    assert default_served_name("Qwen/Qwen3-Reranker-4B") == "Qwen/Qwen3-Reranker-4B"
+    single = tmp_path / "merged"  # a one-format export is the folder it was written to: its own name
+    shutil.copytree(exports / "merged", single)
+    assert default_served_name(single) == "merged"
+    assert default_served_name(tmp_path) == tmp_path.name
+    seen = {}
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
+    create_app = serve_mod.create_app
+    monkeypatch.setattr(
+        serve_mod, "create_app", lambda r, **kw: seen.update(name=kw["model_name"]) or create_app(r, **kw)
+    )
+    assert main(["serve", str(exports / "merged"), "--device", "cpu"]) == 0
+    assert seen["name"] == exports.name
+    assert main(["serve", str(exports / "merged"), "--device", "cpu", "--model-name", "mine"]) == 0
+    assert seen["name"] == "mine"
 
 
 def test_vllm_command_errors(exports, tmp_path, capsys, monkeypatch):

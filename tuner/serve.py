@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuner.contract import PromptTextError
 from tuner.scoring import Reranker, prefix_groups
 from tuner.serve_metrics import Metrics
+from tuner.serve_vllm import default_served_name
 
 log = logging.getLogger(__name__)
 
@@ -867,7 +868,7 @@ def serve(
         warm_up(reranker)
     app = create_app(
         reranker,
-        model_name=model_name or Path(str(model)).expanduser().resolve().name,
+        model_name=model_name or default_served_name(model),
         api_key=api_key,
         max_documents=max_documents,
         max_batch_tokens=max_batch_tokens,

@@ -12,6 +12,24 @@ from tuner.loading import DTYPE_NAMES, full_fine_tune_dir
 from tuner.scoring import read_meta
 
 
+def default_served_name(model: str | Path) -> str:
+    """The model name `tuner serve` and the `vllm serve` line answer to when none is given (`--model-name`).
+
+    A hub id is named in full, as vLLM names it (a client written for `vllm serve Qwen/Qwen3-Reranker-4B` sends
+    that); a local directory by its name, except a format folder of a multi-format export (`EXPORT/merged`,
+    `EXPORT/seq-cls`), named by the export: every one of its formats answers to the same name, so a client's
+    `model` holds whichever engine serves which format (both were "merged" or "seq-cls" before).
+    """
+    path = Path(str(model)).expanduser()
+    if not path.exists():
+        return str(model)
+    path = path.resolve()
+    fmt = read_meta(path).get("format")
+    if fmt is not None and path.name == fmt and path.parent.name and (path.parent / "parity.json").is_file():
+        return path.parent.name
+    return path.name
+
+
 def vllm_argv(
     export_dir: str | Path,
     host: str = "127.0.0.1",
@@ -50,7 +68,7 @@ def vllm_argv(
     if max_length is not None:
         meta = {**meta, "max_length": max_length}
     argv = vllm_args(str(path), meta)
-    argv += ["--served-model-name", served_name or path.name, "--host", host, "--port", str(port)]
+    argv += ["--served-model-name", served_name or default_served_name(path), "--host", host, "--port", str(port)]
     if dtype:
         # tuner's short names (bf16, fp16, fp32) are not among the names vLLM's --dtype takes: written as torch's
         if dtype != "auto" and dtype not in DTYPE_NAMES:

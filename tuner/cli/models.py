@@ -262,7 +262,11 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
     p.add_argument("--api-key-env", help="name of an environment variable holding the bearer API key")
-    p.add_argument("--model-name", help="served model name (default: the export directory's name)")
+    p.add_argument(
+        "--model-name",
+        help="served model name (default: a hub id in full, a format folder of a multi-format export by the "
+        "export's name, any other directory by its name)",
+    )
     p.add_argument("--max-documents", type=positive_int, default=1000, help="documents per request (default 1000)")
     p.add_argument("--max-batch-tokens", type=positive_int, help="padded tokens per forward pass (default: Reranker's)")
     p.add_argument(
