@@ -258,6 +258,28 @@ def test_a_checkpoint_exports_with_its_runs_recipe_and_settings(run_dir, tmp_pat
     assert meta["max_length"] == 512 and meta["instruction"] == RUN_INSTRUCTION
 
 
+def test_a_checkpoint_exported_after_an_instruction_was_applied_to_its_run_says_so(run_dir, tmp_path, caplog):
+    """`tuner instruct --apply RUN` rewrites RUN/adapter's instruction alone; a checkpoint exported afterwards
+    served the recipe's instruction by default without a word. It still does (its own was never searched), but
+    the export says which instruction the run was given and how to apply it to the checkpoint."""
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "checkpoint-5"
+    shutil.copytree(run_dir / "adapter", checkpoint)
+    shutil.copytree(run_dir / "adapter", run / "adapter")
+    shutil.copy(run_dir / "config.yaml", run / "config.yaml")
+    argv = ["export", str(checkpoint), "--format", "adapter", "--device", "cpu", "--overwrite"]
+    with caplog.at_level("WARNING", logger="tuner.export"):
+        assert main([*argv, "--out", str(tmp_path / "same")]) == 0
+    assert "after training" not in caplog.text  # the run's adapter has the checkpoint's instruction: nothing said
+    meta = json.loads((run / "adapter" / "tuner.json").read_text())
+    (run / "adapter" / "tuner.json").write_text(json.dumps({**meta, "instruction": "Find the applied thing"}))
+    with caplog.at_level("WARNING", logger="tuner.export"):
+        assert main([*argv, "--out", str(tmp_path / "applied")]) == 0
+    assert 'its run\'s adapter was given "Find the applied thing" after training' in caplog.text
+    assert f"--apply {checkpoint})" in caplog.text
+    assert json.loads((tmp_path / "applied" / "tuner.json").read_text())["instruction"] == RUN_INSTRUCTION
+
+
 def test_the_card_names_the_base_as_the_recipe_gave_it_not_this_machines_path(tmp_path):
     """A card shipped to a hub said `Base model: /home/me/runs/x/tiny-model`: a path on the trainer's machine."""
     from tuner.export_card import model_card

@@ -73,6 +73,29 @@ class ParityError(RuntimeError):
     """An export whose formats do not score like the training-time scorer (nothing was written)."""
 
 
+def _warn_instruction_applied_to_run(checkpoint: Path, instruction: str | None, run_meta: dict[str, Any]) -> None:
+    """A run's adapter and checkpoints carry the recipe's instruction; `tuner instruct --apply RUN` rewrites the
+    adapter's alone. A checkpoint exported after it keeps the recipe's, which the export then serves by default:
+    said, since the user applied the other one "to the run" (the checkpoint's own is kept: it was never searched)."""
+    from tuner.contract import DEFAULT_INSTRUCTION
+
+    def effective(text: str | None) -> str:
+        return DEFAULT_INSTRUCTION if text is None else text
+
+    if not run_meta or effective(run_meta.get("instruction")) == effective(instruction):
+        return
+    log.warning(
+        "%s: exported with its own default instruction %s; its run's adapter was given %s after training (tuner "
+        "instruct --apply). To export this checkpoint with that one, apply it here too (tuner instruct ... --apply "
+        "%s) or set 'instruction' in %s",
+        checkpoint,
+        json.dumps(effective(instruction), ensure_ascii=False),
+        json.dumps(effective(run_meta.get("instruction")), ensure_ascii=False),
+        checkpoint,
+        checkpoint / TUNER_META,
+    )
+
+
 def resolve_adapter_dir(path: str | Path) -> Path:
     """The adapter directory of a training run (`RUN/adapter`) or an adapter directory given directly."""
     path = Path(path).expanduser()
@@ -359,6 +382,8 @@ def export(
     run_dir = adapter_dir.parent.parent if adapter_dir.parent.name == "checkpoints" else adapter_dir.parent
     run_config = run_dir / "config.yaml"
     recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
+    if adapter_dir.parent.name == "checkpoints":
+        _warn_instruction_applied_to_run(adapter_dir, instruction, read_meta(run_dir / "adapter"))
 
     # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
     # Reranker the trainer evaluates.
