@@ -180,6 +180,19 @@ def test_reranker_filters_false_negatives_and_gives_teacher_scores(beir, tmp_pat
     assert len(lazy.calls) == sum(len(g.pos) + 8 for g in groups)
 
 
+def test_the_rank_range_is_range_min_inclusive_to_range_max_exclusive(beir, tmp_path):
+    """`[range_min, range_max)`, 0-based: "top" sampling with room for every survivor gives exactly those ranks."""
+    from tuner.retrieval import BM25
+
+    run = BM25(beir.corpus).search({"q1": beir.queries["q1"]}, k=20)
+    ranked = [d for d, _ in run["q1"]]
+    assert ranked[:6] == ["1-0", "1-1", "1-2", "1-3", "1-4", "1-5"]  # the fixture's BM25 order
+    groups = mine_negatives(
+        beir, depth=20, range_min=2, range_max=6, num_negatives=20, sampling="top", show_progress=False
+    )  # fmt: skip
+    assert _ids(next(g for g in groups if g.qid == "q1"), beir.corpus) == ["1-2", "1-3", "1-4", "1-5"]
+
+
 def test_tiny_reranker_teacher_scores_match_its_logits(beir, tmp_path, tiny_reranker):
     groups = mine_negatives(
         beir, depth=10, range_min=0, range_max=10, num_negatives=2, reranker=tiny_reranker, margin=None,
