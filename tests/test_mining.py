@@ -193,6 +193,22 @@ def test_the_rank_range_is_range_min_inclusive_to_range_max_exclusive(beir, tmp_
     assert _ids(next(g for g in groups if g.qid == "q1"), beir.corpus) == ["1-2", "1-3", "1-4", "1-5"]
 
 
+def test_queries_with_one_text_never_get_each_others_positives_as_negatives(tmp_path):
+    """Two judged queries with the same text (SciFact train has such pairs): a positive of one is a positive of
+    the other, never its negative."""
+    root = make_beir(tmp_path / "mini")
+    with open(root / "queries.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"_id": "q0b", "text": "solar panel efficiency"}) + "\n")
+    with open(root / "qrels" / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("q0b\t0-1\t1\n")
+    beir = load_beir(root, "train")
+    groups = {g.qid: g for g in mine_negatives(
+        beir, depth=20, range_min=0, range_max=20, num_negatives=20, sampling="top", show_progress=False
+    )}  # fmt: skip
+    assert "0-1" not in _ids(groups["q0"], beir.corpus) and "0-3" not in _ids(groups["q0b"], beir.corpus)
+    assert "0-2" in _ids(groups["q0"], beir.corpus)  # the range does reach those ranks
+
+
 def test_tiny_reranker_teacher_scores_match_its_logits(beir, tmp_path, tiny_reranker):
     groups = mine_negatives(
         beir, depth=10, range_min=0, range_max=10, num_negatives=2, reranker=tiny_reranker, margin=None,
