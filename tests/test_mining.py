@@ -209,6 +209,34 @@ def test_queries_with_one_text_never_get_each_others_positives_as_negatives(tmp_
     assert "0-2" in _ids(groups["q0"], beir.corpus)  # the range does reach those ranks
 
 
+class LogitByWord:
+    """A fake reranker: a document's logit by its last word (its `filler<t>x<i>` marker), else -3."""
+
+    def __init__(self, logits: dict[str, float]) -> None:
+        self.logits = logits
+
+    def score_pairs(self, pairs, instruction=None, normalize=True):
+        return [self.logits.get(d["text"].split()[-1], -3.0) for _, d in pairs]
+
+
+def test_the_false_negative_margins_are_measured_from_the_weakest_positive(beir, tmp_path):
+    """`margin` drops a candidate above (1 - margin) x p(weakest positive); `absolute_margin` one above
+    p(weakest positive) - absolute_margin. q1's positives score 4 (1-0) and 1 (1-1): the weakest is p = 0.731."""
+    kwargs = dict(depth=20, range_min=2, range_max=20, num_negatives=20, sampling="top", show_progress=False)
+    # 1-3 at p = 0.668 (0.91 x the weakest) is dropped by margin 0.1, 1-4 at p = 0.599 (0.82 x) is not
+    reranker = LogitByWord({"filler1x0": 4.0, "filler1x1": 1.0, "filler1x3": 0.7, "filler1x4": 0.4})
+    kept = _ids(next(g for g in mine_negatives(beir, reranker=reranker, **kwargs) if g.qid == "q1"), beir.corpus)
+    assert "1-3" not in kept and "1-4" in kept and "1-2" in kept
+    # absolute_margin 0.1: the limit is 0.731 - 0.1 = 0.631, so 1-3 (0.668) goes, 1-4 (0.599) stays
+    groups = mine_negatives(beir, reranker=reranker, margin=None, absolute_margin=0.1, **kwargs)
+    kept = _ids(next(g for g in groups if g.qid == "q1"), beir.corpus)
+    assert "1-3" not in kept and "1-4" in kept
+    # absolute_margin 0.2: the limit is 0.531, so both go
+    groups = mine_negatives(beir, reranker=reranker, margin=None, absolute_margin=0.2, **kwargs)
+    kept = _ids(next(g for g in groups if g.qid == "q1"), beir.corpus)
+    assert "1-3" not in kept and "1-4" not in kept and "1-2" in kept
+
+
 def test_tiny_reranker_teacher_scores_match_its_logits(beir, tmp_path, tiny_reranker):
     groups = mine_negatives(
         beir, depth=10, range_min=0, range_max=10, num_negatives=2, reranker=tiny_reranker, margin=None,
