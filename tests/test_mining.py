@@ -237,6 +237,22 @@ def test_the_false_negative_margins_are_measured_from_the_weakest_positive(beir,
     assert "1-3" not in kept and "1-4" not in kept and "1-2" in kept
 
 
+def test_a_corpus_copy_of_a_file_document_is_one_document_of_the_pool(tmp_path):
+    """`tuner mine --data --corpus`: a corpus document the file holds already is not added to the pool again (two
+    copies would be two negatives of one text in a group)."""
+    from tuner.data.schema import Group
+    from tuner.mining import mine_for_groups
+
+    folder = make_beir(tmp_path / "mini")
+    corpus = {d["_id"]: d for d in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
+    group = Group(query="solar panel efficiency", pos=[corpus["0-3"]["text"]], neg=[corpus["0-5"]["text"]])
+    (mined,) = mine_for_groups(
+        [group], corpus=corpus, range_min=0, num_negatives=20, sampling="top", show_progress=False
+    )  # fmt: skip
+    texts = [d["text"] for d in mined.neg]
+    assert corpus["0-5"]["text"] in texts and len(texts) == len(set(texts))
+
+
 def test_tiny_reranker_teacher_scores_match_its_logits(beir, tmp_path, tiny_reranker):
     groups = mine_negatives(
         beir, depth=10, range_min=0, range_max=10, num_negatives=2, reranker=tiny_reranker, margin=None,
