@@ -133,6 +133,22 @@ def test_bad_candidates_and_sampling():
     assert len(sample_queries(list("abcdef"), 3)) == 3 and sample_queries(list("ab"), None) == ["a", "b"]
 
 
+def test_candidates_are_cut_in_trec_eval_order_and_the_first_stage_row_is_that_cut():
+    """Candidates in any order (a `Run` from the API, tied scores of a run file) are cut at `top_k` in trec_eval
+    order (score desc, doc id desc); the first-stage row ranks those same `top_k` (a metric deeper than the cut
+    counts them only, as for every reranker); a document judged 0 is not one of the relevant documents."""
+    corpus = {d: f"doc {d}" for d in "abcd"}
+    candidates = {"q": [("a", 1.0), ("d", 3.0), ("b", 2.0), ("c", 2.0)]}
+    ev = Evaluator({"q": "x"}, corpus, {"q": {"a": 1, "b": 0}}, candidates, top_k=2)
+    assert ev.candidates["q"] == ["d", "c"]  # b and c tie at 2.0: the higher doc id first
+    assert ev.first_stage["q"] == [("d", 3.0), ("c", 2.0)]
+    assert ev.first_stage_metrics()["recall@100"] == 0.0  # a, the relevant one, is below the cut
+    assert list(ev.relevant_documents) == ["a"]
+    # a run that lacks a query counts it 0, and keeps it in the per-query figures (the paired tests need it)
+    empty = ev.score_run({}, "nothing")
+    assert list(empty.per_query) == ["q"] and empty.metrics["ndcg@10"] == 0.0
+
+
 # ---------------------------------------------------------------------------------------------- report
 def test_paired_stats_hand_computed():
     from scipy.stats import ttest_rel
