@@ -149,6 +149,17 @@ def test_candidates_are_cut_in_trec_eval_order_and_the_first_stage_row_is_that_c
     assert list(empty.per_query) == ["q"] and empty.metrics["ndcg@10"] == 0.0
 
 
+def test_a_groups_file_samples_its_queries_with_the_seed(tmp_path):
+    """`tuner eval --data FILE --max-queries N --seed S`: the seed picks the queries, not only their order."""
+    rows = [{"query": f"query {i}", "pos": [f"pos {i}"], "neg": [f"neg {i}"]} for i in range(12)]
+    path = tmp_path / "dev.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    picked = {tuple(Evaluator.from_groups(path, max_queries=3, seed=s).qids) for s in range(4)}
+    assert len(picked) > 1 and all(len(p) == 3 for p in picked)
+    again = Evaluator.from_groups(path, max_queries=3, seed=2).qids
+    assert again == Evaluator.from_groups(path, max_queries=3, seed=2).qids
+
+
 # ---------------------------------------------------------------------------------------------- report
 def test_paired_stats_hand_computed():
     from scipy.stats import ttest_rel
