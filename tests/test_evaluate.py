@@ -160,6 +160,23 @@ def test_a_groups_file_samples_its_queries_with_the_seed(tmp_path):
     assert again == Evaluator.from_groups(path, max_queries=3, seed=2).qids
 
 
+def test_encoded_prompts_are_not_shared_between_rerankers_of_other_budgets(evaluator, tiny_reranker):
+    """`tuner eval --compare` scores every model with one evaluator: a model with another `max_length` (an
+    export's tuner.json) must not be scored on the prompts encoded for the first one (cut at another budget)."""
+    from tuner.scoring import Reranker
+
+    short = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, max_length=80, show_progress=False)
+    fresh = Evaluator(evaluator.queries, evaluator.corpus, evaluator.qrels, evaluator.first_stage, top_k=5)
+    expected, _ = fresh.rerank(short)
+    evaluator.rerank(tiny_reranker)  # the full-budget prompts are encoded (and kept) first
+    got, _ = evaluator.rerank(short)
+    long_run, _ = fresh.rerank(tiny_reranker)
+    assert any([s for _, s in long_run[q]] != pytest.approx([s for _, s in expected[q]], abs=1e-4) for q in expected)
+    for q, ranked in expected.items():
+        assert [d for d, _ in got[q]] == [d for d, _ in ranked]
+        assert [s for _, s in got[q]] == pytest.approx([s for _, s in ranked], abs=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- report
 def test_paired_stats_hand_computed():
     from scipy.stats import ttest_rel
