@@ -529,3 +529,13 @@ def test_best_checkpoint_settings_need_evaluations_and_checkpoints(tiny_model_di
     with pytest.raises(ConfigError, match=r"train.early_stopping_patience: must be >= 1"):
         tiny_config(tiny_model_dir, beir, tmp_path / "x", dev, "eval.steps=2", "train.save_steps=2",
                     "train.early_stopping_patience=0")  # fmt: skip
+
+
+def test_the_seed_changes_the_negatives_and_the_order():
+    """`train.seed` picks the run's draw: another seed gives other negatives and another group order (a seed left out
+    of either would make every seed of a sweep train on the same data)."""
+    group = Group(query="q", pos=["p0", "p1"], neg=[f"n{i}" for i in range(10)])
+    draws = {seed: [sample_group(group, 4, seed=seed, epoch=0, index=i)["docs"] for i in range(5)] for seed in (1, 2)}
+    assert draws[1] != draws[2]
+    orders = {seed: [i for _, i in EpochSampler(10, seed=seed)] for seed in (1, 2)}
+    assert sorted(orders[1]) == sorted(orders[2]) == list(range(10)) and orders[1] != orders[2]
