@@ -595,3 +595,28 @@ def test_the_base_identity_changes_with_its_weights_config_or_tokenizer_files(ti
     weights.write_bytes(weights.read_bytes() + b" ")  # retrained in place: another size
     assert model_identity(str(base)) != second
     assert model_identity(str(tmp_path / "no-such-hub-id")) is None  # no local snapshot: nothing to key it on
+
+
+def test_the_collator_prompts_carry_each_groups_instruction_or_the_recipes():
+    """A group's own instruction is the one its prompts are built with; a group without one gets the recipe's
+    `data.instruction` (the one export and serve use), not the model card's default."""
+    from tuner.contract import PromptEncoder, load_tokenizer
+    from tuner.head import collate
+    from tuner.train_data import GroupCollator
+
+    encoder = PromptEncoder(load_tokenizer(), max_length=128)
+    samples = [
+        {"query": "q1", "instruction": "Find the topic", "docs": ["a", "b"], "labels": [1.0, 0.0], "teacher": None},
+        {"query": "q2", "instruction": None, "docs": ["c", "d"], "labels": [1.0, 0.0], "teacher": None},
+    ]
+    batch = GroupCollator(encoder, pad_id=0, default_instruction="Judge the recipe's way")(samples)
+    want = collate(
+        [
+            encoder.encode("q1", "a", "Find the topic"),
+            encoder.encode("q1", "b", "Find the topic"),
+            encoder.encode("q2", "c", "Judge the recipe's way"),
+            encoder.encode("q2", "d", "Judge the recipe's way"),
+        ],
+        0,
+    )
+    assert torch.equal(batch["input_ids"], want["input_ids"])
