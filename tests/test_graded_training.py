@@ -240,3 +240,14 @@ def test_the_run_says_what_grades_and_several_positives_do(rows, overrides, said
             with caplog.at_level("WARNING", logger="tuner.train"):
                 load_training_groups(good.data, good.loss.kind, 0, tmp_path / "run", good.loss.hard_label_weight)
             assert "steer" not in caplog.text, (fix, caplog.text)
+
+
+def test_teacher_scores_follow_the_drawn_negatives():
+    """Each slot's teacher score is the score of the document drawn into it: distillation teaches the teacher's
+    order of the documents the step sees, not scores shifted onto other documents."""
+    negs = [f"n{i}" for i in range(8)]
+    group = Group(query="q", pos=["a", "b"], neg=negs, pos_scores=[9.0, 8.0], neg_scores=[float(i) for i in range(8)])
+    score = {"a": 9.0, "b": 8.0} | {d: float(i) for i, d in enumerate(negs)}
+    for index in range(10):
+        got = sample_group(group, 5, 4, 1, index)
+        assert got["teacher"] == [score[d] for d in got["docs"]]
