@@ -251,3 +251,11 @@ def test_teacher_scores_follow_the_drawn_negatives():
     for index in range(10):
         got = sample_group(group, 5, 4, 1, index)
         assert got["teacher"] == [score[d] for d in got["docs"]]
+
+
+def test_a_group_without_negatives_is_refused_by_the_sampler():
+    """A group of positives alone would be all placeholders past its positive: a listwise loss of 0 that trains
+    nothing. `tuner train` leaves such groups out; the sampler names one that gets through."""
+    with pytest.raises(ValueError, match=r"group q7 has no negatives; group_size 4 needs 3"):
+        sample_group(Group(query="q", pos=["p"], neg=[], qid="q7"), 4, 0, 0, 0)
+    assert sample_group(Group(query="q", pos=["p"], neg=[]), 1, 0, 0, 0)["docs"] == ["p"]  # a group of one is fine
