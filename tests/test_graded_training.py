@@ -259,3 +259,39 @@ def test_a_group_without_negatives_is_refused_by_the_sampler():
     with pytest.raises(ValueError, match=r"group q7 has no negatives; group_size 4 needs 3"):
         sample_group(Group(query="q", pos=["p"], neg=[], qid="q7"), 4, 0, 0, 0)
     assert sample_group(Group(query="q", pos=["p"], neg=[]), 1, 0, 0, 0)["docs"] == ["p"]  # a group of one is fine
+
+
+@pytest.mark.parametrize("kind", ["listwise", "distill"])
+def test_the_recipes_loss_options_reach_the_loss(kind):
+    """loss.temperature, loss.teacher_temperature and loss.hard_label_weight are the loss's, each in its place: a
+    recipe's temperature 0.5 is not trained at 1, nor the two temperatures swapped."""
+    from tuner.losses import distill_loss
+    from tuner.trainer import RerankTrainer
+
+    trainer = object.__new__(RerankTrainer)  # compute_loss alone, without a Trainer around it
+    kw = {"pos_weight": 1.0, "temperature": 0.5, "teacher_temperature": 2.0, "hard_label_weight": 0.3}
+    trainer.loss_kind, trainer.loss_kwargs = kind, kw
+    trainer._ranking = RankingWindow()
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4)
+    labels = torch.tensor([[3.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    teacher = torch.randn(2, 4) * 3
+
+    class Model(torch.nn.Module):
+        def forward(self, **batch):
+            return logits.reshape(-1)
+
+    inputs = {"group_labels": labels, "input_ids": torch.zeros(8, 3), "teacher_scores": teacher}
+    got = trainer.compute_loss(Model().eval(), inputs)
+    if kind == "listwise":
+        want = listwise_loss(logits, 0.5, labels)
+        others = [listwise_loss(logits, 1.0, labels)]
+    else:
+        want = distill_loss(logits, teacher, 0.5, 2.0, 0.3, labels)
+        others = [
+            distill_loss(logits, teacher, 2.0, 0.5, 0.3, labels),
+            distill_loss(logits, teacher, 0.5, 2.0, 0.0, labels),
+            distill_loss(logits, teacher, 0.5, 2.0, 0.3, (labels > 0).float()),
+        ]
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    assert all(got.item() != pytest.approx(other.item(), abs=1e-4) for other in others)  # the options tell apart
