@@ -620,3 +620,16 @@ def test_the_collator_prompts_carry_each_groups_instruction_or_the_recipes():
         0,
     )
     assert torch.equal(batch["input_ids"], want["input_ids"])
+
+
+def test_a_non_finite_gradient_norm_stops_the_run_even_with_a_finite_loss():
+    """fp16 overflow shows as an infinite grad_norm beside a finite loss: the step is named, not trained past."""
+    from types import SimpleNamespace
+
+    from tuner.trainer import StopOnNonFinite, TrainingDiverged
+
+    stop, state = StopOnNonFinite(), SimpleNamespace(global_step=7)
+    stop.on_log(None, state, None, logs={"loss": 0.5, "grad_norm": 1.25, "learning_rate": 1e-4})
+    stop.on_log(None, state, None, logs={"eval_ndcg@10": float("nan")})  # not a training figure: not judged here
+    with pytest.raises(TrainingDiverged, match=r"^step 7: grad_norm=inf"):
+        stop.on_log(None, state, None, logs={"loss": 0.5, "grad_norm": float("inf")})
