@@ -539,3 +539,16 @@ def test_the_seed_changes_the_negatives_and_the_order():
     assert draws[1] != draws[2]
     orders = {seed: [i for _, i in EpochSampler(10, seed=seed)] for seed in (1, 2)}
     assert sorted(orders[1]) == sorted(orders[2]) == list(range(10)) and orders[1] != orders[2]
+
+
+def test_the_trainers_sampler_is_seeded_with_train_seed():
+    """The Trainer builds its sampler with the run's seed (`train.seed`, TrainingArguments.seed)."""
+    from types import SimpleNamespace
+
+    from tuner.trainer import RerankTrainer
+
+    trainer = object.__new__(RerankTrainer)  # (only the sampler it builds is under test)
+    trainer.args, trainer.train_dataset = SimpleNamespace(seed=11), list(range(9))
+    sampler = trainer._get_train_sampler()
+    assert (sampler.seed, len(sampler)) == (11, 9) and trainer.epoch_sampler is sampler
+    assert list(sampler) == list(EpochSampler(9, seed=11))
