@@ -552,3 +552,16 @@ def test_the_trainers_sampler_is_seeded_with_train_seed():
     sampler = trainer._get_train_sampler()
     assert (sampler.seed, len(sampler)) == (11, 9) and trainer.epoch_sampler is sampler
     assert list(sampler) == list(EpochSampler(9, seed=11))
+
+
+def test_the_run_clock_adds_this_calls_time_to_the_checkpoints():
+    """A checkpoint saved by a resumed call carries the whole run's time: a run resumed twice still reports the
+    time of all three calls (the first call's is in the totals the second call started from)."""
+    from tuner.trainer import RunClock
+
+    clock = RunClock(started=time.time() - 5.0, before={"seconds": 100.0, "train_runtime": 60.0})
+    clock.train_started = time.time() - 3.0
+    totals = clock.state()["attributes"]["totals"]
+    assert 105.0 <= totals["seconds"] < 110.0 and 63.0 <= totals["train_runtime"] < 68.0
+    fresh = RunClock(started=time.time() - 5.0).totals()
+    assert 5.0 <= fresh["seconds"] < 10.0 and fresh["train_runtime"] == 0.0  # not in Trainer.train yet
