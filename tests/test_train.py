@@ -240,6 +240,14 @@ def test_output_layout_and_adapter_scores_like_the_live_model(trained, tiny_mode
     )
 
 
+def test_resume_of_a_missing_run_directory_says_so_and_makes_no_folder(tiny_model_dir, beir, tmp_path):
+    """A mistyped output.dir with --resume: the error names the missing run folder, and leaves no empty one."""
+    out = tmp_path / "runs" / "quik"
+    with pytest.raises(ConfigError, match=r"--resume: no run directory .*quik \(output\.dir\)"):
+        train(tiny_config(tiny_model_dir, beir, out), resume=True)
+    assert not out.exists()
+
+
 def test_named_errors(tiny_model_dir, beir, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data\.train_file"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "a", "data.train_file=" + str(tmp_path / "missing.jsonl")))

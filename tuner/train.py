@@ -336,6 +336,9 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if config.model.liger_kernel:  # before any data work: this machine may not be able to run it at all
         require_liger()
     check_before_work(config)
+    out = output_dir_for(config, create=False)
+    if resume and not out.is_dir():  # a mistyped output.dir: said as such, and not made (empty) on the way
+        raise ConfigError(f"--resume: no run directory {out} (output.dir) to resume from")
     out = output_dir_for(config)
     ckpt_dir = out / CHECKPOINTS_DIR
     has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
