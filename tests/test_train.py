@@ -530,6 +530,24 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monke
         train(tiny_config(tiny_model_dir, beir, tmp_path / "z", f"eval.data={bad}"))
 
 
+def test_the_log_says_what_it_scores_before_each_evaluation(tiny_model_dir, beir, tmp_path):
+    """Each evaluation (minutes of silence on a real dev set) is announced in the log before it starts: the base
+    before training, the model at its last step, the out-of-domain set at the end."""
+    out = tmp_path / "run"
+    evals = ("eval.split=test", "eval.top_k=6", "eval.before=true", "eval.ood_split=train", "train.max_steps=1")
+    train(tiny_config(tiny_model_dir, beir, out, f"eval.beir={beir}", f"eval.ood={beir}", *evals))
+    lines = (out / "logs" / "train.log").read_text().splitlines()
+
+    def first(pattern: str) -> int:
+        return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+
+    pairs = r"\d+ queries, \d+ pairs \.\.\.$"
+    assert first(rf"scoring the base \(adapter off\) on \S+/test: {pairs}") < first(r"INFO dev \S+/test: first stage")
+    assert first(rf"scoring the base \(adapter off\) on \S+/train: {pairs}") < first(r"INFO out of domain \S+: first")
+    assert first(rf"scoring the model at step 1 on \S+/test: {pairs}") < first(r"INFO dev final ")
+    assert first(rf"scoring the trained model on \S+/train: {pairs}") < first(r"INFO out of domain final ")
+
+
 def test_runs_of_one_base_share_its_evaluations_through_the_base_cache(tiny_model_dir, beir, tmp_path, monkeypatch):
     """eval.base_cache_dir (a sweep): the first run measures the base on the dev and out-of-domain sets, a later
     run with other training settings reads the same figures back without measuring (what makes an entry miss:

@@ -765,6 +765,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
             # are measured again on the weights saved below, not copied from the history. Not through
             # trainer.evaluate: that would log a second evaluation at this step, as if training had reached it
             log.info("the run's adapter is its best checkpoint, %s (train.load_best)", Path(best).name)
+            rank_eval.announce(f"its best checkpoint, {Path(best).name}")
             record["dev"]["final"] = rank_eval(model)
         else:
             if last != trainer.state.global_step:
@@ -802,9 +803,11 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         },
     )
     if "ood" in evaluators and record["ood"]:
-        record["ood"]["final"] = RankEval(
+        ood_eval = RankEval(
             evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction
-        )(model)
+        )
+        ood_eval.announce("the trained model")
+        record["ood"]["final"] = ood_eval(model)
         log.info("out of domain final %s", _fmt(record["ood"]["final"]))
 
     # 8. save: adapter (or full model) + tokenizer + tuner.json; metrics.json

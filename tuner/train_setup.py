@@ -366,6 +366,12 @@ class RankEval:
         self.last_per_query: dict[str, dict[str, float]] = {}
         self.base_per_query: dict[str, dict[str, float]] = {}
 
+    def announce(self, what: str) -> None:
+        """Log what is about to be scored: an evaluation is minutes of work with no other output (SciFact test at
+        top 20 is 6,000 pairs), which looked like a hung run."""
+        ev = self.evaluator
+        log.info("scoring %s on %s: %d queries, %d pairs ...", what, ev.name, len(ev.queries), ev.num_pairs)
+
     def __call__(self, model) -> dict[str, float]:
         import torch.distributed as dist
 
@@ -396,9 +402,11 @@ class RankEval:
     def base(self, model) -> dict[str, float]:
         """Metrics of the base model (the adapter switched off; a fresh full fine-tune is its own base)."""
         if hasattr(model, "disable_adapter"):
+            self.announce("the base (adapter off)")
             with model.disable_adapter():
                 values = self(model)
         else:
+            self.announce("the base")
             values = self(model)
         self.base_per_query = self.last_per_query
         return values

@@ -231,6 +231,7 @@ class RerankTrainer(Trainer):
         if self.rank_eval is None:
             return {}
         started = time.perf_counter()
+        self.rank_eval.announce(f"the model at step {self.state.global_step}")
         values = self.rank_eval(self.model)
         self._window_paused += time.perf_counter() - started  # evaluation time is not training throughput
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
