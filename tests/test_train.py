@@ -659,3 +659,38 @@ def test_a_non_finite_gradient_norm_stops_the_run_even_with_a_finite_loss():
     stop.on_log(None, state, None, logs={"eval_ndcg@10": float("nan")})  # not a training figure: not judged here
     with pytest.raises(TrainingDiverged, match=r"^step 7: grad_norm=inf"):
         stop.on_log(None, state, None, logs={"loss": 0.5, "grad_norm": float("inf")})
+
+
+def test_the_base_identity_changes_with_its_config_a_same_size_rewrite_and_its_hub_commit(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A base edited in place keeps its folder: another config.json, or weights rewritten at the same size (a
+    retrained model of one shape), is another base; a hub id is its cached snapshot's commit."""
+    import os
+
+    from tuner.base_cache import model_identity
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    first = model_identity(str(base))
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+    second = model_identity(str(base))
+    assert second != first
+    weights = next(base.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten: same size, newer
+    assert model_identity(str(base)) != second
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--tiny"
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    old = model_identity("org/tiny")
+    (repo / "refs" / "main").write_text("b" * 40)  # the hub model was updated and downloaded again
+    assert old == {"hub_id": "org/tiny", "commit": "a" * 40} and model_identity("org/tiny") != old
