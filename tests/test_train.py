@@ -694,3 +694,31 @@ def test_the_base_identity_changes_with_its_config_a_same_size_rewrite_and_its_h
     old = model_identity("org/tiny")
     (repo / "refs" / "main").write_text("b" * 40)  # the hub model was updated and downloaded again
     assert old == {"hub_id": "org/tiny", "commit": "a" * 40} and model_identity("org/tiny") != old
+
+
+def test_a_base_cache_entry_is_keyed_by_the_sets_queries_instructions_metrics_and_the_environment(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """What the previous test does not change: a query's text, the set's or a query's instruction (a dev file's
+    per-row instruction edited), the metrics, and the library versions or device all make an entry miss."""
+    from types import SimpleNamespace
+
+    from tuner import base_cache
+    from tuner.base_cache import BaseCache
+
+    def evaluator(**changes):
+        fields = dict(name="dev", qids=["q1"], queries={"q1": "a query"}, instruction=None, query_instructions={},
+                      qrels={"q1": {"d1": 1}}, candidates={"q1": ["d1", "d2"]}, corpus={"d1": "one", "d2": "two"},
+                      metrics=("ndcg@10",))  # fmt: skip
+        return SimpleNamespace(**{**fields, **changes})
+
+    cache = BaseCache(tmp_path / "c", str(tiny_model_dir), {"seed": 0})
+    cache.put(evaluator(), {"ndcg@10": 0.5}, {"q1": {"ndcg@10": 0.5}}, written_by="run-a")
+    assert cache.get(evaluator()) is not None
+    assert cache.get(evaluator(queries={"q1": "a query, edited"})) is None
+    assert cache.get(evaluator(instruction="Judge it")) is None
+    assert cache.get(evaluator(query_instructions={"q1": "Judge it"})) is None
+    assert cache.get(evaluator(metrics=("ndcg@10", "recall@100"))) is None
+    environment = base_cache._environment()
+    monkeypatch.setattr(base_cache, "_environment", lambda: {**environment, "device": "NVIDIA H100"})
+    assert BaseCache(tmp_path / "c", str(tiny_model_dir), {"seed": 0}).get(evaluator()) is None
