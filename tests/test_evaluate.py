@@ -536,6 +536,34 @@ def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_di
     assert systems["tuned"]["adapter"] == other
 
 
+def test_the_base_cache_keys_the_prompt_budget_and_the_model_options(tmp_path, tiny_model_dir, beir_dir, monkeypatch):
+    """`tuner eval --base-cache`: an adapter whose tuner.json sets another `max_length` scores its base with that
+    budget, and another dtype scores it in that precision: neither reads back an entry measured otherwise."""
+    from tuner import eval_run
+    from tuner.evaluate import Evaluator
+
+    options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
+    options["base_cache_dir"] = tmp_path / "base-cache"
+    adapter = str(_random_adapter(tiny_model_dir, tmp_path / "x"))
+    eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=adapter, **options)
+    scored = []
+    evaluate = Evaluator.evaluate
+
+    def counted(self, model, *args, **kwargs):
+        scored.append(kwargs.get("label"))
+        return evaluate(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counted)
+    (tmp_path / "x" / "tuner.json").write_text(json.dumps({"max_length": 80}), encoding="utf-8")
+    eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "b", adapter=adapter, **options)
+    assert scored == ["base", "tuned"]
+    (tmp_path / "x" / "tuner.json").unlink()
+    scored.clear()
+    bf16 = eval_run.ModelOptions(dtype="bfloat16")
+    eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "c", adapter=adapter, options=bf16, **options)
+    assert scored == ["base", "tuned"]
+
+
 def test_judged_relevant_documents_missing_from_the_corpus_are_warned_about(tmp_path, tiny_model_dir, caplog):
     """A qrels line whose document the corpus lacks cannot be retrieved by any system yet counts in recall and
     nDCG: said once on stderr (the log) and kept in metrics.json and report.md, not silently evaluated."""
