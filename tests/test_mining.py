@@ -134,6 +134,25 @@ def test_a_cached_bm25_index_is_not_reused_across_tokenizer_settings(beir, tmp_p
     assert retrieval.BM25(beir.corpus, cache_dir=cache).cached and stemmed.cached is False
 
 
+def test_a_cached_bm25_index_is_reused_only_for_the_same_texts_and_maps_its_own_document_order(tmp_path):
+    """The index cache is keyed by ids and texts (titles included): an edited document is indexed again. The same
+    documents in another order share the key, so hits are named by the cached index's own id list."""
+    from tuner.retrieval import BM25
+
+    corpus = {f"d{i}": {"title": "", "text": f"common words number{i} item{i}"} for i in range(6)}
+    corpus["d3"] = {"title": "Glaucoma", "text": "common words"}  # found by its title alone
+    cache = tmp_path / "cache"
+    first = BM25(corpus, cache_dir=cache).search({"q": "glaucoma"}, k=3)
+    assert first["q"][0][0] == "d3"
+    reordered = BM25(dict(reversed(corpus.items())), cache_dir=cache)
+    assert reordered.cached and reordered.search({"q": "glaucoma"}, k=3) == first
+    edited = {**corpus, "d5": {"title": "", "text": "glaucoma glaucoma glaucoma"}}
+    index = BM25(edited, cache_dir=cache)
+    assert not index.cached and index.search({"q": "glaucoma"}, k=1)["q"][0][0] == "d5"
+    retitled = {**corpus, "d0": {"title": "Glaucoma", "text": corpus["d0"]["text"]}}
+    assert not BM25(retitled, cache_dir=cache).cached
+
+
 class FakeReranker:
     """Logit 4 for judged positives and documents with a marker word (likely false negatives), else -3."""
 
