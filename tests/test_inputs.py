@@ -249,6 +249,20 @@ def test_run_file_rank_must_be_an_integer(tmp_path):
     assert read_run(run) == {"q1": [("d2", 2.5), ("d1", 1.5)], "q2": [("d1", float("-inf"))]}
 
 
+def test_a_written_run_file_ranks_from_1_and_reads_back_the_exact_scores(tmp_path):
+    """TREC run files (a report's runs/*.trec): ranks start at 1, and `digits=None` keeps every score exact, so
+    trec_eval (ties by doc id) ranks the file as the scores did."""
+    from tuner.retrieval import write_run
+
+    run = {"q1": [("d2", 0.1 + 0.2), ("d1", 0.3)], "q2": [("d9", -1e-9)]}
+    write_run(run, tmp_path / "run.trec", tag="t", digits=None)
+    lines = [line.split() for line in (tmp_path / "run.trec").read_text(encoding="utf-8").splitlines()]
+    assert [(p[0], p[2], p[3]) for p in lines] == [("q1", "d2", "1"), ("q1", "d1", "2"), ("q2", "d9", "1")]
+    assert read_run(tmp_path / "run.trec") == run
+    write_run(run, tmp_path / "rounded.trec")  # 6 decimals by default
+    assert read_run(tmp_path / "rounded.trec")["q2"] == [("d9", 0.0)]
+
+
 def test_a_run_file_of_other_queries_is_an_error_and_a_partial_one_a_warning(tmp_path, caplog):
     """Query ids that match none of the split's (another split, another id scheme) gave all-zero metrics and
     exit 0; a run file that covers some queries counts the rest 0, which the log now says."""
