@@ -197,6 +197,24 @@ def test_paired_stats_hand_computed():
         paired_stats([0.0], [0.0, 1.0])
 
 
+def test_the_randomization_test_is_two_sided_exact_enough_and_seeded():
+    """The sign-flip p: a loss is as significant as the same gain; with n=5 equal gains the exact p is 2/32 (the
+    observed flip and its mirror count); p never reaches 0 (add-one: 1/10,001 at least); one seed, one p; and
+    differences within TIE_TOLERANCE are ties."""
+    from tuner.report import paired_stats
+
+    gains = [0.5 + 0.01 * i for i in range(40)]
+    better, worse = paired_stats([0.0] * 40, gains), paired_stats(gains, [0.0] * 40)
+    assert worse["delta"] == pytest.approx(-better["delta"]) and worse["losses"] == 40
+    assert worse["p_randomization"] == better["p_randomization"] == pytest.approx(1 / 10_001)
+    assert paired_stats([0.0] * 5, [1.0] * 5)["p_randomization"] == pytest.approx(2 / 32, abs=0.01)
+    ref, other = [0.0, 0.0, 0.0, 1.0, 0.5], [1.0, 0.0, 0.5, 0.0, 0.75]
+    assert paired_stats(ref, other) == paired_stats(ref, other)
+    assert paired_stats(ref, other, seed=1)["p_randomization"] != paired_stats(ref, other)["p_randomization"]
+    noise = paired_stats([0.5, 0.5, 0.5], [0.5 + 1e-12, 0.5, 0.5 - 1e-12])
+    assert (noise["wins"], noise["ties"], noise["losses"], noise["p_randomization"]) == (0, 3, 0, 1.0)
+
+
 def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
