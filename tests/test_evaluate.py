@@ -215,6 +215,24 @@ def test_the_randomization_test_is_two_sided_exact_enough_and_seeded():
     assert (noise["wins"], noise["ties"], noise["losses"], noise["p_randomization"]) == (0, 3, 0, 1.0)
 
 
+def test_each_system_is_paired_with_the_reference_by_query():
+    """metrics.json's vs_reference: other minus reference, query by query, whatever order each system's per-query
+    figures come in (a base read back from --base-cache)."""
+    from tuner.evaluate import EvalResult
+    from tuner.report import build_summary, paired_stats
+
+    def result(label, values):
+        per_query = {q: {"ndcg@10": v} for q, v in values.items()}
+        return EvalResult(label, {"ndcg@10": sum(values.values()) / len(values)}, per_query, {})
+
+    ref = result("base", {"a": 0.1, "b": 0.2, "c": 0.9})
+    tuned = result("tuned", {"c": 0.6, "a": 0.5, "b": 0.4})  # another order
+    summary = build_summary([ref, tuned], 0, ["ndcg@10"], "ndcg@10", {})
+    stats = summary["systems"][1]["vs_reference"]["ndcg@10"]
+    assert stats == paired_stats([0.1, 0.2, 0.9], [0.5, 0.4, 0.6])
+    assert stats["delta"] == pytest.approx(0.1) and (stats["wins"], stats["losses"]) == (2, 1)
+
+
 def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
