@@ -100,6 +100,17 @@ def test_instruction_changes_scores(evaluator, tiny_reranker):
     assert default.run["q1"] != none.run["q1"]
 
 
+def test_a_result_names_the_instruction_it_was_scored_with(evaluator, tiny_reranker):
+    """The report's instruction column: a model's own default (an adapter's tuner.json sets one) by its text, not
+    "(default)"; an explicit one as given."""
+    from tuner.scoring import Reranker
+
+    own = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, instruction="Judge the claim", show_progress=False)
+    assert evaluator.evaluate(own).info["instruction"] == "Judge the claim"
+    assert evaluator.evaluate(own, instruction="").info["instruction"] == ""
+    assert evaluator.evaluate(tiny_reranker).info["instruction"] is None  # the contract's default
+
+
 def test_base_is_the_disabled_adapter(evaluator, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 
