@@ -611,6 +611,21 @@ def test_the_base_cache_keys_the_prompt_budget_and_the_model_options(tmp_path, t
     assert scored == ["base", "tuned"]
 
 
+def test_an_adapter_given_alone_is_compared_with_another_adapter_on_its_own_base(tmp_path, tiny_model_dir, beir_dir):
+    """`tuner eval --model ADAPTER_A --compare ADAPTER_B`: B loads on the base it names (as A does), not on A."""
+    from tuner import eval_run
+
+    first = str(_random_adapter(tiny_model_dir, tmp_path / "a"))
+    second = str(_random_adapter(tiny_model_dir, tmp_path / "b", seed=1))
+    options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
+    summary = eval_run.run_eval(first, beir_dir, tmp_path / "out", compare=[second], **options)
+    systems = {s["label"]: s for s in summary["systems"]}
+    assert list(systems) == ["first stage (BM25)", "base", "tuned", "b"]
+    assert (systems["b"]["model"], systems["b"]["adapter"]) == (second, None)
+    alone = eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "alone", adapter=second, **options)
+    assert systems["b"]["metrics"] == next(s for s in alone["systems"] if s["label"] == "tuned")["metrics"]
+
+
 def test_judged_relevant_documents_missing_from_the_corpus_are_warned_about(tmp_path, tiny_model_dir, caplog):
     """A qrels line whose document the corpus lacks cannot be retrieved by any system yet counts in recall and
     nDCG: said once on stderr (the log) and kept in metrics.json and report.md, not silently evaluated."""
