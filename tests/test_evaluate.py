@@ -626,6 +626,22 @@ def test_an_adapter_given_alone_is_compared_with_another_adapter_on_its_own_base
     assert systems["b"]["metrics"] == next(s for s in alone["systems"] if s["label"] == "tuned")["metrics"]
 
 
+@pytest.mark.filterwarnings("ignore:Could not find a config file")  # peft looks for the recorded base's config
+def test_a_compared_adapter_loads_on_the_model_given(tmp_path, tiny_model_dir, beir_dir):
+    """`tuner eval --model BASE --compare ADAPTER`: the adapter is scored on BASE, not on the base its
+    adapter_config.json records (a hub id, a folder since moved)."""
+    from tuner import eval_run
+
+    adapter = _random_adapter(tiny_model_dir, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
+    summary = eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "out", compare=[str(adapter)], **options)
+    row = summary["systems"][-1]
+    assert (row["label"], row["model"], row["adapter"]) == ("adapter", str(tiny_model_dir), str(adapter))
+
+
 def test_judged_relevant_documents_missing_from_the_corpus_are_warned_about(tmp_path, tiny_model_dir, caplog):
     """A qrels line whose document the corpus lacks cannot be retrieved by any system yet counts in recall and
     nDCG: said once on stderr (the log) and kept in metrics.json and report.md, not silently evaluated."""
