@@ -642,6 +642,15 @@ def test_a_compared_adapter_loads_on_the_model_given(tmp_path, tiny_model_dir, b
     assert (row["label"], row["model"], row["adapter"]) == ("adapter", str(tiny_model_dir), str(adapter))
 
 
+def test_systems_of_one_name_get_numbered_labels():
+    """`--compare runs/a/adapter runs/b/adapter runs/c/adapter`: three systems named "adapter" get labels of their
+    own (labels key per_query.jsonl and the run files; a repeated one fails the report after all the scoring)."""
+    from tuner.eval_run import _unique
+
+    taken = {"first stage (BM25)"}
+    assert [_unique("adapter", taken) for _ in range(3)] == ["adapter", "adapter (2)", "adapter (3)"]
+
+
 def test_judged_relevant_documents_missing_from_the_corpus_are_warned_about(tmp_path, tiny_model_dir, caplog):
     """A qrels line whose document the corpus lacks cannot be retrieved by any system yet counts in recall and
     nDCG: said once on stderr (the log) and kept in metrics.json and report.md, not silently evaluated."""
