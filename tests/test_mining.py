@@ -212,6 +212,13 @@ def test_the_rank_range_is_range_min_inclusive_to_range_max_exclusive(beir, tmp_
     assert _ids(next(g for g in groups if g.qid == "q1"), beir.corpus) == ["1-2", "1-3", "1-4", "1-5"]
 
 
+def test_a_group_with_exactly_num_negatives_counts_as_full(beir):
+    """`tuner mine`'s summary ("N groups with K negatives"): a group that got exactly K is full."""
+    stats = MiningStats()
+    groups = mine_negatives(beir, depth=20, range_min=0, num_negatives=2, show_progress=False, stats=stats)
+    assert all(len(g.neg) == 2 for g in groups) and stats.full == stats.groups == 3
+
+
 def test_queries_with_one_text_never_get_each_others_positives_as_negatives(tmp_path):
     """Two judged queries with the same text (SciFact train has such pairs): a positive of one is a positive of
     the other, never its negative."""
