@@ -565,3 +565,31 @@ def test_the_run_clock_adds_this_calls_time_to_the_checkpoints():
     assert 105.0 <= totals["seconds"] < 110.0 and 63.0 <= totals["train_runtime"] < 68.0
     fresh = RunClock(started=time.time() - 5.0).totals()
     assert 5.0 <= fresh["seconds"] < 10.0 and fresh["train_runtime"] == 0.0  # not in Trainer.train yet
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.seed=43",  # another data order and LoRA init: not the run that was interrupted
+        "data.group_size=6",
+        "data.instruction=Find the topic",
+        "loss.temperature=0.5",
+        "lora.alpha=8",
+        "model.max_length=64",
+        "eval.top_k=7",  # the dev figures before and after the checkpoint would measure different things
+        "eval.steps=250",
+    ],
+)
+def test_resume_refuses_a_change_to_what_decides_the_numbers(override, tmp_path):
+    """`--resume` continues the same run: a key that decides the weights, the data or the evaluation may not change
+    (only where and how often numbers are reported may: `RESUME_SAFE_KEYS`)."""
+    from tuner.config import load_config
+    from tuner.train_setup import check_resume_config
+
+    recipe = ["model.tiny=true", "data.beir=/data/x", "eval.beir=/data/x", f"output.dir={tmp_path}"]
+    load_config(None, recipe).save(tmp_path / "config.yaml")
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"--resume: the recipe differs .* in {key}: saved "):
+        check_resume_config(tmp_path / "config.yaml", load_config(None, [*recipe, override]))
+    harmless = ["train.logging_steps=3", "tracking.run_name=again", "name=renamed", "eval.base_cache_dir=/tmp/c"]
+    check_resume_config(tmp_path / "config.yaml", load_config(None, [*recipe, *harmless]))
