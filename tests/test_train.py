@@ -722,3 +722,22 @@ def test_a_base_cache_entry_is_keyed_by_the_sets_queries_instructions_metrics_an
     environment = base_cache._environment()
     monkeypatch.setattr(base_cache, "_environment", lambda: {**environment, "device": "NVIDIA H100"})
     assert BaseCache(tmp_path / "c", str(tiny_model_dir), {"seed": 0}).get(evaluator()) is None
+
+
+def test_the_recipes_mining_fields_and_max_groups_are_applied(tiny_model_dir, beir, tmp_path):
+    """data.num_negatives, mine_depth, mine_range_min, max_groups and the run's seed shape the mined groups."""
+    from tuner.train_setup import load_training_groups
+
+    def groups(name, *overrides, seed=0):
+        config = tiny_config(tiny_model_dir, beir, tmp_path / name, *overrides)
+        return load_training_groups(config.data, config.loss.kind, seed, tmp_path / name)
+
+    three = groups("three", "data.num_negatives=3", "data.max_groups=4")
+    assert len(three) == 4 and all(len(g.neg) == 3 for g in three)
+    assert len(groups("all", "data.num_negatives=3")) == 6  # the 6 train topics
+    # BM25 ranks 2..5 only: at most 4 negatives (fewer where a positive ranks there), whatever num_negatives says
+    shallow = groups("shallow", "data.mine_depth=6", "data.mine_range_min=2")
+    assert all(3 <= len(g.neg) <= 4 for g in shallow)
+    # the seed draws the negatives from the range (each seed its own, the same seed the same)
+    drawn = {seed: [g.neg for g in groups(f"seed{seed}", "data.num_negatives=3", seed=seed)] for seed in (0, 1)}
+    assert drawn[0] != drawn[1] and drawn[0] == [g.neg for g in groups("again", "data.num_negatives=3", seed=0)]
