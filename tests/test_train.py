@@ -741,3 +741,19 @@ def test_the_recipes_mining_fields_and_max_groups_are_applied(tiny_model_dir, be
     # the seed draws the negatives from the range (each seed its own, the same seed the same)
     drawn = {seed: [g.neg for g in groups(f"seed{seed}", "data.num_negatives=3", seed=seed)] for seed in (0, 1)}
     assert drawn[0] != drawn[1] and drawn[0] == [g.neg for g in groups("again", "data.num_negatives=3", seed=0)]
+
+
+def test_the_dev_evaluators_follow_the_recipes_eval_fields(beir, tmp_path):
+    """eval.top_k, eval.max_queries (a choice seeded by train.seed) and eval.metrics make the dev set: a recipe's
+    top_k 3 is not evaluated on the BM25 top 100, nor 2 queries on all of them."""
+    from tuner.config import load_config
+    from tuner.evaluate import sample_queries
+    from tuner.train_setup import build_evaluators
+
+    fields = [f"eval.beir={beir}", "eval.split=test", "eval.top_k=3", "eval.max_queries=2"]
+    fields.append("eval.metrics=[mrr@10,ndcg@5]")
+    for seed in (0, 5):
+        dev = build_evaluators(load_config(None, fields).eval, seed, tmp_path / "cache")["dev"]
+        assert dev.top_k == 3 and all(len(docs) == 3 for docs in dev.candidates.values())
+        assert dev.qids == sample_queries(["q6", "q7", "q8", "q9"], 2, seed)
+        assert (dev.metrics, dev.primary_metric) == (("mrr@10", "ndcg@5"), "mrr@10")
