@@ -757,3 +757,15 @@ def test_the_dev_evaluators_follow_the_recipes_eval_fields(beir, tmp_path):
         assert dev.top_k == 3 and all(len(docs) == 3 for docs in dev.candidates.values())
         assert dev.qids == sample_queries(["q6", "q7", "q8", "q9"], 2, seed)
         assert (dev.metrics, dev.primary_metric) == (("mrr@10", "ndcg@5"), "mrr@10")
+
+
+def test_the_dev_evaluation_scores_with_the_recipes_instruction(evaluator, tiny_reranker):
+    """RankEval reranks the dev set with data.instruction, the one the model trains and is served with."""
+    from tuner.scoring import Reranker
+    from tuner.train_setup import RankEval
+
+    model, tokenizer = tiny_reranker.model, tiny_reranker.tokenizer
+    got = RankEval(evaluator, tokenizer, 96, None, "Find the topic")(model)
+    want = evaluator.evaluate(Reranker(model, tokenizer, max_length=96, instruction="Find the topic"))
+    default = evaluator.evaluate(Reranker(model, tokenizer, max_length=96))
+    assert got == want.metrics and want.per_query != default.per_query  # (the instruction moves this set's ranks)
