@@ -102,7 +102,10 @@ def _check_local(path: Path, what: str) -> None:
     config, adapter_config = path / "config.json", path / "adapter_config.json"
     has_config, has_adapter = config.is_file(), adapter_config.is_file()
     if what == "adapter" and not has_adapter:
-        raise ModelNotFoundError(f"adapter directory {str(path)!r} has no adapter_config.json")
+        # a training run or an export root given as the adapter: the adapter folder inside is what was meant
+        inside = sorted(d.name for d in path.iterdir() if (d / "adapter_config.json").is_file())
+        hint = f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / inside[0])!r}" if inside else ""
+        raise ModelNotFoundError(f"adapter directory {str(path)!r} has no adapter_config.json{hint}")
     if not has_config and not has_adapter:
         inside = sorted(
             d.name for d in path.iterdir() if (d / "config.json").is_file() or (d / "adapter_config.json").is_file()

@@ -203,9 +203,11 @@ def _train_data(args):
     try:
         runs = runs_of_adapter(adapter or args.model)  # a fully fine-tuned RUN/model too
         if not runs:
-            # a base model on its own has no training data to split by; an adapter path that does not exist gets
-            # its one error when it loads, not first a note that it is not from a tuner run
-            missing = adapter is not None and _looks_local(adapter) and not Path(adapter).expanduser().exists()
+            # a base model on its own has no training data to split by; an adapter path that does not exist, or is
+            # no adapter folder (a run folder given for its adapter/), gets its one error when it loads, not first a
+            # note that it is not from a tuner run
+            local = adapter is not None and _looks_local(adapter)
+            missing = local and not (Path(adapter).expanduser() / "adapter_config.json").is_file()
             if adapter is not None and not missing:
                 print(
                     f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)"
