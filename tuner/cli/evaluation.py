@@ -240,7 +240,8 @@ def add_instruct(sub) -> None:
     p.add_argument(
         "--apply",
         metavar="DIR",
-        help="also write the winner into this adapter/export dir's tuner.json, if it is significantly better (paired "
+        help="also write the winner into the tuner.json of DIR (an adapter or model folder, a training run: its "
+        "adapter/, or an export: each format), if it is significantly better (paired "
         "randomization test, as report.md judges it) than the instruction DIR uses now (else exit 2; the report is "
         "still written)",
     )
@@ -288,7 +289,12 @@ def add_calibrate(sub) -> None:
     )
     p.add_argument("--split", help="file stem when --data is a folder (default train)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--apply", metavar="DIR", help="store {temperature, bias} in this adapter/export dir's tuner.json")
+    p.add_argument(
+        "--apply",
+        metavar="DIR",
+        help="store {temperature, bias} in the tuner.json of DIR (an adapter or model folder, a training run: its "
+        "adapter/, or an export: each format)",
+    )
     p.add_argument(
         "--force",
         action="store_true",
