@@ -268,6 +268,13 @@ def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_
         apply_meta(tmp_path, {"instruction": "C"})
 
 
+def test_apply_to_a_missing_folder_names_every_kind_it_takes(tmp_path):
+    """`--apply runs/quik` (a typo of the README's `--apply runs/quick`): the error names runs among the folders
+    --apply takes, not only adapter and export folders."""
+    with pytest.raises(FileNotFoundError, match=r"quik: no such adapter, run or export directory"):
+        apply_targets(tmp_path / "runs" / "quik")
+
+
 def test_apply_meta_updates_every_format_of_an_export_root_but_only_a_runs_adapter(tmp_path):
     """`tuner export --format all` writes adapter/, merged/ and seq-cls/: all three get the update (adapter/ alone
     did, as if the export root were a run, so one export scored differently per format). A training run (its

@@ -126,7 +126,7 @@ def apply_targets(target: str | Path) -> list[Path]:
     """
     root = Path(target).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such adapter or export directory")
+        raise FileNotFoundError(f"{root}: no such adapter, run or export directory")
 
     def is_model(d: Path) -> bool:
         return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
