@@ -327,6 +327,16 @@ def test_beir_query_rows_are_checked(tmp_path, rows, message):
         load_beir(folder)
 
 
+def test_a_mistyped_beir_folder_names_the_close_one(tmp_path):
+    """`--beir data/scifakt` (mine, eval, instruct): the error names data/scifact beside it, as a mistyped file does."""
+    (tmp_path / "scifact").mkdir()
+    (tmp_path / "scifact.md").write_text("a file of a close name is no BEIR folder")
+    with pytest.raises(DataError, match=rf"scifakt: no such directory; did you mean {tmp_path / 'scifact'}\?$"):
+        load_beir(tmp_path / "scifakt")
+    with pytest.raises(DataError, match=r"nothing: no such directory$"):
+        load_beir(tmp_path / "nothing")
+
+
 def test_beir_accepts_empty_text_and_missing_title(tmp_path):
     folder = _beir(tmp_path / "b", ['{"_id": "d1", "text": ""}', '{"_id": 2, "title": null, "text": "x"}'])
     data = load_beir(folder)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.data.schema import MAX_GRADE
-from tuner.files import decode_utf8, json_error_place
+from tuner.files import decode_utf8, json_error_place, similar_names
 
 # How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
 _JSON_KIND = {
@@ -188,7 +188,9 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Load a BEIR folder's corpus, and the queries and qrels of `split`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such directory")
+        close = similar_names(folder, folders_only=True)  # `--beir data/scifakt` finds data/scifact
+        hint = f"; did you mean {', '.join(str(p) for p in close)}?" if close else ""
+        raise DataError(f"{folder}: no such directory{hint}")
     corpus = read_corpus(_find(folder, "corpus"))
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
