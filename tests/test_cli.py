@@ -236,6 +236,10 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
         assert message in capsys.readouterr().err
     assert score(tmp_path) == 2  # a folder, not "no such file"
     assert "a folder; --documents takes a JSONL or text file" in capsys.readouterr().err
+    assert score(tmp_path / "emty.txt") == 2  # a typo: the file beside it of a close name is named
+    assert capsys.readouterr().err.endswith(f"emty.txt: no such file; did you mean {tmp_path / 'empty.txt'}?\n")
+    assert score(tmp_path) == 2
+    assert "a folder; --documents takes a JSONL or text file" in capsys.readouterr().err
     blank = ["score", "--model", str(tmp_path / "never-loaded"), "--query", " ", "--documents", str(tmp_path)]
     assert main(blank) == 2 and "--query is empty" in capsys.readouterr().err
     assert score(tmp_path) == 2

@@ -49,9 +49,11 @@ def read_documents(path: str | Path) -> list:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: a folder; --documents takes a JSONL or text file (one document per line)")
+    from tuner.files import decode_utf8, json_error_place, similar_names
+
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    from tuner.files import decode_utf8, json_error_place
+        close = similar_names(path)  # `--documents docs.jsnol` finds docs.jsonl
+        raise UserError(f"{path}: no such file" + (f"; did you mean {', '.join(map(str, close))}?" if close else ""))
 
     text = decode_utf8(path.read_bytes(), path, UserError)  # a BOM is dropped, as in training files
     # "\n" only (as the training readers): str.splitlines also breaks at U+2028, form feeds and the like, which
