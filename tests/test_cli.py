@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -99,6 +100,31 @@ def test_serve_exec_needs_the_vllm_engine(tmp_path, capsys):
 
     assert main(["serve", "--exec", str(tmp_path)]) == 2
     assert "--engine vllm" in capsys.readouterr().err
+
+
+def test_recipe_overrides_after_a_flag_are_overrides(monkeypatch, capsys):
+    """`tuner train RECIPE --resume key=value ...` (a flag before the overrides): argparse ends the positional list
+    at the flag and called the overrides "unrecognized arguments"; they are overrides wherever they stand."""
+    from pathlib import Path
+
+    from tuner.cli import main
+
+    recipe = str(Path(__file__).parents[1] / "recipes" / "tiny-cpu.yaml")
+    seen = []
+
+    def fake_train(config, resume):
+        seen.append((config.train.max_steps, config.train.lr, config.output.dir, resume))
+        return {"metrics": {}, "adapter_dir": "a", "output_dir": "o"}
+
+    monkeypatch.setattr("tuner.train.train", fake_train)
+    assert main(["train", recipe, "train.lr=0.1", "--resume", "train.max_steps=7", "output.dir=runs/x"]) == 0
+    assert seen == [(7, 0.1, "runs/x", True)]
+    assert main(["config", "train.lr=0.1", "--recipe", recipe, "train.max_steps=7"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^train\.max_steps +7 ", listed, re.M) and re.search(r"^train\.lr +0\.1 ", listed, re.M)
+    # what is not an override is still refused, naming it
+    assert main(["train", recipe, "--resume", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("verb", ["eval", "instruct", "calibrate"])

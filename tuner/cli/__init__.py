@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            # `tuner train RECIPE --resume key=value ...`: argparse ends a positional list at the first flag, and
+            # would call the overrides after it unrecognized arguments
+            args.overrides = [*args.overrides, *extra]
+            extra = []
         if extra:  # argparse says it from the top parser ("tuner: error:"), whose --help lists verbs, not flags
             _verb_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse's usage error (2) or --help (0): an exit code like every other
