@@ -128,6 +128,21 @@ def test_an_unknown_override_key_and_ood_without_dev_are_named(tmp_path):
         load_config(None, ["loss.teacher_temperature=0"])
 
 
+def test_an_unknown_key_suggests_the_close_one_or_its_section():
+    """A typo ('train.max_step', 'trian') and a section's key given without its section ('max_steps', 'split')
+    name what was meant before the list of known keys; a key close to nothing names none."""
+    cases = [
+        ("train.max_step=100", "did you mean 'train.max_steps'? known in this section: batch_groups"),
+        ("trian.max_steps=100", "did you mean 'train'? known in this section: data, eval"),
+        ("max_steps=100", "did you mean 'train.max_steps'? known in this section: data, eval"),
+        ("split=dev", "did you mean 'data.split' or 'eval.split'? known in this section: data, eval"),
+        ("zzz=1", "unknown key 'zzz' (known in this section: data, eval"),
+    ]
+    for override, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [override])
+
+
 def test_an_override_with_an_empty_key_is_named():
     with pytest.raises(ConfigError, match=r"override '=3': expected section.key=value"):
         load_config(None, ["=3"])

@@ -294,6 +294,19 @@ def _section_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _did_you_mean(cls, hints: dict[str, Any], prefix: str, key: str, known: set[str]) -> str:
+    """ "did you mean 'train.max_steps'? " for a mistyped key ("max_step") or, at the top level, a section's key
+    given without its section ("max_steps"); "" when nothing is close."""
+    import difflib
+
+    guesses = []
+    if not prefix:  # `max_steps=100`: the field of a section
+        sections = [n for n in sorted(known) if dataclasses.is_dataclass(hints.get(n))]
+        guesses = [f"{n}.{key}" for n in sections if key in {f.name for f in fields(hints[n])}]
+    guesses = guesses or [prefix + k for k in difflib.get_close_matches(key, sorted(known), n=1)]
+    return f"did you mean {' or '.join(repr(g) for g in guesses)}? " if guesses else ""
+
+
 def _build(cls, data: Any, prefix: str, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(data).__name__}")
@@ -303,7 +316,10 @@ def _build(cls, data: Any, prefix: str, where: str):
     for key, value in data.items():
         if key not in known:
             close = ", ".join(sorted(known))
-            raise ConfigError(f"{where}unknown key '{prefix}{key}' (known in this section: {close})")
+            raise ConfigError(
+                f"{where}unknown key '{prefix}{key}' ({_did_you_mean(cls, hints, prefix, str(key), known)}known in "
+                f"this section: {close})"
+            )
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.", where)
