@@ -405,3 +405,12 @@ def test_mining_a_labeled_file_of_positives_alone(tmp_path, capsys):
     assert f"{pairs}: no training group from 3 judged queries" in capsys.readouterr().err
     assert main(["mine", "--beir", str(folder), "--corpus", str(folder / "corpus.jsonl"), "--out", str(out)]) == 2
     assert "--corpus adds documents to a --data file's pool" in capsys.readouterr().err
+    # a corpus file that is not there (BEIR folders ship corpus.jsonl.gz as often): named, with the close file beside
+    gz = tmp_path / "gz" / "corpus.jsonl.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(b"")
+    argv = ["mine", "--data", str(pairs), "--corpus", str(gz.parent / "corpus.jsonl"), "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--corpus {gz.parent / 'corpus.jsonl'}: no such file; did you mean {gz}?\n"
+    )

@@ -261,6 +261,12 @@ def _run_mine(args) -> int:
         )
     if args.corpus and not args.data:
         raise UserError("--corpus adds documents to a --data file's pool (a BEIR folder has its own corpus)")
+    if args.corpus and not Path(args.corpus).expanduser().is_file():
+        from tuner.files import similar_names
+
+        close = similar_names(args.corpus)  # BEIR's corpus.jsonl is often corpus.jsonl.gz
+        hint = f"; did you mean {', '.join(map(str, close))}?" if close else ""
+        raise UserError(f"--corpus {args.corpus}: no such file{hint}")
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
     start = time.perf_counter()
     if args.data:
