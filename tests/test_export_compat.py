@@ -226,9 +226,17 @@ def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exp
     import uvicorn
 
     from tuner import serve as serve_mod
+    from tuner.instruct import apply_meta
     from tuner.serve_vllm import default_served_name
 
     assert default_served_name(exports / "merged") == default_served_name(exports / "seq-cls") == exports.name
+    # the model cards (a hub repo's README) are titled by the export too, and stay so when --apply rewrites them
+    title = f"\n# {exports.name}: Qwen3-Reranker LoRA fine-tune, "
+    assert all(title in (exports / fmt / "README.md").read_text() for fmt in ("merged", "seq-cls"))
+    copy = tmp_path / "copy"
+    shutil.copytree(exports, copy)
+    apply_meta(copy, {"calibration": {"temperature": 2.0, "bias": 0.0}})
+    assert "\n# copy: Qwen3-Reranker LoRA fine-tune, " in (copy / "merged" / "README.md").read_text()
     assert default_served_name("Qwen/Qwen3-Reranker-4B") == "Qwen/Qwen3-Reranker-4B"
     single = tmp_path / "merged"  # a one-format export is the folder it was written to: its own name
     shutil.copytree(exports / "merged", single)

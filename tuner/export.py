@@ -531,7 +531,7 @@ def export(
             export_meta["parity"] = report
             _write_json(path / TUNER_META, export_meta)
             (path / "README.md").write_text(
-                model_card(out if len(formats) == 1 else out / fmt, export_meta, recipe_yaml),
+                model_card(out if len(formats) == 1 else out / fmt, export_meta, recipe_yaml, name=out.name),
                 encoding="utf-8",
             )
         if len(formats) > 1:

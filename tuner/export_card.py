@@ -188,8 +188,12 @@ def vllm_args(path: str, meta: dict[str, Any]) -> list[str]:
     return args
 
 
-def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | None = None) -> str:
-    """README.md text for the export that will live at `final_path` (`recipe_yaml`: the run's resolved config)."""
+def model_card(
+    final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | None = None, name: str | None = None
+) -> str:
+    """README.md text for the export that will live at `final_path` (`recipe_yaml`: the run's resolved config;
+    `name`: the title's, default the folder's: a multi-format export's formats are titled by the export, not
+    "merged" or "seq-cls")."""
     path = str(final_path)
     fmt = meta["format"]
     base = meta.get("base_model")
@@ -212,7 +216,7 @@ def model_card(final_path: str | Path, meta: dict[str, Any], recipe_yaml: str | 
     full_fine_tune = isinstance(settings, dict) and ((settings.get("lora") or {}).get("enabled") is False)
     parts = [
         _front_matter(fmt, hub_base, lora=not full_fine_tune),
-        f"# {Path(path).name}: Qwen3-Reranker {'full' if full_fine_tune else 'LoRA'} fine-tune, {_TITLES[fmt]}",
+        f"# {name or Path(path).name}: Qwen3-Reranker {'full' if full_fine_tune else 'LoRA'} fine-tune, {_TITLES[fmt]}",
         "",
         f"Exported by tuner {meta.get('tuner_version')} on {meta.get('exported_at')}.",
         "",

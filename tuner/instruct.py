@@ -175,6 +175,7 @@ def apply_meta(
         ValueError: a regenerated template does not render the contract's prompt.
     """
     from tuner.export_card import model_card
+    from tuner.serve_vllm import default_served_name
 
     plans = [_plan_update(d, updates, target) for d in apply_targets(target)]
     written = []
@@ -186,7 +187,7 @@ def apply_meta(
             # an export's model card states the instruction and the calibration: rewrite it from the new tuner.json
             recipe = d / "recipe.yaml"
             recipe_yaml = recipe.read_text(encoding="utf-8") if recipe.is_file() else None
-            atomic_write(d / "README.md", model_card(d, meta, recipe_yaml))
+            atomic_write(d / "README.md", model_card(d, meta, recipe_yaml, name=default_served_name(d)))
         for note in notes:  # once it is done, not when it was planned: a later failure writes nothing
             on_warning(note)
     return written
