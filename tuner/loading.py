@@ -110,7 +110,10 @@ def _check_local(path: Path, what: str) -> None:
         inside = sorted(
             d.name for d in path.iterdir() if (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
         )
-        hint = f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / inside[0])!r}" if inside else ""
+        # the example is an export's merged format where there is one (one forward pass, no PEFT wrapper: what the
+        # README serves), not the alphabetical first, its adapter
+        example = min(inside, key=lambda name: (name != "merged", name != "seq-cls", name)) if inside else None
+        hint = f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / example)!r}" if inside else ""
         raise ModelNotFoundError(
             f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json{hint}"
         )
