@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -293,6 +294,44 @@ def test_rerun_into_a_finished_run_is_refused_unless_overwrite(finished, tiny_mo
     assert not (copy / "adapter" / "stale.txt").exists()
     assert [p.name for p in (copy / "checkpoints").iterdir()] == ["checkpoint-1"]
     assert redone["metrics"]["train"]["global_step"] == 1
+
+
+def test_a_second_train_into_a_run_being_trained_stops_before_it_writes(finished, tiny_model_dir, beir, tmp_path):
+    """A second `tuner train` into the output.dir of one still running rewrote its config.yaml and metrics.json (with
+    output.overwrite it deleted its adapter and checkpoints). The run's lock names the live process and stops it
+    before it writes; a lock left by a killed run is taken over; another host's cannot be checked: named to delete."""
+    import socket
+    import subprocess
+    import sys
+
+    from tuner.train_setup import LOCK_FILE
+
+    out = tmp_path / "run"
+    shutil.copytree(finished["output_dir"], out)
+    lock = out / "logs" / LOCK_FILE
+    overwrite = tiny_config(tiny_model_dir, beir, out, "train.max_steps=1", "output.overwrite=true")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "2026-12-07T10:00:00"}))
+        before = _snapshot(out)
+        with pytest.raises(ConfigError, match=rf"being trained by another tuner train \(pid {holder.pid} on "):
+            train(overwrite)
+        assert _snapshot(out) == before and (out / "checkpoints").is_dir()  # nothing rewritten, nothing deleted
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed, its lock left behind): taken over, held while training, released at the end
+    held = []
+
+    class Peek(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            held.append(json.loads(lock.read_text())["pid"])
+
+    assert train(overwrite, callbacks=[Peek()])["metrics"]["train"]["global_step"] == 1
+    assert held == [os.getpid()] and not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-12-07T10:00:00"}))
+    with pytest.raises(ConfigError, match=rf"pid 1 on elsewhere.*delete {re.escape(str(lock))}"):
+        train(overwrite)
 
 
 def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_path, monkeypatch):

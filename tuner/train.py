@@ -9,6 +9,7 @@ through, the contract's yes−no score, is `tuner.score_forward`; run setup help
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,7 +70,8 @@ def train(config: Config, resume: bool = False, callbacks: list[TrainerCallback]
         `TrainResult` with the output directory, the adapter (or model) directory and the metrics.
     """
     try:
-        return _train(config, resume, callbacks)
+        with contextlib.ExitStack() as held:  # the run directory's lock, taken by _train once the folder exists
+            return _train(config, resume, callbacks, held)
     except BaseException as err:
         _log_failure(config, err)
         raise
@@ -311,7 +313,9 @@ def _log_failure(config: Config, err: BaseException) -> None:
         handler.flush()
 
 
-def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None) -> TrainResult:
+def _train(
+    config: Config, resume: bool, callbacks: list[TrainerCallback] | None, held: contextlib.ExitStack
+) -> TrainResult:
     from transformers import TrainingArguments
 
     from tuner import __version__
@@ -326,6 +330,7 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
         output_dir_for,
         prepare_base,
         read_tokenizer,
+        run_lock,
         setup_logging,
         start_tracking,
         summarize_to_tracker,
@@ -340,6 +345,8 @@ def _train(config: Config, resume: bool, callbacks: list[TrainerCallback] | None
     if resume and not out.is_dir():  # a mistyped output.dir: said as such, and not made (empty) on the way
         raise ConfigError(f"--resume: no run directory {out} (output.dir) to resume from")
     out = output_dir_for(config)
+    # before anything in it is read or written: another `tuner train` into this folder stops here
+    held.enter_context(run_lock(out, main=int(os.environ.get("RANK", "0")) == 0))
     ckpt_dir = out / CHECKPOINTS_DIR
     has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
     finished = [p for p in (out / ADAPTER_DIR, out / MODEL_DIR, out / METRICS_FILE) if p.exists()]

@@ -3,10 +3,12 @@ logging, tracking and the `tuner.json` an adapter carries."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,72 @@ def output_dir_for(config: Config, create: bool = True) -> Path:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     return out
+
+
+LOCK_FILE = "train.lock"  # in <out>/logs: the process that trains into the run directory now
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, main: bool = True) -> Iterator[None]:
+    """Hold `<out>/logs/train.lock` while a run trains into `out` (the main process of a launch holds it).
+
+    A second `tuner train` into the same output.dir (a typo'd name, one terminal too many, a sweep agent given a
+    fixed output.dir) rewrote the first's config.yaml and metrics.json, or with output.overwrite deleted its
+    checkpoints, while it ran. It now stops before it writes anything. The file names the process (pid, host): a
+    lock whose process is gone on this host (a killed run) is taken over; one from another host cannot be checked,
+    so it is named to delete by hand.
+    """
+    if not main:
+        yield
+        return
+    import json
+    import socket
+    import time
+
+    lock = out / "logs" / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text(encoding="utf-8"))
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid, host = {}, -1, me["host"]  # unreadable: written by a process killed mid-write
+            if host == me["host"] and not _alive(pid):
+                log.warning("%s: the run that held it (pid %s) is gone; taking it over", lock, pid)
+                lock.unlink(missing_ok=True)
+                continue
+            raise ConfigError(
+                f"{out} is being trained by another tuner train (pid {pid} on {host}, since "
+                f"{holder.get('started', '?')}): wait for it to end, or train into another output.dir "
+                f"(if that run is gone, delete {lock})"
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(lock.read_text(encoding="utf-8")).get("pid") == me["pid"]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: is there such a process (no signal is sent)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 # Keys a resumed run may change: they decide where and how often numbers are reported, never the numbers (the
