@@ -244,6 +244,30 @@ def test_each_system_is_paired_with_the_reference_by_query():
     assert stats["delta"] == pytest.approx(0.1) and (stats["wins"], stats["losses"]) == (2, 1)
 
 
+def test_the_plot_draws_each_systems_deltas_against_the_reference(tmp_path, monkeypatch):
+    """report.png: per query, the system's figure minus the reference's, sorted (a gain is above the zero line)."""
+    from matplotlib.axes import Axes
+
+    from tuner.report import plot_deltas
+
+    drawn, real = {}, Axes.plot
+
+    def spy(self, x, y, *args, label=None, **kwargs):
+        drawn[label] = list(y)
+        return real(self, x, y, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    summary = {"primary_metric": "ndcg@10", "reference": "base", "systems": [{"label": "base"}, {"label": "tuned"}]}
+    per_query = {
+        "a": {"base": {"ndcg@10": 0.25}, "tuned": {"ndcg@10": 0.75}},
+        "b": {"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 0.25}},
+        "c": {"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 1.0}},
+    }
+    plot_deltas(summary, per_query, tmp_path / "report.png")
+    assert drawn == {"tuned (mean +0.2500)": [-0.25, 0.5, 0.5]}
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
