@@ -263,6 +263,24 @@ def test_the_false_negative_margins_are_measured_from_the_weakest_positive(beir,
     assert "1-3" not in kept and "1-4" not in kept and "1-2" in kept
 
 
+def test_a_text_the_corpus_holds_twice_is_one_negative(tmp_path):
+    """Two corpus ids with one text (Cranfield has such a pair) are one document: mined once, or a group gets the
+    same negative twice (which `tuner data check` warns about and training drops)."""
+    root = make_beir(tmp_path / "mini")
+    corpus = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    corpus.append({"_id": "copy", "title": "", "text": corpus[5]["text"]})  # 0-5 again
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
+    beir = load_beir(root, "train")
+    for sampling in ("top", "random"):
+        groups = mine_negatives(
+            beir, depth=20, range_min=0, num_negatives=20, sampling=sampling, show_progress=False
+        )  # fmt: skip
+        texts = [d["text"] for d in groups[0].neg]
+        assert corpus[5]["text"] in texts and len(texts) == len(set(texts)), sampling
+    out = write_groups(groups, tmp_path / "mined.jsonl")
+    assert check_file(out, tokens=False).stats["repeated_in_group"] == 0
+
+
 def test_a_corpus_copy_of_a_file_document_is_one_document_of_the_pool(tmp_path):
     """`tuner mine --data --corpus`: a corpus document the file holds already is not added to the pool again (two
     copies would be two negatives of one text in a group)."""

@@ -2,10 +2,11 @@
 
 For each judged query: retrieve the top `depth` documents with BM25, keep ranks `[range_min, range_max)`
 (0-based, so `range_min=5` skips the first five), drop every judged positive, every document whose text
-equals a positive's and every document that shares no term with the query (BM25 score 0: an arbitrary pick,
-not a hard negative), then take `num_negatives` of the rest (random sample or the top ones). Optionally a
-`Reranker` filters likely false negatives (candidates that score within a margin of the query's weakest
-positive, as sentence-transformers' `mine_hard_negatives` does) and writes its scores as teacher scores.
+equals a positive's or an earlier candidate's, and every document that shares no term with the query (BM25
+score 0: an arbitrary pick, not a hard negative), then take `num_negatives` of the rest (random sample or the
+top ones). Optionally a `Reranker` filters likely false negatives (candidates that score within a margin of
+the query's weakest positive, as sentence-transformers' `mine_hard_negatives` does) and writes its scores as
+teacher scores.
 
 Defaults and why (sentence-transformers' `mine_hard_negatives` defaults to the top 3 with no range or margin,
 and its published recipes skip the top 10, sample from the top 50-100 at random and take 5; FlagEmbedding's
@@ -172,12 +173,15 @@ def mine_negatives(
     groups: list[Group] = []
     for qid in tqdm(positives, desc="mining", unit="query", disable=not show_progress):
         judged_pos = pos_by_text[beir.queries[qid].strip()]
-        pos_texts = {document_text(beir.corpus[d]).strip() for d in judged_pos}
-        candidates = [
-            d
-            for d, score in run.get(qid, [])[range_min:range_max]
-            if score > 0 and d not in judged_pos and document_text(beir.corpus[d]).strip() not in pos_texts
-        ]
+        # texts taken: the positives', then each candidate's (a text the corpus holds under two ids is one
+        # document: its second copy is no second negative)
+        taken = {document_text(beir.corpus[d]).strip() for d in judged_pos}
+        candidates = []
+        for d, score in run.get(qid, [])[range_min:range_max]:
+            text = document_text(beir.corpus[d]).strip()
+            if score > 0 and d not in judged_pos and text not in taken:
+                candidates.append(d)
+                taken.add(text)
         if sampling == "random":
             # A per-query stream: string seeds hash with SHA-512, so this is stable across processes.
             random.Random(f"{seed}:{qid}").shuffle(candidates)
