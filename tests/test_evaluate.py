@@ -268,6 +268,20 @@ def test_the_plot_draws_each_systems_deltas_against_the_reference(tmp_path, monk
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_trec_eval_check_cuts_the_run_for_mrr_at_k():
+    """The report's trec_eval check: MRR@10 is trec_eval's recip_rank on the run cut to its top 10, so a first
+    relevant document at rank 12 agrees (0 both), instead of a false alarm."""
+    pytest.importorskip("pytrec_eval")
+    from tuner.metrics import evaluate_per_query
+    from tuner.report import crosscheck_pytrec_eval
+
+    qrels = {"q": {"d11": 1}}
+    run = {"q": [(f"d{i:02d}", float(20 - i)) for i in range(15)]}  # d11 at rank 12
+    per_query = evaluate_per_query(qrels, run, ["mrr@10", "ndcg@10", "recall@100"])
+    assert per_query["q"]["mrr@10"] == 0.0
+    assert crosscheck_pytrec_eval(qrels, run, per_query) == pytest.approx(0.0, abs=1e-12)
+
+
 def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
