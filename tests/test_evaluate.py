@@ -282,6 +282,27 @@ def test_the_trec_eval_check_cuts_the_run_for_mrr_at_k():
     assert crosscheck_pytrec_eval(qrels, run, per_query) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_the_reports_run_files_keep_exact_scores_and_its_table_four_decimal_deltas(tmp_path):
+    """runs/*.trec hold each score exactly (logits 1e-9 apart stay in their order: rounded, they would tie and
+    trec_eval would rank them by doc id); report.md gives each delta to 4 decimals, as the values."""
+    from tuner.evaluate import EvalResult
+    from tuner.metrics import evaluate_per_query, mean
+    from tuner.report import write_report
+    from tuner.retrieval import read_run
+
+    qrels = {"q": {"a": 1}}
+
+    def result(label, run):
+        per_query = evaluate_per_query(qrels, run, ["ndcg@10"])
+        return EvalResult(label, mean(per_query, ["ndcg@10"]), per_query, run, pairs=2)
+
+    base, tuned = result("base", {"q": [("b", 2.0), ("a", 1.0)]}), result("tuned", {"q": [("a", 1 + 1e-9), ("b", 1.0)]})
+    summary = write_report(tmp_path, [base, tuned], 0, ["ndcg@10"], "ndcg@10", {}, qrels=qrels)
+    for res, entry in zip((base, tuned), summary["systems"], strict=True):
+        assert read_run(tmp_path / entry["run_file"]) == res.run
+    assert "| tuned | 1.0000 (+0.3691) |" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
 def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
