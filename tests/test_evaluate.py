@@ -303,6 +303,14 @@ def test_the_reports_run_files_keep_exact_scores_and_its_table_four_decimal_delt
     assert "| tuned | 1.0000 (+0.3691) |" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
+def test_p_values_are_printed_to_4_decimals_and_below_that_as_a_bound():
+    from tuner.report import _fmt_p
+
+    assert [_fmt_p(p) for p in (0.04999, 0.005, 0.0001, 0.00005, None)] == [
+        "0.0500", "0.0050", "0.0001", "<0.0001", "n/a"
+    ]  # fmt: skip
+
+
 def _random_adapter(base_dir, out_dir, seed: int = 0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
