@@ -57,6 +57,13 @@ def test_cross_field_checks():
             load_config(None, ["data.group_size=1", f"loss.kind={kind}"])
     with pytest.raises(ConfigError, match="load_in_4bit"):
         load_config(None, ["model.load_in_4bit=true", "lora.enabled=false"])
+    # the best checkpoint must be a step both evaluated and saved
+    with pytest.raises(ConfigError, match=r"train.save_steps \(10\) must be a multiple of eval.steps \(3\)"):
+        load_config(None, ["eval.beir=data/scifact", "eval.steps=3", "train.save_steps=10"])
+    load_config(None, ["eval.beir=data/scifact", "eval.steps=5", "train.save_steps=10"])
+    # and each range's edge itself is a valid value
+    edges = ["loss.hard_label_weight=1", "lora.dropout=0", "model.checkpoint_ratio=1", "train.max_grad_norm=0"]
+    load_config(None, [*edges, "train.batch_groups=1", "train.grad_accum=1", "train.warmup=0"])
 
 
 @pytest.mark.parametrize(
@@ -79,6 +86,14 @@ def test_cross_field_checks():
         ("eval.metrics=[]", "eval.metrics: must name at least one metric"),  # was an IndexError after mining
         ("loss.pos_weight=-5", "loss.pos_weight: must be > 0"),  # the loss went unbounded below
         ("loss.pos_weight=0", "loss.pos_weight: must be > 0"),  # no positive term at all
+        # the edges: each of these would train nothing, or divide by zero, without a word
+        ("train.lr=0", "train.lr: must be > 0"),
+        ("train.epochs=0", "train.epochs: must be > 0"),
+        ("lora.dropout=1", r"lora.dropout: must be in \[0, 1\)"),
+        ("model.checkpoint_ratio=0", r"model.checkpoint_ratio: must be in \(0, 1\]"),
+        ("loss.hard_label_weight=1.5", r"loss.hard_label_weight: must be in \[0, 1\]"),
+        ("train.batch_groups=0", "train.batch_groups: must be >= 1"),
+        ("train.grad_accum=0", "train.grad_accum: must be >= 1"),
     ],
 )
 def test_values_out_of_range_name_the_override(tmp_path, override, message):
