@@ -769,3 +769,41 @@ def test_the_dev_evaluation_scores_with_the_recipes_instruction(evaluator, tiny_
     want = evaluator.evaluate(Reranker(model, tokenizer, max_length=96, instruction="Find the topic"))
     default = evaluator.evaluate(Reranker(model, tokenizer, max_length=96))
     assert got == want.metrics and want.per_query != default.per_query  # (the instruction moves this set's ranks)
+
+
+def test_the_recipe_reaches_the_trainer_and_the_runs_tuner_json(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """Each recipe field is handed to the piece that applies it: the optimizer and schedule (TrainingArguments), the
+    sampler, the collator's instruction, the loss options, the dev evaluation; and the adapter's and checkpoints'
+    tuner.json record the instruction and max_length that export and serve then use."""
+    from tuner.trainer import RerankTrainer
+
+    built = []
+    original = RerankTrainer.__init__
+    monkeypatch.setattr(RerankTrainer, "__init__", lambda self, *a, **k: built.append(self) or original(self, *a, **k))
+    recipe = (
+        *("train.seed=7", "train.lr=3e-3", "train.weight_decay=0.01", "train.scheduler=cosine", "train.warmup=1"),
+        *("train.max_grad_norm=0.5", "train.grad_accum=2", "train.batch_groups=1", "train.max_steps=1"),
+        *("data.group_size=3", "data.positives_per_group=2", "data.instruction=Find the topic", "model.max_length=80"),
+        *("loss.temperature=0.5", "loss.teacher_temperature=2.0", "loss.hard_label_weight=0.25", "loss.pos_weight=3"),
+        *(f"eval.beir={beir}", "eval.split=test", "eval.top_k=3", "eval.before=false"),
+    )
+    result = train(tiny_config(tiny_model_dir, beir, tmp_path / "run", *recipe))
+    (trainer,) = built
+    args = {k: getattr(trainer.args, k) for k in ("seed", "data_seed", "learning_rate", "weight_decay", "warmup_steps")}
+    assert args == {"seed": 7, "data_seed": 7, "learning_rate": 3e-3, "weight_decay": 0.01, "warmup_steps": 1}
+    args = {
+        k: getattr(trainer.args, k)
+        for k in ("max_grad_norm", "gradient_accumulation_steps", "per_device_train_batch_size")
+    }
+    assert args == {"max_grad_norm": 0.5, "gradient_accumulation_steps": 2, "per_device_train_batch_size": 1}
+    assert trainer.args.lr_scheduler_type.value == "cosine"
+    data = trainer.train_dataset
+    assert (data.group_size, data.seed, data.positives) == (3, 7, 2) and trainer.epoch_sampler.seed == 7
+    assert trainer.data_collator.default_instruction == "Find the topic"
+    assert trainer.data_collator.encoder.max_length == 80
+    loss = {"pos_weight": 3.0, "temperature": 0.5, "teacher_temperature": 2.0, "hard_label_weight": 0.25}
+    assert trainer.loss_kwargs == loss
+    assert trainer.rank_eval.kwargs["instruction"] == "Find the topic" and trainer.rank_eval.kwargs["max_length"] == 80
+    for folder in (result["adapter_dir"], tmp_path / "run" / "checkpoints" / "checkpoint-1"):
+        meta = json.loads((folder / "tuner.json").read_text())
+        assert (meta["instruction"], meta["max_length"]) == ("Find the topic", 80), folder
