@@ -350,3 +350,11 @@ def test_sweeps_build_runs_the_recipe_accepts_each_in_its_own_directory_chosen_o
 
 def test_sweeps_shipped():
     assert {p.name for p in SWEEPS} >= {"qwen3-reranker-4b-lora.yaml", "tiny-cpu.yaml"}
+
+
+def test_a_boolean_or_a_word_is_not_a_number():
+    """YAML's `true` is not LoRA rank 1, nor is a word a learning rate (a float("fast") crash after the fact)."""
+    with pytest.raises(ConfigError, match=r"^override 'lora\.r=true': lora\.r: expected int, got bool True"):
+        load_config(None, ["lora.r=true"])
+    with pytest.raises(ConfigError, match=r"^override 'train\.lr=fast': train\.lr: expected float, got str 'fast'"):
+        load_config(None, ["train.lr=fast"])
