@@ -358,3 +358,9 @@ def test_a_boolean_or_a_word_is_not_a_number():
         load_config(None, ["lora.r=true"])
     with pytest.raises(ConfigError, match=r"^override 'train\.lr=fast': train\.lr: expected float, got str 'fast'"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_an_override_value_may_hold_an_equals_sign():
+    """Only the first `=` splits key from value: an instruction with an `=` in it is kept whole."""
+    config = load_config(None, ["data.instruction=Find passages where x=y holds"])
+    assert config.data.instruction == "Find passages where x=y holds"
