@@ -364,3 +364,12 @@ def test_an_override_value_may_hold_an_equals_sign():
     """Only the first `=` splits key from value: an instruction with an `=` in it is kept whole."""
     config = load_config(None, ["data.instruction=Find passages where x=y holds"])
     assert config.data.instruction == "Find passages where x=y holds"
+
+
+def test_a_recipe_is_named_after_its_file_unless_it_says(tmp_path):
+    """The name is the run's default folder (runs/<name>): two recipes without a `name:` do not share one."""
+    recipe = tmp_path / "scifact-lora.yaml"
+    recipe.write_text("train:\n  lr: 1.0e-4\n")
+    assert load_config(recipe).name == "scifact-lora"
+    recipe.write_text("name: mine\ntrain:\n  lr: 1.0e-4\n")
+    assert load_config(recipe).name == "mine"
