@@ -329,6 +329,9 @@ def test_a_second_train_into_a_run_being_trained_stops_before_it_writes(finished
 
     assert train(overwrite, callbacks=[Peek()])["metrics"]["train"]["global_step"] == 1
     assert held == [os.getpid()] and not lock.exists()
+    # a lock with this very process's pid was left by another process that had it (a container restarted)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-07T10:00:00"}))
+    assert train(overwrite)["metrics"]["train"]["global_step"] == 1 and not lock.exists()
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-12-07T10:00:00"}))
     with pytest.raises(ConfigError, match=rf"pid 1 on elsewhere.*delete {re.escape(str(lock))}"):
         train(overwrite)

@@ -69,7 +69,8 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
                 pid, host = int(holder["pid"]), str(holder["host"])
             except (OSError, ValueError, KeyError, TypeError):
                 holder, pid, host = {}, -1, me["host"]  # unreadable: written by a process killed mid-write
-            if host == me["host"] and not _alive(pid):
+            # its pid ours: a container restarted with the same pid; a pid nobody holds: a killed run
+            if host == me["host"] and (pid == me["pid"] or not _alive(pid)):
                 log.warning("%s: the run that held it (pid %s) is gone; taking it over", lock, pid)
                 lock.unlink(missing_ok=True)
                 continue
