@@ -509,3 +509,23 @@ def test_a_max_length_past_the_models_positions_is_refused(tiny_reranker, tiny_m
     argv = ["score", "--model", str(tiny_model_dir), "--query", "q", "--documents", str(docs)]
     assert main([*argv, "--max-length", str(limit + 1)]) == 2
     assert f"use at most {limit}" in capsys.readouterr().err
+
+
+def test_an_adapters_tuner_json_settings_win_over_its_bases(tiny_model_dir, tmp_path):
+    """A base that carries its own tuner.json (a merged export tuned a second time): the adapter's instruction and
+    max_length are the ones it was trained with, and they are what scoring uses, not the base's."""
+    from train_helpers import random_lora
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "tuner.json").write_text(json.dumps({"instruction": "the base's", "max_length": 64}))
+    random_lora(base).save_pretrained(tmp_path / "adapter")
+    meta = {"base_model": str(base), "instruction": "the adapter's", "max_length": 96}
+    (tmp_path / "adapter" / "tuner.json").write_text(json.dumps(meta))
+    for reranker in (
+        Reranker.from_pretrained(base, adapter=tmp_path / "adapter", device="cpu", dtype="float32"),
+        Reranker.from_pretrained(tmp_path / "adapter", device="cpu", dtype="float32"),  # the adapter alone
+    ):
+        assert (reranker.instruction, reranker.encoder.max_length) == ("the adapter's", 96)
+    alone = Reranker.from_pretrained(base, device="cpu", dtype="float32")
+    assert (alone.instruction, alone.encoder.max_length) == ("the base's", 64)
