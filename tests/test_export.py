@@ -435,3 +435,19 @@ def test_an_export_replacing_one_with_a_calibration_applied_after_it_says_so(run
     assert f"{out / 'tuner.json'} had calibration {{'temperature': 3.0, 'bias': -1.0}}" in warned[0]
     assert f"tuner calibrate ... --apply {run_dir / 'adapter'}" in warned[0]
     assert json.loads((out / "tuner.json").read_text())["calibration"] == {"temperature": 2.0, "bias": 0.25}
+
+
+def test_a_merged_export_naming_its_base_is_not_taken_for_a_full_fine_tuning_run(tmp_path, tiny_model_dir, capsys):
+    """An export's tuner.json names its base_model too, as a full fine-tuning run's model does: its `format` is
+    what tells them apart, so `tuner export EXPORT/merged` names the export instead of exporting it again."""
+    from tuner.loading import full_fine_tune_dir
+
+    merged = tmp_path / "exp" / "merged"
+    shutil.copytree(tiny_model_dir, merged)
+    (merged / "tuner.json").write_text(json.dumps({"format": "merged", "base_model": str(tiny_model_dir)}))
+    assert full_fine_tune_dir(merged) is None and full_fine_tune_dir(tmp_path / "exp") is None
+    assert main(["export", str(merged), "--out", str(tmp_path / "o")]) == 2
+    assert f"{merged}: a tuner export (merged format" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (merged / "tuner.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))  # what a run writes
+    assert full_fine_tune_dir(merged) == merged
