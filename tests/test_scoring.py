@@ -529,3 +529,14 @@ def test_an_adapters_tuner_json_settings_win_over_its_bases(tiny_model_dir, tmp_
         assert (reranker.instruction, reranker.encoder.max_length) == ("the adapter's", 96)
     alone = Reranker.from_pretrained(base, device="cpu", dtype="float32")
     assert (alone.instruction, alone.encoder.max_length) == ("the base's", 64)
+
+
+def test_the_default_dtype_is_fp32_on_cpu_and_bf16_on_cuda(tiny_model_dir):
+    """dtype=None: fp32 where bf16 is slow and rounds scores (CPU), bf16 on a GPU."""
+    from tuner.loading import _resolve_dtype
+
+    assert _resolve_dtype(None, torch.device("cpu")) is torch.float32
+    assert _resolve_dtype(None, torch.device("cuda")) is torch.bfloat16
+    assert _resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16 and _resolve_dtype("auto", None) == "auto"
+    reranker = Reranker.from_pretrained(tiny_model_dir, device="cpu")
+    assert {p.dtype for p in reranker.model.parameters()} == {torch.float32}
