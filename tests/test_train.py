@@ -807,3 +807,18 @@ def test_the_recipe_reaches_the_trainer_and_the_runs_tuner_json(tiny_model_dir, 
     for folder in (result["adapter_dir"], tmp_path / "run" / "checkpoints" / "checkpoint-1"):
         meta = json.loads((folder / "tuner.json").read_text())
         assert (meta["instruction"], meta["max_length"]) == ("Find the topic", 80), folder
+
+
+def test_the_base_evaluations_key_holds_what_the_base_figures_depend_on():
+    """A base measured with one instruction (or seed, precision, max_length, top_k) is not read back for another: a
+    sweep over data.instruction through eval.base_cache_dir would report the first instruction's base for all."""
+    from tuner.config import load_config
+    from tuner.train import _eval_inputs
+
+    plain = _eval_inputs(load_config(None, []))
+    for override in ("data.instruction=Find the topic", "train.seed=7", "train.precision=fp32", "model.max_length=512",
+                     "eval.top_k=10"):  # fmt: skip
+        assert _eval_inputs(load_config(None, [override])) != plain, override
+    # where the figures are kept, and what trains after them, are not part of it
+    for override in ("eval.base_cache_dir=/tmp/elsewhere", "train.lr=1e-3", "lora.r=4", "data.group_size=4"):
+        assert _eval_inputs(load_config(None, [override])) == plain, override
