@@ -337,6 +337,28 @@ def test_a_second_train_into_a_run_being_trained_stops_before_it_writes(finished
         train(overwrite)
 
 
+def test_a_run_lock_being_written_is_not_taken_for_a_dead_ones(tmp_path):
+    """The lock file exists (made) a moment before its JSON is in it: a second run that read it empty then took it
+    for one left by a killed process and took it over, so both trained. A fresh unreadable lock is a run
+    starting; an old one is a leftover, taken over. Release removes this call's lock only, not one that replaced
+    it."""
+    from tuner.train_setup import LOCK_FILE, run_lock
+
+    lock = tmp_path / "logs" / LOCK_FILE
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    with pytest.raises(ConfigError, match="another tuner train is starting in it"), run_lock(tmp_path):
+        pass
+    assert lock.read_text() == ""
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    with run_lock(tmp_path):
+        mine = json.loads(lock.read_text())
+        assert mine["pid"] == os.getpid()
+        lock.write_text(json.dumps({**mine, "token": "someone else's"}))  # taken over by another run meanwhile
+    assert json.loads(lock.read_text())["token"] == "someone else's"  # not released from under it
+
+
 def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_path, monkeypatch):
     from tuner.trainer import RerankTrainer
 

@@ -59,7 +59,9 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
 
     lock = out / "logs" / LOCK_FILE
     lock.parent.mkdir(parents=True, exist_ok=True)
+    # the token tells this call's lock from any other's, a second run in this very process (a notebook) too
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    me["token"] = os.urandom(8).hex()
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -68,7 +70,13 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
                 holder = json.loads(lock.read_text(encoding="utf-8"))
                 pid, host = int(holder["pid"]), str(holder["host"])
             except (OSError, ValueError, KeyError, TypeError):
-                holder, pid, host = {}, -1, me["host"]  # unreadable: written by a process killed mid-write
+                # unreadable: a run starting this very moment (made, not yet written) or killed mid-write
+                if _age(lock) < 10:
+                    raise ConfigError(
+                        f"{out}: another tuner train is starting in it ({lock} was just made); train into "
+                        "another output.dir"
+                    ) from None
+                holder, pid, host = {}, -1, me["host"]
             # its pid ours: a container restarted with the same pid; a pid nobody holds: a killed run
             if host == me["host"] and (pid == me["pid"] or not _alive(pid)):
                 log.warning("%s: the run that held it (pid %s) is gone; taking it over", lock, pid)
@@ -86,10 +94,20 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
         yield
     finally:
         try:
-            if json.loads(lock.read_text(encoding="utf-8")).get("pid") == me["pid"]:
+            if json.loads(lock.read_text(encoding="utf-8")).get("token") == me["token"]:
                 lock.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _age(path: Path) -> float:
+    """Seconds since `path` was last written (0 if it is gone: as fresh as can be)."""
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _alive(pid: int) -> bool:
