@@ -432,3 +432,9 @@ def test_mining_a_labeled_file_of_positives_alone(tmp_path, capsys):
     assert capsys.readouterr().err.endswith(
         f"--corpus {gz.parent / 'corpus.jsonl'}: no such file; did you mean {gz}?\n"
     )
+    # a BEIR folder given for its corpus file: said to be a folder, not "no such file; did you mean <itself>?"
+    argv = ["mine", "--data", str(pairs), "--corpus", str(gz.parent), "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--corpus {gz.parent}: a folder; --corpus takes a corpus file (a BEIR corpus.jsonl[.gz]), e.g. {gz}\n"
+    )

@@ -261,6 +261,13 @@ def _run_mine(args) -> int:
         )
     if args.corpus and not args.data:
         raise UserError("--corpus adds documents to a --data file's pool (a BEIR folder has its own corpus)")
+    if args.corpus and Path(args.corpus).expanduser().is_dir():  # not "no such file; did you mean <itself>?"
+        inside = [Path(args.corpus) / n for n in ("corpus.jsonl", "corpus.jsonl.gz")]
+        inside = [p for p in inside if p.expanduser().is_file()]
+        raise UserError(
+            f"--corpus {args.corpus}: a folder; --corpus takes a corpus file (a BEIR corpus.jsonl[.gz])"
+            + (f", e.g. {inside[0]}" if inside else "")
+        )
     if args.corpus and not Path(args.corpus).expanduser().is_file():
         from tuner.files import similar_names
 
