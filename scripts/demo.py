@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # the recipe's relative paths (data/, runs/) are relative to the checkout
 
     from tuner.config import load_config
-    from tuner.train import CHECKPOINTS_DIR, train
+    from tuner.train import train
     from tuner.train_setup import output_dir_for
 
     config = load_config(args.recipe, args.overrides)
     out = output_dir_for(config)
-    # A demo starts from scratch: drop an earlier demo's checkpoints (the rest is overwritten).
-    shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
+    # A demo starts from scratch: train() drops an earlier demo's checkpoints and outputs (output.overwrite), once it
+    # holds the run lock (not here: a demo still training into `out` keeps them)
     config.output.overwrite = True
     print(f"tuner demo: training {args.recipe} -> {out}", flush=True)
 

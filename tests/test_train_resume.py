@@ -359,6 +359,33 @@ def test_a_run_lock_being_written_is_not_taken_for_a_dead_ones(tmp_path):
     assert json.loads(lock.read_text())["token"] == "someone else's"  # not released from under it
 
 
+def test_make_demo_leaves_the_checkpoints_of_a_run_being_trained(tmp_path, monkeypatch):
+    """`make demo` while another demo trains into the same folder: scripts/demo.py deleted its checkpoints itself
+    before train() took the run lock; the lock now stops it first (output.overwrite clears them after the lock)."""
+    import importlib.util
+    import socket
+    from pathlib import Path
+
+    from tuner.train_setup import LOCK_FILE
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
+    spec = importlib.util.spec_from_file_location("demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    monkeypatch.chdir(tmp_path)  # the demo moves to the checkout: put the test's directory back afterwards
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):  # the demo's, undone after
+        monkeypatch.setenv(name, os.environ.get(name, value))
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (out / "logs").mkdir()
+    # held by a live process of this host that is not this one (this test's parent)
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-07T10:00:00"}
+    (out / "logs" / LOCK_FILE).write_text(json.dumps(holder), encoding="utf-8")
+    with pytest.raises(ConfigError, match="being trained by another tuner train"):
+        demo.main([f"output.dir={out}"])
+    assert (out / "checkpoints" / "checkpoint-5").is_dir()
+
+
 def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_path, monkeypatch):
     from tuner.trainer import RerankTrainer
 
