@@ -280,6 +280,33 @@ def test_a_checkpoint_exported_after_an_instruction_was_applied_to_its_run_says_
     assert json.loads((tmp_path / "applied" / "tuner.json").read_text())["instruction"] == RUN_INSTRUCTION
 
 
+def test_a_full_fine_tunes_checkpoint_exported_after_an_instruction_was_applied_to_its_run_says_so(
+    tmp_path, caplog, monkeypatch
+):
+    """The same for a run with lora.enabled=false: `tuner instruct --apply RUN` rewrites RUN/model's tuner.json,
+    which the check did not read (it looked for RUN/adapter only), so its checkpoints were exported in silence."""
+    import tuner.export as export_module
+
+    run = tmp_path / "full"
+    checkpoint = run / "checkpoints" / "checkpoint-5"
+    meta = {"base_model": "Qwen/Qwen3-Reranker-4B", "max_length": 256, "recipe": "full"}
+    for folder, instruction in ((checkpoint, RUN_INSTRUCTION), (run / "model", "Find the applied thing")):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "tuner.json").write_text(json.dumps({**meta, "instruction": instruction}))
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):  # the warning comes before the model loads: none is needed
+        raise Stop
+
+    monkeypatch.setattr(export_module, "_tokenizer_for", stop)
+    with caplog.at_level("WARNING", logger="tuner.export"), pytest.raises(Stop):
+        export_module.export(checkpoint, tmp_path / "o", formats=["merged"], device="cpu")
+    assert 'its run\'s model was given "Find the applied thing" after training' in caplog.text
+
+
 def test_the_card_names_the_base_as_the_recipe_gave_it_not_this_machines_path(tmp_path):
     """A card shipped to a hub said `Base model: /home/me/runs/x/tiny-model`: a path on the trainer's machine."""
     from tuner.export_card import model_card

@@ -73,10 +73,13 @@ class ParityError(RuntimeError):
     """An export whose formats do not score like the training-time scorer (nothing was written)."""
 
 
-def _warn_instruction_applied_to_run(checkpoint: Path, instruction: str | None, run_meta: dict[str, Any]) -> None:
-    """A run's adapter and checkpoints carry the recipe's instruction; `tuner instruct --apply RUN` rewrites the
-    adapter's alone. A checkpoint exported after it keeps the recipe's, which the export then serves by default:
-    said, since the user applied the other one "to the run" (the checkpoint's own is kept: it was never searched)."""
+def _warn_instruction_applied_to_run(
+    checkpoint: Path, instruction: str | None, run_meta: dict[str, Any], what: str = "adapter"
+) -> None:
+    """A run's adapter (`what`: its model, for a full fine-tune) and checkpoints carry the recipe's instruction;
+    `tuner instruct --apply RUN` rewrites the adapter's alone. A checkpoint exported after it keeps the recipe's,
+    which the export then serves by default: said, since the user applied the other one "to the run" (the
+    checkpoint's own is kept: it was never searched)."""
     from tuner.contract import DEFAULT_INSTRUCTION
 
     def effective(text: str | None) -> str:
@@ -85,11 +88,12 @@ def _warn_instruction_applied_to_run(checkpoint: Path, instruction: str | None, 
     if not run_meta or effective(run_meta.get("instruction")) == effective(instruction):
         return
     log.warning(
-        "%s: exported with its own default instruction %s; its run's adapter was given %s after training (tuner "
+        "%s: exported with its own default instruction %s; its run's %s was given %s after training (tuner "
         "instruct --apply). To export this checkpoint with that one, apply it here too (tuner instruct ... --apply "
         "%s) or set 'instruction' in %s",
         checkpoint,
         json.dumps(effective(instruction), ensure_ascii=False),
+        what,
         json.dumps(effective(run_meta.get("instruction")), ensure_ascii=False),
         checkpoint,
         checkpoint / TUNER_META,
@@ -383,7 +387,9 @@ def export(
     run_config = run_dir / "config.yaml"
     recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
     if adapter_dir.parent.name == "checkpoints":
-        _warn_instruction_applied_to_run(adapter_dir, instruction, read_meta(run_dir / "adapter"))
+        # what `tuner instruct --apply RUN` rewrites: RUN/adapter, or a full fine-tune's RUN/model (tuner.train's)
+        final = run_dir / ("model" if full is not None else "adapter")
+        _warn_instruction_applied_to_run(adapter_dir, instruction, read_meta(final), final.name)
 
     # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
     # Reranker the trainer evaluates.
