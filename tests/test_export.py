@@ -307,6 +307,18 @@ def test_a_full_fine_tunes_checkpoint_exported_after_an_instruction_was_applied_
     assert 'its run\'s model was given "Find the applied thing" after training' in caplog.text
 
 
+def test_the_cards_vllm_line_serves_the_name_tuner_serve_answers_to(tmp_path):
+    """The card's `vllm serve` line had no --served-model-name: vLLM answered to the export's path, while `tuner
+    serve` (and the line `tuner serve --engine vllm` prints) answer to the export's name, so a client's `model`
+    got 404 from one of them."""
+    from tuner.export_card import model_card
+
+    meta = {"format": "seq-cls", "base_model": "Qwen/Qwen3-Reranker-4B"}
+    card = model_card(tmp_path / "quick-export" / "seq-cls", meta, name="quick-export")
+    assert "--max-model-len 8192 --served-model-name quick-export\n" in card
+    assert "--served-model-name single\n" in model_card(tmp_path / "single", meta)  # a one-format export: its folder
+
+
 def test_the_card_names_the_base_as_the_recipe_gave_it_not_this_machines_path(tmp_path):
     """A card shipped to a hub said `Base model: /home/me/runs/x/tiny-model`: a path on the trainer's machine."""
     from tuner.export_card import model_card

@@ -355,7 +355,8 @@ def model_card(
     else:
         parts += [
             "```bash",
-            " ".join(shlex.quote(a) for a in vllm_args(path, meta)),
+            # the name `tuner serve` answers to (its default_served_name): one `model` for every engine and format
+            " ".join(shlex.quote(a) for a in [*vllm_args(path, meta), "--served-model-name", name or Path(path).name]),
             "```",
             "",
             "Then `POST /v1/rerank` with `{query, documents}`. The chat template renders the contract prompt; pass "
