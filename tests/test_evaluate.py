@@ -601,20 +601,10 @@ def test_cli_eval_splits_the_queries_by_the_training_data_of_the_adapters_run(
     assert "training_overlap" not in json.loads((tmp_path / "gone" / "metrics.json").read_text())
 
 
-def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_dir, beir_dir, monkeypatch):
-    """`tuner eval --base-cache DIR`: the base (the adapter disabled) is scored once for a set; a later eval of
-    another adapter of that base reads it back, ranked run included (the paired tests against it are the same);
-    another instruction is another entry."""
-    from tuner import eval_run
+def _count_scored(monkeypatch) -> list:
+    """The label of each system `Evaluator.evaluate` scores from now on (a base read from the cache is not)."""
     from tuner.evaluate import Evaluator
 
-    cache = tmp_path / "base-cache"
-    options = {"top_k": 5, "show_progress": False, "cache_dir": None, "base_cache_dir": cache}
-    first = eval_run.run_eval(
-        str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=str(_random_adapter(tiny_model_dir, tmp_path / "x")),
-        **options,
-    )  # fmt: skip
-    assert len(list(cache.glob("base-*.json"))) == 1
     scored = []
     evaluate = Evaluator.evaluate
 
@@ -623,6 +613,23 @@ def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_di
         return evaluate(self, model, *args, **kwargs)
 
     monkeypatch.setattr(Evaluator, "evaluate", counted)
+    return scored
+
+
+def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_dir, beir_dir, monkeypatch):
+    """`tuner eval --base-cache DIR`: the base (the adapter disabled) is scored once for a set; a later eval of
+    another adapter of that base reads it back, ranked run included (the paired tests against it are the same);
+    another instruction is another entry."""
+    from tuner import eval_run
+
+    cache = tmp_path / "base-cache"
+    options = {"top_k": 5, "show_progress": False, "cache_dir": None, "base_cache_dir": cache}
+    first = eval_run.run_eval(
+        str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=str(_random_adapter(tiny_model_dir, tmp_path / "x")),
+        **options,
+    )  # fmt: skip
+    assert len(list(cache.glob("base-*.json"))) == 1
+    scored = _count_scored(monkeypatch)
     other = str(_random_adapter(tiny_model_dir, tmp_path / "y", seed=1))
     second = eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "b", adapter=other, **options)
     assert scored == ["tuned"]
@@ -670,20 +677,12 @@ def test_the_base_cache_keys_the_prompt_budget_and_the_model_options(tmp_path, t
     """`tuner eval --base-cache`: an adapter whose tuner.json sets another `max_length` scores its base with that
     budget, and another dtype scores it in that precision: neither reads back an entry measured otherwise."""
     from tuner import eval_run
-    from tuner.evaluate import Evaluator
 
     options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
     options["base_cache_dir"] = tmp_path / "base-cache"
     adapter = str(_random_adapter(tiny_model_dir, tmp_path / "x"))
     eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=adapter, **options)
-    scored = []
-    evaluate = Evaluator.evaluate
-
-    def counted(self, model, *args, **kwargs):
-        scored.append(kwargs.get("label"))
-        return evaluate(self, model, *args, **kwargs)
-
-    monkeypatch.setattr(Evaluator, "evaluate", counted)
+    scored = _count_scored(monkeypatch)
     (tmp_path / "x" / "tuner.json").write_text(json.dumps({"max_length": 80}), encoding="utf-8")
     eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "b", adapter=adapter, **options)
     assert scored == ["base", "tuned"]
