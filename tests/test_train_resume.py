@@ -359,6 +359,46 @@ def test_a_run_lock_being_written_is_not_taken_for_a_dead_ones(tmp_path):
     assert json.loads(lock.read_text())["token"] == "someone else's"  # not released from under it
 
 
+def test_only_rank_0_of_a_launch_takes_the_run_lock(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """Under torchrun every rank runs train() on one host: rank 1 taking the lock would find rank 0's (a live pid)
+    and stop the launch. The launcher's RANK says which process holds it; the others neither take nor check it."""
+    import socket
+
+    from tuner import train_setup
+    from tuner.train_setup import LOCK_FILE, run_lock
+
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    lock = out / "logs" / LOCK_FILE
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-07T10:00:00"}  # rank 0's
+    lock.write_text(json.dumps(holder), encoding="utf-8")
+    with run_lock(out, main=False):
+        assert json.loads(lock.read_text()) == holder
+    assert json.loads(lock.read_text()) == holder  # left to its holder
+    with pytest.raises(ConfigError, match="being trained by another tuner train"), run_lock(out, main=True):
+        pass
+
+    class Taken(Exception):
+        pass
+
+    mains = []
+
+    def record(out, main=True):
+        mains.append(main)
+        raise Taken
+
+    monkeypatch.setattr(train_setup, "run_lock", record)
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "r", "train.max_steps=1")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(Taken):
+            train(config)
+    monkeypatch.delenv("RANK")
+    with pytest.raises(Taken):
+        train(config)
+    assert mains == [False, True, True]
+
+
 def test_make_demo_leaves_the_checkpoints_of_a_run_being_trained(tmp_path, monkeypatch):
     """`make demo` while another demo trains into the same folder: scripts/demo.py deleted its checkpoints itself
     before train() took the run lock; the lock now stops it first (output.overwrite clears them after the lock)."""
