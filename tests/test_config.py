@@ -151,6 +151,9 @@ def test_an_unknown_key_suggests_the_close_one_or_its_section():
         ("trian.max_steps=100", "did you mean 'train'? known in this section: data, eval"),
         ("max_steps=100", "did you mean 'train.max_steps'? known in this section: data, eval"),
         ("split=dev", "did you mean 'data.split' or 'eval.split'? known in this section: data, eval"),
+        # a key of another section: that one, not a close key of this section of another meaning (eval.steps)
+        ("eval.max_steps=3", "did you mean 'train.max_steps'? known in this section: base_cache_dir"),
+        ("train.top_k=5", "did you mean 'eval.top_k'? known in this section: batch_groups"),
         ("zzz=1", "unknown key 'zzz' (known in this section: data, eval"),
     ]
     for override, message in cases:

@@ -297,12 +297,19 @@ def _section_types(cls) -> dict[str, Any]:
 def _did_you_mean(hints: dict[str, Any], prefix: str, key: str, known: set[str]) -> str:
     """ "did you mean 'train.max_steps'? " for a mistyped key ("max_step") or, at the top level, a section's key
     given without its section ("max_steps"); "" when nothing is close."""
+
+
+def _did_you_mean(prefix: str, key: str, known: set[str]) -> str:
+    """ "did you mean 'train.max_steps'? " for a section's key given without its section ("max_steps") or under
+    another section ("eval.max_steps", not eval's "steps" of another meaning), else for a mistyped key
+    ("max_step"); "" when nothing is close."""
     import difflib
 
-    guesses = []
-    if not prefix:  # `max_steps=100`: the field of a section
-        sections = [n for n in sorted(known) if dataclasses.is_dataclass(hints.get(n))]
-        guesses = [f"{n}.{key}" for n in sections if key in {f.name for f in fields(hints[n])}]
+    root = _section_types(Config)
+    sections = [n for n in sorted(root) if dataclasses.is_dataclass(root[n]) and f"{n}." != prefix]
+    guesses = [
+        f"{n}.{key}" for n in sections if key in {f.name for f in fields(root[n]) if not f.metadata.get("internal")}
+    ]
     guesses = guesses or [prefix + k for k in difflib.get_close_matches(key, sorted(known), n=1)]
     return f"did you mean {' or '.join(repr(g) for g in guesses)}? " if guesses else ""
 
@@ -318,6 +325,9 @@ def _build(cls, data: Any, prefix: str, where: str):
             close = ", ".join(sorted(known))
             raise ConfigError(
                 f"{where}unknown key '{prefix}{key}' ({_did_you_mean(hints, prefix, str(key), known)}known in "
+
+
+                f"{where}unknown key '{prefix}{key}' ({_did_you_mean(prefix, str(key), known)}known in "
                 f"this section: {close})"
             )
         tp = hints[key]
