@@ -294,11 +294,6 @@ def _section_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _did_you_mean(hints: dict[str, Any], prefix: str, key: str, known: set[str]) -> str:
-    """ "did you mean 'train.max_steps'? " for a mistyped key ("max_step") or, at the top level, a section's key
-    given without its section ("max_steps"); "" when nothing is close."""
-
-
 def _did_you_mean(prefix: str, key: str, known: set[str]) -> str:
     """ "did you mean 'train.max_steps'? " for a section's key given without its section ("max_steps") or under
     another section ("eval.max_steps", not eval's "steps" of another meaning), else for a mistyped key
@@ -324,9 +319,6 @@ def _build(cls, data: Any, prefix: str, where: str):
         if key not in known:
             close = ", ".join(sorted(known))
             raise ConfigError(
-                f"{where}unknown key '{prefix}{key}' ({_did_you_mean(hints, prefix, str(key), known)}known in "
-
-
                 f"{where}unknown key '{prefix}{key}' ({_did_you_mean(prefix, str(key), known)}known in "
                 f"this section: {close})"
             )
