@@ -426,6 +426,29 @@ def test_make_demo_leaves_the_checkpoints_of_a_run_being_trained(tmp_path, monke
     assert (out / "checkpoints" / "checkpoint-5").is_dir()
 
 
+def test_a_lock_another_run_keeps_taking_over_is_not_trained_past(tmp_path, monkeypatch):
+    """Two takeovers in a row that each lose the lock to another starting run: the loop ended and the run trained
+    on without any lock. It refuses."""
+    import socket
+
+    from tuner import train_setup
+
+    lock = tmp_path / "logs" / train_setup.LOCK_FILE
+    lock.parent.mkdir()
+    real_open = os.open
+
+    def another_run_first(path, flags, *args):
+        if str(path) == str(lock):  # a dead run's lock, made again by another run just before each try
+            lock.write_text(json.dumps({"pid": 999999, "host": socket.gethostname()}))
+            raise FileExistsError(path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(train_setup.os, "open", another_run_first)
+    monkeypatch.setattr(train_setup, "_alive", lambda pid: False)
+    with pytest.raises(ConfigError, match="another tuner train is starting in it"), train_setup.run_lock(tmp_path):
+        pass
+
+
 def test_only_the_main_process_writes_metrics_json(tiny_model_dir, beir, tmp_path, monkeypatch):
     from tuner.trainer import RerankTrainer
 

@@ -90,6 +90,8 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(me, f)
         break
+    else:  # taken over twice and still not ours: another run is taking it over at the same time
+        raise ConfigError(f"{out}: another tuner train is starting in it ({lock}); wait for it, or train elsewhere")
     try:
         yield
     finally:
