@@ -46,11 +46,18 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
 
     A second `tuner train` into the same output.dir (a typo'd name, one terminal too many, a sweep agent given a
     fixed output.dir) rewrote the first's config.yaml and metrics.json, or with output.overwrite deleted its
-    checkpoints, while it ran. It now stops before it writes anything. The file names the process (pid, host): a
-    lock whose process is gone on this host (a killed run) is taken over; one from another host cannot be checked,
-    so it is named to delete by hand.
+    checkpoints, while it ran. It now stops before it writes anything, naming the holder (pid, host, start).
+
+    An advisory `flock` on the file, not the file's existence, is the lock: the kernel drops it when its process
+    ends however it ends (killed, out of memory, a node lost: on NFS when the lease runs out), so nothing is left
+    to judge stale by pid or to delete by hand, and two runs starting together cannot both take it. The file stays,
+    emptied on release. Without `fcntl` (not POSIX) there is no lock.
     """
-    if not main:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        fcntl = None
+    if not main or fcntl is None:
         yield
         return
     import json
@@ -59,69 +66,30 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
 
     lock = out / "logs" / LOCK_FILE
     lock.parent.mkdir(parents=True, exist_ok=True)
-    # the token tells this call's lock from any other's, a second run in this very process (a notebook) too
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    me["token"] = os.urandom(8).hex()
-    for _ in range(2):
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             try:
-                holder = json.loads(lock.read_text(encoding="utf-8"))
-                pid, host = int(holder["pid"]), str(holder["host"])
-            except (OSError, ValueError, KeyError, TypeError):
-                # unreadable: a run starting this very moment (made, not yet written) or killed mid-write
-                if _age(lock) < 10:
-                    raise ConfigError(
-                        f"{out}: another tuner train is starting in it ({lock} was just made); train into "
-                        "another output.dir"
-                    ) from None
-                holder, pid, host = {}, -1, me["host"]
-            # its pid ours: a container restarted with the same pid; a pid nobody holds: a killed run
-            if host == me["host"] and (pid == me["pid"] or not _alive(pid)):
-                log.warning("%s: the run that held it (pid %s) is gone; taking it over", lock, pid)
-                lock.unlink(missing_ok=True)
-                continue
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:  # taken an instant ago, not written yet
+                holder = {}
+            holder = holder if isinstance(holder, dict) else {}
             raise ConfigError(
-                f"{out} is being trained by another tuner train (pid {pid} on {host}, since "
-                f"{holder.get('started', '?')}): wait for it to end, or train into another output.dir "
-                f"(if that run is gone, delete {lock})"
+                f"{out} is being trained by another tuner train (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, since {holder.get('started', '?')}): wait for it to end, or train into "
+                "another output.dir"
             ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        break
-    else:  # taken over twice and still not ours: another run is taking it over at the same time
-        raise ConfigError(f"{out}: another tuner train is starting in it ({lock}); wait for it, or train elsewhere")
-    try:
-        yield
-    finally:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
         try:
-            if json.loads(lock.read_text(encoding="utf-8")).get("token") == me["token"]:
-                lock.unlink()
-        except (OSError, ValueError):
-            pass
-
-
-def _age(path: Path) -> float:
-    """Seconds since `path` was last written (0 if it is gone: as fresh as can be)."""
-    import time
-
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: is there such a process (no signal is sent)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # free: an empty lock file (the flock goes with the descriptor, below)
+    finally:
+        os.close(fd)
 
 
 # Keys a resumed run may change: they decide where and how often numbers are reported, never the numbers (the
