@@ -258,19 +258,31 @@ def test_a_checkpoint_exports_with_its_runs_recipe_and_settings(run_dir, tmp_pat
     assert meta["max_length"] == 512 and meta["instruction"] == RUN_INSTRUCTION
 
 
-def test_a_checkpoint_exported_after_an_instruction_was_applied_to_its_run_says_so(run_dir, tmp_path, caplog):
+def test_a_checkpoint_exported_after_an_instruction_was_applied_to_its_run_says_so(
+    run_dir, tmp_path, caplog, monkeypatch
+):
     """`tuner instruct --apply RUN` rewrites RUN/adapter's instruction alone; a checkpoint exported afterwards
     served the recipe's instruction by default without a word. It still does (its own was never searched), but
     the export says which instruction the run was given and how to apply it to the checkpoint."""
+    import tuner.export as export_module
+
     run = tmp_path / "run"
     checkpoint = run / "checkpoints" / "checkpoint-5"
     shutil.copytree(run_dir / "adapter", checkpoint)
     shutil.copytree(run_dir / "adapter", run / "adapter")
     shutil.copy(run_dir / "config.yaml", run / "config.yaml")
-    argv = ["export", str(checkpoint), "--format", "adapter", "--device", "cpu", "--overwrite"]
-    with caplog.at_level("WARNING", logger="tuner.export"):
-        assert main([*argv, "--out", str(tmp_path / "same")]) == 0
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):  # the check comes before the model loads: none is needed to see that nothing is said
+        raise Stop
+
+    with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="tuner.export"), pytest.raises(Stop):
+        patch.setattr(export_module, "_tokenizer_for", stop)
+        export_module.export(checkpoint, tmp_path / "same", formats=["adapter"], device="cpu")
     assert "after training" not in caplog.text  # the run's adapter has the checkpoint's instruction: nothing said
+    argv = ["export", str(checkpoint), "--format", "adapter", "--device", "cpu", "--overwrite"]
     meta = json.loads((run / "adapter" / "tuner.json").read_text())
     (run / "adapter" / "tuner.json").write_text(json.dumps({**meta, "instruction": "Find the applied thing"}))
     with caplog.at_level("WARNING", logger="tuner.export"):
