@@ -418,6 +418,23 @@ def test_a_mistyped_target_module_beside_good_ones_is_named(tiny_model_dir):
     assert adapted == {"q_proj", "v_proj"}
 
 
+def test_the_base_loads_for_training_without_a_kv_cache_and_lora_keeps_its_variant(tiny_model_dir):
+    """`model.use_rslora` / `use_dora` reach peft (train.py passes them to attach_lora): dropped, a recipe asking for
+    rank-stabilised scaling (alpha / sqrt(r)) or DoRA trained plain LoRA without a word. The training base has no KV
+    cache (a cache in every training forward only costs memory)."""
+    from tuner.modeling import attach_lora, load_base
+
+    base = load_base(tiny_model_dir, dtype="float32", device="cpu")
+    assert base.config.use_cache is False and base.training
+    rslora = attach_lora(base, r=4, alpha=8, target_modules=["q_proj"], use_rslora=True)
+    layer = next(m for m in rslora.modules() if hasattr(m, "lora_A"))
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)  # plain LoRA: 8 / 4
+    base = load_base(tiny_model_dir, dtype="float32", device="cpu")
+    dora = attach_lora(base, r=4, alpha=8, target_modules=["q_proj"], use_dora=True)
+    assert dora.peft_config["default"].use_dora
+    assert any("lora_magnitude_vector" in name for name, _ in dora.named_parameters())
+
+
 def test_training_groups_of_dev_queries_are_left_out_or_warned_about(tiny_model_dir, beir, tmp_path):
     """A dev query that is also a training query measures memory: left out by default (data.drop_dev_queries),
     kept with a warning when asked; a dev set of nothing but training queries leaves nothing to train on."""
