@@ -203,6 +203,17 @@ def test_a_broken_bfloat16_export_fails_the_gate(run_dir, tmp_path, monkeypatch,
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_chat_template_that_does_not_render_the_contracts_prompt_fails_the_gate(run_dir, tmp_path, monkeypatch):
+    """Weights intact, template wrong (here: it falls back to the model card's instruction, not the run's): vLLM and
+    sentence-transformers would score other prompts than tuner, so nothing is written."""
+    from tuner.chat_template import build_chat_template
+
+    monkeypatch.setattr(export_mod, "build_chat_template", lambda instruction: build_chat_template(None))
+    with pytest.raises(export_mod.ParityError, match=r"chat template matched .* of 9 probes"):
+        export(run_dir / "adapter", tmp_path / "bad", formats=["adapter"], device="cpu")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such run or adapter directory" in capsys.readouterr().err
