@@ -214,6 +214,15 @@ def test_a_chat_template_that_does_not_render_the_contracts_prompt_fails_the_gat
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_cards_max_length_check_lets_a_prompt_of_exactly_max_length_through(tmp_path):
+    """tuner scores a prompt of exactly `max_length` tokens: the card's transformers code must not refuse it."""
+    from tuner.export_card import model_card
+
+    for fmt in ("adapter", "merged", "seq-cls"):
+        card = model_card(tmp_path / fmt, {"format": fmt, "base_model": "/x", "max_length": 300})
+        assert "assert ids['input_ids'].shape[1] <= 300, 'over max_length" in card, fmt
+
+
 def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such run or adapter directory" in capsys.readouterr().err
