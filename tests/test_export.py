@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -209,8 +210,14 @@ def test_a_chat_template_that_does_not_render_the_contracts_prompt_fails_the_gat
     from tuner.chat_template import build_chat_template
 
     monkeypatch.setattr(export_mod, "build_chat_template", lambda instruction: build_chat_template(None))
-    with pytest.raises(export_mod.ParityError, match=r"chat template matched .* of 9 probes"):
+    with pytest.raises(export_mod.ParityError) as raised:
         export(run_dir / "adapter", tmp_path / "bad", formats=["adapter"], device="cpu")
+    # said in words, after the weights' rows (none failed here), not as a dict after a stray "; "
+    assert re.search(
+        r"\(float32, logits in fp32\): the chat template rendered the contract's prompt for \d of 9 probes "
+        r"\(\d with its token ids\); nothing was written",
+        str(raised.value),
+    ), raised.value
     assert not (tmp_path / "bad").exists()
 
 

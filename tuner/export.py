@@ -526,10 +526,10 @@ def export(
                 for f in failed
             )
             if bad_template:
-                details += f"; chat template matched {report['template']} of {len(PROBES)} probes"
-            raise ParityError(
-                f"parity gate failed ({dtype}, logits in fp32): {details.strip(', ')}; nothing was written to {out}"
-            )
+                strings, ids = report["template"]["prompt_strings_equal"], report["template"]["token_ids_equal"]
+                said = f"the chat template rendered the contract's prompt for {strings} of {len(PROBES)} probes"
+                details = "; ".join(filter(None, [details, f"{said} ({ids} with its token ids)"]))
+            raise ParityError(f"parity gate failed ({dtype}, logits in fp32): {details}; nothing was written to {out}")
 
         # 4. Record the figures and the model card, then move the export into place in one rename.
         for fmt, path in dirs.items():
