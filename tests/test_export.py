@@ -230,6 +230,32 @@ def test_the_cards_max_length_check_lets_a_prompt_of_exactly_max_length_through(
         assert "assert ids['input_ids'].shape[1] <= 300, 'over max_length" in card, fmt
 
 
+def test_the_cards_parity_table_says_which_rows_passed(tmp_path):
+    """The card's parity table is what a reader of a pushed export checks: a passing row says yes, a failing one NO
+    (a table of a passing export showing NO, or the reverse, misreports the export)."""
+    from tuner.export_card import model_card
+
+    row = {"max_abs_logit_delta": 1e-6, "passed": True, "compared_with": "reference", "tolerance": "float32"}
+    parity = {
+        "reference": "in-memory PEFT model, fp32, tuner Reranker",
+        "dtype": "float32",
+        "loaded_back_in": "float32",
+        "tolerance": {"atol": 1e-4, "rtol": 0.0},
+        "exact_tolerance": {"atol": 1e-4, "rtol": 0.0},
+        "probes": 9,
+        "in_memory": {"merged": row},
+        "formats": {"merged": row, "seq-cls": {**row, "max_abs_logit_delta": 0.5, "passed": False}},
+        "template": {"probes": 9, "prompt_strings_equal": 9, "token_ids_equal": 9},
+    }
+    card = model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "parity": parity})
+    assert "| merged (in memory) | 1.00e-06 | yes |" in card
+    assert "| merged | 1.00e-06 | yes |" in card and "| seq-cls | 5.00e-01 | NO |" in card
+    assert "| 9/9 strings, 9/9 token ids equal | yes |" in card
+    parity["template"] = {"probes": 9, "prompt_strings_equal": 9, "token_ids_equal": 8}
+    card = model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "parity": parity})
+    assert "| 9/9 strings, 8/9 token ids equal | NO |" in card  # the gate needs both
+
+
 def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such run or adapter directory" in capsys.readouterr().err

@@ -153,10 +153,11 @@ def _parity_table(parity: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['max_abs_logit_delta']:.2e} | {'yes' if row['passed'] else 'NO'} |")
     template = parity.get("template", {})
     if template:
+        # passed as the gate (and `tuner instruct --apply`) pass it: strings and token ids all equal
+        passed = template["prompt_strings_equal"] == template["token_ids_equal"] == template["probes"]
         lines.append(
             f"| chat template → contract prompt | {template['prompt_strings_equal']}/{template['probes']} strings, "
-            f"{template['token_ids_equal']}/{template['probes']} token ids equal | "
-            f"{'yes' if template['prompt_strings_equal'] == template['probes'] else 'NO'} |"
+            f"{template['token_ids_equal']}/{template['probes']} token ids equal | {'yes' if passed else 'NO'} |"
         )
     return "\n".join(lines)
 
