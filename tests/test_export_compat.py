@@ -281,3 +281,19 @@ def test_vllm_command_spells_the_dtype_as_vllm_takes_it(tmp_path, capsys):
     assert main(["serve", "--engine", "vllm", str(export_dir), "--dtype", "fp8"]) == 2
     err = capsys.readouterr().err
     assert "--dtype 'fp8'" in err and err.count("\n") == 1
+
+
+def test_vllm_command_takes_max_length_and_needs_the_chat_template(tmp_path, capsys):
+    """`--max-length` is the budget vLLM gets (`--max-model-len`, else tuner.json's); an export without its chat
+    template is refused (vLLM would render Qwen's chat prompt, not the reranker's)."""
+    export_dir = tmp_path / "merged"
+    export_dir.mkdir()
+    (export_dir / "tuner.json").write_text(json.dumps({"format": "merged", "max_length": 512}))
+    (export_dir / "chat_template.jinja").write_text("{{ messages }}")
+    for given, written in (([], "512"), (["--max-length", "1024"], "1024")):
+        assert main(["serve", "--engine", "vllm", str(export_dir), *given]) == 0
+        argv = shlex.split(capsys.readouterr().out)
+        assert argv[argv.index("--max-model-len") + 1] == written
+    (export_dir / "chat_template.jinja").unlink()
+    assert main(["serve", "--engine", "vllm", str(export_dir)]) == 2
+    assert "chat_template.jinja is missing" in capsys.readouterr().err
