@@ -256,6 +256,17 @@ def test_the_cards_parity_table_says_which_rows_passed(tmp_path):
     assert "| 9/9 strings, 8/9 token ids equal | NO |" in card  # the gate needs both
 
 
+def test_a_gate_row_fails_when_any_one_probe_is_out_of_tolerance():
+    """Damage that moves one probe only (the truncated document, a non-English pair, the empty instruction) must
+    fail its row; the bf16 tolerance grows with |logit| of the reference (0.05 + 0.05·|logit|)."""
+    ref = [1.0, -2.0, 10.0]
+    assert export_mod._compare(ref, ref, "float32", "reference")["passed"]
+    row = export_mod._compare([1.0, -1.5, 10.0], ref, "float32", "reference")
+    assert not row["passed"] and row["worst_probe"] == 1 and row["max_abs_logit_delta"] == 0.5
+    assert export_mod._compare([1.0, -2.0, 10.5], ref, "bfloat16", "reference")["passed"]  # within 0.55 at 10
+    assert not export_mod._compare([1.0, -1.8, 10.0], ref, "bfloat16", "reference")["passed"]  # over 0.15 at -2
+
+
 def test_user_errors_are_one_line(tmp_path, run_dir, capsys):
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such run or adapter directory" in capsys.readouterr().err
