@@ -418,6 +418,17 @@ def test_a_mistyped_target_module_beside_good_ones_is_named(tiny_model_dir):
     assert adapted == {"q_proj", "v_proj"}
 
 
+def test_a_target_module_matching_only_the_end_of_a_name_is_named(tiny_model_dir):
+    """peft matches a list entry against a module's full name or its last dotted parts, never a bare string end:
+    `proj` (or `p_proj`) beside `q_proj` adapts nothing, so it is named, not taken as up_proj / q_proj."""
+    from tuner.modeling import attach_lora, load_base
+
+    base = load_base(tiny_model_dir, dtype="float32", device="cpu")
+    for typo in ("proj", "p_proj"):
+        with pytest.raises(ValueError, match=rf"Target modules \['{typo}'\] not found"):
+            attach_lora(base, r=4, target_modules=["q_proj", typo])
+
+
 def test_the_base_loads_for_training_without_a_kv_cache_and_lora_keeps_its_variant(tiny_model_dir):
     """`model.use_rslora` / `use_dora` reach peft (train.py passes them to attach_lora): dropped, a recipe asking for
     rank-stabilised scaling (alpha / sqrt(r)) or DoRA trained plain LoRA without a word. The training base has no KV
