@@ -159,6 +159,29 @@ def test_collator_batching_through_the_training_forward(lora_model, tokenizer, b
     torch.testing.assert_close(auto[0], b, atol=0.1, rtol=0.05)  # the bf16 decoder's rounding, nothing more
 
 
+def test_the_training_forward_scores_yes_minus_no_as_the_reranker_does(lora_model, tokenizer):
+    """The training forward's score is l_yes − l_no at the last real token (the contract's, and what `Reranker`
+    serves through `tuner.head.yes_no_logits`): the batching tests compare that forward with itself, so yes and no
+    swapped in it passed them all, while training would learn the inverse ranking."""
+    from tuner.contract import PromptEncoder
+    from tuner.head import collate, yes_no_logits
+    from tuner.score_forward import install_score_forward, remove_score_forward
+
+    enc = PromptEncoder(tokenizer, max_length=96)
+    rows = [enc.encode("what heals wounds", doc, None) for doc in ("honey on burns", "tax law and more tax law")]
+    batch = collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        served = yes_no_logits(lora_model, **batch, yes_id=enc.yes_id, no_id=enc.no_id)
+        install_score_forward(lora_model, enc.yes_id, enc.no_id)
+        try:
+            score, vocab = lora_model(**batch), lora_model(**batch, vocab=True)
+        finally:
+            remove_score_forward(lora_model)
+    torch.testing.assert_close(score, served, atol=1e-5, rtol=0)
+    torch.testing.assert_close(score, vocab[:, enc.yes_id] - vocab[:, enc.no_id], atol=1e-4, rtol=0)
+    assert float((score - served).abs().max()) < 1e-5 < float(score.abs().min())  # not a zero score either
+
+
 def test_sft_vocabulary_logits_of_a_bf16_base_are_fp32_without_autocast(tiny_model_dir, tokenizer):
     """train.precision=fp32 on a bf16 base (no autocast): the vocabulary logits are an fp32 product, not a bf16
     one cast up (which rounds them to bf16's 8 bits)."""
