@@ -426,6 +426,60 @@ def test_check_counts_duplicates_conflicts_and_missing_negatives(tmp_path):
     assert "documents both positive and negative: 1 (negative copies training leaves out: 2)" in format_report(report)
 
 
+def test_check_counts_a_query_under_two_instructions_as_two_queries(tmp_path):
+    """A duplicate is the same query with the same instruction: one query asked under two instructions is two
+    training queries, not a repeat to warn about."""
+    rows = [
+        {"query": "q", "pos": ["a"], "neg": ["b"], "instruction": "Find papers"},
+        {"query": "q", "pos": ["c"], "neg": ["d"], "instruction": "Find claims"},
+        {"query": "q", "pos": ["e"], "neg": ["f"], "instruction": "Find claims"},  # this one repeats
+    ]
+    report = check_file(_jsonl(tmp_path / "i.jsonl", rows), tokens=False)
+    s = report.stats
+    assert (s["queries"], s["duplicate_queries"], s["instructions"]) == (2, 1, 2)
+    assert report.warnings == ["1 group repeats an earlier group's query (same query and instruction)"]
+
+
+def test_check_without_tokens_measures_none_and_counts_empty_texts(tmp_path):
+    """`tokens=False` (`data check --no-tokens`) loads no tokenizer and reports no token figures; rows rejected for
+    an empty text are counted and printed."""
+    from tuner.data.check import format_report
+
+    rows = [{"query": "q", "pos": ["a"], "neg": ["b"]}, {"query": "r", "pos": ["  "], "neg": ["c"]}]
+    report = check_file(_jsonl(tmp_path / "e.jsonl", rows), tokens=False)
+    assert not report.ok and report.stats["empty_texts"] == 1
+    assert not {"prompt_tokens", "query_tokens", "truncated", "pairs"} & set(report.stats)
+    text = format_report(report)
+    assert "empty texts (rejected rows): 1" in text and "prompt tokens" not in text
+
+
+def test_check_warns_when_documents_will_be_truncated(tmp_path, tokenizer):
+    rows = [{"query": "q", "pos": ["a short positive"], "neg": ["word " * 300]}]
+    path = _jsonl(tmp_path / "t.jsonl", rows)
+    report = check_file(path, max_length=200, tokenizer=tokenizer)
+    assert report.ok and report.stats["truncated"] == 1
+    assert report.warnings == ["1 of 2 pairs are longer than 200 tokens; their documents will be cut"]
+    assert check_file(path, max_length=100_000, tokenizer=tokenizer).warnings == []
+
+
+def test_check_beir_counts_grade_0_as_not_relevant_and_warns_about_empty_documents(tmp_path):
+    """A BEIR folder's check: a query judged only 0 has no relevant document; a corpus document with no title and
+    no text is warned about."""
+    from mini_beir import DOCS, QRELS, QUERIES, write_beir
+
+    from tuner.data.check import check_beir
+
+    folder = write_beir(
+        tmp_path / "b", corpus={**DOCS, "d9": ("", " ")}, queries=QUERIES, qrels={**QRELS, "q6": {"d3": 0}}
+    )
+    report = check_beir(folder, "test")
+    s = report.stats
+    assert report.ok and s["queries_without_positive"] == 1 and s["empty_documents"] == 1
+    assert s["pos_per_query"]["max"] == 1  # q2 and q4 have a grade-0 document besides their relevant one
+    assert any("have no relevant document" in w for w in report.warnings)
+    assert any("have no title and no text" in w for w in report.warnings)
+
+
 # ---------------------------------------------------------------------------------- consistent groups
 def test_consistent_groups_drop_negatives_that_are_positives_and_repeats_keeping_grades_and_scores():
     from tuner.data.groups import consistent_groups
