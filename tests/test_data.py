@@ -715,3 +715,21 @@ def test_fractional_pair_labels_count_as_positives_and_are_warned_about(tmp_path
     assert (
         read_groups(binary).fractional_labels == 0 and not check_file(binary, tokens=False).stats["fractional_labels"]
     )
+
+
+def test_cli_data_check_passes_max_length_and_no_tokens_on(tmp_path, monkeypatch, capsys):
+    """`data check --max-length N --no-tokens`: both reach `check_file` (the default budget is the contract's)."""
+    from tuner.data import check
+
+    seen = []
+    real = check.check_file
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **{**kwargs, "tokens": False})  # no tokenizer: the test is about what is passed
+
+    monkeypatch.setattr(check, "check_file", spy)
+    path = _jsonl(tmp_path / "g.jsonl", GROUPED)
+    assert main(["data", "check", str(path), "--max-length", "200", "--no-tokens"]) == 0
+    assert main(["data", "check", str(path)]) == 0
+    assert [(kw["max_length"], kw["tokens"]) for kw in seen] == [(200, False), (8192, True)]
