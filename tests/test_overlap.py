@@ -309,3 +309,28 @@ def test_data_check_against_an_evaluation_set_counts_what_the_data_covers(tmp_pa
     bad.write_text(train.read_text() + "{not json\n")
     assert main(["data", "check", str(bad), "--no-tokens", "--against", str(beir)]) == 1
     assert f"against {beir}: not counted: the data has errors" in capsys.readouterr().out
+
+
+def test_data_check_against_with_errors_or_as_json_and_a_beir_training_split(tmp_path, capsys):
+    """Data with errors gets no coverage figures (only the note); --json still says each error on stderr; a BEIR
+    folder checked as training data is read by its --split qrels, an evaluation folder by its --against-split."""
+    from tuner.cli import main
+
+    train = _train_file(tmp_path / "train.jsonl")
+    beir = write_beir(tmp_path / "beir")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(train.read_text() + "{not json\n")
+    assert main(["data", "check", str(bad), "--no-tokens", "--against", str(beir)]) == 1
+    out = capsys.readouterr().out
+    assert "not counted: the data has errors" in out and "queries are covered" not in out
+    assert main(["data", "check", str(bad), "--no-tokens", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["errors"] and f"error: {bad}:" in captured.err
+    training = write_beir(tmp_path / "training", split="dev")  # its training qrels are named dev
+    assert main(["data", "check", str(training), "--split", "dev", "--against", str(beir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["against"]["queries"] == 5
+    # and an evaluation folder by its --against-split qrels
+    evaluation = write_beir(tmp_path / "evaluation", qrels={"q1": {"d1": 1}}, split="dev")
+    argv = ["data", "check", str(train), "--no-tokens", "--against", str(evaluation), "--against-split", "dev"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["against"]["queries"] == 1
