@@ -733,3 +733,21 @@ def test_cli_data_check_passes_max_length_and_no_tokens_on(tmp_path, monkeypatch
     assert main(["data", "check", str(path), "--max-length", "200", "--no-tokens"]) == 0
     assert main(["data", "check", str(path)]) == 0
     assert [(kw["max_length"], kw["tokens"]) for kw in seen] == [(200, False), (8192, True)]
+
+
+def test_cli_data_split_defaults_and_the_ends_of_the_fraction(tmp_path, capsys):
+    """Without flags: 10% of the queries to dev, seed 0; --dev-fraction 0 puts every group in train (an empty dev
+    file, not an error); 1.0 is refused by name before anything is read."""
+    src = tmp_path / "all.jsonl"
+    write_groups(_groups(20), src)
+    outs = ["--train-out", str(tmp_path / "train.jsonl"), "--dev-out", str(tmp_path / "dev.jsonl")]
+    assert main(["data", "split", str(src), *outs]) == 0
+    assert (load_groups(tmp_path / "train.jsonl"), load_groups(tmp_path / "dev.jsonl")) == split_groups(
+        _groups(20), 0.1, 0
+    )
+    assert len(load_groups(tmp_path / "dev.jsonl")) == 2
+    assert main(["data", "split", str(src), "--dev-fraction", "0", *outs]) == 0
+    assert len(load_groups(tmp_path / "train.jsonl")) == 20 and (tmp_path / "dev.jsonl").read_text() == ""
+    capsys.readouterr()
+    assert main(["data", "split", str(src), "--dev-fraction", "1", *outs]) == 2
+    assert "--dev-fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
