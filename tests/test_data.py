@@ -746,8 +746,11 @@ def test_cli_data_split_defaults_and_the_ends_of_the_fraction(tmp_path, capsys):
         _groups(20), 0.1, 0
     )
     assert len(load_groups(tmp_path / "dev.jsonl")) == 2
+    assert "replaced" not in capsys.readouterr().out
     assert main(["data", "split", str(src), "--dev-fraction", "0", *outs]) == 0
+    printed = capsys.readouterr().out  # the files of the first split are replaced: said, not silent
+    assert f"train: 20 groups -> {tmp_path / 'train.jsonl'} (replaced the previous file)" in printed
+    assert f"dev: 0 groups -> {tmp_path / 'dev.jsonl'} (replaced the previous file)" in printed
     assert len(load_groups(tmp_path / "train.jsonl")) == 20 and (tmp_path / "dev.jsonl").read_text() == ""
-    capsys.readouterr()
     assert main(["data", "split", str(src), "--dev-fraction", "1", *outs]) == 2
     assert "--dev-fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
