@@ -438,3 +438,14 @@ def test_mining_a_labeled_file_of_positives_alone(tmp_path, capsys):
     assert capsys.readouterr().err.endswith(
         f"--corpus {gz.parent}: a folder; --corpus takes a corpus file (a BEIR corpus.jsonl[.gz]), e.g. {gz}\n"
     )
+
+
+def test_cli_mine_refuses_probability_options_above_1(tmp_path, capsys):
+    """--margin, --absolute-margin and --max-score are on the probability scale: above 1 is refused by name before
+    the reranker loads (a --max-score of 5 would filter nothing)."""
+    out = tmp_path / "g.jsonl"
+    base = ["mine", "--beir", str(tmp_path / "never-read"), "--out", str(out), "--reranker", "never-loaded"]
+    for flag in ("--margin", "--absolute-margin", "--max-score"):
+        assert main([*base, flag, "1.5"]) == 2
+        assert f"{flag} must be in [0, 1] (the probability scale), got 1.5" in capsys.readouterr().err
+    assert not out.exists()
