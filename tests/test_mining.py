@@ -449,3 +449,13 @@ def test_cli_mine_refuses_probability_options_above_1(tmp_path, capsys):
         assert main([*base, flag, "1.5"]) == 2
         assert f"{flag} must be in [0, 1] (the probability scale), got 1.5" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_mine_refuses_an_empty_rank_range_by_name(tmp_path, capsys):
+    """--range-min equal to --range-max, or --depth equal to --range-min, leaves no rank to sample: named before
+    anything is read (not "no training group" after the BM25 index was built)."""
+    base = ["mine", "--beir", str(tmp_path / "never-read"), "--out", str(tmp_path / "g.jsonl")]
+    assert main([*base, "--range-min", "10", "--range-max", "10"]) == 2
+    assert "--range-min 10 must be below --range-max 10" in capsys.readouterr().err
+    assert main([*base, "--range-min", "10", "--depth", "10"]) == 2
+    assert "--depth 10 leaves no candidate: it must be above --range-min 10" in capsys.readouterr().err
