@@ -370,3 +370,130 @@ def test_a_model_write_cut_off_leaves_no_folder_that_looks_complete(tmp_path, mo
     names = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"notes.txt", "config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not any(n.startswith(".tuner-write-") for n in names)
+
+
+def test_eval_instruct_and_calibrate_pass_every_option_on(tmp_path, monkeypatch):
+    """Each flag of `tuner eval`, `instruct` and `calibrate` reaches its `run_*` function (a flag parsed but not
+    passed on is silently ignored), and the defaults are the documented ones."""
+    from pathlib import Path
+
+    from tuner import calibrate, eval_run, instruct, overlap
+    from tuner.cli import main
+    from tuner.eval_run import ModelOptions
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake(name):
+        def run(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            raise Stop
+
+        return run
+
+    monkeypatch.setattr(eval_run, "run_eval", fake("eval"))
+    monkeypatch.setattr(instruct, "run_instruct", fake("instruct"))
+    monkeypatch.setattr(calibrate, "run_calibrate", fake("calibrate"))
+    monkeypatch.setattr(instruct, "apply_targets", lambda path: [path])
+    monkeypatch.setattr(overlap, "training_view", lambda source, split=None: ("view", source, split))
+    model = ["--model", "m", "--adapter", "a", "--max-length", "256", "--batch-tokens", "1234", "--device", "cpu"]
+    model += ["--dtype", "float32", "--prefix-reuse", "on", "--packing", "--attn-implementation", "eager"]
+    options = ModelOptions("cpu", "float32", 256, 1234, prefix_reuse=True, packing=True, attn_implementation="eager")
+    source = ["--beir", "b", "--split", "dev", "--top-k", "7", "--max-queries", "3", "--seed", "5"]
+    source += ["--cache-dir", "cdir", "--no-progress"]
+    out = str(tmp_path / "o")
+    rerank = {"split": "dev", "data": None, "candidates": "bm25", "top_k": 7, "max_queries": 3, "seed": 5}
+    rerank |= {"adapter": "a", "options": options, "cache_dir": "cdir", "show_progress": False}
+
+    argv = ["eval", *model, *source, "--out", out, "--instruction", "Find X", "--compare", "c1", "c2"]
+    with pytest.raises(Stop):
+        main([*argv, "--train-data", "t.jsonl", "--train-split", "tr", "--base-cache", "bc"])
+    args, kwargs = seen.pop("eval")
+    assert args == ("m", "b", Path(out))
+    assert kwargs == {"instructions": ["Find X"], "compare": ["c1", "c2"], "train_data": ("view", "t.jsonl", "tr"),
+                      "train_split": "tr", "base_cache_dir": "bc", **rerank}  # fmt: skip
+    with pytest.raises(Stop):
+        main(["eval", "--model", "m", "--beir", "b", "--out", out, "--train-data", "none"])
+    kwargs = seen.pop("eval")[1]
+    assert (kwargs["split"], kwargs["top_k"], kwargs["seed"], kwargs["max_queries"]) == ("test", 100, 0, None)
+    assert (kwargs["instructions"], kwargs["cache_dir"], kwargs["show_progress"]) == ([None], "runs/cache", None)
+    assert kwargs["options"] == ModelOptions() and kwargs["train_data"] is None and kwargs["base_cache_dir"] is None
+
+    candidates = tmp_path / "cands.txt"
+    candidates.write_text("Find claims\n", encoding="utf-8")
+    argv = ["instruct", *model, *source, "--out", out, "--instructions", str(candidates), "--apply", "exp"]
+    with pytest.raises(Stop):
+        main([*argv, "--force"])
+    args, kwargs = seen.pop("instruct")
+    assert args == ("m", "b", Path(out))
+    assert kwargs == {"instructions": ["Find claims"], "apply": "exp", "force": True, **rerank}
+    with pytest.raises(Stop):
+        main(["instruct", "--model", "m", "--beir", "b", "--out", out])
+    kwargs = seen.pop("instruct")[1]
+    assert (kwargs["top_k"], kwargs["force"], kwargs["apply"], kwargs["instructions"]) == (50, False, None, [])
+
+    argv = ["calibrate", *model, "--data", "d.jsonl", "--split", "dev", "--out", out, "--apply", "exp", "--seed", "4"]
+    with pytest.raises(Stop):
+        main([*argv, "--force"])
+    args, kwargs = seen.pop("calibrate")
+    assert args == ("m", "d.jsonl", out)
+    assert kwargs == {"split": "dev", "apply": "exp", "seed": 4, "force": True, "adapter": "a", "options": options}
+    with pytest.raises(Stop):
+        main(["calibrate", "--model", "m", "--data", "d.jsonl", "--out", out])
+    kwargs = seen.pop("calibrate")[1]
+    assert (kwargs["split"], kwargs["seed"], kwargs["force"], kwargs["apply"]) == (None, 0, False, None)
+
+
+def test_score_and_serve_pass_every_option_on(tmp_path, monkeypatch, capsys):
+    """Each flag of `tuner score` and `tuner serve` (tuner engine) reaches the Reranker or the server."""
+    from tuner import scoring, serve
+    from tuner.cli import main
+
+    seen = {}
+
+    class FakeReranker:
+        def rank(self, query, documents, top_k=None, instruction=None):
+            seen["rank"] = (query, documents, top_k, instruction)
+            return []
+
+    def from_pretrained(path, **kwargs):
+        seen["load"] = (path, kwargs)
+        return FakeReranker()
+
+    monkeypatch.setattr(scoring.Reranker, "from_pretrained", staticmethod(from_pretrained))
+    docs = tmp_path / "docs.txt"
+    docs.write_text("one\ntwo\n", encoding="utf-8")
+    argv = ["score", "--model", "m", "--adapter", "a", "--query", "q", "--documents", str(docs), "--top-k", "1"]
+    argv += ["--instruction", "Find X", "--max-length", "300", "--no-calibration", "--device", "cpu"]
+    argv += ["--dtype", "float32", "--prefix-reuse", "auto", "--packing", "--attn-implementation", "eager"]
+    assert main(argv) == 0
+    fast = {"prefix_reuse": "auto", "packing": True, "attn_implementation": "eager"}
+    assert seen["load"] == ("m", {"adapter": "a", "device": "cpu", "dtype": "float32", "max_length": 300,
+                                  "calibrated": False, **fast})  # fmt: skip
+    assert seen["rank"] == ("q", ["one", "two"], 1, "Find X")
+    assert main(["score", "--model", "m", "--query", "q", "--documents", str(docs)]) == 0
+    off = {"prefix_reuse": False, "packing": False, "attn_implementation": None}
+    assert seen["load"][1] == {"adapter": None, "device": None, "dtype": None, "max_length": None,
+                               "calibrated": True, **off}  # fmt: skip
+    assert seen["rank"] == ("q", ["one", "two"], None, None)
+
+    monkeypatch.setattr(serve, "serve", lambda model, **kwargs: seen.update(serve=(model, kwargs)))
+    monkeypatch.setenv("TUNER_TEST_KEY", " secret\n")
+    argv = ["serve", "m", "--host", "0.0.0.0", "--port", "8123", "--api-key-env", "TUNER_TEST_KEY"]
+    argv += ["--model-name", "mine", "--max-documents", "10", "--max-batch-tokens", "2048"]
+    argv += ["--max-queued-documents", "64", "--max-request-mb", "0.5", "--max-length", "300", "--no-calibration"]
+    argv += ["--compile", "--device", "cpu", "--dtype", "float32", "--graceful-timeout", "5", "--packing"]
+    assert main(argv) == 0
+    assert seen["serve"] == ("m", {"host": "0.0.0.0", "port": 8123, "api_key": "secret", "model_name": "mine",
+                                   "max_documents": 10, "max_batch_tokens": 2048, "max_queued_documents": 64,
+                                   "max_request_bytes": 2**19, "max_length": 300, "graceful_timeout": 5.0,
+                                   "calibrated": False, "compile": True, "device": "cpu", "dtype": "float32",
+                                   "prefix_reuse": False, "packing": True, "attn_implementation": None})  # fmt: skip
+    assert main(["serve", "m"]) == 0
+    assert seen["serve"] == ("m", {"host": "127.0.0.1", "port": 8000, "api_key": None, "model_name": None,
+                                   "max_documents": 1000, "max_batch_tokens": None, "max_queued_documents": 8192,
+                                   "max_request_bytes": 32 * 2**20, "max_length": None, "graceful_timeout": 30.0,
+                                   "calibrated": True, "compile": False, "device": None, "dtype": None,
+                                   **off})  # fmt: skip
