@@ -459,3 +459,16 @@ def test_cli_mine_refuses_an_empty_rank_range_by_name(tmp_path, capsys):
     assert "--range-min 10 must be below --range-max 10" in capsys.readouterr().err
     assert main([*base, "--range-min", "10", "--depth", "10"]) == 2
     assert "--depth 10 leaves no candidate: it must be above --range-min 10" in capsys.readouterr().err
+
+
+def test_cli_mine_seed_picks_the_random_negatives(tmp_path):
+    """`--seed` reaches the sampler: another seed samples other negatives from the same range, the same seed the
+    same ones."""
+    folder = make_beir(tmp_path / "mini")
+    argv = ["mine", "--beir", str(folder), "--split", "train", "--range-min", "0", "--num-negatives", "2"]
+    mined = {}
+    for name, seed in (("a", "0"), ("b", "1"), ("c", "1")):
+        out = tmp_path / f"{name}.jsonl"
+        assert main([*argv, "--seed", seed, "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)]) == 0
+        mined[name] = [g.neg for g in load_groups(out)]
+    assert mined["b"] == mined["c"] and mined["a"] != mined["b"]
