@@ -472,3 +472,36 @@ def test_cli_mine_seed_picks_the_random_negatives(tmp_path):
         assert main([*argv, "--seed", seed, "--out", str(out), "--no-progress", "--cache-dir", str(tmp_path)]) == 0
         mined[name] = [g.neg for g in load_groups(out)]
     assert mined["b"] == mined["c"] and mined["a"] != mined["b"]
+
+
+def test_cli_mine_passes_every_option_on(tmp_path, monkeypatch):
+    """Each flag of `tuner mine` reaches the reranker's loading or the miner (a flag parsed but not passed on would
+    be silently ignored)."""
+    from tuner import mining, scoring
+    from tuner.data import Group
+
+    seen = {}
+
+    def from_pretrained(path, **kwargs):
+        seen["load"] = (path, kwargs)
+        return "reranker"
+
+    def fake_mine(beir, **options):
+        seen["mine"] = options
+        return [Group(query="q", pos=["p"], neg=["n"])]
+
+    monkeypatch.setattr(scoring.Reranker, "from_pretrained", staticmethod(from_pretrained))
+    monkeypatch.setattr(mining, "mine_negatives", fake_mine)
+    folder = make_beir(tmp_path / "mini")
+    argv = ["mine", "--beir", str(folder), "--split", "train", "--out", str(tmp_path / "g.jsonl"), "--no-progress"]
+    argv += ["--depth", "50", "--range-min", "2", "--range-max", "30", "--num-negatives", "4", "--sampling", "top"]
+    argv += ["--seed", "3", "--cache-dir", str(tmp_path / "cache"), "--reranker", "r", "--adapter", "a"]
+    argv += ["--margin", "0.2", "--absolute-margin", "0.3", "--max-score", "0.9", "--teacher-scores"]
+    argv += ["--instruction", "Find X", "--max-length", "300", "--device", "cpu", "--dtype", "float32"]
+    assert main(argv) == 0
+    assert seen["load"] == ("r", {"adapter": "a", "device": "cpu", "dtype": "float32", "max_length": 300})
+    options = {k: v for k, v in seen["mine"].items() if k != "stats"}
+    assert options == {"depth": 50, "range_min": 2, "range_max": 30, "num_negatives": 4, "sampling": "top",
+                       "seed": 3, "cache_dir": str(tmp_path / "cache"), "reranker": "reranker", "margin": 0.2,
+                       "absolute_margin": 0.3, "max_score": 0.9, "teacher_scores": True, "instruction": "Find X",
+                       "show_progress": False}  # fmt: skip
