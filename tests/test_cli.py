@@ -497,3 +497,18 @@ def test_score_and_serve_pass_every_option_on(tmp_path, monkeypatch, capsys):
                                    "max_request_bytes": 32 * 2**20, "max_length": None, "graceful_timeout": 30.0,
                                    "calibrated": True, "compile": False, "device": None, "dtype": None,
                                    **off})  # fmt: skip
+
+
+def test_number_types_refuse_just_past_their_bounds_and_take_the_bounds():
+    """The argparse types at their edges: positive ints from 1, positive finite floats, counts from 0, ports
+    0-65535 (`--max-request-mb 0` would refuse every request; `--graceful-timeout inf` never stops)."""
+    import argparse
+
+    from tuner.cli.common import non_negative_int, port_number, positive_float, positive_int
+
+    cases = [(positive_int, "1", "0"), (positive_float, "1e-9", "0"), (positive_float, "1e300", "inf"),
+             (non_negative_int, "0", "-1"), (port_number, "65535", "65536"), (port_number, "0", "-1")]  # fmt: skip
+    for parse, good, bad in cases:
+        assert parse(good) == float(good), (parse.__name__, good)
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
