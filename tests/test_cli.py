@@ -497,6 +497,12 @@ def test_score_and_serve_pass_every_option_on(tmp_path, monkeypatch, capsys):
                                    "max_request_bytes": 32 * 2**20, "max_length": None, "graceful_timeout": 30.0,
                                    "calibrated": True, "compile": False, "device": None, "dtype": None,
                                    **off})  # fmt: skip
+    # a blank key would serve without authentication: refused by name, the server never starts
+    seen.pop("serve")
+    monkeypatch.setenv("TUNER_TEST_KEY", " \n")
+    assert main(["serve", "m", "--api-key-env", "TUNER_TEST_KEY"]) == 2
+    assert "--api-key-env TUNER_TEST_KEY: the environment variable is unset, empty or blank" in capsys.readouterr().err
+    assert "serve" not in seen
 
 
 def test_number_types_refuse_just_past_their_bounds_and_take_the_bounds():
