@@ -754,3 +754,14 @@ def test_cli_data_split_defaults_and_the_ends_of_the_fraction(tmp_path, capsys):
     assert len(load_groups(tmp_path / "train.jsonl")) == 20 and (tmp_path / "dev.jsonl").read_text() == ""
     assert main(["data", "split", str(src), "--dev-fraction", "1", *outs]) == 2
     assert "--dev-fraction must be in [0, 1), got 1.0" in capsys.readouterr().err
+
+
+def test_an_empty_instruction_survives_write_and_split(tmp_path):
+    """`"instruction": ""` (no instruction) is not `None` (the recipe's or contract's default): writing a group
+    (`data split`, `mine`) keeps it."""
+    groups = [Group(query=f"q{i}", pos=[f"p{i}"], neg=[f"n{i}"], instruction="") for i in range(4)]
+    src = write_groups(groups, tmp_path / "all.jsonl")
+    assert [g.instruction for g in load_groups(src)] == [""] * 4
+    outs = ["--train-out", str(tmp_path / "train.jsonl"), "--dev-out", str(tmp_path / "dev.jsonl")]
+    assert main(["data", "split", str(src), "--dev-fraction", "0.5", *outs]) == 0
+    assert {g.instruction for part in ("train", "dev") for g in load_groups(tmp_path / f"{part}.jsonl")} == {""}
