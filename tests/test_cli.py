@@ -518,3 +518,18 @@ def test_number_types_refuse_just_past_their_bounds_and_take_the_bounds():
         assert parse(good) == float(good), (parse.__name__, good)
         with pytest.raises(argparse.ArgumentTypeError):
             parse(bad)
+
+
+def test_config_with_overrides_alone_lists_the_defaults_with_them(capsys):
+    """`tuner config train.lr=0.1` (no recipe): the override applies to the defaults; it is not read as a recipe
+    path. `tuner config RECIPE` (as in `tuner train RECIPE`) still takes the recipe."""
+    from pathlib import Path
+
+    from tuner.cli import main
+
+    assert main(["config", "train.lr=0.1", "train.max_steps=7"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^train\.lr +0\.1 ", listed, re.M) and re.search(r"^train\.max_steps +7 ", listed, re.M)
+    recipe = str(Path(__file__).parents[1] / "recipes" / "tiny-cpu.yaml")
+    assert main(["config", recipe, "train.max_steps=7"]) == 0
+    assert re.search(r"^train\.max_steps +7 ", capsys.readouterr().out, re.M)
