@@ -365,6 +365,22 @@ def test_a_run_lock_is_the_flock_not_the_file(tmp_path):
         assert lock.read_text() == ""
 
 
+def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch, caplog):
+    """flock fails with ENOLCK on some network mounts: that stopped every run there with an OSError."""
+    import errno
+    import fcntl
+
+    from tuner.train_setup import run_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="tuner.train"), run_lock(tmp_path):
+        pass
+    assert "cannot lock it" in caplog.text and "would not be stopped" in caplog.text
+
+
 def test_only_rank_0_of_a_launch_takes_the_run_lock(tiny_model_dir, beir, tmp_path, monkeypatch):
     """Under torchrun every rank runs train() on one host: rank 1 taking the lock would find rank 0's and stop the
     launch. The launcher's RANK says which process holds it; the others neither take nor check it."""

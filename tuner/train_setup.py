@@ -81,6 +81,8 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
                 f"{holder.get('host', '?')}, since {holder.get('started', '?')}): wait for it to end, or train into "
                 "another output.dir"
             ) from None
+        except OSError as err:  # a file system without locks (some network mounts): train, unguarded, as before
+            log.warning("%s: cannot lock it (%s); a second tuner train into %s would not be stopped", lock, err, out)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
