@@ -46,6 +46,11 @@ class PromptTextError(ValueError):
         self.index, self.part = index, part
 
 
+def effective_instruction(instruction: str | None) -> str:
+    """The instruction a prompt says: None (a model's unset default) is the model card's."""
+    return DEFAULT_INSTRUCTION if instruction is None else instruction
+
+
 def tokenizer_dir() -> Path:
     """Path of the real Qwen3 tokenizer files shipped inside the package (vocab, merges, config)."""
     return Path(str(resources.files("tuner") / "assets" / "tokenizer"))

@@ -80,10 +80,7 @@ def _warn_instruction_applied_to_run(
     `tuner instruct --apply RUN` rewrites the adapter's alone. A checkpoint exported after it keeps the recipe's,
     which the export then serves by default: said, since the user applied the other one "to the run" (the
     checkpoint's own is kept: it was never searched)."""
-    from tuner.contract import DEFAULT_INSTRUCTION
-
-    def effective(text: str | None) -> str:
-        return DEFAULT_INSTRUCTION if text is None else text
+    from tuner.contract import effective_instruction as effective
 
     if not run_meta or effective(run_meta.get("instruction")) == effective(instruction):
         return

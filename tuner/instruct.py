@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.contract import DEFAULT_INSTRUCTION
+from tuner.contract import DEFAULT_INSTRUCTION, effective_instruction
 from tuner.eval_run import ModelOptions, build_evaluator, first_stage_system, load_reranker, report_meta
 from tuner.evaluate import EvalResult, Evaluator
 from tuner.files import atomic_write, decode_utf8
@@ -85,7 +85,7 @@ def candidate_instructions(
 
     Duplicates are dropped (the first label wins), so "default" is always candidate 0: the paired reference.
     """
-    default = DEFAULT_INSTRUCTION if model_default is None else model_default
+    default = effective_instruction(model_default)
     items = [Candidate("default", default)]
     if default != DEFAULT_INSTRUCTION:
         items.append(Candidate("model card default", DEFAULT_INSTRUCTION))
@@ -216,14 +216,15 @@ def _plan_update(
             )
     new_calibration = updates.get("calibration")
     fitted = new_calibration.get("instruction") if isinstance(new_calibration, Mapping) else None
-    if fitted is not None and fitted != _effective(new_instruction):
+    if fitted is not None and fitted != effective_instruction(new_instruction):
         # kept, as asked, but its probabilities hold for pairs scored with the instruction it was fitted with
         notes.append(
             f"{d / TUNER_META}: the calibration was fitted with instruction {fitted!r}, but this model's default "
-            f"instruction is {_effective(new_instruction)!r}: its probabilities hold for prompts with the former"
+            f"instruction is {effective_instruction(new_instruction)!r}: its probabilities hold for prompts with the "
+            "former"
         )
     # None and the model card's text are the same default: compare what a prompt would say
-    if "instruction" in updates and _effective(new_instruction) != _effective(old_instruction):
+    if "instruction" in updates and effective_instruction(new_instruction) != effective_instruction(old_instruction):
         files = _regenerated_templates(d, new_instruction)
         parity = meta.get("parity")
         if isinstance(parity, dict):
@@ -231,14 +232,10 @@ def _plan_update(
     return d, meta, files, notes
 
 
-def _effective(instruction: str | None) -> str:
-    return DEFAULT_INSTRUCTION if instruction is None else instruction
-
-
 def _stale_calibration(calibration: Mapping[str, Any], instruction: str | None) -> str | None:
     """Why `calibration` does not hold under `instruction` (None when it does): the instruction it was fitted with
     differs, or it records none (`tuner calibrate` before the record), so that nothing vouches for it."""
-    fitted, applied = calibration.get("instruction"), _effective(instruction)
+    fitted, applied = calibration.get("instruction"), effective_instruction(instruction)
     if fitted is None:
         return (
             f"it does not record the instruction it was fitted with, so nothing says that it holds for the applied "
@@ -297,7 +294,7 @@ def _reparity(
                 )
             parity["template"] = check
             rechecked = True
-    if _effective(new) == _effective(export_instruction):
+    if effective_instruction(new) == effective_instruction(export_instruction):
         parity.pop("instruction_changed", None)  # back to the export's own: the export-time figures hold again
     else:
         parity["instruction_changed"] = {
@@ -363,7 +360,7 @@ def current_instructions(target: str | Path) -> list[str]:
     default), without duplicates: a winner must beat them to be applied."""
     out: list[str] = []
     for d in apply_targets(target):
-        text = _effective(read_meta(d).get("instruction"))
+        text = effective_instruction(read_meta(d).get("instruction"))
         if text not in out:
             out.append(text)
     return out
