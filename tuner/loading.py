@@ -92,6 +92,17 @@ def _check_safetensors(file: Path) -> None:
         raise ModelNotFoundError(f"{file}: not a readable safetensors file ({err}); is it truncated?") from None
 
 
+def _folders_inside(path: Path, markers: tuple[str, ...]) -> str:
+    """ "; it holds A, B: pass one of them, e.g. 'PATH/A'" for the subfolders of `path` holding one of `markers`
+    (a run or an export root given for the model inside it), "" without any. The example is an export's merged
+    format where there is one (one forward pass, no PEFT wrapper: what the README serves), not its adapter."""
+    inside = sorted(d.name for d in path.iterdir() if any((d / m).is_file() for m in markers))
+    if not inside:
+        return ""
+    example = min(inside, key=lambda name: (name != "merged", name != "seq-cls", name))
+    return f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / example)!r}"
+
+
 def _check_local(path: Path, what: str) -> None:
     """A local model or adapter folder has a readable config and its weight files (one clear error if not).
 
@@ -103,17 +114,10 @@ def _check_local(path: Path, what: str) -> None:
     has_config, has_adapter = config.is_file(), adapter_config.is_file()
     if what == "adapter" and not has_adapter:
         # a training run or an export root given as the adapter: the adapter folder inside is what was meant
-        inside = sorted(d.name for d in path.iterdir() if (d / "adapter_config.json").is_file())
-        hint = f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / inside[0])!r}" if inside else ""
+        hint = _folders_inside(path, ("adapter_config.json",))
         raise ModelNotFoundError(f"adapter directory {str(path)!r} has no adapter_config.json{hint}")
     if not has_config and not has_adapter:
-        inside = sorted(
-            d.name for d in path.iterdir() if (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
-        )
-        # the example is an export's merged format where there is one (one forward pass, no PEFT wrapper: what the
-        # README serves), not the alphabetical first, its adapter
-        example = min(inside, key=lambda name: (name != "merged", name != "seq-cls", name)) if inside else None
-        hint = f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / example)!r}" if inside else ""
+        hint = _folders_inside(path, ("config.json", "adapter_config.json"))
         raise ModelNotFoundError(
             f"{what} directory {str(path)!r} has neither config.json nor adapter_config.json{hint}"
         )
