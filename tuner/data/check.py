@@ -92,7 +92,8 @@ def group_stats(groups: Sequence[Group]) -> tuple[dict[str, Any], list[str]]:
     if duplicates:
         warnings.append(
             f"{_n(duplicates, 'group')} {_v(duplicates, 'repeats', 'repeat')} an earlier group's query "
-            "(same query and instruction)"
+            "(same query and instruction): training samples each group apart and evaluation scores each as a "
+            "query of its own; if they are one query's documents, merge them into one group"
         )
     if cleaned.conflicting:
         warnings.append(
@@ -232,9 +233,13 @@ def check_beir(folder: str | Path, split: str = "test") -> CheckReport:
             f"{beir.qrels_place(q, d)}: judged document {d!r} is not in the corpus ({in_all} missing in all)"
         )
     if empty:
-        report.warnings.append(f"{empty} corpus documents have no title and no text")
-    if report.stats["queries_without_positive"]:
-        report.warnings.append(f"{report.stats['queries_without_positive']} queries have no relevant document")
+        report.warnings.append(f"{_n(empty, 'corpus document')} {_v(empty, 'has', 'have')} no title and no text")
+    if n := report.stats["queries_without_positive"]:
+        report.warnings.append(
+            f"{_n(n, 'query', 'queries')} {_v(n, 'has', 'have')} no relevant document (no grade above 0): "
+            f"evaluation counts {_v(n, 'it', 'them')} as 0 on every metric for every system, and mining makes no "
+            f"group for {_v(n, 'it', 'them')}"
+        )
     return report
 
 
