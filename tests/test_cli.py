@@ -533,3 +533,28 @@ def test_config_with_overrides_alone_lists_the_defaults_with_them(capsys):
     recipe = str(Path(__file__).parents[1] / "recipes" / "tiny-cpu.yaml")
     assert main(["config", recipe, "train.max_steps=7"]) == 0
     assert re.search(r"^train\.max_steps +7 ", capsys.readouterr().out, re.M)
+
+
+def test_version_prints_tuner_and_its_libraries_on_one_line(capsys, monkeypatch):
+    """`tuner --version`, for a bug report: tuner's version and the installed torch / transformers / peft / trl /
+    bitsandbytes, on one line however narrow the terminal; a library that is not installed is said so."""
+    from importlib import metadata
+
+    import tuner
+    from tuner.cli import main
+
+    monkeypatch.setenv("COLUMNS", "40")
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"tuner {tuner.__version__} (torch {metadata.version('torch')}, ")
+    assert f"transformers {metadata.version('transformers')}, peft {metadata.version('peft')}" in out
+    real = metadata.version
+
+    def version(name):
+        if name == "bitsandbytes":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert main(["--version"]) == 0
+    assert "bitsandbytes not installed; Python " in capsys.readouterr().out

@@ -48,10 +48,42 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tuner", description="Domain-adapt Qwen3-Reranker with LoRA.")
+    parser.add_argument(
+        "--version", action=_Version, help="print tuner's and its libraries' versions (for a bug report)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """`--version` on one line (argparse's own action wraps it to the terminal's width); computed only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit(0)
+
+
+def version_line() -> str:
+    """`tuner --version`: tuner's version and those of the libraries its numbers depend on, read from the installed
+    packages' metadata (importing torch to ask it would take seconds)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tuner import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} not installed"
+
+    libraries = ", ".join(map(installed, ("torch", "transformers", "peft", "trl", "bitsandbytes")))
+    return f"tuner {__version__} ({libraries}; Python {platform.python_version()})"
 
 
 def main(argv: list[str] | None = None) -> int:
