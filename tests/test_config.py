@@ -57,6 +57,13 @@ def test_cross_field_checks():
             load_config(None, ["data.group_size=1", f"loss.kind={kind}"])
     with pytest.raises(ConfigError, match="load_in_4bit"):
         load_config(None, ["model.load_in_4bit=true", "lora.enabled=false"])
+    # an artifact needs a wandb run to be logged to: without one the weights would silently not be uploaded
+    for tracker in ("none", "tensorboard"):
+        with pytest.raises(
+            ConfigError, match=rf"tracking.log_model: .*set tracking.report_to: wandb \(got '{tracker}'\)"
+        ):
+            load_config(None, ["tracking.log_model=true", f"tracking.report_to={tracker}"])
+    assert load_config(None, ["tracking.log_model=true", "tracking.report_to=wandb"]).tracking.log_model
     # the best checkpoint must be a step both evaluated and saved
     with pytest.raises(ConfigError, match=r"train.save_steps \(10\) must be a multiple of eval.steps \(3\)"):
         load_config(None, ["eval.beir=data/scifact", "eval.steps=3", "train.save_steps=10"])

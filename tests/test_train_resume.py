@@ -132,6 +132,8 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
             "tracking.report_to=wandb",
             "tracking.project=tuner-test",
             "tracking.tags=[ci, tiny]",
+            "tracking.run_name=tiny run/1",
+            "tracking.log_model=true",
             "eval.beir=" + str(beir),
             "eval.split=test",
             "eval.top_k=6",
@@ -159,6 +161,11 @@ def test_wandb_offline_records_eval_metric(tiny_model_dir, beir, tmp_path, monke
         assert key in records, key
     assert b"seen/delta/ndcg@10" not in records.replace(b"unseen/delta", b"")
     assert b"tuner-test" in records and b"tiny" in records
+    # tracking.log_model: the adapter folder (weights, tokenizer, tuner.json) and metrics.json as a model artifact
+    # named after the run, the final figures its metadata
+    for entry in (b"adapter/adapter_model.safetensors", b"adapter/tuner.json", b"adapter/tokenizer.json"):
+        assert entry in records, entry
+    assert b"tiny-run-1" in records and b'"final/ndcg@10"' in records and b"metrics.json" in records
 
 
 def test_a_sweep_trial_logs_to_the_agents_run_in_its_own_directory(tmp_path, monkeypatch):
@@ -490,6 +497,9 @@ def test_resume_continues_the_wandb_run(evaluated_resume):
     ids = {p.name.rsplit("-", 1)[1] for p in runs}
     assert len(runs) == 2 and len(ids) == 1, runs
     assert (out / "logs" / "wandb-run-id").read_text().strip() in ids
+    # no tracking.log_model: the weights are not uploaded
+    records = b"".join(p.read_bytes() for p in runs[-1].rglob("*") if p.is_file())
+    assert b"adapter_model.safetensors" not in records
 
 
 def test_resume_reuses_the_recorded_base_metrics(evaluated_resume):

@@ -195,6 +195,11 @@ class TrackingSection:
     entity: str | None = _f(None, "wandb entity (team or user); null = your default")
     run_name: str | None = _f(None, "run name in the tracker; null = the output directory name")
     tags: list[str] = field(default_factory=list, metadata={"doc": "wandb tags"})
+    log_model: bool = _f(
+        False,
+        "upload the saved adapter (a full fine-tune: the model) with its tokenizer and tuner.json, and metrics.json, "
+        "as a wandb artifact of type model named after the run (report_to: wandb)",
+    )
 
 
 @dataclass
@@ -544,6 +549,11 @@ def validate(config: Config, where: str = "") -> None:
     for key in ("temperature", "teacher_temperature"):
         if getattr(config.loss, key) <= 0:
             raise ConfigError(f"{where}loss.{key}: must be > 0, got {getattr(config.loss, key)!r}")
+    if config.tracking.log_model and config.tracking.report_to != "wandb":
+        raise ConfigError(
+            f"{where}tracking.log_model: uploads the trained weights as a wandb artifact; set tracking.report_to: "
+            f"wandb (got {config.tracking.report_to!r})"
+        )
     if config.model.load_in_4bit and not config.lora.enabled:
         raise ConfigError(f"{where}model.load_in_4bit: a 4-bit base cannot be fully fine-tuned (set lora.enabled)")
     evaluated_and_saved = has_dev_set(config) and config.eval.steps > 0 and config.train.save_steps > 0

@@ -327,6 +327,7 @@ def _train(
         check_before_work,
         check_resume_config,
         load_training_groups,
+        log_model_artifact,
         output_dir_for,
         prepare_base,
         read_tokenizer,
@@ -844,6 +845,8 @@ def _train(
     if main:
         if tracker is not None:
             summarize_to_tracker(tracker, record)
+            if config.tracking.log_model:
+                log_model_artifact(tracker, target, out / METRICS_FILE, record)
         log.info("adapter: %s", target)
         log.info("metrics: %s", out / METRICS_FILE)
     if tracker is not None:

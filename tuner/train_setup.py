@@ -567,6 +567,27 @@ def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
         tracker.log({"eval/comparison": wandb.Table(columns=["set", "system", *metrics], data=rows)})
 
 
+def log_model_artifact(tracker, weights: Path, metrics_file: Path, record: dict[str, Any]) -> None:
+    """`tracking.log_model`: the saved adapter (or model) folder and metrics.json as a wandb artifact of type
+    "model", named after the run: `wandb artifact get PROJECT/NAME:latest` gives a folder whose `adapter/` (with
+    its tokenizer and tuner.json, which names the base) `Reranker.from_pretrained` and `tuner export` take as it
+    is. The final dev figures are its metadata. A run name used again (a --resume) adds a version of the same
+    artifact; wandb uploads no file it already holds."""
+    import re
+
+    import wandb
+
+    metadata: dict[str, Any] = {"weights": weights.name}
+    for stage in ("base", "final"):
+        metadata.update({f"{stage}/{k}": v for k, v in ((record.get("dev") or {}).get(stage) or {}).items()})
+    # wandb artifact names take letters, digits, '-', '_' and '.'
+    artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", tracker.name), type="model", metadata=metadata)
+    artifact.add_dir(str(weights), name=weights.name)
+    artifact.add_file(str(metrics_file), name=metrics_file.name)
+    tracker.log_artifact(artifact)
+    log.info("wandb artifact: %s (%s and %s)", artifact.name, weights.name, metrics_file.name)
+
+
 def write_meta(
     target: Path,
     *,
