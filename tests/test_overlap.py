@@ -104,7 +104,7 @@ def test_a_training_file_is_matched_by_text_after_whitespace_and_case_folding(tm
     assert (got["relevant_documents_in_training"], got["relevant_documents"]) == (1, 5)
 
 
-def _run_folder(folder: Path, train_file: str, eval_beir: Path | None = None, **data) -> Path:
+def _run_folder(folder: Path, train_file: str | list[str], eval_beir: Path | None = None, **data) -> Path:
     config = Config()
     config.data.train_file = train_file
     config.eval.beir = str(eval_beir) if eval_beir else None
@@ -144,6 +144,14 @@ def test_a_run_folder_reads_its_recorded_training_data_and_names_it_when_gone(tm
     # a split names a file of a folder (or a BEIR / hub split), not a file or a run
     with pytest.raises(ValueError, match="a split names a file in a folder"):
         training_view(train, "dev")
+    # data.train_file as a list: every file's groups, max_groups counted over the list as training counts it
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"query": "a query of the second file", "pos": ["Q"], "neg": ["R"]}) + "\n")
+    view = training_view(_run_folder(tmp_path / "run6", [str(train), str(other)]))
+    assert view.groups == 4 and text_key("a query of the second file") in view.queries
+    assert f"{train} + {other}, from run" in view.source
+    view = training_view(_run_folder(tmp_path / "run7", [str(train), str(other)], max_groups=3))
+    assert view.groups == 3 and text_key("a query of the second file") not in view.queries
 
 
 def test_a_run_folder_splits_by_the_view_its_training_recorded(tmp_path):

@@ -487,6 +487,29 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
     assert "lower data.group_size" in caplog.text
 
 
+def test_a_list_of_training_files_trains_on_every_files_groups(tiny_model_dir, beir, tmp_path):
+    """data.train_file as a list: the groups of every file, each read in its own format, in the list's order
+    (max_groups counted over them all); a positive of one file that another lists as a negative of the same query
+    is left out as a negative; a missing file is named by its place in the list, before any work."""
+    from tuner.train_setup import check_before_work, load_training_groups
+
+    grouped = tmp_path / "a.jsonl"
+    grouped.write_text(json.dumps({"query": "q1", "pos": ["p1"], "neg": ["n1", "n2"]}) + "\n", encoding="utf-8")
+    pairs = tmp_path / "b.csv"
+    pairs.write_text("query,document,label\nq2,p2,1\nq2,n3,0\nq1,n2,1\nq1,p3,0\n", encoding="utf-8")
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "run", f"data.train_file=[{grouped}, {pairs}]")
+    groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
+    # the CSV's q1 group lists q1's negative n2 as a positive: the first file's n2 is no negative any more
+    assert [(g.query, g.pos, g.neg) for g in groups] == [("q1", ["p1"], ["n1"]), ("q2", ["p2"], ["n3"]),
+                                                         ("q1", ["n2"], ["p3"])]  # fmt: skip
+    config.data.max_groups = 2
+    assert [g.query for g in load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")] == ["q1", "q2"]
+    missing = tiny_config(tiny_model_dir, beir, tmp_path / "m", f"data.train_file=[{grouped}, {tmp_path}/gone.csv]")
+    with pytest.raises(FileNotFoundError, match=r"^data.train_file\[1\]: .*gone.csv"):
+        check_before_work(missing)
+    assert not (tmp_path / "m").exists()
+
+
 def test_training_leaves_out_negatives_that_are_positives_and_repeated_documents(
     tiny_model_dir, beir, tmp_path, caplog
 ):

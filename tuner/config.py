@@ -75,11 +75,14 @@ class LoraSection:
 
 @dataclass
 class DataSection:
-    train_file: str | None = _f(
-        None,
-        "training rows: grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}, labeled pairs "
-        "(JSONL, or CSV/TSV with a query,document,label header), sentence-transformers triplets (query/anchor, "
-        "positive, negative...), Parquet, or a hub dataset id",
+    train_file: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "doc": "training rows: grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}, labeled "
+            "pairs (JSONL, or CSV/TSV with a query,document,label header), sentence-transformers triplets "
+            "(query/anchor, positive, negative...), Parquet, or a hub dataset id; a list of them trains on all "
+            "their groups together (a mix of sources, each in its own format)"
+        },
     )
     beir: str | None = _f(None, "BEIR folder to mine training groups from (when no train_file)")
     split: str = _f("train", "qrels split of `beir` used for training groups")
@@ -106,6 +109,12 @@ class DataSection:
         "leave out training groups whose query text is a dev (eval.beir or eval.data) query, so that dev metrics "
         "measure queries never trained on (SciFact's train and test share 2 claims); false = keep them, with a warning",
     )
+
+    @property
+    def train_files(self) -> list[str]:
+        """`train_file` as a list: [] when unset, one file, or the list of files trained on together."""
+        files = self.train_file
+        return [] if not files else [files] if isinstance(files, str) else list(files)
 
 
 @dataclass
@@ -634,6 +643,9 @@ def _check_ranges(config: Config, where: str) -> None:
         raise ConfigError(f"{where}lora.dropout: must be in [0, 1), got {config.lora.dropout!r}")
     if config.train.max_steps == 0 or config.train.max_steps < -1:
         raise ConfigError(f"{where}train.max_steps: must be >= 1, or -1 to train for train.epochs")
+    files = config.data.train_file
+    if isinstance(files, list) and (not files or not all(isinstance(f, str) and f.strip() for f in files)):
+        raise ConfigError(f"{where}data.train_file: must be a file (or hub id) or a non-empty list of them")
     targets = config.lora.target_modules
     if isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
         raise ConfigError(f"{where}lora.target_modules: must be 'all-linear' or a non-empty list of module names")

@@ -203,9 +203,11 @@ def _run_view(run: Path) -> TrainingView:
     if config is None:
         raise FileNotFoundError(f"{run / 'config.yaml'}: the run names no training data (data.train_file or data.beir)")
     data = config.data
-    source, split = (data.train_file, None) if data.train_file else (data.beir, data.split)
+    sources = [(file, None) for file in data.train_files] or [(data.beir, data.split)]
     try:
-        name, pairs = _source_pairs(source, split, data.max_groups, as_trained=True)
+        read = [_source_pairs(source, split, None, as_trained=True) for source, split in sources]
+        name = " + ".join(n for n, _ in read)
+        pairs = [pair for _, some in read for pair in some][: data.max_groups]
         dev = _dev_query_texts(config) if data.drop_dev_queries else set()
     except (OSError, ValueError) as err:
         raise FileNotFoundError(

@@ -504,7 +504,7 @@ def _train(
         from tuner.overlap import TRAINING_VIEW, groups_view, write_view
 
         d = config.data
-        name = d.train_file or f"{d.beir} ({d.split} qrels, BM25 negatives)"
+        name = " + ".join(d.train_files) or f"{d.beir} ({d.split} qrels, BM25 negatives)"
         name += f", {loaded} groups"
         if dropped:
             name += f" less {dropped} of queries the run evaluated on (its dev set)"

@@ -189,10 +189,13 @@ def check_training_source(data: DataSection) -> None:
         from tuner.data.beir import DataError
         from tuner.data.groups import resolve_path
 
-        try:
-            resolve_path(data.train_file)
-        except DataError as err:
-            raise FileNotFoundError(f"data.train_file: {err}") from None
+        files = data.train_files
+        for n, file in enumerate(files):
+            try:
+                resolve_path(file)
+            except DataError as err:
+                key = "data.train_file" if isinstance(data.train_file, str) else f"data.train_file[{n}]"
+                raise FileNotFoundError(f"{key}: {err}") from None
     elif not data.beir:
         raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
 
@@ -232,7 +235,8 @@ def read_tokenizer(base: str):
 def load_training_groups(
     data: DataSection, loss_kind: str, seed: int, out: Path, hard_label_weight: float = 0.0
 ) -> list:
-    """Training groups from `data.train_file` (grouped JSONL) or mined with BM25 from `data.beir`.
+    """Training groups from `data.train_file` (a training file, or a list of them) or mined with BM25 from
+    `data.beir`.
 
     Raises:
         FileNotFoundError: the train file or BEIR folder does not exist (the message names the recipe key).
@@ -244,8 +248,9 @@ def load_training_groups(
     if data.train_file:
         from tuner.data import load_groups
 
-        groups = load_groups(data.train_file)
-        source = data.train_file
+        # a list: every file's groups, in the order of the list (the sampler shuffles them together)
+        groups = [g for file in data.train_files for g in load_groups(file)]
+        source = " + ".join(data.train_files)
     else:  # data.beir (check_training_source: one of them is set)
         from tuner.data.beir import load_beir
         from tuner.mining import mine_negatives
