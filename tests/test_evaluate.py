@@ -392,7 +392,9 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
     argv2 += ["--compare", str(adapter), "--top-k", "5", "--out", str(out2), "--no-progress", "--cache-dir", ""]
     assert main(argv2) == 0
     second = json.loads((out2 / "metrics.json").read_text())["systems"]
-    assert [s["label"] for s in second] == [f"first stage ({run_file.name})", "model", "adapter"]
+    # a folder named as a run's or an export's is labeled with its parent's name
+    labels = [f"first stage ({run_file.name})", f"{tiny_model_dir.parent.name}/model", f"{tmp_path.name}/adapter"]
+    assert [s["label"] for s in second] == labels
     assert second[0]["metrics"] == pytest.approx(by_label["first stage (BM25)"]["metrics"], abs=1e-12)
     assert second[1]["metrics"] == pytest.approx(by_label["base [default]"]["metrics"], abs=1e-9)
     assert second[2]["metrics"] == pytest.approx(by_label["tuned [default]"]["metrics"], abs=1e-9)
@@ -483,7 +485,10 @@ def test_cli_eval_on_a_groups_file(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out"
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(path), "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
-    assert [s["label"] for s in summary["systems"]] == ["first stage (random order)", "model"]
+    assert [s["label"] for s in summary["systems"]] == [
+        "first stage (random order)",
+        f"{tiny_model_dir.parent.name}/model",
+    ]
     assert summary["dataset"] == "dev.jsonl" and summary["queries"] == 3 and summary["pairs_per_model"] == 8
     assert "first stage in a seeded random order" in capsys.readouterr().out
     assert "Each query's group is ranked whole (at most 3 documents)" in (out / "report.md").read_text()
@@ -721,7 +726,30 @@ def test_a_compared_adapter_loads_on_the_model_given(tmp_path, tiny_model_dir, b
     options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
     summary = eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "out", compare=[str(adapter)], **options)
     row = summary["systems"][-1]
-    assert (row["label"], row["model"], row["adapter"]) == ("adapter", str(tiny_model_dir), str(adapter))
+    assert (row["label"], row["model"], row["adapter"]) == (
+        f"{tmp_path.name}/adapter",
+        str(tiny_model_dir),
+        str(adapter),
+    )
+
+
+def test_a_system_given_as_a_run_or_export_folder_is_labeled_by_the_run_or_export(tmp_path, monkeypatch):
+    """`tuner eval --compare runs/lr1e-3/adapter runs/lr2e-4/adapter`: rows "lr1e-3/adapter" and "lr2e-4/adapter",
+    not "adapter" and "adapter (2)"; a checkpoint by its run, an export's format folder by the export, a folder of
+    another name and a hub id by their own name, a relative path as the folder it resolves to."""
+    from tuner.eval_run import system_label
+
+    for folder in ("runs/lr2e-4/adapter", "runs/full/model", "exports/bikes/merged", "exports/bikes/seq-cls"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert system_label(str(tmp_path / "runs/lr2e-4/adapter")) == "lr2e-4/adapter"
+    assert system_label(str(tmp_path / "runs/full/model")) == "full/model"
+    assert system_label(str(tmp_path / "runs/lr2e-4/checkpoints/checkpoint-40")) == "lr2e-4/checkpoint-40"
+    assert system_label(str(tmp_path / "exports/bikes/merged")) == "bikes/merged"
+    assert system_label(str(tmp_path / "exports/bikes/seq-cls")) == "bikes/seq-cls"
+    assert system_label(str(tmp_path / "models/tiny-reranker")) == "tiny-reranker"
+    assert system_label("Qwen/Qwen3-Reranker-4B") == "Qwen3-Reranker-4B"
+    monkeypatch.chdir(tmp_path / "runs/lr2e-4")
+    assert system_label("adapter") == "lr2e-4/adapter"
 
 
 def test_systems_of_one_name_get_numbered_labels():

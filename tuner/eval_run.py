@@ -169,6 +169,21 @@ def _cached_result(entry: dict[str, Any], label: str) -> EvalResult:
     )
 
 
+def system_label(model: str) -> str:
+    """How the report names a model given by path: its folder's name, or for the folders every run and export has
+    (RUN/adapter, RUN/model, RUN/checkpoints/checkpoint-N, EXPORT/merged, EXPORT/seq-cls) the run's or export's name
+    with it, so that `--compare runs/a/adapter runs/b/adapter` gives rows "a/adapter" and "b/adapter", not "adapter"
+    and "adapter (2)". A hub id is named by its model part."""
+    path = Path(model)
+    if path.exists():
+        path = path.resolve()  # `--compare adapter` from inside the run folder
+    if path.name in ("adapter", "model", "merged", "seq-cls") and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name or model
+
+
 def _unique(label: str, taken: set[str]) -> str:
     out, n = label, 2
     while out in taken:
@@ -271,7 +286,7 @@ def run_eval(
             score_all(reranker, "base", base_info, cache)
         score_all(reranker, "tuned", {"model": base, "adapter": main_adapter})
     else:
-        score_all(reranker, Path(model).name or model, {"model": model, "adapter": None})
+        score_all(reranker, system_label(model), {"model": model, "adapter": None})
     del reranker
     gc.collect()
 
@@ -282,7 +297,7 @@ def run_eval(
         else:
             other_reranker = load_reranker(other, None, options)
             info = {"model": other, "adapter": None}
-        score_all(other_reranker, Path(other).name or other, info)
+        score_all(other_reranker, system_label(other), info)
         del other_reranker
         gc.collect()
 
