@@ -129,6 +129,36 @@ def test_metrics_label_by_route_not_by_any_path_a_client_tries(client):
     assert label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
 
 
+def test_metrics_render_cumulative_buckets_counts_and_gauges():
+    """The text a Prometheus scrape reads: `le` buckets are cumulative and take a value equal to their bound,
+    _sum and _count are the observations', and the counters and gauges are what was added."""
+    from tuner.serve_metrics import Metrics
+
+    m = Metrics()
+    for rows, requests in ((1, 1), (2, 1), (3, 2), (300, 2)):
+        m.observe_batch(rows=rows, requests=requests)
+    m.add_documents(5)
+    m.add_documents(2)
+    m.inflight(+1)
+    m.set_queued(7)
+    m.set_queued(3)  # a gauge: the last value set
+    m.observe_request("/v1/rerank", 200, 0.01)
+    values = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in m.render().splitlines() if line[:1] != "#"}
+    assert values['tuner_batch_rows_bucket{le="1"}'] == "1"  # a value equal to its bound is in that bucket
+    assert values['tuner_batch_rows_bucket{le="2"}'] == "2"
+    assert values['tuner_batch_rows_bucket{le="4"}'] == "3"
+    assert values['tuner_batch_rows_bucket{le="256"}'] == "3"
+    assert values['tuner_batch_rows_bucket{le="+Inf"}'] == "4"
+    assert values["tuner_batch_rows_sum"] == "306.000000" and values["tuner_batch_rows_count"] == "4"
+    assert values['tuner_batch_requests_bucket{le="1"}'] == "2" and values['tuner_batch_requests_bucket{le="2"}'] == "4"
+    assert values["tuner_forward_passes_total"] == "4" and values["tuner_documents_total"] == "7"
+    assert values["tuner_inflight_requests"] == "1" and values["tuner_queued_documents"] == "3"
+    assert values['tuner_request_duration_seconds_bucket{path="/v1/rerank",le="0.005"}'] == "0"
+    assert values['tuner_request_duration_seconds_bucket{path="/v1/rerank",le="0.01"}'] == "1"
+    assert values['tuner_request_duration_seconds_count{path="/v1/rerank"}'] == "1"
+    assert values['tuner_requests_total{path="/v1/rerank",code="200"}'] == "1"
+
+
 def test_cohere_v2_and_vllm_v1_score_routes(client, tiny_reranker):
     expected = tiny_reranker.score(QUERY, DOCS)
     r = client.post("/v2/rerank", json={"model": "tiny", "query": QUERY, "documents": DOCS, "top_n": 2})
