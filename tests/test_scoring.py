@@ -466,6 +466,9 @@ def test_bad_call_arguments_get_one_clear_error(tiny_model_dir, tiny_reranker):
         tiny_reranker.score("q", None)
     with pytest.raises(TypeError, match=r"pairs must be a list of pairs .*, got NoneType"):
         tiny_reranker.score_pairs(None)
+    for value in ("off", "on", None):  # "off" is truthy: taken, it turned prefix reuse on
+        with pytest.raises(ValueError, match="prefix_reuse must be True, False or 'auto', got "):
+            Reranker(model, tok, prefix_reuse=value)
 
 
 def test_numpy_rows_and_dtype_auto_are_taken(tiny_model_dir, tiny_reranker):
