@@ -102,6 +102,12 @@ def test_batching_does_not_change_scores(tiny_model_dir):
     assert max(abs(x - y) for x, y in zip(one, a[:5], strict=True)) < 1e-5
 
 
+def test_from_pretrained_passes_batch_tokens_on(tiny_model_dir):
+    reranker = Reranker.from_pretrained(tiny_model_dir, device="cpu", batch_tokens=300)
+    assert reranker.batch_tokens == 300
+    assert [len(b) for b in reranker.batches([100] * 4)] == [3, 1]
+
+
 def test_batches_respect_the_token_budget(tiny_reranker):
     lengths = [50, 400, 120, 120, 30, 30, 30, 500, 10]
     batches = list(tiny_reranker.batches(lengths, batch_tokens=600))
