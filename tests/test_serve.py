@@ -402,6 +402,9 @@ def test_a_drain_is_one_scoring_call_with_prefix_groups_across_requests(tiny_mod
         assert tokens == sum(len(x) for x in fast.encode(t))
     assert metrics.forward_passes >= 4 and metrics.batch_rows.n == metrics.forward_passes
     assert metrics.batch_rows.total == sum(len(t) for t in triples) + len(triples[1])
+    # requests per forward pass, not rows: only jobs 0 and 2 share passes (their prefix group), so none holds more
+    # than 2 requests, while job 1's 3 documents share one pass
+    assert sum(metrics.batch_requests.counts[2:]) == 0 and metrics.batch_requests.total < metrics.batch_rows.total
 
 
 def test_shutdown_lets_in_flight_requests_finish(tiny_model_dir):
