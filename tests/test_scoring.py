@@ -427,6 +427,10 @@ def test_a_none_instruction_in_a_triple_falls_back_to_the_calls_then_the_models(
     assert tiny_reranker.rank(pair[0], [pair[1]], instruction="X")[0]["score"] == pytest.approx(
         tiny_reranker.score_pairs([pair], instruction="X")[0]
     )
+    # ... and the model's default is its own instruction (an export's tuner.json), not the contract's
+    own = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, instruction="X")
+    assert own.score_pairs([pair], normalize=False) == pytest.approx(call_level, abs=1e-6)
+    assert own.encode([(*pair, None)]) == tiny_reranker.encode([(*pair, "X")])
 
 
 def test_a_non_string_instruction_is_refused_naming_the_pair(tiny_reranker):
