@@ -433,6 +433,18 @@ def test_a_none_instruction_in_a_triple_falls_back_to_the_calls_then_the_models(
     assert own.encode([(*pair, None)]) == tiny_reranker.encode([(*pair, "X")])
 
 
+def test_encode_cuts_documents_to_the_callers_caps(tiny_reranker):
+    """`encode`'s max_length and max_document_tokens (a server request's truncate_prompt_tokens and
+    max_tokens_per_doc) reach the encoder: the document is cut, the query and instruction are not."""
+    doc = " ".join(f"lift{n} wing pressure" for n in range(100))
+    whole = tiny_reranker.encode([("wing lift", doc, None)])[0]
+    by_doc = tiny_reranker.encode([("wing lift", doc, None)], max_document_tokens=7)[0]
+    by_length = tiny_reranker.encode([("wing lift", doc, None)], max_length=90)[0]
+    assert [by_doc] == tiny_reranker.encoder.encode_many([("wing lift", doc, None)], max_document_tokens=7)
+    assert len(by_doc) < len(whole) - 100
+    assert len(by_length) == 90
+
+
 def test_a_non_string_instruction_is_refused_naming_the_pair(tiny_reranker):
     # it used to be formatted into the prompt as "5"
     with pytest.raises(TypeError, match=r"pair 1: the instruction must be a string or None, got int"):
