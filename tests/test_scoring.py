@@ -336,6 +336,11 @@ def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
     calls.clear()
     got = fast.logits_for_ids(ids, groups=[[], [0, 1, 2]])
     assert len(calls) == 1 and got == pytest.approx(fast.logits_for_ids(ids), abs=1e-5)
+    # "auto" skips a shared head under MIN_SHARED_PREFIX tokens (its own forward would cost more than it saves)
+    calls.clear()
+    short = [[ids[0][0], ids[0][1] + n, *ids[0][2:]] for n in range(3)]  # the prompts share one token
+    fast.logits_for_ids(short, groups=[[0, 1, 2]])
+    assert calls == []
 
 
 def test_a_two_label_head_is_refused_on_every_path(tiny_model_dir, tokenizer):
