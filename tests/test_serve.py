@@ -92,6 +92,9 @@ def test_rerank_schema_order_top_n_and_scores_equal_offline(client, tiny_reranke
     served = {x["index"]: x["relevance_score"] for x in body["results"]}
     assert served == pytest.approx(dict(enumerate(custom)), abs=1e-6)
     assert custom != pytest.approx(offline, abs=1e-6)
+    # max_documents (8 here) is the most a request may hold, not one more than it may
+    full = client.post("/v1/rerank", json={"query": QUERY, "documents": [f"d{n}" for n in range(8)]})
+    assert full.status_code == 200 and len(full.json()["results"]) == 8
 
 
 def test_a_title_only_document_is_scored_as_the_python_api_scores_it(client, tiny_reranker):
