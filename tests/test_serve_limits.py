@@ -194,6 +194,8 @@ def test_request_truncation_fields_cut_documents_as_the_reranker_does(client, ti
     same = client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "truncate_prompt_tokens": -1})
     plain = client.post("/v1/rerank", json={"query": QUERY, "documents": docs})
     assert same.json()["results"] == plain.json()["results"]
+    at_budget = {"query": QUERY, "documents": docs, "truncate_prompt_tokens": tiny_reranker.max_length}
+    assert client.post("/v1/rerank", json=at_budget).json()["results"] == plain.json()["results"]  # the cap itself
 
 
 @pytest.mark.parametrize(
