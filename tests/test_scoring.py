@@ -343,6 +343,27 @@ def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
     assert calls == []
 
 
+def test_packing_scores_on_the_packed_path(tiny_reranker, monkeypatch):
+    """packing=True is not only stored: the prompts go through packed rows (the same scores would hide a flag
+    that is ignored)."""
+    packed = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, packing=True)
+    rows = []
+    original = Reranker._logits_packed
+
+    def spy(self, ids, batch_tokens, bar):
+        rows.append(len(ids))
+        return original(self, ids, batch_tokens, bar)
+
+    monkeypatch.setattr(Reranker, "_logits_packed", spy)
+    got = packed.score("wing lift", ["Lift is produced by a wing.", "Bananas."], normalize=False)
+    assert rows == [2]
+    assert got == pytest.approx(
+        tiny_reranker.score("wing lift", ["Lift is produced by a wing.", "Bananas."], normalize=False), abs=1e-5
+    )
+    tiny_reranker.score("wing lift", ["Bananas."])
+    assert rows == [2]  # packing off: the padded path
+
+
 def test_a_two_label_head_is_refused_on_every_path(tiny_model_dir, tokenizer):
     """The contract's seq-cls head is 1 label; a 2-label [no, yes] head must not be scored on its "no" row."""
     from transformers import AutoModelForSequenceClassification
