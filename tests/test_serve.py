@@ -410,6 +410,25 @@ def test_a_drain_is_one_scoring_call_with_prefix_groups_across_requests(tiny_mod
     assert sum(metrics.batch_requests.counts[2:]) == 0 and metrics.batch_requests.total < metrics.batch_rows.total
 
 
+def test_a_served_request_reaches_the_prefix_path_with_its_keys(tiny_reranker, monkeypatch):
+    """The route hands its prompts' (query, instruction) keys to the batcher: with prefix reuse on, a request's
+    documents share one prefix forward (the batcher's own test submits keys itself)."""
+    from tuner.scoring import Reranker
+
+    fast = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, prefix_reuse=True)
+    prefixes = []
+    original = Reranker._logits_shared_prefix
+
+    def spy(self, prefix, rests, batch_tokens):
+        prefixes.append(len(rests))
+        return original(self, prefix, rests, batch_tokens)
+
+    monkeypatch.setattr(Reranker, "_logits_shared_prefix", spy)
+    with running(create_app(fast, model_name="tiny")) as (url, _, _):
+        r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS[:3]}, timeout=30)
+    assert r.status_code == 200 and prefixes == [3]
+
+
 def test_shutdown_lets_in_flight_requests_finish(tiny_model_dir):
     from tuner.scoring import Reranker
 
