@@ -104,6 +104,19 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_reranker):
     assert fits.status_code == 200 and first["r"].status_code == 200
 
 
+def test_a_request_larger_than_the_queue_bound_is_taken_when_the_queue_is_empty(tiny_reranker):
+    """--max-queued-documents bounds what waits behind other work, not a request's size: a request over it is
+    taken whole when nothing is queued (else it could never be served), and the next one is refused."""
+    from tuner.serve import Batcher, ServerBusy
+
+    batcher = Batcher(tiny_reranker, max_queued=2)  # not started: what is submitted stays queued
+    ids = tiny_reranker.encode([(QUERY, d, None) for d in DOCS])
+    future = batcher.submit(ids)
+    with pytest.raises(ServerBusy, match="3 documents are queued"):
+        batcher.submit(ids[:1])
+    future.cancel()
+
+
 def test_oversized_bodies_get_413_before_parsing(client):
     big = {"query": QUERY, "documents": ["x" * 5000]}
     r = client.post("/v1/rerank", json=big)  # Content-Length over the 4096-byte limit
