@@ -35,6 +35,13 @@ def test_candidates_always_include_default_and_none_without_duplicates():
     ]
 
 
+def test_a_model_whose_default_is_no_instruction_is_searched_against_no_instruction():
+    """A model whose tuner.json says `"instruction": ""` (no instruction won an earlier search) scores without one:
+    that is the search's reference (candidate 0, "default"), not the model card's instruction."""
+    cands = candidate_instructions([], "")
+    assert [(c.label, c.text) for c in cands] == [("default", ""), ("model card default", DEFAULT_INSTRUCTION)]
+
+
 def test_read_instructions_skips_blanks_and_comments(tmp_path):
     path = tmp_path / "inst.txt"
     path.write_text("# a comment\n\n  Find papers  \nRetrieve passages\n", encoding="utf-8")
