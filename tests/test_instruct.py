@@ -282,6 +282,18 @@ def test_apply_to_a_missing_folder_names_every_kind_it_takes(tmp_path):
         apply_targets(tmp_path / "runs" / "quik")
 
 
+def test_apply_to_a_folder_of_models_that_tuner_did_not_export_is_refused(tmp_path):
+    """An export root's format folders carry the tuner.json export wrote; a folder of other models (`--apply models`
+    for `--apply models/mine`) is refused, not given a tuner.json in each model folder it holds."""
+    models = tmp_path / "models"
+    for name in ("base", "other"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="neither a model"):
+        apply_meta(models, {"instruction": "A"})
+    assert not list(models.rglob("tuner.json"))
+
+
 def test_apply_meta_updates_every_format_of_an_export_root_but_only_a_runs_adapter(tmp_path):
     """`tuner export --format all` writes adapter/, merged/ and seq-cls/: all three get the update (adapter/ alone
     did, as if the export root were a run, so one export scored differently per format). A training run (its
