@@ -352,6 +352,21 @@ def test_an_applied_instruction_removes_a_calibration_fitted_with_another(tmp_pa
         read_meta(model)
 
 
+def test_a_calibration_fitted_with_the_default_is_applied_without_a_warning_to_a_model_with_no_instruction(tmp_path):
+    """`tuner calibrate --apply` on a model whose tuner.json sets no instruction: the fit records the model card's
+    default, which is what that model scores with, so there is nothing to warn about."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tuner.json").write_text(json.dumps({"max_length": 512}))
+    warnings: list[str] = []
+    fitted = {"temperature": 2.0, "bias": 0.5, "instruction": DEFAULT_INSTRUCTION, "max_length": 512}
+    apply_meta(model, {"calibration": fitted}, on_warning=warnings.append)
+    assert json.loads((model / "tuner.json").read_text())["calibration"] == fitted and warnings == []
+    apply_meta(model, {"calibration": {**fitted, "instruction": "Find code"}}, on_warning=warnings.append)
+    assert len(warnings) == 1 and "fitted with instruction 'Find code'" in warnings[0]
+
+
 @pytest.mark.parametrize("verb", ["instruct", "calibrate"])
 def test_a_wrong_apply_fails_before_any_scoring(verb, tmp_path, monkeypatch, capsys):
     """--apply on a folder that is no adapter, run or export: exit 2 naming it, before a model loads or --out is
