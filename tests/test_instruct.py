@@ -407,6 +407,27 @@ def test_reranker_default_instruction_comes_from_the_applied_tuner_json(tmp_path
     )
 
 
+def test_an_applied_instruction_reaches_a_template_kept_in_tokenizer_config(tmp_path):
+    """An export written by an older transformers keeps its chat template in tokenizer_config.json, not in
+    chat_template.jinja: that one gets the new default instruction too, the file's other keys kept; a template tuner
+    did not generate is left alone."""
+    from tuner.chat_template import build_chat_template
+
+    export_dir = tmp_path / "merged"
+    export_dir.mkdir()
+    (export_dir / "config.json").write_text("{}")
+    (export_dir / "tuner.json").write_text(json.dumps({"format": "merged"}))
+    config = {"chat_template": build_chat_template(None), "model_max_length": 512}
+    (export_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    apply_meta(export_dir, {"instruction": "Find abstracts"})
+    config = json.loads((export_dir / "tokenizer_config.json").read_text())
+    assert config == {"chat_template": build_chat_template("Find abstracts"), "model_max_length": 512}
+    own = {"chat_template": "{{ messages[0].content }}"}
+    (export_dir / "tokenizer_config.json").write_text(json.dumps(own))
+    apply_meta(export_dir, {"instruction": "Find code"})
+    assert json.loads((export_dir / "tokenizer_config.json").read_text()) == own
+
+
 def test_rechecking_an_exports_template_gives_no_transformers_length_warning(tmp_path, capfd):
     """An export's tokenizer keeps `model_max_length = max_length` (256 in the tiny recipe); the template re-check of
     `tuner instruct --apply EXPORT` tokenizes the untruncated long probe with it, and transformers printed "Token
