@@ -428,6 +428,36 @@ def test_an_applied_instruction_reaches_a_template_kept_in_tokenizer_config(tmp_
     assert json.loads((export_dir / "tokenizer_config.json").read_text()) == own
 
 
+def test_a_regenerated_template_is_checked_before_anything_is_written_and_unchecked_figures_are_dropped(
+    tmp_path, monkeypatch
+):
+    """`apply_meta` on an export re-checks its regenerated template against the contract's prompt: one that renders
+    otherwise fails with nothing written. Without a tokenizer to check it with, the export-time template figures
+    (of a template the export no longer ships) are dropped and the record says the template was not re-checked."""
+    from tuner import chat_template
+    from tuner.contract import load_tokenizer
+    from tuner.export import save_tokenizer
+
+    export_dir = tmp_path / "merged"
+    export_dir.mkdir()
+    (export_dir / "config.json").write_text("{}")
+    (export_dir / "chat_template.jinja").write_text(chat_template.build_chat_template(None))
+    meta = {"format": "merged", "parity": {"template": {"probes": 9, "prompt_strings_equal": 9, "token_ids_equal": 9}}}
+    (export_dir / "tuner.json").write_text(json.dumps(meta))
+    apply_meta(export_dir, {"instruction": "Find abstracts"})  # no tokenizer here
+    parity = json.loads((export_dir / "tuner.json").read_text())["parity"]
+    assert "template" not in parity and parity["instruction_changed"]["template_rechecked"] is False
+
+    save_tokenizer(load_tokenizer(), export_dir, 64)  # writes the tokenizer's own chat_template.jinja: ours again
+    (export_dir / "chat_template.jinja").write_text(chat_template.build_chat_template("Find abstracts"))
+    before = {p.name: p.read_bytes() for p in export_dir.iterdir()}
+    build = chat_template.build_chat_template
+    monkeypatch.setattr(chat_template, "build_chat_template", lambda instruction=None: build(instruction) + "!")
+    with pytest.raises(ValueError, match=r"rendered .* as the contract's prompt; nothing was changed"):
+        apply_meta(export_dir, {"instruction": "Find code"})
+    assert {p.name: p.read_bytes() for p in export_dir.iterdir()} == before
+
+
 def test_rechecking_an_exports_template_gives_no_transformers_length_warning(tmp_path, capfd):
     """An export's tokenizer keeps `model_max_length = max_length` (256 in the tiny recipe); the template re-check of
     `tuner instruct --apply EXPORT` tokenizes the untruncated long probe with it, and transformers printed "Token
