@@ -35,6 +35,14 @@ def test_pack_rows_pads_tail_as_its_own_segment_and_keeps_long_prompts_whole():
         pack_rows([], pad_id=0)
 
 
+def test_a_later_row_fuller_than_the_first_sets_the_width():
+    """First fit, longest first, can fill a later row more than the first: 6 alone (5 does not fit beside it), then
+    5 + 5. Rows are as wide as the fullest one."""
+    out = pack_rows([[1] * 6, [2] * 5, [3] * 5], pad_id=0, row_tokens=10)
+    assert out["input_ids"].tolist() == [[1] * 6 + [0] * 4, [2] * 5 + [3] * 5]
+    assert out["last_index"].tolist() == [5, 4, 9] and out["row_index"].tolist() == [0, 1, 1]
+
+
 def test_sorted_chunks_respect_budget_and_cover_all():
     ids = [[1] * n for n in (5, 2, 9, 3, 7, 4)]
     chunks = sorted_chunks(ids, pad_id=0, batch_tokens=12)
