@@ -256,6 +256,29 @@ def test_the_winner_level_is_corrected_for_the_number_of_candidates():
     assert winner_level(2) == 0.05 and winner_level(9) == pytest.approx(0.05 / 8) and winner_level(1) == 0.05
 
 
+def test_the_search_section_of_the_report_lists_every_candidate_and_says_when_the_gain_is_noise():
+    """report.md's table shows an instruction holding "|" whole and "no instruction" as (none); a winner whose
+    paired test is not significant at the corrected level is said to be so."""
+    from tuner.instruct import _render_search
+
+    stats = {"queries": 5, "wins": 1, "ties": 4, "losses": 0, "p_ttest": 0.37, "p_randomization": 1.0}
+    info = {
+        "winner_label": "custom 1",
+        "winner_value": 0.6,
+        "delta_vs_default": 0.1,
+        "winner_vs_default": stats,
+        "significance_level": 0.025,
+        "candidates": [
+            {"label": "default", "text": DEFAULT_INSTRUCTION},
+            {"label": "no instruction", "text": ""},
+            {"label": "custom 1", "text": "Find a | b"},
+        ],
+    }
+    text = _render_search({"primary_metric": "ndcg@10", "instruction_search": info})
+    assert "| no instruction | (none) |" in text and "| custom 1 | Find a \\| b |" in text
+    assert "The difference is not significant at 0.025 (0.05 over the 2 alternatives to the default" in text
+
+
 def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_path):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
