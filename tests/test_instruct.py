@@ -298,6 +298,20 @@ def test_apply_meta_targets_run_and_multi_format_exports_and_rejects_others(tmp_
         apply_meta(tmp_path, {"instruction": "C"})
 
 
+def test_the_instructions_an_export_root_uses_are_listed_once(tmp_path):
+    """`tuner export --format all` writes one instruction into each of its three formats: --apply on its root tests
+    the winner against that instruction once (a list with it three times gave three identical --force warnings)."""
+    from tuner.instruct import current_instructions
+
+    root = tmp_path / "export"
+    for fmt, config, instruction in (("adapter", "adapter_config.json", "A"), ("merged", "config.json", "A"),
+                                     ("seq-cls", "config.json", None)):  # fmt: skip
+        (root / fmt).mkdir(parents=True)
+        (root / fmt / config).write_text("{}")
+        (root / fmt / "tuner.json").write_text(json.dumps({"format": fmt, "instruction": instruction}))
+    assert current_instructions(root) == ["A", DEFAULT_INSTRUCTION]
+
+
 def test_apply_to_a_missing_folder_names_every_kind_it_takes(tmp_path):
     """`--apply runs/quik` (a typo of the README's `--apply runs/quick`): the error names runs among the folders
     --apply takes, not only adapter and export folders."""
