@@ -533,6 +533,22 @@ def test_cli_instruct_on_a_groups_file(tmp_path, tiny_model_dir):
     assert record["instruction_search"]["split"] == summary["split"] == ""
 
 
+def test_instruct_on_rows_with_their_own_instruction_says_they_are_overridden(tmp_path, tiny_model_dir, caplog):
+    """A row's own instruction is not searched for: the search scores its query under each candidate, and says so;
+    the tuner.json record keeps the search's summary, not every candidate's metrics (those are in metrics.json)."""
+    from tuner.cli import main
+
+    path = _dev_groups(tmp_path / "dev.jsonl")  # "find the fish" carries "Find animals"
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="tuner.instruct"):
+        assert main(["instruct", "--model", str(tiny_model_dir), "--data", str(path), "--out", str(out)]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.name == "tuner.instruct"]
+    assert any(w.startswith("1 of 3 queries of ") and "carry their own instruction" in w for w in warned), warned
+    record = json.loads((out / "tuner.json").read_text())["instruction_search"]
+    assert "candidates" not in record
+    assert len(json.loads((out / "metrics.json").read_text())["instruction_search"]["candidates"]) == 2
+
+
 def test_a_cutoff_deeper_than_the_reranked_candidates_is_flagged_in_training_and_the_card(tmp_path, caplog):
     """eval.top_k=5 with recall@20: training logged recall@20=1.0000 and the model card printed it as if 20
     documents had been ranked; both now say only the top 5 are (a `tuner eval` report already did)."""
