@@ -230,3 +230,31 @@ def test_a_sources_calibration_is_not_carried_and_the_merge_says_so(tiny_model_d
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and f"the calibration of {a} is not carried into {tmp_path / 'half'}" in warned[0]
     assert f"--apply {tmp_path / 'half'}" in warned[0]
+
+
+def test_adapters_that_are_not_plain_lora_are_named_before_any_model_loads(tmp_path):
+    """What peft's "cat" sum cannot add up is refused by folder: another PEFT type, DoRA, whole trained modules, a
+    trained bias (`bias`, as `lora_bias`), per-layer alphas alone, a selection by layers_pattern or by a target
+    regex that the other sources do not share."""
+    from tuner.merge import _sources
+
+    def adapter(name, **config):
+        (tmp_path / name).mkdir()
+        config = {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], **config}
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+        return tmp_path / name
+
+    plain = adapter("plain")
+    cases = [
+        (adapter("ia3", peft_type="IA3"), "ia3: a IA3 adapter; tuner merge sums LoRA adapters"),
+        (adapter("dora", use_dora=True), "dora: a DoRA adapter"),
+        (adapter("saves", modules_to_save=["score"]), r"saves: trains whole modules too \(modules_to_save\)"),
+        (adapter("bias", bias="lora_only"), r"bias: trains bias terms"),
+        (adapter("layers", layers_pattern="layers"), r"select layers differently \(layers_pattern"),
+        (adapter("regex", target_modules=".*q_proj"), "regex names its target modules by a pattern"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _sources([plain, folder])
+    with pytest.raises(ValueError, match="alpha: per-layer ranks"):
+        _sources([adapter("alpha", alpha_pattern={"q_proj": 16})])
