@@ -185,6 +185,17 @@ def test_the_instruction_variable_wins_over_a_system_message(tokenizer):
     assert rendered == render_prompt("q", "d", "From kwargs")
 
 
+def test_an_export_whose_default_is_no_instruction_renders_none(tokenizer):
+    """A run whose instruction is "" (no instruction won `tuner instruct`) exports a template whose default is no
+    instruction, as tuner scores it, not the model card's."""
+    from tuner.chat_template import build_chat_template
+
+    rendered = tokenizer.apply_chat_template(
+        pair_messages("q", "d"), chat_template=build_chat_template(""), tokenize=False
+    )
+    assert rendered == render_prompt("q", "d", "")
+
+
 def test_only_tuners_own_templates_are_recognised_and_regenerated(tmp_path):
     from tuner.chat_template import build_chat_template, is_tuner_template
     from tuner.instruct import _regenerated_templates
