@@ -342,3 +342,23 @@ def test_data_check_against_with_errors_or_as_json_and_a_beir_training_split(tmp
     argv = ["data", "check", str(train), "--no-tokens", "--against", str(evaluation), "--against-split", "dev"]
     assert main([*argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["against"]["queries"] == 1
+
+
+def test_a_runs_dev_queries_from_a_labeled_file_are_sampled_as_training_sampled_them(tmp_path):
+    """eval.data (a labeled file) with eval.max_queries: the dev queries are the ones training sampled with its
+    train.seed and max_queries, not every query of the file nor another seed's sample."""
+    from tuner.config import load_config
+    from tuner.evaluate import Evaluator
+    from tuner.overlap import _dev_query_texts, normalize
+
+    dev = tmp_path / "dev.jsonl"
+    rows = [{"query": f"Question {n}", "pos": [f"answer {n}"], "neg": [f"other {n}"]} for n in range(12)]
+    dev.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+
+    def sampled(seed):
+        queries = Evaluator.from_groups(dev, None, 4, seed, show_progress=False).queries
+        return {normalize(t) for t in queries.values()}
+
+    assert sampled(7) != sampled(0) and len(sampled(7)) == 4
+    overrides = [f"eval.data={dev}", "eval.max_queries=4", "train.seed=7"]
+    assert _dev_query_texts(load_config(None, overrides)) == sampled(7)
