@@ -362,3 +362,11 @@ def test_a_runs_dev_queries_from_a_labeled_file_are_sampled_as_training_sampled_
     assert sampled(7) != sampled(0) and len(sampled(7)) == 4
     overrides = [f"eval.data={dev}", "eval.max_queries=4", "train.seed=7"]
     assert _dev_query_texts(load_config(None, overrides)) == sampled(7)
+
+
+def test_a_run_whose_recipe_names_no_training_data_is_named(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    Config().save(run / "config.yaml")  # data.train_file and data.beir unset
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml: the run names no training data"):
+        training_view(run)
