@@ -258,3 +258,13 @@ def test_adapters_that_are_not_plain_lora_are_named_before_any_model_loads(tmp_p
             _sources([plain, folder])
     with pytest.raises(ValueError, match="alpha: per-layer ranks"):
         _sources([adapter("alpha", alpha_pattern={"q_proj": 16})])
+
+
+def test_adapters_trained_on_other_prompt_contracts_are_refused(tiny_model_dir, tmp_path):
+    """Two adapters trained with different prompt contracts (another template or yes/no tokens) score different
+    prompts: their sum has no contract, and it is refused before the base loads."""
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1, contract={"template": "v1"})
+    b = _adapter(tiny_model_dir, tmp_path / "b", seed=2, contract={"template": "v2"})
+    with pytest.raises(ValueError, match="the adapters disagree on the prompt contract"):
+        merge_adapters([a, b], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
