@@ -372,6 +372,37 @@ def test_a_model_write_cut_off_leaves_no_folder_that_looks_complete(tmp_path, mo
     assert not any(n.startswith(".tuner-write-") for n in names)
 
 
+def test_a_tiny_model_takes_its_shape_is_shareable_and_gets_its_config_json_last(tmp_path, monkeypatch):
+    """write_tiny_model builds the heads it is given, with tied embeddings like the 4B (a head count that does not
+    divide the hidden size, or a KV head count that does not divide the heads, is refused), leaves files others can
+    read (safetensors writes 0600), moves config.json into place after every other file, and gives the tokenizer
+    tuner's chat template when asked (the GPU benchmarks' models)."""
+    import os
+    import stat
+
+    from tuner import tiny
+    from tuner.chat_template import build_chat_template
+
+    with pytest.raises(ValueError, match=r"hidden \(64\) must be divisible by heads \(6\)"):
+        tiny.tiny_config(hidden=64, heads=6)
+    with pytest.raises(ValueError, match=r"heads \(4\) must be divisible by kv_heads \(3\)"):
+        tiny.tiny_config(heads=4, kv_heads=3)
+    assert tiny.tiny_config().tie_word_embeddings  # as the 4B's lm_head is: the paths export takes for it
+    moved = []
+    replace = os.replace
+    monkeypatch.setattr(tiny.os, "replace", lambda src, dst: moved.append(os.path.basename(dst)) or replace(src, dst))
+    saved = os.umask(0o022)
+    try:
+        out = tiny.write_tiny_model(tmp_path / "model", layers=1, hidden=32, heads=2, kv_heads=1, chat_template=True)
+    finally:
+        os.umask(saved)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (2, 1, 16)
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+    assert moved[-1] == "config.json" and {"model.safetensors", "tokenizer.json"} <= set(moved)
+    assert (out / "chat_template.jinja").read_text() == build_chat_template(None)  # as a merged export has it
+
+
 def test_eval_instruct_and_calibrate_pass_every_option_on(tmp_path, monkeypatch):
     """Each flag of `tuner eval`, `instruct` and `calibrate` reaches its `run_*` function (a flag parsed but not
     passed on is silently ignored), and the defaults are the documented ones."""
