@@ -260,6 +260,23 @@ def test_adapters_that_are_not_plain_lora_are_named_before_any_model_loads(tmp_p
         _sources([adapter("alpha", alpha_pattern={"q_proj": 16})])
 
 
+def test_a_merge_made_on_another_base_records_it_and_holds_the_merge_alone(tiny_model_dir, tmp_path):
+    """`tuner merge --base B` (the sources' recorded base moved away): the merge's tuner.json names B, which it was
+    made on and loads on, not the sources' unreachable path; the folder holds the merged adapter only, not a copy of
+    each source beside it. An --out that is the base itself is refused before anything loads."""
+    import shutil
+
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1, base_model=str(tmp_path / "moved-away"))
+    merge_adapters([a], tmp_path / "half", weights=[0.5], base_model=str(tiny_model_dir))
+    meta = json.loads((tmp_path / "half" / "tuner.json").read_text())
+    assert meta["base_model"] == str(tiny_model_dir.resolve())
+    assert [p.name for p in (tmp_path / "half").iterdir() if p.is_dir()] == []  # no a0/ (peft's other adapters)
+    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
+    with pytest.raises(ValueError, match="would replace the base model"):
+        merge_adapters([a], base, weights=[0.5], base_model=str(base), overwrite=True)
+    assert sorted(p.name for p in base.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
+
+
 def test_adapters_trained_on_other_prompt_contracts_are_refused(tiny_model_dir, tmp_path):
     """Two adapters trained with different prompt contracts (another template or yes/no tokens) score different
     prompts: their sum has no contract, and it is refused before the base loads."""
