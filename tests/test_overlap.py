@@ -370,3 +370,11 @@ def test_a_run_whose_recipe_names_no_training_data_is_named(tmp_path):
     Config().save(run / "config.yaml")  # data.train_file and data.beir unset
     with pytest.raises(FileNotFoundError, match=r"config\.yaml: the run names no training data"):
         training_view(run)
+
+
+def test_a_judged_document_missing_from_the_collection_is_not_counted():
+    """BEIR qrels can name documents the corpus lacks: such a judgment makes no query seen and is not counted as
+    a relevant document, and it does not stop the split (a lookup of it would be a KeyError)."""
+    view = groups_view([], "nothing")
+    got = split_queries({"q1": "a question"}, {"q1": {"gone": 1, "d1": 1}}, {"d1": "A document."}, view)
+    assert got["part"] == {"q1": UNSEEN} and got["relevant_documents"] == 1
