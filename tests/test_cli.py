@@ -589,3 +589,54 @@ def test_version_prints_tuner_and_its_libraries_on_one_line(capsys, monkeypatch)
     monkeypatch.setattr(metadata, "version", version)
     assert main(["--version"]) == 0
     assert "bitsandbytes not installed; Python " in capsys.readouterr().out
+
+
+def test_export_merge_and_tiny_model_pass_every_option_on(tmp_path, monkeypatch, capsys):
+    """Each flag of `tuner export`, `tuner merge` and `tuner tiny-model` reaches the function that does the work,
+    with the documented defaults; a failed parity gate is exit 3."""
+    from tuner import export, merge, tiny
+    from tuner.cli import main
+
+    seen = {}
+
+    def fake_export(source, out, **kwargs):
+        seen["export"] = (source, out, kwargs)
+        if kwargs["base_model"] == "broken":
+            raise export.ParityError("gate failed")
+        return {"formats": {"merged": {"max_abs_logit_delta": 0.0, "passed": True}}}
+
+    monkeypatch.setattr(export, "export", fake_export)
+    out = str(tmp_path / "exp")
+    argv = ["export", "run", "--out", out, "--format", "merged", "--dtype", "bfloat16", "--device", "cpu"]
+    assert main([*argv, "--base", "b", "--max-shard-size", "1000", "--overwrite"]) == 0
+    assert seen["export"] == ("run", out, {"formats": ["merged"], "dtype": "bfloat16", "device": "cpu",
+                                           "base_model": "b", "max_shard_size": 1000, "overwrite": True})  # fmt: skip
+    assert main(["export", "run", "--out", out]) == 0
+    assert seen["export"] == ("run", out, {"formats": ["adapter", "merged", "seq-cls"], "dtype": "float32",
+                                           "device": None, "base_model": None, "max_shard_size": 5 * 10**9,
+                                           "overwrite": False})  # fmt: skip
+    assert main(["export", "run", "--out", out, "--max-shard-size", "2GiB"]) == 0
+    assert seen["export"][2]["max_shard_size"] == 2 * 2**30
+    assert main(["export", "run", "--out", out, "--max-shard-size", "0"]) == 2  # no shard holds anything
+    assert "argument --max-shard-size: '0' is not a size" in capsys.readouterr().err
+    assert main(["export", "run", "--out", out, "--base", "broken"]) == 3
+    assert "tuner export: gate failed" in capsys.readouterr().err
+
+    def fake_merge(sources, out, weights=None, **kwargs):
+        seen["merge"] = (sources, out, weights, kwargs)
+        return {"sources": sources, "weights": weights or [0.5, 0.5], "rank": 8, "layers": 2,
+                "max_rel_diff_vs_weighted_sum": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(merge, "merge_adapters", fake_merge)
+    argv = ["merge", "a", "b", "--out", out, "--weights", "0.25", "0.75", "--base", "B", "--overwrite"]
+    assert main(argv) == 0
+    assert seen["merge"] == (["a", "b"], out, [0.25, 0.75], {"base_model": "B", "overwrite": True})
+    assert main(["merge", "a", "b", "--out", out]) == 0
+    assert seen["merge"] == (["a", "b"], out, None, {"base_model": None, "overwrite": False})
+
+    monkeypatch.setattr(tiny, "write_tiny_model", lambda *args: seen.update(tiny=args) or args[0])
+    argv = ["tiny-model", str(tmp_path / "t"), "--layers", "3", "--hidden", "48", "--heads", "6", "--kv-heads", "3"]
+    assert main([*argv, "--seed", "7"]) == 0
+    assert seen["tiny"] == (str(tmp_path / "t"), 3, 48, 7, 6, 3)
+    assert main(["tiny-model", str(tmp_path / "t2")]) == 0
+    assert seen["tiny"] == (str(tmp_path / "t2"), 2, 64, 0, 4, 2)
