@@ -378,3 +378,18 @@ def test_a_judged_document_missing_from_the_collection_is_not_counted():
     view = groups_view([], "nothing")
     got = split_queries({"q1": "a question"}, {"q1": {"gone": 1, "d1": 1}}, {"d1": "A document."}, view)
     assert got["part"] == {"q1": UNSEEN} and got["relevant_documents"] == 1
+
+
+def test_an_evaluation_folder_of_labeled_files_is_read_at_its_split(tmp_path):
+    """`data check --against FOLDER --against-split dev`: the dev file of a folder of labeled files is the evaluation
+    set, not the folder's other files."""
+    from tuner.overlap import eval_overlap
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for split, n in (("dev", 2), ("test", 3)):
+        rows = [{"query": f"{split} question {i}", "pos": [f"{split} answer {i}"], "neg": ["x"]} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    view = groups_view([], "nothing")
+    assert eval_overlap(view, folder, "dev")["queries"] == 2
+    assert eval_overlap(view, folder, "test")["queries"] == 3
