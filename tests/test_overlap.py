@@ -393,3 +393,12 @@ def test_an_evaluation_folder_of_labeled_files_is_read_at_its_split(tmp_path):
     view = groups_view([], "nothing")
     assert eval_overlap(view, folder, "dev")["queries"] == 2
     assert eval_overlap(view, folder, "test")["queries"] == 3
+
+
+def test_a_beir_training_split_counts_only_queries_with_a_relevant_document_in_the_corpus(tmp_path):
+    """BEIR training turns a judged query into a group only through a relevant document (grade > 0): a query judged
+    0 on everything is not a training query, and a relevant document the corpus lacks is not a positive."""
+    qrels = {"q1": {"d1": 1, "gone": 1}, "q2": {"d2": 0}, "q3": {"d4": 1}}
+    view = training_view(write_beir(tmp_path / "beir", qrels=qrels, split="train"))
+    assert view.groups == 2 and text_key(QUERIES["q2"]) not in view.queries
+    assert len(view.positives) == 2  # d1 and d4
