@@ -431,3 +431,16 @@ def test_an_adapter_on_a_calibrated_merged_export_does_not_take_the_bases_calibr
     reranker = Reranker.from_pretrained(run / "adapter", device="cpu", dtype="float32")
     assert reranker.calibration is None
     assert Reranker.from_pretrained(base, device="cpu", dtype="float32").calibration == CALIBRATION  # its own
+
+
+def test_cross_validated_figures_are_those_of_each_folds_calibrated_logits(monkeypatch):
+    """Each fold's pairs are scored with sigmoid(logit / T + b) of the fit on the other folds: with every fit
+    returning (T, b) = (2, 0.5), the out-of-fold ECE, log loss and Brier are those of logit / 2 + 0.5."""
+    from tuner import calibrate
+
+    rng = np.random.default_rng(3)
+    labels = np.array([0, 1] * 20)
+    logits = rng.normal(size=40) + 2.0 * labels
+    monkeypatch.setattr(calibrate, "fit_platt", lambda x, y: (2.0, 0.5))
+    got = calibrate._cross_validated(logits, labels, 5, seed=0)
+    assert got == pytest.approx(calibration_metrics(logits, labels, 2.0, 0.5) | {"folds": 5}, abs=1e-12)
