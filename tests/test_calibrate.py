@@ -59,6 +59,14 @@ def test_fit_needs_both_labels_and_keeps_a_positive_slope():
     assert t > 0
 
 
+def test_logits_that_are_all_equal_fit_the_base_rate():
+    """A scorer that gives every pair the same logit (a broken or saturated model): the fit is finite and gives
+    that logit the positive rate, instead of dividing by a zero spread."""
+    t, b = fit_platt([2.0] * 4, [1, 0, 0, 0])
+    assert math.isfinite(t) and math.isfinite(b)
+    assert _sigmoid(2.0 / t + b) == pytest.approx(0.25, abs=1e-4)
+
+
 def test_ece_and_log_loss_on_hand_computed_values():
     # 15 bins: 0.1 → bin 1, 0.2 → bin 3, 0.9 → bin 13, 0.95 → bin 14; each alone: |0.1-0|+|0.2-1|+|0.9-1|+|0.95-1|
     assert expected_calibration_error([0.1, 0.2, 0.9, 0.95], [0, 1, 1, 1]) == pytest.approx(1.05 / 4)
