@@ -310,6 +310,15 @@ def test_cross_validated_needs_two_pairs_per_fold():
     assert _cross_validated(logits, labels, 5, seed=0) is not None
 
 
+def test_pairs_of_one_label_give_no_separation_test_and_no_cross_validated_estimate():
+    """A single label carries no evidence (p = 1, not a log(0) error), and cross-validation whose training folds
+    would miss a label gives no estimate rather than failing the whole calibration (one positive in ten pairs)."""
+    from tuner.calibrate import _cross_validated, separation_p_value
+
+    assert separation_p_value([1.0, 2.0], [1, 1], 1.0, 0.0) == separation_p_value([1.0, 2.0], [0, 0], 1.0, 0.0) == 1.0
+    assert _cross_validated(np.arange(10.0), np.array([1] + [0] * 9), 5, seed=0) is None
+
+
 def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
     the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
