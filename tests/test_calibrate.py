@@ -461,3 +461,40 @@ def test_cross_validated_figures_are_those_of_each_folds_calibrated_logits(monke
     monkeypatch.setattr(calibrate, "fit_platt", lambda x, y: (2.0, 0.5))
     got = calibrate._cross_validated(logits, labels, 5, seed=0)
     assert got == pytest.approx(calibration_metrics(logits, labels, 2.0, 0.5) | {"folds": 5}, abs=1e-12)
+
+
+def test_the_summary_gives_the_figures_of_the_pairs_it_scored_each_with_its_own_instruction(tmp_path, monkeypatch):
+    """calibration.json describes the logits scored: 'before' and the first reliability bins are of sigmoid(logit)
+    itself, the logit means are per label, the cross-validated row follows the seed (and is in the report); a pair
+    is scored with its row's instruction."""
+    from tuner import calibrate, eval_run
+    from tuner.calibrate import _cross_validated
+
+    scored = []
+
+    class Recording(Separated):
+        def score_pairs(self, triples, normalize=True):
+            scored.extend(triples)
+            return super().score_pairs(triples, normalize)
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: Recording())
+    rows = [
+        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]}
+        | ({"instruction": "Find wings"} if n % 2 else {})
+        for n in range(25)
+    ]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    summary = calibrate.run_calibrate("m", data, tmp_path / "out", seed=3)
+    assert [t[2] for t in scored] == [("Find wings" if n % 2 else None) for n in range(25) for _ in range(3)]
+    labels = np.array([1, 0, 0] * 25)
+    logits = np.array(Separated().score_pairs(scored))
+    assert summary["before"] == pytest.approx(calibration_metrics(logits, labels), abs=1e-12)
+    assert summary["reliability_before"] == reliability_bins(apply_calibration(logits), labels)
+    stats = summary["logit_stats"]
+    assert (stats["mean_pos"], stats["mean_neg"]) == pytest.approx(
+        (logits[labels == 1].mean(), logits[labels == 0].mean())
+    )
+    assert summary["after_cross_validated"] == pytest.approx(_cross_validated(logits, labels, 5, seed=3))
+    assert summary["after_cross_validated"] != pytest.approx(_cross_validated(logits, labels, 5, seed=0))
+    assert "| after, 5-fold cross-validated |" in (tmp_path / "out" / "report.md").read_text()
