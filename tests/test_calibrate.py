@@ -319,6 +319,20 @@ def test_pairs_of_one_label_give_no_separation_test_and_no_cross_validated_estim
     assert _cross_validated(np.arange(10.0), np.array([1] + [0] * 9), 5, seed=0) is None
 
 
+def test_the_separation_test_measures_against_the_entropy_of_an_unbalanced_rate():
+    """Dev pairs are mostly negatives: the constant the fit is tested against is the binary entropy of the positive
+    rate (here 1/4, with both terms), so one clean positive among three negatives is significant (p = 0.034), where
+    an entropy with a wrong term (0.42 instead of 0.56) called it degenerate (p = 0.067)."""
+    from scipy.stats import chi2
+
+    from tuner.calibrate import separation_p_value
+
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    fitted = math.log1p(math.exp(-10.0))  # every pair on its side of 0 by 10
+    p = separation_p_value([10.0, -10.0, -10.0, -10.0], [1, 0, 0, 0], 1.0, 0.0)
+    assert p == pytest.approx(chi2.sf(2 * 4 * (entropy - fitted), 1), rel=1e-9) and p < 0.05
+
+
 def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     """Logits unrelated to the labels fit a slope well under its bound, yet every calibrated probability is near
     the positive rate (0.44..0.55 here): the likelihood-ratio test calls it degenerate; a real signal passes."""
