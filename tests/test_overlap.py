@@ -402,3 +402,20 @@ def test_a_beir_training_split_counts_only_queries_with_a_relevant_document_in_t
     view = training_view(write_beir(tmp_path / "beir", qrels=qrels, split="train"))
     assert view.groups == 2 and text_key(QUERIES["q2"]) not in view.queries
     assert len(view.positives) == 2  # d1 and d4
+
+
+def test_data_check_of_a_beir_folder_against_an_evaluation_set_reports_its_training_split(tmp_path, capsys):
+    """`data check BEIR --against EVAL` counts coverage from the folder's train qrels: the stats it prints above that
+    count are of the same train qrels, not of its test qrels (the split a BEIR folder is checked by alone)."""
+    from tuner.cli import main
+
+    folder = write_beir(tmp_path / "beir", qrels={"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d4": 1}})
+    write_beir(folder, qrels={"q4": {"d5": 1}}, split="train")
+    assert main(["data", "check", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stats"]["split"] == "test"
+    assert main(["data", "check", str(folder), "--against", str(folder), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["stats"]["split"] == "train" and payload["stats"]["qrels"] == 1
+    assert (payload["against"]["queries"], payload["against"]["seen"]) == (3, 0)
+    assert main(["data", "check", str(folder), "--split", "test", "--against", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stats"]["split"] == "test"

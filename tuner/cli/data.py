@@ -16,7 +16,11 @@ def add_data(sub) -> None:
     verbs = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
     c = verbs.add_parser("check", help="validate a grouped/pairs file (or a BEIR folder) and print its stats")
     c.add_argument("path", help="JSONL/JSON/Parquet/CSV/TSV file, folder with <split>.jsonl, BEIR folder, or hub id")
-    c.add_argument("--split", help="split: file stem in a folder, hub split, or BEIR qrels (default train/test)")
+    c.add_argument(
+        "--split",
+        help="split: file stem in a folder, hub split, or BEIR qrels (default: train for a folder or hub dataset; a "
+        "BEIR folder's test qrels, or its train qrels with --against)",
+    )
     c.add_argument(
         "--max-length", type=positive_int, default=8192, help="prompt token budget to count truncation against"
     )
@@ -54,7 +58,16 @@ def _run_data_check(args) -> int:
             f"{path} is a file"
         )
     if beir:
-        report = check_beir(path, args.split or "test")
+        # with --against the folder is the training data: its stats are of the split whose coverage is counted
+        split = args.split or ("train" if args.against else "test")
+        try:
+            report = check_beir(path, split)
+        except (OSError, ValueError) as err:
+            if not args.against:
+                raise
+            raise UserError(
+                f"{args.path} as the training data of --against: {err} (--split names the training qrels)"
+            ) from None
     else:
         report = check_file(
             args.path, args.split, max_length=args.max_length, tokens=not args.no_tokens, show_progress=True
