@@ -873,3 +873,17 @@ def test_the_base_evaluations_key_holds_what_the_base_figures_depend_on():
     # where the figures are kept, and what trains after them, are not part of it
     for override in ("eval.base_cache_dir=/tmp/elsewhere", "train.lr=1e-3", "lora.r=4", "data.group_size=4"):
         assert _eval_inputs(load_config(None, [override])) == plain, override
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warnings of a CPU run")
+def test_a_cpu_run_says_its_base_keeps_model_dtype_in_its_log(tiny_model_dir, beir, tmp_path):
+    """On CPU, train.precision=bf16 falls back to fp32 steps but a LoRA base stays in model.dtype: the log says so
+    (it said "training in fp32"), in logs/train.log too (it was printed before logging was set up)."""
+    overrides = ("train.max_steps=1", "model.dtype=bfloat16", "train.precision=bf16")
+    train(tiny_config(tiny_model_dir, beir, tmp_path / "run", *overrides))
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert "train.precision=bf16 without CUDA: no mixed precision on CPU (as fp32)" in log
+    assert "model.dtype=bfloat16 without CUDA: the frozen base computes in bfloat16 on CPU" in log
+    assert "training in fp32" not in log
+    train(tiny_config(tiny_model_dir, beir, tmp_path / "fp32", "train.max_steps=1"))  # model.dtype=float32
+    assert "without CUDA" not in (tmp_path / "fp32" / "logs" / "train.log").read_text()

@@ -369,7 +369,7 @@ def _train(
     prior: dict = {}  # with --resume: the run's metrics.json so far
     prior_train: dict = {}  # a finished run's training figures, kept when --resume finds nothing left to train
     latest = None  # with --resume: the checkpoint it continues from
-    resume_notes: list[tuple[int, str]] = []  # what --resume found, logged once logging is set up
+    resume_notes: list[tuple[int, str]] = []  # what --resume found and CPU fallbacks, logged once logging is set up
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
         saved = _checkpoints(ckpt_dir)
@@ -414,9 +414,22 @@ def _train(
 
     t = config.train
     precision = t.precision
-    if precision != "fp32" and not torch.cuda.is_available():
-        log.warning("train.precision=%s without CUDA: training in fp32 on CPU", precision)
-        precision = "fp32"
+    if not torch.cuda.is_available():  # noted in logs/train.log too, once logging is set up
+        if precision != "fp32":
+            resume_notes.append(
+                (logging.WARNING, f"train.precision={precision} without CUDA: no mixed precision on CPU (as fp32)")
+            )
+            precision = "fp32"
+        if config.lora.enabled and not config.model.load_in_4bit and config.model.dtype != "float32":
+            # (full fine-tuning loads fp32, see below) a LoRA base keeps its dtype whatever the precision: bf16 on a
+            # CPU took 3x the time of fp32 on a tiny recipe (2 cores)
+            resume_notes.append(
+                (
+                    logging.WARNING,
+                    f"model.dtype={config.model.dtype} without CUDA: the frozen base computes in {config.model.dtype} "
+                    "on CPU, which most CPUs run several times slower than float32 (model.dtype=float32)",
+                )
+            )
     eval_steps = config.eval.steps if (has_dev_set(config) and config.eval.steps > 0) else 0
     pick_best = t.load_best or t.early_stopping_patience is not None
     ended_at_checkpoint = resume and _patience_ran_out(latest)
