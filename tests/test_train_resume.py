@@ -561,6 +561,9 @@ def test_resumed_run_reports_the_whole_runs_loss_and_time(evaluated_resume):
     assert sorted(losses) == [1, 2, 3, 4]
     assert figures["train_loss"] == pytest.approx(sum(losses.values()) / 4, rel=1e-6)
     assert "train_loss_from_step" not in figures and "runtime_from_step" not in figures
+    # the log says them too, next to transformers' closing line, which counts this call's steps only
+    said = f"--resume: the run's figures (metrics.json): train_loss={figures['train_loss']:.4g} over steps 1-4, "
+    assert said in (out / "logs" / "train.log").read_text()
     # the checkpoint carries the time up to it; the run's time adds this call's to it
     clock = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())["stateful_callbacks"]
     before = clock["RunClock"]["attributes"]["totals"]

@@ -763,6 +763,19 @@ def _train(
             batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
             record["train"]["train_steps_per_second"] = round(steps / runtime, 3)
             record["train"]["train_samples_per_second"] = round(steps * batch / runtime, 3)
+        # transformers' closing log line above counts this call's steps only: say the run's, as metrics.json has them
+        loss_from = record["train"].get("train_loss_from_step", 1)
+        log.info(
+            "--resume: the run's figures (metrics.json): train_loss=%.4g over steps %d-%d, train_runtime=%.4g s%s; "
+            "the line above counts steps %d-%d only",
+            record["train"].get("train_loss", float("nan")),
+            loss_from,
+            trainer.state.global_step,
+            record["train"].get("train_runtime", 0.0),
+            f" from step {resumed_at + 1}" if "runtime_from_step" in record["train"] else "",
+            resumed_at + 1,
+            trainer.state.global_step,
+        )
     if nothing_left:
         # the checkpoint was the run's last step: this call trained nothing, and its zero loss and runtime would
         # overwrite the figures of the steps that did run
