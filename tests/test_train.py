@@ -535,6 +535,23 @@ def test_training_leaves_out_negatives_that_are_positives_and_repeated_documents
     assert f"{file}: left out 1 of 3 groups without a negative" in caplog.text  # what the conflict left empty
 
 
+def test_repeated_documents_alone_are_not_called_a_conflict(tiny_model_dir, beir, tmp_path, caplog):
+    """A group that lists a negative twice (pairs files do, one row per pair) keeps it once: the warning says that,
+    not that "a loss cannot teach a document both ways" (that is for a negative that is also a positive)."""
+    from tuner.train_setup import load_training_groups
+
+    file = tmp_path / "train.jsonl"
+    file.write_text(json.dumps({"query": "q1", "pos": ["p"], "neg": ["n1", "n2", "n1"]}) + "\n", encoding="utf-8")
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "run", f"data.train_file={file}", "data.group_size=3")
+    with caplog.at_level("WARNING", logger="tuner.train"):
+        groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
+    assert [(g.pos, g.neg) for g in groups] == [(["p"], ["n1", "n2"])]
+    assert f"{file}: left out 1 repeats of a document within its group, in 1 groups: a repeated document is kept" in (
+        caplog.text
+    )
+    assert "both ways" not in caplog.text and "lists them" not in caplog.text
+
+
 def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monkeypatch):
     """eval.data: the groups of a training-format file are evaluated before and after training (next to their
     random order), and a training group with a dev query is left out as with eval.beir."""

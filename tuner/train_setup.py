@@ -271,17 +271,19 @@ def load_training_groups(
         source = f"{data.beir} ({data.split}, BM25 negatives)"
     groups, cleaned = consistent_groups(groups)
     if cleaned.conflicts or cleaned.repeats:
-        what = []
+        what, why = [], []
         if cleaned.conflicts:
             what.append(f"{cleaned.conflicts} negatives that are also a positive of their query ({cleaned.example})")
+            why.append("a loss cannot teach a document both ways, and evaluation counts such a document as a positive")
         if cleaned.repeats:
             what.append(f"{cleaned.repeats} repeats of a document within its group")
+            why.append("a repeated document is kept once (a positive at its higher grade)")
         log.warning(
-            "%s: left out %s, in %d groups: a loss cannot teach a document both ways, and evaluation counts such a "
-            "document once, as a positive (`tuner data check FILE` lists them)",
+            "%s: left out %s, in %d groups: %s (`tuner data check FILE` counts them)",
             source,
             " and ".join(what),
             cleaned.groups_changed,
+            "; ".join(why),
         )
     usable = [g for g in groups if g.pos and g.neg]
     if groups and len(usable) < len(groups):  # a "negs" typo, or rows of positives only: say so, not silently
