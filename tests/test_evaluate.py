@@ -575,6 +575,11 @@ def test_a_cutoff_deeper_than_the_reranked_candidates_is_flagged_in_training_and
     # reranked deep enough: no note
     meta["recipe"]["eval"]["top_k"] = 20
     assert "Only the top" not in model_card(tmp_path / "export", meta)
+    # an export of a run: its tuner.json names the recipe, and the run's resolved YAML holds the eval section
+    run_meta = {**meta, "recipe": "my-recipe"}
+    recipe_yaml = f"name: my-recipe\neval:\n  beir: {beir}\n  top_k: 5\n"
+    card = model_card(tmp_path / "export", run_meta, recipe_yaml)
+    assert "Only the top 5 candidates are ranked, so nDCG@10 and Recall@20 count those 5" in card
 
 
 def test_cli_eval_splits_the_queries_by_the_training_data_of_the_adapters_run(

@@ -250,7 +250,7 @@ def model_card(
     table = _eval_table(meta.get("eval"))
     if table:
         parts += ["", "## Evaluation", "", table]
-        note = _depth_note(meta.get("eval"), recipe)
+        note = _depth_note(meta.get("eval"), settings)  # a run's tuner.json names its recipe; its YAML has eval
         if note:
             parts += ["", note]
     if meta.get("parity"):
