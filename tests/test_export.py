@@ -426,6 +426,19 @@ def test_the_cards_data_line_names_what_the_run_trained_on(tmp_path):
     assert '"beir": "data/scifact", "split": "train", "num_negatives": 15' in card
 
 
+def test_the_cards_evaluation_says_what_it_was_measured_on(tmp_path):
+    """The card's Evaluation table (first_stage, base, final) named no data: a run with eval.data printed its
+    groups' random order as "first_stage", which a reader of a published card takes for a retriever."""
+    from tuner.export_card import model_card
+
+    meta = {"format": "merged", "recipe": "bikes", "eval": {"first_stage": {"ndcg@10": 0.55}, "final": {"ndcg@10": 1}}}
+    card = model_card(tmp_path / "out", meta, "name: bikes\neval:\n  data: /home/me/runs/dev.jsonl\n")
+    assert "Measured on `dev.jsonl` (each group's documents ranked whole); first_stage is their seeded random" in card
+    card = model_card(tmp_path / "out", meta, "name: bikes\neval:\n  beir: /d/bikes\n  split: dev\n  top_k: 20\n")
+    assert "Measured on `bikes` (dev qrels), reranking BM25's top 20; first_stage is BM25." in card
+    assert "Measured on" not in model_card(tmp_path / "out", {**meta, "eval": None}, "eval:\n  data: dev.jsonl\n")
+
+
 def test_the_card_carries_the_hubs_metadata_so_a_pushed_export_links_to_its_base(tmp_path):
     """`hf upload` of an export: the hub reads the YAML block at the top of README.md (huggingface_hub's parser
     here) to list it under text-ranking and link it to its base, as an adapter or a fine-tune."""

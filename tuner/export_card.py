@@ -117,6 +117,24 @@ def _depth_note(evaluation: dict[str, Any], recipe: Any) -> str:
     return cutoff_note(metrics, int(ev.get("top_k") or 0))
 
 
+def _eval_source(recipe: Any) -> str:
+    """What the run's evaluation table was measured on, and what its first_stage row is."""
+    ev = recipe.get("eval") if isinstance(recipe, dict) else None
+    if not isinstance(ev, dict):
+        return ""
+    if ev.get("data"):  # (eval.data and eval.beir are exclusive)
+        return (
+            f"Measured on `{Path(str(ev['data'])).name}` (each group's documents ranked whole); first_stage is their "
+            "seeded random order, not a retriever."
+        )
+    if ev.get("beir"):
+        return (
+            f"Measured on `{Path(str(ev['beir'])).name}` ({ev.get('split') or 'test'} qrels), reranking BM25's top "
+            f"{ev.get('top_k')}; first_stage is BM25."
+        )
+    return ""
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -250,6 +268,9 @@ def model_card(
     table = _eval_table(meta.get("eval"))
     if table:
         parts += ["", "## Evaluation", "", table]
+        source = _eval_source(settings)
+        if source:
+            parts += ["", source]
         note = _depth_note(meta.get("eval"), settings)  # a run's tuner.json names its recipe; its YAML has eval
         if note:
             parts += ["", note]
