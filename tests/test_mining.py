@@ -505,3 +505,16 @@ def test_cli_mine_passes_every_option_on(tmp_path, monkeypatch):
                        "seed": 3, "cache_dir": str(tmp_path / "cache"), "reranker": "reranker", "margin": 0.2,
                        "absolute_margin": 0.3, "max_score": 0.9, "teacher_scores": True, "instruction": "Find X",
                        "show_progress": False}  # fmt: skip
+
+
+def test_no_progress_silences_the_model_loading_bar_too(tmp_path, tiny_model_dir, capsys):
+    """`tuner mine --reranker M --no-progress` still drew transformers' "Loading weights" bar on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    from tuner.cli import main
+
+    argv = ["mine", "--beir", str(make_beir(tmp_path / "mini")), "--out", str(tmp_path / "mined.jsonl")]
+    argv += ["--num-negatives", "3", "--reranker", str(tiny_model_dir), "--margin", "0", "--no-progress"]
+    assert main(argv) == 0
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # on again for the rest of the process

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse's usage error (2) or --help (0): an exit code like every other
         return 2 if isinstance(exit_.code, str) else int(exit_.code or 0)
     restore = _exit_cleanly_on_sigterm()
+    quiet = _no_progress_bars() if getattr(args, "no_progress", False) else lambda: None
     verb = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # "data check" too
     try:
         return int(args.func(args) or 0)
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         restore()
+        quiet()
 
 
 def _verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -132,6 +134,17 @@ def _verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
             break
         parser = subparsers[0].choices[name]
     return parser
+
+
+def _no_progress_bars() -> Callable[[], None]:
+    """--no-progress: transformers' bars too (its "Loading weights" bar of each model loaded), not only tuner's.
+    Returns the function that turns them back on (a test, a notebook: the same process goes on)."""
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        return lambda: None
+    hf_logging.disable_progress_bar()
+    return hf_logging.enable_progress_bar
 
 
 def _exit_cleanly_on_sigterm() -> Callable[[], None]:
