@@ -46,9 +46,12 @@ def test_fit_recovers_known_temperature_and_bias_within_5_percent(temperature, b
     t, b = fit_platt(logits, labels)
     assert t == pytest.approx(temperature, rel=0.05)
     assert b == pytest.approx(bias, rel=0.05)
-    # the fit is the likelihood optimum: it beats the true parameters (in-sample) and the identity
-    assert log_loss(logits / t + b, labels) <= log_loss(logits / temperature + bias, labels) + 1e-12
+    # the plain fit is the likelihood optimum: it beats the true parameters (in-sample) and the identity; Platt's
+    # targets move it by about 1/n
+    t0, b0 = fit_platt(logits, labels, smooth=False)
+    assert log_loss(logits / t0 + b0, labels) <= log_loss(logits / temperature + bias, labels) + 1e-12
     assert log_loss(logits / t + b, labels) < log_loss(logits, labels)
+    assert (t, b) == pytest.approx((t0, b0), rel=1e-3) and (t, b) != (t0, b0)
 
 
 def test_fit_needs_both_labels_and_keeps_a_positive_slope():
@@ -61,10 +64,33 @@ def test_fit_needs_both_labels_and_keeps_a_positive_slope():
 
 def test_logits_that_are_all_equal_fit_the_base_rate():
     """A scorer that gives every pair the same logit (a broken or saturated model): the fit is finite and gives
-    that logit the positive rate, instead of dividing by a zero spread."""
+    that logit the positive rate (of Platt's targets: (1 + 1) / (1 + 2) for the positive, 1 / (3 + 2) for the
+    three negatives; 0.25 for the plain fit), instead of dividing by a zero spread."""
     t, b = fit_platt([2.0] * 4, [1, 0, 0, 0])
     assert math.isfinite(t) and math.isfinite(b)
+    assert _sigmoid(2.0 / t + b) == pytest.approx((2 / 3 + 3 / 5) / 4, abs=1e-4)
+    t, b = fit_platt([2.0] * 4, [1, 0, 0, 0], smooth=False)
     assert _sigmoid(2.0 / t + b) == pytest.approx(0.25, abs=1e-4)
+
+
+def test_logits_that_separate_the_labels_get_a_finite_fit_bounded_by_platts_targets():
+    """Easy dev pairs, every positive far above every negative: the plain maximum-likelihood slope has no finite
+    optimum (a 0/1 step that the report would call perfectly calibrated); Platt's targets give a finite one whose
+    probabilities stay within 1 / (N- + 2) and (N+ + 1) / (N+ + 2), and the report says the pairs are easy."""
+    from tuner.calibrate import fit_warnings
+
+    rng = np.random.default_rng(0)
+    logits = np.concatenate([rng.normal(6.0, 1.0, 18), rng.normal(-6.0, 1.0, 36)])
+    labels = np.array([1] * 18 + [0] * 36)
+    t, b = fit_platt(logits, labels)
+    probs = 1.0 / (1.0 + np.exp(-(logits / t + b)))
+    assert 0.5 < t < 50 and probs.max() < 0.99 and probs.min() > 0.005
+    assert probs[labels == 1].mean() == pytest.approx(19 / 20, abs=0.03)
+    assert probs[labels == 0].mean() == pytest.approx(1 / 38, abs=0.02)
+    assert fit_platt(logits, labels, smooth=False)[0] < t / 5  # the plain fit runs towards a step
+    easy = fit_warnings(18, 36, t, 0.0, separated=True)
+    assert len(easy) == 2 and easy[1].startswith("every positive pair scores above every negative one")
+    assert fit_warnings(18, 36, t, 0.0) == easy[:1]
 
 
 def test_ece_and_log_loss_on_hand_computed_values():
@@ -350,9 +376,10 @@ def test_a_fit_no_better_than_the_base_rate_is_degenerate_under_the_bound():
     temperature, bias = fit_platt(signal, labels)
     assert separation_p_value(signal, labels, temperature, bias) < 1e-6
     assert not is_degenerate(temperature, separation_p_value(signal, labels, temperature, bias))
-    # two pairs of each label, cleanly separated: few, but not degenerate
+    # two pairs of each label, cleanly separated: few, but not degenerate (tested on the plain fit, as
+    # run_calibrate does: Platt's targets would count a perfect separation of four pairs as a weak one)
     few, labels = np.array([2.0, 3.0, -1.0, -2.0]), np.array([1, 1, 0, 0])
-    temperature, bias = fit_platt(few, labels)
+    temperature, bias = fit_platt(few, labels, smooth=False)
     assert not is_degenerate(temperature, separation_p_value(few, labels, temperature, bias))
 
 
@@ -512,3 +539,33 @@ def test_the_summary_gives_the_figures_of_the_pairs_it_scored_each_with_its_own_
     assert summary["after_cross_validated"] == pytest.approx(_cross_validated(logits, labels, 5, seed=3))
     assert summary["after_cross_validated"] != pytest.approx(_cross_validated(logits, labels, 5, seed=0))
     assert "| after, 5-fold cross-validated |" in (tmp_path / "out" / "report.md").read_text()
+
+
+class FarApart(AntiCorrelated):  # every positive far above every negative: easy pairs
+    def score_pairs(self, triples, normalize=True):
+        return [(5.0 if doc.startswith("wing") else -5.0) + 0.1 * n for n, (_, doc, _) in enumerate(triples)]
+
+
+def test_easy_pairs_are_applied_with_a_bounded_fit_and_a_warning(tmp_path, monkeypatch):
+    """Dev pairs the model separates perfectly, and few of them (3 positives, 6 negatives): the fit is applied, its
+    probabilities bounded by Platt's targets (not a 0/1 step reported as perfect), its separation measured on the
+    plain fit (significant: the smoothed one would call these nine pairs degenerate), and the report says they are
+    easy pairs."""
+    from tuner import calibrate, eval_run
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: FarApart())
+    rows = [
+        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(3)
+    ]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    summary = calibrate.run_calibrate("m", data, tmp_path / "out", apply=str(target))
+    assert summary["applied_to"] and summary["separation_p_value"] < 0.05
+    assert summary["after"]["log_loss"] > 0.05  # not the step: each pair keeps Platt's prior doubt
+    warnings = summary["warnings"]
+    assert len(warnings) == 2 and warnings[0].startswith("only 3 positive pairs")
+    assert warnings[1].startswith("every positive pair scores above every negative one")
+    assert "every positive pair scores above" in (tmp_path / "out" / "report.md").read_text()

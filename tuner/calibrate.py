@@ -1,9 +1,12 @@
 """Score calibration: Platt scaling of the yes−no logit, with ECE, log loss and a reliability diagram.
 
 The reranker's probability is sigmoid(logit). Platt scaling fits sigmoid(a·logit + b) to labeled dev pairs by
-maximum likelihood on the raw logits (not on probabilities); tuner stores it as `{"temperature": 1/a, "bias": b}`
-and `Reranker` applies sigmoid(logit / temperature + bias). With a > 0 the map is increasing, so the ranking
-never changes; `normalize=False` still returns the raw logit.
+maximum likelihood on the raw logits (not on probabilities), with Platt's targets (N+ + 1)/(N+ + 2) for a positive
+and 1/(N- + 2) for a negative in place of 1 and 0: on pairs the logits separate perfectly (easy dev negatives) the
+plain maximum-likelihood slope has no finite optimum, and the optimizer would stop at an arbitrary 0/1 step
+reported as perfectly calibrated (scikit-learn's sigmoid calibration uses the same targets). tuner stores it as
+`{"temperature": 1/a, "bias": b}` and `Reranker` applies sigmoid(logit / temperature + bias). With a > 0 the map
+is increasing, so the ranking never changes; `normalize=False` still returns the raw logit.
 
 Expected calibration error (ECE) uses 15 equal-width bins of the predicted probability on [0, 1] (the last bin
 includes 1.0): ECE = Σ_bins (n_bin / n) · |mean predicted − fraction positive|.
@@ -116,11 +119,14 @@ def calibration_metrics(logits, labels, temperature: float = 1.0, bias: float = 
     }
 
 
-def fit_platt(logits, labels) -> tuple[float, float]:
-    """Maximum-likelihood Platt scaling on raw logits: (temperature, bias) with p = sigmoid(logit / T + bias).
+def fit_platt(logits, labels, smooth: bool = True) -> tuple[float, float]:
+    """Platt scaling on raw logits: (temperature, bias) with p = sigmoid(logit / T + bias).
 
-    Minimizes the mean log loss of sigmoid(a·logit + b) over (a, b) with L-BFGS-B and the analytic gradient,
-    a >= `MIN_SLOPE` (a non-positive slope would reverse or erase the ranking); returns T = 1/a.
+    Minimizes the mean cross-entropy of sigmoid(a·logit + b) against Platt's targets ((N+ + 1)/(N+ + 2) for a
+    positive, 1/(N- + 2) for a negative: a finite fit when the logits separate the labels) over (a, b) with
+    L-BFGS-B and the analytic gradient, a >= `MIN_SLOPE` (a non-positive slope would reverse or erase the
+    ranking); returns T = 1/a. `smooth=False`: targets 1 and 0, the plain maximum-likelihood fit (what the
+    separation test measures the logits' information by).
 
     Raises:
         ValueError: fewer than one positive and one negative label.
@@ -133,14 +139,16 @@ def fit_platt(logits, labels) -> tuple[float, float]:
         raise ValueError(f"logits and labels must be 1-D and of equal length, got {x.shape} and {y.shape}")
     if not (y == 1).any() or not (y == 0).any():
         raise ValueError("calibration needs at least one positive and one negative pair")
+    positives, negatives = float((y == 1).sum()), float((y == 0).sum())
+    target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2)) if smooth else y
     # Standardize x so that the optimizer sees a well-scaled problem; map back at the end.
     mu, sd = float(x.mean()), float(x.std()) or 1.0
     xs = (x - mu) / sd
 
     def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = theta[0] * xs + theta[1]
-        r = _sigmoid(z) - y  # d loss / d z, per example
-        return float(np.mean(np.logaddexp(0.0, z) - y * z)), np.array([np.mean(r * xs), np.mean(r)])
+        r = _sigmoid(z) - target  # d loss / d z, per example
+        return float(np.mean(np.logaddexp(0.0, z) - target * z)), np.array([np.mean(r * xs), np.mean(r)])
 
     res = minimize(
         loss_grad,
@@ -269,8 +277,11 @@ def plot_reliability(before: list[dict], after: list[dict], path: str | Path, ti
     return save_figure(fig, path)
 
 
-def fit_warnings(positives: int, negatives: int, temperature: float, p_value: float = 0.0) -> list[str]:
-    """What makes a Platt fit untrustworthy: too few pairs of a label, or a degenerate fit (`is_degenerate`)."""
+def fit_warnings(
+    positives: int, negatives: int, temperature: float, p_value: float = 0.0, separated: bool = False
+) -> list[str]:
+    """What makes a Platt fit untrustworthy: too few pairs of a label, a degenerate fit (`is_degenerate`), or
+    pairs so easy that every positive scores above every negative (`separated`)."""
     out = []
     fewest = min(positives, negatives)
     if fewest < MIN_PAIRS_PER_LABEL:
@@ -283,6 +294,12 @@ def fit_warnings(positives: int, negatives: int, temperature: float, p_value: fl
         out.append(
             f"{_degenerate_reason(temperature, p_value)}: on these pairs the logits do not separate the labels, so "
             "the calibrated probability is nearly the same for every pair"
+        )
+    elif separated:
+        out.append(
+            "every positive pair scores above every negative one: these pairs are easy for the model, so the fit "
+            "shows how sure it may be on easy pairs (its extremes are Platt's prior, (positives + 1) / (positives + "
+            "2)), not on the close calls of a real ranking; calibrate on harder pairs (mined negatives: tuner mine)"
         )
     return out
 
@@ -417,9 +434,12 @@ def run_calibrate(
     }
     if not (math.isfinite(temperature) and math.isfinite(bias)):
         raise ValueError(f"calibration fit diverged (temperature {temperature}, bias {bias})")
-    p_value = separation_p_value(logits, labels, temperature, bias)
+    # whether the logits carry information about the labels: measured on the plain maximum-likelihood fit (Platt's
+    # targets would count a perfect separation of a few pairs as a weak one)
+    p_value = separation_p_value(logits, labels, *fit_platt(logits, labels, smooth=False))
     summary["separation_p_value"] = p_value
-    summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature, p_value)
+    separated = float(logits[labels == 1].min()) > float(logits[labels == 0].max())
+    summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature, p_value, separated)
     summary["apply_refused"] = None
     if apply is not None and is_degenerate(temperature, p_value) and not force:
         # Served scores would all be ~the same probability (e.g. 0.25 ± 2e-7): thresholds on them mean nothing.
