@@ -285,3 +285,37 @@ def test_adapters_trained_on_other_prompt_contracts_are_refused(tiny_model_dir, 
     with pytest.raises(ValueError, match="the adapters disagree on the prompt contract"):
         merge_adapters([a, b], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_written_adapter_whose_tensors_do_not_have_its_configs_rank_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """The last check before a merge is renamed into place reads the written tensors' ranks back from the
+    safetensors header: one that disagrees with adapter_config.json's r (peft could not load it) is refused, and
+    the merge is not written."""
+    from peft import PeftModel
+    from safetensors.torch import save_file
+
+    from tuner.merge import _check_written
+
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    save = PeftModel.save_pretrained
+
+    def wrong_rank(self, folder, **kwargs):  # a config that says another rank than the tensors have
+        save(self, folder, **kwargs)
+        config = json.loads((Path(folder) / "adapter_config.json").read_text())
+        (Path(folder) / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] + 1}))
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", wrong_rank)
+    with pytest.raises(ValueError, match=r"has rank 4, its config r=5; nothing written"):
+        merge_adapters([a], tmp_path / "half", weights=[0.5])
+    assert not (tmp_path / "half").exists()
+    monkeypatch.undo()
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    name = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{name}.lora_A.weight": torch.zeros(4, 8), f"{name}.lora_B.weight": torch.zeros(8, 4)},
+              str(tmp_path / "adapter_model.safetensors"))  # fmt: skip
+    _check_written(tmp_path)
+    save_file({f"{name}.lora_A.weight": torch.zeros(12, 8), f"{name}.lora_B.weight": torch.zeros(8, 12)},
+              str(tmp_path / "adapter_model.safetensors"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"lora_A\.weight has rank 12, its config r=4; nothing written"):
+        _check_written(tmp_path)
