@@ -319,3 +319,13 @@ def test_a_written_adapter_whose_tensors_do_not_have_its_configs_rank_is_refused
               str(tmp_path / "adapter_model.safetensors"))  # fmt: skip
     with pytest.raises(ValueError, match=r"lora_A\.weight has rank 12, its config r=4; nothing written"):
         _check_written(tmp_path)
+
+
+def test_an_infinite_weight_is_refused(tiny_model_dir, tmp_path):
+    """`--weights inf` (argparse's float takes it) would make an adapter of infinite deltas: refused before
+    anything loads, as nan is."""
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    for weight in (float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=r"--weights: -?inf is not a finite number"):
+            merge_adapters([a], tmp_path / "out", weights=[weight])
+    assert not (tmp_path / "out").exists()
