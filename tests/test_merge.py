@@ -329,3 +329,13 @@ def test_an_infinite_weight_is_refused(tiny_model_dir, tmp_path):
         with pytest.raises(ValueError, match=r"--weights: -?inf is not a finite number"):
             merge_adapters([a], tmp_path / "out", weights=[weight])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_merge_records_its_sources_as_absolute_paths(tiny_model_dir, tmp_path, monkeypatch):
+    """`tuner merge runs/a --out soup` records where its sources are, whatever folder a later `tuner eval` runs in
+    (the seen / unseen split traces the merge's runs through these paths)."""
+    _adapter(tiny_model_dir, tmp_path / "runs" / "a" / "adapter", seed=1)
+    monkeypatch.chdir(tmp_path)
+    record = merge_adapters(["runs/a"], "soup", weights=[0.5])
+    assert record["sources"] == [str(tmp_path / "runs" / "a" / "adapter")]
+    assert json.loads((tmp_path / "soup" / "tuner.json").read_text())["merge"]["sources"] == record["sources"]
