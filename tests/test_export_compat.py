@@ -253,6 +253,14 @@ def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exp
     shutil.copytree(exports / "merged", single)
     assert default_served_name(single) == "merged"
     assert default_served_name(tmp_path) == tmp_path.name
+    # a run's weights answer to the run's name, a checkpoint with it (they answered "adapter" / "checkpoint-N")
+    run = tmp_path / "lr2e-4"
+    for folder in ("adapter", "model", "checkpoints/checkpoint-40"):
+        (run / folder).mkdir(parents=True)
+    assert default_served_name(run / "adapter") == "adapter"  # no config.yaml: not a run's
+    (run / "config.yaml").write_text("name: lr2e-4\n")
+    assert default_served_name(run / "adapter") == default_served_name(run / "model") == "lr2e-4"
+    assert default_served_name(run / "checkpoints" / "checkpoint-40") == "lr2e-4/checkpoint-40"
     seen = {}
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
     create_app = serve_mod.create_app

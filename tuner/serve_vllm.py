@@ -18,7 +18,9 @@ def default_served_name(model: str | Path) -> str:
     A hub id is named in full, as vLLM names it (a client written for `vllm serve Qwen/Qwen3-Reranker-4B` sends
     that); a local directory by its name, except a format folder of a multi-format export (`EXPORT/merged`,
     `EXPORT/seq-cls`), named by the export: every one of its formats answers to the same name, so a client's
-    `model` holds whichever engine serves which format (both were "merged" or "seq-cls" before).
+    `model` holds whichever engine serves which format (both were "merged" or "seq-cls" before). A run's weights
+    (`RUN/adapter`, `RUN/model`) answer to the run's name and a checkpoint to `RUN/checkpoint-N` (all were
+    "adapter" or "model" before).
     """
     path = Path(str(model)).expanduser()
     if not path.exists():
@@ -27,6 +29,10 @@ def default_served_name(model: str | Path) -> str:
     fmt = read_meta(path).get("format")
     if fmt is not None and path.name == fmt and path.parent.name and (path.parent / "parity.json").is_file():
         return path.parent.name
+    if path.name in ("adapter", "model") and (path.parent / "config.yaml").is_file():  # what tuner train writes
+        return path.parent.name
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return f"{path.parent.parent.name}/{path.name}"
     return path.name
 
 
