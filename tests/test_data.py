@@ -738,7 +738,7 @@ def test_cli_data_check_passes_max_length_and_no_tokens_on(tmp_path, monkeypatch
     path = _jsonl(tmp_path / "g.jsonl", GROUPED)
     assert main(["data", "check", str(path), "--max-length", "200", "--no-tokens"]) == 0
     assert main(["data", "check", str(path)]) == 0
-    assert [(kw["max_length"], kw["tokens"]) for kw in seen] == [(200, False), (8192, True)]
+    assert [(kw["max_length"], kw["tokens"]) for kw in seen] == [(200, False), (1024, True)]
 
 
 def test_cli_data_split_defaults_and_the_ends_of_the_fraction(tmp_path, capsys):

@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 from tuner.cli.common import UserError, non_negative_int, positive_int
+from tuner.config import ModelConfig
 from tuner.files import check_output_file
+
+TRAINING_MAX_LENGTH = ModelConfig.max_length  # a recipe's model.max_length when it sets none
 
 
 # ------------------------------------------------------------------------------------------ data / mine
@@ -22,7 +25,11 @@ def add_data(sub) -> None:
         "BEIR folder's test qrels, or its train qrels with --against)",
     )
     c.add_argument(
-        "--max-length", type=positive_int, default=8192, help="prompt token budget to count truncation against"
+        "--max-length",
+        type=positive_int,
+        default=TRAINING_MAX_LENGTH,
+        help=f"prompt token budget to count truncation against (default {TRAINING_MAX_LENGTH}: model.max_length's "
+        "default, what training cuts prompts to; pass your recipe's model.max_length)",
     )
     c.add_argument("--no-tokens", action="store_true", help="skip token-length statistics (no tokenizer)")
     c.add_argument(
