@@ -501,13 +501,16 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     create_app = serve_mod.create_app
 
     def spy(reranker, **kwargs):
-        seen["served"] = reranker
+        seen["served"], seen["options"] = reranker, kwargs
         return create_app(reranker, **kwargs)
 
     monkeypatch.setattr(serve_mod, "create_app", spy)
     argv = ["serve", str(model), "--compile", "--no-calibration", "--max-length", "300", "--device", "cpu"]
-    assert main([*argv, "--graceful-timeout", "12.5"]) == 0
+    limits = "--max-documents 7 --max-queued-documents 9 --max-request-mb 2 --max-batch-tokens 500".split()
+    assert main([*argv, "--graceful-timeout", "12.5", *limits, "--model-name", "served-as"]) == 0
     assert seen["graceful"] == 12.5  # uvicorn's graceful-shutdown timeout (30 s without the flag, below)
+    options = {"max_documents": 7, "max_queued_documents": 9, "max_request_bytes": 2 * 2**20, "max_batch_tokens": 500}
+    assert {k: seen["options"][k] for k in options} == options and seen["options"]["model_name"] == "served-as"
     reranker = seen["warmed"]
     assert seen["served"] is reranker
     assert seen["ran"] and reranker.calibration is None and reranker.encoder.max_length == 300
