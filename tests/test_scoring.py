@@ -514,6 +514,11 @@ def test_bad_call_arguments_get_one_clear_error(tiny_model_dir, tiny_reranker):
         tiny_reranker.score("q", None)
     with pytest.raises(TypeError, match=r"pairs must be a list of pairs .*, got NoneType"):
         tiny_reranker.score_pairs(None)
+    for pair in (("q",), ("q", "d", "an instruction", "extra")):  # read as a pair, a 4-tuple loses its instruction
+        with pytest.raises(
+            ValueError, match=rf"pair 0: expected \(query, document\[, instruction\]\), got {len(pair)} items"
+        ):
+            tiny_reranker.score_pairs([pair])
     for value in ("off", "on", None):  # "off" is truthy: taken, it turned prefix reuse on
         with pytest.raises(ValueError, match="prefix_reuse must be True, False or 'auto', got "):
             Reranker(model, tok, prefix_reuse=value)
