@@ -97,6 +97,21 @@ def test_rerank_schema_order_top_n_and_scores_equal_offline(client, tiny_reranke
     assert full.status_code == 200 and len(full.json()["results"]) == 8
 
 
+def test_rerank_breaks_ties_by_input_order(tiny_reranker):
+    """Equal scores keep the documents' input order, as Reranker.rank does (a stand-in scores every pair 0)."""
+
+    class Tied:
+        def __getattr__(self, name):
+            return getattr(tiny_reranker, name)
+
+        def logits_for_ids(self, ids, batch_tokens=None, groups=None, on_batch=None):
+            return [0.0] * len(ids)
+
+    with running(create_app(Tied(), model_name="tiny")) as (url, _, _):
+        r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS[:4], "top_n": 3}, timeout=30)
+    assert [x["index"] for x in r.json()["results"]] == [0, 1, 2]
+
+
 def test_a_title_only_document_is_scored_as_the_python_api_scores_it(client, tiny_reranker):
     """The Python API reads {"title": ...} without text (tuner.contract.document_text); the server refused it
     with `documents.0.text: Field required`."""
