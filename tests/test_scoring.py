@@ -542,6 +542,7 @@ def test_a_calibration_used_off_its_instruction_or_budget_warns_once(tiny_rerank
         warnings.simplefilter("error")  # the fitted instruction (as the reranker's default): no warning
         calibrated.score("banana", ["a banana", "a wing"])
         calibrated.score("banana", ["a banana"], normalize=False)  # logits are not calibrated: no warning either
+        calibrated.score("banana", ["a banana"], instruction="Find wings", normalize=False)  # whatever the instruction
     with pytest.warns(UserWarning, match=r"fitted with the instruction 'Find fruit', not 'Find wings'") as caught:
         calibrated.score("banana", ["a banana", "a wing"], instruction="Find wings")
         calibrated.score("banana", ["a banana"], instruction="Find wings")  # once per instruction
