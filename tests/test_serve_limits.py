@@ -131,6 +131,10 @@ def test_oversized_bodies_get_413_before_parsing(client):
     r = client.post("/v1/rerank", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "--max-request-mb" in r.json()["error"]["message"]
     assert client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+    head = b'{"query": "q", "documents": ["'
+    exact = head + b"x" * (4096 - len(head) - 3) + b'"]}'  # the limit itself is allowed
+    r = client.post("/v1/rerank", content=exact, headers={"content-type": "application/json"})
+    assert len(exact) == 4096 and r.status_code == 200, r.text
 
 
 def test_metrics_label_by_route_not_by_any_path_a_client_tries(client):
