@@ -343,6 +343,31 @@ def test_shared_prefix_is_found_and_used(tiny_model_dir, monkeypatch):
     assert calls == []
 
 
+def test_packed_forward_passes_stay_within_the_token_budget_with_a_prompt_longer_than_a_row(tiny_reranker, monkeypatch):
+    """A prompt longer than a packed row gets a row of its own length, and every row of a forward pass is padded
+    to it: the rows per pass are counted by that length, so no pass holds more than the token budget (GPU memory)
+    however the short prompts are packed. Scores alone would not show it."""
+    from tuner import scoring
+
+    monkeypatch.setattr(scoring, "PACKED_ROW_TOKENS", 64)
+    packed = Reranker(tiny_reranker.model, tiny_reranker.tokenizer, packing=True, prefix_reuse=False, batch_tokens=256)
+    shapes = []
+    original = scoring.rows_batch
+
+    def spy(*args, **kwargs):
+        batch = original(*args, **kwargs)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(scoring, "rows_batch", spy)
+    docs = ["word " * 150, *[f"short document {n}" for n in range(12)]]
+    got = packed.score("wing lift", docs, normalize=False)
+    longest = max(width for _, width in shapes)
+    assert longest > 150 and len(shapes) > 1
+    assert all(rows * width <= max(256, longest) for rows, width in shapes), shapes
+    assert got == pytest.approx(tiny_reranker.score("wing lift", docs, normalize=False), abs=1e-5)
+
+
 def test_packing_scores_on_the_packed_path(tiny_reranker, monkeypatch):
     """packing=True is not only stored: the prompts go through packed rows (the same scores would hide a flag
     that is ignored)."""
