@@ -510,6 +510,24 @@ def test_a_list_of_training_files_trains_on_every_files_groups(tiny_model_dir, b
     assert not (tmp_path / "m").exists()
 
 
+def test_a_dev_set_the_base_already_ranks_perfectly_is_warned_about(tiny_model_dir, beir, tmp_path, monkeypatch):
+    """A dev set whose primary metric the base already scores at 1 (easy random negatives) can show no gain, and
+    the best checkpoint or early stopping would pick among equals: the run's log says so, once, at the base."""
+    from tuner.train import _at_ceiling
+    from tuner.train_setup import RankEval
+
+    def perfect(self, model):
+        self.base_per_query = {}
+        return {metric: 1.0 for metric in self.evaluator.metrics}
+
+    monkeypatch.setattr(RankEval, "base", perfect)
+    evals = (f"eval.beir={beir}", "eval.split=test", "eval.top_k=6", "eval.before=true")
+    result = train(tiny_config(tiny_model_dir, beir, tmp_path / "run", "train.max_steps=1", *evals))
+    log = (result["output_dir"] / "logs" / "train.log").read_text()
+    assert log.count("WARNING dev topics/test: the base already scores ndcg@10=1.0000, the most there is") == 1
+    assert _at_ceiling("d", "ndcg@10", {"ndcg@10": 0.999}) is None and _at_ceiling("d", "ndcg@10", None) is None
+
+
 def test_training_leaves_out_negatives_that_are_positives_and_repeated_documents(
     tiny_model_dir, beir, tmp_path, caplog
 ):
@@ -573,6 +591,7 @@ def test_a_labeled_dev_file_is_the_dev_set(tiny_model_dir, beir, tmp_path, monke
     log = (result["output_dir"] / "logs" / "train.log").read_text()
     assert "left out 1 of 6 training groups whose query is a dev.jsonl query" in log
     assert "dev dev.jsonl: random order " in log
+    assert "the most there is" not in log
     # the record `tuner eval` splits queries by counts the groups the data had, then those left out (it said
     # "5 groups less 1": the count after the drop)
     from tuner.overlap import TRAINING_VIEW

@@ -642,6 +642,9 @@ def _train(
                 _fmt(record["dev"]["first_stage"]),
                 _fmt(record["dev"]["base"]),
             )
+            at_ceiling = _at_ceiling(record["dev"]["name"], evaluators["dev"].primary_metric, record["dev"]["base"])
+            if at_ceiling:
+                log.warning("%s", at_ceiling)
     if "ood" in evaluators and config.eval.before:
         ood = RankEval(evaluators["ood"], tokenizer, m.max_length, config.eval.batch_tokens, config.data.instruction)
         record["ood"] = {"name": evaluators["ood"].name, "first_stage": evaluators["ood"].first_stage_metrics()}
@@ -879,6 +882,19 @@ def _train(
         tracker.finish()
     args.distributed_state.wait_for_everyone()
     return TrainResult(output_dir=out, adapter_dir=target, metrics=record, model=model)
+
+
+def _at_ceiling(name: str, primary: str, base: dict[str, float] | None) -> str | None:
+    """The warning for a dev set the base already ranks perfectly (its primary metric at 1): no gain can show on it,
+    and a run picked or stopped by it is picked at random (easy random negatives, a dev split of such pairs)."""
+    value = (base or {}).get(primary)
+    if value is None or value < 1.0 - 1e-9:
+        return None
+    return (
+        f"dev {name}: the base already scores {primary}={value:.4f}, the most there is, so no gain can show on it and "
+        "the best checkpoint and early stopping pick among equals; evaluate on harder candidates (BM25's, or "
+        "negatives from tuner mine)"
+    )
 
 
 def _fmt(metrics: dict[str, float] | None) -> str:
