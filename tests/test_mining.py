@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -320,9 +321,17 @@ def test_cli_mine_caches_next_to_output_and_passes_check(tmp_path, capsys):
     printed = capsys.readouterr().out
     for line in ("rows: 3    groups: 3", "negatives per query: 3 / 3 / 3", "query tokens:", "prompt tokens:"):
         assert line in printed
-    assert "truncated at max_length 8192: 0 pairs" in printed and printed.rstrip().endswith("0 errors, 0 warnings")
+    assert "truncated at max_length 1024: 0 pairs" in printed and printed.rstrip().endswith("0 errors, 0 warnings")
     assert main([*args, "--no-progress"]) == 0  # the same output again: said, not silent
     assert f"to {out} in " in (printed := capsys.readouterr().out) and "(replaced the previous file)" in printed
+    assert "fewest negatives" not in printed  # every group full: nothing to name
+    # a range that holds fewer candidates than --num-negatives: the summary names the shortest groups' queries
+    assert main([*args, "--num-negatives", "20", "--range-min", "2", "--depth", "8", "--no-progress"]) == 0
+    out_text = capsys.readouterr().out
+    short = re.search(r"fewest negatives: query '(q\d)': (\d+)(; query '(q\d)': (\d+))*", out_text)
+    assert short and "(BM25 ranks 2..8 held too few candidates; lower --range-min or raise --depth)" in out_text
+    counts = {g.qid: len(g.neg) for g in load_groups(out)}
+    assert int(short.group(2)) == min(counts.values()) == counts[short.group(1)]
     assert main([*args, "--teacher-scores"]) == 2
     assert "--teacher-scores needs --reranker" in capsys.readouterr().err
     # the reranker's filter options without a reranker would be ignored (plain BM25 negatives); bad ranges and an

@@ -333,9 +333,9 @@ def _run_mine(args) -> int:
         groups = mine_for_groups(labeled, corpus=extra, name=Path(args.data).name, **options)
     else:
         groups = mine_negatives(beir, **options)
+    ranks = f"{args.range_min}..{min(args.range_max, args.depth)}"
     if not groups:  # an empty training file only fails later, in `tuner train`
         where = args.data if args.data else f"{args.beir} ({args.split})"
-        ranks = f"{args.range_min}..{min(args.range_max, args.depth)}"
         raise UserError(
             f"{where}: no training group from {stats.queries} judged queries: none has a negative among BM25 ranks "
             f"{ranks} of --depth {args.depth} (lower --range-min or raise --depth); nothing was written to {out}"
@@ -343,15 +343,31 @@ def _run_mine(args) -> int:
     replaced = out.exists()
     write_groups(groups, out)
     hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
+    # which queries came short, fewest first: on a small corpus of one's own BM25 may match little past --range-min
+    short = sorted((g for g in groups if len(g.neg) < args.num_negatives), key=lambda g: len(g.neg))
+    kept = "held too few candidates" + (" the reranker kept" if reranker else "")
+    fewest = (
+        f"\n  fewest negatives: {_first([f'{_query_name(g)}: {len(g.neg)}' for g in short])} (BM25 ranks {ranks} "
+        f"{kept}; lower --range-min or raise --depth)"
+    )
     print(
         f"wrote {len(groups)} groups for {stats.queries} judged queries to {out} in {time.perf_counter() - start:.1f} s"
         + (" (replaced the previous file)" if replaced else "")
         + f"\n  groups with {args.num_negatives} negatives: {stats.full} "
         f"({100 * stats.full / max(1, stats.queries):.1f}% of queries); negatives per group: {{{hist}}}"
+        + (fewest if short else "")
         + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
         + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
     )
     return 0
+
+
+def _query_name(group) -> str:
+    """A mined group's query as the summary names it: its qid (BEIR, or a pairs file's), else its text."""
+    if group.qid is not None:
+        return f"query {group.qid!r}"
+    text = group.query if len(group.query) <= 60 else group.query[:57] + "..."
+    return f"query {text!r}"
 
 
 def _first(items: list[str], n: int = 3) -> str:
