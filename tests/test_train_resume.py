@@ -750,3 +750,28 @@ def test_resume_refuses_a_change_to_what_decides_the_numbers(override, tmp_path)
         check_resume_config(tmp_path / "config.yaml", load_config(None, [*recipe, override]))
     harmless = ["train.logging_steps=3", "tracking.run_name=again", "name=renamed", "eval.base_cache_dir=/tmp/c"]
     check_resume_config(tmp_path / "config.yaml", load_config(None, [*recipe, *harmless]))
+
+
+def test_the_model_artifact_of_a_run_named_in_any_script_or_length_is_logged(tmp_path):
+    """tracking.log_model: wandb takes artifact names of ASCII letters, digits, '-', '_' and '.', up to 128; a run
+    named "Überlauf ..." (`\\w` kept the Ü) or longer made wandb.Artifact raise after the run had trained."""
+    from tuner.train_setup import log_model_artifact
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "tuner.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "metrics.json").write_text("{}", encoding="utf-8")
+
+    class Run:
+        name = "Überlauf lr 2e-4/" + "x" * 200
+
+        def __init__(self):
+            self.logged = []
+
+        def log_artifact(self, artifact):
+            self.logged.append(artifact)
+
+    run = Run()
+    log_model_artifact(run, tmp_path / "adapter", tmp_path / "metrics.json", {"dev": {"final": {"ndcg@10": 0.5}}})
+    (artifact,) = run.logged
+    assert artifact.name == ("-berlauf-lr-2e-4-" + "x" * 200)[:128]
+    assert artifact.metadata["final/ndcg@10"] == 0.5

@@ -587,8 +587,10 @@ def log_model_artifact(tracker, weights: Path, metrics_file: Path, record: dict[
     metadata: dict[str, Any] = {"weights": weights.name}
     for stage in ("base", "final"):
         metadata.update({f"{stage}/{k}": v for k, v in ((record.get("dev") or {}).get(stage) or {}).items()})
-    # wandb artifact names take letters, digits, '-', '_' and '.'
-    artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", tracker.name), type="model", metadata=metadata)
+    # wandb artifact names take ASCII letters and digits, '-', '_' and '.' (not `\w`'s "é"), up to 128 of them: a
+    # name it refuses would fail the run after training, with its tracker left unfinished
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", tracker.name)[:128]
+    artifact = wandb.Artifact(name, type="model", metadata=metadata)
     artifact.add_dir(str(weights), name=weights.name)
     artifact.add_file(str(metrics_file), name=metrics_file.name)
     tracker.log_artifact(artifact)
