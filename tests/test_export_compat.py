@@ -230,7 +230,7 @@ def test_vllm_command_for_merged_and_seq_cls(exports, capsys):
     assert line.startswith("env VLLM_API_KEY=${MY_KEY} vllm serve ")  # the key itself is never printed
 
 
-def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exports, tmp_path, monkeypatch):
+def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exports, tmp_path, monkeypatch, capsys):
     """Both formats of a multi-format export answered to their folder's name ("merged", "seq-cls"), so a client's
     `model` broke when the export moved from `tuner serve` (merged) to vLLM (seq-cls); a hub id lost its owner
     ("Qwen3-Reranker-4B"), so a client written for `vllm serve Qwen/Qwen3-Reranker-4B` got 404."""
@@ -261,6 +261,9 @@ def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exp
     (run / "config.yaml").write_text("name: lr2e-4\n")
     assert default_served_name(run / "adapter") == default_served_name(run / "model") == "lr2e-4"
     assert default_served_name(run / "checkpoints" / "checkpoint-40") == "lr2e-4/checkpoint-40"
+    # and `tuner serve --help` says so (it said "any other directory by its name", a run's adapter included)
+    assert main(["serve", "--help"]) == 0
+    assert "a run's adapter or model by the run's name" in " ".join(capsys.readouterr().out.split())
     seen = {}
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
     create_app = serve_mod.create_app

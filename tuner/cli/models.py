@@ -267,7 +267,8 @@ def add_serve(sub) -> None:
     p.add_argument(
         "--model-name",
         help="served model name (default: a hub id in full, a format folder of a multi-format export by the "
-        "export's name, any other directory by its name)",
+        "export's name, a run's adapter or model by the run's name and a checkpoint as RUN/checkpoint-N, any other "
+        "directory by its name)",
     )
     p.add_argument("--max-documents", type=positive_int, default=1000, help="documents per request (default 1000)")
     p.add_argument("--max-batch-tokens", type=positive_int, help="padded tokens per forward pass (default: Reranker's)")
