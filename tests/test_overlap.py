@@ -393,6 +393,9 @@ def test_an_evaluation_folder_of_labeled_files_is_read_at_its_split(tmp_path):
     view = groups_view([], "nothing")
     assert eval_overlap(view, folder, "dev")["queries"] == 2
     assert eval_overlap(view, folder, "test")["queries"] == 3
+    # no split: the test file, as `tuner eval --data FOLDER` scores it (it read the folder's train file, the
+    # training side, and here failed for want of one)
+    assert eval_overlap(view, folder)["queries"] == 3
 
 
 def test_a_beir_training_split_counts_only_queries_with_a_relevant_document_in_the_corpus(tmp_path):

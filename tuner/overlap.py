@@ -329,7 +329,8 @@ def split_queries(
 
 def eval_overlap(view: TrainingView, evaluation: str | Path, split: str | None = None) -> dict[str, Any]:
     """`split_queries` of an evaluation set against a training view, before any model is trained: a BEIR folder's
-    `split` (default test) qrels, or a labeled file's groups (their positives as the relevant documents).
+    `split` (default test) qrels, or a labeled file's groups (their positives as the relevant documents); of a folder
+    of labeled files (or a hub dataset), the `split` file, default test as `tuner eval --data` reads it.
 
     Returns:
         `split_queries`'s counts (without the per-query parts) with `queries` and `seen` (how many are seen).
@@ -344,7 +345,8 @@ def eval_overlap(view: TrainingView, evaluation: str | Path, split: str | None =
         from tuner.data import load_groups
         from tuner.data.groups import groups_as_collection
 
-        beir = groups_as_collection(load_groups(evaluation, split), path.name).beir
+        # (a folder's train file by load_groups' default: the training side, not what tuner eval scores)
+        beir = groups_as_collection(load_groups(evaluation, split or "test"), path.name).beir
         queries, qrels, corpus = beir.queries, beir.qrels, beir.corpus
     return seen_counts(split_queries(queries, qrels, corpus, view))
 

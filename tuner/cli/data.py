@@ -39,7 +39,10 @@ def add_data(sub) -> None:
         "query, or a relevant document as a positive), which `tuner eval` will report as 'seen' (a checked BEIR "
         "folder is the training data by its --split qrels, default train)",
     )
-    c.add_argument("--against-split", help="qrels split of a BEIR --against (default test), or a folder's file stem")
+    c.add_argument(
+        "--against-split",
+        help="qrels split of a BEIR --against, or a folder's file stem (default test, as tuner eval reads it)",
+    )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_run_data_check)
     s = verbs.add_parser("split", help="split groups into train and dev by query (seeded)")
