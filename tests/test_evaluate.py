@@ -771,6 +771,8 @@ def test_a_system_given_as_a_run_or_export_folder_is_labeled_by_the_run_or_expor
     assert system_label("Qwen/Qwen3-Reranker-4B") == "Qwen3-Reranker-4B"
     monkeypatch.chdir(tmp_path / "runs/lr2e-4")
     assert system_label("adapter") == "lr2e-4/adapter"
+    (tmp_path / "runs/best").symlink_to(tmp_path / "runs/lr2e-4")  # a stable name for the winner keeps its name
+    assert system_label(str(tmp_path / "runs/best/adapter")) == "best/adapter"
 
 
 def test_systems_of_one_name_get_numbered_labels():

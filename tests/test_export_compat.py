@@ -261,6 +261,10 @@ def test_the_default_served_name_is_the_export_s_whichever_format_and_engine(exp
     (run / "config.yaml").write_text("name: lr2e-4\n")
     assert default_served_name(run / "adapter") == default_served_name(run / "model") == "lr2e-4"
     assert default_served_name(run / "checkpoints" / "checkpoint-40") == "lr2e-4/checkpoint-40"
+    (tmp_path / "best").symlink_to(run)  # a stable name for the winner is the name clients send
+    assert default_served_name(tmp_path / "best" / "adapter") == "best"
+    monkeypatch.chdir(run / "adapter")
+    assert default_served_name(".") == "lr2e-4"
     # and `tuner serve --help` says so (it said "any other directory by its name", a run's adapter included)
     assert main(["serve", "--help"]) == 0
     assert "a run's adapter or model by the run's name" in " ".join(capsys.readouterr().out.split())

@@ -8,6 +8,7 @@ the rows and the run facts (`candidates_source`, `first_stage_system`, `report_m
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -175,8 +176,8 @@ def system_label(model: str) -> str:
     with it, so that `--compare runs/a/adapter runs/b/adapter` gives rows "a/adapter" and "b/adapter", not "adapter"
     and "adapter (2)". A hub id is named by its model part."""
     path = Path(model)
-    if path.exists():
-        path = path.resolve()  # `--compare adapter` from inside the run folder
+    if path.exists():  # `--compare adapter` from inside the run folder; a symlink (runs/best) keeps its own name
+        path = Path(os.path.abspath(path))
     if path.name in ("adapter", "model", "merged", "seq-cls") and path.parent.name:
         return f"{path.parent.name}/{path.name}"
     if path.parent.name == "checkpoints" and path.parent.parent.name:

@@ -25,7 +25,7 @@ def default_served_name(model: str | Path) -> str:
     path = Path(str(model)).expanduser()
     if not path.exists():
         return str(model)
-    path = path.resolve()
+    path = Path(os.path.abspath(path))  # `tuner serve .` names the folder; a symlink (runs/best) keeps its name
     fmt = read_meta(path).get("format")
     if fmt is not None and path.name == fmt and path.parent.name and (path.parent / "parity.json").is_file():
         return path.parent.name
