@@ -397,17 +397,20 @@ class Unrelated(AntiCorrelated):  # logits that carry nothing about the labels: 
         return [x + (0.2 if doc.startswith("wing") else 0.0) for x, (_, doc, _) in zip(noise, triples, strict=True)]
 
 
-def _dev_and_target(tmp_path):
-    """25 queries of 1 "wing" positive and 2 negatives, and a model folder whose tuner.json sets an instruction."""
+def _dev_and_target(tmp_path, queries: int = 25, instruction: str | None = "keep me"):
+    """`queries` queries of 1 "wing" positive and 2 negatives, and a model folder whose tuner.json sets
+    `instruction` (None: no tuner.json)."""
     rows = [
-        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(25)
+        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]}
+        for n in range(queries)
     ]
     data = tmp_path / "dev.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     target = tmp_path / "model"
     target.mkdir()
     (target / "config.json").write_text("{}")
-    (target / "tuner.json").write_text(json.dumps({"instruction": "keep me"}))
+    if instruction is not None:
+        (target / "tuner.json").write_text(json.dumps({"instruction": instruction}))
     return data, target
 
 
@@ -554,14 +557,7 @@ def test_easy_pairs_are_applied_with_a_bounded_fit_and_a_warning(tmp_path, monke
     from tuner import calibrate, eval_run
 
     monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: FarApart())
-    rows = [
-        {"query": f"question {n}", "pos": [f"wing fact {n}"], "neg": [f"banana {n}", f"engine {n}"]} for n in range(3)
-    ]
-    data = tmp_path / "dev.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "config.json").write_text("{}")
+    data, target = _dev_and_target(tmp_path, queries=3, instruction=None)
     summary = calibrate.run_calibrate("m", data, tmp_path / "out", apply=str(target))
     assert summary["applied_to"] and summary["separation_p_value"] < 0.05
     assert summary["after"]["log_loss"] > 0.05  # not the step: each pair keeps Platt's prior doubt
