@@ -547,7 +547,7 @@ def test_training_leaves_out_negatives_that_are_positives_and_repeated_documents
         groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
     assert [(g.query, g.pos, g.neg) for g in groups] == [("q1", ["p"], ["n1", "n2"]), ("q2", ["p"], ["n1", "n2", "n3"])]
     assert (
-        f"{file}: left out 1 negatives that are also a positive of their query (query 'q1': 'p') and 2 repeats of a "
+        f"{file}: left out 1 negative that is also a positive of its query (query 'q1': 'p') and 2 repeats of a "
         "document within its group, in 2 groups" in caplog.text
     )
     assert f"{file}: left out 1 of 3 groups without a negative" in caplog.text  # what the conflict left empty
@@ -564,7 +564,7 @@ def test_repeated_documents_alone_are_not_called_a_conflict(tiny_model_dir, beir
     with caplog.at_level("WARNING", logger="tuner.train"):
         groups = load_training_groups(config.data, config.loss.kind, 0, tmp_path / "run")
     assert [(g.pos, g.neg) for g in groups] == [(["p"], ["n1", "n2"])]
-    assert f"{file}: left out 1 repeats of a document within its group, in 1 groups: a repeated document is kept" in (
+    assert f"{file}: left out 1 repeat of a document within its group, in 1 group: a repeated document is kept" in (
         caplog.text
     )
     assert "both ways" not in caplog.text and "lists them" not in caplog.text

@@ -272,17 +272,21 @@ def load_training_groups(
     groups, cleaned = consistent_groups(groups)
     if cleaned.conflicts or cleaned.repeats:
         what, why = [], []
-        if cleaned.conflicts:
-            what.append(f"{cleaned.conflicts} negatives that are also a positive of their query ({cleaned.example})")
+        if n := cleaned.conflicts:
+            what.append(
+                f"{n} negative{'s that are' if n != 1 else ' that is'} also a positive of "
+                f"{'their' if n != 1 else 'its'} query ({cleaned.example})"
+            )
             why.append("a loss cannot teach a document both ways, and evaluation counts such a document as a positive")
-        if cleaned.repeats:
-            what.append(f"{cleaned.repeats} repeats of a document within its group")
+        if n := cleaned.repeats:
+            what.append(f"{n} repeat{'s' if n != 1 else ''} of a document within its group")
             why.append("a repeated document is kept once (a positive at its higher grade)")
         log.warning(
-            "%s: left out %s, in %d groups: %s (`tuner data check FILE` counts them)",
+            "%s: left out %s, in %d group%s: %s (`tuner data check FILE` counts them)",
             source,
             " and ".join(what),
             cleaned.groups_changed,
+            "s" if cleaned.groups_changed != 1 else "",
             "; ".join(why),
         )
     usable = [g for g in groups if g.pos and g.neg]
