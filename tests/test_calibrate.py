@@ -564,4 +564,5 @@ def test_easy_pairs_are_applied_with_a_bounded_fit_and_a_warning(tmp_path, monke
     warnings = summary["warnings"]
     assert len(warnings) == 2 and warnings[0].startswith("only 3 positive pairs")
     assert warnings[1].startswith("every positive pair scores above every negative one")
+    assert "tend to 0.800 and 0.125, Platt's targets for these counts" in warnings[1]  # 4/5 and 1/8
     assert "every positive pair scores above" in (tmp_path / "out" / "report.md").read_text()

@@ -296,10 +296,12 @@ def fit_warnings(
             "the calibrated probability is nearly the same for every pair"
         )
     elif separated:
+        top, bottom = (positives + 1) / (positives + 2), 1 / (negatives + 2)
         out.append(
             "every positive pair scores above every negative one: these pairs are easy for the model, so the fit "
-            "shows how sure it may be on easy pairs (its extremes are Platt's prior, (positives + 1) / (positives + "
-            "2)), not on the close calls of a real ranking; calibrate on harder pairs (mined negatives: tuner mine)"
+            f"says how sure it may be on easy pairs (its probabilities tend to {top:.3f} and {bottom:.3f}, Platt's "
+            "targets for these counts), not on the close calls of a real ranking; calibrate on harder pairs "
+            "(mined negatives: tuner mine)"
         )
     return out
 
