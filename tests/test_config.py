@@ -73,6 +73,20 @@ def test_cross_field_checks():
     load_config(None, [*edges, "train.batch_groups=1", "train.grad_accum=1", "train.warmup=0"])
 
 
+def test_a_list_of_one_training_file_is_that_file(tmp_path):
+    """`data.train_file=[a.jsonl]` is the same data as `data.train_file=a.jsonl`: one spelling, so a --resume of a
+    run recorded either way is not refused as a changed recipe."""
+    from tuner.train_setup import check_resume_config
+
+    one = load_config(None, ["data.train_file=[a.jsonl]"])
+    assert one.data.train_file == "a.jsonl" and one.data.train_files == ["a.jsonl"]
+    assert load_config(None, ["data.train_file=[a.jsonl, b.jsonl]"]).data.train_file == ["a.jsonl", "b.jsonl"]
+    load_config(None, ["data.train_file=a.jsonl"]).save(tmp_path / "config.yaml")
+    check_resume_config(tmp_path / "config.yaml", one)
+    with pytest.raises(ConfigError, match=r'data.train_file: saved "a.jsonl", new \["a.jsonl", "b.jsonl"\]'):
+        check_resume_config(tmp_path / "config.yaml", load_config(None, ["data.train_file=[a.jsonl, b.jsonl]"]))
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

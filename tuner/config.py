@@ -425,6 +425,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config.output.dir = expand_env(config.output.dir, "output.dir", where)
         config.eval.base_cache_dir = expand_env(config.eval.base_cache_dir, "eval.base_cache_dir", where)
         validate(config, where)
+        files = config.data.train_file
+        if isinstance(files, list) and len(files) == 1:  # the same data as the file alone: one spelling to compare
+            config.data.train_file = files[0]  # (a --resume of a run written either way)
     except ConfigError as err:
         raise _blame_override(err, where, overrides or [], recipe_data) from None
     config.source = str(path) if path is not None else None
