@@ -579,6 +579,7 @@ def test_version_prints_tuner_and_its_libraries_on_one_line(capsys, monkeypatch)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith(f"tuner {tuner.__version__} (torch {metadata.version('torch')}, ")
     assert f"transformers {metadata.version('transformers')}, peft {metadata.version('peft')}" in out
+    assert f", sentence-transformers {metadata.version('sentence-transformers')}, bitsandbytes " in out
     real = metadata.version
 
     def version(name):

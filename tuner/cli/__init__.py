@@ -82,7 +82,8 @@ def version_line() -> str:
         except PackageNotFoundError:
             return f"{name} not installed"
 
-    libraries = ", ".join(map(installed, ("torch", "transformers", "peft", "trl", "bitsandbytes")))
+    names = ("torch", "transformers", "peft", "trl", "sentence-transformers", "bitsandbytes")
+    libraries = ", ".join(map(installed, names))
     return f"tuner {__version__} ({libraries}; Python {platform.python_version()})"
 
 
