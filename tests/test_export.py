@@ -437,6 +437,17 @@ def test_the_cards_evaluation_says_what_it_was_measured_on(tmp_path):
     card = model_card(tmp_path / "out", meta, "name: bikes\neval:\n  beir: /d/bikes\n  split: dev\n  top_k: 20\n")
     assert "Measured on `bikes` (dev qrels), reranking BM25's top 20; first_stage is BM25." in card
     assert "Measured on" not in model_card(tmp_path / "out", {**meta, "eval": None}, "eval:\n  data: dev.jsonl\n")
+    # a folder of labeled files names the split file it read, and eval.max_queries says the figures are a sample
+    (tmp_path / "labeled").mkdir()
+    card = model_card(
+        tmp_path / "out", meta, f"eval:\n  data: {tmp_path / 'labeled'}\n  split: dev\n  max_queries: 50\n"
+    )
+    assert (
+        "Measured on `labeled` (its dev file, each group's documents ranked whole, a seeded sample of 50 queries)"
+        in card
+    )
+    card = model_card(tmp_path / "out", meta, "eval:\n  beir: /d/bikes\n  top_k: 20\n  max_queries: 50\n")
+    assert "Measured on `bikes` (test qrels, a seeded sample of 50 queries), reranking BM25's top 20" in card
 
 
 def test_the_card_carries_the_hubs_metadata_so_a_pushed_export_links_to_its_base(tmp_path):

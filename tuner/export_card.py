@@ -122,15 +122,19 @@ def _eval_source(recipe: Any) -> str:
     ev = recipe.get("eval") if isinstance(recipe, dict) else None
     if not isinstance(ev, dict):
         return ""
+    # eval.max_queries: the figures are of a seeded sample, not of the whole set
+    sample = f", a seeded sample of {ev['max_queries']} queries" if ev.get("max_queries") else ""
     if ev.get("data"):  # (eval.data and eval.beir are exclusive)
+        data = Path(str(ev["data"]))
+        read = f"its {ev.get('split') or 'test'} file, " if data.is_dir() else ""  # a folder of labeled files
         return (
-            f"Measured on `{Path(str(ev['data'])).name}` (each group's documents ranked whole); first_stage is their "
+            f"Measured on `{data.name}` ({read}each group's documents ranked whole{sample}); first_stage is their "
             "seeded random order, not a retriever."
         )
     if ev.get("beir"):
         return (
-            f"Measured on `{Path(str(ev['beir'])).name}` ({ev.get('split') or 'test'} qrels), reranking BM25's top "
-            f"{ev.get('top_k')}; first_stage is BM25."
+            f"Measured on `{Path(str(ev['beir'])).name}` ({ev.get('split') or 'test'} qrels{sample}), reranking "
+            f"BM25's top {ev.get('top_k')}; first_stage is BM25."
         )
     return ""
 
