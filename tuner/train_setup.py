@@ -271,22 +271,23 @@ def load_training_groups(
         source = f"{data.beir} ({data.split}, BM25 negatives)"
     groups, cleaned = consistent_groups(groups)
     if cleaned.conflicts or cleaned.repeats:
+        from tuner.data.check import _n, _v  # data check's singular / plural, for the same counts
+
         what, why = [], []
         if n := cleaned.conflicts:
             what.append(
-                f"{n} negative{'s that are' if n != 1 else ' that is'} also a positive of "
-                f"{'their' if n != 1 else 'its'} query ({cleaned.example})"
+                f"{_n(n, 'negative')} {_v(n, 'that is', 'that are')} also a positive of {_v(n, 'its', 'their')} "
+                f"query ({cleaned.example})"
             )
             why.append("a loss cannot teach a document both ways, and evaluation counts such a document as a positive")
         if n := cleaned.repeats:
-            what.append(f"{n} repeat{'s' if n != 1 else ''} of a document within its group")
+            what.append(f"{_n(n, 'repeat')} of a document within its group")
             why.append("a repeated document is kept once (a positive at its higher grade)")
         log.warning(
-            "%s: left out %s, in %d group%s: %s (`tuner data check FILE` counts them)",
+            "%s: left out %s, in %s: %s (`tuner data check FILE` counts them)",
             source,
             " and ".join(what),
-            cleaned.groups_changed,
-            "s" if cleaned.groups_changed != 1 else "",
+            _n(cleaned.groups_changed, "group"),
             "; ".join(why),
         )
     usable = [g for g in groups if g.pos and g.neg]
