@@ -487,7 +487,7 @@ def test_groups_without_a_negative_are_left_out_with_a_warning(tiny_model_dir, b
     assert "lower data.group_size" in caplog.text
 
 
-def test_a_list_of_training_files_trains_on_every_files_groups(tiny_model_dir, beir, tmp_path):
+def test_a_list_of_training_files_trains_on_every_files_groups(tiny_model_dir, beir, tmp_path, monkeypatch):
     """data.train_file as a list: the groups of every file, each read in its own format, in the list's order
     (max_groups counted over them all); a positive of one file that another lists as a negative of the same query
     is left out as a negative; a missing file is named by its place in the list, before any work."""
@@ -508,6 +508,12 @@ def test_a_list_of_training_files_trains_on_every_files_groups(tiny_model_dir, b
     with pytest.raises(FileNotFoundError, match=r"^data.train_file\[1\]: .*gone.csv"):
         check_before_work(missing)
     assert not (tmp_path / "m").exists()
+    # a file listed twice (here once as ./a.jsonl from its folder) would have each of its groups trained on twice
+    monkeypatch.chdir(tmp_path)
+    twice = tiny_config(tiny_model_dir, beir, tmp_path / "t", f"data.train_file=[{grouped}, {pairs}, ./a.jsonl]")
+    with pytest.raises(ConfigError, match=r"^data.train_file\[2\]: ./a.jsonl is data.train_file\[0\] again"):
+        check_before_work(twice)
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_dev_set_the_base_already_ranks_perfectly_is_warned_about(tiny_model_dir, beir, tmp_path, monkeypatch):

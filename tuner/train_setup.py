@@ -184,18 +184,25 @@ def check_before_work(config: Config) -> None:
 
 def check_training_source(data: DataSection) -> None:
     """The recipe names training data, and a local `data.train_file` is there (a hub dataset id is left to
-    `load_groups`). Raises `FileNotFoundError` / `ConfigError` naming the recipe key."""
+    `load_groups`), each file of a list once. Raises `FileNotFoundError` / `ConfigError` naming the recipe key."""
     if data.train_file:
         from tuner.data.beir import DataError
         from tuner.data.groups import resolve_path
 
         files = data.train_files
+        seen: dict[Any, int] = {}
         for n, file in enumerate(files):
             try:
-                resolve_path(file)
+                local = resolve_path(file)
             except DataError as err:
                 key = "data.train_file" if isinstance(data.train_file, str) else f"data.train_file[{n}]"
                 raise FileNotFoundError(f"{key}: {err}") from None
+            same = local.resolve() if local is not None else file  # ./a.jsonl, a.jsonl and a link to it: one file
+            if same in seen:  # each of its groups would be trained on twice, with no word of it
+                raise ConfigError(
+                    f"data.train_file[{n}]: {file} is data.train_file[{seen[same]}] again; list each file once"
+                )
+            seen[same] = n
     elif not data.beir:
         raise ConfigError("data: set data.train_file (grouped JSONL) or data.beir (a BEIR folder to mine)")
 
