@@ -566,3 +566,27 @@ def test_easy_pairs_are_applied_with_a_bounded_fit_and_a_warning(tmp_path, monke
     assert warnings[1].startswith("every positive pair scores above every negative one")
     assert "tend to 0.800 and 0.125, Platt's targets for these counts" in warnings[1]  # 4/5 and 1/8
     assert "every positive pair scores above" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_fit_on_queries_the_run_trained_on_is_warned_about(tmp_path, monkeypatch):
+    """Dev pairs whose queries the model's tuner run trained on score as the run learned them (more confidently
+    than new queries): the fit is made, and the report says how many of its queries were trained on."""
+    from tuner import calibrate, eval_run
+    from tuner.overlap import TRAINING_VIEW, TrainingView, text_key, write_view
+
+    monkeypatch.setattr(eval_run, "load_reranker", lambda *a, **k: Separated())
+    data, _ = _dev_and_target(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: run\n")
+    trained = frozenset(text_key(f"question {n}") for n in (0, 3, 7))
+    write_view(TrainingView("train.jsonl", trained, frozenset(), 3), run / TRAINING_VIEW)
+    summary = calibrate.run_calibrate(str(run / "adapter"), data, tmp_path / "out")
+    note = f"3 of the 25 queries of {data} are queries run {run} trained on"
+    assert [w for w in summary["warnings"] if w.startswith(note)] and "fit on held-out" in summary["warnings"][-1]
+    assert note in (tmp_path / "out" / "report.md").read_text()
+    # a model from no run, and a run whose training data cannot be read, are fitted without it
+    assert not any("trained on" in w for w in calibrate.run_calibrate("m", data, tmp_path / "o2")["warnings"])
+    (run / TRAINING_VIEW).unlink()
+    unread = calibrate.run_calibrate(str(run / "adapter"), data, tmp_path / "o3")
+    assert not any("trained on" in w for w in unread["warnings"])

@@ -514,3 +514,25 @@ def test_rechecking_an_exports_template_gives_no_transformers_length_warning(tmp
     apply_meta(export_dir, {"instruction": "Find abstracts"})
     assert json.loads((export_dir / "tuner.json").read_text())["parity"]["template"]["prompt_strings_equal"] == 9
     assert "Token indices sequence length" not in capfd.readouterr().err
+
+
+def test_a_search_on_queries_the_run_trained_on_is_warned_about(tmp_path, beir_dir, tiny_model_dir, capsys):
+    """An instruction searched on queries the model's run trained on is picked for what the run learned, not for
+    new queries: the search says how many of them it trained on, on stderr and in metrics.json."""
+    import shutil
+
+    from tuner.data.beir import load_beir
+    from tuner.overlap import TRAINING_VIEW, TrainingView, text_key, write_view
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "model")  # a fully fine-tuned run's weights
+    (run / "config.yaml").write_text("name: run\n")
+    queries = sorted(load_beir(beir_dir, "test").queries.values())
+    write_view(TrainingView("t.jsonl", frozenset({text_key(queries[0])}), frozenset(), 1), run / TRAINING_VIEW)
+    argv = _instruct_argv(tiny_model_dir, beir_dir, tmp_path, "--out", str(tmp_path / "out"))
+    argv[argv.index("--model") + 1] = str(run / "model")
+    assert main(argv) == 0
+    note = f"1 of the {len(queries)} queries of "
+    warned = json.loads((tmp_path / "out" / "metrics.json").read_text())["instruction_search"]["warnings"]
+    assert [w for w in warned if w.startswith(note) and f"queries run {run} trained on" in w]
+    assert "pick the instruction on held-out queries" in capsys.readouterr().err

@@ -378,7 +378,7 @@ def run_calibrate(
     """
     from tuner.data import load_groups
     from tuner.eval_run import load_reranker
-    from tuner.instruct import apply_meta
+    from tuner.instruct import apply_meta, trained_on_note
     from tuner.report import prepare_out_dir
 
     prepare_out_dir(out_dir)
@@ -392,6 +392,7 @@ def run_calibrate(
             f"{data}: {positives} positive and {len(pairs) - positives} negative pairs; calibration needs both"
         )
     labels = np.array([p[3] for p in pairs], dtype=np.float64)
+    trained = trained_on_note(model, adapter, (p[0] for p in pairs), str(data), "fit on held-out dev pairs")
     reranker = load_reranker(model, adapter, options)
     score_start = time.perf_counter()
     logits = np.array(reranker.score_pairs([p[:3] for p in pairs], normalize=False), dtype=np.float64)
@@ -442,6 +443,8 @@ def run_calibrate(
     summary["separation_p_value"] = p_value
     separated = float(logits[labels == 1].min()) > float(logits[labels == 0].max())
     summary["warnings"] = fit_warnings(summary["positives"], summary["negatives"], temperature, p_value, separated)
+    if trained:
+        summary["warnings"].append(trained)
     summary["apply_refused"] = None
     if apply is not None and is_degenerate(temperature, p_value) and not force:
         # Served scores would all be ~the same probability (e.g. 0.25 ± 2e-7): thresholds on them mean nothing.

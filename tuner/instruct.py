@@ -14,7 +14,7 @@ import json
 import logging
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -405,6 +405,22 @@ def _render_search(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def trained_on_note(model: str, adapter: str | None, queries: Iterable[str], name: str, advice: str) -> str | None:
+    """A warning when a search (or a calibration fit) runs on queries the model's tuner run trained on: it would fit
+    what the run learned, which new queries do not get (None when there are none, or the model is from no run)."""
+    from tuner.overlap import trained_queries
+
+    texts = set(queries)
+    trained, runs = trained_queries(model, adapter, texts)
+    if not trained:
+        return None
+    names = ", ".join(str(r) for r in runs)
+    return (
+        f"{trained} of the {len(texts)} queries of {name} are queries run {names} trained on: the model scores them "
+        f"as it learned them, not as it will score new queries: {advice}"
+    )
+
+
 def run_instruct(
     model: str,
     beir: str | Path | None,
@@ -449,6 +465,9 @@ def run_instruct(
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
     )
+    trained = trained_on_note(
+        model, adapter, evaluator.queries.values(), evaluator.name, "pick the instruction on held-out queries"
+    )
     reranker = load_reranker(model, adapter, options)
     if evaluator.query_instructions:  # one instruction is searched for and written; the rows' own are not kept
         log.warning(
@@ -488,7 +507,7 @@ def run_instruct(
         "apply_refused": None,
         "apply_skipped": None,
         "significance_level": winner_level(len(cands)),
-        "warnings": [],
+        "warnings": [trained] if trained else [],
     }
     info = summary["instruction_search"]
     level = info["significance_level"]

@@ -40,6 +40,7 @@ __all__ = [
     "seen_counts",
     "split_queries",
     "text_key",
+    "trained_queries",
     "training_view",
     "union",
     "write_view",
@@ -284,6 +285,20 @@ def runs_of_adapter(adapter: str | Path) -> list[Path]:
         if run is not None and (run / "config.yaml").is_file():
             return [run]
     return []
+
+
+def trained_queries(model: str | Path, adapter: str | Path | None, queries: Iterable[str]) -> tuple[int, list[Path]]:
+    """How many distinct texts of `queries` the tuner run(s) of `adapter` (or of `model`: an adapter, a checkpoint, a
+    merge or a fully fine-tuned RUN/model) trained on, and those runs. (0, []) for a model from no run, and for a
+    run whose training data can no longer be read (this is a check for a warning, not a reason to fail)."""
+    try:
+        runs = runs_of_adapter(adapter or model)
+        if not runs:
+            return 0, []
+        view = union([training_view(run) for run in runs])
+    except (OSError, ValueError):
+        return 0, []
+    return sum(text_key(q) in view.queries for q in set(queries)), runs
 
 
 def split_queries(
