@@ -313,14 +313,213 @@ def _log_failure(config: Config, err: BaseException) -> None:
         handler.flush()
 
 
+def _resume_point(ckpt_dir: Path, metrics_file: Path, notes: list[tuple[int, str]]) -> tuple[Path, dict]:
+    """--resume: the checkpoint to continue from (the newest complete one; the incomplete ones after it noted in
+    `notes`) and the run's metrics.json so far ({} when unreadable)."""
+    saved = _checkpoints(ckpt_dir)
+    # a save that was cut off (the process died while writing) leaves a folder without trainer_state.json,
+    # which transformers would pick as the latest and refuse: continue from the newest complete one instead
+    complete = [p for p in saved if _is_complete(p)]
+    if not complete:
+        names = ", ".join(p.name for p in saved) or "none"
+        raise ConfigError(
+            f"--resume: no complete checkpoint in {ckpt_dir} ({names}: no trainer_state.json, an interrupted "
+            "save); train again with output.overwrite=true"
+        )
+    latest = complete[-1]
+    for broken in saved[saved.index(latest) + 1 :]:
+        notes.append(
+            (
+                logging.WARNING,
+                f"--resume: {broken} is incomplete (no trainer_state.json, an interrupted save); skipped",
+            )
+        )
+    try:
+        prior = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        prior = {}
+    prior = prior if isinstance(prior, dict) else {}
+    return latest, prior
+
+
+def _cpu_fallbacks(config: Config, notes: list[tuple[int, str]]) -> str:
+    """train.precision as this machine runs it (fp32 without CUDA); a note in `notes` for each setting a CPU does
+    not run as given (logged once logging is set up, into logs/train.log too)."""
+    precision = config.train.precision
+    if not torch.cuda.is_available():
+        if precision != "fp32":
+            notes.append(
+                (logging.WARNING, f"train.precision={precision} without CUDA: no mixed precision on CPU (as fp32)")
+            )
+            precision = "fp32"
+        if config.lora.enabled and not config.model.load_in_4bit and config.model.dtype != "float32":
+            # (full fine-tuning loads fp32, see below) a LoRA base keeps its dtype whatever the precision: bf16 on a
+            # CPU took 3x the time of fp32 on a tiny recipe (2 cores)
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"model.dtype={config.model.dtype} without CUDA: the frozen base computes in {config.model.dtype} "
+                    "on CPU, which most CPUs run several times slower than float32 (model.dtype=float32)",
+                )
+            )
+    return precision
+
+
+def _training_arguments(config: Config, out: Path, precision: str, max_steps: int):
+    """transformers' `TrainingArguments` of a run into `out`."""
+    from transformers import TrainingArguments
+
+    t = config.train
+    ckpt_dir = out / CHECKPOINTS_DIR
+    eval_steps = config.eval.steps if (has_dev_set(config) and config.eval.steps > 0) else 0
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=t.batch_groups,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup,
+        num_train_epochs=t.epochs,
+        max_steps=max_steps,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        optim=t.optim,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        # "steps" always: under it transformers also saves at the last step, so save_steps=0 (a period no run
+        # reaches) leaves exactly that checkpoint, the one --resume and the best-checkpoint record need
+        save_strategy="steps",
+        save_steps=t.save_steps if t.save_steps > 0 else _NO_PERIODIC_SAVE,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
+        metric_for_best_model=config.eval.metrics[0] if eval_steps else None,
+        # train.load_best / early_stopping_patience (validated: evaluations and a checkpoint at each): transformers
+        # keeps the best checkpoint through save_total_limit and loads it when training ends
+        load_best_model_at_end=t.load_best or t.early_stopping_patience is not None,
+        greater_is_better=True,
+        report_to=[] if config.tracking.report_to == "none" else [config.tracking.report_to],
+        run_name=config.tracking.run_name or out.name,
+        remove_unused_columns=False,  # our batches are prompt tensors the Trainer must not filter
+        dataloader_num_workers=t.dataloader_workers,
+        ddp_backend=t.ddp_backend,
+        ddp_find_unused_parameters=False,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, for StopOnNonFinite (not as the window's mean)
+        disable_tqdm=True,  # one log line per logging step instead of a bar (readable in files and CI)
+        use_cpu=not torch.cuda.is_available(),
+        save_only_model=False,  # optimizer + scheduler + RNG state are what make --resume exact
+    )
+
+
+def _load_model(config: Config, base_path: str, device):
+    """The model a run trains: the base (full fine-tuning in fp32; 4-bit for QLoRA) with its LoRA adapter (seeded
+    first, since LoRA's A matrices draw from the global RNG), checked against the base's positions."""
+    from tuner.contract import past_positions
+    from tuner.modeling import attach_lora, compile_layers, load_base, trainable_summary
+
+    t = config.train
+    set_seed(t.seed)
+    m = config.model
+    dtype = m.dtype
+    if not config.lora.enabled and dtype != "float32":
+        # Full fine-tuning updates the base weights themselves: AdamW moves each by ~lr per step, which rounds away
+        # in bf16 (3 steps at lr 1e-5 changed 19% of the decoder weights in bf16, 71% in fp32). The weights stay
+        # fp32 (the optimizer's master copy) and train.precision's autocast keeps the matmuls in bf16, as in
+        # transformers' own mixed precision; LoRA trains fp32 adapter weights, so its base can stay in bf16.
+        log.warning(
+            "lora.enabled=false: the base is loaded in float32, not model.dtype=%s (bf16 weights would lose most "
+            "updates); the step still computes in train.precision=%s",
+            dtype,
+            t.precision,
+        )
+        dtype = "float32"
+    model = load_base(
+        base_path,
+        dtype=dtype,
+        attn_implementation=m.attn_implementation,
+        load_in_4bit=m.load_in_4bit,
+        quant_type=m.bnb_4bit_quant_type,
+        double_quant=m.bnb_4bit_use_double_quant,
+        compute_dtype=m.bnb_4bit_compute_dtype,
+        gradient_checkpointing=m.gradient_checkpointing,
+        checkpoint_ratio=m.checkpoint_ratio,
+        liger_kernel=m.liger_kernel,
+        device=device,
+    )
+    too_long = past_positions(m.max_length, model.config)
+    if too_long:  # before any step: prompts past the model's positions would train on positions it never had
+        raise ConfigError(f"model.{too_long}")
+    if config.lora.enabled:
+        lc = config.lora
+        try:
+            model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            if "arget module" not in str(err):
+                raise
+            raise ConfigError(f"lora.target_modules: {err}") from None
+    log.info("%s", trainable_summary(model))
+    if t.compile:  # after LoRA, so that the adapters are traced into the compiled layers
+        log.info("torch.compile: %d decoder layers (compiled on first use)", compile_layers(model))
+    if t.batching == "packed" and m.attn_implementation != "flex_attention":
+        log.warning(
+            "train.batching=packed with model.attn_implementation=%s: the attention between the prompts of a row "
+            "is computed and masked out (same scores, quadratic extra work); flex_attention skips it, or use "
+            "train.batching=sorted",
+            m.attn_implementation,
+        )
+    return model
+
+
+def _whole_run_figures(figures: dict[str, Any], state, resumed_at: int, prior_clock: dict, args) -> None:
+    """A resumed call's training figures (`figures`, transformers' for this call's steps) made the whole run's, in
+    place, from the trainer's `state` and the checkpoint's clock (`prior_clock`, {} when it has none)."""
+    # transformers' figures cover this call's steps only: the loss and runtime below are the whole run's, or
+    # say from which step they count when the checkpoint does not carry the earlier part
+    whole = _whole_run_loss(
+        state.log_history,
+        resumed_at,
+        _call_loss(figures, resumed_at, state.global_step),
+        state.global_step,
+    )
+    if whole is None:
+        figures["train_loss_from_step"] = resumed_at + 1
+    else:
+        figures["train_loss"] = whole
+    if prior_clock:
+        figures["train_runtime"] = round(prior_clock["train_runtime"] + figures.get("train_runtime", 0.0), 4)
+    else:  # train_runtime and seconds both
+        figures["runtime_from_step"] = resumed_at + 1
+    # transformers divides every planned step's samples by this call's runtime: rates of the steps timed instead
+    runtime, steps = figures.get("train_runtime", 0.0), state.global_step
+    steps -= 0 if prior_clock else resumed_at
+    if runtime > 0:
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        figures["train_steps_per_second"] = round(steps / runtime, 3)
+        figures["train_samples_per_second"] = round(steps * batch / runtime, 3)
+    # transformers' closing log line above counts this call's steps only: say the run's, as metrics.json has them
+    loss_from = figures.get("train_loss_from_step", 1)
+    log.info(
+        "--resume: the run's figures (metrics.json): train_loss=%.4g over steps %d-%d, train_runtime=%.4g s%s; "
+        "the line above counts steps %d-%d only",
+        figures.get("train_loss", float("nan")),
+        loss_from,
+        state.global_step,
+        figures.get("train_runtime", 0.0),
+        f" from step {resumed_at + 1}" if "runtime_from_step" in figures else "",
+        resumed_at + 1,
+        state.global_step,
+    )
+
+
 def _train(
     config: Config, resume: bool, callbacks: list[TrainerCallback] | None, held: contextlib.ExitStack
 ) -> TrainResult:
-    from transformers import TrainingArguments
-
     from tuner import __version__
-    from tuner.contract import PromptEncoder, past_positions
-    from tuner.modeling import attach_lora, compile_layers, load_base, require_liger, trainable_summary
+    from tuner.contract import PromptEncoder
+    from tuner.modeling import require_liger
     from tuner.train_setup import (
         RankEval,
         build_evaluators,
@@ -372,29 +571,7 @@ def _train(
     resume_notes: list[tuple[int, str]] = []  # what --resume found and CPU fallbacks, logged once logging is set up
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
-        saved = _checkpoints(ckpt_dir)
-        # a save that was cut off (the process died while writing) leaves a folder without trainer_state.json,
-        # which transformers would pick as the latest and refuse: continue from the newest complete one instead
-        complete = [p for p in saved if _is_complete(p)]
-        if not complete:
-            names = ", ".join(p.name for p in saved) or "none"
-            raise ConfigError(
-                f"--resume: no complete checkpoint in {ckpt_dir} ({names}: no trainer_state.json, an interrupted "
-                "save); train again with output.overwrite=true"
-            )
-        latest = complete[-1]
-        for broken in saved[saved.index(latest) + 1 :]:
-            resume_notes.append(
-                (
-                    logging.WARNING,
-                    f"--resume: {broken} is incomplete (no trainer_state.json, an interrupted save); skipped",
-                )
-            )
-        try:
-            prior = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            prior = {}
-        prior = prior if isinstance(prior, dict) else {}
+        latest, prior = _resume_point(ckpt_dir, out / METRICS_FILE, resume_notes)
         prior_train = prior.get("train") or {}
         done = prior_train.get("global_step")
         target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
@@ -413,69 +590,12 @@ def _train(
         resume_notes.append((logging.INFO, f"--resume: continuing from {latest}"))
 
     t = config.train
-    precision = t.precision
-    if not torch.cuda.is_available():  # noted in logs/train.log too, once logging is set up
-        if precision != "fp32":
-            resume_notes.append(
-                (logging.WARNING, f"train.precision={precision} without CUDA: no mixed precision on CPU (as fp32)")
-            )
-            precision = "fp32"
-        if config.lora.enabled and not config.model.load_in_4bit and config.model.dtype != "float32":
-            # (full fine-tuning loads fp32, see below) a LoRA base keeps its dtype whatever the precision: bf16 on a
-            # CPU took 3x the time of fp32 on a tiny recipe (2 cores)
-            resume_notes.append(
-                (
-                    logging.WARNING,
-                    f"model.dtype={config.model.dtype} without CUDA: the frozen base computes in {config.model.dtype} "
-                    "on CPU, which most CPUs run several times slower than float32 (model.dtype=float32)",
-                )
-            )
-    eval_steps = config.eval.steps if (has_dev_set(config) and config.eval.steps > 0) else 0
+    precision = _cpu_fallbacks(config, resume_notes)
     pick_best = t.load_best or t.early_stopping_patience is not None
     ended_at_checkpoint = resume and _patience_ran_out(latest)
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=t.batch_groups,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        weight_decay=t.weight_decay,
-        lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup,
-        num_train_epochs=t.epochs,
-        # a run resumed from the checkpoint where early stopping ran out of patience (cut off before its adapter
-        # was saved) ended there: it trains no further step (EarlyStoppingCallback would only stop it at the next
-        # evaluation)
-        max_steps=_step_of(latest) if ended_at_checkpoint else t.max_steps,
-        max_grad_norm=t.max_grad_norm,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        optim=t.optim,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        # "steps" always: under it transformers also saves at the last step, so save_steps=0 (a period no run
-        # reaches) leaves exactly that checkpoint, the one --resume and the best-checkpoint record need
-        save_strategy="steps",
-        save_steps=t.save_steps if t.save_steps > 0 else _NO_PERIODIC_SAVE,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps or None,
-        metric_for_best_model=config.eval.metrics[0] if eval_steps else None,
-        # train.load_best / early_stopping_patience (validated: evaluations and a checkpoint at each): transformers
-        # keeps the best checkpoint through save_total_limit and loads it when training ends
-        load_best_model_at_end=pick_best,
-        greater_is_better=True,
-        report_to=[] if config.tracking.report_to == "none" else [config.tracking.report_to],
-        run_name=config.tracking.run_name or out.name,
-        remove_unused_columns=False,  # our batches are prompt tensors the Trainer must not filter
-        dataloader_num_workers=t.dataloader_workers,
-        ddp_backend=t.ddp_backend,
-        ddp_find_unused_parameters=False,
-        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, for StopOnNonFinite (not as the window's mean)
-        disable_tqdm=True,  # one log line per logging step instead of a bar (readable in files and CI)
-        use_cpu=not torch.cuda.is_available(),
-        save_only_model=False,  # optimizer + scheduler + RNG state are what make --resume exact
-    )
+    # a run resumed from the checkpoint where early stopping ran out of patience (cut off before its adapter was
+    # saved) ended there: it trains no further step (EarlyStoppingCallback would only stop it at the next evaluation)
+    args = _training_arguments(config, out, precision, _step_of(latest) if ended_at_checkpoint else t.max_steps)
     main = args.process_index == 0
     setup_logging(out / "logs" / "train.log", main)
     for level, message in resume_notes:
@@ -524,55 +644,8 @@ def _train(
         write_view(groups_view(groups, name), out / TRAINING_VIEW)
 
     # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
-    set_seed(t.seed)
     m = config.model
-    dtype = m.dtype
-    if not config.lora.enabled and dtype != "float32":
-        # Full fine-tuning updates the base weights themselves: AdamW moves each by ~lr per step, which rounds away
-        # in bf16 (3 steps at lr 1e-5 changed 19% of the decoder weights in bf16, 71% in fp32). The weights stay
-        # fp32 (the optimizer's master copy) and train.precision's autocast keeps the matmuls in bf16, as in
-        # transformers' own mixed precision; LoRA trains fp32 adapter weights, so its base can stay in bf16.
-        log.warning(
-            "lora.enabled=false: the base is loaded in float32, not model.dtype=%s (bf16 weights would lose most "
-            "updates); the step still computes in train.precision=%s",
-            dtype,
-            t.precision,
-        )
-        dtype = "float32"
-    model = load_base(
-        base_path,
-        dtype=dtype,
-        attn_implementation=m.attn_implementation,
-        load_in_4bit=m.load_in_4bit,
-        quant_type=m.bnb_4bit_quant_type,
-        double_quant=m.bnb_4bit_use_double_quant,
-        compute_dtype=m.bnb_4bit_compute_dtype,
-        gradient_checkpointing=m.gradient_checkpointing,
-        checkpoint_ratio=m.checkpoint_ratio,
-        liger_kernel=m.liger_kernel,
-        device=args.device,
-    )
-    too_long = past_positions(m.max_length, model.config)
-    if too_long:  # before any step: prompts past the model's positions would train on positions it never had
-        raise ConfigError(f"model.{too_long}")
-    if config.lora.enabled:
-        lc = config.lora
-        try:
-            model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
-        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-            if "arget module" not in str(err):
-                raise
-            raise ConfigError(f"lora.target_modules: {err}") from None
-    log.info("%s", trainable_summary(model))
-    if t.compile:  # after LoRA, so that the adapters are traced into the compiled layers
-        log.info("torch.compile: %d decoder layers (compiled on first use)", compile_layers(model))
-    if t.batching == "packed" and m.attn_implementation != "flex_attention":
-        log.warning(
-            "train.batching=packed with model.attn_implementation=%s: the attention between the prompts of a row "
-            "is computed and masked out (same scores, quadratic extra work); flex_attention skips it, or use "
-            "train.batching=sorted",
-            m.attn_implementation,
-        )
+    model = _load_model(config, base_path, args.device)
 
     # 5. the first stage and the base, measured once
     rank_eval = None
@@ -741,44 +814,7 @@ def _train(
     nothing_left = resume and prior_train.get("global_step") == trainer.state.global_step
     resumed_at = _step_of(latest) if resume else 0
     if resume and not nothing_left:
-        # transformers' figures cover this call's steps only: the loss and runtime below are the whole run's, or
-        # say from which step they count when the checkpoint does not carry the earlier part
-        whole = _whole_run_loss(
-            trainer.state.log_history,
-            resumed_at,
-            _call_loss(record["train"], resumed_at, trainer.state.global_step),
-            trainer.state.global_step,
-        )
-        if whole is None:
-            record["train"]["train_loss_from_step"] = resumed_at + 1
-        else:
-            record["train"]["train_loss"] = whole
-        if prior_clock:
-            record["train"]["train_runtime"] = round(
-                prior_clock["train_runtime"] + record["train"].get("train_runtime", 0.0), 4
-            )
-        else:  # train_runtime and seconds both
-            record["train"]["runtime_from_step"] = resumed_at + 1
-        # transformers divides every planned step's samples by this call's runtime: rates of the steps timed instead
-        runtime, steps = record["train"].get("train_runtime", 0.0), trainer.state.global_step
-        steps -= 0 if prior_clock else resumed_at
-        if runtime > 0:
-            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            record["train"]["train_steps_per_second"] = round(steps / runtime, 3)
-            record["train"]["train_samples_per_second"] = round(steps * batch / runtime, 3)
-        # transformers' closing log line above counts this call's steps only: say the run's, as metrics.json has them
-        loss_from = record["train"].get("train_loss_from_step", 1)
-        log.info(
-            "--resume: the run's figures (metrics.json): train_loss=%.4g over steps %d-%d, train_runtime=%.4g s%s; "
-            "the line above counts steps %d-%d only",
-            record["train"].get("train_loss", float("nan")),
-            loss_from,
-            trainer.state.global_step,
-            record["train"].get("train_runtime", 0.0),
-            f" from step {resumed_at + 1}" if "runtime_from_step" in record["train"] else "",
-            resumed_at + 1,
-            trainer.state.global_step,
-        )
+        _whole_run_figures(record["train"], trainer.state, resumed_at, prior_clock, args)
     if nothing_left:
         # the checkpoint was the run's last step: this call trained nothing, and its zero loss and runtime would
         # overwrite the figures of the steps that did run
