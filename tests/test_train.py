@@ -929,3 +929,53 @@ def test_a_cpu_run_says_its_base_keeps_model_dtype_in_its_log(tiny_model_dir, be
     assert "training in fp32" not in log
     train(tiny_config(tiny_model_dir, beir, tmp_path / "fp32", "train.max_steps=1"))  # model.dtype=float32
     assert "without CUDA" not in (tmp_path / "fp32" / "logs" / "train.log").read_text()
+
+
+def test_a_second_round_starts_from_the_first_rounds_adapter(trained, tiny_model_dir, beir, tmp_path):
+    """lora.init_adapter: round two loads round one's adapter (a run folder stands for its adapter/) with its own
+    settings, trains on from those weights (not new ones) on other data, and its run counts both rounds' queries as
+    seen in training; the adapter it writes loads on the base alone and names where it started."""
+    from peft.utils import get_peft_model_state_dict
+
+    from tuner.overlap import text_key, training_view
+    from tuner.train import _load_model
+
+    first = load_file(trained["adapter_dir"] / "adapter_model.safetensors")
+    rows = tmp_path / "round2.jsonl"
+    rows.write_text(json.dumps({"query": "a new question", "pos": ["answer"], "neg": ["x", "y", "z"]}) + "\n")
+    overrides = [f"lora.init_adapter={trained['output_dir']}", f"data.train_file={rows}", "train.max_steps=2"]
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "two", *overrides, "lora.r=4")
+    model = _load_model(config, str(tiny_model_dir), "cpu")
+    start = get_peft_model_state_dict(model)
+    assert set(start) == set(first) and all(torch.equal(start[k], first[k]) for k in first)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    assert any(p.requires_grad for p in model.parameters())
+    result = train(config)
+    log = (tmp_path / "two" / "logs" / "train.log").read_text()
+    assert "the adapter's own settings are trained, not lora.r=4 (the adapter has 8)" in log
+    # round one's adapter on a base of another shape: one line naming the key, not torch's list of tensors
+    from tuner.tiny import write_tiny_model
+
+    other = write_tiny_model(tmp_path / "other", layers=2, hidden=32, seed=0)
+    with pytest.raises(ConfigError, match=r"^lora.init_adapter: adapter .* does not fit base .*other"):
+        _load_model(config, str(other), "cpu")
+    second = load_file(result["adapter_dir"] / "adapter_model.safetensors")
+    assert set(second) == set(first) and any(not torch.equal(second[k], first[k]) for k in first)
+    meta = json.loads((result["adapter_dir"] / "tuner.json").read_text())
+    assert meta["init_adapter"] == str(trained["output_dir"])
+    Reranker.from_pretrained(result["adapter_dir"], device="cpu", dtype="float32").score("q", ["d"])
+    seen = training_view(tmp_path / "two").queries
+    assert text_key("a new question") in seen and training_view(trained["output_dir"]).queries <= seen
+
+
+def test_a_start_adapter_that_cannot_be_used_is_refused_before_any_work(tiny_model_dir, beir, tmp_path):
+    from tuner.train_setup import check_before_work
+
+    with pytest.raises(ConfigError, match=r"lora.init_adapter: .*needs lora.enabled=true"):
+        tiny_config(tiny_model_dir, beir, tmp_path / "r", "lora.init_adapter=runs/a", "lora.enabled=false")
+    (tmp_path / "model").mkdir()  # a full fine-tuning run's weights: no adapter
+    for where in (tmp_path / "gone", tmp_path / "model"):
+        config = tiny_config(tiny_model_dir, beir, tmp_path / "r", f"lora.init_adapter={where}")
+        with pytest.raises(FileNotFoundError, match=rf"^lora.init_adapter: '{where}' is no LoRA adapter"):
+            check_before_work(config)
+    assert not (tmp_path / "r").exists()

@@ -71,6 +71,12 @@ class LoraSection:
     )
     use_rslora: bool = _f(False, "rank-stabilised LoRA scaling alpha / sqrt(r)")
     use_dora: bool = _f(False, "weight-decomposed LoRA (DoRA)")
+    init_adapter: str | None = _f(
+        None,
+        "start from this LoRA adapter (a run's folder or its adapter/, a checkpoint, a `tuner merge`, a peft adapter "
+        "of this base) instead of new weights: a second round of training whose adapter still loads on the base "
+        "alone; its r, alpha, dropout and target modules are the adapter's",
+    )
 
 
 @dataclass
@@ -566,6 +572,8 @@ def validate(config: Config, where: str = "") -> None:
             f"{where}tracking.log_model: uploads the trained weights as a wandb artifact; set tracking.report_to: "
             f"wandb (got {config.tracking.report_to!r})"
         )
+    if config.lora.init_adapter is not None and not config.lora.enabled:
+        raise ConfigError(f"{where}lora.init_adapter: an adapter to start from needs lora.enabled=true")
     if config.model.load_in_4bit and not config.lora.enabled:
         raise ConfigError(f"{where}model.load_in_4bit: a 4-bit base cannot be fully fine-tuned (set lora.enabled)")
     evaluated_and_saved = has_dev_set(config) and config.eval.steps > 0 and config.train.save_steps > 0

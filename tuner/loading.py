@@ -465,8 +465,11 @@ def _stored_adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]] | None:
         return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (not a dict)
 
 
-def load_adapter(net, adapter: str | Path, base: str | Path = "the base", adapter_name: str = "default"):
-    """`peft.PeftModel.from_pretrained(net, adapter)`, with the checks peft leaves out.
+def load_adapter(
+    net, adapter: str | Path, base: str | Path = "the base", adapter_name: str = "default", trainable: bool = False
+):
+    """`peft.PeftModel.from_pretrained(net, adapter)`, with the checks peft leaves out (`trainable`: its weights
+    train, as `tuner train`'s lora.init_adapter needs).
 
     On a `PeftModel` already (several adapters on one base, as `tuner merge` loads them), the adapter is added
     under `adapter_name` (`PeftModel.load_adapter`), with the same checks.
@@ -500,7 +503,7 @@ def load_adapter(net, adapter: str | Path, base: str | Path = "the base", adapte
             if isinstance(net, PeftModel):
                 net.load_adapter(str(adapter), adapter_name=adapter_name)
             else:
-                net = PeftModel.from_pretrained(net, str(adapter), adapter_name=adapter_name)
+                net = PeftModel.from_pretrained(net, str(adapter), adapter_name=adapter_name, is_trainable=trainable)
     except RuntimeError as err:
         # An adapter trained on another base: torch lists every mismatched tensor; the first says enough.
         if "size mismatch" not in str(err):

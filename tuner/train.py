@@ -118,23 +118,23 @@ def _check_dev_is_not_trained_on(groups: list, dev, drop: bool, main: bool) -> l
     return groups
 
 
-def _training_overlap(groups: list, evaluator, rank_eval, prior: dict) -> dict[str, Any] | None:
-    """The dev queries split by what the training groups cover (see `tuner.overlap`): per part, the first stage's,
-    the base's and the final model's means, and final vs base paired on the primary metric, so that a gain made
-    of remembered documents shows in metrics.json and in `make demo` rather than in a later analysis.
+def _training_overlap(view, evaluator, rank_eval, prior: dict) -> dict[str, Any] | None:
+    """The dev queries split by what the training data covers (`view`, see `tuner.overlap`): per part, the first
+    stage's, the base's and the final model's means, and final vs base paired on the primary metric, so that a gain
+    made of remembered documents shows in metrics.json and in `make demo` rather than in a later analysis.
 
     The final figures are the last evaluation's per-query metrics (None when this call evaluated nothing: the
     recorded split stays). A base reused from the run's metrics.json by --resume has no per-query figures: its
     recorded part means are kept, without the paired test."""
     from tuner.metrics import mean
-    from tuner.overlap import MEANING, groups_view, split_queries
+    from tuner.overlap import MEANING, split_queries
     from tuner.report import paired_stats
 
     recorded = (prior.get("dev") or {}).get("training_overlap")
     final, base = rank_eval.last_per_query, rank_eval.base_per_query
     if not final:
         return recorded
-    split = split_queries(evaluator.queries, evaluator.qrels, evaluator.relevant_documents, groups_view(groups))
+    split = split_queries(evaluator.queries, evaluator.qrels, evaluator.relevant_documents, view)
     first = evaluator.first_stage_result().per_query
     primary, metrics = evaluator.primary_metric, list(evaluator.metrics)
     out: dict[str, Any] = {k: v for k, v in split.items() if k != "part"}
@@ -156,6 +156,29 @@ def _training_overlap(groups: list, evaluator, rank_eval, prior: dict) -> dict[s
                     part["base"] = before["base"]
         out["parts"][name] = part
     return out
+
+
+def _with_first_round(view, init_adapter: str, main: bool):
+    """A second round's training view: its own groups and what the run(s) of its starting adapter trained on (a dev
+    query seen in an earlier round is seen). Its own alone, with a warning, when the adapter comes from no tuner run
+    or that run's data cannot be read."""
+    from tuner.overlap import runs_of_adapter, training_view, union
+    from tuner.train_setup import init_adapter_dir
+
+    try:
+        runs = runs_of_adapter(init_adapter_dir(init_adapter))
+        if runs:
+            return union([view, *(training_view(run) for run in runs)])
+        why = "comes from no tuner run"
+    except (OSError, ValueError) as err:
+        why = f"has training data that cannot be read ({err})"
+    if main:
+        log.warning(
+            "lora.init_adapter %s %s: the seen / unseen split of the dev queries counts this run's training data only",
+            init_adapter,
+            why,
+        )
+    return view
 
 
 def _checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -452,7 +475,9 @@ def _load_model(config: Config, base_path: str, device):
     too_long = past_positions(m.max_length, model.config)
     if too_long:  # before any step: prompts past the model's positions would train on positions it never had
         raise ConfigError(f"model.{too_long}")
-    if config.lora.enabled:
+    if config.lora.enabled and config.lora.init_adapter is not None:
+        model = _start_from(model, config.lora, base_path)
+    elif config.lora.enabled:
         lc = config.lora
         try:
             model = attach_lora(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.use_rslora, lc.use_dora)
@@ -470,6 +495,32 @@ def _load_model(config: Config, base_path: str, device):
             "train.batching=sorted",
             m.attn_implementation,
         )
+    return model
+
+
+def _start_from(model, lora, base_path: str):
+    """The base with `lora.init_adapter`'s weights, trainable: a second round of training that goes on from them
+    (what the adapter's config says is trained; a lora.* setting of the recipe that differs is warned about)."""
+    from tuner.loading import load_adapter
+    from tuner.train_setup import init_adapter_dir
+
+    folder = init_adapter_dir(lora.init_adapter)
+    try:  # an adapter of another base, or one whose config does not describe its weights: one line naming it
+        model = load_adapter(model, folder, base_path, trainable=True)
+    except ValueError as err:
+        raise ConfigError(f"lora.init_adapter: {err}") from None
+    used = model.peft_config["default"]
+    settings = (
+        ("r", lora.r, used.r),
+        ("alpha", lora.alpha, used.lora_alpha),
+        ("dropout", lora.dropout, used.lora_dropout),
+        ("use_rslora", lora.use_rslora, used.use_rslora),
+        ("use_dora", lora.use_dora, bool(used.use_dora)),
+    )
+    log.info("lora.init_adapter: training on from %s (r=%d, alpha=%g)", folder, used.r, used.lora_alpha)
+    differs = [f"lora.{key}={mine} (the adapter has {theirs})" for key, mine, theirs in settings if mine != theirs]
+    if differs:
+        log.warning("lora.init_adapter: the adapter's own settings are trained, not %s", ", ".join(differs))
     return model
 
 
@@ -633,15 +684,19 @@ def _train(
     if "dev" in evaluators:
         groups = _check_dev_is_not_trained_on(groups, evaluators["dev"], config.data.drop_dev_queries, main)
     dropped = loaded - len(groups)
-    if main:  # what `tuner eval` on this run's adapter splits its queries by (seen / unseen in training)
-        from tuner.overlap import TRAINING_VIEW, groups_view, write_view
+    # what the dev queries and `tuner eval` on this run's adapter are split by (seen / unseen in training)
+    from tuner.overlap import TRAINING_VIEW, groups_view, write_view
 
-        d = config.data
-        name = " + ".join(d.train_files) or f"{d.beir} ({d.split} qrels, BM25 negatives)"
-        name += f", {loaded} groups"
-        if dropped:
-            name += f" less {dropped} of queries the run evaluated on (its dev set)"
-        write_view(groups_view(groups, name), out / TRAINING_VIEW)
+    d = config.data
+    name = " + ".join(d.train_files) or f"{d.beir} ({d.split} qrels, BM25 negatives)"
+    name += f", {loaded} groups"
+    if dropped:
+        name += f" less {dropped} of queries the run evaluated on (its dev set)"
+    view = groups_view(groups, name)
+    if config.lora.init_adapter is not None:
+        view = _with_first_round(view, config.lora.init_adapter, main)
+    if main:
+        write_view(view, out / TRAINING_VIEW)
 
     # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
     m = config.model
@@ -791,6 +846,7 @@ def _train(
             version=__version__,
             recipe=config.name,
             eval=eval_summary or {},
+            init_adapter=config.lora.init_adapter,
         )
 
     trainer.add_callback(CheckpointMeta(write_run_meta))
@@ -847,7 +903,7 @@ def _train(
         if best is not None:
             record["dev"]["final_checkpoint"] = Path(best).name
         log.info("dev final %s", _fmt(record["dev"]["final"]))
-        overlap = _training_overlap(groups, evaluators["dev"], rank_eval, prior)
+        overlap = _training_overlap(view, evaluators["dev"], rank_eval, prior)
         if overlap:
             record["dev"]["training_overlap"] = overlap
             primary = evaluators["dev"].primary_metric

@@ -174,12 +174,30 @@ def check_before_work(config: Config) -> None:
             raise ConfigError(f"eval.data: {err}") from None
     # the training data and a local base too: before the run folder is made and the tokenizer loads
     check_training_source(config.data)
+    init = config.lora.init_adapter
+    if init is not None:
+        from tuner.loading import _looks_local
+
+        folder = Path(init_adapter_dir(init))
+        if (folder.exists() or _looks_local(init)) and not (folder / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"lora.init_adapter: {init!r} is no LoRA adapter (no adapter_config.json); give a tuner run's folder, "
+                "its adapter/ or a checkpoint-N folder"
+            )
     if not config.model.tiny:
         from tuner.loading import _check_reachable, _looks_local
 
         name = config.model.name_or_path
         if Path(name).expanduser().exists() or _looks_local(name):  # a hub id is asked once, when the base loads
             _check_reachable(name)
+
+
+def init_adapter_dir(name: str) -> str:
+    """`lora.init_adapter` as peft loads it: a tuner run's folder stands for its adapter/; else as given."""
+    path = Path(name).expanduser()
+    if (path / "adapter" / "adapter_config.json").is_file():
+        return str(path / "adapter")
+    return str(path) if path.exists() else name
 
 
 def check_training_source(data: DataSection) -> None:
@@ -621,21 +639,23 @@ def write_meta(
     version: str,
     recipe: str,
     eval: dict[str, Any],
+    init_adapter: str | None = None,
 ) -> None:
-    """The adapter's `tuner.json`: what `Reranker.from_pretrained` and the export helper read."""
+    """The adapter's `tuner.json`: what `Reranker.from_pretrained` and the export helper read (and, for a second
+    round, the adapter it started from)."""
     from tuner.loading import TUNER_META
 
-    atomic_write_json(
-        Path(target) / TUNER_META,
-        {
-            "base_model": base_model,
-            "instruction": instruction,
-            "max_length": max_length,
-            "yes_token_id": encoder.yes_id,
-            "no_token_id": encoder.no_id,
-            "tuner_version": version,
-            "contract": encoder.metadata(),
-            "recipe": recipe,
-            "eval": eval,
-        },
-    )
+    meta = {
+        "base_model": base_model,
+        "instruction": instruction,
+        "max_length": max_length,
+        "yes_token_id": encoder.yes_id,
+        "no_token_id": encoder.no_id,
+        "tuner_version": version,
+        "contract": encoder.metadata(),
+        "recipe": recipe,
+        "eval": eval,
+    }
+    if init_adapter:
+        meta["init_adapter"] = init_adapter
+    atomic_write_json(Path(target) / TUNER_META, meta)
