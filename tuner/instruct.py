@@ -465,10 +465,10 @@ def run_instruct(
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
     )
+    reranker = load_reranker(model, adapter, options)
     trained = trained_on_note(
         model, adapter, evaluator.queries.values(), evaluator.name, "pick the instruction on held-out queries"
     )
-    reranker = load_reranker(model, adapter, options)
     if evaluator.query_instructions:  # one instruction is searched for and written; the rows' own are not kept
         log.warning(
             "%d of %d queries of %s carry their own instruction; the search scores every query under each "
