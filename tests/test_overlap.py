@@ -250,6 +250,7 @@ def test_training_records_each_parts_figures_and_keeps_a_recorded_base_on_resume
 
     from tuner.data import Group
     from tuner.evaluate import Evaluator
+    from tuner.overlap import groups_view
     from tuner.train import _training_overlap
 
     corpus = {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}
@@ -257,6 +258,7 @@ def test_training_records_each_parts_figures_and_keeps_a_recorded_base_on_resume
     evaluator = Evaluator({q: QUERIES[q] for q in QRELS}, corpus, QRELS, candidates, top_k=3, metrics=["ndcg@10"])
     # d4 (q3's) is a relevant document the first stage's top 3 misses: it counts all the same
     groups = [Group(query="x", pos=[corpus["d4"]], neg=["y"]), Group(query=QUERIES["q5"].upper(), pos=["z"])]
+    groups = groups_view(groups)  # (with lora.init_adapter, joined with the earlier round's view)
     final = {q: {"ndcg@10": v} for q, v in zip(QRELS, [0.1, 0.2, 0.9, 0.4, 0.8], strict=True)}
     base = {q: {"ndcg@10": v} for q, v in zip(QRELS, [0.1, 0.3, 0.3, 0.4, 0.2], strict=True)}
     got = _training_overlap(groups, evaluator, SimpleNamespace(last_per_query=final, base_per_query=base), {})
