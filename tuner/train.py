@@ -565,6 +565,62 @@ def _whole_run_figures(figures: dict[str, Any], state, resumed_at: int, prior_cl
     )
 
 
+def _save_weights(trainer, tokenizer, target: Path, main: bool, write_meta) -> None:
+    """The trained adapter (or full model), its tokenizer and its tuner.json (`write_meta(folder)`) into `target`,
+    whole or not at all."""
+    # written whole into a staging folder, then renamed: a run cut off while saving has no adapter/ that later
+    # commands would take for a finished run (--resume saves it again). A fixed name, not tuner.files.atomic_dir's
+    # random one made on the main process: every rank calls save_model (FSDP and DeepSpeed gather or write there)
+    # and must be given the same folder
+    staging = target.parent / f".{target.name}.partial"
+    if main and staging.exists():
+        shutil.rmtree(staging)
+    trainer.save_model(str(staging))  # every rank calls it (FSDP gathers); the main process writes, PEFT format
+    if main:
+        tokenizer.save_pretrained(staging)
+        write_meta(staging)
+        usual_modes(staging)  # the weights are written 0600 by safetensors
+        if target.exists():  # --resume of a finished run: the same weights, saved again
+            shutil.rmtree(target)
+        staging.rename(target)
+
+
+def _final_dev(dev: dict[str, Any], trainer, rank_eval, model, best: str | None, view, evaluator, prior: dict) -> None:
+    """The trained model's dev figures into `dev` (metrics.json's): the last evaluation's (one more when training
+    did not end on one), or the best checkpoint's measured again; and the split by what training covered."""
+    last = trainer.eval_history[-1]["step"] if trainer.eval_history else None
+    if best is not None and _step_of(Path(best)) != last:
+        # transformers loaded the best checkpoint: its figures (and per-query ones, for the seen / unseen split)
+        # are measured again on the weights saved below, not copied from the history. Not through
+        # trainer.evaluate: that would log a second evaluation at this step, as if training had reached it
+        log.info("the run's adapter is its best checkpoint, %s (train.load_best)", Path(best).name)
+        rank_eval.announce(f"its best checkpoint, {Path(best).name}")
+        dev["final"] = rank_eval(model)
+    else:
+        if last != trainer.state.global_step:
+            trainer.evaluate()
+        dev["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
+    if best is not None:
+        dev["final_checkpoint"] = Path(best).name
+    log.info("dev final %s", _fmt(dev["final"]))
+    overlap = _training_overlap(view, evaluator, rank_eval, prior)
+    if overlap:
+        dev["training_overlap"] = overlap
+        primary = evaluator.primary_metric
+        for name, part in overlap["parts"].items():
+            if part.get("final_vs_base"):
+                st = part["final_vs_base"]
+                log.info(
+                    "dev %s queries (%d: %s): %s %+.4f vs base (p = %.4g)",
+                    name,
+                    part["queries"],
+                    part["meaning"],
+                    primary,
+                    st["delta"],
+                    st["p_randomization"],
+                )
+
+
 def _train(
     config: Config, resume: bool, callbacks: list[TrainerCallback] | None, held: contextlib.ExitStack
 ) -> TrainResult:
@@ -888,37 +944,7 @@ def _train(
             t.early_stopping_patience,
         )
     if rank_eval is not None:
-        last = trainer.eval_history[-1]["step"] if trainer.eval_history else None
-        if best is not None and _step_of(Path(best)) != last:
-            # transformers loaded the best checkpoint: its figures (and per-query ones, for the seen / unseen split)
-            # are measured again on the weights saved below, not copied from the history. Not through
-            # trainer.evaluate: that would log a second evaluation at this step, as if training had reached it
-            log.info("the run's adapter is its best checkpoint, %s (train.load_best)", Path(best).name)
-            rank_eval.announce(f"its best checkpoint, {Path(best).name}")
-            record["dev"]["final"] = rank_eval(model)
-        else:
-            if last != trainer.state.global_step:
-                trainer.evaluate()
-            record["dev"]["final"] = {k: v for k, v in trainer.eval_history[-1].items() if k != "step"}
-        if best is not None:
-            record["dev"]["final_checkpoint"] = Path(best).name
-        log.info("dev final %s", _fmt(record["dev"]["final"]))
-        overlap = _training_overlap(view, evaluators["dev"], rank_eval, prior)
-        if overlap:
-            record["dev"]["training_overlap"] = overlap
-            primary = evaluators["dev"].primary_metric
-            for name, part in overlap["parts"].items():
-                if part.get("final_vs_base"):
-                    st = part["final_vs_base"]
-                    log.info(
-                        "dev %s queries (%d: %s): %s %+.4f vs base (p = %.4g)",
-                        name,
-                        part["queries"],
-                        part["meaning"],
-                        primary,
-                        st["delta"],
-                        st["p_randomization"],
-                    )
+        _final_dev(record["dev"], trainer, rank_eval, model, best, view, evaluators["dev"], prior)
     # every rank leaves a note (multi-process runs: each rank trained the same number of steps, scored its share
     # of the evaluation pairs and got the same metrics)
     atomic_write_json(
@@ -942,26 +968,10 @@ def _train(
     # 8. save: adapter (or full model) + tokenizer + tuner.json; metrics.json
     remove_score_forward(model)
     target = out / (ADAPTER_DIR if config.lora.enabled else MODEL_DIR)
-    # written whole into a staging folder, then renamed: a run cut off while saving has no adapter/ that later
-    # commands would take for a finished run (--resume saves it again). A fixed name, not tuner.files.atomic_dir's
-    # random one made on the main process: every rank calls save_model (FSDP and DeepSpeed gather or write there)
-    # and must be given the same folder
-    staging = out / f".{target.name}.partial"
-    if main and staging.exists():
-        shutil.rmtree(staging)
-    trainer.save_model(str(staging))  # every rank calls it (FSDP gathers); the main process writes, PEFT format
+    eval_summary = {k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)}
+    _save_weights(trainer, tokenizer, target, main, lambda folder: write_run_meta(folder, eval_summary))
     if not nothing_left:  # all the calls' wall time when the checkpoint carries the earlier calls' (see above)
         record["train"]["seconds"] = round(prior_clock.get("seconds", 0.0) + time.time() - started, 1)
-    if main:
-        tokenizer.save_pretrained(staging)
-        eval_summary = {
-            k: record["dev"].get(k) for k in ("first_stage", "base", "final", "best") if record["dev"].get(k)
-        }
-        write_run_meta(staging, eval_summary)
-        usual_modes(staging)  # the weights are written 0600 by safetensors
-        if target.exists():  # --resume of a finished run: the same weights, saved again
-            shutil.rmtree(target)
-        staging.rename(target)
     write_metrics()
     if main:
         if tracker is not None:
