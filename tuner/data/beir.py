@@ -184,6 +184,25 @@ def read_corpus(corpus_path: str | Path) -> dict[str, dict[str, str]]:
     return corpus
 
 
+def read_queries(queries_path: str | Path) -> dict[str, str]:
+    """A BEIR `queries.jsonl[.gz]`: query id → text, every row; a bad row raises `DataError` naming its line."""
+    queries: dict[str, str] = {}
+    query_line: dict[str, int] = {}
+    for n, row in read_jsonl(queries_path):
+        if not isinstance(row, dict) or "_id" not in row or "text" not in row:
+            raise DataError(f"{queries_path}:{n}: a query row needs '_id' and 'text'")
+        if not isinstance(row["text"], str):  # str(None) would become the query "None"
+            raise DataError(
+                f"{queries_path}:{n}: field 'text' is {_JSON_KIND.get(type(row['text']), 'a value')}, not a string"
+            )
+        qid = str(row["_id"])
+        if qid in query_line:
+            raise DataError(f"{queries_path}:{n}: duplicate _id {qid!r} (first on line {query_line[qid]})")
+        query_line[qid] = n
+        queries[qid] = row["text"]
+    return queries
+
+
 def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Load a BEIR folder's corpus, and the queries and qrels of `split`."""
     folder = Path(folder)
@@ -199,21 +218,7 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     qrels_lines: dict[tuple[str, str], int] = {}
     qrels = read_qrels(qrels_path, qrels_lines)
     queries_path = _find(folder, "queries")
-    queries: dict[str, str] = {}
-    query_line: dict[str, int] = {}
-    for n, row in read_jsonl(queries_path):
-        if not isinstance(row, dict) or "_id" not in row or "text" not in row:
-            raise DataError(f"{queries_path}:{n}: a query row needs '_id' and 'text'")
-        if not isinstance(row["text"], str):  # str(None) would become the query "None"
-            raise DataError(
-                f"{queries_path}:{n}: field 'text' is {_JSON_KIND.get(type(row['text']), 'a value')}, not a string"
-            )
-        qid = str(row["_id"])
-        if qid in query_line:
-            raise DataError(f"{queries_path}:{n}: duplicate _id {qid!r} (first on line {query_line[qid]})")
-        query_line[qid] = n
-        if qid in qrels:
-            queries[qid] = row["text"]
+    queries = {qid: text for qid, text in read_queries(queries_path).items() if qid in qrels}
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise DataError(f"{qrels_path}: {len(missing)} query ids have no text in {queries_path} (e.g. {missing[0]!r})")
