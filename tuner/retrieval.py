@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 Run = dict[str, list[tuple[str, float]]]  # query id → [(doc id, score)], best first
@@ -101,11 +101,17 @@ def write_run(run: Run, path: str | Path, tag: str = "tuner", digits: int | None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for qid, ranked in run.items():
-            for rank, (doc_id, score) in enumerate(ranked, 1):
-                text = repr(float(score)) if digits is None else f"{score:.{digits}f}"
-                f.write(f"{qid} Q0 {doc_id} {rank} {text} {tag}\n")
+        f.writelines(run_lines(run, tag, digits))
     os.replace(tmp, path)
+
+
+def run_lines(run: Run, tag: str = "tuner", digits: int | None = 6) -> Iterator[str]:
+    """The lines of a TREC run file (`qid Q0 docid rank score tag\\n`), each query's documents in the order given
+    (see `write_run` for `digits`)."""
+    for qid, ranked in run.items():
+        for rank, (doc_id, score) in enumerate(ranked, 1):
+            text = repr(float(score)) if digits is None else f"{score:.{digits}f}"
+            yield f"{qid} Q0 {doc_id} {rank} {text} {tag}\n"
 
 
 def _raise_duplicate(path: Path, qid: str) -> None:
