@@ -1,7 +1,7 @@
 """`tuner <verb>`: argument parsing and dispatch only; the work lives in the library modules.
 
 Each verb is an `add_<verb>(sub)` function in the module of its family (data.py: data, mine; train.py: train,
-config; evaluation.py: eval, instruct, calibrate; models.py: tiny-model, score, export, serve) and one entry in
+config; evaluation.py: eval, instruct, calibrate; models.py: tiny-model, score, rerank, export, serve) and one entry in
 `COMMANDS`; a verb raises `UserError` (or DataError/ValueError/FileNotFoundError) for a user's mistake, which
 `main` prints as one line with exit code 2.
 """
@@ -15,7 +15,15 @@ from collections.abc import Callable
 from tuner.cli.common import UserError
 from tuner.cli.data import add_data, add_mine
 from tuner.cli.evaluation import add_calibrate, add_eval, add_instruct
-from tuner.cli.models import add_export, add_merge, add_score, add_serve, add_tiny_model, read_documents
+from tuner.cli.models import (
+    add_export,
+    add_merge,
+    add_rerank,
+    add_score,
+    add_serve,
+    add_tiny_model,
+    read_documents,
+)
 from tuner.cli.train import add_config, add_train
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main", "read_documents"]
@@ -24,6 +32,7 @@ __all__ = ["COMMANDS", "UserError", "build_parser", "main", "read_documents"]
 COMMANDS: list[Callable] = [
     add_tiny_model,
     add_score,
+    add_rerank,
     add_data,
     add_mine,
     add_train,

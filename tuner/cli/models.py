@@ -1,4 +1,5 @@
-"""`tuner tiny-model`, `tuner score`, `tuner export`, `tuner serve`: make, score, export and serve a model."""
+"""`tuner tiny-model`, `tuner score`, `tuner rerank`, `tuner export`, `tuner serve`: make, score, export and serve a
+model."""
 
 from __future__ import annotations
 
@@ -147,6 +148,129 @@ def _run_score(args) -> int:
     ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
     json.dump(ranking, sys.stdout, ensure_ascii=False, indent=2)
     print()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- rerank
+def add_rerank(sub) -> None:
+    from tuner.rerank import CHUNK_PAIRS
+
+    p = sub.add_parser(
+        "rerank",
+        help="rerank many queries' first-stage candidates from files (no labels needed), resumably",
+        description='Input: --input, a JSONL file of queries ({"query", "documents": [str | {"title", "text"} '
+        '| {"id", "text", "title"}], "id"?, "instruction"?} per line), written back as JSONL in input '
+        'order ({"id"?, "query", "results": [{"index", "id"?, "score"}]} per line, best first, ties in '
+        "input order); or --candidates, a TREC run file, with --beir, the BEIR folder of its texts, written back as a "
+        "TREC run file of each query's top --depth candidates (cut and written in trec_eval order: ties by doc id, "
+        "descending). Scores are those of `tuner score` (probabilities, calibrated when the model's tuner.json has a "
+        "calibration; --raw: yes−no logits). A row's own instruction comes first, then --instruction, then the "
+        "model's. Output goes to OUT.partial, flushed after each chunk of queries, with its record OUT.partial.json, "
+        "and is renamed onto --out at the end: an interrupted run continues with the same command and --resume "
+        "(device, batch and fast-path options may change; they give the same scores within float rounding).",
+    )
+    p.add_argument("--model", required=True, help="model directory or hub id (base, merged or seq-cls export)")
+    p.add_argument("--adapter", help="PEFT adapter directory on top of --model")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSONL file, one query per line with its documents")
+    source.add_argument("--candidates", metavar="RUN", help="TREC run file (qid Q0 docid rank score tag); needs --beir")
+    p.add_argument("--beir", metavar="DIR", help="with --candidates: BEIR folder of the texts (corpus, queries.jsonl)")
+    p.add_argument(
+        "--depth", type=positive_int, help="with --candidates: candidates reranked per query, trec_eval order (100)"
+    )
+    p.add_argument("--out", required=True, help="output file: JSONL for --input, a TREC run file for --candidates")
+    p.add_argument(
+        "--instruction",
+        help="task instruction of the pairs whose row gives none (default: the export's tuner.json, else the "
+        "contract's)",
+    )
+    p.add_argument("--top-k", type=non_negative_int, help="keep each query's best K (default or 0: every candidate)")
+    p.add_argument(
+        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
+    )
+    scores = p.add_mutually_exclusive_group()
+    scores.add_argument(
+        "--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration"
+    )
+    scores.add_argument("--raw", action="store_true", help="the raw yes−no logits instead of probabilities")
+    p.add_argument(
+        "--batch-tokens", type=positive_int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)"
+    )
+    p.add_argument(
+        "--chunk-pairs",
+        type=positive_int,
+        default=CHUNK_PAIRS,
+        help="pairs scored together (several queries' candidates, length-sorted into batches) and then written to "
+        "the partial file (default %(default)s)",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", help="bfloat16, float16, float32, auto (checkpoint's); default bf16 on GPU, fp32 on CPU")
+    add_scoring_path_args(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the OUT.partial an interrupted run left (same input, model and options; refused otherwise)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_rerank)
+
+
+def _run_rerank(args) -> int:
+    from tuner.rerank import Rerank, effective_settings, source_identity
+    from tuner.scoring import Reranker
+
+    if args.candidates is not None and args.beir is None:
+        raise UserError("--candidates needs --beir, the BEIR folder that holds its queries' and documents' texts")
+    given = [flag for flag, value in (("--beir", args.beir), ("--depth", args.depth)) if value is not None]
+    if args.input is not None and given:
+        raise UserError(f"{' and '.join(given)}: for --candidates; an --input row holds its own documents")
+    options = {"model": source_identity(args.model), "adapter": source_identity(args.adapter)}
+    job = Rerank(
+        args.out,
+        input=args.input,
+        candidates=args.candidates,
+        beir=args.beir,
+        depth=args.depth or 100,
+        options=options,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        top_k=args.top_k,
+        raw=args.raw,
+        instruction=args.instruction,
+        chunk_pairs=args.chunk_pairs,
+    )
+    replaced = job.out.exists()
+    reranker = Reranker.from_pretrained(
+        args.model,
+        adapter=args.adapter,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        calibrated=not args.no_calibration,
+        show_progress=False,
+        **scoring_path_kwargs(args),
+    )
+    try:
+        summary = job.run(reranker, effective_settings(reranker, args.instruction, args.raw), not args.no_progress)
+    except BaseException:
+        if job.partial.exists():
+            print(
+                f"tuner rerank: {job.partial} keeps the queries written so far ({job.done} of {job.num_queries}); "
+                "run the same command with --resume to continue",
+                file=sys.stderr,
+            )
+        raise
+    seconds = summary["seconds"]
+    rate = summary["pairs_scored"] / seconds if seconds > 0 else 0.0
+    resumed = summary["queries"] - summary["queries_scored"]
+    print(
+        f"reranked {summary['queries']} queries ({summary['pairs']} pairs) into {job.out}"
+        + (f", resuming after {resumed} queries" if args.resume else "")
+        + f": {summary['pairs_scored']} pairs in {seconds:.1f} s, {rate:.1f} pairs/s"
+        + (" (replaced the previous file)" if replaced else "")
+    )
     return 0
 
 
