@@ -153,20 +153,20 @@ def read_run_queries(run_path: str | Path, beir: str | Path, depth: int) -> list
         queries.append(Query(texts[qid], [corpus.get(d) for d in ids], ids, qid))
     if missing:
         doc_id, qid = next(iter(missing.items()))
-        ids = _v(len(missing), "id is", "ids are")
+        from tuner.data.check import _n, _v
+
+        ids = f"{_n(len(missing), 'document id')} {_v(len(missing), 'is', 'are')}"
         raise DataError(
-            f"{run_path}:{_first_line(run_path, qid, doc_id)}: {len(missing)} document {ids} not in {corpus_path} "
+            f"{run_path}:{_first_line(run_path, qid, doc_id)}: {ids} not in {corpus_path} "
             f"(the first: {doc_id!r}, a top-{depth} candidate of query {qid!r})"
         )
     return queries
 
 
-def _v(n: int, one: str, many: str) -> str:
-    return one if n == 1 else many
-
-
 def _of(n: int, total: int, what: str) -> str:
-    """ "1 of the 7 query ids is" / "2 of the 7 query ids are"."""
+    """`1 of the 7 query ids is`, `2 of the 7 query ids are`."""
+    from tuner.data.check import _v  # data check's singular / plural
+
     return f"{n} of the {total} {what} {_v(n, 'is', 'are')}"
 
 

@@ -217,6 +217,7 @@ def add_rerank(sub) -> None:
 
 
 def _run_rerank(args) -> int:
+    from tuner.data.check import _n  # data check's singular / plural
     from tuner.rerank import Rerank, effective_settings, source_identity
     from tuner.scoring import Reranker
 
@@ -266,9 +267,9 @@ def _run_rerank(args) -> int:
     rate = summary["pairs_scored"] / seconds if seconds > 0 else 0.0
     resumed = summary["queries"] - summary["queries_scored"]
     print(
-        f"reranked {summary['queries']} queries ({summary['pairs']} pairs) into {job.out}"
-        + (f", resuming after {resumed} queries" if args.resume else "")
-        + f": {summary['pairs_scored']} pairs in {seconds:.1f} s, {rate:.1f} pairs/s"
+        f"reranked {_n(summary['queries'], 'query', 'queries')} ({_n(summary['pairs'], 'pair')}) into {job.out}"
+        + (f", resuming after {_n(resumed, 'query', 'queries')}" if args.resume else "")
+        + f": {_n(summary['pairs_scored'], 'pair')} in {seconds:.1f} s, {rate:.1f} pairs/s"
         + (" (replaced the previous file)" if replaced else "")
     )
     return 0
