@@ -262,3 +262,45 @@ def test_run_file_ids_the_beir_folder_lacks_are_counted_and_the_first_named(beir
     )
     assert _rerank(tmp_path / "no-model", "--candidates", run, "--out", tmp_path / "o.trec") == 2
     assert "--candidates needs --beir" in capsys.readouterr().err
+
+
+def test_every_model_option_reaches_the_reranker(tmp_path, capsys, monkeypatch):
+    """`tuner rerank`'s model flags are `tuner score`'s (and eval's --batch-tokens), passed on as they are."""
+    from tuner.cli import main
+    from tuner.scoring import Reranker
+
+    class Loaded(Exception):
+        pass
+
+    def from_pretrained(path, **kwargs):
+        raise Loaded(path, kwargs)
+
+    monkeypatch.setattr(Reranker, "from_pretrained", staticmethod(from_pretrained))
+    data = _write_rows(tmp_path / "queries.jsonl")
+    argv = ["rerank", "--model", "m", "--adapter", "a", "--input", str(data), "--out", str(tmp_path / "o.jsonl")]
+    argv += ["--max-length", "300", "--no-calibration", "--batch-tokens", "1024", "--device", "cpu"]
+    argv += ["--dtype", "float32", "--prefix-reuse", "auto", "--packing", "--attn-implementation", "eager"]
+    with pytest.raises(Loaded) as loaded:
+        main(argv)
+    fast = {"prefix_reuse": "auto", "packing": True, "attn_implementation": "eager"}
+    assert loaded.value.args == ("m", {"adapter": "a", "device": "cpu", "dtype": "float32", "max_length": 300,
+                                       "batch_tokens": 1024, "calibrated": False, "show_progress": False,
+                                       **fast})  # fmt: skip
+    with pytest.raises(Loaded) as loaded:
+        main(["rerank", "--model", "m", "--input", str(data), "--out", str(tmp_path / "o.jsonl")])
+    off = {"prefix_reuse": False, "packing": False, "attn_implementation": None}
+    assert loaded.value.args == ("m", {"adapter": None, "device": None, "dtype": None, "max_length": None,
+                                       "batch_tokens": None, "calibrated": True, "show_progress": False,
+                                       **off})  # fmt: skip
+    assert not list(tmp_path.glob("o.jsonl*"))  # nothing is written before the model loads
+    assert main(["rerank", "--model", "m", "--input", str(data), "--out", "o", "--depth", "5"]) == 2
+    assert "--depth: for --candidates" in capsys.readouterr().err
+
+
+def test_raw_gives_the_yes_no_logits(tiny_model_dir, tiny_reranker, tmp_path):
+    data = _write_rows(tmp_path / "queries.jsonl", ROWS[:1])
+    out = tmp_path / "raw.jsonl"
+    assert _rerank(tiny_model_dir, "--input", data, "--out", out, "--raw") == 0
+    (line,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    logits = tiny_reranker.score(ROWS[0]["query"], ROWS[0]["documents"], normalize=False)
+    assert {r["index"]: r["score"] for r in line["results"]} == pytest.approx(dict(enumerate(logits)), abs=1e-6)
