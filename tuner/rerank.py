@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.contract import PromptTextError
 from tuner.data.beir import _JSON_KIND, DataError
 
 # Pairs per `score_pairs` call (and per flush of the partial file): enough for the token-budget batches to fill
@@ -47,6 +48,7 @@ class Query:
         doc_ids: one id per document (None where a document has none), or None when no document has one.
         qid: the query's id (a JSONL row's "id", a run file's qid), or None.
         instruction: the row's own instruction, or None.
+        line: the JSONL line it was read from (None for a run file's query).
     """
 
     text: str
@@ -54,6 +56,7 @@ class Query:
     doc_ids: list | None = None
     qid: Any = None
     instruction: str | None = None
+    line: int | None = None
 
 
 def _kind(value: Any) -> str:
@@ -96,7 +99,7 @@ def read_jsonl_queries(path: str | Path) -> Iterator[Query]:
             raise DataError(f"{where}: field 'instruction' must be a string, got {_kind(instruction)}")
         ids = [_document_id(doc, f"{where}: documents[{i}]") for i, doc in enumerate(documents)]
         has_ids = any(i is not None for i in ids)
-        yield Query(query, documents, ids if has_ids else None, row.get("id"), instruction)
+        yield Query(query, documents, ids if has_ids else None, row.get("id"), instruction, n)
 
 
 def _document_id(document: Any, where: str) -> Any:
@@ -276,6 +279,7 @@ class Rerank:
             raise ValueError(f"--resume: no {self.partial} to continue (start without --resume)")
         self.top_k, self.raw, self.instruction = top_k or None, raw, instruction
         self.chunk_pairs = chunk_pairs
+        self.source = Path(input if input is not None else candidates)
         if input is not None:
             self.format = "jsonl"
             self._input = Path(input)
@@ -358,12 +362,34 @@ class Rerank:
         record["queries"], record["pairs"] = self.num_queries, self.num_pairs
         atomic_write(self.record_path, json.dumps(record, indent=1, ensure_ascii=False, default=str) + "\n")
 
+    def check(self, settings: dict[str, Any]) -> None:
+        """Refuse to resume a partial scored with other model settings (see `effective_settings`)."""
+        if self.record is not None:
+            self._compare("model settings", self.record["settings"], settings)
+
     @property
     def queries_done(self) -> int:
         """Queries the partial holds (0 for a new run)."""
         return int(self.record["queries_done"]) if self.record else 0
 
     # ------------------------------------------------------------------------------------------------- run
+    def _place(self, chunk: Sequence[Query], err: PromptTextError) -> str:
+        """Where the pair of a chunk that `err` refused comes from: `FILE:LINE` and its field (the query, the
+        instruction, or `documents[i]`)."""
+        index = err.index
+        for query in chunk:
+            if index < len(query.documents):
+                break
+            index -= len(query.documents)
+        if query.line is None:  # a run file's query: its line that ranks the document
+            line = _first_line(self.source, query.qid, query.doc_ids[index])
+            document = f", document {query.doc_ids[index]!r}" if err.part == "document" else ""
+            return f"{self.source}:{line}: query {query.qid!r}{document}"
+        field = f"documents[{index}]" if err.part == "document" else f"field {err.part!r}"
+        if err.part == "instruction" and query.instruction is None:
+            field = "--instruction"
+        return f"{self.source}:{query.line}: {field}"
+
     def queries(self) -> Iterator[Query]:
         return iter(self._queries) if self._queries is not None else read_jsonl_queries(self._input)
 
@@ -408,8 +434,7 @@ class Rerank:
         "pairs_scored", "seconds"}` (scored: by this call)."""
         from tqdm.auto import tqdm
 
-        if self.record is not None:
-            self._compare("model settings", self.record["settings"], settings)
+        self.check(settings)
         done = self.queries_done
         size = int(self.record["bytes"]) if self.record else 0
         pairs = sum(self._counts[:done])
@@ -428,7 +453,10 @@ class Rerank:
                 f.seek(size)
                 for chunk in self.chunks(done):
                     triples = [(q.text, d, q.instruction) for q in chunk for d in q.documents]
-                    scores = reranker.score_pairs(triples, instruction=self.instruction, normalize=not self.raw)
+                    try:
+                        scores = reranker.score_pairs(triples, instruction=self.instruction, normalize=not self.raw)
+                    except PromptTextError as err:  # an over-long query or instruction: named by its line
+                        raise DataError(f"{self._place(chunk, err)}: {err}") from None
                     text, pos = [], 0
                     for q in chunk:
                         text.append(self.lines(q, scores[pos : pos + len(q.documents)]))

@@ -253,15 +253,19 @@ def _run_rerank(args) -> int:
         show_progress=False,
         **scoring_path_kwargs(args),
     )
+    settings = effective_settings(reranker, args.instruction, args.raw)
+    job.check(settings)  # a partial of other model settings is refused before anything is written
     try:
-        summary = job.run(reranker, effective_settings(reranker, args.instruction, args.raw), not args.no_progress)
-    except BaseException:
+        summary = job.run(reranker, settings, not args.no_progress)
+    except BaseException as err:
         if job.partial.exists():
-            print(
-                f"tuner rerank: {job.partial} keeps the queries written so far ({job.done} of {job.num_queries}); "
-                "run the same command with --resume to continue",
-                file=sys.stderr,
-            )
+            kept = f"tuner rerank: {job.partial} keeps the first {job.done} of {job.num_queries} queries; "
+            if isinstance(err, ValueError):  # the input's fault: a fixed input (or option) is another run
+                then = f"once the input or options are fixed, delete it and {job.record_path} to start over"
+            else:  # interrupted, out of memory, a full disk: the same input and options go on
+                then = "the same command with --resume continues it (--device, --batch-tokens, --chunk-pairs and the "
+                then += "fast paths may change)"
+            print(kept + then, file=sys.stderr)
         raise
     seconds = summary["seconds"]
     rate = summary["pairs_scored"] / seconds if seconds > 0 else 0.0
