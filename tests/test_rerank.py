@@ -200,7 +200,11 @@ def test_a_partial_is_refused_without_resume_and_an_output_without_overwrite(
     assert all(len(json.loads(line)["results"]) <= 1 for line in out.read_text(encoding="utf-8").splitlines())
 
 
-def test_resume_refuses_another_input_options_or_model_settings(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_resume_refuses_another_input_options_or_model_settings(
+    tiny_model_dir, beir_dir, tmp_path, monkeypatch, capsys
+):
+    from mini_beir import DOCS
+
     data = _write_rows(tmp_path / "queries.jsonl")
     out, partial = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial"
     restore = _interrupt_after_first_chunk(monkeypatch)
@@ -213,6 +217,9 @@ def test_resume_refuses_another_input_options_or_model_settings(tiny_model_dir, 
     assert _rerank(tiny_model_dir, "--input", other, "--out", out, "--chunk-pairs", "3", "--resume") == 2
     err = capsys.readouterr().err
     assert f"--resume: {partial} was written with another input (input: " in err
+    run = _run_file(tmp_path / "bm25.trec", DOCS)
+    assert _rerank(tiny_model_dir, "--candidates", run, "--beir", beir_dir, "--out", out, "--resume") == 2
+    assert f"--resume: {partial} was written from a JSONL --input, not from this one" in capsys.readouterr().err
     assert _rerank(tiny_model_dir, "--input", data, "--out", out, "--top-k", "2", "--resume") == 2
     assert "another options (top_k: null then, 2 now)" in capsys.readouterr().err
     assert _rerank(tiny_model_dir, "--input", data, "--out", out, "--max-length", "512", "--resume") == 2
@@ -242,6 +249,13 @@ def test_a_bad_line_is_named_by_file_and_line_before_the_model_loads(tmp_path, c
     err = capsys.readouterr().err
     assert f"tuner rerank: error: {data}:3: {message}" in err
     assert not list(tmp_path.glob("out.jsonl*"))
+
+
+def test_a_mistyped_input_is_named_with_the_file_it_resembles(tmp_path, capsys):
+    _write_rows(tmp_path / "queries.jsonl")
+    assert _rerank(tmp_path / "no-model", "--input", tmp_path / "queries.jsnol", "--out", tmp_path / "o.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'queries.jsnol'}: no such file; did you mean {tmp_path / 'queries.jsonl'}?" in err
 
 
 def test_run_file_ids_the_beir_folder_lacks_are_counted_and_the_first_named(beir_dir, tmp_path, capsys):

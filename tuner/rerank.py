@@ -283,8 +283,13 @@ class Rerank:
         if input is not None:
             self.format = "jsonl"
             self._input = Path(input)
+            if self._input.is_dir():
+                raise DataError(f"{self._input}: a folder; --input takes a JSONL file, one query per line")
             if not self._input.is_file():
-                raise DataError(f"{self._input}: no such file")
+                from tuner.files import similar_names
+
+                close = similar_names(self._input)  # `--input queries.jsnol` finds queries.jsonl
+                raise DataError(f"{self._input}: no such file" + (f"; did you mean {close[0]}?" if close else ""))
             files = {"input": self._input}
             self._queries: list[Query] | None = None
             counts = [len(q.documents) for q in read_jsonl_queries(self._input)]  # every line checked up front
@@ -332,10 +337,16 @@ class Rerank:
             raise ValueError(
                 f"--resume: {self.record_path} is unreadable ({err}); delete it and {self.partial} to start over"
             ) from None
-        if record["key"].get("version") != RECORD_VERSION or record["key"].get("format") != self.format:
+        if record["key"].get("version") != RECORD_VERSION:
             raise ValueError(
-                f"--resume: {self.partial} was written for a {record['key'].get('format')} input by another version "
-                f"of tuner rerank; delete it and {self.record_path} to start over"
+                f"--resume: {self.partial} was written by another version of tuner rerank; delete it and "
+                f"{self.record_path} to start over"
+            )
+        if record["key"].get("format") != self.format:
+            was = {"jsonl": "a JSONL --input", "trec": "a --candidates run file"}.get(record["key"].get("format"), "?")
+            raise ValueError(
+                f"--resume: {self.partial} was written from {was}, not from this one; rerun with the same input, or "
+                f"delete it and {self.record_path} to start over"
             )
         if self.partial.stat().st_size < size or done > self.num_queries:
             raise ValueError(
