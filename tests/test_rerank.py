@@ -330,3 +330,25 @@ def test_a_query_over_the_prompt_budget_is_named_by_its_line(tiny_model_dir, tmp
     err = capsys.readouterr().err
     assert f"tuner rerank: error: {data}:3: field 'query': instruction + query take " in err
     assert f"{out}.partial keeps the first 2 of 3 queries; once the input or options are fixed, delete it" in err
+
+
+def test_tied_scores_keep_input_order_in_jsonl_and_trec_eval_order_in_a_run(
+    tiny_model_dir, beir_dir, tmp_path, monkeypatch
+):
+    from mini_beir import DOCS
+
+    from tuner.scoring import Reranker
+
+    monkeypatch.setattr(Reranker, "score_pairs", lambda self, pairs, **kwargs: [0.5] * len(pairs))
+    data = _write_rows(tmp_path / "queries.jsonl")
+    out = tmp_path / "ties.jsonl"
+    assert _rerank(tiny_model_dir, "--input", data, "--out", out) == 0
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [[r["index"] for r in line["results"]] for line in lines] == [list(range(len(r["documents"]))) for r in ROWS]
+    run = tmp_path / "ties.trec"
+    argv = ["--candidates", _run_file(tmp_path / "bm25.trec", DOCS), "--beir", beir_dir, "--out", run]
+    assert _rerank(tiny_model_dir, *argv) == 0
+    written: dict = {}
+    for line in run.read_text(encoding="utf-8").splitlines():  # in the file's order, as trec_eval breaks ties
+        written.setdefault(line.split()[0], []).append(line.split()[2])
+    assert written and all(docs == sorted(docs, reverse=True) for docs in written.values())
