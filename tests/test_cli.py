@@ -485,8 +485,8 @@ def test_score_and_serve_pass_every_option_on(tmp_path, monkeypatch, capsys):
     seen = {}
 
     class FakeReranker:
-        def rank(self, query, documents, top_k=None, instruction=None):
-            seen["rank"] = (query, documents, top_k, instruction)
+        def rank(self, query, documents, top_k=None, instruction=None, normalize=True):
+            seen["rank"] = (query, documents, top_k, instruction, normalize)
             return []
 
     def from_pretrained(path, **kwargs):
@@ -503,12 +503,14 @@ def test_score_and_serve_pass_every_option_on(tmp_path, monkeypatch, capsys):
     fast = {"prefix_reuse": "auto", "packing": True, "attn_implementation": "eager"}
     assert seen["load"] == ("m", {"adapter": "a", "device": "cpu", "dtype": "float32", "max_length": 300,
                                   "calibrated": False, **fast})  # fmt: skip
-    assert seen["rank"] == ("q", ["one", "two"], 1, "Find X")
+    assert seen["rank"] == ("q", ["one", "two"], 1, "Find X", True)
+    assert main(["score", "--model", "m", "--query", "q", "--documents", str(docs), "--raw"]) == 0
+    assert seen["rank"][4] is False  # --raw: the yes−no logits
     assert main(["score", "--model", "m", "--query", "q", "--documents", str(docs)]) == 0
     off = {"prefix_reuse": False, "packing": False, "attn_implementation": None}
     assert seen["load"][1] == {"adapter": None, "device": None, "dtype": None, "max_length": None,
                                "calibrated": True, **off}  # fmt: skip
-    assert seen["rank"] == ("q", ["one", "two"], None, None)
+    assert seen["rank"] == ("q", ["one", "two"], None, None, True)
 
     monkeypatch.setattr(serve, "serve", lambda model, **kwargs: seen.update(serve=(model, kwargs)))
     monkeypatch.setenv("TUNER_TEST_KEY", " secret\n")

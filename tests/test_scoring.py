@@ -124,7 +124,9 @@ def test_batches_hold_at_most_max_batch_rows(tiny_reranker):
 
 
 def test_rank_breaks_ties_by_input_order(tiny_reranker, monkeypatch):
-    monkeypatch.setattr(tiny_reranker, "score", lambda query, documents, instruction=None: [0.5, 0.9, 0.5, 0.5])
+    monkeypatch.setattr(
+        tiny_reranker, "score", lambda query, documents, instruction=None, normalize=True: [0.5, 0.9, 0.5, 0.5]
+    )
     assert [r["index"] for r in tiny_reranker.rank("q", ["a", "b", "c", "d"])] == [1, 0, 2, 3]
     assert [r["index"] for r in tiny_reranker.rank("q", ["a", "b", "c", "d"], top_k=2)] == [1, 0]
 
@@ -137,6 +139,10 @@ def test_score_rank_and_instructions(tiny_reranker):
     assert [r["index"] for r in ranked] == sorted(range(4), key=lambda i: -scores[i])[:2]
     assert ranked[0]["document"] == docs[ranked[0]["index"]]
     assert ranked[0]["score"] >= ranked[1]["score"]
+    # normalize=False: the same order, each with its yes−no logit
+    logits = tiny_reranker.score("query text", docs, normalize=False)
+    raw = tiny_reranker.rank("query text", docs, normalize=False, return_documents=False)
+    assert raw == [{"index": i, "score": logits[i]} for i in sorted(range(4), key=lambda i: -scores[i])]
     # per-pair instructions: a third element overrides; a list gives one per pair
     pairs = [("q", "d one"), ("q", "d one", "Custom instruction")]
     s_default, s_custom = tiny_reranker.score_pairs(pairs)

@@ -493,18 +493,20 @@ class Reranker:
         top_k: int | None = None,
         instruction: str | None = None,
         return_documents: bool = True,
+        normalize: bool = True,
     ) -> list[dict[str, Any]]:
         """Documents best first: `[{"index", "score", "document"}]`, the best `top_k` if given.
 
         `top_k` None or 0 keeps every document (as the server's and vLLM's `top_n` read 0); `return_documents=False`
-        leaves the document out of each entry.
+        leaves the document out of each entry; `normalize=False` gives the raw yes−no logits as scores (the same
+        order).
         """
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)):
             raise TypeError(f"top_k must be an integer or None, got {type(top_k).__name__} {top_k!r}")
         if top_k is not None and top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 or None: every document), got {top_k}")
         documents = _document_list(query, documents)
-        scores = self.score(query, documents, instruction=instruction)
+        scores = self.score(query, documents, instruction=instruction, normalize=normalize)
         order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[: top_k or None]
         if not return_documents:
             return [{"index": i, "score": scores[i]} for i in order]

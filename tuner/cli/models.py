@@ -123,7 +123,11 @@ def add_score(sub) -> None:
     p.add_argument(
         "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
     )
-    p.add_argument("--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration")
+    scores = p.add_mutually_exclusive_group()
+    scores.add_argument(
+        "--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration"
+    )
+    scores.add_argument("--raw", action="store_true", help="the raw yes−no logits instead of probabilities")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16, float32, auto (checkpoint's); default bf16 on GPU, fp32 on CPU")
     add_scoring_path_args(p)
@@ -145,7 +149,7 @@ def _run_score(args) -> int:
         calibrated=not args.no_calibration,
         **scoring_path_kwargs(args),
     )
-    ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
+    ranking = reranker.rank(args.query, docs, top_k=args.top_k, instruction=args.instruction, normalize=not args.raw)
     json.dump(ranking, sys.stdout, ensure_ascii=False, indent=2)
     print()
     return 0
