@@ -264,6 +264,20 @@ def test_unknown_fields_are_named_not_silently_dropped(client, tiny_reranker, ca
     assert "x-ignored-fields" not in client.post("/v1/rerank", json={"query": QUERY, "documents": ["a"]}).headers
 
 
+def test_unknown_field_names_any_text_still_get_their_header(client, tiny_reranker):
+    """A field name is the client's text: non-latin-1 letters, a newline or a very long name still give a 200
+    whose X-Ignored-Fields header is legal (they failed the response with a 500, or dropped the connection)."""
+    payload = {"query": QUERY, "documents": [{"text": "a", "日本": 1}, "b"], "a\nSet-Cookie: x=1": 1, "x\x7f": 2}
+    payload["y" * 500] = 3
+    r = client.post("/v1/rerank", json=payload)
+    assert r.status_code == 200, r.text
+    header = r.headers["x-ignored-fields"]
+    assert header == "a\\nSet-Cookie: x=1, x\\u007f, " + "y" * 80 + "..., documents.N.\\u65e5\\u672c"
+    assert "set-cookie" not in r.headers
+    plain = tiny_reranker.score(QUERY, ["a", "b"])
+    assert {x["index"]: x["relevance_score"] for x in r.json()["results"]} == pytest.approx(dict(enumerate(plain)))
+
+
 def test_unknown_route_and_wrong_method_get_the_same_error_body(client):
     r = client.post("/v1/reranks", json={})
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"

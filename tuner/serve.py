@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import difflib
 import hmac
+import json
 import logging
 import queue
 import re
@@ -184,6 +185,21 @@ def _unknown_fields(body: RerankRequest | ScoreRequest) -> dict[str, str | None]
         if isinstance(doc, DocumentObject):
             note(doc, f"{name}.N." if many else f"{name}.")
     return found
+
+
+# longest field name X-Ignored-Fields repeats in full; a longer one is cut (a typo is never this long)
+_HEADER_NAME_CHARS = 80
+
+
+def _header_safe(name: str) -> str:
+    """A field name as an HTTP header value may carry it: printable ASCII, other characters as JSON's escapes
+    (`日本` -> `\\u65e5\\u672c`, a newline -> `\\n`), cut at _HEADER_NAME_CHARS. A header is latin-1 text without
+    control characters: a client's non-ASCII or multi-line field name would otherwise fail the response (500, or
+    the connection dropped)."""
+    if len(name) > _HEADER_NAME_CHARS:
+        name = name[:_HEADER_NAME_CHARS] + "..."
+    escaped = json.dumps(name)[1:-1]  # ASCII; quotes and backslashes escaped too, so the value reads back
+    return escaped.replace("\x7f", "\\u007f")  # DEL: ASCII, but a control character
 
 
 def _doc_dict(doc: DocumentObject) -> dict[str, str]:
@@ -633,7 +649,7 @@ def create_app(
         unknown = _unknown_fields(body)
         if not unknown:
             return
-        response.headers["X-Ignored-Fields"] = ", ".join(unknown)
+        response.headers["X-Ignored-Fields"] = ", ".join(_header_safe(f) for f in unknown)
         new = [f for f in unknown if f not in warned]
         if new:  # once per field name, not once per request: a client that always sends one stays quiet after
             warned.update(new)
