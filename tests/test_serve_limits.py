@@ -101,6 +101,7 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_reranker):
         caller.join(30)
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
     assert "--max-queued-documents" in busy.json()["error"]["message"]
+    assert busy.json()["error"]["type"] == "server_error"  # a busy server, not an invalid request
     assert fits.status_code == 200 and first["r"].status_code == 200
 
 

@@ -438,7 +438,10 @@ def create_app(
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
         if err.status == 503:
             headers = {"Retry-After": "1"}
-        return JSONResponse(error_body(err.message, err.status, err.field), status_code=err.status, headers=headers)
+        # a full queue (503) is not the request's fault: the type says so, as for the 500s and the shutdown's 503
+        kind = "server_error" if 500 <= err.status < 600 else "invalid_request_error"
+        body = error_body(err.message, err.status, err.field, kind=kind)
+        return JSONResponse(body, status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
