@@ -277,6 +277,7 @@ def test_a_request_instruction_off_the_calibrations_is_logged_once(tiny_reranker
             assert r.status_code == 200, r.text
     said = [x.getMessage() for x in caplog.records if "calibration in tuner.json" in x.getMessage()]
     assert len(said) == 1 and "fitted with the instruction 'Find fruit', not 'Find wings'" in said[0]
+    assert "--no-calibration" in said[0]  # the server's switch, not only the Python API's calibrated=False
 
 
 def test_a_request_cut_off_by_the_graceful_shutdown_timeout_stops_its_drain(tiny_reranker):

@@ -468,7 +468,8 @@ class Reranker:
         self._calibration_warned.add(what)
         return (
             f"the calibration in tuner.json was fitted with {what}: the probabilities of these scores are not "
-            "calibrated (refit with `tuner calibrate`, or use calibrated=False / normalize=False)"
+            "calibrated (refit with `tuner calibrate`, or score without it: calibrated=False or normalize=False in "
+            "Python, --no-calibration for tuner score and tuner serve)"
         )
 
     def score(
