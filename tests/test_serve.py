@@ -264,6 +264,15 @@ def test_unknown_fields_are_named_not_silently_dropped(client, tiny_reranker, ca
     assert "x-ignored-fields" not in client.post("/v1/rerank", json={"query": QUERY, "documents": ["a"]}).headers
 
 
+def test_a_score_field_under_both_names_is_refused_not_logged_as_ignored(client, caplog):
+    """queries and text_1 together are a 400; the log said the second was an ignored unknown field ("'text_1'
+    (did you mean 'text_1'?)") first, though it was refused, not ignored."""
+    caplog.set_level("WARNING", logger="tuner.serve")
+    r = client.post("/score", json={"queries": "a", "text_1": "b", "documents": ["x"]})
+    assert r.status_code == 400 and "sent as both queries and text_1" in r.json()["error"]["message"], r.text
+    assert not [x for x in caplog.records if "ignored unknown" in x.getMessage()]
+
+
 def test_unknown_field_names_any_text_still_get_their_header(client, tiny_reranker):
     """A field name is the client's text: non-latin-1 letters, a newline or a very long name still give a 200
     whose X-Ignored-Fields header is legal (they failed the response with a 500, or dropped the connection)."""

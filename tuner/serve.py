@@ -717,13 +717,13 @@ def create_app(
 
     async def score_route(body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
         check_model(body.model)
+        for ours in body._both_names:  # before flag_unknown: the second name is refused, not "ignored"
+            vllm = _SCORE_ALIASES[ours]
+            raise ApiError(400, f"{ours}: sent as both {ours} and {vllm} (vLLM's name for it); send one", ours)
         flag_unknown(body, request, response)
         queries = [body.queries] if isinstance(body.queries, str) else body.queries
         documents = [body.documents] if isinstance(body.documents, (str, DocumentObject)) else body.documents
         q_field, d_field = body._queries_name, body._documents_name
-        for ours in body._both_names:
-            vllm = _SCORE_ALIASES[ours]
-            raise ApiError(400, f"{ours}: sent as both {ours} and {vllm} (vLLM's name for it); send one", ours)
         check_documents(documents, d_field)
         if not queries:
             raise ApiError(400, f"{q_field}: at least one query is required", q_field)
