@@ -242,6 +242,28 @@ def test_ctrl_c_and_sigterm_stop_a_verb_cleanly(tmp_path, monkeypatch, capsys):
     assert "tuner serve: stopped (SIGTERM)" in capsys.readouterr().err
 
 
+def test_tuners_own_warnings_print_as_one_cli_line(tiny_model_dir, tmp_path, capsys):
+    """A calibration used off its instruction warns; on the CLI that is a `tuner score: warning:` line as the CLI's
+    other warnings are, not Python's `/path/tuner/scoring.py:487: UserWarning:` with a line of tuner's source."""
+    import shutil
+    import warnings
+
+    from tuner.cli import main
+
+    model = tmp_path / "calibrated"
+    shutil.copytree(tiny_model_dir, model)
+    fitted = {"temperature": 2.0, "bias": 0.5, "instruction": "Find fruit", "max_length": 8192}
+    (model / "tuner.json").write_text(json.dumps({"instruction": "Find fruit", "calibration": fitted}))
+    (tmp_path / "docs.txt").write_text("a banana\na wing\n", encoding="utf-8")
+    printer = warnings.showwarning
+    argv = ["score", "--model", str(model), "--query", "q", "--documents", str(tmp_path / "docs.txt")]
+    assert main([*argv, "--instruction", "Find wings", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "tuner score: warning: the calibration in tuner.json was fitted with the instruction 'Find fruit'" in err
+    assert "UserWarning" not in err and "scoring.py" not in err
+    assert warnings.showwarning is printer  # put back: a notebook or test that called main keeps Python's
+
+
 def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, capsys):
     """An empty documents file, a non-string text and a bad byte are one line naming the file (and line); a .txt
     is one document per line even when a line starts with a quote."""

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     restore = _exit_cleanly_on_sigterm()
     quiet = _no_progress_bars() if getattr(args, "no_progress", False) else lambda: None
     verb = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # "data check" too
+    plain = _tuner_warnings_as_lines(verb)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as stop:
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restore()
         quiet()
+        plain()
 
 
 def _verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -144,6 +146,30 @@ def _verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
             break
         parser = subparsers[0].choices[name]
     return parser
+
+
+def _tuner_warnings_as_lines(verb: str) -> Callable[[], None]:
+    """tuner's own warnings (a calibration used off its instruction ...) as the CLI's other warnings read:
+    `tuner VERB: warning: ...`, not Python's `/path/tuner/scoring.py:487: UserWarning: ...` and a source line.
+    Other libraries' warnings keep Python's form. Returns the function that puts the previous printer back."""
+    import warnings
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(package):
+            print(f"tuner {verb}: warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+    def put_back() -> None:
+        warnings.showwarning = previous
+
+    return put_back
 
 
 def _no_progress_bars() -> Callable[[], None]:
