@@ -549,7 +549,7 @@ def test_score_and_serve_pass_every_option_on(tmp_path, monkeypatch, capsys):
     assert main(["serve", "m"]) == 0
     assert seen["serve"] == ("m", {"host": "127.0.0.1", "port": 8000, "api_key": None, "model_name": None,
                                    "max_documents": 1000, "max_batch_tokens": None, "max_queued_documents": 8192,
-                                   "max_request_bytes": 32 * 2**20, "max_length": None, "graceful_timeout": 30.0,
+                                   "max_request_bytes": 32 * 2**20, "max_length": None, "graceful_timeout": 25.0,
                                    "calibrated": True, "compile": False, "device": None, "dtype": None,
                                    **off})  # fmt: skip
     # a blank key would serve without authentication: refused by name, the server never starts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -312,6 +313,8 @@ def test_a_model_failure_is_a_500_with_a_json_error(tiny_reranker, monkeypatch):
 
 def test_health_and_metrics(client):
     assert client.get("/health").json() == {"status": "ok", "model": "tiny", "calibration": None}
+    head = client.head("/health")  # load balancers' probes (it was a 405)
+    assert head.status_code == 200 and head.content == b""
     client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     text = client.get("/metrics").text
     assert 'tuner_requests_total{path="/v1/rerank",code="200"}' in text
@@ -330,6 +333,10 @@ def test_v1_models_lists_the_served_name_as_openai_and_vllm_do(client):
     assert isinstance(model["created"], int) and abs(model["created"] - time.time()) < 3600
     # the listed id is the one /v1/rerank accepts
     assert client.post("/v1/rerank", json={"model": model["id"], "query": "q", "documents": ["a"]}).status_code == 200
+    # and openai.models.retrieve(id) finds it (it was a 404); another name is a 404 naming the one served
+    assert client.get("/v1/models/tiny").json() == model
+    other = client.get("/v1/models/runs/other")
+    assert other.status_code == 404 and "this server serves 'tiny'" in other.json()["error"]["message"]
 
 
 def test_api_key_is_required_and_checked(tiny_reranker):
@@ -345,6 +352,8 @@ def test_api_key_is_required_and_checked(tiny_reranker):
         assert c.get("/v1/models").status_code == 401
         listed = c.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"})
         assert listed.status_code == 200 and listed.json()["data"][0]["id"] == "tiny"
+        assert c.get("/v1/models/tiny").status_code == 401
+        assert c.get("/v1/models/tiny", headers={"Authorization": "Bearer s3cret-key"}).json()["id"] == "tiny"
         assert c.get("/health").status_code == 200  # liveness probes need no key
         ok = c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer s3cret-key"})
         assert ok.status_code == 200
@@ -517,7 +526,7 @@ def test_export_and_serve_import_no_training_only_packages():
             assert not roots & forbidden, f"{name} imports {roots & forbidden}"
 
 
-def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, monkeypatch):
+def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, monkeypatch, caplog):
     """`tuner serve --compile --no-calibration --max-length N`: the served Reranker has compiled layers (warmed up
     before the port opens), no calibration although tuner.json has one, and that budget; uvicorn is stubbed out."""
     import json
@@ -546,7 +555,7 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     argv = ["serve", str(model), "--compile", "--no-calibration", "--max-length", "300", "--device", "cpu"]
     limits = "--max-documents 7 --max-queued-documents 9 --max-request-mb 2 --max-batch-tokens 500".split()
     assert main([*argv, "--graceful-timeout", "12.5", *limits, "--model-name", "served-as"]) == 0
-    assert seen["graceful"] == 12.5  # uvicorn's graceful-shutdown timeout (30 s without the flag, below)
+    assert seen["graceful"] == 12.5  # uvicorn's graceful-shutdown timeout (25 s without the flag, below)
     options = {"max_documents": 7, "max_queued_documents": 9, "max_request_bytes": 2 * 2**20, "max_batch_tokens": 500}
     assert {k: seen["options"][k] for k in options} == options and seen["options"]["model_name"] == "served-as"
     reranker = seen["warmed"]
@@ -556,7 +565,7 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     # without the options: tuner.json's budget and calibration, eager layers, no warm-up
     seen.clear()
     assert main(["serve", str(model), "--device", "cpu"]) == 0
-    assert "warmed" not in seen and seen["graceful"] == 30.0
+    assert "warmed" not in seen and seen["graceful"] == 25.0
     reranker = seen["served"]
     assert reranker.calibration == {"temperature": 2.0, "bias": 0} and reranker.encoder.max_length == 200
     assert all(layer._compiled_call_impl is None for layer in reranker.model.model.layers)
@@ -570,6 +579,16 @@ def test_cli_serve_passes_its_options_to_the_reranker(tiny_model_dir, tmp_path, 
     assert seen["served"].model.config._attn_implementation == "flex_attention"
     assert main(["serve", str(model), "--engine", "vllm", "--prefix-reuse", "on"]) == 2
     assert main(["serve", str(model), "--engine", "vllm", "--attn-implementation", "eager"]) == 2
+    # bound to every interface with no key: said before it serves (not on loopback, not with a key)
+    everywhere = ["serve", str(model), "--device", "cpu", "--host", "0.0.0.0", "--port", "0"]
+    monkeypatch.setenv("TUNER_TEST_KEY", "k")
+    with caplog.at_level(logging.WARNING, logger="tuner.serve"):
+        assert main(everywhere) == 0
+        assert main(["serve", str(model), "--device", "cpu", "--port", "0"]) == 0
+        assert main([*everywhere, "--api-key-env", "TUNER_TEST_KEY"]) == 0
+    said = [r.getMessage() for r in caplog.records if "with no API key" in r.getMessage()]
+    assert said == ["listening on 0.0.0.0:0 with no API key: anyone who can reach this port can use the model and "
+                    "its compute (--api-key-env VAR, or --host 127.0.0.1 behind a proxy)"]  # fmt: skip
 
 
 def test_a_taken_port_is_named_before_the_model_loads(tmp_path):

@@ -659,7 +659,7 @@ def create_app(
             said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
             log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' probes that read no body
     async def health() -> dict[str, Any]:
         # the calibration tells a client why these probabilities differ from vLLM's sigmoid(logit) on the same export
         return {"status": "ok", "model": name, "calibration": reranker.calibration}
@@ -668,9 +668,17 @@ def create_app(
 
     # OpenAI's model list, as vLLM serves it: clients (openai.models.list(), LiteLLM, Open WebUI) read the name to
     # send in `model` from here; behind the key like every route but /health, as vLLM guards it
+    card = {"id": name, "object": "model", "created": created, "owned_by": "tuner"}
+
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuner"}]}
+        return {"object": "list", "data": [card]}
+
+    # OpenAI's model retrieval (openai.models.retrieve(NAME)); a served name may hold a '/' (RUN/checkpoint-N)
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorize)])
+    async def model(model_id: str) -> dict[str, Any]:
+        check_model(model_id)
+        return card
 
     @app.get("/metrics", dependencies=[Depends(authorize)])
     async def get_metrics() -> PlainTextResponse:
@@ -854,7 +862,7 @@ def serve(
     max_length: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    graceful_timeout: float = 30.0,
+    graceful_timeout: float = 25.0,
     calibrated: bool = True,
     compile: bool = False,
     prefix_reuse: bool | str = False,
@@ -871,6 +879,13 @@ def serve(
     import uvicorn
 
     check_port_free(host, port)  # in a second, not after the model has loaded
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s:%d with no API key: anyone who can reach this port can use the model and its compute "
+            "(--api-key-env VAR, or --host 127.0.0.1 behind a proxy)",
+            host,
+            port,
+        )
     reranker = Reranker.from_pretrained(
         model,
         device=device,

@@ -429,9 +429,9 @@ def add_serve(sub) -> None:
     p.add_argument(
         "--graceful-timeout",
         type=positive_float,
-        default=30.0,
+        default=25.0,
         help="seconds in-flight requests get to finish after SIGTERM before they are cut off; keep it below your "
-        "orchestrator's grace period (Kubernetes: 30 s by default) (default 30)",
+        "orchestrator's grace period (Kubernetes: 30 s by default, hence 25 here) (default 25)",
     )
     add_scoring_path_args(p)
     p.set_defaults(func=_run_serve)
