@@ -424,20 +424,22 @@ def test_cli_eval_user_errors(tmp_path, tiny_model_dir, beir_dir, capsys):
     assert out == "" and err.count("\n") == 1 and f"adapter {missing!r} not found" in err
 
 
-def test_cli_eval_adapter_given_as_its_run_folder_names_the_adapter_inside(tmp_path, tiny_model_dir, beir_dir, capsys):
-    """--adapter RUN instead of RUN/adapter: one line that names RUN/adapter, not first a note that RUN "is not
-    from a tuner run" (it is one)."""
+def test_cli_eval_adapter_given_as_its_run_folder_is_its_adapter(tmp_path, tiny_model_dir, beir_dir, capsys):
+    """--adapter RUN stands for RUN/adapter, as `tuner export RUN` reads it (it was refused, naming RUN/adapter):
+    the queries are split by the run's training data, and a broken adapter inside is the one error, named."""
     from tuner.cli import main
+    from tuner.overlap import TRAINING_VIEW, TrainingView, write_view
 
     run = tmp_path / "runs" / "quick"
     (run / "adapter").mkdir(parents=True)
-    (run / "adapter" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (run / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
     (run / "config.yaml").write_text("name: quick\n", encoding="utf-8")
+    write_view(TrainingView("t.jsonl", frozenset(), frozenset(), 0), run / TRAINING_VIEW)
     argv = ["eval", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--adapter", str(run)]
     assert main([*argv, "--out", str(tmp_path / "o"), "--no-progress", "--cache-dir", ""]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1, (out, err)
-    assert f"has no adapter_config.json; it holds adapter: pass one of them, e.g. {str(run / 'adapter')!r}" in err
+    assert out == f"tuner eval: splitting the queries by the training data of run {run} (--train-data none: no split)\n"
+    assert err.count("\n") == 1 and f"{run / 'adapter'}: no adapter weights" in err, err
 
 
 def _dev_groups(path: Path) -> Path:

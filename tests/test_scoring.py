@@ -628,3 +628,27 @@ def test_the_default_dtype_is_fp32_on_cpu_and_bf16_on_cuda(tiny_model_dir):
     assert _resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16 and _resolve_dtype("auto", None) == "auto"
     reranker = Reranker.from_pretrained(tiny_model_dir, device="cpu")
     assert {p.dtype for p in reranker.model.parameters()} == {torch.float32}
+
+
+def test_a_finished_run_folder_stands_for_the_weights_it_wrote(tmp_path, tiny_model_dir):
+    """`Reranker.from_pretrained(RUN)` (and score, serve, eval) load RUN/adapter, or a full fine-tuning run's
+    RUN/model, as `tuner export RUN` reads a run; they were refused with "pass one of them". A folder without a
+    run's config.yaml is not read as one."""
+    from exporting import make_run
+
+    from tuner.loading import run_weights
+
+    run = make_run(tmp_path / "quick", tiny_model_dir)
+    (run / "config.yaml").write_text("name: quick\n", encoding="utf-8")
+    docs = ["alpha beta", "gamma"]
+    whole = Reranker.from_pretrained(run, device="cpu", dtype="float32").score("q", docs, normalize=False)
+    inside = Reranker.from_pretrained(run / "adapter", device="cpu", dtype="float32").score("q", docs, normalize=False)
+    assert whole == inside
+    full = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, full / "model")
+    (full / "config.yaml").write_text("name: full\n", encoding="utf-8")
+    assert run_weights(full) == str(full / "model") and run_weights(str(run)) == str(run / "adapter")
+    (run / "config.yaml").unlink()
+    assert run_weights(run) == str(run)
+    with pytest.raises(ModelNotFoundError, match="pass one of them"):
+        Reranker.from_pretrained(run, device="cpu")

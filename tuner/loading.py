@@ -388,11 +388,23 @@ def load_model(
     return net, tokenizer, meta
 
 
+def run_weights(path: str | Path) -> str:
+    """A finished tuner run folder (its config.yaml beside adapter/ or, for full fine-tuning, model/) stands for the
+    weights it wrote, as `tuner export RUN` reads it; anything else is returned as given."""
+    folder = Path(str(path)).expanduser()
+    if (folder / "config.yaml").is_file() and not (folder / "config.json").is_file():
+        for name, marker in (("adapter", "adapter_config.json"), ("model", "config.json")):
+            if (folder / name / marker).is_file():
+                return str(folder / name)
+    return str(path)
+
+
 def split_adapter(model: str | Path, adapter: str | Path | None = None) -> tuple[str, str | None]:
-    """(base, adapter) of a model argument: an adapter folder given alone as `model` stands for its base (from its
-    `tuner.json`, else `adapter_config.json`, checked reachable) with that adapter on it; anything else is
-    returned as is. Raises `ModelNotFoundError` when `model` cannot be reached or the adapter names no base."""
-    model, adapter = str(model), (str(adapter) if adapter is not None else None)
+    """(base, adapter) of a model argument: a run folder stands for its weights (`run_weights`); an adapter folder
+    given alone as `model` stands for its base (from its `tuner.json`, else `adapter_config.json`, checked reachable)
+    with that adapter on it; anything else is returned as is. Raises `ModelNotFoundError` when `model` cannot be
+    reached or the adapter names no base."""
+    model, adapter = run_weights(model), (run_weights(adapter) if adapter is not None else None)
     _check_reachable(model)
     is_adapter = (Path(model) / "adapter_config.json").is_file() and not (Path(model) / "config.json").is_file()
     if adapter is not None and is_adapter:

@@ -267,9 +267,9 @@ def runs_of_adapter(adapter: str | Path) -> list[Path]:
         ValueError: a merge with a source that comes from no run (its training data is unknown: a split by the other
             sources' data alone would call queries unseen that it trained on).
     """
-    from tuner.loading import read_meta
+    from tuner.loading import read_meta, run_weights
 
-    folder = Path(adapter)
+    folder = Path(run_weights(adapter))  # a run folder given for its adapter/ (or model/)
     sources = (((read_meta(folder) if folder.is_dir() else {}) or {}).get("merge") or {}).get("sources")
     if sources:  # first: a merge saved inside one of its sources' runs comes from all of them
         runs: list[Path] = []

@@ -185,7 +185,7 @@ def _train_data(args):
     """eval's training data (a `tuner.overlap.TrainingView`, or None: no split): --train-data as given ('none': no
     split), else the run the evaluated adapter comes from (RUN/adapter, a checkpoint of it, or the runs of a
     `tuner merge`'s sources), when that can be read (else a warning, and no split)."""
-    from tuner.loading import _looks_local
+    from tuner.loading import _looks_local, run_weights
     from tuner.overlap import runs_of_adapter, training_view, union
 
     if args.train_data is not None:
@@ -199,9 +199,10 @@ def _train_data(args):
             raise UserError(f"--train-data {err}") from None
     if args.train_split:
         raise UserError("--train-split: for --train-data (a folder of training files or a BEIR folder)")
-    adapter = args.adapter or (args.model if (Path(args.model) / "adapter_config.json").is_file() else None)
+    model = run_weights(args.model)  # a run folder stands for its adapter/ (or model/)
+    adapter = args.adapter or (model if (Path(model) / "adapter_config.json").is_file() else None)
     try:
-        runs = runs_of_adapter(adapter or args.model)  # a fully fine-tuned RUN/model too
+        runs = runs_of_adapter(adapter or model)  # a fully fine-tuned RUN/model too
         if not runs:
             # a base model on its own has no training data to split by; an adapter path that does not exist, or is
             # no adapter folder (a run folder given for its adapter/), gets its one error when it loads, not first a
