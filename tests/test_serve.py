@@ -673,3 +673,14 @@ def test_a_document_of_the_wrong_type_is_named_with_what_a_document_may_be(clien
             r.json()["error"]["message"]
             == f'{where}: a document is a string or a {{"text", "title"}} object, not {kind}'
         )
+
+
+def test_the_openapi_schema_builds_without_a_warning(client):
+    """/openapi.json (what /docs reads) builds with one operation id per route: a route answering GET and HEAD gave
+    FastAPI's "Duplicate Operation ID" warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema = client.get("/openapi.json").json()
+    assert "get" in schema["paths"]["/health"] and "/v1/rerank" in schema["paths"]

@@ -659,10 +659,16 @@ def create_app(
             said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
             log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' probes that read no body
+    @app.get("/health")
     async def health() -> dict[str, Any]:
         # the calibration tells a client why these probabilities differ from vLLM's sigmoid(logit) on the same export
         return {"status": "ok", "model": name, "calibration": reranker.calibration}
+
+    # load balancers' probes that read no body (a route of its own: one route for both methods gives the OpenAPI
+    # schema one operation id twice, which FastAPI warns about when /docs is opened)
+    @app.head("/health", include_in_schema=False)
+    async def health_probe() -> Response:
+        return Response()
 
     created = int(time.time())
 
