@@ -190,6 +190,31 @@ def test_a_sweep_trial_logs_to_the_agents_run_in_its_own_directory(tmp_path, mon
         run.finish()
 
 
+def test_a_wandb_that_cannot_start_a_run_is_one_line_before_the_base_is_measured(
+    tiny_model_dir, beir, tmp_path, monkeypatch
+):
+    """tracking.report_to=wandb with no API key (the GPU recipes' default): wandb's UsageError was a traceback, raised
+    after the model had loaded and the base had been measured (minutes on a 4B base). It is a ConfigError naming the
+    field and the ways out, before the base is scored."""
+    import wandb
+
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    measured = []
+    monkeypatch.setattr(RankEval, "base", lambda self, model: measured.append(model) or {})
+    config = tiny_config(
+        tiny_model_dir, beir, tmp_path / "w", "tracking.report_to=wandb", "eval.beir=" + str(beir), "eval.split=test"
+    )
+    with pytest.raises(ConfigError) as err:
+        train(config)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("tracking.report_to=wandb: ")
+    assert "No API key configured" in message and "WANDB_MODE=offline" in message and "report_to=none" in message
+    assert measured == []
+
+
 # ------------------------------------------------------------------ a finished run: guards on resume and re-run
 @pytest.fixture(scope="module")
 def finished(tiny_model_dir, beir, tmp_path_factory):

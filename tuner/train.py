@@ -754,6 +754,10 @@ def _train(
     if main:
         write_view(view, out / TRAINING_VIEW)
 
+    # the tracker starts before the model loads and the base is measured (minutes on a 4B base): a wandb that cannot
+    # start a run (no API key) fails in seconds; and before the Trainer, which reads tensorboard's directory
+    tracker = start_tracking(config, out, main, resume)
+
     # 4. model: base (+ 4-bit) (+ LoRA); seeded first, since LoRA's A matrices draw from the global RNG
     m = config.model
     model = _load_model(config, base_path, args.device)
@@ -845,8 +849,7 @@ def _train(
         # only before and after (eval.steps=0) and is stopped before its end would measure the base again on --resume
         atomic_write_json(out / METRICS_FILE, record)
 
-    # 6. trainer (the tracker starts first: tensorboard's directory is read when the Trainer is built)
-    tracker = start_tracking(config, out, main, resume)
+    # 6. trainer
     yes_id, no_id = encoder.yes_id, encoder.no_id
     install_score_forward(model, yes_id, no_id)
     trainer = RerankTrainer(

@@ -554,17 +554,23 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
     # a sweep agent starts each trial with its run id in WANDB_RUN_ID: that run, by name (wandb reads the variable
     # only when its settings are first made, once per process)
     agent_id = None if run_id else os.environ.get("WANDB_RUN_ID") or None
-    run = wandb.init(
-        project=tr.project,
-        entity=tr.entity,
-        name=tr.run_name or out.name,
-        tags=tr.tags or None,
-        config=config.to_dict(),
-        dir=str(out / "logs"),
-        reinit="finish_previous",
-        # "allow", not "must": a run id stored offline, never synced, is unknown to the server
-        **({"id": run_id, "resume": "allow"} if run_id else {"id": agent_id} if agent_id else {}),
-    )
+    try:
+        run = wandb.init(
+            project=tr.project,
+            entity=tr.entity,
+            name=tr.run_name or out.name,
+            tags=tr.tags or None,
+            config=config.to_dict(),
+            dir=str(out / "logs"),
+            reinit="finish_previous",
+            # "allow", not "must": a run id stored offline, never synced, is unknown to the server
+            **({"id": run_id, "resume": "allow"} if run_id else {"id": agent_id} if agent_id else {}),
+        )
+    except wandb.errors.Error as err:  # no API key, a refused login, no server: one line, not wandb's traceback
+        raise ConfigError(
+            f"tracking.report_to=wandb: wandb could not start a run ({str(err).strip() or type(err).__name__}); "
+            "log in (`wandb login` or WANDB_API_KEY), log offline (WANDB_MODE=offline) or set tracking.report_to=none"
+        ) from err
     if run_id is None:
         id_file.write_text(run.id + "\n", encoding="utf-8")
     return run
