@@ -527,3 +527,39 @@ def test_no_progress_silences_the_model_loading_bar_too(tmp_path, tiny_model_dir
     assert main(argv) == 0
     assert "Loading weights" not in capsys.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # on again for the rest of the process
+
+
+def test_a_labeled_files_own_instruction_scores_its_group(tmp_path):
+    """`tuner mine --data` with a reranker: a row's instruction is the one its group trains with, so its teacher
+    scores and false-negative filter are those of that prompt (they were the default instruction's, or --instruction's,
+    for every group)."""
+    from tuner.mining import mine_for_groups
+
+    folder = make_beir(tmp_path / "mini")
+    corpus = {json.loads(line)["_id"]: json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()}
+    rows = [
+        {"query": "solar panel efficiency", "document": corpus["0-3"]["text"], "label": 1, "instruction": "Find it"},
+        {"query": "river flood model", "document": corpus["2-5"]["text"], "label": 1},
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    reranker = FakeReranker(load_beir(folder, "train"), ())
+    groups = mine_for_groups(
+        load_groups(pairs),
+        corpus=corpus,
+        reranker=reranker,
+        teacher_scores=True,
+        instruction="Judge it",
+        range_min=0,
+        num_negatives=2,
+        cache_dir=tmp_path / "c",
+        show_progress=False,
+    )
+    assert [(g.query, g.instruction) for g in groups] == [
+        ("solar panel efficiency", "Find it"),
+        ("river flood model", None),
+    ]
+    used = {}
+    for query, _, instruction in reranker.calls:
+        used.setdefault(query, set()).add(instruction)
+    assert used == {"solar panel efficiency": {"Find it"}, "river flood model": {"Judge it"}}

@@ -94,6 +94,7 @@ def mine_negatives(
     instruction: str | None = None,
     show_progress: bool = True,
     stats: MiningStats | None = None,
+    instructions: Mapping[str, str | None] | None = None,
 ) -> list[Group]:
     """Mine hard negatives for every judged query of a BEIR split.
 
@@ -118,6 +119,9 @@ def mine_negatives(
             written into the groups.
         show_progress: tqdm progress bars.
         stats: filled in place when given.
+        instructions: query id → that query's own instruction, which the reranker scores it with in place of
+            `instruction` (the rows of a training file that carry one: their teacher scores and false-negative
+            filter are those of the prompt they train with).
 
     Returns:
         One group per query that got at least one negative, in qrels order; `qid` is set.
@@ -197,7 +201,7 @@ def mine_negatives(
                 candidates,
                 beir.corpus,
                 num_negatives,
-                instruction,
+                (instructions or {}).get(qid) or instruction,
                 margin,
                 absolute_margin,
                 max_score,
@@ -230,7 +234,8 @@ def mine_for_groups(
     The collection BM25 searches is every document of the file (positives and negatives, each once) plus
     `corpus` (doc id → `{"title", "text"}`, e.g. `tuner.data.beir.read_corpus`); a group's positives are its
     qrels. Each group gets freshly mined negatives in place of its own (which are in the pool, so BM25 finds
-    them again when they are hard); its instruction and qid are kept. `kwargs` are `mine_negatives`'s options.
+    them again when they are hard); its instruction and qid are kept, and a reranker scores the group with its
+    instruction (else `instruction`). `kwargs` are `mine_negatives`'s options.
     """
     collection = groups_as_collection(groups, name)
     beir = collection.beir
@@ -241,7 +246,7 @@ def mine_for_groups(
             if (title, text) not in known:  # a file document repeated in the corpus: once in the pool
                 beir.corpus[f"corpus:{doc_id}"] = {"title": title, "text": text}
     originals = dict(zip(collection.documents, groups, strict=True))  # one query id per group, in file order
-    mined = mine_negatives(beir, stats=stats, **kwargs)
+    mined = mine_negatives(beir, stats=stats, instructions=collection.instructions, **kwargs)
     for group in mined:
         original = originals[group.qid]
         group.instruction, group.qid = original.instruction, original.qid

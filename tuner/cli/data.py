@@ -233,7 +233,11 @@ def add_mine(sub) -> None:
     p.add_argument("--absolute-margin", type=float, help="absolute margin to the positive (probability)")
     p.add_argument("--max-score", type=float, help="drop candidates whose probability is above this")
     p.add_argument("--teacher-scores", action="store_true", help="write the reranker's logits as pos/neg_scores")
-    p.add_argument("--instruction", help="instruction for reranker scoring (default: the contract's)")
+    p.add_argument(
+        "--instruction",
+        help="instruction for reranker scoring (default: the contract's); with --data, a row's own instruction "
+        "scores its group",
+    )
     p.add_argument(
         "--max-length",
         type=positive_int,
