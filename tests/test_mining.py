@@ -529,6 +529,25 @@ def test_no_progress_silences_the_model_loading_bar_too(tmp_path, tiny_model_dir
     assert hf_logging.is_progress_bar_enabled()  # on again for the rest of the process
 
 
+def test_a_query_left_without_a_negative_is_named_in_the_summary(tmp_path, capsys):
+    """A judged query whose rank range holds no candidate gets no group: the summary said only "wrote 3 groups for 4
+    judged queries", its "fewest negatives" list naming the groups it wrote; the query is named with the way out."""
+    folder = make_beir(tmp_path / "mini")
+    with (folder / "corpus.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"_id": "z", "title": "", "text": "zebra crossing"}) + "\n")
+    with (folder / "queries.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"_id": "qz", "text": "zebra crossing"}) + "\n")
+    with (folder / "qrels" / "train.tsv").open("a", encoding="utf-8") as f:
+        f.write("qz\tz\t1\n")
+    out = tmp_path / "groups.jsonl"
+    argv = ["mine", "--beir", str(folder), "--out", str(out), "--range-min", "0", "--num-negatives", "2"]
+    assert main([*argv, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 groups for 4 judged queries" in printed
+    assert "\n  no group: 1 query kept no negative (query 'qz'; BM25 ranks 0..100 held too few candidates)" in printed
+    assert [g.qid for g in load_groups(out)] == ["q0", "q1", "q2"]
+
+
 def test_a_labeled_files_own_instruction_scores_its_group(tmp_path):
     """`tuner mine --data` with a reranker: a row's instruction is the one its group trains with, so its teacher
     scores and false-negative filter are those of that prompt (they were the default instruction's, or --instruction's,

@@ -51,6 +51,8 @@ class MiningStats:
     Attributes:
         queries: judged queries with at least one positive in the corpus.
         groups: groups written (queries with at least one negative).
+        no_negatives: (query id, query text) of the judged queries left without a group: no BM25 candidate in the
+            rank range, or none the reranker kept.
         full: groups with `num_negatives` negatives.
         filtered: candidates the reranker dropped as likely false negatives.
         scored_pairs: pairs the reranker scored.
@@ -64,6 +66,7 @@ class MiningStats:
     # fails `tuner data check` and training; and judged queries left out because their own text is empty
     skipped: list[str] = field(default_factory=list)
     scored_pairs: int = 0
+    no_negatives: list[tuple[str | None, str]] = field(default_factory=list)
 
 
 def _doc(corpus: Mapping[str, Mapping[str, str]], doc_id: str) -> dict[str, str]:
@@ -208,6 +211,7 @@ def mine_negatives(
                 stats,
             )
         if not neg_ids:
+            stats.no_negatives.append((qid, query))
             continue
         group = Group(query=query, pos=pos_docs, neg=[_doc(beir.corpus, d) for d in neg_ids], qid=qid)
         grades = [int(beir.qrels[qid][d]) for d in positives[qid]]
@@ -246,10 +250,12 @@ def mine_for_groups(
             if (title, text) not in known:  # a file document repeated in the corpus: once in the pool
                 beir.corpus[f"corpus:{doc_id}"] = {"title": title, "text": text}
     originals = dict(zip(collection.documents, groups, strict=True))  # one query id per group, in file order
+    stats = stats if stats is not None else MiningStats()
     mined = mine_negatives(beir, stats=stats, instructions=collection.instructions, **kwargs)
     for group in mined:
         original = originals[group.qid]
         group.instruction, group.qid = original.instruction, original.qid
+    stats.no_negatives = [(originals[qid].qid, query) for qid, query in stats.no_negatives]
     return mined
 
 

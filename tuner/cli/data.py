@@ -255,6 +255,7 @@ def _run_mine(args) -> int:
 
     from tuner import mining
     from tuner.data import load_beir, load_groups, write_groups
+    from tuner.data.check import _n
     from tuner.mining import MiningStats, mine_for_groups, mine_negatives, negatives_histogram
 
     reranker_only = {
@@ -363,6 +364,13 @@ def _run_mine(args) -> int:
         + f"\n  groups with {args.num_negatives} negatives: {stats.full} "
         f"({100 * stats.full / max(1, stats.queries):.1f}% of queries); negatives per group: {{{hist}}}"
         + (fewest if short else "")
+        + (
+            f"\n  no group: {_n(len(stats.no_negatives), 'query', 'queries')} kept no negative ("
+            + _first([_query_label(qid, query) for qid, query in stats.no_negatives])
+            + f"; BM25 ranks {ranks} {kept})"
+            if stats.no_negatives
+            else ""
+        )
         + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
         + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
     )
@@ -371,9 +379,13 @@ def _run_mine(args) -> int:
 
 def _query_name(group) -> str:
     """A mined group's query as the summary names it: its qid (BEIR, or a pairs file's), else its text."""
-    if group.qid is not None:
-        return f"query {group.qid!r}"
-    text = group.query if len(group.query) <= 60 else group.query[:57] + "..."
+    return _query_label(group.qid, group.query)
+
+
+def _query_label(qid: str | None, query: str) -> str:
+    if qid is not None:
+        return f"query {qid!r}"
+    text = query if len(query) <= 60 else query[:57] + "..."
     return f"query {text!r}"
 
 
