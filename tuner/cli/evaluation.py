@@ -118,7 +118,9 @@ def add_eval(sub) -> None:
     _add_source_args(p, top_k=100)
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--instruction", help="task instruction for every pair (default: the model's; with --data, a row's own first)"
+        "--instruction",
+        help="task instruction for every pair, the --data rows that carry their own included (default: a --data "
+        "row's own, else the model's)",
     )
     group.add_argument(
         "--instructions",
