@@ -590,3 +590,16 @@ def test_a_merged_export_naming_its_base_is_not_taken_for_a_full_fine_tuning_run
     assert not (tmp_path / "o").exists()
     (merged / "tuner.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))  # what a run writes
     assert full_fine_tune_dir(merged) == merged
+
+
+def test_a_merges_card_has_no_recipe_block_of_the_word_merge(tmp_path):
+    """A merge's tuner.json records `"recipe": "merge"`; its card printed a "## Recipe" section holding a JSON block of
+    the one string "merge" (the Merge line names the sources and weights). A recipe named alone is a line."""
+    from tuner.export_card import model_card
+
+    merge = {"sources": ["/r/a/checkpoint-2", "/r/a/checkpoint-4"], "weights": [0.5, 0.5], "rank": 8, "layers": 3}
+    card = model_card(tmp_path / "m", {"format": "merged", "base_model": "/x", "recipe": "merge", "merge": merge})
+    assert "## Recipe" not in card and '"merge"' not in card
+    assert "- **Merge:** base + 0.5 × `checkpoint-2` + 0.5 × `checkpoint-4`" in card
+    named = model_card(tmp_path / "n", {"format": "merged", "base_model": "/x", "recipe": "tiny-cpu"})
+    assert "Recipe: `tiny-cpu`." in named and "```json" not in named

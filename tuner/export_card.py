@@ -267,8 +267,10 @@ def model_card(
     if recipe_yaml is not None:
         parts += ["", "## Recipe", "", "The run's resolved config (also in `recipe.yaml`):", "", "```yaml"]
         parts += [recipe_yaml.rstrip(), "```"]
-    elif recipe is not None:
+    elif isinstance(recipe, dict):
         parts += ["", "## Recipe", "", "```json", json.dumps(recipe, indent=2, ensure_ascii=False), "```"]
+    elif recipe is not None and not merge_line:  # a merge's tuner.json says "merge": the Merge line says more
+        parts += ["", f"Recipe: `{recipe}`."]
     table = _eval_table(meta.get("eval"))
     if table:
         parts += ["", "## Evaluation", "", table]
