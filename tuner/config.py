@@ -158,7 +158,8 @@ class TrainSection:
     load_best: bool = _f(
         False,
         "the run's adapter (and its final figures) is the checkpoint with the best primary dev metric, not the last "
-        "step (needs eval.steps, and save_steps equal to it)",
+        "step (needs eval.steps, and save_steps a multiple of it: equal to pick among every evaluation, a multiple "
+        "among the saved ones)",
     )
     early_stopping_patience: int | None = _f(
         None,
