@@ -684,3 +684,21 @@ def test_the_openapi_schema_builds_without_a_warning(client):
         warnings.simplefilter("error")
         schema = client.get("/openapi.json").json()
     assert "get" in schema["paths"]["/health"] and "/v1/rerank" in schema["paths"]
+
+
+def test_use_activation_false_gives_the_raw_logits_as_vllm_does(client, tiny_reranker):
+    """vLLM's `use_activation` (older vLLM: `activation`) false asks for the raw score: the yes−no logits, on
+    /v1/rerank and /score alike, in the same order; it was ignored (named in X-Ignored-Fields)."""
+    docs = ["alpha beta", "gamma delta epsilon", "zeta"]
+    logits = tiny_reranker.score("q", docs, normalize=False)
+    probs = tiny_reranker.score("q", docs)
+    for field in ("use_activation", "activation"):
+        r = client.post("/v1/rerank", json={"query": "q", "documents": docs, field: False})
+        assert r.status_code == 200 and "x-ignored-fields" not in r.headers
+        got = {row["index"]: row["relevance_score"] for row in r.json()["results"]}
+        assert got == pytest.approx(dict(enumerate(logits)), abs=1e-5)
+        assert [row["index"] for row in r.json()["results"]] == sorted(range(3), key=lambda i: -logits[i])
+        s = client.post("/score", json={"queries": "q", "documents": docs, field: False})
+        assert [row["score"] for row in s.json()["data"]] == pytest.approx(logits, abs=1e-5)
+    on = client.post("/score", json={"queries": "q", "documents": docs, "use_activation": True}).json()
+    assert [row["score"] for row in on["data"]] == pytest.approx(probs, abs=1e-6)

@@ -132,6 +132,11 @@ class RerankRequest(BaseModel):
     # Cohere v1's fields of a document object to rank on: here a part of ("title", "text"), which a document object
     # is scored by (another field is an error, not ranked on silently)
     rank_fields: list[StrictStr] | None = Field(default=None, min_length=1)
+    # vLLM's switch for the score activation (older vLLM: "activation"): false gives the raw yes−no logit, as
+    # Reranker's normalize=False (no calibration either); absent, null or true: the probability
+    use_activation: StrictBool | None = Field(
+        default=None, validation_alias=AliasChoices("use_activation", "activation")
+    )
 
 
 class ScoreRequest(BaseModel):
@@ -143,6 +148,9 @@ class ScoreRequest(BaseModel):
     )
     instruction: StrictStr | None = None
     truncate_prompt_tokens: StrictInt | None = Field(default=None, ge=-1)  # as in RerankRequest
+    use_activation: StrictBool | None = Field(
+        default=None, validation_alias=AliasChoices("use_activation", "activation")
+    )
     # the names the client used (queries or text_1, documents or text_2): errors name the field as it was sent
     _queries_name: str = PrivateAttr("queries")
     _documents_name: str = PrivateAttr("documents")
@@ -705,7 +713,7 @@ def create_app(
             body.max_tokens_per_doc,
         )
         metrics.add_documents(len(docs))
-        scores = [reranker._normalize(x) for x in logits]
+        scores = [reranker._normalize(x) for x in logits] if body.use_activation is not False else logits
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: body.top_n or None]
         results = []
         for i in order:
@@ -762,12 +770,13 @@ def create_app(
 
         logits, tokens = await score(request, triples, field_of, prompt_cap(body.truncate_prompt_tokens))
         metrics.add_documents(len(triples))
+        scores = [reranker._normalize(x) for x in logits] if body.use_activation is not False else logits
         return {
             "id": f"score-{uuid.uuid4().hex}",
             "object": "list",
             "created": int(time.time()),
             "model": name,
-            "data": [{"index": i, "object": "score", "score": reranker._normalize(x)} for i, x in enumerate(logits)],
+            "data": [{"index": i, "object": "score", "score": x} for i, x in enumerate(scores)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
