@@ -352,3 +352,20 @@ def test_tied_scores_keep_input_order_in_jsonl_and_trec_eval_order_in_a_run(
     for line in run.read_text(encoding="utf-8").splitlines():  # in the file's order, as trec_eval breaks ties
         written.setdefault(line.split()[0], []).append(line.split()[2])
     assert written and all(docs == sorted(docs, reverse=True) for docs in written.values())
+
+
+def test_a_run_folder_is_identified_by_the_weights_it_stands_for(tmp_path):
+    """`--model RUN` loads RUN/adapter: a resume must see that adapter retrained (its weights changed), not RUN's
+    own top level, which holds no weights."""
+    from tuner.rerank import source_identity
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: r\n", encoding="utf-8")
+    (run / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(b"x" * 10)
+    before = source_identity(run)
+    assert before == source_identity(run / "adapter")
+    weights.write_bytes(b"y" * 20)  # the run trained again
+    assert source_identity(run) != before

@@ -195,11 +195,14 @@ def _sha256(path: str | Path) -> str:
 def source_identity(source: str | Path | None) -> dict[str, Any] | None:
     """What identifies a model or adapter without loading it: a local folder by its path and its weight files'
     names, sizes and modification times (`tuner.base_cache.model_identity`, which adapters' folders pass too), a hub
-    id by itself and the commit of its cached snapshot when there is one."""
+    id by itself and the commit of its cached snapshot when there is one. A tuner run's folder is identified by the
+    weights it stands for (`tuner.loading.run_weights`: its adapter/ or model/)."""
     from tuner.base_cache import model_identity
+    from tuner.loading import run_weights
 
     if source is None:
         return None
+    source = run_weights(source)
     found = model_identity(str(source))
     if found is not None:
         return found
