@@ -979,3 +979,24 @@ def test_a_start_adapter_that_cannot_be_used_is_refused_before_any_work(tiny_mod
         with pytest.raises(FileNotFoundError, match=rf"^lora.init_adapter: '{where}' is no LoRA adapter"):
             check_before_work(config)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_start_adapter_inside_the_runs_own_folder_is_refused_before_it_is_deleted(tiny_model_dir, beir, tmp_path):
+    """lora.init_adapter naming this run's own folder (or its adapter/, or one of its checkpoints) with
+    output.overwrite: the run would delete that adapter before loading it; refused before any work, kept."""
+    from tuner.train_setup import check_before_work
+
+    run = tmp_path / "r"
+    for folder in (run / "adapter", run / "checkpoints" / "checkpoint-2"):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
+    (run / "config.yaml").write_text("name: r\n", encoding="utf-8")
+    for where in (run, run / "adapter", run / "checkpoints" / "checkpoint-2"):
+        config = tiny_config(tiny_model_dir, beir, run, f"lora.init_adapter={where}", "output.overwrite=true")
+        with pytest.raises(ConfigError, match=r"^lora.init_adapter: .* is in this run's own folder"):
+            check_before_work(config)
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "checkpoints" / "checkpoint-2" / "adapter_config.json").is_file()
+    # another run's adapter is fine
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "two", f"lora.init_adapter={run}", "output.overwrite=true")
+    check_before_work(config)

@@ -184,6 +184,14 @@ def check_before_work(config: Config) -> None:
                 f"lora.init_adapter: {init!r} is no LoRA adapter (no adapter_config.json); give a tuner run's folder, "
                 "its adapter/ or a checkpoint-N folder"
             )
+        # this run's own adapter/ or checkpoints/: output.overwrite deletes them before the model loads (the adapter
+        # to start from was lost, then the load failed), and a new adapter/ replaces the one trained on
+        out = output_dir_for(config, create=False)
+        if folder.exists() and any(folder.resolve().is_relative_to(out / name) for name in ("adapter", "checkpoints")):
+            raise ConfigError(
+                f"lora.init_adapter: {init!r} is in this run's own folder {out} (output.dir), which training "
+                "replaces; train the second round into another output.dir"
+            )
     if not config.model.tiny:
         from tuner.loading import _check_reachable, _looks_local
 
