@@ -369,3 +369,22 @@ def test_a_run_folder_is_identified_by_the_weights_it_stands_for(tmp_path):
     assert before == source_identity(run / "adapter")
     weights.write_bytes(b"y" * 20)  # the run trained again
     assert source_identity(run) != before
+
+
+def test_a_hub_model_the_first_run_downloaded_still_resumes(tmp_path, monkeypatch):
+    """A hub id is identified before the load by its name alone: a first run downloads it after the record is made,
+    so its commit is in the cache only on the resume, which was refused for it ("another options (model: ..."). The
+    commit is compared after the load (model settings), where both runs have it."""
+    import huggingface_hub
+
+    from tuner.rerank import hub_snapshot, source_identity
+
+    cached: dict = {}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **kw: cached.get(repo))
+    first = source_identity("Org/Model")  # not downloaded yet
+    snapshot = tmp_path / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    cached["Org/Model"] = str(snapshot / "config.json")  # the first run's load downloaded it
+    assert source_identity("Org/Model") == first
+    assert hub_snapshot("Org/Model") == "abc123" and hub_snapshot(None) is None and hub_snapshot(tmp_path) is None

@@ -195,36 +195,50 @@ def _sha256(path: str | Path) -> str:
 def source_identity(source: str | Path | None) -> dict[str, Any] | None:
     """What identifies a model or adapter without loading it: a local folder by its path and its weight files'
     names, sizes and modification times (`tuner.base_cache.model_identity`, which adapters' folders pass too), a hub
-    id by itself and the commit of its cached snapshot when there is one. A tuner run's folder is identified by the
-    weights it stands for (`tuner.loading.run_weights`: its adapter/ or model/)."""
+    id by itself (its commit is known once it is downloaded: `hub_snapshot`, part of `effective_settings`). A tuner
+    run's folder is identified by the weights it stands for (`tuner.loading.run_weights`: its adapter/ or model/)."""
     from tuner.base_cache import model_identity
     from tuner.loading import run_weights
 
     if source is None:
         return None
     source = run_weights(source)
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return {"hub_id": str(source)}
     found = model_identity(str(source))
     if found is not None:
         return found
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted({f for pattern in _WEIGHTS for f in path.glob(pattern)})
-        return {
-            "folder": str(path.resolve()),
-            "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-        }
-    return {"hub_id": str(source)}
+    files = sorted({f for pattern in _WEIGHTS for f in path.glob(pattern)})
+    return {
+        "folder": str(path.resolve()),
+        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
 
 
-def effective_settings(reranker, instruction: str | None, raw: bool) -> dict[str, Any]:
+def hub_snapshot(source: str | Path | None) -> str | None:
+    """The commit of a hub id's snapshot in the local cache (once it has loaded, the one it loaded); None for a local
+    folder. Not part of `source_identity`: a first run downloads the model after the partial's record is checked,
+    so the commit is there only on a resume, which would then be refused."""
+    from tuner.base_cache import model_identity
+
+    if source is None or Path(str(source)).expanduser().is_dir():
+        return None
+    return (model_identity(str(source)) or {}).get("commit")
+
+
+def effective_settings(
+    reranker, instruction: str | None, raw: bool, model: str | None = None, adapter: str | None = None
+) -> dict[str, Any]:
     """What decides a loaded reranker's scores beyond its weights: the default instruction, prompt budget,
-    calibration (unless raw logits) and dtype."""
+    calibration (unless raw logits) and dtype; and the snapshots of `model` and `adapter` when they are hub ids."""
     dtype = next(reranker.model.parameters()).dtype
     return {
         "instruction": reranker.instruction if instruction is None else instruction,
         "max_length": reranker.max_length,
         "calibration": None if raw else reranker.calibration,
         "dtype": str(dtype).removeprefix("torch."),
+        "hub_snapshots": {"model": hub_snapshot(model), "adapter": hub_snapshot(adapter)},
     }
 
 

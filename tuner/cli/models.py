@@ -257,7 +257,7 @@ def _run_rerank(args) -> int:
         show_progress=False,
         **scoring_path_kwargs(args),
     )
-    settings = effective_settings(reranker, args.instruction, args.raw)
+    settings = effective_settings(reranker, args.instruction, args.raw, args.model, args.adapter)
     job.check(settings)  # a partial of other model settings is refused before anything is written
     try:
         summary = job.run(reranker, settings, not args.no_progress)
