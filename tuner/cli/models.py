@@ -108,6 +108,18 @@ def _document(value: Any, where: str) -> str | dict:
     return value
 
 
+def _add_score_kind(p) -> None:
+    """The prompt budget and what a score is (probability, uncalibrated, raw logit): `tuner score` and `rerank`."""
+    p.add_argument(
+        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
+    )
+    scores = p.add_mutually_exclusive_group()
+    scores.add_argument(
+        "--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration"
+    )
+    scores.add_argument("--raw", action="store_true", help="the raw yes−no logits instead of probabilities")
+
+
 def add_score(sub) -> None:
     p = sub.add_parser("score", help="rank documents for one query; prints JSON")
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged or seq-cls export)")
@@ -120,14 +132,7 @@ def add_score(sub) -> None:
     )
     p.add_argument("--instruction", help="task instruction (default: the export's tuner.json, else the contract's)")
     p.add_argument("--top-k", type=non_negative_int, help="keep the best K (default or 0: every document)")
-    p.add_argument(
-        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
-    )
-    scores = p.add_mutually_exclusive_group()
-    scores.add_argument(
-        "--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration"
-    )
-    scores.add_argument("--raw", action="store_true", help="the raw yes−no logits instead of probabilities")
+    _add_score_kind(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", help="bfloat16, float16, float32, auto (checkpoint's); default bf16 on GPU, fp32 on CPU")
     add_scoring_path_args(p)
@@ -189,14 +194,7 @@ def add_rerank(sub) -> None:
         "contract's)",
     )
     p.add_argument("--top-k", type=non_negative_int, help="keep each query's best K (default or 0: every candidate)")
-    p.add_argument(
-        "--max-length", type=positive_int, help="prompt token budget (default: the export's tuner.json, else 8192)"
-    )
-    scores = p.add_mutually_exclusive_group()
-    scores.add_argument(
-        "--no-calibration", action="store_true", help="sigmoid(logit) even if tuner.json has a calibration"
-    )
-    scores.add_argument("--raw", action="store_true", help="the raw yes−no logits instead of probabilities")
+    _add_score_kind(p)
     p.add_argument(
         "--batch-tokens", type=positive_int, help="padded tokens per forward pass (default: 8192 CPU, 32768 GPU)"
     )
