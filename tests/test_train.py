@@ -944,7 +944,7 @@ def test_a_second_round_starts_from_the_first_rounds_adapter(trained, tiny_model
     rows = tmp_path / "round2.jsonl"
     rows.write_text(json.dumps({"query": "a new question", "pos": ["answer"], "neg": ["x", "y", "z"]}) + "\n")
     overrides = [f"lora.init_adapter={trained['output_dir']}", f"data.train_file={rows}", "train.max_steps=2"]
-    config = tiny_config(tiny_model_dir, beir, tmp_path / "two", *overrides, "lora.r=4")
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "two", *overrides, "lora.r=4", "lora.target_modules=[q_proj]")
     model = _load_model(config, str(tiny_model_dir), "cpu")
     start = get_peft_model_state_dict(model)
     assert set(start) == set(first) and all(torch.equal(start[k], first[k]) for k in first)
@@ -952,7 +952,10 @@ def test_a_second_round_starts_from_the_first_rounds_adapter(trained, tiny_model
     assert any(p.requires_grad for p in model.parameters())
     result = train(config)
     log = (tmp_path / "two" / "logs" / "train.log").read_text()
-    assert "the adapter's own settings are trained, not lora.r=4 (the adapter has 8)" in log
+    said = "the adapter's own settings are trained, not lora.r=4 (the adapter has 8), lora.target_modules=['q_proj']"
+    assert (
+        f"{said} (the adapter has ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'])" in log
+    )
     # round one's adapter on a base of another shape: one line naming the key, not torch's list of tensors
     from tuner.tiny import write_tiny_model
 

@@ -519,6 +519,11 @@ def _start_from(model, lora, base_path: str):
     )
     log.info("lora.init_adapter: training on from %s (r=%d, alpha=%g)", folder, used.r, used.lora_alpha)
     differs = [f"lora.{key}={mine} (the adapter has {theirs})" for key, mine, theirs in settings if mine != theirs]
+    if isinstance(lora.target_modules, list) and isinstance(used.target_modules, (set, list, tuple)):
+        # peft keeps the full module names it adapted ('model.layers.0.self_attn.q_proj'): compared by their last part
+        theirs = sorted({name.rsplit(".", 1)[-1] for name in used.target_modules})
+        if sorted(set(lora.target_modules)) != theirs:  # ('all-linear' in the recipe: whatever the adapter has)
+            differs.append(f"lora.target_modules={lora.target_modules} (the adapter has {theirs})")
     if differs:
         log.warning("lora.init_adapter: the adapter's own settings are trained, not %s", ", ".join(differs))
     return model
