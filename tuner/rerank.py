@@ -445,9 +445,10 @@ class Rerank:
             by_id = dict(zip(query.doc_ids, scores, strict=True))
             ranked = [(d, by_id[d]) for d in ranked_ids(by_id)[: self.top_k]]
             return "".join(run_lines({query.qid: ranked}, tag="tuner", digits=None))
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: self.top_k]
+        from tuner.scoring import best_first
+
         results = []
-        for i in order:
+        for i in best_first(scores, self.top_k):
             result: dict[str, Any] = {"index": i}
             if query.doc_ids is not None and query.doc_ids[i] is not None:
                 result["id"] = query.doc_ids[i]

@@ -508,10 +508,16 @@ class Reranker:
             raise ValueError(f"top_k must be >= 0 (0 or None: every document), got {top_k}")
         documents = _document_list(query, documents)
         scores = self.score(query, documents, instruction=instruction, normalize=normalize)
-        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[: top_k or None]
+        order = best_first(scores, top_k)
         if not return_documents:
             return [{"index": i, "score": scores[i]} for i in order]
         return [{"index": i, "score": scores[i], "document": documents[i]} for i in order]
+
+
+def best_first(scores: Sequence[float], top_k: int | None = None) -> list[int]:
+    """The indices of `scores` best first, ties in input order, the best `top_k` (None or 0: all): the order of
+    `Reranker.rank`, of the server's rerank routes and of `tuner rerank`."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: top_k or None]
 
 
 def _check_document(document: Any, where: str) -> None:
