@@ -31,7 +31,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -50,7 +50,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuner.contract import PromptTextError
-from tuner.scoring import Reranker, prefix_groups
+from tuner.scoring import Reranker, best_first, prefix_groups
 from tuner.serve_metrics import Metrics
 from tuner.serve_vllm import default_served_name
 
@@ -117,6 +117,11 @@ class DocumentObject(BaseModel):
         return self
 
 
+# vLLM's switch for the score activation (older vLLM: "activation") of /rerank and /score: false gives the raw yes−no
+# logit, as Reranker's normalize=False (no calibration either); absent, null or true: the probability
+UseActivation = Annotated[StrictBool | None, Field(validation_alias=AliasChoices("use_activation", "activation"))]
+
+
 class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # kept only to be named: see _unknown_fields
     model: StrictStr | None = None
@@ -132,11 +137,7 @@ class RerankRequest(BaseModel):
     # Cohere v1's fields of a document object to rank on: here a part of ("title", "text"), which a document object
     # is scored by (another field is an error, not ranked on silently)
     rank_fields: list[StrictStr] | None = Field(default=None, min_length=1)
-    # vLLM's switch for the score activation (older vLLM: "activation"): false gives the raw yes−no logit, as
-    # Reranker's normalize=False (no calibration either); absent, null or true: the probability
-    use_activation: StrictBool | None = Field(
-        default=None, validation_alias=AliasChoices("use_activation", "activation")
-    )
+    use_activation: UseActivation = None
 
 
 class ScoreRequest(BaseModel):
@@ -148,9 +149,7 @@ class ScoreRequest(BaseModel):
     )
     instruction: StrictStr | None = None
     truncate_prompt_tokens: StrictInt | None = Field(default=None, ge=-1)  # as in RerankRequest
-    use_activation: StrictBool | None = Field(
-        default=None, validation_alias=AliasChoices("use_activation", "activation")
-    )
+    use_activation: UseActivation = None
     # the names the client used (queries or text_1, documents or text_2): errors name the field as it was sent
     _queries_name: str = PrivateAttr("queries")
     _documents_name: str = PrivateAttr("documents")
@@ -552,6 +551,11 @@ def create_app(
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key):
             raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "authorization")
 
+    def activated(logits: list[float], use_activation: bool | None) -> list[float]:
+        """A request's scores: probabilities (calibrated when the model has a calibration), or with vLLM's
+        use_activation false the raw logits."""
+        return logits if use_activation is False else [reranker._normalize(x) for x in logits]
+
     def check_model(requested: str | None) -> None:
         if requested is not None and requested != name:
             raise ApiError(404, f"model {requested!r} is not served here; this server serves {name!r}", "model")
@@ -713,8 +717,8 @@ def create_app(
             body.max_tokens_per_doc,
         )
         metrics.add_documents(len(docs))
-        scores = [reranker._normalize(x) for x in logits] if body.use_activation is not False else logits
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[: body.top_n or None]
+        scores = activated(logits, body.use_activation)
+        order = best_first(scores, body.top_n)
         results = []
         for i in order:
             row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
@@ -770,7 +774,7 @@ def create_app(
 
         logits, tokens = await score(request, triples, field_of, prompt_cap(body.truncate_prompt_tokens))
         metrics.add_documents(len(triples))
-        scores = [reranker._normalize(x) for x in logits] if body.use_activation is not False else logits
+        scores = activated(logits, body.use_activation)
         return {
             "id": f"score-{uuid.uuid4().hex}",
             "object": "list",
