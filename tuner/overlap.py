@@ -37,6 +37,7 @@ __all__ = [
     "normalize",
     "run_config",
     "runs_of_adapter",
+    "runs_view",
     "seen_counts",
     "split_queries",
     "text_key",
@@ -287,16 +288,26 @@ def runs_of_adapter(adapter: str | Path) -> list[Path]:
     return []
 
 
+def runs_view(adapter: str | Path) -> tuple[list[Path], TrainingView | None]:
+    """The tuner runs an adapter (or a fully fine-tuned model) comes from (`runs_of_adapter`) and one view of what
+    they trained on; ([], None) when it comes from no run.
+
+    Raises:
+        OSError / ValueError: a run's training data cannot be read, or a merge has a source from no run.
+    """
+    runs = runs_of_adapter(adapter)
+    return runs, union([training_view(run) for run in runs]) if runs else None
+
+
 def trained_queries(model: str | Path, adapter: str | Path | None, queries: Iterable[str]) -> tuple[int, list[Path]]:
     """How many distinct texts of `queries` the tuner run(s) of `adapter` (or of `model`: an adapter, a checkpoint, a
     merge or a fully fine-tuned RUN/model) trained on, and those runs. (0, []) for a model from no run, and for a
     run whose training data can no longer be read (this is a check for a warning, not a reason to fail)."""
     try:
-        runs = runs_of_adapter(adapter or model)
-        if not runs:
-            return 0, []
-        view = union([training_view(run) for run in runs])
+        runs, view = runs_view(adapter or model)
     except (OSError, ValueError):
+        return 0, []
+    if view is None:
         return 0, []
     return sum(text_key(q) in view.queries for q in set(queries)), runs
 

@@ -162,13 +162,13 @@ def _with_first_round(view, init_adapter: str, main: bool):
     """A second round's training view: its own groups and what the run(s) of its starting adapter trained on (a dev
     query seen in an earlier round is seen). Its own alone, with a warning, when the adapter comes from no tuner run
     or that run's data cannot be read."""
-    from tuner.overlap import runs_of_adapter, training_view, union
+    from tuner.overlap import runs_view, union
     from tuner.train_setup import init_adapter_dir
 
     try:
-        runs = runs_of_adapter(init_adapter_dir(init_adapter))
-        if runs:
-            return union([view, *(training_view(run) for run in runs)])
+        _, earlier = runs_view(init_adapter_dir(init_adapter))
+        if earlier is not None:
+            return union([view, earlier])
         why = "comes from no tuner run"
     except (OSError, ValueError) as err:
         why = f"has training data that cannot be read ({err})"

@@ -188,7 +188,7 @@ def _train_data(args):
     split), else the run the evaluated adapter comes from (RUN/adapter, a checkpoint of it, or the runs of a
     `tuner merge`'s sources), when that can be read (else a warning, and no split)."""
     from tuner.loading import _looks_local, run_weights
-    from tuner.overlap import runs_of_adapter, training_view, union
+    from tuner.overlap import runs_view, training_view
 
     if args.train_data is not None:
         if args.train_data.strip().lower() == "none":
@@ -204,8 +204,8 @@ def _train_data(args):
     model = run_weights(args.model)  # a run folder stands for its adapter/ (or model/)
     adapter = args.adapter or (model if (Path(model) / "adapter_config.json").is_file() else None)
     try:
-        runs = runs_of_adapter(adapter or model)  # a fully fine-tuned RUN/model too
-        if not runs:
+        runs, view = runs_view(adapter or model)  # a fully fine-tuned RUN/model too
+        if view is None:
             # a base model on its own has no training data to split by; an adapter path that does not exist, or is
             # no adapter folder (a run folder given for its adapter/), gets its one error when it loads, not first a
             # note that it is not from a tuner run
@@ -216,7 +216,6 @@ def _train_data(args):
                     f"tuner eval: no seen/unseen split: {adapter} is not from a tuner run (--train-data names its data)"
                 )
             return None
-        view = union([training_view(run) for run in runs])
     except (OSError, ValueError) as err:
         print(f"tuner eval: warning: no seen/unseen split: {err}", file=sys.stderr)
         return None
