@@ -354,10 +354,8 @@ def _run_mine(args) -> int:
     # which queries came short, fewest first: on a small corpus of one's own BM25 may match little past --range-min
     short = sorted((g for g in groups if len(g.neg) < args.num_negatives), key=lambda g: len(g.neg))
     kept = "held too few candidates" + (" the reranker kept" if reranker else "")
-    fewest = (
-        f"\n  fewest negatives: {_first([f'{_query_name(g)}: {len(g.neg)}' for g in short])} (BM25 ranks {ranks} "
-        f"{kept}; lower --range-min or raise --depth)"
-    )
+    counts = [f"{_query_label(g.qid, g.query)}: {len(g.neg)}" for g in short]
+    fewest = f"\n  fewest negatives: {_first(counts)} (BM25 ranks {ranks} {kept}; lower --range-min or raise --depth)"
     print(
         f"wrote {len(groups)} groups for {stats.queries} judged queries to {out} in {time.perf_counter() - start:.1f} s"
         + (" (replaced the previous file)" if replaced else "")
@@ -377,12 +375,8 @@ def _run_mine(args) -> int:
     return 0
 
 
-def _query_name(group) -> str:
-    """A mined group's query as the summary names it: its qid (BEIR, or a pairs file's), else its text."""
-    return _query_label(group.qid, group.query)
-
-
 def _query_label(qid: str | None, query: str) -> str:
+    """A mined query as the summary names it: its qid (BEIR, or a pairs file's), else its text."""
     if qid is not None:
         return f"query {qid!r}"
     text = query if len(query) <= 60 else query[:57] + "..."
