@@ -174,10 +174,10 @@ def check_before_work(config: Config) -> None:
             raise ConfigError(f"eval.data: {err}") from None
     # the training data and a local base too: before the run folder is made and the tokenizer loads
     check_training_source(config.data)
+    from tuner.loading import _check_reachable, _looks_local
+
     init = config.lora.init_adapter
     if init is not None:
-        from tuner.loading import _looks_local
-
         folder = Path(init_adapter_dir(init))
         if (folder.exists() or _looks_local(init)) and not (folder / "adapter_config.json").is_file():
             raise FileNotFoundError(
@@ -193,8 +193,6 @@ def check_before_work(config: Config) -> None:
                 "replaces; train the second round into another output.dir"
             )
     if not config.model.tiny:
-        from tuner.loading import _check_reachable, _looks_local
-
         name = config.model.name_or_path
         if Path(name).expanduser().exists() or _looks_local(name):  # a hub id is asked once, when the base loads
             _check_reachable(name)
