@@ -80,6 +80,18 @@ def test_prefix_reuse_scores_each_query_once_with_the_same_run(evaluator, tiny_m
         assert max(abs(a - b) for (_, a), (_, b) in zip(run[q], ranked, strict=True)) < 1e-5
 
 
+def test_non_finite_scores_stop_the_evaluation_naming_the_query(evaluator, tiny_model_dir):
+    """A NaN logit has no order: the metrics of a run ranked on it were computed without a word."""
+    from tuner.head import unwrap_backbone
+    from tuner.scoring import NonFiniteScoresError, Reranker
+
+    broken = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    with torch.no_grad():
+        unwrap_backbone(broken.model).norm.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteScoresError, match=r"scores are not finite \(query '[^']+', document '[^']+': nan\)"):
+        evaluator.rerank(broken)
+
+
 def test_bare_model_in_training_mode(evaluator, tiny_reranker):
     model, tok = tiny_reranker.model, tiny_reranker.tokenizer
     model.train()

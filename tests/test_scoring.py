@@ -652,3 +652,18 @@ def test_a_finished_run_folder_stands_for_the_weights_it_wrote(tmp_path, tiny_mo
     assert run_weights(run) == str(run)
     with pytest.raises(ModelNotFoundError, match="pass one of them"):
         Reranker.from_pretrained(run, device="cpu")
+
+
+def test_non_finite_scores_are_one_clear_error_not_a_ranking(tiny_model_dir):
+    """NaN weights (or a float16 overflow) gave NaN scores that rank() ordered arbitrarily and `tuner rerank` wrote
+    as NaN, which is not JSON; now one error naming how many and the first pair."""
+    from tuner.head import unwrap_backbone
+    from tuner.scoring import NonFiniteScoresError
+
+    reranker = Reranker.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    with torch.no_grad():
+        unwrap_backbone(reranker.model).norm.weight.fill_(float("nan"))
+    for call in (lambda: reranker.rank("q", ["a", "b"]), lambda: reranker.score_pairs([("q", "a")], normalize=False)):
+        with pytest.raises(NonFiniteScoresError, match=r"(2 of 2|1 of 1) scores are not finite \(pair 0: nan\)"):
+            call()
+    assert issubclass(NonFiniteScoresError, ValueError)  # the CLI's one-line error, exit 2

@@ -385,7 +385,7 @@ class Evaluator:
         """
         from tqdm.auto import tqdm
 
-        from tuner.scoring import prefix_groups
+        from tuner.scoring import check_finite, prefix_groups
 
         instruction = self.instruction if instruction is _UNSET else instruction
         model = reranker.model
@@ -404,6 +404,8 @@ class Evaluator:
                     # one group per query (its candidates share query and instruction): prefix reuse, if on
                     groups = prefix_groups([q for q in qids for _ in self.candidates[q]])
                     logits = reranker.logits_for_ids(ids, groups=groups)
+                    pairs = [(q, d) for q in qids for d in self.candidates[q]]
+                    check_finite(logits, lambda i, p=pairs: f"query {p[i][0]!r}, document {p[i][1]!r}")
                     pos = 0
                     for q in qids:
                         docs = self.candidates[q]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import numbers
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -42,6 +43,24 @@ MAX_BATCH_ROWS = 256
 MIN_SHARED_PREFIX = 32
 # Packed rows hold at most this many tokens (a longer prompt gets a row of its own length).
 PACKED_ROW_TOKENS = 2048
+
+
+class NonFiniteScoresError(ValueError):
+    """The model gave NaN or infinite logits: its weights hold them, or its activations overflowed."""
+
+
+def check_finite(logits: Sequence[float], name: Callable[[int], str] = lambda i: f"pair {i}") -> None:
+    """Refuse NaN / infinite logits, naming how many and the first (`name(i)`: its place in the caller's input).
+
+    A NaN has no order: a ranking, a metric or a JSON response built on it would be wrong without a word (JSON has
+    no NaN; the server's encoder refused it with a bare 500)."""
+    bad = [i for i, x in enumerate(logits) if not math.isfinite(x)]
+    if bad:
+        raise NonFiniteScoresError(
+            f"{len(bad)} of {len(logits)} scores are not finite ({name(bad[0])}: {logits[bad[0]]}): the model's "
+            "weights hold NaN/inf, or its activations overflowed, as float16 can on this model; score in bfloat16 "
+            "or float32 (dtype=..., --dtype)"
+        )
 
 
 @functools.cache
@@ -445,6 +464,7 @@ class Reranker:
             triples.append((pair[0], pair[1], inst))
         groups = prefix_groups([(query, inst) for query, _, inst in triples]) if self.prefix_reuse else None
         logits = self.logits_for_ids(self.encode(triples), groups=groups)
+        check_finite(logits)
         if normalize:
             for message in self.calibration_mismatches(inst for _, _, inst in triples):
                 warnings.warn(message, UserWarning, stacklevel=2)
