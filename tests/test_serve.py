@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -306,9 +307,10 @@ def test_a_model_failure_is_a_500_with_a_json_error(tiny_reranker, monkeypatch):
     app = create_app(tiny_reranker, model_name="tiny")
     monkeypatch.setattr(tiny_reranker, "logits_for_ids", broken)
     with running(app) as (url, _, _), httpx.Client(base_url=url, timeout=30) as c:
-        r = c.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
-        assert r.status_code == 500 and "device-side failure" in r.json()["error"]["message"]
-        assert r.json()["error"]["type"] == "server_error"
+        for _ in range(2):  # the same keep-alive connection: it was closed after a 500 ("connection reset")
+            r = c.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+            assert r.status_code == 500 and "device-side failure" in r.json()["error"]["message"]
+            assert r.json()["error"]["type"] == "server_error"
 
 
 def test_health_and_metrics(client):
@@ -702,3 +704,27 @@ def test_use_activation_false_gives_the_raw_logits_as_vllm_does(client, tiny_rer
         assert [row["score"] for row in s.json()["data"]] == pytest.approx(logits, abs=1e-5)
     on = client.post("/score", json={"queries": "q", "documents": docs, "use_activation": True}).json()
     assert [row["score"] for row in on["data"]] == pytest.approx(probs, abs=1e-6)
+
+
+def test_a_request_whose_scores_are_not_finite_gets_a_500_naming_them_and_the_others_are_answered(tiny_reranker):
+    """A NaN score (NaN weights, float16 overflow) is not JSON: the response failed to encode. Now that request
+    alone gets a JSON 500 naming the pair (the check is per request, so the others of its drain are answered), and
+    the server goes on scoring."""
+
+    class NaNForQueryB:
+        def __getattr__(self, name):
+            return getattr(tiny_reranker, name)
+
+        def logits_for_ids(self, ids, batch_tokens=None, groups=None, on_batch=None):
+            marker = tiny_reranker.encoder.tokenizer.encode(" B", add_special_tokens=False)[0]
+            return [math.nan if marker in x else 1.0 for x in ids]
+
+    with running(create_app(NaNForQueryB(), model_name="tiny")) as (url, _, _), httpx.Client(base_url=url) as c:
+        bad = c.post("/v1/rerank", json={"query": "query B", "documents": ["a", "b"]})
+        good = c.post("/v1/rerank", json={"query": "query A", "documents": ["a", "b"]})
+    assert bad.status_code == 500 and bad.json()["error"]["type"] == "server_error"
+    assert "2 of 2 scores are not finite (pair 0 of the request: nan)" in bad.json()["error"]["message"]
+    assert (
+        good.status_code == 200
+        and [x["relevance_score"] for x in good.json()["results"]] == [pytest.approx(1 / (1 + math.exp(-1.0)))] * 2
+    )

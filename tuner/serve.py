@@ -50,7 +50,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuner.contract import PromptTextError
-from tuner.scoring import Reranker, best_first, prefix_groups
+from tuner.scoring import NonFiniteScoresError, Reranker, best_first, check_finite, prefix_groups
 from tuner.serve_metrics import Metrics
 from tuner.serve_vllm import default_served_name
 
@@ -367,8 +367,15 @@ class Batcher:
             return
         at = 0
         for job, start, end in drain:
-            job.logits += logits[at : at + end - start]
+            part = logits[at : at + end - start]
             at += end - start
+            try:  # this request's own: the other requests of the drain are answered
+                check_finite(part, lambda i, start=start: f"pair {start + i} of the request")
+            except NonFiniteScoresError as err:
+                log.error("%s", err)
+                job.future.set_exception(err)
+                continue
+            job.logits += part
             if end == len(job.ids):
                 job.future.set_result((job.logits, sum(len(x) for x in job.ids)))
 
@@ -494,7 +501,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, err: Exception):
-        log.error("request failed: %s: %s", type(err).__name__, err)
+        # the worker logged a model failure's traceback; a NaN score has none worth reading
+        log.error("request failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, NonFiniteScoresError))
         body = error_body(f"scoring failed: {type(err).__name__}: {err}", 500, kind="server_error")
         return JSONResponse(body, status_code=500)
 
@@ -521,6 +529,13 @@ def create_app(
         except asyncio.CancelledError:
             status = 503  # what _ShutdownCut below answers
             raise
+        except Exception as err:
+            # answered here, not by Starlette's outermost handler for Exception: that one sends the 500 and then
+            # raises again, and uvicorn closes the connection, so a client's next request on it (a pooled
+            # keep-alive connection: httpx, requests, the Cohere SDK) failed with "connection reset"
+            response = await _server_error(request, err)
+            status = response.status_code
+            return response
         finally:
             metrics.inflight(-1)
             if not routes:
