@@ -448,6 +448,10 @@ def test_a_lone_string_is_not_taken_for_a_list_of_documents(tiny_reranker):
             call("q", {"title": "T", "text": "one document as a mapping"})
     with pytest.raises(TypeError, match="query must be a string"):
         tiny_reranker.score(["q"], ["doc"])
+    for blank in ("", "  \n"):  # scored before, where `tuner score` and the server refuse it
+        for call in (tiny_reranker.score, tiny_reranker.rank):
+            with pytest.raises(ValueError, match="query is empty"):
+                call(blank, ["doc"])
     # a 2-character string unpacks as (query, document): refused, as is a lone string for `pairs`
     with pytest.raises(TypeError, match=r"pair 1: expected a \(query, document"):
         tiny_reranker.score_pairs([("q", "d"), "qd"])

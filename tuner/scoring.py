@@ -552,6 +552,8 @@ def _document_list(query: Any, documents: Any) -> list:
     """`documents` as a list, refusing the lone document that Python would iterate character by character."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():  # as `tuner score` and the server refuse it: a query ranks against nothing
+        raise ValueError("query is empty; give the text to rank the documents against")
     if isinstance(documents, (str, bytes, Mapping)):
         raise TypeError(
             f"documents must be a list of documents, got one {type(documents).__name__}; "
