@@ -582,3 +582,77 @@ def test_a_labeled_files_own_instruction_scores_its_group(tmp_path):
     for query, _, instruction in reranker.calls:
         used.setdefault(query, set()).add(instruction)
     assert used == {"solar panel efficiency": {"Find it"}, "river flood model": {"Judge it"}}
+
+
+def test_an_interrupted_reranker_mine_resumes_from_its_kept_scores(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Mining with a reranker takes hours on a 4B model; an interruption lost every score. The scores are now kept
+    in OUT.scores.partial, and --resume reads them back: the same file as an uninterrupted run, fewer pairs scored."""
+    from tuner.scoring import Reranker
+
+    folder = make_beir(tmp_path / "mini")
+    common = ["--beir", str(folder), "--num-negatives", "3", "--range-min", "0", "--margin", "0", "--no-progress"]
+    common += ["--reranker", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu", "--teacher-scores"]
+    real = Reranker.score_pairs
+    calls: list[int] = []
+    stop_at = [None]
+
+    def counted(self, pairs, **kwargs):
+        calls.append(len(pairs))
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        return real(self, pairs, **kwargs)
+
+    monkeypatch.setattr(Reranker, "score_pairs", counted)
+    assert main(["mine", *common, "--out", str(tmp_path / "whole.jsonl")]) == 0
+    whole = sum(calls)
+    capsys.readouterr()
+
+    out = tmp_path / "resumed.jsonl"
+    partial = tmp_path / "resumed.jsonl.scores.partial"
+    calls.clear()
+    stop_at[0] = 3
+    assert main(["mine", *common, "--out", str(out)]) == 130
+    assert not out.exists() and partial.is_file()
+    kept = sum(calls[:2])
+    assert f"{partial} keeps the reranker's scores of {kept} pairs" in capsys.readouterr().err
+
+    assert main(["mine", *common, "--out", str(out)]) == 2  # not started over without a word
+    assert "continue it with --resume" in capsys.readouterr().err
+    assert main(["mine", *common, "--out", str(out), "--resume", "--max-length", "512"]) == 2
+    assert "another reranker set-up (max_length: 8192 then, 512 now)" in capsys.readouterr().err
+    assert main(["mine", "--beir", str(folder), "--out", str(out), "--resume"]) == 2
+    assert "BM25 alone keeps none" in capsys.readouterr().err
+
+    calls.clear()
+    stop_at[0] = None
+    assert main(["mine", *common, "--out", str(out), "--resume"]) == 0
+    assert f"({kept} of them read back from {partial})" in capsys.readouterr().out
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes() and not partial.exists()
+    assert sum(calls) == whole - kept  # the kept pairs were not scored again
+
+
+def test_a_scores_file_cut_mid_line_by_a_crash_resumes_with_that_pair_scored_again(tmp_path):
+    from tuner.mining import ScoreCache
+
+    class Fake:
+        calls = 0
+
+        def score_pairs(self, pairs, instruction=None, normalize=False):
+            Fake.calls += 1
+            return [float(len(d)) for _, d in pairs]
+
+    path = tmp_path / "out.jsonl.scores.partial"
+    first = ScoreCache(Fake(), path, {"m": 1}, resume=False)
+    assert first.score_pairs([("q", "ab"), ("q", "abc")]) == [2.0, 3.0]
+    first.score_pairs([("q", "abcd")])
+    first.close()
+    path.write_bytes(path.read_bytes()[:-7])  # the last line cut by the crash
+    again = ScoreCache(Fake(), path, {"m": 1}, resume=True)
+    Fake.calls = 0
+    assert again.score_pairs([("q", "ab"), ("q", "abc")]) == [2.0, 3.0] and Fake.calls == 0  # read back
+    assert again.score_pairs([("q", "abcd")]) == [4.0] and Fake.calls == 1  # its line was cut: scored again
+    again.close()
+    third = ScoreCache(Fake(), path, {"m": 1}, resume=True)  # the new line did not land on the cut one
+    assert len(third.scores) == 3
+    with pytest.raises(ValueError, match=r"another reranker set-up \(m: 1 then, 2 now\)"):
+        ScoreCache(Fake(), path, {"m": 2}, resume=True)

@@ -23,8 +23,12 @@ and its published recipes skip the top 10, sample from the top 50-100 at random 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +39,7 @@ from tuner.data.beir import BeirData, DataError
 from tuner.data.groups import groups_as_collection, write_groups
 from tuner.data.schema import Group
 
-__all__ = ["MiningStats", "mine_for_groups", "mine_negatives", "write_groups"]
+__all__ = ["MiningStats", "ScoreCache", "mine_for_groups", "mine_negatives", "write_groups"]
 
 DEFAULT_DEPTH = 100
 DEFAULT_RANGE_MIN = 5
@@ -305,6 +309,121 @@ def _filter_with_reranker(
             if len(kept) == num_negatives:
                 return kept, kept_logits, pos_logits
     return kept, kept_logits, pos_logits
+
+
+SCORES_FORMAT = 1  # a scores file of another format is not resumed
+
+
+class ScoreCache:
+    """A reranker whose yes−no logits are appended to a file as they come, and read back instead of recomputed by a
+    resumed run: mining with a 4B reranker takes hours, and an interruption (Ctrl-C, a preempted job, out of
+    memory) lost them all. Hand-written: no library keeps a resumable per-pair score log of our prompt.
+
+    The file is JSONL: a first line `{"format", "settings"}` (what decides the scores besides the pairs: the model,
+    adapter, instruction, max_length, dtype), then `{"k": key, "x": logit}` per pair, the key a hash of (instruction,
+    query, document text). A call whose pairs are all in the file returns them; any other call scores all its
+    pairs, as the uninterrupted run did, so the same options give the same batches and the same file out. Mining
+    options may change on a resume: a pair's logit does not depend on them. The lines are flushed after each call
+    and synced at most every `sync_seconds`; a line cut by a crash is skipped.
+
+    Args:
+        reranker: a `Reranker` (anything with `score_pairs(pairs, instruction=..., normalize=False)`).
+        path: the scores file.
+        settings: JSON-serializable; a resume with other settings is refused, naming what differs.
+        resume: read an existing file (required to exist); without it an existing file is refused.
+    """
+
+    def __init__(
+        self, reranker: Any, path: str | Path, settings: dict[str, Any], resume: bool, sync_seconds: float = 2.0
+    ) -> None:
+        self.reranker, self.path, self.settings = reranker, Path(path), settings
+        self.scores: dict[str, float] = {}
+        self.reused = 0  # pairs read back instead of scored
+        self.sync_seconds, self._synced = sync_seconds, time.monotonic()
+        self.check_start(self.path, resume)
+        if resume:
+            self._read()
+        self._file = None
+
+    @staticmethod
+    def check_start(path: str | Path, resume: bool) -> None:
+        """Refuse a new run over an interrupted run's scores, and a resume with none (before any model loads)."""
+        path = Path(path)
+        if resume and not path.is_file():
+            raise ValueError(f"--resume: no {path} to continue (start without --resume)")
+        if not resume and path.exists():
+            raise ValueError(
+                f"{path}: the reranker scores of an interrupted tuner mine; continue it with --resume (they are read "
+                "back, not recomputed), or delete it to start over"
+            )
+
+    def _read(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        try:
+            head = json.loads(lines[0])
+        except ValueError:
+            raise ValueError(
+                f"--resume: {self.path}:1 is not a scores file's first line; delete it to start over"
+            ) from None
+        if not isinstance(head, dict) or head.get("format") != SCORES_FORMAT:
+            raise ValueError(f"--resume: {self.path} was written by another version of tuner mine; delete it")
+        then = head.get("settings") or {}
+        differ = sorted(k for k in {*then, *self.settings} if then.get(k) != self.settings.get(k))
+        if differ:
+            shown = "; ".join(f"{k}: {then.get(k)!r} then, {self.settings.get(k)!r} now" for k in differ)
+            raise ValueError(
+                f"--resume: {self.path} holds scores of another reranker set-up ({shown}); rerun with the same "
+                f"--reranker and options, or delete {self.path} to start over"
+            )
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+                self.scores[entry["k"]] = float(entry["x"])
+            except (ValueError, TypeError, KeyError):
+                continue  # a blank end, or the last line cut by the crash: that pair is scored again
+
+    @staticmethod
+    def key(instruction: str | None, query: str, document: Any) -> str:
+        text = json.dumps([instruction, query, document_text(document)], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+    def score_pairs(self, pairs, instruction: str | None = None, normalize: bool = False) -> list[float]:
+        if normalize:
+            raise ValueError("ScoreCache keeps yes−no logits: call it with normalize=False")
+        keys = [self.key(instruction, query, document) for query, document in pairs]
+        if all(k in self.scores for k in keys):
+            self.reused += len(keys)
+            return [self.scores[k] for k in keys]
+        logits = [float(x) for x in self.reranker.score_pairs(pairs, instruction=instruction, normalize=False)]
+        self._append(keys, logits)
+        return logits
+
+    def _append(self, keys: list[str], logits: list[float]) -> None:
+        if self._file is None:
+            new = not self.path.exists()
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run; closed by close())
+            if new:
+                self._file.write(json.dumps({"format": SCORES_FORMAT, "settings": self.settings}) + "\n")
+            elif self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+                self._file.write("\n")  # after a line cut by the crash, not onto it
+        lines = [json.dumps({"k": k, "x": x}) for k, x in zip(keys, logits, strict=True) if k not in self.scores]
+        self._file.write("".join(line + "\n" for line in lines))
+        self._file.flush()
+        self.scores.update(zip(keys, logits, strict=True))
+        if time.monotonic() - self._synced >= self.sync_seconds:
+            os.fsync(self._file.fileno())
+            self._synced = time.monotonic()
+
+    def close(self, remove: bool = False) -> None:
+        """Close the file (synced); `remove`: delete it (the mined output is written)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        if remove:
+            self.path.unlink(missing_ok=True)
 
 
 def negatives_histogram(groups: Iterable[Group]) -> dict[int, int]:

@@ -246,6 +246,12 @@ def add_mine(sub) -> None:
     )
     p.add_argument("--device", help="reranker device")
     p.add_argument("--dtype", help="reranker dtype")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --reranker: continue an interrupted run, reading back the scores it kept in OUT.scores.partial "
+        "(same reranker and its options; the mining options may change)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_mine)
 
@@ -274,6 +280,8 @@ def _run_mine(args) -> int:
         raise UserError(
             f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --reranker (they tune its filter)"
         )
+    if args.resume and not args.reranker:
+        raise UserError("--resume continues a --reranker run from its scores; BM25 alone keeps none: run it again")
     for flag, value in (("--margin", args.margin), ("--absolute-margin", args.absolute_margin),
                         ("--max-score", args.max_score)):  # fmt: skip
         if value is not None and not 0.0 <= value <= 1.0:  # probabilities and their differences
@@ -303,6 +311,9 @@ def _run_mine(args) -> int:
         hint = f"; did you mean {', '.join(map(str, close))}?" if close else ""
         raise UserError(f"--corpus {args.corpus}: no such file{hint}")
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
+    scores_path = Path(args.out).with_name(Path(args.out).name + ".scores.partial")
+    if args.reranker:
+        mining.ScoreCache.check_start(scores_path, args.resume)  # before the model loads
     start = time.perf_counter()
     if args.data:
         from tuner.data.beir import read_corpus
@@ -313,11 +324,18 @@ def _run_mine(args) -> int:
         beir = load_beir(args.beir, args.split)
     reranker = None
     if args.reranker:
+        from tuner.rerank import effective_settings, source_identity
         from tuner.scoring import Reranker
 
-        reranker = Reranker.from_pretrained(
+        loaded = Reranker.from_pretrained(
             args.reranker, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
         )
+        settings = {
+            "reranker": source_identity(args.reranker),
+            "adapter": source_identity(args.adapter),
+            **effective_settings(loaded, args.instruction, True, args.reranker, args.adapter),
+        }
+        reranker = mining.ScoreCache(loaded, scores_path, settings, resume=args.resume)
     out = Path(args.out)
     stats = MiningStats()
     options = dict(
@@ -337,10 +355,21 @@ def _run_mine(args) -> int:
         show_progress=not args.no_progress,
         stats=stats,
     )
-    if args.data:
-        groups = mine_for_groups(labeled, corpus=extra, name=Path(args.data).name, **options)
-    else:
-        groups = mine_negatives(beir, **options)
+    try:
+        if args.data:
+            groups = mine_for_groups(labeled, corpus=extra, name=Path(args.data).name, **options)
+        else:
+            groups = mine_negatives(beir, **options)
+    except BaseException:
+        if reranker is not None:
+            reranker.close()
+            if scores_path.exists():
+                print(
+                    f"tuner mine: {scores_path} keeps the reranker's scores of {_n(len(reranker.scores), 'pair')}; the "
+                    "same command with --resume reads them back instead of scoring them again",
+                    file=sys.stderr,
+                )
+        raise
     ranks = f"{args.range_min}..{min(args.range_max, args.depth)}"
     if not groups:  # an empty training file only fails later, in `tuner train`
         where = args.data if args.data else f"{args.beir} ({args.split})"
@@ -350,6 +379,8 @@ def _run_mine(args) -> int:
         )
     replaced = out.exists()
     write_groups(groups, out)
+    if reranker is not None:
+        reranker.close(remove=True)  # the output holds what they were for
     hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
     # which queries came short, fewest first: on a small corpus of one's own BM25 may match little past --range-min
     short = sorted((g for g in groups if len(g.neg) < args.num_negatives), key=lambda g: len(g.neg))
@@ -370,6 +401,7 @@ def _run_mine(args) -> int:
             else ""
         )
         + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
+        + (f" ({reranker.reused} of them read back from {scores_path})" if reranker and reranker.reused else "")
         + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
     )
     return 0
