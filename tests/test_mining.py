@@ -486,14 +486,21 @@ def test_cli_mine_seed_picks_the_random_negatives(tmp_path):
 def test_cli_mine_passes_every_option_on(tmp_path, monkeypatch):
     """Each flag of `tuner mine` reaches the reranker's loading or the miner (a flag parsed but not passed on would
     be silently ignored)."""
+    import torch
+
     from tuner import mining, scoring
     from tuner.data import Group
 
     seen = {}
 
+    class Loaded:  # what the scores file's settings read of a loaded reranker
+        instruction, max_length, calibration, model = None, 300, None, torch.nn.Linear(1, 1)
+
+    loaded = Loaded()
+
     def from_pretrained(path, **kwargs):
         seen["load"] = (path, kwargs)
-        return "reranker"
+        return loaded
 
     def fake_mine(beir, **options):
         seen["mine"] = options
@@ -510,8 +517,10 @@ def test_cli_mine_passes_every_option_on(tmp_path, monkeypatch):
     assert main(argv) == 0
     assert seen["load"] == ("r", {"adapter": "a", "device": "cpu", "dtype": "float32", "max_length": 300})
     options = {k: v for k, v in seen["mine"].items() if k != "stats"}
+    scorer = options.pop("reranker")  # the loaded reranker, its scores kept for --resume
+    assert isinstance(scorer, mining.ScoreCache) and scorer.reranker is loaded
     assert options == {"depth": 50, "range_min": 2, "range_max": 30, "num_negatives": 4, "sampling": "top",
-                       "seed": 3, "cache_dir": str(tmp_path / "cache"), "reranker": "reranker", "margin": 0.2,
+                       "seed": 3, "cache_dir": str(tmp_path / "cache"), "margin": 0.2,
                        "absolute_margin": 0.3, "max_score": 0.9, "teacher_scores": True, "instruction": "Find X",
                        "show_progress": False}  # fmt: skip
 
