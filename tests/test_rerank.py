@@ -173,6 +173,27 @@ def test_an_interrupted_run_resumes_into_the_file_an_uninterrupted_run_writes(
     assert not partial.exists() and not record.exists()
 
 
+def test_a_resume_while_another_run_writes_the_partial_is_refused(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Two `--resume`s of one output at once (a second terminal, a scheduler's retry) appended to one partial."""
+    import fcntl
+    import os
+
+    argv = ["--input", _write_rows(tmp_path / "queries.jsonl"), "--chunk-pairs", "4", "--out", tmp_path / "out.jsonl"]
+    restore = _interrupt_after_first_chunk(monkeypatch)
+    assert _rerank(tiny_model_dir, *argv) == 130
+    restore()
+    partial = tmp_path / "out.jsonl.partial"
+    held = os.open(partial, os.O_RDWR)  # what the other run holds while it writes
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    capsys.readouterr()
+    before = partial.read_bytes()
+    assert _rerank(tiny_model_dir, *argv, "--resume") == 2
+    assert f"{partial} is being written by another tuner rerank now" in capsys.readouterr().err
+    assert partial.read_bytes() == before
+    os.close(held)  # that run ended
+    assert _rerank(tiny_model_dir, *argv, "--resume") == 0 and not partial.exists()
+
+
 def test_a_partial_is_refused_without_resume_and_an_output_without_overwrite(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):

@@ -331,11 +331,40 @@ class Rerank:
             | (options or {}),
         }
         self.record: dict[str, Any] | None = None
+        self._lock: int | None = None
         if resume:
+            self._hold(os.open(self.partial, os.O_RDWR))
             self.record = self._read_record()
             self._compare("input", _inputs_digest(self.record["key"]), _inputs_digest(self.key))
             self._compare("options", self.record["key"]["options"], self.key["options"])
         self.done = self.queries_done  # queries in the partial, as `run` writes them
+
+    def _hold(self, fd: int) -> None:
+        """Keep `fd` (the partial) with an advisory `flock` on it until the job ends: a second `tuner rerank
+        --resume` of the same output while this one runs (a second terminal, a scheduler's retry) appended to the
+        same partial, and the file came out with queries twice or cut. The kernel drops the lock with the process
+        however it ends. Without `fcntl`, or on a file system without locks, unguarded as before."""
+        self._lock = fd
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover (not POSIX)
+            pass
+        except BlockingIOError:
+            self.release()
+            raise ValueError(
+                f"{self.partial} is being written by another tuner rerank now; wait for it to end (then --resume "
+                "continues it if it stopped)"
+            ) from None
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Let go of the partial's lock (the CLI's process ending does it too)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # ---------------------------------------------------------------------------------------------- record
     def _read_record(self) -> dict[str, Any]:
@@ -474,6 +503,8 @@ class Rerank:
         saved_progress = reranker.show_progress
         reranker.show_progress = False  # one bar for the run, not one per chunk
         try:
+            if self._lock is None:
+                self._hold(os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644))
             with (
                 open(self.partial, "r+b" if self.record else "wb") as f,
                 tqdm(total=self.num_pairs, initial=pairs, desc="rerank", unit="pair", disable=not show_progress) as bar,
@@ -498,11 +529,15 @@ class Rerank:
                     self._write_record(done, size, pairs, settings)
                     self.done = done
                     bar.update(pos)
+        except BaseException:
+            self.release()  # the partial is kept for --resume; a Python caller's job does not hold it on
+            raise
         finally:
             reranker.show_progress = saved_progress
         seconds = time.perf_counter() - start
         os.replace(self.partial, self.out)
         self.record_path.unlink(missing_ok=True)
+        self.release()
         return {
             "queries": self.num_queries,
             "pairs": self.num_pairs,
