@@ -381,6 +381,9 @@ class Batcher:
 
 
 # ----------------------------------------------------------------------------------------------- app
+# /v2/rerank: Cohere's v2 client (its response reads index and relevance_score, which rerank's results carry)
+_RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
+_SCORE_PATHS = ("/score", "/v1/score")  # vLLM serves both
 _DOCUMENT_PLACE = re.compile(r"(documents|text_2)(\.\d+)?")  # a document's place in a request
 
 
@@ -398,6 +401,80 @@ def _json_kind(value: Any) -> str:
 def _field_of(loc: tuple) -> str:
     parts = [str(x) for x in loc[1:] if isinstance(x, int) or x in _FIELDS]
     return ".".join(parts) or "body"
+
+
+async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    if err.status == 503:
+        headers = {"Retry-After": "1"}
+    # a full queue (503) is not the request's fault: the type says so, as for the 500s and the shutdown's 503
+    kind = "server_error" if 500 <= err.status < 600 else "invalid_request_error"
+    body = error_body(err.message, err.status, err.field, kind=kind)
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def _invalid_json_message(error: dict[str, Any], body: Any) -> str:
+    """What a body that is not JSON is told: where it broke, as a client's editor counts (line and column of the
+    body's text)."""
+    loc = tuple(error.get("loc", ()))
+    offset = loc[1] if len(loc) > 1 else None  # a character offset, not a field
+    reason = (error.get("ctx") or {}).get("error") or "not JSON"
+    message = f"body: invalid JSON ({reason})"
+    if isinstance(offset, int) and isinstance(body, str):
+        line, column = body.count("\n", 0, offset) + 1, offset - body.rfind("\n", 0, offset)
+        message += f" at line {line} column {column}"
+    return message
+
+
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    # the deepest error is the most specific: for a document object with a bad "text" that is
+    # documents.N.text, not the str branch of the union ("documents.N: a valid string"); at equal depth, a
+    # validator's own message (a document object with neither text nor title) beats the str branch's
+    first = max(err.errors(), key=lambda e: (len(e.get("loc", ())), e.get("type") == "value_error"))
+    invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
+    where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
+    if invalid_json:
+        message = _invalid_json_message(first, err.body)
+    else:
+        message = f"{where}: {first.get('msg', 'invalid value').removeprefix('Value error, ')}"
+    if _DOCUMENT_PLACE.fullmatch(where) and first.get("type") in ("string_type", "model_type"):
+        # both branches of the union failed: "Input should be a valid string" alone hid that objects are taken
+        got = first.get("input")
+        message = f'{where}: a document is a string or a {{"text", "title"}} object, not {_json_kind(got)}'
+    if first.get("type") == "missing" and request.url.path in _SCORE_PATHS and where in _SCORE_ALIASES:
+        message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
+    content_type = request.headers.get("content-type", "")
+    if where == "body" and not content_type.startswith("application/json"):
+        # FastAPI reads a body it was not told is JSON as bytes: "Input should be a valid dictionary"
+        message += f" (the body must be JSON, sent with Content-Type: application/json; got {content_type!r})"
+    return JSONResponse(error_body(message, 400, where), status_code=400)
+
+
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    # unknown route (404), wrong method (405): the same error body as every other error, not {"detail": ...}
+    message = f"{request.method} {request.url.path}: {err.detail}"
+    if err.status_code == 400 and err.detail == "There was an error parsing the body":
+        message += " (the body must be JSON text in UTF-8)"  # FastAPI's answer to bytes that do not decode
+    if err.status_code == 404:
+        message += f" (routes: POST {', '.join(_RERANK_PATHS + _SCORE_PATHS)}; GET /health, /metrics, /v1/models)"
+    body = error_body(message, err.status_code)
+    return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    # the worker logged a model failure's traceback; a NaN score has none worth reading
+    log.error("request failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, NonFiniteScoresError))
+    body = error_body(f"scoring failed: {type(err).__name__}: {err}", 500, kind="server_error")
+    return JSONResponse(body, status_code=500)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in the one body of `error_body`: the API's own, a request that fails validation, FastAPI's and
+    Starlette's (unknown route, wrong method, a body that does not parse) and any other failure (500)."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_error)
 
 
 def create_app(
@@ -447,64 +524,7 @@ def create_app(
     if max_request_bytes is not None:
         app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)  # inside _count below: its 413s are counted
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, err: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-        if err.status == 503:
-            headers = {"Retry-After": "1"}
-        # a full queue (503) is not the request's fault: the type says so, as for the 500s and the shutdown's 503
-        kind = "server_error" if 500 <= err.status < 600 else "invalid_request_error"
-        body = error_body(err.message, err.status, err.field, kind=kind)
-        return JSONResponse(body, status_code=err.status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, err: RequestValidationError):
-        # the deepest error is the most specific: for a document object with a bad "text" that is
-        # documents.N.text, not the str branch of the union ("documents.N: a valid string"); at equal depth, a
-        # validator's own message (a document object with neither text nor title) beats the str branch's
-        first = max(err.errors(), key=lambda e: (len(e.get("loc", ())), e.get("type") == "value_error"))
-        invalid_json = first.get("type") == "json_invalid"  # its loc is a character offset, not a field
-        where = "body" if invalid_json else _field_of(tuple(first.get("loc", ())))
-        message = f"{where}: {first.get('msg', 'invalid value').removeprefix('Value error, ')}"
-        if invalid_json:  # where it broke, as a client's editor counts: line and column of the body's text
-            loc = tuple(first.get("loc", ()))
-            offset, body = (loc[1] if len(loc) > 1 else None), err.body
-            reason = (first.get("ctx") or {}).get("error") or "not JSON"
-            message = f"body: invalid JSON ({reason})"
-            if isinstance(offset, int) and isinstance(body, str):
-                line, column = body.count("\n", 0, offset) + 1, offset - body.rfind("\n", 0, offset)
-                message += f" at line {line} column {column}"
-        if _DOCUMENT_PLACE.fullmatch(where) and first.get("type") in ("string_type", "model_type"):
-            # both branches of the union failed: "Input should be a valid string" alone hid that objects are taken
-            got = first.get("input")
-            message = f'{where}: a document is a string or a {{"text", "title"}} object, not {_json_kind(got)}'
-        if first.get("type") == "missing" and request.url.path in ("/score", "/v1/score") and where in _SCORE_ALIASES:
-            message += f" (or its vLLM name {_SCORE_ALIASES[where]})"
-        content_type = request.headers.get("content-type", "")
-        if where == "body" and not content_type.startswith("application/json"):
-            # FastAPI reads a body it was not told is JSON as bytes: "Input should be a valid dictionary"
-            message += f" (the body must be JSON, sent with Content-Type: application/json; got {content_type!r})"
-        return JSONResponse(error_body(message, 400, where), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: StarletteHTTPException):
-        # unknown route (404), wrong method (405): the same error body as every other error, not {"detail": ...}
-        message = f"{request.method} {request.url.path}: {err.detail}"
-        if err.status_code == 400 and err.detail == "There was an error parsing the body":
-            message += " (the body must be JSON text in UTF-8)"  # FastAPI's answer to bytes that do not decode
-        if err.status_code == 404:
-            message += (
-                " (routes: POST /v1/rerank, /rerank, /v2/rerank, /score, /v1/score; GET /health, /metrics, /v1/models)"
-            )
-        body = error_body(message, err.status_code)
-        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _server_error(request: Request, err: Exception):
-        # the worker logged a model failure's traceback; a NaN score has none worth reading
-        log.error("request failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, NonFiniteScoresError))
-        body = error_body(f"scoring failed: {type(err).__name__}: {err}", 500, kind="server_error")
-        return JSONResponse(body, status_code=500)
+    _add_error_handlers(app)
 
     routes: set[str] = set()
 
@@ -752,8 +772,7 @@ def create_app(
             "results": results,
         }
 
-    # /v2/rerank: Cohere's v2 client (its response reads index and relevance_score, which these results carry)
-    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+    for path in _RERANK_PATHS:
         app.post(path, dependencies=[Depends(authorize)])(rerank)
 
     async def score_route(body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
@@ -799,7 +818,7 @@ def create_app(
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    for path in ("/score", "/v1/score"):  # vLLM serves both
+    for path in _SCORE_PATHS:
         app.post(path, dependencies=[Depends(authorize)])(score_route)
 
     return app
