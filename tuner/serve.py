@@ -477,6 +477,36 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _server_error)
 
 
+class _ApiKey:
+    """The server's API key, if any: `authorize` is the dependency of every route behind it (all but /health)."""
+
+    def __init__(self, api_key: str | None) -> None:
+        # stripped as the client's token is: a key read from a secret file keeps its trailing newline
+        self.key = api_key.strip().encode("utf-8") if api_key else None
+        if api_key and not self.key:
+            raise ValueError("api_key is blank (only whitespace): give a key, or None for no key")
+        self._guarded: set[str] = set()
+
+    async def authorize(self, request: Request) -> None:
+        if self.key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        # compare_digest takes constant time in the length of the expected key: no timing oracle
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self.key):
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "authorization")
+
+    def guarded_paths(self, app: FastAPI) -> set[str]:
+        """The paths of `app`'s routes behind the key (those that depend on `authorize`)."""
+        if not self._guarded:
+            for route in app.routes:
+                dependant = getattr(route, "dependant", None)
+                # ==, not `is`: each `self.authorize` is a new bound method, equal to the others
+                if dependant is not None and any(d.call == self.authorize for d in dependant.dependencies):
+                    self._guarded.add(route.path)
+        return self._guarded
+
+
 def create_app(
     reranker: Reranker,
     model_name: str | None = None,
@@ -502,10 +532,8 @@ def create_app(
     name = model_name or Path(str(reranker.name)).name or "tuner-reranker"
     metrics = Metrics()
     batcher = Batcher(reranker, max_batch_tokens, metrics, max_queued=max_queued_documents)
-    # stripped as the client's token is: a key read from a secret file keeps its trailing newline
-    key = api_key.strip().encode("utf-8") if api_key else None
-    if api_key and not key:
-        raise ValueError("api_key is blank (only whitespace): give a key, or None for no key")
+    guard = _ApiKey(api_key)
+    authorize = guard.authorize  # one object: the dependency of every guarded route
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -517,7 +545,7 @@ def create_app(
             await asyncio.to_thread(batcher.stop)
 
     # the interactive pages describe every route; behind an API key they would be open to anyone: off
-    pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if key else {}
+    pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if guard.key else {}
     app = FastAPI(title="tuner reranker", lifespan=lifespan, **pages)
     app.state.batcher = batcher
     app.state.metrics = metrics
@@ -534,7 +562,7 @@ def create_app(
         metrics.inflight(+1)
         status = 500
         try:
-            if key is not None and request.url.path in guarded_paths():
+            if guard.key is not None and request.url.path in guard.guarded_paths(app):
                 # the key before the body: FastAPI parses a body before the route's dependencies run, so an
                 # unauthenticated client's malformed (or 32 MB) body was read and answered 400 before the 401
                 try:
@@ -565,26 +593,6 @@ def create_app(
             metrics.observe_request(path, status, time.perf_counter() - start)
 
     app.add_middleware(_ShutdownCut)  # outermost: a cancelled request passes through every other layer
-
-    def guarded_paths() -> set[str]:
-        """The paths of the routes behind the key (those that depend on `authorize`)."""
-        if not guarded:
-            for route in app.routes:
-                dependant = getattr(route, "dependant", None)
-                if dependant is not None and any(d.call is authorize for d in dependant.dependencies):
-                    guarded.add(route.path)
-        return guarded
-
-    guarded: set[str] = set()
-
-    async def authorize(request: Request) -> None:
-        if key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        # compare_digest takes constant time in the length of the expected key: no timing oracle
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key):
-            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "authorization")
 
     def activated(logits: list[float], use_activation: bool | None) -> list[float]:
         """A request's scores: probabilities (calibrated when the model has a calibration), or with vLLM's
