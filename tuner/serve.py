@@ -507,6 +507,63 @@ class _ApiKey:
         return self._guarded
 
 
+def _count_requests(app: FastAPI, metrics: Metrics, guard: _ApiKey) -> None:
+    """Add the middleware that counts every request in `metrics` (in flight, then status and seconds by route) and
+    checks a guarded route's API key before its body is read."""
+    routes: set[str] = set()
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        start = time.perf_counter()
+        metrics.inflight(+1)
+        status = 500
+        try:
+            if guard.key is not None and request.url.path in guard.guarded_paths(app):
+                # the key before the body: FastAPI parses a body before the route's dependencies run, so an
+                # unauthenticated client's malformed (or 32 MB) body was read and answered 400 before the 401
+                try:
+                    await guard.authorize(request)
+                except ApiError as err:
+                    response = await _api_error(request, err)
+                    status = response.status_code
+                    return response
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        except asyncio.CancelledError:
+            status = 503  # what _ShutdownCut, the layer outside this one, answers
+            raise
+        except Exception as err:
+            # answered here, not by Starlette's outermost handler for Exception: that one sends the 500 and then
+            # raises again, and uvicorn closes the connection, so a client's next request on it (a pooled
+            # keep-alive connection: httpx, requests, the Cohere SDK) failed with "connection reset"
+            response = await _server_error(request, err)
+            status = response.status_code
+            return response
+        finally:
+            metrics.inflight(-1)
+            if not routes:
+                routes.update(getattr(route, "path", "") for route in app.routes)
+            # by route, never by the raw path: one label per path a scanner tries would grow without bound
+            path = request.url.path if request.url.path in routes else "other"
+            metrics.observe_request(path, status, time.perf_counter() - start)
+
+
+def _lifespan(batcher: Batcher):
+    """The app's lifespan: the batching worker runs while the app serves."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            # uvicorn has already waited for in-flight requests; the queue is empty or finishes here
+            await asyncio.to_thread(batcher.stop)
+
+    return lifespan
+
+
 def create_app(
     reranker: Reranker,
     model_name: str | None = None,
@@ -535,63 +592,17 @@ def create_app(
     guard = _ApiKey(api_key)
     authorize = guard.authorize  # one object: the dependency of every guarded route
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher.start()
-        try:
-            yield
-        finally:
-            # uvicorn has already waited for in-flight requests; the queue is empty or finishes here
-            await asyncio.to_thread(batcher.stop)
-
     # the interactive pages describe every route; behind an API key they would be open to anyone: off
     pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if guard.key else {}
-    app = FastAPI(title="tuner reranker", lifespan=lifespan, **pages)
+    app = FastAPI(title="tuner reranker", lifespan=_lifespan(batcher), **pages)
     app.state.batcher = batcher
     app.state.metrics = metrics
     if max_request_bytes is not None:
-        app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)  # inside _count below: its 413s are counted
+        app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)  # inside _count_requests': its 413s are counted
 
     _add_error_handlers(app)
 
-    routes: set[str] = set()
-
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        start = time.perf_counter()
-        metrics.inflight(+1)
-        status = 500
-        try:
-            if guard.key is not None and request.url.path in guard.guarded_paths(app):
-                # the key before the body: FastAPI parses a body before the route's dependencies run, so an
-                # unauthenticated client's malformed (or 32 MB) body was read and answered 400 before the 401
-                try:
-                    await authorize(request)
-                except ApiError as err:
-                    response = await _api_error(request, err)
-                    status = response.status_code
-                    return response
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        except asyncio.CancelledError:
-            status = 503  # what _ShutdownCut below answers
-            raise
-        except Exception as err:
-            # answered here, not by Starlette's outermost handler for Exception: that one sends the 500 and then
-            # raises again, and uvicorn closes the connection, so a client's next request on it (a pooled
-            # keep-alive connection: httpx, requests, the Cohere SDK) failed with "connection reset"
-            response = await _server_error(request, err)
-            status = response.status_code
-            return response
-        finally:
-            metrics.inflight(-1)
-            if not routes:
-                routes.update(getattr(route, "path", "") for route in app.routes)
-            # by route, never by the raw path: one label per path a scanner tries would grow without bound
-            path = request.url.path if request.url.path in routes else "other"
-            metrics.observe_request(path, status, time.perf_counter() - start)
-
+    _count_requests(app, metrics, guard)
     app.add_middleware(_ShutdownCut)  # outermost: a cancelled request passes through every other layer
 
     def activated(logits: list[float], use_activation: bool | None) -> list[float]:
