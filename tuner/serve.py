@@ -468,6 +468,56 @@ async def _server_error(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
+def _check_query(query: str, field: str) -> None:
+    if not query.strip():  # documents may be blank (a corpus has empty ones); a query ranks against nothing
+        raise ApiError(400, f"{field}: empty; a query is needed to rank the documents against", field)
+
+
+def _doc_value(doc: str | DocumentObject) -> Any:
+    """A document as it is scored: a string as sent, an object as its known fields."""
+    return doc if isinstance(doc, str) else _doc_dict(doc)
+
+
+def _ranked_documents(body: RerankRequest) -> list[Any]:
+    """The request's documents as they are scored: an object by its title and text, or by the part of them its
+    `rank_fields` (Cohere v1) name; a field tuner cannot rank on, or an object with none of them, is a 400."""
+    wanted = body.rank_fields
+    if wanted is None:
+        return [_doc_value(d) for d in body.documents]
+    other = [f for f in wanted if f not in ("title", "text")]
+    if other:
+        raise ApiError(
+            400,
+            f"rank_fields: {', '.join(map(repr, other))}: a document object is ranked on its 'title' and 'text' "
+            "(rank_fields may name either or both); send the field to rank on as 'text'",
+            "rank_fields",
+        )
+    for n, doc in enumerate(body.documents):
+        if isinstance(doc, DocumentObject) and not set(wanted) & doc.model_fields_set:
+            named = ", ".join(map(repr, wanted))
+            raise ApiError(
+                400, f"documents.{n}: a document object has none of the rank_fields ({named})", f"documents.{n}"
+            )
+    return [d if isinstance(d, str) else {k: v for k, v in _doc_dict(d).items() if k in wanted} for d in body.documents]
+
+
+def _rerank_results(body: RerankRequest, scores: list[float]) -> list[dict[str, Any]]:
+    """Rerank's results, best first (the top `top_n`): index and score, and the document unless
+    `return_documents` is false."""
+    results = []
+    for i in best_first(scores, body.top_n):
+        row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+        if body.return_documents is not False:
+            doc = body.documents[i]
+            # a document object as it was sent, its other fields (an id ...) too: Cohere's v1 API returns it so
+            # (X-Ignored-Fields still says they took no part in the score)
+            row["document"] = (
+                {"text": doc} if isinstance(doc, str) else {"text": doc.text, **doc.model_dump(exclude_unset=True)}
+            )
+        results.append(row)
+    return results
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error in the one body of `error_body`: the API's own, a request that fails validation, FastAPI's and
     Starlette's (unknown route, wrong method, a body that does not parse) and any other failure (500)."""
@@ -621,10 +671,6 @@ def create_app(
             message = f"{field}: {len(documents)} documents, over the limit of {max_documents}"
             raise ApiError(413, message, field)
 
-    def check_query(query: str, field: str) -> None:
-        if not query.strip():  # documents may be blank (a corpus has empty ones); a query ranks against nothing
-            raise ApiError(400, f"{field}: empty; a query is needed to rank the documents against", field)
-
     def prompt_cap(value: int | None) -> int | None:
         """A request's `truncate_prompt_tokens` as a max_length (-1 or None: the server's own)."""
         if value is None or value == -1:
@@ -685,33 +731,6 @@ def create_app(
             raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
         return waiter.result()
 
-    def doc_value(doc: str | DocumentObject) -> Any:
-        return doc if isinstance(doc, str) else _doc_dict(doc)
-
-    def ranked_documents(body: RerankRequest) -> list[Any]:
-        """The request's documents as they are scored: an object by its title and text, or by the part of them its
-        `rank_fields` (Cohere v1) name; a field tuner cannot rank on, or an object with none of them, is a 400."""
-        wanted = body.rank_fields
-        if wanted is None:
-            return [doc_value(d) for d in body.documents]
-        other = [f for f in wanted if f not in ("title", "text")]
-        if other:
-            raise ApiError(
-                400,
-                f"rank_fields: {', '.join(map(repr, other))}: a document object is ranked on its 'title' and 'text' "
-                "(rank_fields may name either or both); send the field to rank on as 'text'",
-                "rank_fields",
-            )
-        for n, doc in enumerate(body.documents):
-            if isinstance(doc, DocumentObject) and not set(wanted) & doc.model_fields_set:
-                named = ", ".join(map(repr, wanted))
-                raise ApiError(
-                    400, f"documents.{n}: a document object has none of the rank_fields ({named})", f"documents.{n}"
-                )
-        return [
-            d if isinstance(d, str) else {k: v for k, v in _doc_dict(d).items() if k in wanted} for d in body.documents
-        ]
-
     warned: set[str] = set()
 
     def flag_unknown(body: RerankRequest | ScoreRequest, request: Request, response: Response) -> None:
@@ -759,9 +778,9 @@ def create_app(
     async def rerank(body: RerankRequest, request: Request, response: Response) -> dict[str, Any]:
         check_model(body.model)
         flag_unknown(body, request, response)
-        check_query(body.query, "query")
+        _check_query(body.query, "query")
         check_documents(body.documents)
-        docs = ranked_documents(body)
+        docs = _ranked_documents(body)
         fields = {"query": "query", "instruction": "instruction"}
         logits, tokens = await score(
             request,
@@ -772,23 +791,11 @@ def create_app(
         )
         metrics.add_documents(len(docs))
         scores = activated(logits, body.use_activation)
-        order = best_first(scores, body.top_n)
-        results = []
-        for i in order:
-            row: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
-            if body.return_documents is not False:
-                doc = body.documents[i]
-                # a document object as it was sent, its other fields (an id ...) too: Cohere's v1 API returns it so
-                # (X-Ignored-Fields still says they took no part in the score)
-                row["document"] = (
-                    {"text": doc} if isinstance(doc, str) else {"text": doc.text, **doc.model_dump(exclude_unset=True)}
-                )
-            results.append(row)
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
             "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "results": results,
+            "results": _rerank_results(body, scores),
         }
 
     for path in _RERANK_PATHS:
@@ -807,7 +814,7 @@ def create_app(
         if not queries:
             raise ApiError(400, f"{q_field}: at least one query is required", q_field)
         for n, query in enumerate(queries):
-            check_query(query, q_field if isinstance(body.queries, str) else f"{q_field}.{n}")
+            _check_query(query, q_field if isinstance(body.queries, str) else f"{q_field}.{n}")
         if len(queries) not in (1, len(documents)):
             raise ApiError(
                 400,
@@ -816,7 +823,7 @@ def create_app(
             )
         if len(queries) == 1:
             queries = queries * len(documents)
-        triples = [(q, doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)]
+        triples = [(q, _doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)]
 
         def field_of(part: str, n: int) -> str:
             if part == "instruction":
