@@ -614,6 +614,127 @@ def _lifespan(batcher: Batcher):
     return lifespan
 
 
+class _Service:
+    """What the scoring routes share: the served model and its name, the batching worker, the metrics, the
+    documents limit, and the unknown field names already logged."""
+
+    def __init__(self, reranker: Reranker, name: str, batcher: Batcher, metrics: Metrics, max_documents: int):
+        self.reranker, self.name, self.batcher, self.metrics = reranker, name, batcher, metrics
+        self.max_documents = max_documents
+        self._warned: set[str] = set()
+
+    def activated(self, logits: list[float], use_activation: bool | None) -> list[float]:
+        """A request's scores: probabilities (calibrated when the model has a calibration), or with vLLM's
+        use_activation false the raw logits."""
+        return logits if use_activation is False else [self.reranker._normalize(x) for x in logits]
+
+    def check_model(self, requested: str | None) -> None:
+        if requested is not None and requested != self.name:
+            message = f"model {requested!r} is not served here; this server serves {self.name!r}"
+            raise ApiError(404, message, "model")
+
+    def check_documents(self, documents: list, field: str = "documents") -> None:
+        if not documents:
+            raise ApiError(400, f"{field}: at least one document is required", field)
+        if len(documents) > self.max_documents:
+            message = f"{field}: {len(documents)} documents, over the limit of {self.max_documents}"
+            raise ApiError(413, message, field)
+
+    def prompt_cap(self, value: int | None) -> int | None:
+        """A request's `truncate_prompt_tokens` as a max_length (-1 or None: the server's own)."""
+        if value is None or value == -1:
+            return None
+        max_length = self.reranker.max_length
+        if value > max_length:  # as vLLM refuses one over its max_model_len
+            message = f"truncate_prompt_tokens: {value} is over this server's max_length of {max_length}"
+            raise ApiError(400, message, "truncate_prompt_tokens")
+        try:
+            self.reranker.encoder.budget_for(value)  # named here, before any tokenizing
+        except ValueError as err:
+            raise ApiError(400, f"truncate_prompt_tokens: {err}", "truncate_prompt_tokens") from None
+        return value
+
+    def flag_unknown(self, body: RerankRequest | ScoreRequest, request: Request, response: Response) -> None:
+        """Name the request's unknown fields in its X-Ignored-Fields header, and in the log once per name."""
+        unknown = _unknown_fields(body)
+        if not unknown:
+            return
+        response.headers["X-Ignored-Fields"] = ", ".join(_header_safe(f) for f in unknown)
+        new = [f for f in unknown if f not in self._warned]
+        if new:  # once per field name, not once per request: a client that always sends one stays quiet after
+            self._warned.update(new)
+            said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
+            log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
+
+    async def score(
+        self,
+        request: Request,
+        triples: list[tuple[str, Any, str | None]],
+        field_of: Callable[[str, int], str],
+        max_length: int | None = None,
+        max_document_tokens: int | None = None,
+    ) -> tuple[list[float], int]:
+        """The request's (query, document, instruction) triples scored: (logits, prompt tokens).
+
+        `field_of(part, n)`: the request field of pair n's "query", "document" or "instruction" (for errors);
+        `max_length` (from `prompt_cap`) and `max_document_tokens`: the request's own truncation.
+        """
+        ids = await self._encode(triples, field_of, max_length, max_document_tokens)
+        # a failure of the model itself (out of memory ...) is the server's: 500, through _server_error
+        keys = [(query, instruction) for query, _, instruction in triples]
+        try:
+            future = self.batcher.submit(ids, keys)
+        except ServerBusy as err:
+            raise ApiError(503, f"server busy: {err}") from None
+        return await _scored_or_gone(self.batcher, future, request)
+
+    async def _encode(
+        self,
+        triples: list[tuple[str, Any, str | None]],
+        field_of: Callable[[str, int], str],
+        max_length: int | None,
+        max_document_tokens: int | None,
+    ) -> list[list[int]]:
+        """The triples' prompts as token ids; a text the encoder refuses is this request's 400, named by field."""
+        try:
+            # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
+            # releases the GIL); a query over the token budget fails this request alone
+            ids = await asyncio.to_thread(self.reranker.encode, triples, max_length, max_document_tokens)
+        except PromptTextError as err:
+            where = field_of(err.part, err.index)
+            if max_length is not None and err.part in ("query", "instruction"):  # the request's own cap is too small
+                raise ApiError(400, f"truncate_prompt_tokens: {max_length} is too small: {err}", where) from None
+            raise ApiError(400, f"{where}: {err}", where) from None
+        except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
+            raise ApiError(400, str(err)) from None
+        for message in self.reranker.calibration_mismatches(inst for _, _, inst in triples):
+            log.warning("%s", message)  # a request's own instruction, off the one the calibration was fitted with
+        return ids
+
+
+async def _scored_or_gone(batcher: Batcher, future: concurrent.futures.Future, request: Request) -> Any:
+    """The batcher's result for `future`, unless the client goes first (its request is then dropped from the queue,
+    or its drain stopped, and it gets CLIENT_CLOSED_REQUEST) or uvicorn cancels the request at shutdown."""
+    waiter = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # uvicorn cancels the requests it still holds when its graceful-shutdown timeout ends: nobody will
+        # read the scores, and the lifespan's shutdown waits for the worker
+        batcher.abandon(future)
+        waiter.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not waiter.done():
+        # the client closed the connection (its timeout, a cancelled search): nobody will read the scores
+        batcher.abandon(future)
+        waiter.cancel()
+        raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
+    return waiter.result()
+
+
 def create_app(
     reranker: Reranker,
     model_name: str | None = None,
@@ -654,95 +775,9 @@ def create_app(
 
     _count_requests(app, metrics, guard)
     app.add_middleware(_ShutdownCut)  # outermost: a cancelled request passes through every other layer
-
-    def activated(logits: list[float], use_activation: bool | None) -> list[float]:
-        """A request's scores: probabilities (calibrated when the model has a calibration), or with vLLM's
-        use_activation false the raw logits."""
-        return logits if use_activation is False else [reranker._normalize(x) for x in logits]
-
-    def check_model(requested: str | None) -> None:
-        if requested is not None and requested != name:
-            raise ApiError(404, f"model {requested!r} is not served here; this server serves {name!r}", "model")
-
-    def check_documents(documents: list, field: str = "documents") -> None:
-        if not documents:
-            raise ApiError(400, f"{field}: at least one document is required", field)
-        if len(documents) > max_documents:
-            message = f"{field}: {len(documents)} documents, over the limit of {max_documents}"
-            raise ApiError(413, message, field)
-
-    def prompt_cap(value: int | None) -> int | None:
-        """A request's `truncate_prompt_tokens` as a max_length (-1 or None: the server's own)."""
-        if value is None or value == -1:
-            return None
-        if value > reranker.max_length:  # as vLLM refuses one over its max_model_len
-            message = f"truncate_prompt_tokens: {value} is over this server's max_length of {reranker.max_length}"
-            raise ApiError(400, message, "truncate_prompt_tokens")
-        try:
-            reranker.encoder.budget_for(value)  # named here, before any tokenizing
-        except ValueError as err:
-            raise ApiError(400, f"truncate_prompt_tokens: {err}", "truncate_prompt_tokens") from None
-        return value
-
-    async def score(
-        request: Request,
-        triples: list[tuple[str, Any, str | None]],
-        field_of: Callable[[str, int], str],
-        max_length: int | None = None,
-        max_document_tokens: int | None = None,
-    ) -> tuple[list[float], int]:
-        """`field_of(part, n)`: the request field of pair n's "query", "document" or "instruction" (for errors);
-        `max_length` (from `prompt_cap`) and `max_document_tokens`: the request's own truncation."""
-        try:
-            # tokenized here, off the event loop and beside the worker's forward pass (the Rust tokenizer
-            # releases the GIL); a query over the token budget fails this request alone
-            ids = await asyncio.to_thread(reranker.encode, triples, max_length, max_document_tokens)
-        except PromptTextError as err:
-            where = field_of(err.part, err.index)
-            if max_length is not None and err.part in ("query", "instruction"):  # the request's own cap is too small
-                raise ApiError(400, f"truncate_prompt_tokens: {max_length} is too small: {err}", where) from None
-            raise ApiError(400, f"{where}: {err}", where) from None
-        except (ValueError, TypeError) as err:  # any other text the encoder refuses: still this request's fault
-            raise ApiError(400, str(err)) from None
-        for message in reranker.calibration_mismatches(inst for _, _, inst in triples):
-            log.warning("%s", message)  # a request's own instruction, off the one the calibration was fitted with
-        # a failure of the model itself (out of memory ...) is the server's: 500, through the handler below
-        keys = [(query, instruction) for query, _, instruction in triples]
-        try:
-            future = batcher.submit(ids, keys)
-        except ServerBusy as err:
-            raise ApiError(503, f"server busy: {err}") from None
-        waiter = asyncio.wrap_future(future)
-        gone = asyncio.ensure_future(_client_gone(request))
-        try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            # uvicorn cancels the requests it still holds when its graceful-shutdown timeout ends: nobody will
-            # read the scores, and the lifespan's shutdown waits for the worker
-            batcher.abandon(future)
-            waiter.cancel()
-            raise
-        finally:
-            gone.cancel()
-        if not waiter.done():
-            # the client closed the connection (its timeout, a cancelled search): nobody will read the scores
-            batcher.abandon(future)
-            waiter.cancel()
-            raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
-        return waiter.result()
-
-    warned: set[str] = set()
-
-    def flag_unknown(body: RerankRequest | ScoreRequest, request: Request, response: Response) -> None:
-        unknown = _unknown_fields(body)
-        if not unknown:
-            return
-        response.headers["X-Ignored-Fields"] = ", ".join(_header_safe(f) for f in unknown)
-        new = [f for f in unknown if f not in warned]
-        if new:  # once per field name, not once per request: a client that always sends one stays quiet after
-            warned.update(new)
-            said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
-            log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
+    service = _Service(reranker, name, batcher, metrics, max_documents)
+    check_model, check_documents, prompt_cap = service.check_model, service.check_documents, service.prompt_cap
+    flag_unknown, score, activated = service.flag_unknown, service.score, service.activated
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
