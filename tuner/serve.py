@@ -666,19 +666,107 @@ class _Service:
             said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
             log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
 
+    async def rerank(self, body: RerankRequest, request: Request, response: Response) -> dict[str, Any]:
+        # (no docstring: FastAPI would publish it as the route's OpenAPI description)
+        self.check_model(body.model)
+        self.flag_unknown(body, request, response)
+        _check_query(body.query, "query")
+        self.check_documents(body.documents)
+        docs = _ranked_documents(body)
+        fields = {"query": "query", "instruction": "instruction"}
+        scores, tokens = await self.score(
+            request,
+            [(body.query, d, body.instruction) for d in docs],
+            lambda part, n: fields.get(part, f"documents.{n}"),
+            body.use_activation,
+            body.truncate_prompt_tokens,
+            body.max_tokens_per_doc,
+        )
+        return {
+            "id": f"rerank-{uuid.uuid4().hex}",
+            "model": self.name,
+            "usage": _usage(tokens),
+            "results": _rerank_results(body, scores),
+        }
+
+    async def score_route(self, body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
+        self.check_model(body.model)
+        for ours in body._both_names:  # before flag_unknown: the second name is refused, not "ignored"
+            vllm = _SCORE_ALIASES[ours]
+            raise ApiError(400, f"{ours}: sent as both {ours} and {vllm} (vLLM's name for it); send one", ours)
+        self.flag_unknown(body, request, response)
+        triples, field_of = self._score_pairs(body)
+        scores, tokens = await self.score(request, triples, field_of, body.use_activation, body.truncate_prompt_tokens)
+        return {
+            "id": f"score-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": self.name,
+            "data": [{"index": i, "object": "score", "score": x} for i, x in enumerate(scores)],
+            "usage": _usage(tokens),
+        }
+
+    def _score_pairs(self, body: ScoreRequest) -> tuple[list[tuple[str, Any, str | None]], Callable[[str, int], str]]:
+        """/score's (query, document, instruction) triples (one query for every document, or one each) and
+        `field_of` for them: a part's field as the client named it (`queries` or `text_1` ...), with its index when
+        the field is a list."""
+        q_field, d_field = body._queries_name, body._documents_name
+        one_query, one_document = isinstance(body.queries, str), isinstance(body.documents, (str, DocumentObject))
+        queries = [body.queries] if one_query else body.queries
+        documents = [body.documents] if one_document else body.documents
+
+        def field_of(part: str, n: int) -> str:
+            if part == "instruction":
+                return "instruction"
+            if part == "query":
+                return q_field if one_query else f"{q_field}.{n}"
+            return d_field if one_document else f"{d_field}.{n}"
+
+        self.check_documents(documents, d_field)
+        if not queries:
+            raise ApiError(400, f"{q_field}: at least one query is required", q_field)
+        for n, query in enumerate(queries):
+            _check_query(query, field_of("query", n))
+        if len(queries) not in (1, len(documents)):
+            raise ApiError(
+                400,
+                f"{q_field}: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
+                q_field,
+            )
+        if len(queries) == 1:
+            queries = queries * len(documents)
+        return [(q, _doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)], field_of
+
     async def score(
         self,
         request: Request,
         triples: list[tuple[str, Any, str | None]],
         field_of: Callable[[str, int], str],
-        max_length: int | None = None,
+        use_activation: bool | None,
+        truncate_prompt_tokens: int | None,
         max_document_tokens: int | None = None,
     ) -> tuple[list[float], int]:
-        """The request's (query, document, instruction) triples scored: (logits, prompt tokens).
+        """The request's (query, document, instruction) triples scored and counted: (scores as `activated`,
+        prompt tokens). The one path of /rerank and /score.
 
         `field_of(part, n)`: the request field of pair n's "query", "document" or "instruction" (for errors);
-        `max_length` (from `prompt_cap`) and `max_document_tokens`: the request's own truncation.
+        `truncate_prompt_tokens` (see `prompt_cap`) and `max_document_tokens`: the request's own truncation.
         """
+        logits, tokens = await self._logits(
+            request, triples, field_of, self.prompt_cap(truncate_prompt_tokens), max_document_tokens
+        )
+        self.metrics.add_documents(len(triples))
+        return self.activated(logits, use_activation), tokens
+
+    async def _logits(
+        self,
+        request: Request,
+        triples: list[tuple[str, Any, str | None]],
+        field_of: Callable[[str, int], str],
+        max_length: int | None,
+        max_document_tokens: int | None,
+    ) -> tuple[list[float], int]:
+        """The triples' (logits, prompt tokens), from the batcher."""
         ids = await self._encode(triples, field_of, max_length, max_document_tokens)
         # a failure of the model itself (out of memory ...) is the server's: 500, through _server_error
         keys = [(query, instruction) for query, _, instruction in triples]
@@ -735,6 +823,55 @@ async def _scored_or_gone(batcher: Batcher, future: concurrent.futures.Future, r
     return waiter.result()
 
 
+def _usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def _add_info_routes(app: FastAPI, service: _Service, authorize: Callable) -> None:
+    """GET /health (and its HEAD probe), the OpenAI model list and model, and /metrics; all but /health behind
+    `authorize`."""
+    name = service.name
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        # the calibration tells a client why these probabilities differ from vLLM's sigmoid(logit) on the same export
+        return {"status": "ok", "model": name, "calibration": service.reranker.calibration}
+
+    # load balancers' probes that read no body (a route of its own: one route for both methods gives the OpenAPI
+    # schema one operation id twice, which FastAPI warns about when /docs is opened)
+    @app.head("/health", include_in_schema=False)
+    async def health_probe() -> Response:
+        return Response()
+
+    created = int(time.time())
+
+    # OpenAI's model list, as vLLM serves it: clients (openai.models.list(), LiteLLM, Open WebUI) read the name to
+    # send in `model` from here; behind the key like every route but /health, as vLLM guards it
+    card = {"id": name, "object": "model", "created": created, "owned_by": "tuner"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [card]}
+
+    # OpenAI's model retrieval (openai.models.retrieve(NAME)); a served name may hold a '/' (RUN/checkpoint-N)
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorize)])
+    async def model(model_id: str) -> dict[str, Any]:
+        service.check_model(model_id)
+        return card
+
+    @app.get("/metrics", dependencies=[Depends(authorize)])
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _add_scoring_routes(app: FastAPI, service: _Service, authorize: Callable) -> None:
+    """POST rerank (Cohere's and vLLM's paths) and score (vLLM's), behind `authorize`."""
+    for path in _RERANK_PATHS:
+        app.post(path, dependencies=[Depends(authorize)])(service.rerank)
+    for path in _SCORE_PATHS:
+        app.post(path, dependencies=[Depends(authorize)])(service.score_route)
+
+
 def create_app(
     reranker: Reranker,
     model_name: str | None = None,
@@ -761,7 +898,6 @@ def create_app(
     metrics = Metrics()
     batcher = Batcher(reranker, max_batch_tokens, metrics, max_queued=max_queued_documents)
     guard = _ApiKey(api_key)
-    authorize = guard.authorize  # one object: the dependency of every guarded route
 
     # the interactive pages describe every route; behind an API key they would be open to anyone: off
     pages = {"docs_url": None, "redoc_url": None, "openapi_url": None} if guard.key else {}
@@ -776,112 +912,8 @@ def create_app(
     _count_requests(app, metrics, guard)
     app.add_middleware(_ShutdownCut)  # outermost: a cancelled request passes through every other layer
     service = _Service(reranker, name, batcher, metrics, max_documents)
-    check_model, check_documents, prompt_cap = service.check_model, service.check_documents, service.prompt_cap
-    flag_unknown, score, activated = service.flag_unknown, service.score, service.activated
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        # the calibration tells a client why these probabilities differ from vLLM's sigmoid(logit) on the same export
-        return {"status": "ok", "model": name, "calibration": reranker.calibration}
-
-    # load balancers' probes that read no body (a route of its own: one route for both methods gives the OpenAPI
-    # schema one operation id twice, which FastAPI warns about when /docs is opened)
-    @app.head("/health", include_in_schema=False)
-    async def health_probe() -> Response:
-        return Response()
-
-    created = int(time.time())
-
-    # OpenAI's model list, as vLLM serves it: clients (openai.models.list(), LiteLLM, Open WebUI) read the name to
-    # send in `model` from here; behind the key like every route but /health, as vLLM guards it
-    card = {"id": name, "object": "model", "created": created, "owned_by": "tuner"}
-
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [card]}
-
-    # OpenAI's model retrieval (openai.models.retrieve(NAME)); a served name may hold a '/' (RUN/checkpoint-N)
-    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorize)])
-    async def model(model_id: str) -> dict[str, Any]:
-        check_model(model_id)
-        return card
-
-    @app.get("/metrics", dependencies=[Depends(authorize)])
-    async def get_metrics() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    async def rerank(body: RerankRequest, request: Request, response: Response) -> dict[str, Any]:
-        check_model(body.model)
-        flag_unknown(body, request, response)
-        _check_query(body.query, "query")
-        check_documents(body.documents)
-        docs = _ranked_documents(body)
-        fields = {"query": "query", "instruction": "instruction"}
-        logits, tokens = await score(
-            request,
-            [(body.query, d, body.instruction) for d in docs],
-            lambda part, n: fields.get(part, f"documents.{n}"),
-            prompt_cap(body.truncate_prompt_tokens),
-            body.max_tokens_per_doc,
-        )
-        metrics.add_documents(len(docs))
-        scores = activated(logits, body.use_activation)
-        return {
-            "id": f"rerank-{uuid.uuid4().hex}",
-            "model": name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "results": _rerank_results(body, scores),
-        }
-
-    for path in _RERANK_PATHS:
-        app.post(path, dependencies=[Depends(authorize)])(rerank)
-
-    async def score_route(body: ScoreRequest, request: Request, response: Response) -> dict[str, Any]:
-        check_model(body.model)
-        for ours in body._both_names:  # before flag_unknown: the second name is refused, not "ignored"
-            vllm = _SCORE_ALIASES[ours]
-            raise ApiError(400, f"{ours}: sent as both {ours} and {vllm} (vLLM's name for it); send one", ours)
-        flag_unknown(body, request, response)
-        queries = [body.queries] if isinstance(body.queries, str) else body.queries
-        documents = [body.documents] if isinstance(body.documents, (str, DocumentObject)) else body.documents
-        q_field, d_field = body._queries_name, body._documents_name
-        check_documents(documents, d_field)
-        if not queries:
-            raise ApiError(400, f"{q_field}: at least one query is required", q_field)
-        for n, query in enumerate(queries):
-            _check_query(query, q_field if isinstance(body.queries, str) else f"{q_field}.{n}")
-        if len(queries) not in (1, len(documents)):
-            raise ApiError(
-                400,
-                f"{q_field}: {len(queries)} queries for {len(documents)} documents (use 1 or one per document)",
-                q_field,
-            )
-        if len(queries) == 1:
-            queries = queries * len(documents)
-        triples = [(q, _doc_value(d), body.instruction) for q, d in zip(queries, documents, strict=True)]
-
-        def field_of(part: str, n: int) -> str:
-            if part == "instruction":
-                return "instruction"
-            if part == "query":
-                return q_field if isinstance(body.queries, str) else f"{q_field}.{n}"
-            return d_field if isinstance(body.documents, (str, DocumentObject)) else f"{d_field}.{n}"
-
-        logits, tokens = await score(request, triples, field_of, prompt_cap(body.truncate_prompt_tokens))
-        metrics.add_documents(len(triples))
-        scores = activated(logits, body.use_activation)
-        return {
-            "id": f"score-{uuid.uuid4().hex}",
-            "object": "list",
-            "created": int(time.time()),
-            "model": name,
-            "data": [{"index": i, "object": "score", "score": x} for i, x in enumerate(scores)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
-    for path in _SCORE_PATHS:
-        app.post(path, dependencies=[Depends(authorize)])(score_route)
-
+    _add_info_routes(app, service, guard.authorize)
+    _add_scoring_routes(app, service, guard.authorize)
     return app
 
 
