@@ -468,6 +468,15 @@ async def _server_error(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in the one body of `error_body`: the API's own, a request that fails validation, FastAPI's and
+    Starlette's (unknown route, wrong method, a body that does not parse) and any other failure (500)."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_error)
+
+
 def _check_query(query: str, field: str) -> None:
     if not query.strip():  # documents may be blank (a corpus has empty ones); a query ranks against nothing
         raise ApiError(400, f"{field}: empty; a query is needed to rank the documents against", field)
@@ -518,13 +527,8 @@ def _rerank_results(body: RerankRequest, scores: list[float]) -> list[dict[str, 
     return results
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error in the one body of `error_body`: the API's own, a request that fails validation, FastAPI's and
-    Starlette's (unknown route, wrong method, a body that does not parse) and any other failure (500)."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _server_error)
+def _usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 class _ApiKey:
@@ -666,8 +670,8 @@ class _Service:
             said = ", ".join(f"{f!r}" + (f" (did you mean {unknown[f]!r}?)" if unknown[f] else "") for f in new)
             log.warning("%s: ignored unknown request field(s) %s", request.url.path, said)
 
+    # the scoring routes (_add_scoring_routes); no docstrings: FastAPI would publish them as OpenAPI descriptions
     async def rerank(self, body: RerankRequest, request: Request, response: Response) -> dict[str, Any]:
-        # (no docstring: FastAPI would publish it as the route's OpenAPI description)
         self.check_model(body.model)
         self.flag_unknown(body, request, response)
         _check_query(body.query, "query")
@@ -800,6 +804,15 @@ class _Service:
         return ids
 
 
+async def _client_gone(request: Request) -> None:
+    """Return once the client has closed the connection. The body has been read, so the next ASGI message can
+    only be the disconnect (uvicorn sends it when the connection drops, or after the response)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 async def _scored_or_gone(batcher: Batcher, future: concurrent.futures.Future, request: Request) -> Any:
     """The batcher's result for `future`, unless the client goes first (its request is then dropped from the queue,
     or its drain stopped, and it gets CLIENT_CLOSED_REQUEST) or uvicorn cancels the request at shutdown."""
@@ -821,10 +834,6 @@ async def _scored_or_gone(batcher: Batcher, future: concurrent.futures.Future, r
         waiter.cancel()
         raise ApiError(CLIENT_CLOSED_REQUEST, "client closed the connection before the scores were ready")
     return waiter.result()
-
-
-def _usage(tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 def _add_info_routes(app: FastAPI, service: _Service, authorize: Callable) -> None:
@@ -908,22 +917,13 @@ def create_app(
         app.add_middleware(_BodyLimit, max_bytes=max_request_bytes)  # inside _count_requests': its 413s are counted
 
     _add_error_handlers(app)
-
     _count_requests(app, metrics, guard)
     app.add_middleware(_ShutdownCut)  # outermost: a cancelled request passes through every other layer
+
     service = _Service(reranker, name, batcher, metrics, max_documents)
     _add_info_routes(app, service, guard.authorize)
     _add_scoring_routes(app, service, guard.authorize)
     return app
-
-
-async def _client_gone(request: Request) -> None:
-    """Return once the client has closed the connection. The body has been read, so the next ASGI message can
-    only be the disconnect (uvicorn sends it when the connection drops, or after the response)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 class _ShutdownCut:
