@@ -635,10 +635,7 @@ def read_groups(
         try:
             if isinstance(row, DataError):
                 raise row
-            if isinstance(row, Mapping):
-                known = _PAIR_KEYS if _is_pair(row) else _TRIPLET_KEYS if _is_triplet(row) else _GROUP_KEYS
-                for key in row.keys() - known - (set(_negative_keys(row)) if _is_triplet(row) else set()):
-                    result.unknown_fields.setdefault(str(key), where)
+            _note_unknown_fields(row, where, result.unknown_fields)
             if _is_triplet(row):
                 query, instruction, positive, negatives, qid = parse_triplet(row, where)
                 group = group_for(query, instruction, qid)
@@ -665,10 +662,7 @@ def read_groups(
         except DataError as err:
             if not collect_errors:
                 raise
-            if len(result.errors) < max_errors:
-                result.errors.append(str(err))
-            else:
-                result.errors[-1] = f"... more errors not shown (stopped listing at {max_errors})"
+            _keep_error(result.errors, str(err), max_errors)
     if result.rows == 0:
         raise DataError(f"{path_or_id}: no rows")
     for key, labels in pos_labels.items():
@@ -681,13 +675,35 @@ def read_groups(
             result.groups.append(pairs[item])
         else:
             result.skipped_no_positive += 1
-    if warn and result.skipped_no_positive:
-        log.warning("%s: %d queries have no positive label and were left out", path_or_id, result.skipped_no_positive)
-    if warn and result.fractional_labels:
-        log.warning("%s", fractional_warning(result))
-    if warn and result.negative_labels:
-        log.warning("%s", negative_warning(result))
+    if warn:
+        _warn_about(path_or_id, result)
     return result
+
+
+def _note_unknown_fields(row: Any, where: str, found: dict[str, str]) -> None:
+    """Record in `found` each field of the row that its shape's loader does not read, at the first row with it."""
+    if isinstance(row, Mapping):
+        known = _PAIR_KEYS if _is_pair(row) else _TRIPLET_KEYS if _is_triplet(row) else _GROUP_KEYS
+        for key in row.keys() - known - (set(_negative_keys(row)) if _is_triplet(row) else set()):
+            found.setdefault(str(key), where)
+
+
+def _keep_error(errors: list[str], message: str, max_errors: int) -> None:
+    """Add a bad row's message to `errors`, whose last line says so once there are more than `max_errors`."""
+    if len(errors) < max_errors:
+        errors.append(message)
+    else:
+        errors[-1] = f"... more errors not shown (stopped listing at {max_errors})"
+
+
+def _warn_about(path_or_id: str | Path, result: LoadResult) -> None:
+    """Log what the result counts: queries left out for want of a positive, fractional and negative labels."""
+    if result.skipped_no_positive:
+        log.warning("%s: %d queries have no positive label and were left out", path_or_id, result.skipped_no_positive)
+    if result.fractional_labels:
+        log.warning("%s", fractional_warning(result))
+    if result.negative_labels:
+        log.warning("%s", negative_warning(result))
 
 
 def fractional_warning(result: LoadResult) -> str:
