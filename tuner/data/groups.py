@@ -594,6 +594,82 @@ def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, str | dict
     return query, _instruction(row, where), positive, negatives, _qid(row, where)
 
 
+class _RowGroups:
+    """The groups of a file's rows, in file order: a grouped row is a group of its own; the pair and triplet rows of
+    one (query, instruction) feed one group, made at the first of them."""
+
+    def __init__(self) -> None:
+        self.order: list[Group | tuple[str, str | None]] = []  # grouped rows' groups, pair / triplet groups' keys
+        self.pairs: dict[tuple[str, str | None], Group] = {}
+        self.seen: dict[tuple[str, str | None], set[str]] = {}  # triplet rows: the documents their group already has
+        # pair rows: their positives' labels, for grades
+        self.pos_labels: dict[tuple[str, str | None], list[float]] = {}
+
+    def add(self, row: Any, where: str, result: LoadResult, require_positive: bool) -> None:
+        """Validate one row (`DataError` if it is bad) and add it to its group; a pair row's odd label is counted in
+        `result`."""
+        if _is_triplet(row):
+            self._add_triplet(*parse_triplet(row, where))
+        elif _is_pair(row):
+            query, instruction, document, label, qid = parse_pair(row, where)
+            self._add_pair(query, instruction, document, label, qid)
+            _count_odd_label(result, label, where)
+        else:
+            self.order.append(parse_group(row, where, require_positive))
+
+    def _group_for(self, query: str, instruction: str | None, qid: str | None) -> Group:
+        """The group of pair / triplet rows with this query and instruction (made at its first row)."""
+        key = (query, instruction)
+        if key not in self.pairs:
+            self.pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
+            self.order.append(key)
+        return self.pairs[key]
+
+    def _add_triplet(
+        self, query: str, instruction: str | None, positive: str | dict, negatives: list, qid: str | None
+    ) -> None:
+        group = self._group_for(query, instruction, qid)
+        known_docs = self.seen.setdefault((query, instruction), set())
+        for document, side in [(positive, group.pos)] + [(d, group.neg) for d in negatives]:
+            text = _doc_key(document)
+            if text not in known_docs:  # a positive repeats on every row of its query: once is enough
+                known_docs.add(text)
+                side.append(document)
+
+    def _add_pair(
+        self, query: str, instruction: str | None, document: str | dict, label: float, qid: str | None
+    ) -> None:
+        group = self._group_for(query, instruction, qid)
+        (group.pos if label > 0 else group.neg).append(document)
+        if label > 0:
+            self.pos_labels.setdefault((query, instruction), []).append(label)
+
+    def finish(self, result: LoadResult, require_positive: bool) -> None:
+        """Give pair groups their grades and put the groups in `result` in file order, leaving out (and counting)
+        the pair / triplet groups without a positive when `require_positive`."""
+        for key, labels in self.pos_labels.items():
+            if len(labels) == len(self.pairs[key].pos):  # not a group that triplet rows also fed (no grades for those)
+                self.pairs[key].pos_grades = _pair_grades(labels)
+        for item in self.order:
+            if isinstance(item, Group):
+                result.groups.append(item)
+            elif self.pairs[item].pos or not require_positive:
+                result.groups.append(self.pairs[item])
+            else:
+                result.skipped_no_positive += 1
+
+
+def _count_odd_label(result: LoadResult, label: float, where: str) -> None:
+    """Count a pair label strictly between 0 and 1 (a positive) or below 0 (a negative), and note the first of
+    each: the warnings name them."""
+    if 0 < label < 1:
+        result.fractional_labels += 1
+        result.first_fractional = result.first_fractional or str(where)
+    elif label < 0:
+        result.negative_labels += 1
+        result.first_negative = result.first_negative or str(where)
+
+
 def read_groups(
     path_or_id: str | Path,
     split: str | None = None,
@@ -617,64 +693,21 @@ def read_groups(
             that reports them itself (`tuner data check`), so that each is said once.
     """
     result = LoadResult()
-    pairs: dict[tuple[str, str | None], Group] = {}
-    order: list[Group | tuple[str, str | None]] = []
-    seen: dict[tuple[str, str | None], set[str]] = {}  # triplet rows: the documents their group already has
-    pos_labels: dict[tuple[str, str | None], list[float]] = {}  # pair rows: their positives' labels, for grades
-
-    def group_for(query: str, instruction: str | None, qid: str | None) -> Group:
-        """The group of pair / triplet rows with this query and instruction (made at its first row)."""
-        key = (query, instruction)
-        if key not in pairs:
-            pairs[key] = Group(query=query, pos=[], neg=[], instruction=instruction, qid=qid)
-            order.append(key)
-        return pairs[key]
-
+    grouped = _RowGroups()
     for where, row in iter_rows(path_or_id, split):
         result.rows += 1
         try:
             if isinstance(row, DataError):
                 raise row
             _note_unknown_fields(row, where, result.unknown_fields)
-            if _is_triplet(row):
-                query, instruction, positive, negatives, qid = parse_triplet(row, where)
-                group = group_for(query, instruction, qid)
-                known_docs = seen.setdefault((query, instruction), set())
-                for document, side in [(positive, group.pos)] + [(d, group.neg) for d in negatives]:
-                    text = _doc_key(document)
-                    if text not in known_docs:  # a positive repeats on every row of its query: once is enough
-                        known_docs.add(text)
-                        side.append(document)
-            elif _is_pair(row):
-                query, instruction, document, label, qid = parse_pair(row, where)
-                group = group_for(query, instruction, qid)
-                (group.pos if label > 0 else group.neg).append(document)
-                if label > 0:
-                    pos_labels.setdefault((query, instruction), []).append(label)
-                if 0 < label < 1:
-                    result.fractional_labels += 1
-                    result.first_fractional = result.first_fractional or str(where)
-                elif label < 0:
-                    result.negative_labels += 1
-                    result.first_negative = result.first_negative or str(where)
-            else:
-                order.append(parse_group(row, where, require_positive))
+            grouped.add(row, where, result, require_positive)
         except DataError as err:
             if not collect_errors:
                 raise
             _keep_error(result.errors, str(err), max_errors)
     if result.rows == 0:
         raise DataError(f"{path_or_id}: no rows")
-    for key, labels in pos_labels.items():
-        if len(labels) == len(pairs[key].pos):  # not a group that triplet rows also fed (no grades for those)
-            pairs[key].pos_grades = _pair_grades(labels)
-    for item in order:
-        if isinstance(item, Group):
-            result.groups.append(item)
-        elif pairs[item].pos or not require_positive:
-            result.groups.append(pairs[item])
-        else:
-            result.skipped_no_positive += 1
+    grouped.finish(result, require_positive)
     if warn:
         _warn_about(path_or_id, result)
     return result
