@@ -800,3 +800,53 @@ def test_the_model_artifact_of_a_run_named_in_any_script_or_length_is_logged(tmp
     (artifact,) = run.logged
     assert artifact.name == ("-berlauf-lr-2e-4-" + "x" * 200)[:128]
     assert artifact.metadata["final/ndcg@10"] == 0.5
+
+
+class _FakeTracker:
+    """What summarize_to_tracker and log_model_artifact use of a wandb run: its summary, log and log_artifact."""
+
+    name = "run"
+
+    def __init__(self):
+        self.summary: dict = {}
+        self.logged: list = []
+
+    def log(self, row, **kwargs):
+        self.logged.append(row)
+
+    def log_artifact(self, artifact):
+        self.logged.append(artifact)
+
+
+def _overlap_record() -> dict:
+    part = {
+        "queries": 3,
+        "meaning": "...",
+        "first_stage": {"ndcg@10": 0.4},
+        "base": {"ndcg@10": 0.5},
+        "final": {"ndcg@10": 0.7},
+        "final_vs_base": {"delta": 0.2, "p_randomization": 0.03},
+    }
+    dev = {
+        "name": "scifact/test",
+        "first_stage": {"ndcg@10": 0.45},
+        "base": {"ndcg@10": 0.55},
+        "final": {"ndcg@10": 0.6},
+        "training_overlap": {"parts": {"seen": part, "unseen": {"queries": 0, "meaning": "..."}}},
+    }
+    return {"dev": dev}
+
+
+def test_the_seen_and_unseen_summary_has_the_stages_of_the_whole_set_and_its_p():
+    """README: the summary holds first_stage/, base/, final/ and delta/, "the same under ood/, seen/ and unseen/".
+    seen/ and unseen/ had final/ and delta/ only, and no p-value, where train.log prints "(p = ...)": a delta
+    could not be read next to the base it is measured from, nor its paired test compared across runs."""
+    from tuner.train_setup import summarize_to_tracker
+
+    tracker = _FakeTracker()
+    summarize_to_tracker(tracker, _overlap_record())
+    s = tracker.summary
+    assert s["seen/first_stage/ndcg@10"] == 0.4 and s["seen/base/ndcg@10"] == 0.5 and s["seen/final/ndcg@10"] == 0.7
+    assert s["seen/delta/ndcg@10"] == pytest.approx(0.2) and s["seen/p"] == 0.03 and s["seen/queries"] == 3
+    # an empty part has its count alone
+    assert [k for k in s if k.startswith("unseen/")] == ["unseen/queries"]

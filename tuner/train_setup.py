@@ -585,7 +585,8 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
 def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
     """The run's evaluation in the wandb run summary, where runs are compared: `first_stage/`, `base/`, `final/`
     and `delta/` (final − base) for the dev set, the same under `ood/` for the out-of-domain check and under
-    `seen/` and `unseen/` for the dev queries the training data covers and the rest, the best
+    `seen/` and `unseen/` for the dev queries the training data covers and the rest (with `p`, their paired test of
+    final vs base on the primary metric), the best
     checkpoint's value, and a `eval/comparison` table (system × metric) for the run page."""
     import wandb
 
@@ -603,11 +604,16 @@ def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
         base, final = section.get("base") or {}, section.get("final") or {}
         summary.update({f"{prefix}delta/{k}": final[k] - base[k] for k in final if k in base})
     for name, part in (((record.get("dev") or {}).get("training_overlap") or {}).get("parts") or {}).items():
-        # the dev queries the training data covers and the rest (see tuner.overlap): where the gain comes from
+        # the dev queries the training data covers and the rest (see tuner.overlap): where the gain comes from;
+        # the same stages as the whole set (a delta alone cannot be read next to the base it is measured from)
+        for stage in ("first_stage", "base", "final"):
+            summary.update({f"{name}/{stage}/{k}": v for k, v in (part.get(stage) or {}).items()})
         base, final = part.get("base") or {}, part.get("final") or {}
-        summary.update({f"{name}/final/{k}": v for k, v in final.items()})
         summary.update({f"{name}/delta/{k}": final[k] - base[k] for k in final if k in base})
         summary[f"{name}/queries"] = part["queries"]
+        # the paired test of final vs base on the primary metric, as train.log prints it ("p = ...")
+        if (part.get("final_vs_base") or {}).get("p_randomization") is not None:
+            summary[f"{name}/p"] = part["final_vs_base"]["p_randomization"]
     best = (record.get("dev") or {}).get("best")
     if best:
         summary["best/value"], summary["best/checkpoint"] = best["value"], best["checkpoint"]
