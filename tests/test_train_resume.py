@@ -850,3 +850,38 @@ def test_the_seen_and_unseen_summary_has_the_stages_of_the_whole_set_and_its_p()
     assert s["seen/delta/ndcg@10"] == pytest.approx(0.2) and s["seen/p"] == 0.03 and s["seen/queries"] == 3
     # an empty part has its count alone
     assert [k for k in s if k.startswith("unseen/")] == ["unseen/queries"]
+
+
+@pytest.mark.parametrize(
+    ("env", "override", "project"),
+    [("team-proj", None, "team-proj"), ("team-proj", "mine", "mine"), (None, None, "tuner")],
+)
+def test_the_wandb_project_is_the_recipes_else_wandb_project_else_tuner(tmp_path, monkeypatch, env, override, project):
+    """WANDB_PROJECT, the variable wandb (and transformers' callback) reads, was silently replaced by the field's
+    default "tuner", which tuner passed to wandb.init as if the user had chosen it; the shipped GPU recipes spelled
+    that default out too. A recipe's tracking.project still wins, as wandb.init's argument wins over the variable."""
+    from tuner.config import load_config
+    from tuner.train_setup import start_tracking
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    if env is None:
+        monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_PROJECT", env)
+    config = load_config(None, ["tracking.report_to=wandb", *([f"tracking.project={override}"] if override else [])])
+    run = start_tracking(config, tmp_path / "run", main=True)
+    try:
+        assert run.project == project
+    finally:
+        run.finish()
+
+
+@pytest.mark.parametrize("recipe", ["qwen3-reranker-4b-lora", "qwen3-reranker-4b-qlora", "qwen3-reranker-4b-distill"])
+def test_the_wandb_recipes_leave_the_project_to_wandb_project(recipe):
+    from pathlib import Path
+
+    from tuner.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    assert load_config(root / "recipes" / f"{recipe}.yaml", []).tracking.project is None

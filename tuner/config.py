@@ -207,7 +207,7 @@ class EvalSection:
 @dataclass
 class TrackingSection:
     report_to: Literal["none", "wandb", "tensorboard"] = _f("none", "experiment tracker")
-    project: str = _f("tuner", "wandb project")
+    project: str | None = _f(None, "wandb project; null = $WANDB_PROJECT, else 'tuner'")
     entity: str | None = _f(None, "wandb entity (team or user); null = your default")
     run_name: str | None = _f(None, "run name in the tracker; null = the output directory name")
     tags: list[str] = field(default_factory=list, metadata={"doc": "wandb tags"})

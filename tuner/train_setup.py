@@ -562,7 +562,9 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
     agent_id = None if run_id else os.environ.get("WANDB_RUN_ID") or None
     try:
         run = wandb.init(
-            project=tr.project,
+            # an explicit tracking.project wins; else the project wandb's own variable names (as transformers'
+            # callback reads it), so that WANDB_PROJECT is not silently replaced by a default the user never set
+            project=tr.project or os.environ.get("WANDB_PROJECT") or "tuner",
             entity=tr.entity,
             name=tr.run_name or out.name,
             tags=tr.tags or None,
