@@ -885,3 +885,24 @@ def test_the_wandb_recipes_leave_the_project_to_wandb_project(recipe):
 
     root = Path(__file__).resolve().parents[1]
     assert load_config(root / "recipes" / f"{recipe}.yaml", []).tracking.project is None
+
+
+@pytest.mark.parametrize(("env", "override", "group"), [(None, "lr-sweep", "lr-sweep"), ("from-env", None, "from-env")])
+def test_the_wandb_group_is_a_recipe_field_else_wandb_run_group(tmp_path, monkeypatch, env, override, group):
+    """Runs compared together in wandb are a group; a recipe could set project, entity, name and tags but not the
+    group (only the WANDB_RUN_GROUP variable, which the README never named)."""
+    from tuner.config import load_config
+    from tuner.train_setup import start_tracking
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    if env is None:
+        monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_RUN_GROUP", env)
+    config = load_config(None, ["tracking.report_to=wandb", *([f"tracking.group={override}"] if override else [])])
+    run = start_tracking(config, tmp_path / "run", main=True)
+    try:
+        assert run.group == group
+    finally:
+        run.finish()

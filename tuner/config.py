@@ -211,6 +211,9 @@ class TrackingSection:
     entity: str | None = _f(None, "wandb entity (team or user); null = your default")
     run_name: str | None = _f(None, "run name in the tracker; null = the output directory name")
     tags: list[str] = field(default_factory=list, metadata={"doc": "wandb tags"})
+    group: str | None = _f(
+        None, "wandb run group: runs the UI shows and compares together (a sweep, seeds); null = $WANDB_RUN_GROUP"
+    )
     log_model: bool = _f(
         False,
         "upload the saved adapter (a full fine-tune: the model) with its tokenizer and tuner.json, and metrics.json, "

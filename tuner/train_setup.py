@@ -568,6 +568,8 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
             entity=tr.entity,
             name=tr.run_name or out.name,
             tags=tr.tags or None,
+            # read here, not left to wandb, which reads its variables once per process (a second run in one process)
+            group=tr.group or os.environ.get("WANDB_RUN_GROUP") or None,
             config=config.to_dict(),
             dir=str(out / "logs"),
             reinit="finish_previous",
