@@ -906,3 +906,30 @@ def test_the_wandb_group_is_a_recipe_field_else_wandb_run_group(tmp_path, monkey
         assert run.group == group
     finally:
         run.finish()
+
+
+def test_tensorboard_gets_the_figures_the_wandb_summary_has_and_the_recipe(tmp_path):
+    """tracking.report_to=tensorboard held the Trainer's curves only (train/*, eval/* during training, and
+    TrainingArguments as text): no first stage, base, final, delta, out-of-domain or seen/unseen figure, nor the
+    recipe (loss kind, LoRA rank), so two runs could not be compared there as the wandb summary compares them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuner.config import load_config
+    from tuner.train_setup import run_summary, summarize_to_tensorboard
+
+    config = load_config(None, ["tracking.report_to=tensorboard", "loss.kind=pointwise"])
+    record = _overlap_record()
+    summarize_to_tensorboard(tmp_path, record, config, step=30)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    summary = run_summary(record)[0]
+    assert set(scalars) == {k for k, v in summary.items() if isinstance(v, (int, float))}
+    assert scalars["final/ndcg@10"] == [(30, pytest.approx(0.6))]
+    assert scalars["seen/base/ndcg@10"] == [(30, pytest.approx(0.5))]
+    assert scalars["delta/ndcg@10"] == [(30, pytest.approx(0.05))]
+    tensors = events.Tags()["tensors"]
+    recipe = events.Tensors("recipe/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "kind: pointwise" in recipe and "eval/comparison/text_summary" in tensors
+    # the HPARAMS tab: the recipe's fields against the final figures
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")

@@ -645,6 +645,7 @@ def _train(
         run_lock,
         setup_logging,
         start_tracking,
+        summarize_to_tensorboard,
         summarize_to_tracker,
         write_meta,
     )
@@ -986,6 +987,8 @@ def _train(
             summarize_to_tracker(tracker, record)
             if config.tracking.log_model:
                 log_model_artifact(tracker, target, out / METRICS_FILE, record)
+        elif config.tracking.report_to == "tensorboard":
+            summarize_to_tensorboard(out / "logs" / "tensorboard", record, config, trainer.state.global_step)
         log.info("adapter: %s", target)
         log.info("metrics: %s", out / METRICS_FILE)
     if tracker is not None:

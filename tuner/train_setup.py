@@ -586,14 +586,12 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
     return run
 
 
-def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
-    """The run's evaluation in the wandb run summary, where runs are compared: `first_stage/`, `base/`, `final/`
-    and `delta/` (final − base) for the dev set, the same under `ood/` for the out-of-domain check and under
-    `seen/` and `unseen/` for the dev queries the training data covers and the rest (with `p`, their paired test of
-    final vs base on the primary metric), the best
-    checkpoint's value, and a `eval/comparison` table (system × metric) for the run page."""
-    import wandb
-
+def run_summary(record: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[list[Any]]]:
+    """The run's evaluation as the trackers compare runs (metrics.json's record in, flat keys out):
+    `first_stage/`, `base/`, `final/` and `delta/` (final − base) for the dev set, the same under `ood/` for the
+    out-of-domain check and under `seen/` and `unseen/` for the dev queries the training data covers and the rest
+    (with `p`, their paired test of final vs base on the primary metric), and the best checkpoint's value. Also the
+    comparison table's columns and rows (set × system × metric)."""
     summary: dict[str, Any] = {}
     rows: list[list[Any]] = []
     metrics: list[str] = []
@@ -621,9 +619,57 @@ def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
     best = (record.get("dev") or {}).get("best")
     if best:
         summary["best/value"], summary["best/checkpoint"] = best["value"], best["checkpoint"]
+    return summary, ["set", "system", *metrics], rows
+
+
+def summarize_to_tracker(tracker, record: dict[str, Any]) -> None:
+    """The run's evaluation (`run_summary`) in the wandb run summary, where runs are compared, and its
+    `eval/comparison` table (system × metric) for the run page."""
+    import wandb
+
+    summary, columns, rows = run_summary(record)
     tracker.summary.update(summary)
     if rows:
-        tracker.log({"eval/comparison": wandb.Table(columns=["set", "system", *metrics], data=rows)})
+        tracker.log({"eval/comparison": wandb.Table(columns=columns, data=rows)})
+
+
+def summarize_to_tensorboard(log_dir: Path, record: dict[str, Any], config: Config, step: int) -> None:
+    """tracking.report_to=tensorboard: what the wandb run summary holds, in the run's tensorboard folder. The
+    Trainer's callback writes the training and in-training dev curves only; this adds the figures runs are compared
+    by (`run_summary`, as scalars at the last step), the resolved recipe as text, and the recipe's fields as
+    hyperparameters with the final figures as their metrics (tensorboard's HPARAMS tab: runs side by side)."""
+    import json
+
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    summary, columns, rows = run_summary(record)
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def flat(prefix: str, value: Any, into: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flat(f"{prefix}.{k}" if prefix else k, v, into)
+        else:  # tensorboard's hparams take numbers, strings and booleans: a list or null is shown as its JSON
+            into[prefix] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+        return into
+
+    with SummaryWriter(str(log_dir)) as writer:
+        recipe = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        writer.add_text("recipe", "    " + recipe.replace("\n", "\n    "), step)  # indented: markdown code
+        if rows:  # the comparison table, as markdown
+            cells = [columns, ["---"] * len(columns)]
+            cells += [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+            writer.add_text("eval/comparison", "\n".join("| " + " | ".join(r) + " |" for r in cells), step)
+        for key, value in scalars.items():
+            writer.add_scalar(key, value, step)
+        metric_keys = {
+            k: v for k, v in scalars.items() if k.startswith(("final/", "delta/", "ood/final/", "ood/delta/"))
+        }
+        if metric_keys:
+            for item in hparams(flat("", config.to_dict(), {}), metric_keys):
+                writer.file_writer.add_summary(item)
 
 
 def log_model_artifact(tracker, weights: Path, metrics_file: Path, record: dict[str, Any]) -> None:
