@@ -933,3 +933,21 @@ def test_tensorboard_gets_the_figures_the_wandb_summary_has_and_the_recipe(tmp_p
     assert "kind: pointwise" in recipe and "eval/comparison/text_summary" in tensors
     # the HPARAMS tab: the recipe's fields against the final figures
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+
+
+def test_the_comparison_table_has_the_seen_and_unseen_rows():
+    """The eval/comparison table (wandb, tensorboard) had the whole dev set and the out-of-domain set only; the
+    seen / unseen split, which says whether a gain is memory, was in the summary keys alone."""
+    from tuner.train_setup import run_summary
+
+    _, columns, rows = run_summary(_overlap_record())
+    assert columns == ["set", "system", "ndcg@10"]
+    assert [r[:2] for r in rows] == [
+        ["scifact/test", "first_stage"],
+        ["scifact/test", "base"],
+        ["scifact/test", "final"],
+        ["scifact/test seen (3)", "first_stage"],
+        ["scifact/test seen (3)", "base"],
+        ["scifact/test seen (3)", "final"],
+    ]
+    assert rows[-1][2] == 0.7

@@ -605,11 +605,16 @@ def run_summary(record: dict[str, Any]) -> tuple[dict[str, Any], list[str], list
                 rows.append([section.get("name", part), stage, *(values.get(m) for m in metrics)])
         base, final = section.get("base") or {}, section.get("final") or {}
         summary.update({f"{prefix}delta/{k}": final[k] - base[k] for k in final if k in base})
+    dev_name = (record.get("dev") or {}).get("name", "dev")
     for name, part in (((record.get("dev") or {}).get("training_overlap") or {}).get("parts") or {}).items():
         # the dev queries the training data covers and the rest (see tuner.overlap): where the gain comes from;
-        # the same stages as the whole set (a delta alone cannot be read next to the base it is measured from)
+        # the same stages as the whole set (a delta alone cannot be read next to the base it is measured from),
+        # in the summary and as rows of the table
         for stage in ("first_stage", "base", "final"):
-            summary.update({f"{name}/{stage}/{k}": v for k, v in (part.get(stage) or {}).items()})
+            values = part.get(stage) or {}
+            summary.update({f"{name}/{stage}/{k}": v for k, v in values.items()})
+            if values and metrics:
+                rows.append([f"{dev_name} {name} ({part['queries']})", stage, *(values.get(m) for m in metrics)])
         base, final = part.get("base") or {}, part.get("final") or {}
         summary.update({f"{name}/delta/{k}": final[k] - base[k] for k in final if k in base})
         summary[f"{name}/queries"] = part["queries"]
