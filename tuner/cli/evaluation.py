@@ -151,11 +151,29 @@ def add_eval(sub) -> None:
         "(an adapter given alone as --model counts as the base it names)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the experiment tracker, as training's tracking.report_to (tuner/eval_tracking.py)
+    p.add_argument(
+        "--report-to",
+        choices=["none", "wandb", "tensorboard"],
+        default="none",
+        help="also log the evaluation to an experiment tracker (default none). wandb: one run of job_type 'eval' "
+        "(config: these options; summary: <system>/<metric> for first_stage, base, tuned (or model) and "
+        "compare/<label>, delta/<metric> and p of tuned vs base, the same under seen/ and unseen/; the report table "
+        "and report.png), files in OUT/wandb (WANDB_MODE=offline works), linked to the training run's model "
+        "artifact when it uploaded one; tensorboard: the same figures as scalars and the table as text",
+    )
+    p.add_argument(
+        "--project", help="wandb project (default: the adapter's tuner run's, else $WANDB_PROJECT, else tuner)"
+    )
+    p.add_argument("--run-name", help="wandb run name (default: '<training run or model> on <out folder name>')")
+    p.add_argument("--group", help="wandb run group (default: the adapter's tuner run's, else $WANDB_RUN_GROUP)")
+    p.add_argument("--tensorboard-dir", metavar="DIR", help="tensorboard's folder (default OUT/tensorboard)")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args) -> int:
     from tuner.eval_run import parse_instruction, run_eval
+    from tuner.eval_tracking import tracked_eval
 
     options = _rerank_options(args)
     # None → the model's default instruction; "" → no instruction
@@ -163,7 +181,10 @@ def _run_eval(args) -> int:
     out = Path(args.out or Path("runs") / "eval" / _out_name(args))
     replaced = (out / "metrics.json").exists()
     train_data = _train_data(args)
-    with removed_if_failed(out):  # a bad --data row or --candidates file leaves no empty --out folder behind
+    tracking = _tracking(args, out)
+    # a bad --data row or --candidates file leaves no empty --out folder behind; the tracker (--report-to) starts
+    # before any model loads (a wandb that cannot start a run fails in seconds), and a failed eval closes it as such
+    with removed_if_failed(out), tracked_eval(tracking) as tracker:
         run_eval(
             args.model,
             args.beir,
@@ -180,7 +201,65 @@ def _run_eval(args) -> int:
         f"\nwrote {out}/metrics.json, per_query.jsonl, runs/, report.md, report.png"
         + (" (replaced the previous report)" if replaced else "")
     )
+    if tracker is not None:
+        print(f"logged to {tracker.report(out)}")
     return 0
+
+
+def _tracking(args, out: Path) -> dict[str, Any] | None:
+    """`start_eval_tracking`'s arguments for --report-to (None: none), checked before anything is scored: the
+    eval's settings as the run's config, and the tuner runs the evaluated adapter comes from."""
+    from tuner import __version__
+    from tuner.eval_run import system_label
+    from tuner.eval_tracking import training_runs
+
+    given = [f for f in ("project", "run_name", "group", "tensorboard_dir") if getattr(args, f) is not None]
+    wrong = [f for f in given if (f == "tensorboard_dir") != (args.report_to == "tensorboard")]
+    if args.report_to == "none" or wrong:
+        if wrong or given:
+            flag = "--" + (wrong or given)[0].replace("_", "-")
+            need = "tensorboard" if flag == "--tensorboard-dir" else "wandb"
+            raise UserError(f"{flag}: for --report-to {need} (got --report-to {args.report_to})")
+        return None
+    runs = training_runs(args.model, args.adapter)
+    who = runs[0].name if len(runs) == 1 else system_label(args.adapter or args.model)
+    config = {
+        "command": "tuner eval",
+        "tuner_version": __version__,
+        "model": args.model,
+        "adapter": args.adapter,
+        "compare": list(args.compare),
+        "dataset": Path(args.beir or args.data).name,
+        "beir": args.beir,
+        "data": args.data,
+        "split": args.split,
+        "candidates": None if args.data else (args.candidates or "bm25"),
+        "top_k": None if args.data else (args.top_k or args.default_top_k),
+        "max_queries": args.max_queries,
+        "seed": args.seed,
+        "instructions": args.instructions or [args.instruction],
+        "metrics": getattr(args, "metrics", None),
+        "train_data": args.train_data,
+        "train_runs": [str(r.folder) for r in runs],
+        "train_wandb_ids": [r.wandb_id for r in runs],
+        "base_cache": args.base_cache,
+        "max_length": args.max_length,
+        "device": args.device,
+        "dtype": args.dtype,
+        "out": str(out),
+    }
+    if len(runs) == 1:  # the common case, as plain fields to filter the runs table by
+        config.update(train_run=str(runs[0].folder), train_wandb_id=runs[0].wandb_id)
+    return {
+        "report_to": args.report_to,
+        "out": out,
+        "config": config,
+        "runs": runs,
+        "name": args.run_name or f"{who} on {out.name}",
+        "project": args.project,
+        "group": args.group,
+        "tensorboard_dir": args.tensorboard_dir,
+    }
 
 
 def _train_data(args):
