@@ -279,3 +279,64 @@ def test_eval_report_to_wandb_offline_smoke(tmp_path, tiny_model_dir, beir_dir, 
     assert main(_eval_argv(tiny_model_dir, beir_dir, out, "--report-to", "wandb", "--max-queries", "2")) == 0
     (folder,) = (out / "wandb").glob("offline-run-*")
     assert list(folder.glob("run-*.wandb"))
+
+
+def _system(label, metrics, delta=None, p=None, **info):
+    entry = {"label": label, "metrics": metrics, **info}
+    if delta is not None:
+        entry["vs_reference"] = {m: {"delta": delta, "p_randomization": p} for m in metrics}
+    return entry
+
+
+def test_eval_summary_keys_systems_by_role_and_the_readme_names_them():
+    """Keys by the system's role, not its label (a run's name): with several instructions each row gets the
+    instruction's tag and the headline delta/ and p are the first instruction's tuned row against the reference;
+    two --compare systems of one name stay apart. The README names the keys eval_summary writes."""
+    from pathlib import Path
+
+    from tuner.eval_tracking import eval_summary
+
+    m = {"ndcg@10": 0.5}
+    summary = {
+        "queries": 3,
+        "metrics_order": ["ndcg@10"],
+        "primary_metric": "ndcg@10",
+        "instructions": [None, ""],
+        "systems": [
+            _system("first stage (BM25)", m, -0.1, 0.5),
+            _system("base [default]", m, note="adapter disabled"),
+            _system("base [none]", m, 0.01, 0.9, note="adapter disabled"),
+            _system("listwise [default]", m, 0.2, 0.03),
+            _system("listwise [none]", m, 0.1, 0.2),
+            _system("a/adapter [default]", m, 0.05, 0.4),
+            _system("a/adapter [none]", m, 0.06, 0.3),
+        ],
+    }
+    figures, columns, rows = eval_summary(summary)
+    assert {k for k in figures if k.endswith("/ndcg@10") and not k.startswith("delta/")} == {
+        "first_stage/ndcg@10",
+        "base-default/ndcg@10",
+        "base-none/ndcg@10",
+        "tuned-default/ndcg@10",
+        "tuned-none/ndcg@10",
+        "compare/a-adapter-default/ndcg@10",
+        "compare/a-adapter-none/ndcg@10",
+    }
+    assert (figures["delta/ndcg@10"], figures["p"]) == (0.2, 0.03)
+    assert figures["tuned-none/p"] == 0.2 and figures["base-none/p"] == 0.9 and "first_stage/p" not in figures
+    assert len(rows) == 7 and columns[-2:] == ["delta ndcg@10", "p"]
+
+    summary["instructions"] = [None]
+    summary["systems"] = [summary["systems"][i] for i in (0, 1, 3, 5, 6)]
+    for entry in summary["systems"]:
+        entry["label"] = entry["label"].split(" [")[0]
+    figures, _, _ = eval_summary(summary)
+    assert "compare/a-adapter/ndcg@10" in figures and "compare/a-adapter-2/ndcg@10" in figures
+    assert figures["tuned/ndcg@10"] == 0.5 and figures["delta/ndcg@10"] == 0.2
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    paragraph = readme.split("# --report-to wandb")[1].split("\n$T")[0]
+    for name in ("first_stage/", "base/", "tuned/", "model/", "compare/<label>/", "delta/", "seen/", "unseen/"):
+        assert name in paragraph
+    for option in ("--project", "--group", "--run-name", "--report-to tensorboard", "OUT/wandb", "OUT/tensorboard"):
+        assert option in paragraph
