@@ -278,7 +278,9 @@ def test_eval_report_to_wandb_offline_smoke(tmp_path, tiny_model_dir, beir_dir, 
     out = tmp_path / "real"
     assert main(_eval_argv(tiny_model_dir, beir_dir, out, "--report-to", "wandb", "--max-queries", "2")) == 0
     (folder,) = (out / "wandb").glob("offline-run-*")
-    assert list(folder.glob("run-*.wandb"))
+    assert list(folder.glob("run-*.wandb"))  # what `wandb sync` uploads
+    assert list(folder.glob("files/media/table/eval/report_*.table.json"))  # the report table
+    assert list(folder.glob("files/media/images/eval/per_query_deltas_*.png"))  # report.png
 
 
 def _system(label, metrics, delta=None, p=None, **info):
