@@ -88,7 +88,7 @@ def _agreed(values: list[str | None]) -> str | None:
 def _role_keys(summary: Mapping[str, Any]) -> list[str]:
     """The summary key of each system of metrics.json, by its place, not its label (which names a run or a folder,
     and so differs between evals that should line up in the tracker's runs table): `first_stage`, then `base` and
-    `tuned` (an adapter: the base is it disabled) or `model`, then `compare/<label>` for each `--compare` system.
+    `tuned` (with an adapter) or `model`, then `compare/<label>` for each `--compare` system.
     With several instructions, each row of a system gets `-<instruction tag>`."""
     from tuner.report import slug
 
