@@ -829,3 +829,47 @@ def test_judged_relevant_documents_missing_from_the_corpus_are_warned_about(tmp_
     meta = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert len(meta["warnings"]) == 1 and meta["warnings"][0].startswith(want)
     assert f"**Warning:** {want}" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_eval_and_instruct_report_the_metrics_a_recipe_names(tmp_path, tiny_model_dir, beir_dir, capsys):
+    """`--metrics` takes eval.metrics' names, checked the same way (the same message for a bad one), the first
+    primary: `tuner eval --max-queries N --seed <train.seed> --metrics <eval.metrics>` measures training's dev set
+    (a recipe's recall@20 had no tuner eval counterpart)."""
+    from tuner.cli import main
+    from tuner.config import ConfigError, load_config
+    from tuner.train_setup import build_evaluators
+
+    recipe = [f"eval.beir={beir_dir}", "eval.top_k=5", "eval.max_queries=3", "eval.metrics=[recall@20,ndcg@5]"]
+    dev = build_evaluators(load_config(None, recipe).eval, 42, None)["dev"]
+    base = ["eval", "--model", str(tiny_model_dir), "--beir", str(beir_dir), "--top-k", "5", "--max-queries", "3"]
+    base += ["--seed", "42", "--no-progress", "--cache-dir", ""]
+    assert main([*base, "--metrics", "recall@20", "ndcg@5", "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert (summary["metrics_order"], summary["primary_metric"]) == (["recall@20", "ndcg@5"], "recall@20")
+    first = summary["systems"][0]
+    assert first["metrics"] == pytest.approx(dev.first_stage_metrics(), abs=1e-12)
+    rows = [json.loads(line) for line in (tmp_path / "e" / "per_query.jsonl").read_text().splitlines()]
+    assert sorted(r["qid"] for r in rows) == sorted(dev.qids)
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "| system | Recall@20 | nDCG@5 |" in report and "Paired comparison against" in report
+    capsys.readouterr()
+
+    # a bad name: the recipe's message, named by the flag, before any output folder or model
+    with pytest.raises(ConfigError) as recipe_err:
+        load_config(None, ["eval.metrics=[bleu@4]"])
+    assert main([*base, "--metrics", "ndcg@10", "bleu@4", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert f"--metrics: {str(recipe_err.value).split('eval.metrics: ')[1]}" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    assert main([*base, "--metrics", "ndcg", "--out", str(tmp_path / "bad")]) == 2
+    assert "--metrics: metric 'ndcg' needs a cutoff" in capsys.readouterr().err
+
+    # instruct shares eval's options: the winner is the best on the first metric
+    (tmp_path / "ins.txt").write_text("Find animals\n", encoding="utf-8")
+    argv = ["instruct", "--model", str(tiny_model_dir), "--data", str(_dev_groups(tmp_path / "dev.jsonl"))]
+    argv += ["--instructions", str(tmp_path / "ins.txt"), "--metrics", "mrr@10", "p@1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "i")]) == 0
+    summary = json.loads((tmp_path / "i" / "metrics.json").read_text())
+    assert (summary["metrics_order"], summary["primary_metric"]) == (["mrr@10", "p@1"], "mrr@10")
+    best = max(summary["systems"][1:], key=lambda s: s["metrics"]["mrr@10"])["metrics"]["mrr@10"]
+    assert summary["instruction_search"]["winner_value"] == best

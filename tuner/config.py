@@ -642,7 +642,7 @@ _RANGES = [
 
 def _check_ranges(config: Config, where: str) -> None:
     """Numbers outside what they can mean, named by key before anything runs (not by the library, much later)."""
-    from tuner.metrics import parse_metric
+    from tuner.metrics import check_metrics
 
     for key, low, inclusive, nullable, want in _RANGES:
         section, name = key.split(".")
@@ -664,13 +664,10 @@ def _check_ranges(config: Config, where: str) -> None:
     targets = config.lora.target_modules
     if isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
         raise ConfigError(f"{where}lora.target_modules: must be 'all-linear' or a non-empty list of module names")
-    if not config.eval.metrics:
-        raise ConfigError(f"{where}eval.metrics: must name at least one metric (the first is the primary one)")
-    for metric in config.eval.metrics:
-        try:
-            parse_metric(metric)
-        except ValueError as err:
-            raise ConfigError(f"{where}eval.metrics: {err}") from None
+    try:
+        check_metrics(config.eval.metrics)
+    except ValueError as err:
+        raise ConfigError(f"{where}eval.metrics: {err}") from None
 
 
 def describe_fields(config: Config | None = None) -> list[tuple[str, str, str, str]]:

@@ -98,15 +98,18 @@ def build_evaluator(
     seed: int,
     cache_dir: str | Path | None,
     show_progress: bool | None,
+    metrics: Sequence[str] | None = None,
 ) -> tuple[Evaluator, str]:
     """The evaluator of `tuner eval` / `tuner instruct` and how reports name its first stage: a BEIR split with
-    `candidates` (BM25 or a run file), or a training-format `data` file's groups in a seeded random order."""
+    `candidates` (BM25 or a run file), or a training-format `data` file's groups in a seeded random order.
+    `metrics` (the first primary, as a recipe's `eval.metrics`; None: the `Evaluator`'s default) are reported."""
+    kwargs: dict[str, Any] = {"show_progress": show_progress}
+    if metrics is not None:
+        kwargs.update(metrics=list(metrics), primary_metric=metrics[0])
     if data is not None:
-        evaluator = Evaluator.from_groups(data, split, max_queries, seed, show_progress=show_progress)
+        evaluator = Evaluator.from_groups(data, split, max_queries, seed, **kwargs)
         return evaluator, RANDOM_ORDER
-    evaluator = Evaluator.from_beir(
-        beir, split, candidates, top_k, max_queries, seed, cache_dir, show_progress=show_progress
-    )
+    evaluator = Evaluator.from_beir(beir, split, candidates, top_k, max_queries, seed, cache_dir, **kwargs)
     return evaluator, candidates_source(candidates)
 
 
@@ -212,6 +215,7 @@ def run_eval(
     train_data: str | Path | TrainingView | None = None,
     train_split: str | None = None,
     base_cache_dir: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the first stage, a model (base and tuned when an adapter is given) and comparisons; write a report.
 
@@ -235,6 +239,9 @@ def run_eval(
     entry's key: `tuner.base_cache`), and written there when measured: evaluating run after run of one base scores
     the base once.
 
+    `metrics` are the figures reported, named as a recipe's `eval.metrics` (the first is primary: the paired tests
+    and the plot use it); None: `tuner.metrics.DEFAULT_METRICS` with nDCG@10 primary.
+
     Returns:
         The summary written to `out_dir/metrics.json`.
     """
@@ -247,7 +254,7 @@ def run_eval(
     check_report_targets(out_dir)  # a folder named report.png fails now, not after the scoring
     instructions = list(instructions) or [None]
     evaluator, source = build_evaluator(
-        beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
+        beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress, metrics
     )
     overlap = None
     if train_data is not None:  # read before any scoring: a source that cannot be read fails in seconds

@@ -438,6 +438,7 @@ def run_instruct(
     show_progress: bool | None = None,
     data: str | Path | None = None,
     force: bool = False,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Search instructions on a BEIR split (or a labeled `data` file's groups, see `Evaluator.from_groups`) and
     write the report, `tuner.json` (and `apply`'s `tuner.json`).
@@ -449,6 +450,8 @@ def run_instruct(
     `apply` gets the winner only when it is significantly better (`SIGNIFICANCE_LEVEL`, paired randomization
     test) than each instruction `apply`'s directories use now, or when `force` is set; when they use the winner
     already, nothing is written there.
+
+    `metrics` are the figures reported (as `run_eval`'s; None: its default); the winner is the best on the first.
 
     Returns:
         The summary written to `metrics.json`.
@@ -463,7 +466,7 @@ def run_instruct(
     check_report_targets(out_dir)  # a folder named report.png fails now, not after the search
     start = time.perf_counter()
     evaluator, source = build_evaluator(
-        beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress
+        beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress, metrics
     )
     reranker = load_reranker(model, adapter, options)
     trained = trained_on_note(

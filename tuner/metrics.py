@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "Qrels",
     "RunLike",
+    "check_metrics",
     "evaluate_per_query",
     "evaluate_run",
     "mean",
@@ -70,6 +71,16 @@ def parse_metric(name: str) -> tuple[str, int | None]:
     if k is None and kind in ("ndcg", "recall", "precision"):
         raise ValueError(f"metric {name!r} needs a cutoff, e.g. {kind}@10")
     return kind, k
+
+
+def check_metrics(names: Sequence[str]) -> list[str]:
+    """The metrics of a report (a recipe's `eval.metrics`, `tuner eval --metrics`), checked: at least one, each a
+    name `parse_metric` takes. Raise `ValueError` with the first problem; return the names as given."""
+    if not names:
+        raise ValueError("must name at least one metric (the first is the primary one)")
+    for name in names:
+        parse_metric(name)
+    return list(names)
 
 
 def ranked_ids(ranking: Sequence[tuple[str, float]] | Mapping[str, float]) -> list[str]:

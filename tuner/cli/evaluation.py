@@ -45,6 +45,7 @@ def _rerank_options(args) -> dict[str, Any]:
         **_source_options(args),
         "max_queries": args.max_queries,
         "seed": args.seed,
+        "metrics": _metrics(args),
         **_model_options(args),
         "cache_dir": args.cache_dir or None,
         "show_progress": False if args.no_progress else None,
@@ -64,6 +65,32 @@ def _add_source_args(p, top_k: int) -> None:
     p.add_argument("--candidates", help="'bm25' (default) or a first-stage TREC run file (--beir only)")
     p.add_argument("--top-k", type=positive_int, help=f"candidates reranked per query (default {top_k}; --beir only)")
     p.set_defaults(default_top_k=top_k)
+
+
+def _add_metrics_arg(p, primary_use: str) -> None:
+    """eval's and instruct's metrics: the names a recipe's `eval.metrics` takes, checked the same way."""
+    from tuner.metrics import DEFAULT_METRICS
+
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="METRIC",
+        help="metrics reported, named as a recipe's eval.metrics (ndcg@k, mrr@k, map@k, recall@k, p@k), so a "
+        f"training run's dev figures can be reproduced; the first is primary ({primary_use}). Default: "
+        f"{' '.join(DEFAULT_METRICS)}",
+    )
+
+
+def _metrics(args) -> list[str] | None:
+    """--metrics checked as `eval.metrics` is (`tuner.metrics.check_metrics`); None: the evaluator's default."""
+    if args.metrics is None:
+        return None
+    from tuner.metrics import check_metrics
+
+    try:
+        return check_metrics(args.metrics)
+    except ValueError as err:
+        raise UserError(f"--metrics: {err}") from None
 
 
 def _source_options(args) -> dict[str, Any]:
@@ -141,6 +168,7 @@ def add_eval(sub) -> None:
     p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
     p.add_argument("--max-queries", type=positive_int, help="evaluate a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    _add_metrics_arg(p, "the paired tests and report.png compare systems by it")
     _add_runtime_args(p)
     p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
     p.add_argument(
@@ -317,6 +345,7 @@ def add_instruct(sub) -> None:
     p.add_argument("--instructions", help="text file with one candidate instruction per line ('#' comments)")
     p.add_argument("--max-queries", type=positive_int, help="search on a reproducible sample of this many queries")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    _add_metrics_arg(p, "the winner is the instruction best on it")
     p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
     p.add_argument(
         "--apply",
