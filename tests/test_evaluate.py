@@ -623,10 +623,11 @@ def test_cli_eval_splits_the_queries_by_the_training_data_of_the_adapters_run(
     overlap = summary["training_overlap"]
     assert (overlap["parts"]["seen"]["queries"], overlap["parts"]["unseen"]["queries"]) == (1, 4)  # q1 (d1)
     by_label = {s["label"]: s for s in summary["systems"]}
-    seen_tuned = {r["label"]: r for r in overlap["parts"]["seen"]["systems"]}["tuned"]
+    tuned = "run/adapter"  # the run's adapter is named by its run
+    seen_tuned = {r["label"]: r for r in overlap["parts"]["seen"]["systems"]}[tuned]
     rows = {r["qid"]: r for r in map(json.loads, (tmp_path / "auto" / "per_query.jsonl").read_text().splitlines())}
-    assert rows["q1"]["part"] == "seen" and seen_tuned["metrics"] == rows["q1"]["metrics"]["tuned"]
-    assert by_label["tuned"]["metrics"] != seen_tuned["metrics"]
+    assert rows["q1"]["part"] == "seen" and seen_tuned["metrics"] == rows["q1"]["metrics"][tuned]
+    assert by_label[tuned]["metrics"] != seen_tuned["metrics"]
 
     assert main([*base, "--out", str(tmp_path / "none"), "--train-data", "none"]) == 0
     assert "training_overlap" not in json.loads((tmp_path / "none" / "metrics.json").read_text())
@@ -873,3 +874,55 @@ def test_eval_and_instruct_report_the_metrics_a_recipe_names(tmp_path, tiny_mode
     assert (summary["metrics_order"], summary["primary_metric"]) == (["mrr@10", "p@1"], "mrr@10")
     best = max(summary["systems"][1:], key=lambda s: s["metrics"]["mrr@10"])["metrics"]["mrr@10"]
     assert summary["instruction_search"]["winner_value"] == best
+
+
+def test_the_evaluated_adapter_of_a_run_is_labeled_by_its_run_as_compared_ones_are(
+    tmp_path, tiny_model_dir, beir_dir, capsys
+):
+    """`tuner eval --adapter runs/listwise --compare runs/pointwise`: rows "listwise" and "pointwise" (the --adapter
+    row was "tuned", the only one not named by its run), in the printed table, report.md, metrics.json,
+    per_query.jsonl and the run files alike; an adapter from no run stays "tuned"."""
+    from tuner import eval_run
+    from tuner.cli import main
+
+    runs = {}
+    for n, name in enumerate(("listwise", "pointwise")):
+        runs[name] = tmp_path / "runs" / name
+        _random_adapter(tiny_model_dir, runs[name] / "adapter", seed=n)
+        (runs[name] / "config.yaml").write_text(f"name: {name}\n", encoding="utf-8")
+    flags = ["--beir", str(beir_dir), "--top-k", "3", "--max-queries", "2", "--train-data", "none"]
+    flags += ["--no-progress", "--cache-dir", ""]
+    out = tmp_path / "e"
+    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", str(runs["listwise"])]
+    assert main([*argv, "--compare", str(runs["pointwise"]), *flags, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "metrics.json").read_text())
+    labels = ["first stage (BM25)", "base", "listwise", "pointwise"]
+    assert [s["label"] for s in summary["systems"]] == labels and summary["reference"] == "base"
+    report = (out / "report.md").read_text()
+    for label in labels[2:]:
+        assert f"\n| {label} | " in report and f"\n| {label} | " in printed
+    assert "| tuned |" not in report
+    rows = [json.loads(line) for line in (out / "per_query.jsonl").read_text().splitlines()]
+    assert all(list(r["metrics"]) == labels for r in rows)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        Path(s["run_file"]).name for s in summary["systems"]
+    )
+    listwise = summary["systems"][2]
+    assert (listwise["model"], listwise["adapter"]) == (str(tiny_model_dir), str(runs["listwise"]))
+
+    options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
+
+    def labels_of(model, adapter=None):
+        summary = eval_run.run_eval(model, beir_dir, tmp_path / "o", adapter=adapter, **options)
+        return [s["label"] for s in summary["systems"][1:]]
+
+    # the run's adapter given alone, or its checkpoint, by the run (as system_label names them in --compare)
+    assert labels_of(str(runs["listwise"] / "adapter")) == ["base", "listwise/adapter"]
+    checkpoint = runs["listwise"] / "checkpoints" / "checkpoint-4"
+    _random_adapter(tiny_model_dir, checkpoint)
+    assert labels_of(str(tiny_model_dir), str(checkpoint)) == ["base", "listwise/checkpoint-4"]
+    # an adapter from no run: "tuned", as before
+    plain = _random_adapter(tiny_model_dir, tmp_path / "plain" / "adapter")
+    assert labels_of(str(tiny_model_dir), str(plain)) == ["base", "tuned"]
+    assert labels_of(str(plain)) == ["base", "tuned"]

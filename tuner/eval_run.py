@@ -28,6 +28,8 @@ __all__ = [
     "parse_instruction",
     "report_meta",
     "run_eval",
+    "system_label",
+    "tuned_label",
 ]
 
 
@@ -188,6 +190,21 @@ def system_label(model: str) -> str:
     return path.name or model
 
 
+def tuned_label(given: str, weights: str) -> str:
+    """How the report names the model `tuner eval` evaluates with its adapter enabled (next to "base": the same
+    weights with it disabled): by its run, as `system_label` names the `--compare` systems, when `weights` (the
+    adapter, or a fully fine-tuned model) comes from a tuner run (`RUN`, `RUN/adapter`, a checkpoint, a merge of
+    runs' adapters), so that `--adapter runs/a --compare runs/b` gives rows "a" and "b"; else "tuned". `given` is
+    the path as the user wrote it."""
+    from tuner.overlap import runs_of_adapter
+
+    try:
+        from_run = bool(runs_of_adapter(weights))
+    except (OSError, ValueError):  # a merge with a source from no run: not one run's
+        from_run = False
+    return system_label(given) if from_run else "tuned"
+
+
 def _unique(label: str, taken: set[str]) -> str:
     out, n = label, 2
     while out in taken:
@@ -292,7 +309,8 @@ def run_eval(
             base_info = {"model": base, "adapter": None, "note": "adapter disabled"}
             cache = _base_cache(base_cache_dir, base, options, reranker) if base_cache_dir is not None else None
             score_all(reranker, "base", base_info, cache)
-        score_all(reranker, "tuned", {"model": base, "adapter": main_adapter})
+        label = tuned_label(adapter or model, main_adapter or base)
+        score_all(reranker, label, {"model": base, "adapter": main_adapter})
     else:
         score_all(reranker, system_label(model), {"model": model, "adapter": None})
     del reranker

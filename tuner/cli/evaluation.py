@@ -141,7 +141,11 @@ def add_eval(sub) -> None:
         description="Writes metrics.json, per_query.jsonl, runs/*.trec, report.md and report.png into --out.",
     )
     p.add_argument("--model", required=True, help="model directory or hub id (base, merged, seq-cls or adapter dir)")
-    p.add_argument("--adapter", help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned")
+    p.add_argument(
+        "--adapter",
+        help="PEFT adapter directory on --model: reports base (adapter disabled) and tuned (the row named by its run, "
+        "as --compare names runs, when the adapter, or --model, is a tuner run's)",
+    )
     _add_source_args(p, top_k=100)
     group = p.add_mutually_exclusive_group()
     group.add_argument(
