@@ -455,9 +455,10 @@ def test_eval_instruct_and_calibrate_pass_every_option_on(tmp_path, monkeypatch)
     model += ["--dtype", "float32", "--prefix-reuse", "on", "--packing", "--attn-implementation", "eager"]
     options = ModelOptions("cpu", "float32", 256, 1234, prefix_reuse=True, packing=True, attn_implementation="eager")
     source = ["--beir", "b", "--split", "dev", "--top-k", "7", "--max-queries", "3", "--seed", "5"]
-    source += ["--cache-dir", "cdir", "--no-progress"]
+    source += ["--cache-dir", "cdir", "--no-progress", "--metrics", "recall@20", "ndcg@5"]
     out = str(tmp_path / "o")
     rerank = {"split": "dev", "data": None, "candidates": "bm25", "top_k": 7, "max_queries": 3, "seed": 5}
+    rerank |= {"metrics": ["recall@20", "ndcg@5"]}
     rerank |= {"adapter": "a", "options": options, "cache_dir": "cdir", "show_progress": False}
 
     argv = ["eval", *model, *source, "--out", out, "--instruction", "Find X", "--compare", "c1", "c2"]
@@ -473,6 +474,7 @@ def test_eval_instruct_and_calibrate_pass_every_option_on(tmp_path, monkeypatch)
     assert (kwargs["split"], kwargs["top_k"], kwargs["seed"], kwargs["max_queries"]) == ("test", 100, 0, None)
     assert (kwargs["instructions"], kwargs["cache_dir"], kwargs["show_progress"]) == ([None], "runs/cache", None)
     assert kwargs["options"] == ModelOptions() and kwargs["train_data"] is None and kwargs["base_cache_dir"] is None
+    assert kwargs["metrics"] is None  # the evaluator's default metrics
 
     candidates = tmp_path / "cands.txt"
     candidates.write_text("Find claims\n", encoding="utf-8")
