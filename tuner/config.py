@@ -125,7 +125,7 @@ class DataSection:
 
 @dataclass
 class TrainSection:
-    seed: int = _f(42, "seed of everything: init, negative sampling, data order, dropout")
+    seed: int = _f(42, "seed of everything: init, negative sampling, data order, dropout, the eval.max_queries sample")
     lr: float = _f(1e-4, "peak learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     scheduler: str = _f("cosine", "LR schedule after warmup: linear, cosine, constant_with_warmup, ...")
@@ -187,7 +187,11 @@ class EvalSection:
     )
     split: str = _f("test", "qrels split of `beir` used for evaluation (or the <split> file of an eval.data folder)")
     top_k: int = _f(100, "rerank the first stage's (BM25) top-k (eval.beir; with eval.data every document is)")
-    max_queries: int | None = _f(None, "evaluate at most this many queries (seeded choice); null = all")
+    max_queries: int | None = _f(
+        None,
+        "evaluate at most this many queries (of beir or data, and of ood), drawn with train.seed: `tuner eval "
+        "--max-queries N --seed <train.seed>` draws the same ones; null = all",
+    )
     steps: int = _f(0, "evaluate every N steps (0 = only before and after training)")
     metrics: list[str] = field(
         default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"],

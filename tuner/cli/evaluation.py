@@ -67,6 +67,24 @@ def _add_source_args(p, top_k: int) -> None:
     p.set_defaults(default_top_k=top_k)
 
 
+def _add_sample_args(p, verb: str) -> None:
+    """eval's and instruct's query sample, drawn as training draws its dev queries (`Evaluator.from_beir` /
+    `from_groups` with `train.seed`): the same N and seed give the same queries."""
+    p.add_argument(
+        "--max-queries",
+        type=positive_int,
+        help=f"{verb} a reproducible sample of this many queries, drawn with --seed; training draws a recipe's "
+        "eval.max_queries=N with train.seed, so --max-queries N --seed <train.seed> draws the same queries",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the query sample (default 0; training's dev sample uses train.seed, 42 unless the recipe "
+        "sets another)",
+    )
+
+
 def _add_metrics_arg(p, primary_use: str) -> None:
     """eval's and instruct's metrics: the names a recipe's `eval.metrics` takes, checked the same way."""
     from tuner.metrics import DEFAULT_METRICS
@@ -170,8 +188,7 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--train-split", help="file stem of a --train-data folder, or its BEIR qrels split (default train)")
     p.add_argument("--out", help="output folder (default runs/eval/<dataset>-<split>)")
-    p.add_argument("--max-queries", type=positive_int, help="evaluate a reproducible sample of this many queries")
-    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    _add_sample_args(p, "evaluate")
     _add_metrics_arg(p, "the paired tests and report.png compare systems by it")
     _add_runtime_args(p)
     p.add_argument("--cache-dir", default="runs/cache", help="BM25 index cache (default runs/cache; '' to disable)")
@@ -347,8 +364,7 @@ def add_instruct(sub) -> None:
     _add_model_args(p)
     _add_source_args(p, top_k=50)
     p.add_argument("--instructions", help="text file with one candidate instruction per line ('#' comments)")
-    p.add_argument("--max-queries", type=positive_int, help="search on a reproducible sample of this many queries")
-    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
+    _add_sample_args(p, "search on")
     _add_metrics_arg(p, "the winner is the instruction best on it")
     p.add_argument("--out", help="output folder (default runs/instruct/<dataset>-<split>)")
     p.add_argument(
