@@ -172,7 +172,7 @@ def test_a_sweep_trial_logs_to_the_agents_run_in_its_own_directory(tmp_path, mon
     """A wandb agent starts each trial with WANDB_RUN_ID set: the run tuner starts is that one (the sweep sees its
     metric), and `output.dir=.../$WANDB_RUN_ID` (recipes/sweeps/) gives each trial its own run directory."""
     from tuner.config import load_config
-    from tuner.train_setup import WANDB_RUN_ID, start_tracking
+    from tuner.tracking import WANDB_RUN_ID, start_tracking
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -780,7 +780,7 @@ def test_resume_refuses_a_change_to_what_decides_the_numbers(override, tmp_path)
 def test_the_model_artifact_of_a_run_named_in_any_script_or_length_is_logged(tmp_path):
     """tracking.log_model: wandb takes artifact names of ASCII letters, digits, '-', '_' and '.', up to 128; a run
     named "Überlauf ..." (`\\w` kept the Ü) or longer made wandb.Artifact raise after the run had trained."""
-    from tuner.train_setup import log_model_artifact
+    from tuner.tracking import log_model_artifact
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "tuner.json").write_text("{}", encoding="utf-8")
@@ -841,7 +841,7 @@ def test_the_seen_and_unseen_summary_has_the_stages_of_the_whole_set_and_its_p()
     """README: the summary holds first_stage/, base/, final/ and delta/, "the same under ood/, seen/ and unseen/".
     seen/ and unseen/ had final/ and delta/ only, and no p-value, where train.log prints "(p = ...)": a delta
     could not be read next to the base it is measured from, nor its paired test compared across runs."""
-    from tuner.train_setup import summarize_to_tracker
+    from tuner.tracking import summarize_to_tracker
 
     tracker = _FakeTracker()
     summarize_to_tracker(tracker, _overlap_record())
@@ -861,7 +861,7 @@ def test_the_wandb_project_is_the_recipes_else_wandb_project_else_tuner(tmp_path
     default "tuner", which tuner passed to wandb.init as if the user had chosen it; the shipped GPU recipes spelled
     that default out too. A recipe's tracking.project still wins, as wandb.init's argument wins over the variable."""
     from tuner.config import load_config
-    from tuner.train_setup import start_tracking
+    from tuner.tracking import start_tracking
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -892,7 +892,7 @@ def test_the_wandb_group_is_a_recipe_field_else_wandb_run_group(tmp_path, monkey
     """Runs compared together in wandb are a group; a recipe could set project, entity, name and tags but not the
     group (only the WANDB_RUN_GROUP variable, which the README never named)."""
     from tuner.config import load_config
-    from tuner.train_setup import start_tracking
+    from tuner.tracking import start_tracking
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -915,7 +915,7 @@ def test_tensorboard_gets_the_figures_the_wandb_summary_has_and_the_recipe(tmp_p
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tuner.config import load_config
-    from tuner.train_setup import run_summary, summarize_to_tensorboard
+    from tuner.tracking import run_summary, summarize_to_tensorboard
 
     config = load_config(None, ["tracking.report_to=tensorboard", "loss.kind=pointwise"])
     record = _overlap_record()
@@ -938,7 +938,7 @@ def test_tensorboard_gets_the_figures_the_wandb_summary_has_and_the_recipe(tmp_p
 def test_the_comparison_table_has_the_seen_and_unseen_rows():
     """The eval/comparison table (wandb, tensorboard) had the whole dev set and the out-of-domain set only; the
     seen / unseen split, which says whether a gain is memory, was in the summary keys alone."""
-    from tuner.train_setup import run_summary
+    from tuner.tracking import run_summary
 
     _, columns, rows = run_summary(_overlap_record())
     assert columns == ["set", "system", "ndcg@10"]

@@ -4,7 +4,8 @@
     → Trainer → train (or resume) → final evaluation → adapter/ + tuner.json + metrics.json
 
 The Trainer subclass (and why it is transformers' `Trainer`, not trl's) is `tuner.trainer`; the forward it trains
-through, the contract's yes−no score, is `tuner.score_forward`; run setup helpers are `tuner.train_setup`.
+through, the contract's yes−no score, is `tuner.score_forward`; run setup helpers are `tuner.train_setup`, the
+experiment trackers (wandb, tensorboard) `tuner.tracking`.
 """
 
 from __future__ import annotations
@@ -632,21 +633,18 @@ def _train(
     from tuner import __version__
     from tuner.contract import PromptEncoder
     from tuner.modeling import require_liger
+    from tuner.tracking import log_model_artifact, start_tracking, summarize_to_tensorboard, summarize_to_tracker
     from tuner.train_setup import (
         RankEval,
         build_evaluators,
         check_before_work,
         check_resume_config,
         load_training_groups,
-        log_model_artifact,
         output_dir_for,
         prepare_base,
         read_tokenizer,
         run_lock,
         setup_logging,
-        start_tracking,
-        summarize_to_tensorboard,
-        summarize_to_tracker,
         write_meta,
     )
 
