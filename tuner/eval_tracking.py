@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.train_setup import WANDB_RUN_ID
+from tuner.tracking import WANDB_RUN_ID
 
 __all__ = ["EvalTracker", "TrainingRun", "eval_summary", "start_eval_tracking", "tracked_eval", "training_runs"]
 
