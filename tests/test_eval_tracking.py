@@ -151,10 +151,11 @@ def test_eval_report_to_wandb_logs_settings_figures_table_and_lineage(
     parts = summary["training_overlap"]["parts"]
     assert (figures["seen/queries"], figures["unseen/queries"]) == (1, 4)  # q1: d1 is a training positive
     unseen = {row["label"]: row for row in parts["unseen"]["systems"]}
-    assert figures["unseen/tuned/ndcg@10"] == unseen["tuned"]["metrics"]["ndcg@10"]
+    label = tuned["label"]  # the adapter's row is named by its run (the key stays its role, "tuned")
+    assert figures["unseen/tuned/ndcg@10"] == unseen[label]["metrics"]["ndcg@10"]
     assert figures["unseen/base/ndcg@10"] == unseen["base"]["metrics"]["ndcg@10"]
-    assert figures["unseen/delta/ndcg@10"] == unseen["tuned"]["vs_reference"]["ndcg@10"]["delta"]
-    assert figures["unseen/p"] == unseen["tuned"]["vs_reference"]["ndcg@10"]["p_randomization"]
+    assert figures["unseen/delta/ndcg@10"] == unseen[label]["vs_reference"]["ndcg@10"]["delta"]
+    assert figures["unseen/p"] == unseen[label]["vs_reference"]["ndcg@10"]["p_randomization"]
     assert "seen/tuned/ndcg@10" in figures and "seen/p" in figures
 
     (logged,) = run.logged
@@ -163,13 +164,13 @@ def test_eval_report_to_wandb_logs_settings_figures_table_and_lineage(
     assert [row[:3] for row in table["data"]] == [
         ["all", 5, "first stage (BM25)"],
         ["all", 5, "base"],
-        ["all", 5, "tuned"],
+        ["all", 5, label],
         ["seen", 1, "first stage (BM25)"],
         ["seen", 1, "base"],
-        ["seen", 1, "tuned"],
+        ["seen", 1, label],
         ["unseen", 4, "first stage (BM25)"],
         ["unseen", 4, "base"],
-        ["unseen", 4, "tuned"],
+        ["unseen", 4, label],
     ]
     assert table["data"][2][3] == tuned["metrics"]["ndcg@10"] and table["data"][1][-1] is None  # the reference
     assert logged["eval/per_query_deltas"] == {"image": str(out / "report.png")}
@@ -260,7 +261,7 @@ def test_eval_report_to_tensorboard_writes_the_figures_and_the_table(tmp_path, t
     assert values["delta/ndcg@10"] == pytest.approx(tuned["vs_reference"]["ndcg@10"]["delta"])
     assert values["seen/queries"] == 1 and values["unseen/queries"] == 4
     table = events.Tensors("eval/report/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert table.startswith("| part | queries | system | ndcg@10") and "| all | 5 | tuned |" in table
+    assert table.startswith("| part | queries | system | ndcg@10") and f"| all | 5 | {tuned['label']} |" in table
 
     other = tmp_path / "elsewhere"
     argv = _eval_argv(tuner_run, beir_dir, tmp_path / "tb2", "--report-to", "tensorboard", "--tensorboard-dir")
