@@ -85,6 +85,25 @@ def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, beir, tmp_path):
     assert any(t.abs().sum() > 0 for n, t in a.items() if "lora_B" in n)
 
 
+def test_resume_skips_a_checkpoint_whose_trainer_state_was_cut_off(tmp_path):
+    # a save killed while writing trainer_state.json (written last) leaves the start of it: the checkpoint before it
+    # is the one to continue from, not a bare "Expecting ',' delimiter" from transformers' reader
+    from tuner.train import _resume_point
+
+    state = json.dumps({"global_step": 4, "max_steps": 8, "log_history": []}, indent=2)
+    for step in (4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text(state[:20])
+    notes = []
+    latest, prior = _resume_point(tmp_path, tmp_path / "metrics.json", notes)
+    assert latest == tmp_path / "checkpoint-4" and prior == {}
+    assert [n for _, n in notes] == [
+        f"--resume: {tmp_path / 'checkpoint-6'} is incomplete (no whole trainer_state.json, an interrupted save); "
+        "skipped"
+    ]
+
+
 def test_sampling_is_a_pure_function_of_seed_epoch_index():
     group = Group(query="q", pos=["p0", "p1"], neg=[f"n{i}" for i in range(10)])
     first = sample_group(group, 4, seed=1, epoch=0, index=3)

@@ -196,8 +196,9 @@ def _step_of(checkpoint: Path) -> int:
 
 
 def _is_complete(checkpoint: Path) -> bool:
-    """A save that finished (a save cut off before its trainer_state.json was written lacks it)."""
-    return (checkpoint / "trainer_state.json").is_file()
+    """A save that finished: transformers writes trainer_state.json last, so a save cut off before it lacks the
+    file, and one cut off while writing it (or a full disk) leaves the start of it, which does not parse."""
+    return bool(_trainer_state(checkpoint))
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -341,13 +342,13 @@ def _resume_point(ckpt_dir: Path, metrics_file: Path, notes: list[tuple[int, str
     """--resume: the checkpoint to continue from (the newest complete one; the incomplete ones after it noted in
     `notes`) and the run's metrics.json so far ({} when unreadable)."""
     saved = _checkpoints(ckpt_dir)
-    # a save that was cut off (the process died while writing) leaves a folder without trainer_state.json,
+    # a save that was cut off (the process died while writing) leaves a folder without a whole trainer_state.json,
     # which transformers would pick as the latest and refuse: continue from the newest complete one instead
     complete = [p for p in saved if _is_complete(p)]
     if not complete:
         names = ", ".join(p.name for p in saved) or "none"
         raise ConfigError(
-            f"--resume: no complete checkpoint in {ckpt_dir} ({names}: no trainer_state.json, an interrupted "
+            f"--resume: no complete checkpoint in {ckpt_dir} ({names}: no whole trainer_state.json, an interrupted "
             "save); train again with output.overwrite=true"
         )
     latest = complete[-1]
@@ -355,7 +356,7 @@ def _resume_point(ckpt_dir: Path, metrics_file: Path, notes: list[tuple[int, str
         notes.append(
             (
                 logging.WARNING,
-                f"--resume: {broken} is incomplete (no trainer_state.json, an interrupted save); skipped",
+                f"--resume: {broken} is incomplete (no whole trainer_state.json, an interrupted save); skipped",
             )
         )
     try:
