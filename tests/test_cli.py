@@ -277,6 +277,7 @@ def test_score_documents_file_problems_fail_before_the_model_loads(tmp_path, cap
         ("num.jsonl", b'"ok"\n{"text": 5}\n', "num.jsonl:2: field 'text' must be a string, got int"),
         ("null.jsonl", b'{"text": null}\n', "null.jsonl:1: field 'text' must be a string, got NoneType"),
         ("latin.txt", b"fine\ncaf\xe9\n", "latin.txt:2: not UTF-8 text"),
+        ("cut.jsonl", b'"ok"\n"cut\n', "cut.jsonl:2: invalid JSON (Unterminated string starting at column 1)\n"),
     ]
     for name, content, message in cases:
         (tmp_path / name).write_bytes(content)

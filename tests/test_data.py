@@ -698,6 +698,22 @@ def test_json_errors_point_at_the_end_of_the_line_that_is_short_not_the_next_lin
         load_groups(whole)
 
 
+def test_json_errors_of_a_line_cut_inside_a_string_read_as_one_phrase(tmp_path):
+    # the json module's "Unterminated string starting at" and "Invalid control character at" end in "at": the
+    # message gave "at at column"; and a JSONL line cut inside a string was blamed on its newline (a control
+    # character) instead of the string it leaves open
+    jsonl = tmp_path / "g.jsonl"
+    jsonl.write_text(GOOD + '{"query": "q", "pos": ["p\n' + '{"query": "a\tb"}\n', encoding="utf-8")
+    assert check_file(jsonl, tokens=False).errors == [
+        f"{jsonl}:2: invalid JSON (Unterminated string starting at column 24)",
+        f"{jsonl}:3: invalid JSON (Invalid control character at column 13)",
+    ]
+    whole = tmp_path / "g.json"
+    whole.write_text('[{"query": "q", "pos": ["p', encoding="utf-8")
+    with pytest.raises(DataError, match=r"g\.json:1: invalid JSON \(Unterminated string starting at column 25\)$"):
+        load_groups(whole)
+
+
 def test_fractional_pair_labels_count_as_positives_and_are_warned_about(tmp_path, caplog):
     """A label strictly between 0 and 1 is a positive (label > 0); probability-like labels do not mean that, so the
     load and `data check` say so, naming the first such row."""

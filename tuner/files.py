@@ -177,6 +177,12 @@ def _umask() -> int:
     return mask
 
 
+def json_error_reason(err: json.JSONDecodeError) -> str:
+    """The json module's message without its dangling " at" ("Unterminated string starting at", "Invalid control
+    character at": it prints the position after them), for a message that gives the place its own way."""
+    return err.msg.removesuffix(" at")
+
+
 def json_error_place(doc: str, err: json.JSONDecodeError) -> tuple[int, int]:
     """(line, column), from 1, of a JSON syntax error in `doc`. The parser stops at the next token, so a comma or
     bracket missing at the end of a line is reported at the start of the next line (or, for a JSONL line read

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tuner.contract import BODY_TEMPLATE, CONTRACT_VERSION, PREFIX, SUFFIX, load_tokenizer, prepare_tokenizer
-from tuner.files import json_error_place
+from tuner.files import json_error_place, json_error_reason
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _read_json(file: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         line, column = json_error_place(text, err)
-        raise ValueError(f"{file}: invalid JSON (line {line} column {column}: {err.msg})") from None
+        raise ValueError(f"{file}: invalid JSON (line {line} column {column}: {json_error_reason(err)})") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):

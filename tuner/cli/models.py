@@ -50,7 +50,7 @@ def read_documents(path: str | Path) -> list:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: a folder; --documents takes a JSONL or text file (one document per line)")
-    from tuner.files import decode_utf8, json_error_place, similar_names
+    from tuner.files import decode_utf8, json_error_place, json_error_reason, similar_names
 
     if not path.is_file():
         close = similar_names(path)  # `--documents docs.jsnol` finds docs.jsonl
@@ -70,7 +70,7 @@ def read_documents(path: str | Path) -> list:
             items = json.loads(text)
         except json.JSONDecodeError as err:
             line, column = json_error_place(text, err)
-            raise UserError(f"{path}:{line}:{column}: invalid JSON ({err.msg})") from None
+            raise UserError(f"{path}:{line}:{column}: invalid JSON ({json_error_reason(err)})") from None
         docs = [_document(item, f"{path}: item {i}") for i, item in enumerate(items, 1)]
     else:
         is_jsonl = suffix in (".jsonl", ".json") or (not suffix and bool(lines) and lines[0].lstrip().startswith("{"))
@@ -84,7 +84,8 @@ def read_documents(path: str | Path) -> list:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+                column = json_error_place(line, err)[1]
+                raise UserError(f"{path}:{n}: invalid JSON ({json_error_reason(err)} at column {column})") from None
             docs.append(_document(value, f"{path}:{n}"))
     if not docs:
         raise UserError(f"{path}: no documents (the file is empty or blank)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.data.schema import MAX_GRADE
-from tuner.files import decode_utf8, json_error_place, similar_names
+from tuner.files import decode_utf8, json_error_place, json_error_reason, similar_names
 
 # How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
 _JSON_KIND = {
@@ -92,11 +92,12 @@ def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
         if isinstance(line, DataError):
             yield n, line
         elif line.strip():
+            text = line.rstrip("\r\n")  # a line cut inside a string is unterminated, not "invalid control character"
             try:
-                yield n, json.loads(line)
+                yield n, json.loads(text)
             except json.JSONDecodeError as err:
-                column = json_error_place(line, err)[1]
-                yield n, DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {column})")
+                column = json_error_place(text, err)[1]
+                yield n, DataError(f"{path}:{n}: invalid JSON ({json_error_reason(err)} at column {column})")
             except ValueError:  # an integer of more than 4300 digits (Python's limit on reading one)
                 yield n, DataError(f"{path}:{n}: invalid JSON (a number of more than 4300 digits)")
 

@@ -40,7 +40,7 @@ from typing import Any
 from tuner.contract import document_text
 from tuner.data.beir import DataError, is_beir_folder, jsonl_lines, utf8_lines
 from tuner.data.schema import MAX_GRADE, MAX_TEACHER_SCORE, Group
-from tuner.files import decode_utf8, json_error_place, similar_names
+from tuner.files import decode_utf8, json_error_place, json_error_reason, similar_names
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _read_json_array(path: Path) -> list:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         line, column = json_error_place(text, err)
-        raise DataError(f"{path}:{line}: invalid JSON ({err.msg} at column {column})") from None
+        raise DataError(f"{path}:{line}: invalid JSON ({json_error_reason(err)} at column {column})") from None
     except ValueError:  # an integer of more than 4300 digits (Python's limit on reading one)
         raise DataError(f"{path}: invalid JSON (a number of more than 4300 digits)") from None
     if isinstance(value, Mapping) and isinstance(value.get("data"), list):
