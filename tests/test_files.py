@@ -67,6 +67,32 @@ def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
+def test_atomic_dir_removes_what_a_killed_writer_of_the_same_folder_left(tmp_path):
+    # a SIGKILL (OOM killer, a lost session) runs no cleanup: an export's temporary folder, an almost complete copy
+    # of the model, stayed hidden beside --out after every such stop, and the next export did not look at it
+    import subprocess
+    import sys
+
+    from tuner.files import _owner_tag
+
+    target = tmp_path / "export"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    host = _owner_tag().rsplit("-", 1)[0]
+    left = tmp_path / f".export.{host}-{dead}.abcd1234.tmp"
+    (left / "merged").mkdir(parents=True)
+    (left / "merged" / "model.safetensors").write_bytes(b"0" * 100)
+    running = tmp_path / f".export.{host}-{os.getpid()}.efgh5678.tmp"  # a live writer's (here: this process)
+    other_host = tmp_path / f".export.{host}x-{dead}.ijkl9012.tmp"
+    running.mkdir()
+    other_host.mkdir()
+    removed = f"removed {left}, left by an earlier run writing {target} that was killed"
+    with pytest.warns(UserWarning, match=removed), atomic_dir(target) as tmp:
+        assert tmp.name.startswith(f".export.{_owner_tag()}.")
+        (tmp / "v").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", running.name, other_host.name])
+
+
 def test_run_outputs_are_shareable(tmp_path, umask):
     """What the helper found: groups files, reports and configs were 0600 whatever the umask."""
     from tuner.config import atomic_write_json

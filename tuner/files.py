@@ -267,13 +267,54 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def _owner_tag() -> str:
+    """`HOST-PID` of this process, in the name of the temporary folders `atomic_dir` makes."""
+    import socket
+
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove the temporary folders that `atomic_dir(path)` calls of this machine left when their process was
+    killed (SIGKILL, the OOM killer, a lost session: no cleanup ran). An export of the 4B model left 16 GB behind,
+    hidden, on every such stop. Only a folder whose process is gone is removed: another process writing `path`
+    now (or one on another machine sharing the folder) keeps its own. Each removal is warned about."""
+    import glob
+    import warnings
+
+    tag = _owner_tag()
+    host = tag.rsplit("-", 1)[0]
+    for folder in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"):
+        pid = folder.name[len(f".{path.name}.{host}-") :].split(".", 1)[0]
+        if not pid.isdigit() or not folder.is_dir() or folder.is_symlink() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            warnings.warn(f"removed {folder}, left by an earlier run writing {path} that was killed", stacklevel=2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process, alive
+        return True
+    return True
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """A temporary folder next to `path` to fill; on success it replaces `path` (a previous one is removed)."""
+    """A temporary folder next to `path` to fill; on success it replaces `path` (a previous one is removed).
+
+    The folder is named after this process (`.NAME.HOST-PID.XXXX.tmp`), so that one a killed process left is
+    recognised and removed by the next call for the same `path` (`_remove_abandoned`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        _remove_abandoned(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp"))
     except OSError as err:  # named as the caller's folder, not as a hidden temporary one
         raise OSError(err.errno, f"cannot write {path}: {err.strerror} in {path.parent}") from None
     try:
