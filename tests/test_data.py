@@ -250,7 +250,7 @@ def test_bad_csv_and_tsv_rows_are_named(tmp_path, name, text, message):
         load_groups(tmp_path / name)
 
 
-def test_parquet_goes_through_datasets(tmp_path):
+def test_parquet_rows_are_read_and_checked(tmp_path, capfd):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
 
@@ -262,6 +262,16 @@ def test_parquet_goes_through_datasets(tmp_path):
     pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad\.parquet: row 1: field 'pos' is empty"):
         load_groups(tmp_path / "bad.parquet")
+    # an empty file has no rows, and a file that is not Parquet is named as such, each in one line (through
+    # `datasets`, an empty file was "An error occurred while generating the dataset", after its own log lines)
+    pq.write_table(pa.Table.from_pylist(rows).slice(0, 0), tmp_path / "empty.parquet")
+    capfd.readouterr()
+    with pytest.raises(DataError, match=r"empty\.parquet: no rows$"):
+        load_groups(tmp_path / "empty.parquet")
+    (tmp_path / "text.parquet").write_text("query,document,label\n")
+    with pytest.raises(DataError, match=r"text\.parquet: cannot read as Parquet \(ArrowInvalid: "):
+        load_groups(tmp_path / "text.parquet")
+    assert capfd.readouterr().err == ""
 
 
 def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):

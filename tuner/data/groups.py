@@ -316,6 +316,26 @@ def _iter_datasets(source: str, split: str | None, **kwargs) -> Iterator[tuple[s
         yield f"{source}: row {n}", row
 
 
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    """Rows of a local Parquet file, read with pyarrow batch by batch. Not through `datasets`, which wrote a copy
+    of the file into its cache on every read, printed its own log lines and progress bars, and called an empty
+    file "An error occurred while generating the dataset"."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - pyarrow comes with `datasets`, in the data extra
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install tuner[data])") from err
+    n = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{path}: row {n}", row
+    except (OSError, pa.ArrowException) as err:
+        where = f"{path}: after row {n}" if n else str(path)
+        raise DataError(f"{where}: cannot read as Parquet ({type(err).__name__}: {err})") from None
+
+
 def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | None:
     """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet|.csv|.tsv`."""
     path = Path(path_or_id)
@@ -373,7 +393,7 @@ def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tupl
         return
     name = path.name.lower()
     if name.endswith(".parquet"):
-        yield from _iter_datasets(str(path), None, args=("parquet",), data_files=str(path))
+        yield from _iter_parquet(path)
     elif name.removesuffix(".gz").endswith((".csv", ".tsv")):
         yield from _iter_table(path)
     elif name.endswith((".json", ".json.gz")) and _first_char(path) in ("[", "{") and _is_json_document(path):
