@@ -674,6 +674,34 @@ def test_cli_data_split_refuses_what_would_write_a_useless_or_half_split(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.jsonl", "one.jsonl"]
 
 
+def test_cli_data_split_replaces_neither_file_when_one_cannot_be_written(tmp_path, capsys, monkeypatch):
+    # the dev side failing (a full disk) once the train side was written left a train file of the new split next
+    # to a dev file of the old one, and an error that named a hidden temporary file
+    import errno
+
+    import tuner.data
+
+    src = tmp_path / "src.jsonl"
+    write_groups(_groups(4), src)
+    (tmp_path / "tr.jsonl").write_text("old train\n")
+    (tmp_path / "dev.jsonl").write_text("old dev\n")
+    real = tuner.data.write_groups
+
+    def full_disk(groups, path):
+        if Path(path).name.startswith(("dev.jsonl", ".dev.jsonl.")):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(groups, path)
+
+    monkeypatch.setattr(tuner.data, "write_groups", full_disk)
+    outs = ["--train-out", str(tmp_path / "tr.jsonl"), "--dev-out", str(tmp_path / "dev.jsonl")]
+    assert main(["data", "split", str(src), "--dev-fraction", "0.5", *outs]) == 2
+    err = capsys.readouterr().err
+    assert f"--dev-out {tmp_path / 'dev.jsonl'}: cannot write in {tmp_path} (no space left on device)" in err
+    assert (tmp_path / "tr.jsonl").read_text() == "old train\n"
+    assert (tmp_path / "dev.jsonl").read_text() == "old dev\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.jsonl", "src.jsonl", "tr.jsonl"]
+
+
 def test_groups_as_collection_never_merges_two_groups_and_counts_a_document_once():
     from tuner.data.groups import groups_as_collection
 

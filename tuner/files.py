@@ -145,12 +145,13 @@ def removed_if_failed(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def output_error(err: OSError, path: str | Path, flag: str) -> str:
-    """One line naming `flag`, `path` and what is wrong, for an `OSError` met writing the output `path`."""
+def output_error(err: OSError, path: str | Path, flag: str, file: bool = False) -> str:
+    """One line naming `flag`, `path` and what is wrong, for an `OSError` met writing the output `path` (a folder,
+    or with `file=True` a file, which may exist: it is being replaced)."""
     import errno
 
     path = Path(path)
-    folder = path
+    folder = path.parent if file else path
     while not folder.is_dir() and folder != folder.parent:  # the nearest folder that exists
         if folder.exists():
             where = f"{flag} {path}" if folder == path else f"{flag} {path}: {folder}"

@@ -127,6 +127,23 @@ def _against(args, beir: bool, report) -> dict:
     return {"evaluation": args.against, **counts}
 
 
+def _write_both(parts, write_groups) -> None:
+    """Write each (groups, path, flag) to a temporary file beside its path, and rename them into place only once
+    all are written: a failure on the dev side (a full disk) left the train file replaced by a split whose dev
+    file was never written, next to a dev file of another split, whose queries it may now train on. An error
+    names the flag and the path, not the temporary file."""
+    from contextlib import ExitStack
+
+    from tuner.files import atomic_path, output_error
+
+    with ExitStack() as stack:
+        for groups, path, flag in parts:
+            try:
+                write_groups(groups, stack.enter_context(atomic_path(path)))
+            except OSError as err:
+                raise UserError(output_error(err, Path(path).absolute(), flag, file=True)) from None
+
+
 def _run_data_split(args) -> int:
     from tuner.data import load_groups, split_groups, write_groups
     from tuner.data.groups import resolve_path
@@ -150,8 +167,7 @@ def _run_data_split(args) -> int:
         n = len({g.query for g in groups})
         raise UserError(f"{args.path}: {n} distinct quer{'y' if n == 1 else 'ies'}; a split needs two or more")
     replaced = {out for out in (train_out, dev_out) if out.exists()}
-    write_groups(train, args.train_out)
-    write_groups(dev, args.dev_out)
+    _write_both(((train, args.train_out, "--train-out"), (dev, args.dev_out, "--dev-out")), write_groups)
     for label, part, out, path in (("train", train, train_out, args.train_out), ("dev", dev, dev_out, args.dev_out)):
         print(f"{label}: {len(part)} groups -> {path}" + (" (replaced the previous file)" if out in replaced else ""))
     if train and dev:
