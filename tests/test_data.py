@@ -471,6 +471,9 @@ def test_check_warns_when_documents_will_be_truncated(tmp_path, tokenizer):
     report = check_file(path, max_length=200, tokenizer=tokenizer)
     assert report.ok and report.stats["truncated"] == 1
     assert report.warnings == ["1 of 2 pairs are longer than 200 tokens; their documents will be cut"]
+    from tuner.data.check import format_report
+
+    assert "  truncated at max_length 200: 1 pair (50.0%)\n" in format_report(report)  # not "1 pairs"
     assert check_file(path, max_length=100_000, tokenizer=tokenizer).warnings == []
 
 

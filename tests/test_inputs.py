@@ -320,7 +320,7 @@ def test_beir_corpus_rows_are_checked(tmp_path, row, message):
         ),
         (
             '{"_id": "q2", "text": "other"}\n',  # q1 of the qrels has no text
-            r"test\.tsv: 1 query ids have no text in .*queries\.jsonl \(e\.g\. 'q1'\)",
+            r"test\.tsv: 1 query id has no text in .*queries\.jsonl \(e\.g\. 'q1'\)",
         ),
     ],
 )

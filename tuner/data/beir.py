@@ -222,7 +222,8 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     queries = {qid: text for qid, text in read_queries(queries_path).items() if qid in qrels}
     missing = [q for q in qrels if q not in queries]
     if missing:
-        raise DataError(f"{qrels_path}: {len(missing)} query ids have no text in {queries_path} (e.g. {missing[0]!r})")
+        ids = "1 query id has" if len(missing) == 1 else f"{len(missing)} query ids have"
+        raise DataError(f"{qrels_path}: {ids} no text in {queries_path} (e.g. {missing[0]!r})")
     return BeirData(
         corpus=corpus, queries=queries, qrels=qrels, name=folder.name, qrels_path=qrels_path, qrels_lines=qrels_lines
     )

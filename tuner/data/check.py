@@ -297,7 +297,7 @@ def format_report(report: CheckReport) -> str:
             lines += [
                 f"  query tokens: {_fmt_summary(s['query_tokens'], keys)}",
                 f"  prompt tokens: {_fmt_summary(s['prompt_tokens'], keys)}  over {s['pairs']} distinct pairs",
-                f"  truncated at max_length {s['max_length']}: {s['truncated']} pairs "
+                f"  truncated at max_length {s['max_length']}: {_n(s['truncated'], 'pair')} "
                 f"({100 * s['truncated'] / max(1, s['pairs']):.1f}%)",
             ]
     lines = [line for line in lines if line]
