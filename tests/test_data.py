@@ -274,6 +274,42 @@ def test_parquet_rows_are_read_and_checked(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_a_hub_dataset_id_on_a_machine_without_network_is_one_error_at_once(monkeypatch, tmp_path):
+    # datasets retried for about 25 s (and printed huggingface_hub's own line) before "Couldn't reach ... on the Hub";
+    # one request without retries answers, and a mistyped local folder (read as a hub id) is told to be one
+    import datasets
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    asked = []
+
+    def no_network(url, retry_on_errors=True, **kwargs):
+        asked.append((url, retry_on_errors))
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def never(*args, **kwargs):
+        raise AssertionError("datasets was asked after the hub could not be reached")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(DataError) as err:
+        load_groups("dd/good")
+    assert str(err.value) == (
+        "dd/good: not a local file or folder, and the Hugging Face Hub could not be reached to look it up as a "
+        "dataset (ConnectionError: [Errno -2] Name or service not known); check the network (or HF_ENDPOINT), or "
+        "give a local path"
+    )
+    assert [retry for _, retry in asked] == [False] and "/datasets/dd/good/" in asked[0][0]
+    # a dataset already in the hub cache is left to datasets, which reads it from there without the network
+    (tmp_path / "hub" / "datasets--dd--good").mkdir(parents=True)
+    with pytest.raises(DataError, match="datasets was asked"):
+        load_groups("dd/good")
+    assert len(asked) == 1
+
+
 def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="someuser/somedata: cannot load"):

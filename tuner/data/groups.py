@@ -316,6 +316,32 @@ def _iter_datasets(source: str, split: str | None, **kwargs) -> Iterator[tuple[s
         yield f"{source}: row {n}", row
 
 
+def _check_hub_reachable(name: str) -> None:
+    """A hub dataset id (or a mistyped local path read as one) on a machine that cannot reach the hub: one error
+    at once. `datasets` retried the request with backoff for about 25 s, printed huggingface_hub's "thrown while
+    requesting HEAD" line, then said "Couldn't reach 'NAME' on the Hub". One request without retries decides;
+    any answer but a network failure (no README.md, a gated or missing dataset) is left to `datasets` to say. A
+    dataset in the hub cache, or offline mode, is not asked about: `datasets` reads it from the cache."""
+    import datasets
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    cached = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    if datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE or cached.is_dir():
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "README.md", repo_type="dataset"), retry_on_errors=False)
+    except Exception as err:  # every hub failure is either a network one (said here) or left to datasets
+        from tuner.loading import _hub_unreachable
+
+        if not _hub_unreachable(err):
+            return
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise DataError(
+            f"{name}: not a local file or folder, and the Hugging Face Hub could not be reached to look it up as a "
+            f"dataset ({type(err).__name__}: {reason}); check the network (or HF_ENDPOINT), or give a local path"
+        ) from None
+
+
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     """Rows of a local Parquet file, read with pyarrow batch by batch. Not through `datasets`, which wrote a copy
     of the file into its cache on every read, printed its own log lines and progress bars, and called an empty
@@ -389,6 +415,7 @@ def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tupl
     """
     path = resolve_path(path_or_id, split)
     if path is None:
+        _check_hub_reachable(str(path_or_id))
         yield from _iter_datasets(str(path_or_id), split, args=(str(path_or_id),))
         return
     name = path.name.lower()
