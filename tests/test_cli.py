@@ -61,6 +61,31 @@ def test_score_prints_a_ranking(tiny_model_dir, tiny_reranker, tmp_path):
     assert sorted(r["document"] for r in json.loads(res.stdout)) == ["first line", "second line"]
 
 
+def test_tiny_model_shapes_it_cannot_build_are_one_line_naming_the_flags(tmp_path, capsys, monkeypatch):
+    # --hidden 100000 was torch's allocator traceback (exit 1); --hidden 30 --heads 4 named "hidden (30)" after
+    # torch had loaded
+    import tuner.tiny
+    from tuner.cli import main
+
+    out = str(tmp_path / "tiny")
+    assert main(["tiny-model", out, "--hidden", "30", "--heads", "4"]) == 2
+    assert capsys.readouterr().err == "tuner tiny-model: error: --hidden 30 must be a multiple of --heads 4\n"
+    assert main(["tiny-model", out, "--heads", "4", "--kv-heads", "3"]) == 2
+    assert capsys.readouterr().err == "tuner tiny-model: error: --heads 4 must be a multiple of --kv-heads 3\n"
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(tuner.tiny, "write_tiny_model", no_memory)
+    assert main(["tiny-model", out, "--hidden", "100000", "--layers", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "tuner tiny-model: error: --layers 1 --hidden 100000: a model of about 540.7 GB in float32 (the "
+        "151,669-token embedding alone is 60.7 GB), more than this machine could allocate; choose a smaller --hidden "
+        "or --layers\n"
+    )
+    assert not (tmp_path / "tiny").exists()
+
+
 def test_score_errors_name_the_file_and_line(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('"ok"\n{"text": "fine"}\n{broken\n', encoding="utf-8")

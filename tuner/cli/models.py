@@ -34,11 +34,31 @@ def add_tiny_model(sub) -> None:
 
 def _run_tiny_model(args) -> int:
     from tuner.files import check_output_dir
-    from tuner.tiny import write_tiny_model
 
     check_output_dir(args.out_dir, "OUT_DIR", overwrite=args.overwrite)
+    # the shapes' rules named by flag, before torch loads (tuner.tiny checks them too, as "hidden (30)")
+    if args.hidden % args.heads:
+        raise UserError(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}")
+    if args.heads % args.kv_heads:
+        raise UserError(f"--heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
+    from tuner.tiny import QWEN3_VOCAB_SIZE, write_tiny_model
 
-    out = write_tiny_model(args.out_dir, args.layers, args.hidden, args.seed, args.heads, args.kv_heads)
+    try:
+        out = write_tiny_model(args.out_dir, args.layers, args.hidden, args.seed, args.heads, args.kv_heads)
+    except RuntimeError as err:  # torch's allocator ("can't allocate memory"): a traceback from deep in torch
+        if "allocate" not in str(err):
+            raise
+        # float32: the tied embedding, then per layer q and o (hidden x hidden), k and v (hidden x kv_heads *
+        # head_dim) and the MLP (3 matrices of hidden x 3 hidden), as tuner.tiny.tiny_config shapes them
+        kv = args.kv_heads * (args.hidden // args.heads)
+        layer = 2 * args.hidden**2 + 2 * args.hidden * kv + 9 * args.hidden**2
+        embedding = QWEN3_VOCAB_SIZE * args.hidden
+        gb = 4 * (embedding + args.layers * layer) / 1e9
+        raise UserError(
+            f"--layers {args.layers} --hidden {args.hidden}: a model of about {gb:.1f} GB in float32 (the "
+            f"{QWEN3_VOCAB_SIZE:,}-token embedding alone is {4 * embedding / 1e9:.1f} GB), more than this machine "
+            "could allocate; choose a smaller --hidden or --layers"
+        ) from None
     print(f"wrote tiny Qwen3 reranker to {out}")
     return 0
 
