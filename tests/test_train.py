@@ -336,6 +336,11 @@ def test_a_max_length_past_the_models_positions_is_a_config_error(tiny_model_dir
         train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "model.max_length=40961"))
 
 
+def test_a_max_length_that_leaves_no_room_for_the_body_names_the_recipe_key(tiny_model_dir, beir, tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.max_length 20 leaves no room for the prompt body \(prefix "):
+        train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "model.max_length=20"))
+
+
 def test_distill_without_teacher_scores_is_a_named_error(tiny_model_dir, beir, tmp_path):
     with pytest.raises(ConfigError, match="teacher scores"):
         train(tiny_config(tiny_model_dir, beir, tmp_path / "x", "loss.kind=distill"))

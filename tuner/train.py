@@ -728,7 +728,10 @@ def _train(
     with args.main_process_first(desc="base model"):
         base_path = prepare_base(config.model, out)
     tokenizer = read_tokenizer(base_path)
-    encoder = PromptEncoder(tokenizer, max_length=config.model.max_length)
+    try:
+        encoder = PromptEncoder(tokenizer, max_length=config.model.max_length)
+    except ValueError as err:  # "max_length 20 leaves no room for the prompt body": the recipe key, as below
+        raise ConfigError(f"model.{err}") from None
 
     # 2. training groups (mined with BM25 once, cached in the run directory)
     with args.main_process_first(desc="training data"):
