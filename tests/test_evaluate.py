@@ -749,6 +749,18 @@ def test_an_adapter_given_alone_is_compared_with_another_adapter_on_its_own_base
     assert systems["b"]["metrics"] == next(s for s in alone["systems"] if s["label"] == "tuned")["metrics"]
 
 
+def test_a_compared_system_that_is_not_there_fails_before_any_scoring(tmp_path, tiny_model_dir, beir_dir, monkeypatch):
+    # it loaded after the first stage, base and tuned rows were scored: a typo in --compare cost that whole time
+    from tuner import eval_run
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a model was loaded before --compare was checked")
+
+    monkeypatch.setattr(eval_run, "load_reranker", no_scoring)
+    with pytest.raises(OSError, match=r"^--compare: model '\./runs/nope' not found: no such directory"):
+        eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "out", compare=["./runs/nope"], top_k=3)
+
+
 @pytest.mark.filterwarnings("ignore:Could not find a config file")  # peft looks for the recorded base's config
 def test_a_compared_adapter_loads_on_the_model_given(tmp_path, tiny_model_dir, beir_dir):
     """`tuner eval --model BASE --compare ADAPTER`: the adapter is scored on BASE, not on the base its

@@ -213,6 +213,20 @@ def _unique(label: str, taken: set[str]) -> str:
     return out
 
 
+def _check_compared(compare: Sequence[str]) -> None:
+    """A `--compare` system that is no local folder and that the hub cannot provide fails before any scoring: it
+    loads after the first stage, base and tuned rows are scored (minutes to hours on a large set), and a typo was
+    found only then, losing them. A folder that exists is checked when it loads."""
+    from tuner.loading import ModelNotFoundError, _check_reachable
+
+    for other in compare:
+        if not Path(other).expanduser().exists():
+            try:
+                _check_reachable(other)
+            except ModelNotFoundError as err:
+                raise ModelNotFoundError(f"--compare: {err}") from None
+
+
 def run_eval(
     model: str,
     beir: str | Path | None,
@@ -269,6 +283,7 @@ def run_eval(
 
     prepare_out_dir(out_dir)
     check_report_targets(out_dir)  # a folder named report.png fails now, not after the scoring
+    _check_compared(compare)
     instructions = list(instructions) or [None]
     evaluator, source = build_evaluator(
         beir, data, split, candidates, top_k, max_queries, seed, cache_dir, show_progress, metrics
