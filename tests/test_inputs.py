@@ -150,6 +150,32 @@ def test_a_folder_of_models_names_the_ones_inside(tmp_path):
         load_model(tmp_path / "root", device="cpu")
 
 
+def test_a_run_that_has_not_finished_names_its_newest_checkpoint(tmp_path):
+    """A run interrupted before its adapter/ was written, given to score, eval, serve or export: the errors said
+    only "has neither config.json nor adapter_config.json" (or "nor a run with adapter/"), not that the run is
+    unfinished and its checkpoints hold the weights there are."""
+    from tuner.export import resolve_adapter_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: x\n")
+    for step in (2, 10, 12):
+        (run / "checkpoints" / f"checkpoint-{step}").mkdir()
+        (run / "checkpoints" / f"checkpoint-{step}" / "adapter_config.json").write_text("{}")
+    for step in (2, 10):  # checkpoint-12: a save cut off before its trainer_state.json
+        (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    hint = (
+        "; it is a training run that has not finished (no adapter/ yet): `tuner train RECIPE ... --resume` finishes "
+        f"it, or pass a checkpoint, e.g. {str(run / 'checkpoints' / 'checkpoint-10')!r}"
+    )
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model(run, device="cpu")
+    assert str(err.value) == f"model directory {str(run)!r} has neither config.json nor adapter_config.json{hint}"
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_adapter_dir(run)
+    assert str(err.value) == f"{run}: neither an adapter directory (adapter_config.json) nor a run with adapter/{hint}"
+
+
 def test_a_hub_id_in_the_local_cache_loads_offline_and_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub
     import huggingface_hub.utils._http as hub_http

@@ -126,7 +126,10 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             f"{path}: a full model folder (config.json, no adapter_config.json), not a training run: {expects}. "
             f"Score and serve it as it is (tuner score --model {path}, tuner serve {path})"
         )
-    raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/")
+    from tuner.loading import unfinished_run_hint
+
+    hint = unfinished_run_hint(path) if path.is_dir() else ""
+    raise FileNotFoundError(f"{path}: neither an adapter directory (adapter_config.json) nor a run with adapter/{hint}")
 
 
 def _full_fine_tune_formats(formats: list[str], model_dir: Path) -> list[str]:

@@ -92,13 +92,35 @@ def _check_safetensors(file: Path) -> None:
         raise ModelNotFoundError(f"{file}: not a readable safetensors file ({err}); is it truncated?") from None
 
 
+def unfinished_run_hint(path: Path) -> str:
+    """ "; it is a training run that has not finished ..." for a run folder (config.yaml, checkpoints/) that holds
+    no adapter/ or model/ yet: an interrupted or still running `tuner train`, whose newest complete checkpoint is
+    the weights there are. "" for anything else."""
+    checkpoints = path / "checkpoints"
+    if not (path / "config.yaml").is_file() or not checkpoints.is_dir():
+        return ""
+    saved = [
+        d
+        for d in checkpoints.iterdir()
+        if d.name.startswith("checkpoint-") and d.name[11:].isdigit() and (d / "trainer_state.json").is_file()
+    ]
+    if not saved:
+        return "; it is a training run that has not finished and saved no checkpoint yet (`tuner train ... --resume`)"
+    newest = max(saved, key=lambda d: int(d.name[11:]))
+    return (
+        "; it is a training run that has not finished (no adapter/ yet): `tuner train RECIPE ... --resume` finishes "
+        f"it, or pass a checkpoint, e.g. {str(newest)!r}"
+    )
+
+
 def _folders_inside(path: Path, markers: tuple[str, ...]) -> str:
     """ "; it holds A, B: pass one of them, e.g. 'PATH/A'" for the subfolders of `path` holding one of `markers`
     (a run or an export root given for the model inside it), "" without any. The example is an export's merged
-    format where there is one (one forward pass, no PEFT wrapper: what the README serves), not its adapter."""
+    format where there is one (one forward pass, no PEFT wrapper: what the README serves), not its adapter. A run
+    that has not finished gets `unfinished_run_hint`."""
     inside = sorted(d.name for d in path.iterdir() if any((d / m).is_file() for m in markers))
     if not inside:
-        return ""
+        return unfinished_run_hint(path)
     example = min(inside, key=lambda name: (name != "merged", name != "seq-cls", name))
     return f"; it holds {', '.join(inside)}: pass one of them, e.g. {str(path / example)!r}"
 
