@@ -320,6 +320,15 @@ def test_vllm_command_takes_max_length_and_needs_the_chat_template(tmp_path, cap
         assert main(["serve", "--engine", "vllm", str(export_dir), *given]) == 0
         argv = shlex.split(capsys.readouterr().out)
         assert argv[argv.index("--max-model-len") + 1] == written
+    # past the model's positions: refused as tuner's own engine refuses it, not left to vLLM's start on a GPU
+    (export_dir / "config.json").write_text(json.dumps({"max_position_embeddings": 40960}))
+    assert main(["serve", "--engine", "vllm", str(export_dir), "--max-length", "40961"]) == 2
+    assert capsys.readouterr().err == (
+        "tuner serve: error: --max-length: max_length 40961 is past the model's max_position_embeddings (40960): "
+        "tokens beyond it sit at positions it never had; use at most 40960\n"
+    )
+    assert main(["serve", "--engine", "vllm", str(export_dir), "--max-length", "40960"]) == 0
+    capsys.readouterr()
     (export_dir / "chat_template.jinja").unlink()
     assert main(["serve", "--engine", "vllm", str(export_dir)]) == 2
     assert "chat_template.jinja is missing" in capsys.readouterr().err

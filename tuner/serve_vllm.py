@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+from tuner.contract import past_positions
 from tuner.export_card import vllm_args
 from tuner.loading import DTYPE_NAMES, full_fine_tune_dir
 from tuner.scoring import read_meta
@@ -72,6 +75,10 @@ def vllm_argv(
     if not (path / "chat_template.jinja").is_file():
         raise ValueError(f"{path}: chat_template.jinja is missing; re-export it")
     if max_length is not None:
+        # as tuner's own engine refuses it (vLLM would refuse it only when the server starts, minutes later on a GPU)
+        why = past_positions(max_length, SimpleNamespace(**_config(path)))
+        if why:
+            raise ValueError(f"--max-length: {why}")
         meta = {**meta, "max_length": max_length}
     argv = vllm_args(str(path), meta)
     argv += ["--served-model-name", served_name or default_served_name(path), "--host", host, "--port", str(port)]
@@ -84,6 +91,15 @@ def vllm_argv(
         # vLLM reads VLLM_API_KEY itself; the key never appears on the command line.
         argv = ["env", f"VLLM_API_KEY=${{{api_key_env}}}", *argv] if api_key_env != "VLLM_API_KEY" else argv
     return argv
+
+
+def _config(path: Path) -> dict:
+    """The export's config.json ({} when there is none or it does not parse: loading it names that)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def vllm_command(export_dir: str | Path, **kwargs) -> str:
