@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -789,6 +790,20 @@ def test_json_errors_of_a_line_cut_inside_a_string_read_as_one_phrase(tmp_path):
     whole.write_text('[{"query": "q", "pos": ["p', encoding="utf-8")
     with pytest.raises(DataError, match=r"g\.json:1: invalid JSON \(Unterminated string starting at column 25\)$"):
         load_groups(whole)
+
+
+def test_a_utf16_file_is_named_as_one(tmp_path):
+    # a spreadsheet's "Unicode text" export is UTF-16: "invalid start byte at byte 0" alone did not say so
+    hint = "; the file is UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8"
+    jsonl = tmp_path / "g.jsonl"
+    jsonl.write_bytes(GOOD.encode("utf-16"))
+    assert check_file(jsonl, tokens=False).errors[0] == (
+        f"{jsonl}:1: not UTF-8 text (invalid start byte at byte 0 of the line){hint}"
+    )
+    table = tmp_path / "pairs.csv"
+    table.write_bytes("query,document,label\nq,d,1\n".encode("utf-16"))
+    with pytest.raises(DataError, match=re.escape(hint) + "$"):
+        load_groups(table)
 
 
 def test_fractional_pair_labels_count_as_positives_and_are_warned_about(tmp_path, caplog):

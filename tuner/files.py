@@ -40,7 +40,15 @@ def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueErr
         return body.decode("utf-8")
     except UnicodeDecodeError as err:
         line = body[: err.start].count(b"\n") + 1
-        raise error(f"{where}:{line}: not UTF-8 text ({err.reason})") from None
+        raise error(f"{where}:{line}: not UTF-8 text ({err.reason}){utf16_hint(raw)}") from None
+
+
+def utf16_hint(start: bytes) -> str:
+    """ "; the file is UTF-16 ..." when `start` (a file's first bytes) opens with a UTF-16 byte-order mark, as a
+    spreadsheet's "Unicode text" export does; "" otherwise."""
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "; the file is UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8"
+    return ""
 
 
 def similar_names(path: str | Path, n: int = 3, *, folders_only: bool = False) -> list[Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.data.schema import MAX_GRADE
-from tuner.files import decode_utf8, json_error_place, json_error_reason, similar_names
+from tuner.files import decode_utf8, json_error_place, json_error_reason, similar_names, utf16_hint
 
 # How a JSON value that should have been a string is named in an error (JSON's words, not Python's).
 _JSON_KIND = {
@@ -75,7 +75,8 @@ def utf8_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    yield n, DataError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte {err.start} of the line)")
+                    where = f"{path}:{n}: not UTF-8 text ({err.reason} at byte {err.start} of the line)"
+                    yield n, DataError(where + (utf16_hint(raw) if n == 1 else ""))
                     continue
                 yield n, line.removeprefix("\ufeff") if n == 1 else line
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt .gz stream (not an OSError)
