@@ -331,6 +331,15 @@ def test_an_infinite_weight_is_refused(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_finite_weight_that_overflows_float32_is_refused(tiny_model_dir, tmp_path):
+    """`--weights 1e308` is a finite float but not a float32: the merged adapter held inf and nan, passed the
+    weighted-sum check (inf - inf is nan, never above the tolerance), was written, and scored NaN."""
+    a = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    with pytest.raises(ValueError, match=r"^--weights 1e\+308: the merged adapter's weights are not finite in float32"):
+        merge_adapters([a], tmp_path / "out", weights=[1e308])
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_merge_records_its_sources_as_absolute_paths(tiny_model_dir, tmp_path, monkeypatch):
     """`tuner merge runs/a --out soup` records where its sources are, whatever folder a later `tuner eval` runs in
     (the seen / unseen split traces the merge's runs through these paths)."""

@@ -206,6 +206,14 @@ def merge_adapters(
             expected[layer] = expected.get(layer, 0) + weight * delta
     if set(merged) != set(expected):
         raise ValueError(f"the merge adapts {len(merged)} layers but the sources {len(expected)}")
+    # weights that overflow float32 (--weights 1e308) give inf and nan deltas, which the comparison below passes
+    # (inf - inf is nan, and nan > tolerance is false): the adapter was written, and every score was NaN
+    overflow = next((layer for layer, delta in merged.items() if not bool(torch.isfinite(delta).all())), None)
+    if overflow is not None:
+        raise ValueError(
+            f"--weights {' '.join(f'{w:g}' for w in weights)}: the merged adapter's weights are not finite in float32 "
+            f"(first in {overflow}); choose smaller weights. Nothing written"
+        )
     worst = 0.0
     for layer, want in expected.items():
         scale = float(want.abs().max()) or 1.0
