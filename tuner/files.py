@@ -11,6 +11,7 @@ umask, and a rename keeps that mode, so each result is given the mode a plain `o
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,15 @@ __all__ = [
     "make_output_dir",
     "removed_if_failed",
 ]
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueError) -> str:

@@ -18,7 +18,6 @@ would have written (a chunk starts where the last written one ended, so every la
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -184,14 +183,6 @@ def _first_line(path: str | Path, qid: str, doc_id: str | None = None) -> int:
     return 0
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_identity(source: str | Path | None) -> dict[str, Any] | None:
     """What identifies a model or adapter without loading it: a local folder by its path and its weight files'
     names, sizes and modification times (`tuner.base_cache.model_identity`, which adapters' folders pass too), a hub
@@ -275,7 +266,7 @@ class Rerank:
         instruction: str | None = None,
         chunk_pairs: int = CHUNK_PAIRS,
     ) -> None:
-        from tuner.files import check_output_file
+        from tuner.files import check_output_file, sha256_file
 
         if (input is None) == (candidates is None):
             raise ValueError("give one input: a JSONL file of queries, or a run file of candidates with a BEIR folder")
@@ -322,7 +313,7 @@ class Rerank:
             raise DataError(f"{input or candidates}: no queries (the file is empty or blank)")
         self.num_queries, self.num_pairs = len(counts), sum(counts)
         self._counts = counts
-        inputs = {role: {"path": str(path.resolve()), "sha256": _sha256(path)} for role, path in files.items()}
+        inputs = {role: {"path": str(path.resolve()), "sha256": sha256_file(path)} for role, path in files.items()}
         self.key = {
             "version": RECORD_VERSION,
             "format": self.format,
