@@ -297,6 +297,35 @@ def test_resume_with_a_changed_recipe_is_refused_and_keeps_config_yaml(finished,
     assert _snapshot(out) == before
 
 
+def test_resume_refuses_training_data_changed_since_the_run_started(finished, tiny_model_dir, beir, tmp_path):
+    """The recipe was compared on --resume, the data it names was not: a training file edited or regenerated under
+    the same path was trained on for the rest of the run without a word (walk7)."""
+    from tuner.train_setup import DATA_RECORD, check_resume_data, write_data_record
+
+    record = json.loads((finished["output_dir"] / DATA_RECORD).read_text())
+    assert sorted(record) == ["data.beir corpus", "data.beir qrels/train.tsv", "data.beir queries"]
+    assert all(len(entry["sha256"]) == 64 and entry["bytes"] > 0 for entry in record.values())
+
+    run = tmp_path / "run"
+    shutil.copytree(finished["output_dir"], run)
+    config = tiny_config(tiny_model_dir, beir, run, "train.max_steps=2")
+    edited = json.loads((run / DATA_RECORD).read_text())
+    edited["data.beir qrels/train.tsv"]["sha256"] = "0" * 64  # as if the qrels had been rewritten since
+    (run / DATA_RECORD).write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match=r"--resume: data.beir qrels/train.tsv \(.*train.tsv\) changed since"):
+        train(config, resume=True)
+
+    rows = tmp_path / "groups.jsonl"
+    rows.write_text('{"query": "q", "pos": ["p"], "neg": ["n"]}\n', encoding="utf-8")
+    own = tiny_config(tiny_model_dir, beir, tmp_path / "own", "data.beir=null", f"data.train_file=[{rows}]")
+    write_data_record(tmp_path, own)
+    check_resume_data(tmp_path / DATA_RECORD, own)  # unchanged: resumes
+    rows.write_text('{"query": "q", "pos": ["p"], "neg": ["n2"]}\n', encoding="utf-8")  # same size, new content
+    with pytest.raises(ConfigError, match=r"data.train_file \(.*groups.jsonl\) changed since the run"):
+        check_resume_data(tmp_path / DATA_RECORD, own)
+    check_resume_data(tmp_path / "absent.json", own)  # a run from before the record: resumed as before
+
+
 def test_cli_resume_with_a_changed_recipe_exits_2_with_one_line(finished, capsys):
     from tuner.cli import main
 

@@ -636,16 +636,19 @@ def _train(
     from tuner.modeling import require_liger
     from tuner.tracking import log_model_artifact, start_tracking, summarize_to_tensorboard, summarize_to_tracker
     from tuner.train_setup import (
+        DATA_RECORD,
         RankEval,
         build_evaluators,
         check_before_work,
         check_resume_config,
+        check_resume_data,
         load_training_groups,
         output_dir_for,
         prepare_base,
         read_tokenizer,
         run_lock,
         setup_logging,
+        write_data_record,
         write_meta,
     )
 
@@ -683,6 +686,7 @@ def _train(
     resume_notes: list[tuple[int, str]] = []  # what --resume found and CPU fallbacks, logged once logging is set up
     if resume:  # before config.yaml is rewritten: it is the only record of what the checkpoints were trained with
         check_resume_config(out / CONFIG_FILE, config)
+        check_resume_data(out / DATA_RECORD, config)
         latest, prior = _resume_point(ckpt_dir, out / METRICS_FILE, resume_notes)
         prior_train = prior.get("train") or {}
         done = prior_train.get("global_step")
@@ -722,6 +726,8 @@ def _train(
                 else:
                     path.unlink()
         config.save(out / CONFIG_FILE)
+        if not resume:  # the record --resume compares the data with (a resume keeps the first one)
+            write_data_record(out, config)
         log.info("run directory: %s", out)
 
     # 1. base model (a tiny random one written into the run directory when model.tiny)

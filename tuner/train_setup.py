@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
 import os
 import sys
@@ -142,6 +143,64 @@ def check_resume_config(saved: Path, config: Config) -> None:
             f"--resume: the recipe differs from the run's saved {saved} in {'; '.join(diffs)} "
             "(resume with the same recipe and overrides, or train into a new output.dir)"
         )
+
+
+DATA_RECORD = "data.json"  # in the run directory: the training data's files as the run started on them
+
+
+def data_fingerprint(config: Config) -> dict[str, dict[str, Any]]:
+    """The files the run trains on, each by its size and SHA-256 under the recipe key that names it: each local
+    `data.train_file` (a hub dataset id as its id), or the BEIR folder's corpus, queries and qrels split that
+    `data.beir` mines groups from."""
+    from tuner.data.beir import _find
+    from tuner.data.groups import resolve_path
+    from tuner.files import sha256_file
+
+    d = config.data
+    files: dict[str, Path | str] = {}
+    if d.train_file:
+        for n, file in enumerate(d.train_files):
+            key = "data.train_file" if isinstance(d.train_file, str) else f"data.train_file[{n}]"
+            files[key] = resolve_path(file) or str(file)
+    elif d.beir:
+        folder = Path(d.beir).expanduser()
+        files["data.beir corpus"] = _find(folder, "corpus")
+        files["data.beir queries"] = _find(folder, "queries")
+        files[f"data.beir qrels/{d.split}.tsv"] = folder / "qrels" / f"{d.split}.tsv"
+    return {
+        key: {"hub": path}
+        if isinstance(path, str)
+        else {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for key, path in files.items()
+    }
+
+
+def check_resume_data(saved: Path, config: Config) -> None:
+    """Refuse to resume a run whose training data changed under the same path since it started (a file edited or
+    regenerated: its checkpoints trained on the old rows, and the rest of the run would train on other ones, with
+    another data order, with no word of it). A run started before this record was kept is resumed as before."""
+    if not saved.is_file():
+        return
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume: cannot read {saved} ({err}); delete it to resume unchecked") from None
+    now = data_fingerprint(config)
+    same = ("bytes", "sha256", "hub")  # not the path: the recipe's own comparison has it
+    for key in sorted(set(before) | set(now)):
+        then, current = before.get(key) or {}, now.get(key) or {}
+        if [then.get(k) for k in same] != [current.get(k) for k in same]:
+            what = current.get("file") or current.get("hub") or then.get("file") or then.get("hub")
+            raise ConfigError(
+                f"--resume: {key} ({what}) changed since the run started (its size or content differs from {saved}): "
+                "the checkpoints trained on the old rows; resume with the data as it was, or train into a new "
+                "output.dir"
+            )
+
+
+def write_data_record(out: Path, config: Config) -> None:
+    """Record `data_fingerprint` in the run directory when the run starts (see `check_resume_data`)."""
+    atomic_write_json(out / DATA_RECORD, data_fingerprint(config))
 
 
 def check_before_work(config: Config) -> None:
