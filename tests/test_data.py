@@ -311,6 +311,25 @@ def test_a_hub_dataset_id_on_a_machine_without_network_is_one_error_at_once(monk
     assert len(asked) == 1
 
 
+def test_a_folder_saved_with_datasets_save_to_disk_is_read(tmp_path):
+    """`Dataset.save_to_disk` (what an ST user keeps mine_hard_negatives' output as) and a `DatasetDict`'s folder
+    at its split: they were refused as folders without a train.jsonl, or taken for hub ids."""
+    datasets = pytest.importorskip("datasets")
+    rows = {"query": ["q", "q"], "positive": ["p", "p"], "negative_1": ["n1", "n2"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "mined"))
+    (g,) = load_groups(tmp_path / "mined")
+    assert (g.query, g.pos, g.neg) == ("q", ["p"], ["n1", "n2"])
+    dev = datasets.Dataset.from_dict({"query": ["r"], "document": ["d"], "label": [1]})
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "dev": dev}).save_to_disk(str(tmp_path / "dd"))
+    assert [g.query for g in load_groups(tmp_path / "dd")] == ["q"]
+    assert [g.query for g in load_groups(tmp_path / "dd", split="dev")] == ["r"]
+    with pytest.raises(DataError, match=r"dd: a saved DatasetDict .* without a 'test' split; it has dev, train"):
+        load_groups(tmp_path / "dd", split="test")
+    datasets.Dataset.from_dict({"query": ["q"], "pos": [[]]}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"bad: row 1: field 'pos' is empty"):
+        load_groups(tmp_path / "bad")
+
+
 def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="someuser/somedata: cannot load"):

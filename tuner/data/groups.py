@@ -15,6 +15,9 @@ Two row shapes are accepted (one file may mix them):
 
 A document is a non-empty string or `{"title"?, "text"?}` with at least one of the two (a title alone is a document).
 
+A folder written by `datasets.Dataset.save_to_disk` (or a `DatasetDict`'s, read at its split) goes through
+`datasets.load_from_disk`.
+
 Local JSONL/JSON files are read line by line here rather than through `datasets`: Arrow needs one type per
 column (a file that mixes string and `{title, text}` documents cannot be loaded by its JSON builder), and its
 errors do not name the line. CSV/TSV goes through the standard library's `csv` for the same reason (and to keep
@@ -362,10 +365,28 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{where}: cannot read as Parquet ({type(err).__name__}: {err})") from None
 
 
+def _iter_saved(path: Path) -> Iterator[tuple[str, Any]]:
+    """Rows of a folder `datasets.Dataset.save_to_disk` wrote."""
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - `datasets` is in the data extra
+        raise DataError(f"{path}: reading it needs `datasets` (pip install tuner[data])") from err
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises its own hierarchy (FileNotFoundError, ArrowInvalid, ...)
+        raise DataError(f"{path}: cannot load the saved dataset ({type(err).__name__}: {err})") from None
+    for n, row in enumerate(ds, 1):
+        yield f"{path}: row {n}", row
+
+
 def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | None:
-    """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet|.csv|.tsv`."""
+    """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet|.csv|.tsv`, or is
+    one that `datasets`' `save_to_disk` wrote (a Dataset's folder, or a DatasetDict's `<split>` folder)."""
     path = Path(path_or_id)
     if path.is_dir():
+        saved = _saved_dataset(path, split)
+        if saved is not None:
+            return saved
         if is_beir_folder(path):
             raise DataError(
                 f"{path}: a BEIR folder, not a file of training rows: evaluate on it with --beir (eval.beir), or "
@@ -402,6 +423,23 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
     return None
 
 
+def _saved_dataset(path: Path, split: str | None) -> Path | None:
+    """The folder `datasets.Dataset.save_to_disk` wrote (`state.json` + `dataset_info.json`), or a
+    `DatasetDict.save_to_disk` folder's `<split>` (default train) subfolder; None for any other folder."""
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return path
+    if not (path / "dataset_dict.json").is_file():
+        return None
+    name = split or "train"
+    if (path / name / "state.json").is_file():
+        return path / name
+    splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+    raise DataError(
+        f"{path}: a saved DatasetDict (datasets' save_to_disk) without a {name!r} split; "
+        f"it has {', '.join(splits) or 'none'} (pick one with the split)"
+    )
+
+
 def _near_misses(path: Path) -> str:
     """ "; did you mean ...?" for files beside `path` with a similar name, else ""."""
     close = similar_names(path)  # "trian" finds train.jsonl
@@ -417,6 +455,9 @@ def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tupl
     if path is None:
         _check_hub_reachable(str(path_or_id))
         yield from _iter_datasets(str(path_or_id), split, args=(str(path_or_id),))
+        return
+    if path.is_dir():  # a saved Dataset (`_saved_dataset`)
+        yield from _iter_saved(path)
         return
     name = path.name.lower()
     if name.endswith(".parquet"):
