@@ -311,6 +311,45 @@ def test_a_hub_dataset_id_on_a_machine_without_network_is_one_error_at_once(monk
     assert len(asked) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "nt.jsonl",
+            '{"query": "q", "answer": "p", "negative_1": "n1", "negative_2": "n2"}\n',
+            r"nt\.jsonl:1: missing field 'positive' \(a sentence-transformers triplet / n-tuple row.*; "
+            r"is 'answer' it\? rename that column to 'positive'",
+        ),
+        (
+            "a.jsonl",
+            '{"anchor": "q", "answer": "p", "negative": "n"}\n',
+            r"a\.jsonl:1: missing field 'positive' .*is 'answer' it\?",
+        ),
+        (
+            "lp.jsonl",
+            '{"query": "q", "answer": "p", "label": 1}\n',
+            r"lp\.jsonl:1: missing field 'document'; is 'answer' it\?",
+        ),
+        (
+            "sc.jsonl",
+            '{"query": "q", "document": "p", "score": 0.7}\n{"query": "q", "document": "p", "label": 1}\n',
+            r"sc\.jsonl:1: missing field 'label'; its 'score' .*output_scores=True\) is the miner's similarity",
+        ),
+        ("nt.csv", "query,answer,negative_1\nq,p,n\n", r"nt\.csv:1: .*\(missing positive\); is 'answer' it\?"),
+        ("lp.csv", "question,answer,label\nq,p,1\n", r"lp\.csv:1: .*\(missing query, document\)$"),
+        ("sc.csv", "query,document,score\nq,p,0.5\n", r"sc\.csv:1: .*\(missing label\); its 'score' .*similarity"),
+    ],
+)
+def test_mined_rows_under_the_dataset_own_column_names_name_the_column_to_rename(tmp_path, name, text, message):
+    """sentence-transformers' mine_hard_negatives keeps the input's column names (query, answer, negative_1, ...):
+    such rows said "missing field 'pos'" and "'negative_1' is not read; did you mean 'negative'?" (found by walk8)."""
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_groups(tmp_path / name)
+    if name.startswith("nt.jsonl"):  # its negatives are not "not read; did you mean 'negative'?"
+        assert set(read_groups(tmp_path / name, collect_errors=True).unknown_fields) == {"answer"}
+
+
 def test_a_folder_saved_with_datasets_save_to_disk_is_read(tmp_path):
     """`Dataset.save_to_disk` (what an ST user keeps mine_hard_negatives' output as) and a `DatasetDict`'s folder
     at its split: they were refused as folders without a train.jsonl, or taken for hub ids."""

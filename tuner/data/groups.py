@@ -225,16 +225,20 @@ def _table_rows(path: Path, reader, kind: str, tsv: bool, source: _TableLines) -
     repeated = sorted({c for c in columns if columns.count(c) > 1 and c})
     if repeated:
         raise DataError(f"{path}:{reader.line_num}: the header names {', '.join(repeated)} more than once")
-    triplets = "positive" in columns and "document" not in columns
+    st_shaped = "anchor" in columns or any(_NEGATIVE_KEY.fullmatch(c) for c in columns)
+    triplets = ("positive" in columns or st_shaped) and "document" not in columns
     if triplets:  # sentence-transformers' (query | anchor, positive, negative, negative_1, ...)
         required: tuple[str, ...] = ("query", "anchor", "positive")
         missing = [] if "query" in columns or "anchor" in columns else ["query"]
+        missing += [] if "positive" in columns else ["positive"]
     else:
         required = _TABLE_COLUMNS
         missing = [c for c in _TABLE_COLUMNS if c not in columns]
     if missing:
         other = next((sep for sep in (";", "\t", ",", "|") if len(header) == 1 and sep in header[0]), None)
         hint = f"; its header is one cell split by {other!r}: the file's separator is not the suffix's" if other else ""
+        if not hint and missing in (["positive"], ["document"], ["label"]):
+            hint = _renamed_column_hint({c: "" for c in columns}, missing[0])
         raise DataError(
             f"{path}:{reader.line_num}: a {kind} training file needs a header row naming the columns "
             f"{', '.join(_TABLE_COLUMNS)} (optional: title, instruction, qid), or query, positive, negative... for "
@@ -616,6 +620,11 @@ def parse_group(row: Any, where: str, require_positive: bool = True) -> Group:
     """Validate one grouped row and return its `Group` (an empty `pos` only without `require_positive`)."""
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    if "pos" not in row and ("anchor" in row or _negative_keys(row)):  # an ST triplet / n-tuple without 'positive'
+        raise DataError(
+            f"{where}: missing field 'positive' (a sentence-transformers triplet / n-tuple row: query or anchor, "
+            f"positive, negative...){_renamed_column_hint(row, 'positive')}"
+        )
     if "query" not in row or row["query"] is None:
         raise DataError(f"{where}: missing field 'query'")
     query = _text(row["query"], where, "query")
@@ -641,10 +650,13 @@ def parse_pair(row: Mapping, where: str) -> tuple[str, str | None, str | dict, f
         raise DataError(f"{where}: missing field 'query'")
     query = _text(row["query"], where, "query")
     if "document" not in row or row["document"] is None:
-        raise DataError(f"{where}: missing field 'document'")
+        hint = _renamed_column_hint(row, "document") if "document" not in row else ""
+        raise DataError(f"{where}: missing field 'document'{hint}")
     document = _document(row["document"], where, "document")
     if "label" not in row or row["label"] is None:
-        raise DataError(f"{where}: missing field 'label'")
+        raise DataError(
+            f"{where}: missing field 'label'{_renamed_column_hint(row, 'label') if 'label' not in row else ''}"
+        )
     label = row["label"]
     if isinstance(label, bool):
         label = int(label)
@@ -653,6 +665,29 @@ def parse_pair(row: Mapping, where: str) -> tuple[str, str | None, str | dict, f
     if label > MAX_GRADE:  # a positive's label is its grade (an integer one, the gain of nDCG)
         raise DataError(_above_max_grade(where, "label", label))
     return query, _instruction(row, where), document, float(label), _qid(row, where)
+
+
+def _renamed_column_hint(row: Mapping, wanted: str) -> str:
+    """'; is 'answer' it? ...' for a row whose text field tuner does not read may be the missing `wanted` one:
+    sentence-transformers' mine_hard_negatives keeps the input dataset's column names (question, answer, ...)."""
+    if wanted == "label":
+        if "score" not in row:
+            return ""
+        return (
+            "; its 'score' (sentence-transformers' mine_hard_negatives with output_scores=True) is the miner's "
+            "similarity, not a relevance label: mine with output_scores=False for 0/1 labels"
+        )
+    others = [
+        str(k)
+        for k, v in row.items()
+        if k not in READ_FIELDS and not _NEGATIVE_KEY.fullmatch(str(k)) and isinstance(v, (str, Mapping))
+    ]
+    if not others:
+        return ""
+    return (
+        f"; is {others[0]!r} it? rename that column to {wanted!r} (sentence-transformers' mine_hard_negatives keeps "
+        "the input dataset's column names)"
+    )
 
 
 def _is_pair(row: Any) -> bool:
@@ -805,7 +840,9 @@ def _note_unknown_fields(row: Any, where: str, found: dict[str, str]) -> None:
     """Record in `found` each field of the row that its shape's loader does not read, at the first row with it."""
     if isinstance(row, Mapping):
         known = _PAIR_KEYS if _is_pair(row) else _TRIPLET_KEYS if _is_triplet(row) else _GROUP_KEYS
-        for key in row.keys() - known - (set(_negative_keys(row)) if _is_triplet(row) else set()):
+        # the negatives of a triplet row, and of one missing its 'positive' (an error that names it)
+        triplet_like = "pos" not in row and not _is_pair(row)
+        for key in row.keys() - known - (set(_negative_keys(row)) if triplet_like else set()):
             found.setdefault(str(key), where)
 
 
