@@ -350,6 +350,33 @@ def test_mined_rows_under_the_dataset_own_column_names_name_the_column_to_rename
         assert set(read_groups(tmp_path / name, collect_errors=True).unknown_fields) == {"answer"}
 
 
+def test_sentence_transformers_listwise_rows_are_labeled_pairs(tmp_path):
+    """{"query", "docs" | "documents", "labels"} (ST's listwise layout, CrossEncoder ListNet/LambdaLoss data): each
+    label is a pair's label; it was refused ("missing field 'pos'") (found by walk8)."""
+    rows = [
+        {"query": "q", "docs": ["a", "b", {"title": "T", "text": "c"}], "labels": [1, 0, 3]},
+        {"query": "q", "documents": ["d", "g"], "labels": [0, 1.0], "x": 1},
+        {"query": "r", "docs": ["e", "f"], "labels": [True, False], "instruction": "task"},
+    ]
+    result = read_groups(_jsonl(tmp_path / "l.jsonl", rows))
+    assert [(g.query, g.pos, g.neg, g.instruction, g.pos_grades) for g in result.groups] == [
+        ("q", ["a", {"title": "T", "text": "c"}, "g"], ["b", "d"], None, [1, 3, 1]),
+        ("r", ["e"], ["f"], "task", None),
+    ]
+    assert result.unknown_fields == {"x": f"{tmp_path / 'l.jsonl'}:2"}
+    for bad, message in [
+        (
+            {"query": "q", "docs": ["a", "b"], "labels": [1]},
+            r"'labels' must be a list of one label per document \(2\), got 1",
+        ),
+        ({"query": "q", "docs": [], "labels": []}, r"'docs' must be a non-empty list"),
+        ({"query": "q", "docs": ["a", ""], "labels": [1, 0]}, r"'docs\[1\]' is empty text"),
+        ({"query": "q", "docs": ["a"], "labels": ["yes"]}, r"'labels\[0\]' must be a number"),
+    ]:
+        with pytest.raises(DataError, match=r"b\.jsonl:1: field " + message):
+            load_groups(_jsonl(tmp_path / "b.jsonl", [bad]))
+
+
 def test_a_folder_saved_with_datasets_save_to_disk_is_read(tmp_path):
     """`Dataset.save_to_disk` (what an ST user keeps mine_hard_negatives' output as) and a `DatasetDict`'s folder
     at its split: they were refused as folders without a train.jsonl, or taken for hub ids."""

@@ -86,8 +86,9 @@ class DataSection:
         metadata={
             "doc": "training rows: grouped JSONL {query, pos, neg, instruction?, pos_scores?, neg_scores?}, labeled "
             "pairs (JSONL, or CSV/TSV with a query,document,label header), sentence-transformers triplets "
-            "(query/anchor, positive, negative...), Parquet, a datasets save_to_disk folder, or a hub dataset id; "
-            "a list of them trains on all their groups together (a mix of sources, each in its own format)"
+            "(query/anchor, positive, negative...) or listwise rows {query, docs, labels}, Parquet, a datasets "
+            "save_to_disk folder, or a hub dataset id; a list of them trains on all their groups together (a mix of "
+            "sources, each in its own format)"
         },
     )
     beir: str | None = _f(None, "BEIR folder to mine training groups from (when no train_file)")

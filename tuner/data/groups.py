@@ -9,6 +9,8 @@ Two row shapes are accepted (one file may mix them):
   are kept as the positives' `pos_grades`, the gains of nDCG when the file is evaluated). A CSV/TSV file holds
   labeled pairs, one per row, under a header naming the columns (`query`, `document`, `label`, and optionally
   `title` (the document's), `instruction`, `qid`);
+- listwise rows, sentence-transformers' listwise layout: `{"query", "docs" (or "documents"): [...], "labels": [...],
+  "instruction"?, "qid"?}`, one label per document read as a labeled pair's (grouped per (query, instruction));
 - triplets, sentence-transformers' layout: `{"query" (or "anchor"), "positive", "negative"?, "negative_1"?, ...}`
   (its `mine_hard_negatives` output, triplet and n-tuple datasets), grouped per (query, instruction) like pairs,
   each document once. A CSV/TSV file may hold them too (a header with `positive` instead of `document, label`).
@@ -50,7 +52,10 @@ log = logging.getLogger(__name__)
 _GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid", "pos_grades"}
 _PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
 _TRIPLET_KEYS = {"query", "anchor", "positive", "instruction", "qid"}  # + negative, negative_1, negative_2, ...
-READ_FIELDS = _GROUP_KEYS | _PAIR_KEYS | _TRIPLET_KEYS | {"negative"}  # what a typo'd field name is compared with
+_LIST_KEYS = {"query", "docs", "documents", "labels", "instruction", "qid"}
+READ_FIELDS = (
+    _GROUP_KEYS | _PAIR_KEYS | _TRIPLET_KEYS | _LIST_KEYS | {"negative"}
+)  # what a typo'd field name is compared with
 _NEGATIVE_KEY = re.compile(r"negative(?:_(\d+))?")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".tsv", ".csv.gz", ".tsv.gz")
 _TABLE_COLUMNS = ("query", "document", "label")  # required in a CSV/TSV header; "title", "instruction", "qid" optional
@@ -694,6 +699,41 @@ def _is_pair(row: Any) -> bool:
     return isinstance(row, Mapping) and "pos" not in row and ("document" in row or "label" in row)
 
 
+def _is_listwise(row: Any) -> bool:
+    return (
+        isinstance(row, Mapping)
+        and "pos" not in row
+        and "labels" in row
+        and ("docs" in row or "documents" in row)
+        and not _is_pair(row)
+    )
+
+
+def parse_listwise(row: Mapping, where: str) -> tuple[str, str | None, list, list[float], str | None]:
+    """Validate one listwise row `{"query", "docs" (or "documents"), "labels"}` (sentence-transformers' listwise
+    layout): (query, instruction, documents, labels, qid); each label is read as a pair's label."""
+    if "query" not in row or row["query"] is None:
+        raise DataError(f"{where}: missing field 'query'")
+    query = _text(row["query"], where, "query")
+    key = "docs" if "docs" in row else "documents"
+    docs, labels = row[key], row["labels"]
+    if not isinstance(docs, list) or not docs:
+        raise DataError(f"{where}: field '{key}' must be a non-empty list of documents, got {_shown(docs)}")
+    if not isinstance(labels, list) or len(labels) != len(docs):
+        got = f"{len(labels)} labels" if isinstance(labels, list) else _shown(labels)
+        raise DataError(f"{where}: field 'labels' must be a list of one label per document ({len(docs)}), got {got}")
+    documents = [_document(d, where, f"{key}[{i}]") for i, d in enumerate(docs)]
+    values = []
+    for i, label in enumerate(labels):
+        label = int(label) if isinstance(label, bool) else label
+        if not _finite(label):
+            raise DataError(f"{where}: field 'labels[{i}]' must be a number, got {_shown(label)}")
+        if label > MAX_GRADE:
+            raise DataError(_above_max_grade(where, f"labels[{i}]", label))
+        values.append(float(label))
+    return query, _instruction(row, where), documents, values, _qid(row, where)
+
+
 def _is_triplet(row: Any) -> bool:
     return isinstance(row, Mapping) and "pos" not in row and "positive" in row and not _is_pair(row)
 
@@ -733,6 +773,11 @@ class _RowGroups:
         `result`."""
         if _is_triplet(row):
             self._add_triplet(*parse_triplet(row, where))
+        elif _is_listwise(row):  # one labeled pair per document
+            query, instruction, documents, labels, qid = parse_listwise(row, where)
+            for document, label in zip(documents, labels, strict=True):
+                self._add_pair(query, instruction, document, label, qid)
+                _count_odd_label(result, label, where)
         elif _is_pair(row):
             query, instruction, document, label, qid = parse_pair(row, where)
             self._add_pair(query, instruction, document, label, qid)
@@ -839,7 +884,15 @@ def read_groups(
 def _note_unknown_fields(row: Any, where: str, found: dict[str, str]) -> None:
     """Record in `found` each field of the row that its shape's loader does not read, at the first row with it."""
     if isinstance(row, Mapping):
-        known = _PAIR_KEYS if _is_pair(row) else _TRIPLET_KEYS if _is_triplet(row) else _GROUP_KEYS
+        known = (
+            _PAIR_KEYS
+            if _is_pair(row)
+            else _TRIPLET_KEYS
+            if _is_triplet(row)
+            else _LIST_KEYS
+            if _is_listwise(row)
+            else _GROUP_KEYS
+        )
         # the negatives of a triplet row, and of one missing its 'positive' (an error that names it)
         triplet_like = "pos" not in row and not _is_pair(row)
         for key in row.keys() - known - (set(_negative_keys(row)) if triplet_like else set()):
