@@ -364,6 +364,11 @@ def test_sentence_transformers_listwise_rows_are_labeled_pairs(tmp_path):
         ("r", ["e"], ["f"], "task", None),
     ]
     assert result.unknown_fields == {"x": f"{tmp_path / 'l.jsonl'}:2"}
+    # mine_hard_negatives(output_format="labeled-list") under the dataset's own column name
+    mined = _jsonl(tmp_path / "m.jsonl", [{"query": "q", "answer": ["a", "b"], "labels": [1, 0]}])
+    with pytest.raises(DataError, match=r"m\.jsonl:1: missing field 'docs' \(a sentence-transformers listwise row.*"):
+        load_groups(mined)
+    assert set(read_groups(mined, collect_errors=True).unknown_fields) == {"answer"}  # not 'labels'
     for bad, message in [
         (
             {"query": "q", "docs": ["a", "b"], "labels": [1]},

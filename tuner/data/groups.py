@@ -630,6 +630,11 @@ def parse_group(row: Any, where: str, require_positive: bool = True) -> Group:
             f"{where}: missing field 'positive' (a sentence-transformers triplet / n-tuple row: query or anchor, "
             f"positive, negative...){_renamed_column_hint(row, 'positive')}"
         )
+    if "pos" not in row and "labels" in row and "docs" not in row and "documents" not in row:
+        raise DataError(
+            f"{where}: missing field 'docs' (a sentence-transformers listwise row: query, docs, labels)"
+            f"{_renamed_column_hint(row, 'docs')}"
+        )
     if "query" not in row or row["query"] is None:
         raise DataError(f"{where}: missing field 'query'")
     query = _text(row["query"], where, "query")
@@ -685,7 +690,9 @@ def _renamed_column_hint(row: Mapping, wanted: str) -> str:
     others = [
         str(k)
         for k, v in row.items()
-        if k not in READ_FIELDS and not _NEGATIVE_KEY.fullmatch(str(k)) and isinstance(v, (str, Mapping))
+        if (k not in READ_FIELDS or (wanted == "docs" and k == "positive"))
+        and not _NEGATIVE_KEY.fullmatch(str(k))
+        and isinstance(v, list if wanted == "docs" else (str, Mapping))
     ]
     if not others:
         return ""
@@ -895,6 +902,8 @@ def _note_unknown_fields(row: Any, where: str, found: dict[str, str]) -> None:
         )
         # the negatives of a triplet row, and of one missing its 'positive' (an error that names it)
         triplet_like = "pos" not in row and not _is_pair(row)
+        if triplet_like and "labels" in row:  # a listwise row missing its 'docs' (an error that names it)
+            known = _LIST_KEYS
         for key in row.keys() - known - (set(_negative_keys(row)) if triplet_like else set()):
             found.setdefault(str(key), where)
 
