@@ -512,6 +512,20 @@ def test_bad_row_names_file_line_and_field(tmp_path, case, capsys):
     assert "empty texts" not in out or "empty texts (rejected rows): 1" in out
 
 
+def test_check_counts_the_rejected_rows_of_a_parquet_file(tmp_path, capsys):
+    """Rows of a Parquet file (or a saved or hub dataset) are named 'FILE: row N': each is a rejected row of its own
+    (every error was counted as one row: 'rows: 3 (1 rejected...' over 2 errors)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [{"query": "q", "pos": []}, {"query": "r", "pos": ["p"]}, {"query": "s", "pos": []}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "g.parquet")
+    assert main(["data", "check", str(tmp_path / "g.parquet"), "--no-tokens"]) == 1
+    out = capsys.readouterr().out
+    assert "rows: 3 (2 rejected, see the errors below)" in out
+    assert "FAILED: 2 errors" in out
+
+
 def test_check_collects_every_bad_row(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"{oops\n" + GOOD.encode() + b'{"query": "q", "pos": []}\n')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,10 +257,20 @@ def _v(count: int, one: str, many: str) -> str:
     return one if count == 1 else many
 
 
+_ROW_PLACE = re.compile(r"^(.*?(?::\d+|: row \d+)): ")  # FILE:LINE (JSONL, CSV) or SOURCE: row N (datasets)
+
+
+def _row_place(error: str) -> str:
+    """The row an error names: `FILE:LINE`, or `SOURCE: row N` for Parquet, saved and hub datasets (its first
+    ': ' alone made every row of those one row: '50 errors' of '1 rejected')."""
+    match = _ROW_PLACE.match(error)
+    return match.group(1) if match else error.split(": ", 1)[0]
+
+
 def format_report(report: CheckReport) -> str:
     """Human-readable lines for the terminal."""
     s = report.stats
-    bad_rows = len({e.split(": ", 1)[0] for e in report.errors if ": " in e})
+    bad_rows = len({_row_place(e) for e in report.errors if ": " in e})
     rejected = f" ({bad_rows} rejected, see the error{'s' if bad_rows != 1 else ''} below)" if bad_rows else ""
     lines = [f"{report.path}"]
     if "documents" in s:  # a BEIR folder
