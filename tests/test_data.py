@@ -369,6 +369,9 @@ def test_sentence_transformers_listwise_rows_are_labeled_pairs(tmp_path):
     with pytest.raises(DataError, match=r"m\.jsonl:1: missing field 'docs' \(a sentence-transformers listwise row.*"):
         load_groups(mined)
     assert set(read_groups(mined, collect_errors=True).unknown_fields) == {"answer"}  # not 'labels'
+    renamed = _jsonl(tmp_path / "p.jsonl", [{"query": "q", "positive": ["a", "b"], "labels": [1, 0]}])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: field 'positive' holds a list .*rename that column to 'docs'"):
+        load_groups(renamed)
     for bad, message in [
         (
             {"query": "q", "docs": ["a", "b"], "labels": [1]},

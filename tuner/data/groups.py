@@ -759,6 +759,11 @@ def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, str | dict
     query = _text(row[name], where, name)
     if row["positive"] is None:
         raise DataError(f"{where}: missing field 'positive'")
+    if isinstance(row["positive"], list) and "labels" in row:  # mine_hard_negatives' labeled-list, renamed
+        raise DataError(
+            f"{where}: field 'positive' holds a list of documents with 'labels': a sentence-transformers listwise "
+            "row names them 'docs' (query, docs, labels); rename that column to 'docs'"
+        )
     positive = _document(row["positive"], where, "positive")
     negatives = [_document(row[k], where, k) for k in _negative_keys(row) if row[k] is not None]
     return query, _instruction(row, where), positive, negatives, _qid(row, where)
