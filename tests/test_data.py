@@ -350,6 +350,27 @@ def test_mined_rows_under_the_dataset_own_column_names_name_the_column_to_rename
         assert set(read_groups(tmp_path / name, collect_errors=True).unknown_fields) == {"answer"}
 
 
+def test_sentence_transformers_reranking_evaluator_samples_are_groups(tmp_path):
+    """CrossEncoderRerankingEvaluator's samples: `positive` a list, with `negative` a list or `documents` (the
+    candidates, positives among them). They were refused ("field 'positive' must be a string ..., got list")."""
+    rows = [
+        {"query": "q", "positive": ["p1", "p2"], "documents": ["n1", "p2", "n2", "p1"]},
+        {"query": "r", "positive": ["p"], "negative": ["m1", "m2"], "x": 1},
+        {"query": "s", "positive": "p", "negative": ["k"]},
+    ]
+    result = read_groups(_jsonl(tmp_path / "e.jsonl", rows))
+    assert [(g.query, g.pos, g.neg) for g in result.groups] == [
+        ("q", ["p1", "p2"], ["n1", "n2"]),
+        ("r", ["p"], ["m1", "m2"]),
+        ("s", ["p"], ["k"]),
+    ]
+    assert result.unknown_fields == {"x": f"{tmp_path / 'e.jsonl'}:2"}
+    with pytest.raises(DataError, match=r"b\.jsonl:1: field 'positive' is an empty list"):
+        load_groups(_jsonl(tmp_path / "b.jsonl", [{"query": "q", "positive": [], "documents": ["a"]}]))
+    with pytest.raises(DataError, match=r"c\.jsonl:1: field 'documents\[1\]' is empty text"):
+        load_groups(_jsonl(tmp_path / "c.jsonl", [{"query": "q", "positive": ["a"], "documents": ["a", " "]}]))
+
+
 def test_sentence_transformers_listwise_rows_are_labeled_pairs(tmp_path):
     """{"query", "docs" | "documents", "labels"} (ST's listwise layout, CrossEncoder ListNet/LambdaLoss data): each
     label is a pair's label; it was refused ("missing field 'pos'") (found by walk8)."""

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 _GROUP_KEYS = {"query", "pos", "neg", "instruction", "pos_scores", "neg_scores", "qid", "pos_grades"}
 _PAIR_KEYS = {"query", "document", "label", "instruction", "qid"}
-_TRIPLET_KEYS = {"query", "anchor", "positive", "instruction", "qid"}  # + negative, negative_1, negative_2, ...
+_TRIPLET_KEYS = {"query", "anchor", "positive", "documents", "instruction", "qid"}  # + negative, negative_1, ...
 _LIST_KEYS = {"query", "docs", "documents", "labels", "instruction", "qid"}
 READ_FIELDS = (
     _GROUP_KEYS | _PAIR_KEYS | _TRIPLET_KEYS | _LIST_KEYS | {"negative"}
@@ -751,8 +751,12 @@ def _negative_keys(row: Mapping) -> list[str]:
     return [k for m, k in sorted(found, key=lambda mk: int(mk[0].group(1) or 0))]
 
 
-def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, str | dict, list, str | None]:
-    """Validate one triplet / n-tuple row: (query, instruction, positive, negatives, qid)."""
+def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, list, list, str | None]:
+    """Validate one triplet / n-tuple row: (query, instruction, positives, negatives, qid).
+
+    Also the samples of sentence-transformers' CrossEncoderRerankingEvaluator: `positive` a list of documents, with
+    `negative` a list, or `documents` (the candidates; those that are not a positive are negatives).
+    """
     name = "query" if "query" in row else "anchor"
     if row.get(name) is None:
         raise DataError(f"{where}: missing field 'query' (or 'anchor')")
@@ -764,9 +768,23 @@ def parse_triplet(row: Mapping, where: str) -> tuple[str, str | None, str | dict
             f"{where}: field 'positive' holds a list of documents with 'labels': a sentence-transformers listwise "
             "row names them 'docs' (query, docs, labels); rename that column to 'docs'"
         )
-    positive = _document(row["positive"], where, "positive")
-    negatives = [_document(row[k], where, k) for k in _negative_keys(row) if row[k] is not None]
-    return query, _instruction(row, where), positive, negatives, _qid(row, where)
+    if not isinstance(row["positive"], list):
+        positives = [_document(row["positive"], where, "positive")]
+    elif not row["positive"]:
+        raise DataError(f"{where}: field 'positive' is an empty list (a group needs at least one positive)")
+    else:
+        positives = [_document(d, where, f"positive[{i}]") for i, d in enumerate(row["positive"])]
+    negatives: list = []
+    for key in [*_negative_keys(row), *(["documents"] if "documents" in row else [])]:
+        value = row[key]
+        if isinstance(value, list):
+            negatives += [_document(d, where, f"{key}[{i}]") for i, d in enumerate(value)]
+        elif value is not None:
+            negatives.append(_document(value, where, key))
+    if "documents" in row:  # the evaluator's candidates hold its positives too
+        positive_keys = {_doc_key(d) for d in positives}
+        negatives = [d for d in negatives if _doc_key(d) not in positive_keys]
+    return query, _instruction(row, where), positives, negatives, _qid(row, where)
 
 
 class _RowGroups:
@@ -806,11 +824,11 @@ class _RowGroups:
         return self.pairs[key]
 
     def _add_triplet(
-        self, query: str, instruction: str | None, positive: str | dict, negatives: list, qid: str | None
+        self, query: str, instruction: str | None, positives: list, negatives: list, qid: str | None
     ) -> None:
         group = self._group_for(query, instruction, qid)
         known_docs = self.seen.setdefault((query, instruction), set())
-        for document, side in [(positive, group.pos)] + [(d, group.neg) for d in negatives]:
+        for document, side in [(d, group.pos) for d in positives] + [(d, group.neg) for d in negatives]:
             text = _doc_key(document)
             if text not in known_docs:  # a positive repeats on every row of its query: once is enough
                 known_docs.add(text)
