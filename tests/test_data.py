@@ -536,6 +536,21 @@ def test_bad_row_names_file_line_and_field(tmp_path, case, capsys):
     assert "empty texts" not in out or "empty texts (rejected rows): 1" in out
 
 
+def test_an_unread_field_is_compared_with_the_fields_of_its_row_shape(tmp_path, capsys):
+    """A triplet row's 'scores' (ST's output_scores=True) was met with "did you mean 'pos_scores'?", a field only
+    grouped rows have (found by walk8); a grouped row's typo still gets its hint."""
+    rows = [
+        {"query": "q", "positive": "a", "negative": "b", "scores": [0.9, 0.1]},
+        {"query": "r", "pos": ["c"], "negs": ["d"]},
+        {"query": "s", "positive": "e", "negativ": "f"},
+    ]
+    assert main(["data", "check", str(_jsonl(tmp_path / "s.jsonl", rows)), "--no-tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "s.jsonl:1: field 'scores' is not read by tuner (first row that has it)\n" in out
+    assert "s.jsonl:2: field 'negs' is not read by tuner (first row that has it); did you mean 'neg'?" in out
+    assert "s.jsonl:3: field 'negativ' is not read by tuner (first row that has it); did you mean 'negative'?" in out
+
+
 def test_check_counts_the_rejected_rows_of_a_parquet_file(tmp_path, capsys):
     """Rows of a Parquet file (or a saved or hub dataset) are named 'FILE: row N': each is a rejected row of its own
     (every error was counted as one row: 'rows: 3 (1 rejected...' over 2 errors)."""

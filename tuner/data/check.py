@@ -183,7 +183,9 @@ def check_file(
     stats["empty_texts"] = sum(1 for e in loaded.errors if "empty text" in e)
     stats["pair_queries_without_positive"] = loaded.skipped_no_positive
     for key, where in loaded.unknown_fields.items():
-        close = difflib.get_close_matches(key, sorted(READ_FIELDS), n=1, cutoff=0.75)
+        # compared with the fields of the row's own shape: a triplet row's 'scores' is not 'pos_scores', which
+        # only grouped rows have
+        close = difflib.get_close_matches(key, sorted(loaded.unknown_shape.get(key, READ_FIELDS)), n=1, cutoff=0.75)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         warnings.append(f"{where}: field {key!r} is not read by tuner (first row that has it){hint}")
     stats["fractional_labels"] = loaded.fractional_labels

@@ -73,6 +73,7 @@ class LoadResult:
         skipped_no_positive: pair-file queries whose labels were all <= 0 (no training signal; left out).
         unknown_fields: field name → first row that has it, for fields no loader reads (often a typo,
             such as "negs", that would silently drop data).
+        unknown_shape: field name → the fields that first row's shape reads (what a typo is compared with).
         fractional_labels: pair rows with a label strictly between 0 and 1, and the first of them: each counts as
             a positive (label > 0), which probability-like labels (0.2 "barely relevant") do not mean.
         negative_labels: pair rows with a label below 0, and the first of them: each counts as a negative, as 0
@@ -84,6 +85,7 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     skipped_no_positive: int = 0
     unknown_fields: dict[str, str] = field(default_factory=dict)
+    unknown_shape: dict[str, frozenset[str]] = field(default_factory=dict)
     fractional_labels: int = 0
     first_fractional: str | None = None
     negative_labels: int = 0
@@ -897,7 +899,7 @@ def read_groups(
         try:
             if isinstance(row, DataError):
                 raise row
-            _note_unknown_fields(row, where, result.unknown_fields)
+            _note_unknown_fields(row, where, result.unknown_fields, result.unknown_shape)
             grouped.add(row, where, result, require_positive)
         except DataError as err:
             if not collect_errors:
@@ -911,8 +913,11 @@ def read_groups(
     return result
 
 
-def _note_unknown_fields(row: Any, where: str, found: dict[str, str]) -> None:
-    """Record in `found` each field of the row that its shape's loader does not read, at the first row with it."""
+def _note_unknown_fields(
+    row: Any, where: str, found: dict[str, str], shapes: dict[str, frozenset[str]] | None = None
+) -> None:
+    """Record in `found` each field of the row that its shape's loader does not read, at the first row with it,
+    and in `shapes` the fields that shape reads."""
     if isinstance(row, Mapping):
         known = (
             _PAIR_KEYS
@@ -928,6 +933,8 @@ def _note_unknown_fields(row: Any, where: str, found: dict[str, str]) -> None:
         if triplet_like and "labels" in row:  # a listwise row missing its 'docs' (an error that names it)
             known = _LIST_KEYS
         for key in row.keys() - known - (set(_negative_keys(row)) if triplet_like else set()):
+            if str(key) not in found and shapes is not None:
+                shapes[str(key)] = frozenset(known | ({"negative"} if known is _TRIPLET_KEYS else set()))
             found.setdefault(str(key), where)
 
 
