@@ -406,6 +406,18 @@ def test_sentence_transformers_listwise_rows_are_labeled_pairs(tmp_path):
             load_groups(_jsonl(tmp_path / "b.jsonl", [bad]))
 
 
+def test_a_csv_cell_holding_a_written_list_is_refused(tmp_path):
+    """`to_csv` of a list column (ST's labeled-list output) writes str(list): it was read as one document, the whole
+    list, with no error (found by walk8). A document that merely has brackets is still a document."""
+    (tmp_path / "l.csv").write_text(
+        'query,positive,negative\nq,"[\'a b\', ""c\'s""]",n\nr,[see above],[1]\n', encoding="utf-8"
+    )
+    with pytest.raises(DataError, match=r"l\.csv:2: column 'positive' holds a Python list written as text"):
+        load_groups(tmp_path / "l.csv")
+    result = read_groups(tmp_path / "l.csv", collect_errors=True)
+    assert [(g.query, g.pos, g.neg) for g in result.groups] == [("r", ["[see above]"], ["[1]"])]
+
+
 def test_a_folder_saved_with_datasets_save_to_disk_is_read(tmp_path):
     """`Dataset.save_to_disk` (what an ST user keeps mine_hard_negatives' output as) and a `DatasetDict`'s folder
     at its split: they were refused as folders without a train.jsonl, or taken for hub ids."""

@@ -58,6 +58,7 @@ READ_FIELDS = (
 )  # what a typo'd field name is compared with
 _NEGATIVE_KEY = re.compile(r"negative(?:_(\d+))?")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".tsv", ".csv.gz", ".tsv.gz")
+_LIST_REPR = re.compile(r"""\s*\[\s*['"].*['"]\s*\]\s*""", re.DOTALL)  # str(['a', 'b']), as to_csv writes a list
 _TABLE_COLUMNS = ("query", "document", "label")  # required in a CSV/TSV header; "title", "instruction", "qid" optional
 
 
@@ -284,6 +285,16 @@ def _table_rows(path: Path, reader, kind: str, tsv: bool, source: _TableLines) -
         row: dict[str, Any] = {}
         for name, cell in zip(columns, cells, strict=True):
             row[name] = cell if cell != "" or name in required else None  # an empty optional cell: not given
+        listed = next((n for n in columns if _LIST_REPR.fullmatch(row[n] or "") and n not in ("query", "label")), None)
+        if listed is not None:  # pandas / datasets' to_csv of a list column (ST's labeled-list): one string
+            yield (
+                where,
+                DataError(
+                    f"{where}: column '{listed}' holds a Python list written as text ({_shown(row[listed])}): a "
+                    f"{kind} cell is one document; save list columns as JSONL or Parquet"
+                ),
+            )
+            continue
         if not triplets:
             row["label"] = _number(row["label"])
             title = row.pop("title", None)
