@@ -437,6 +437,23 @@ def test_a_folder_saved_with_datasets_save_to_disk_is_read(tmp_path):
         load_groups(tmp_path / "bad")
 
 
+def test_a_local_copy_of_a_hub_dataset_is_read_at_its_split(tmp_path):
+    """A hub dataset repository's files (git clone, snapshot_download: data/<split>-NNNNN-of-NNNNN.parquet), with
+    splits of different columns; it was refused as a folder without a train.jsonl (found by walk8)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    train = [{"query": "q", "positive": "p", "negative_1": "n"}]
+    pq.write_table(pa.Table.from_pylist(train), tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
+    test = [{"query": "r", "document": "d", "label": 1}, {"query": "r", "document": "e", "label": 0}]
+    pq.write_table(pa.Table.from_pylist(test), tmp_path / "repo" / "data" / "test-00000-of-00001.parquet")
+    assert [(g.query, g.pos, g.neg) for g in load_groups(tmp_path / "repo")] == [("q", ["p"], ["n"])]
+    assert [(g.query, g.pos, g.neg) for g in load_groups(tmp_path / "repo", "test")] == [("r", ["d"], ["e"])]
+    with pytest.raises(DataError, match=r"repo: no dev\.jsonl"):
+        load_groups(tmp_path / "repo", "dev")
+
+
 def test_an_unreachable_hub_id_is_a_data_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="someuser/somedata: cannot load"):

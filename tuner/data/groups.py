@@ -403,10 +403,11 @@ def _iter_saved(path: Path) -> Iterator[tuple[str, Any]]:
 
 def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | None:
     """The local file to read, or None for a hub id. A folder holds `<split>.jsonl|.json|.parquet|.csv|.tsv`, or is
-    one that `datasets`' `save_to_disk` wrote (a Dataset's folder, or a DatasetDict's `<split>` folder)."""
+    one that `datasets`' `save_to_disk` wrote (a Dataset's folder, or a DatasetDict's `<split>` folder), or a hub
+    dataset's files with `data/<split>-*` (then the folder itself)."""
     path = Path(path_or_id)
     if path.is_dir():
-        saved = _saved_dataset(path, split)
+        saved = _saved_dataset(path, split) or _hub_layout(path, split)
         if saved is not None:
             return saved
         if is_beir_folder(path):
@@ -462,6 +463,20 @@ def _saved_dataset(path: Path, split: str | None) -> Path | None:
     )
 
 
+def _hub_layout(path: Path, split: str | None) -> Path | None:
+    """A local copy of a hub dataset repository (`git clone`, `snapshot_download`, `push_to_hub`'s layout): the
+    folder itself when its `data/` holds `<split>-*` or `<split>.*` files (default train), else None."""
+    data = path / "data"
+    if data.is_dir() and any(_is_split_file(f, split or "train") for f in data.iterdir()):
+        return path
+    return None
+
+
+def _is_split_file(file: Path, split: str) -> bool:
+    """`train-00000-of-00001.parquet` or `train.jsonl` for the split `train` (the hub's data/ file names)."""
+    return file.is_file() and (file.name.startswith(f"{split}-") or file.name.split(".")[0] == split)
+
+
 def _near_misses(path: Path) -> str:
     """ "; did you mean ...?" for files beside `path` with a similar name, else ""."""
     close = similar_names(path)  # "trian" finds train.jsonl
@@ -478,8 +493,17 @@ def iter_rows(path_or_id: str | Path, split: str | None = None) -> Iterator[tupl
         _check_hub_reachable(str(path_or_id))
         yield from _iter_datasets(str(path_or_id), split, args=(str(path_or_id),))
         return
-    if path.is_dir():  # a saved Dataset (`_saved_dataset`)
+    if path.is_dir() and (path / "state.json").is_file():  # a saved Dataset (`_saved_dataset`)
         yield from _iter_saved(path)
+        return
+    if path.is_dir():  # a hub dataset's files (`_hub_layout`): this split's files of its data/, through datasets
+        name = split or "train"
+        files = sorted(f for f in (path / "data").iterdir() if _is_split_file(f, name))
+        builders = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+        builder = builders.get(files[0].suffix.lower())
+        if builder is None or any(f.suffix.lower() != files[0].suffix.lower() for f in files):
+            raise DataError(f"{path}/data: cannot read its {name} files {', '.join(f.name for f in files[:3])}")
+        yield from _iter_datasets(str(path), name, args=(builder,), data_files={name: [str(f) for f in files]})
         return
     name = path.name.lower()
     if name.endswith(".parquet"):
