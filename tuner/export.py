@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,73 @@ def _round_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
             param.copy_(param.to(dtype).to(param.dtype))
 
 
+@dataclass
+class _Source:
+    """What an export is made from: a run's adapter (or a full fine-tune's whole model), its `tuner.json`, the base
+    model it names and the inputs that `--out` must not replace."""
+
+    model_dir: Path  # the adapter directory, or a full fine-tune's model folder (RUN/model or a checkpoint)
+    meta: dict[str, Any]
+    base: str  # a full fine-tune's is named by the card (fine-tuned from), not loaded
+    inputs: dict[str, Path]
+    full_model: Path | None = None  # model_dir, for a lora.enabled=false run: its whole model is the merged format
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.model_dir.parent.name == "checkpoints"
+
+    @property
+    def run_dir(self) -> Path:
+        """The run: the trainer saves the resolved recipe next to adapter/, and next to checkpoints/
+        (tuner.train.CHECKPOINTS_DIR) for a checkpoint."""
+        return self.model_dir.parent.parent if self.is_checkpoint else self.model_dir.parent
+
+    def recipe_yaml(self) -> str | None:
+        """The run's resolved recipe (`config.yaml`), written into every format as recipe.yaml; None without one."""
+        run_config = self.run_dir / "config.yaml"
+        return run_config.read_text(encoding="utf-8") if run_config.is_file() else None
+
+    def warn_if_run_instruction_changed(self) -> None:
+        """A checkpoint: warn if its run's final adapter (or model) was given another instruction since."""
+        if self.is_checkpoint:
+            # what `tuner instruct --apply RUN` rewrites: RUN/adapter, or a full fine-tune's RUN/model (tuner.train's)
+            final = self.run_dir / ("model" if self.full_model is not None else "adapter")
+            _warn_instruction_applied_to_run(self.model_dir, self.meta.get("instruction"), read_meta(final), final.name)
+
+
+def _checked_formats(formats: Sequence[str]) -> list[str]:
+    """The requested formats, each once in the order given; an unknown one, or none, is an error."""
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)} or 'all'")
+    return formats
+
+
+def _resolve_source(source: str | Path, formats: list[str], base_model: str | None) -> tuple[_Source, list[str]]:
+    """What `source` (a run, a checkpoint or an adapter directory) exports, and in which of `formats` (a full
+    fine-tune has no adapter format)."""
+    full = full_fine_tune_dir(source)  # a lora.enabled=false run: its whole model is the merged format already
+    if full is not None:
+        if base_model:
+            raise ValueError(f"--base {base_model}: {full} is a full fine-tune, whole in itself (--base: an adapter's)")
+        formats = _full_fine_tune_formats(formats, full)
+        meta = read_meta(full)
+        return _Source(full, meta, meta["base_model"], {"source": Path(source), "model": full}, full), formats
+    adapter_dir = resolve_adapter_dir(source)
+    meta = read_meta(adapter_dir) or read_meta(adapter_dir.parent)
+    base = _base_model(adapter_dir, meta, base_model)
+    inputs = {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)}
+    return _Source(adapter_dir, meta, base, inputs), formats
+
+
+def _check_out(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:
+    """Refuse an `out` that would replace an input, or an existing export without `overwrite`."""
+    _check_out_spares_inputs(out, inputs)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+
+
 def export(
     source: str | Path,
     out: str | Path,
@@ -356,40 +424,17 @@ def export(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)} or 'all'")
+    formats = _checked_formats(formats)
     torch_dtype = _dtype(dtype)
     out = Path(out).expanduser().resolve()
-    full = full_fine_tune_dir(source)  # a lora.enabled=false run: its whole model is the merged format already
-    if full is not None:
-        if base_model:
-            raise ValueError(f"--base {base_model}: {full} is a full fine-tune, whole in itself (--base: an adapter's)")
-        formats = _full_fine_tune_formats(formats, full)
-        adapter_dir, meta = full, read_meta(full)
-        base = meta["base_model"]  # named by the card (fine-tuned from), not loaded
-        inputs = {"source": Path(source), "model": full}
-    else:
-        adapter_dir = resolve_adapter_dir(source)
-        meta = read_meta(adapter_dir) or read_meta(adapter_dir.parent)
-        base = _base_model(adapter_dir, meta, base_model)
-        inputs = {"source": Path(source), "adapter": adapter_dir, "base model": Path(base)}
-    _check_out_spares_inputs(out, inputs)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    replaced = _replaced_settings(out, meta, adapter_dir)
+    src, formats = _resolve_source(source, formats, base_model)
+    _check_out(out, src.inputs, overwrite)
+    replaced = _replaced_settings(out, src.meta, src.model_dir)
     dev = resolve_device(device)
-    instruction = meta.get("instruction")
-    # the trainer saves the resolved recipe next to adapter/, and next to checkpoints/ (tuner.train.CHECKPOINTS_DIR)
-    # for a checkpoint
-    run_dir = adapter_dir.parent.parent if adapter_dir.parent.name == "checkpoints" else adapter_dir.parent
-    run_config = run_dir / "config.yaml"
-    recipe_yaml = run_config.read_text(encoding="utf-8") if run_config.is_file() else None
-    if adapter_dir.parent.name == "checkpoints":
-        # what `tuner instruct --apply RUN` rewrites: RUN/adapter, or a full fine-tune's RUN/model (tuner.train's)
-        final = run_dir / ("model" if full is not None else "adapter")
-        _warn_instruction_applied_to_run(adapter_dir, instruction, read_meta(final), final.name)
+    full = src.full_model
+    adapter_dir, meta, base, instruction = src.model_dir, src.meta, src.base, src.meta.get("instruction")
+    recipe_yaml = src.recipe_yaml()
+    src.warn_if_run_instruction_changed()
 
     # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
     # Reranker the trainer evaluates.
