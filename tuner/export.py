@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +341,11 @@ class _Source:
     full_model: Path | None = None  # model_dir, for a lora.enabled=false run: its whole model is the merged format
 
     @property
+    def instruction(self) -> str | None:
+        """The export's default instruction (the run's; None: the contract's)."""
+        return self.meta.get("instruction")
+
+    @property
     def is_checkpoint(self) -> bool:
         return self.model_dir.parent.name == "checkpoints"
 
@@ -360,7 +365,7 @@ class _Source:
         if self.is_checkpoint:
             # what `tuner instruct --apply RUN` rewrites: RUN/adapter, or a full fine-tune's RUN/model (tuner.train's)
             final = self.run_dir / ("model" if self.full_model is not None else "adapter")
-            _warn_instruction_applied_to_run(self.model_dir, self.meta.get("instruction"), read_meta(final), final.name)
+            _warn_instruction_applied_to_run(self.model_dir, self.instruction, read_meta(final), final.name)
 
 
 def _checked_formats(formats: Sequence[str]) -> list[str]:
@@ -396,6 +401,124 @@ def _check_out(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
 
 
+@dataclass
+class _Parity:
+    """The probes' logits as the export goes: the training-time scorer's (`reference`), the gate rows of the
+    in-memory merged / seq-cls models, and what each loaded-back format must score (at fp32 tolerance)."""
+
+    tokenizer: Any
+    instruction: str | None
+    reference: list[float]
+    in_memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expected: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.expected["adapter"] = self.reference
+
+    def score(self, model: torch.nn.Module) -> list[float]:
+        """The probes' logits of a model still in memory."""
+        return _probe_logits(_in_memory_scorer(model, self.tokenizer, self.instruction))
+
+
+def _training_time_model(src: _Source, device: torch.device):
+    """The training-time scorer's model (base in fp32 + the adapter, or the fully fine-tuned model; eval mode, on
+    `device`) and tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    if src.full_model is not None:
+        tokenizer = _tokenizer_for(src.full_model, src.base)
+        model = AutoModelForCausalLM.from_pretrained(src.full_model, dtype=torch.float32).to(device).eval()
+    else:
+        tokenizer = _tokenizer_for(src.model_dir, src.base)
+        model = AutoModelForCausalLM.from_pretrained(src.base, dtype=torch.float32)
+        model = load_adapter(model, src.model_dir, src.base).to(device).eval()
+    return model, tokenizer
+
+
+def _merged(model, full: bool, encoder: PromptEncoder) -> tuple[Any, torch.Tensor]:
+    """The merged model (a full fine-tune's is the model itself; a PEFT model is consumed) as a Qwen3ForCausalLM,
+    and its fp32 w_yes − w_no head `[hidden]`, taken before any cast (the seq-cls head and the card's math)."""
+    merged = model if full else model.merge_and_unload()
+    merged.config.architectures = ["Qwen3ForCausalLM"]
+    lm_head, embed = merged.get_output_embeddings(), merged.get_input_embeddings()
+    if merged.config.tie_word_embeddings and lm_head.weight.data_ptr() != embed.weight.data_ptr():
+        merged.config.tie_word_embeddings = False  # a trained head (modules_to_save) must not be re-tied
+    head = (lm_head.weight[encoder.yes_id].float() - lm_head.weight[encoder.no_id].float()).detach().clone()
+    return merged, head
+
+
+def _score_merged(merged, parity: _Parity, dtype: str) -> None:
+    """The in-memory merged model's gate rows: the merge (exact arithmetic on fp32 weights) checked at fp32
+    precision, before any rounding; then, for a bf16 export, its weights rounded to `dtype` in place and checked
+    at that dtype's tolerance. The last logits are what the merged format must score when loaded back."""
+    logits = parity.score(merged)
+    parity.in_memory["merged"] = _compare(logits, parity.reference, EXACT, "reference")
+    if _dtype(dtype) != torch.float32:
+        _round_weights(merged, _dtype(dtype))
+        logits = parity.score(merged)
+        parity.in_memory[f"merged, weights rounded to {dtype}"] = _compare(logits, parity.reference, dtype, "reference")
+    parity.expected["merged"] = parity.expected["merged (model-card code)"] = logits
+
+
+def _seq_cls_model(merged, head: torch.Tensor, pad_token_id: int, torch_dtype: torch.dtype):
+    """A Qwen3ForSequenceClassification sharing `merged`'s body, its one-logit head `head` as stored (rounded to
+    `torch_dtype`, held in fp32)."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(merged.config)
+    config.architectures = ["Qwen3ForSequenceClassification"]
+    config.num_labels = 1
+    # Qwen3ForSequenceClassification finds each row's last real token through the pad id
+    config.pad_token_id = pad_token_id
+    with torch.device("meta"):
+        seq = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    seq.model = merged.model
+    seq.score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=head.device)
+    with torch.no_grad():
+        seq.score.weight.copy_(head.unsqueeze(0).to(torch_dtype).float())
+    return seq
+
+
+def _write_models(
+    model, dirs: dict[str, Path], full: bool, parity: _Parity, encoder: PromptEncoder, dtype: str, max_shard_size
+) -> None:
+    """Write each requested format's weights and tokenizer into `dirs`: the adapter first (merging consumes the
+    PEFT model), then merged, then seq-cls from it, scoring the in-memory merged and seq-cls models into
+    `parity` on the way."""
+    tokenizer, torch_dtype = parity.tokenizer, _dtype(dtype)
+    if "adapter" in dirs:
+        model.save_pretrained(dirs["adapter"], safe_serialization=True)
+        save_tokenizer(tokenizer, dirs["adapter"], encoder.max_length)
+    if "merged" not in dirs and "seq-cls" not in dirs:
+        return
+    merged, head = _merged(model, full, encoder)
+    _score_merged(merged, parity, dtype)
+    seq = None
+    if "seq-cls" in dirs:
+        seq = _seq_cls_model(merged, head, tokenizer.pad_token_id, torch_dtype)
+        parity.expected["seq-cls"] = parity.score(seq)
+        parity.in_memory["seq-cls"] = _compare(parity.expected["seq-cls"], parity.reference, dtype, "reference")
+    merged.to(torch_dtype)  # lossless once rounded; shared with seq.model
+    if "merged" in dirs:
+        save_model(merged, dirs["merged"], max_shard_size)
+        save_tokenizer(tokenizer, dirs["merged"], encoder.max_length)
+    if seq is not None:
+        seq.to(torch_dtype)
+        save_model(seq, dirs["seq-cls"], max_shard_size)
+        save_tokenizer(tokenizer, dirs["seq-cls"], encoder.max_length)
+
+
+def _write_side_files(
+    dirs: dict[str, Path], src: _Source, dtype: str, encoder: PromptEncoder, recipe_yaml: str | None, template: str
+) -> None:
+    """Each format's tuner.json (its parity figures come once the gate passed), recipe.yaml and chat template."""
+    for fmt, path in dirs.items():
+        _write_json(path / TUNER_META, _export_meta(src.meta, fmt, src.base, dtype, encoder))
+        if recipe_yaml is not None:
+            (path / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+        (path / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+
 def export(
     source: str | Path,
     out: str | Path,
@@ -422,94 +545,34 @@ def export(
     Returns:
         The parity report (also written into each export's `tuner.json`).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     formats = _checked_formats(formats)
-    torch_dtype = _dtype(dtype)
+    _dtype(dtype)  # an unknown dtype is refused before anything is read
     out = Path(out).expanduser().resolve()
     src, formats = _resolve_source(source, formats, base_model)
     _check_out(out, src.inputs, overwrite)
     replaced = _replaced_settings(out, src.meta, src.model_dir)
     dev = resolve_device(device)
     full = src.full_model
-    adapter_dir, meta, base, instruction = src.model_dir, src.meta, src.base, src.meta.get("instruction")
+    meta, instruction = src.meta, src.instruction
     recipe_yaml = src.recipe_yaml()
     src.warn_if_run_instruction_changed()
 
     # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
     # Reranker the trainer evaluates.
-    if full is not None:
-        tokenizer = _tokenizer_for(full, base)
-        model = AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32).to(dev).eval()
-    else:
-        tokenizer = _tokenizer_for(adapter_dir, base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = load_adapter(model, adapter_dir, base).to(dev).eval()
-    scorer = Reranker(model, tokenizer, max_length=PROBE_MAX_LENGTH, instruction=instruction, show_progress=False)
-    reference = _probe_logits(scorer)
+    model, tokenizer = _training_time_model(src, dev)
+    parity = _Parity(tokenizer, instruction, _probe_logits(_in_memory_scorer(model, tokenizer, instruction)))
     encoder = PromptEncoder(tokenizer, max_length=int(meta.get("max_length") or DEFAULT_MAX_LENGTH))
     template = build_chat_template(instruction)
     tokenizer.chat_template = template
-
-    in_memory: dict[str, dict[str, Any]] = {}  # gate rows of the in-memory merged / seq-cls models
-    expected = {"adapter": reference}  # what each loaded-back format must score (fp32 tolerance)
 
     # everything is written into a temporary folder that replaces `out` only when the parity gate passed (a
     # failure leaves no export and the previous one, if any); safetensors' private files get open()'s mode
     with atomic_dir(out) as tmp:
         dirs = {f: (tmp if len(formats) == 1 else tmp / f) for f in formats}
         # 2. Write. The adapter first (merging consumes the PEFT model), then merged, then seq-cls from it.
-        if "adapter" in dirs:
-            model.save_pretrained(dirs["adapter"], safe_serialization=True)
-            save_tokenizer(tokenizer, dirs["adapter"], encoder.max_length)
-        if "merged" in dirs or "seq-cls" in dirs:
-            merged = model if full is not None else model.merge_and_unload()
-            merged.config.architectures = ["Qwen3ForCausalLM"]
-            lm_head, embed = merged.get_output_embeddings(), merged.get_input_embeddings()
-            if merged.config.tie_word_embeddings and lm_head.weight.data_ptr() != embed.weight.data_ptr():
-                merged.config.tie_word_embeddings = False  # a trained head (modules_to_save) must not be re-tied
-            # w_yes − w_no from the fp32 merged head, before any cast (the seq-cls head and the card's math).
-            head = (lm_head.weight[encoder.yes_id].float() - lm_head.weight[encoder.no_id].float()).detach().clone()
-            # the merge is exact arithmetic on fp32 weights: checked at fp32 precision, before any rounding
-            merged_logits = _probe_logits(_in_memory_scorer(merged, tokenizer, instruction))
-            in_memory["merged"] = _compare(merged_logits, reference, EXACT, "reference")
-            if torch_dtype != torch.float32:
-                _round_weights(merged, torch_dtype)
-                merged_logits = _probe_logits(_in_memory_scorer(merged, tokenizer, instruction))
-                in_memory[f"merged, weights rounded to {dtype}"] = _compare(
-                    merged_logits, reference, dtype, "reference"
-                )
-            expected["merged"] = expected["merged (model-card code)"] = merged_logits
-            seq = None
-            if "seq-cls" in dirs:
-                config = copy.deepcopy(merged.config)
-                config.architectures = ["Qwen3ForSequenceClassification"]
-                config.num_labels = 1
-                # Qwen3ForSequenceClassification finds each row's last real token through the pad id
-                config.pad_token_id = tokenizer.pad_token_id
-                with torch.device("meta"):
-                    seq = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-                seq.model = merged.model
-                seq.score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=head.device)
-                with torch.no_grad():  # the head as stored: rounded to the export's dtype, held in fp32
-                    seq.score.weight.copy_(head.unsqueeze(0).to(torch_dtype).float())
-                expected["seq-cls"] = _probe_logits(_in_memory_scorer(seq, tokenizer, instruction))
-                in_memory["seq-cls"] = _compare(expected["seq-cls"], reference, dtype, "reference")
-            merged.to(torch_dtype)  # lossless once rounded; shared with seq.model
-            if "merged" in dirs:
-                save_model(merged, dirs["merged"], max_shard_size)
-                save_tokenizer(tokenizer, dirs["merged"], encoder.max_length)
-            if seq is not None:
-                seq.to(torch_dtype)
-                save_model(seq, dirs["seq-cls"], max_shard_size)
-                save_tokenizer(tokenizer, dirs["seq-cls"], encoder.max_length)
-            del merged, seq
-        del model, scorer
-        for fmt, path in dirs.items():
-            _write_json(path / TUNER_META, _export_meta(meta, fmt, base, dtype, encoder))
-            if recipe_yaml is not None:
-                (path / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-            (path / "chat_template.jinja").write_text(template, encoding="utf-8")
+        _write_models(model, dirs, full is not None, parity, encoder, dtype, max_shard_size)
+        del model
+        _write_side_files(dirs, src, dtype, encoder, recipe_yaml, template)
 
         # 3. Load every format back fresh, in fp32 (a bf16 checkpoint is upcast exactly: the figures measure the
         # stored weights, not bf16 arithmetic), and score the probes again.
@@ -522,14 +585,14 @@ def export(
             "exact_tolerance": {"atol": TOLERANCE[EXACT][0], "rtol": TOLERANCE[EXACT][1]},
             "probe_max_length": PROBE_MAX_LENGTH,
             "probes": len(PROBES),
-            "reference_logits": [round(x, 6) for x in reference],
-            "in_memory": in_memory,
+            "reference_logits": [round(x, 6) for x in parity.reference],
+            "in_memory": parity.in_memory,
             "formats": {},
         }
 
         def check(fmt: str, logits: list[float]) -> dict[str, Any]:
             source = "reference" if fmt == "adapter" else f"in-memory {fmt.split(' ')[0]}"
-            return _compare(logits, expected[fmt], EXACT, source)
+            return _compare(logits, parity.expected[fmt], EXACT, source)
 
         for fmt, path in dirs.items():
             # logits only, at the probes' budget: without calibrated=False, a calibration fitted at the export's
