@@ -519,6 +519,101 @@ def _write_side_files(
         (path / "chat_template.jinja").write_text(template, encoding="utf-8")
 
 
+def _loaded_back_rows(fmt: str, path: Path, parity: _Parity, device: torch.device) -> dict[str, dict[str, Any]]:
+    """The gate rows of the format `fmt` written at `path`, loaded back fresh in fp32: its logits against what it
+    was written from, and for merged also the model card's reference code's."""
+
+    def check(fmt: str, logits: list[float]) -> dict[str, Any]:
+        source = "reference" if fmt == "adapter" else f"in-memory {fmt.split(' ')[0]}"
+        return _compare(logits, parity.expected[fmt], EXACT, source)
+
+    # logits only, at the probes' budget: without calibrated=False, a calibration fitted at the export's
+    # max_length warned, on every export of a calibrated run, that these probes' probabilities were not
+    # calibrated
+    loaded = Reranker.from_pretrained(
+        path,
+        device=device,
+        dtype=torch.float32,
+        max_length=PROBE_MAX_LENGTH,
+        show_progress=False,
+        calibrated=False,
+    )
+    rows = {fmt: check(fmt, _probe_logits(loaded))}
+    if fmt == "merged":
+        from tuner.reference import reference_scores
+
+        card = reference_scores(
+            loaded.model,
+            loaded.tokenizer,
+            [(q, d, parity.instruction if i is None else i) for q, d, i in PROBES],
+            max_length=PROBE_MAX_LENGTH,
+            batch_size=2,  # full-vocabulary logits: keep the [batch, seq, 151669] tensor small
+            return_logits=True,
+        )
+        rows["merged (model-card code)"] = check("merged (model-card code)", card)
+    return rows
+
+
+def _parity_report(
+    dirs: dict[str, Path], parity: _Parity, full: bool, dtype: str, device: torch.device, template: str
+) -> dict[str, Any]:
+    """The parity report: the in-memory rows, every format in `dirs` loaded back (one at a time), and the chat
+    template's check (`passed` is the gate's)."""
+    report: dict[str, Any] = {
+        "reference": f"in-memory {'fully fine-tuned' if full else 'PEFT'} model, fp32, tuner Reranker",
+        "dtype": dtype,
+        "loaded_back_in": "float32",
+        "device": str(device),
+        "tolerance": {"atol": TOLERANCE[dtype][0], "rtol": TOLERANCE[dtype][1]},
+        "exact_tolerance": {"atol": TOLERANCE[EXACT][0], "rtol": TOLERANCE[EXACT][1]},
+        "probe_max_length": PROBE_MAX_LENGTH,
+        "probes": len(PROBES),
+        "reference_logits": [round(x, 6) for x in parity.reference],
+        "in_memory": parity.in_memory,
+        "formats": {},
+    }
+    for fmt, path in dirs.items():
+        report["formats"].update(_loaded_back_rows(fmt, path, parity, device))
+    report["template"] = check_template(parity.tokenizer, template, parity.instruction)
+    return report
+
+
+def _gate(report: dict[str, Any], dtype: str, out: Path) -> None:
+    """Set the report's `passed`; raise `ParityError`, naming each failed row, when a row or the template failed."""
+    rows = gate_rows(report)
+    failed = [f for f, r in rows.items() if not r["passed"]]
+    bad_template = report["template"]["prompt_strings_equal"] != len(PROBES) or (
+        report["template"]["token_ids_equal"] != len(PROBES)
+    )
+    report["passed"] = not failed and not bad_template
+    if not report["passed"]:
+        details = ", ".join(
+            f"{f}: max |Δ logit| {rows[f]['max_abs_logit_delta']:.3g} from the {rows[f]['compared_with']} "
+            f"(tolerance {_tolerance_text(rows[f]['tolerance'])})"
+            for f in failed
+        )
+        if bad_template:
+            strings, ids = report["template"]["prompt_strings_equal"], report["template"]["token_ids_equal"]
+            said = f"the chat template rendered the contract's prompt for {strings} of {len(PROBES)} probes"
+            details = "; ".join(filter(None, [details, f"{said} ({ids} with its token ids)"]))
+        raise ParityError(f"parity gate failed ({dtype}, logits in fp32): {details}; nothing was written to {out}")
+
+
+def _record(dirs: dict[str, Path], tmp: Path, report: dict[str, Any], out: Path, recipe_yaml: str | None) -> None:
+    """Add the passed report to each format's tuner.json and write its model card (as it will be at `out`); with
+    several formats, the report is also `parity.json` at the top."""
+    for fmt, path in dirs.items():
+        export_meta = read_meta(path)
+        export_meta["parity"] = report
+        _write_json(path / TUNER_META, export_meta)
+        (path / "README.md").write_text(
+            model_card(out if len(dirs) == 1 else out / fmt, export_meta, recipe_yaml, name=out.name),
+            encoding="utf-8",
+        )
+    if len(dirs) > 1:
+        _write_json(tmp / "parity.json", report)
+
+
 def export(
     source: str | Path,
     out: str | Path,
@@ -552,17 +647,16 @@ def export(
     _check_out(out, src.inputs, overwrite)
     replaced = _replaced_settings(out, src.meta, src.model_dir)
     dev = resolve_device(device)
-    full = src.full_model
-    meta, instruction = src.meta, src.instruction
     recipe_yaml = src.recipe_yaml()
     src.warn_if_run_instruction_changed()
 
     # 1. The training-time scorer: base in fp32 + the adapter (or the fully fine-tuned model), through the same
     # Reranker the trainer evaluates.
     model, tokenizer = _training_time_model(src, dev)
-    parity = _Parity(tokenizer, instruction, _probe_logits(_in_memory_scorer(model, tokenizer, instruction)))
-    encoder = PromptEncoder(tokenizer, max_length=int(meta.get("max_length") or DEFAULT_MAX_LENGTH))
-    template = build_chat_template(instruction)
+    reference = _probe_logits(_in_memory_scorer(model, tokenizer, src.instruction))
+    parity = _Parity(tokenizer, src.instruction, reference)
+    encoder = PromptEncoder(tokenizer, max_length=int(src.meta.get("max_length") or DEFAULT_MAX_LENGTH))
+    template = build_chat_template(src.instruction)
     tokenizer.chat_template = template
 
     # everything is written into a temporary folder that replaces `out` only when the parity gate passed (a
@@ -570,86 +664,16 @@ def export(
     with atomic_dir(out) as tmp:
         dirs = {f: (tmp if len(formats) == 1 else tmp / f) for f in formats}
         # 2. Write. The adapter first (merging consumes the PEFT model), then merged, then seq-cls from it.
-        _write_models(model, dirs, full is not None, parity, encoder, dtype, max_shard_size)
+        _write_models(model, dirs, src.full_model is not None, parity, encoder, dtype, max_shard_size)
         del model
         _write_side_files(dirs, src, dtype, encoder, recipe_yaml, template)
 
         # 3. Load every format back fresh, in fp32 (a bf16 checkpoint is upcast exactly: the figures measure the
         # stored weights, not bf16 arithmetic), and score the probes again.
-        report: dict[str, Any] = {
-            "reference": f"in-memory {'fully fine-tuned' if full is not None else 'PEFT'} model, fp32, tuner Reranker",
-            "dtype": dtype,
-            "loaded_back_in": "float32",
-            "device": str(dev),
-            "tolerance": {"atol": TOLERANCE[dtype][0], "rtol": TOLERANCE[dtype][1]},
-            "exact_tolerance": {"atol": TOLERANCE[EXACT][0], "rtol": TOLERANCE[EXACT][1]},
-            "probe_max_length": PROBE_MAX_LENGTH,
-            "probes": len(PROBES),
-            "reference_logits": [round(x, 6) for x in parity.reference],
-            "in_memory": parity.in_memory,
-            "formats": {},
-        }
-
-        def check(fmt: str, logits: list[float]) -> dict[str, Any]:
-            source = "reference" if fmt == "adapter" else f"in-memory {fmt.split(' ')[0]}"
-            return _compare(logits, parity.expected[fmt], EXACT, source)
-
-        for fmt, path in dirs.items():
-            # logits only, at the probes' budget: without calibrated=False, a calibration fitted at the export's
-            # max_length warned, on every export of a calibrated run, that these probes' probabilities were not
-            # calibrated
-            loaded = Reranker.from_pretrained(
-                path,
-                device=dev,
-                dtype=torch.float32,
-                max_length=PROBE_MAX_LENGTH,
-                show_progress=False,
-                calibrated=False,
-            )
-            report["formats"][fmt] = check(fmt, _probe_logits(loaded))
-            if fmt == "merged":
-                from tuner.reference import reference_scores
-
-                card = reference_scores(
-                    loaded.model,
-                    loaded.tokenizer,
-                    [(q, d, instruction if i is None else i) for q, d, i in PROBES],
-                    max_length=PROBE_MAX_LENGTH,
-                    batch_size=2,  # full-vocabulary logits: keep the [batch, seq, 151669] tensor small
-                    return_logits=True,
-                )
-                report["formats"]["merged (model-card code)"] = check("merged (model-card code)", card)
-            del loaded
-        report["template"] = check_template(tokenizer, template, instruction)
-        rows = gate_rows(report)
-        failed = [f for f, r in rows.items() if not r["passed"]]
-        bad_template = report["template"]["prompt_strings_equal"] != len(PROBES) or (
-            report["template"]["token_ids_equal"] != len(PROBES)
-        )
-        report["passed"] = not failed and not bad_template
-        if not report["passed"]:
-            details = ", ".join(
-                f"{f}: max |Δ logit| {rows[f]['max_abs_logit_delta']:.3g} from the {rows[f]['compared_with']} "
-                f"(tolerance {_tolerance_text(rows[f]['tolerance'])})"
-                for f in failed
-            )
-            if bad_template:
-                strings, ids = report["template"]["prompt_strings_equal"], report["template"]["token_ids_equal"]
-                said = f"the chat template rendered the contract's prompt for {strings} of {len(PROBES)} probes"
-                details = "; ".join(filter(None, [details, f"{said} ({ids} with its token ids)"]))
-            raise ParityError(f"parity gate failed ({dtype}, logits in fp32): {details}; nothing was written to {out}")
-
+        report = _parity_report(dirs, parity, src.full_model is not None, dtype, dev, template)
+        _gate(report, dtype, out)
         # 4. Record the figures and the model card, then move the export into place in one rename.
-        for fmt, path in dirs.items():
-            export_meta = read_meta(path)
-            export_meta["parity"] = report
-            _write_json(path / TUNER_META, export_meta)
-            (path / "README.md").write_text(
-                model_card(out if len(formats) == 1 else out / fmt, export_meta, recipe_yaml, name=out.name),
-                encoding="utf-8",
-            )
-        if len(formats) > 1:
-            _write_json(tmp / "parity.json", report)
+        _record(dirs, tmp, report, out, recipe_yaml)
     for note in replaced:  # said once the new export is in place (a failed one leaves the old one as it was)
         log.warning(note)
     return report
