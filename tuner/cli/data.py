@@ -280,52 +280,7 @@ def _run_mine(args) -> int:
     from tuner.data.check import _n
     from tuner.mining import MiningStats, mine_for_groups, mine_negatives, negatives_histogram
 
-    reranker_only = {
-        "--teacher-scores": args.teacher_scores,
-        "--adapter": args.adapter,
-        "--margin": args.margin is not None,
-        "--absolute-margin": args.absolute_margin is not None,
-        "--max-score": args.max_score is not None,
-        "--instruction": args.instruction is not None,
-        "--max-length": args.max_length is not None,
-        "--device": args.device,
-        "--dtype": args.dtype,
-    }
-    given = [flag for flag, value in reranker_only.items() if value]
-    if given and not args.reranker:  # they would be ignored: plain BM25 negatives
-        raise UserError(
-            f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --reranker (they tune its filter)"
-        )
-    if args.resume and not args.reranker:
-        raise UserError("--resume continues a --reranker run from its scores; BM25 alone keeps none: run it again")
-    for flag, value in (("--margin", args.margin), ("--absolute-margin", args.absolute_margin),
-                        ("--max-score", args.max_score)):  # fmt: skip
-        if value is not None and not 0.0 <= value <= 1.0:  # probabilities and their differences
-            raise UserError(f"{flag} must be in [0, 1] (the probability scale), got {value}")
-    if args.margin is None:
-        args.margin = mining.DEFAULT_MARGIN
-    if args.range_min >= args.range_max:
-        raise UserError(f"--range-min {args.range_min} must be below --range-max {args.range_max}")
-    if args.depth <= args.range_min:
-        raise UserError(
-            f"--depth {args.depth} leaves no candidate: it must be above --range-min {args.range_min} (the top "
-            f"{args.range_min} BM25 candidates are skipped)"
-        )
-    if args.corpus and not args.data:
-        raise UserError("--corpus adds documents to a --data file's pool (a BEIR folder has its own corpus)")
-    if args.corpus and Path(args.corpus).expanduser().is_dir():  # not "no such file; did you mean <itself>?"
-        inside = [Path(args.corpus) / n for n in ("corpus.jsonl", "corpus.jsonl.gz")]
-        inside = [p for p in inside if p.expanduser().is_file()]
-        raise UserError(
-            f"--corpus {args.corpus}: a folder; --corpus takes a corpus file (a BEIR corpus.jsonl[.gz])"
-            + (f", e.g. {inside[0]}" if inside else "")
-        )
-    if args.corpus and not Path(args.corpus).expanduser().is_file():
-        from tuner.files import similar_names
-
-        close = similar_names(args.corpus)  # BEIR's corpus.jsonl is often corpus.jsonl.gz
-        hint = f"; did you mean {', '.join(map(str, close))}?" if close else ""
-        raise UserError(f"--corpus {args.corpus}: no such file{hint}")
+    _check_mine_args(args)
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
     scores_path = Path(args.out).with_name(Path(args.out).name + ".scores.partial")
     if args.reranker:
@@ -421,6 +376,79 @@ def _run_mine(args) -> int:
         + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
     )
     return 0
+
+
+def _check_mine_args(args) -> None:
+    """Refuse, before anything is read, the flags that would be ignored or leave nothing to mine (and fill in
+    --margin's default)."""
+    _check_reranker_flags(args)
+    _check_margins(args)
+    _check_ranks(args)
+    _check_corpus(args)
+
+
+def _check_reranker_flags(args) -> None:
+    """The reranker's flags (and --resume) without --reranker: they would be ignored (plain BM25 negatives)."""
+    reranker_only = {
+        "--teacher-scores": args.teacher_scores,
+        "--adapter": args.adapter,
+        "--margin": args.margin is not None,
+        "--absolute-margin": args.absolute_margin is not None,
+        "--max-score": args.max_score is not None,
+        "--instruction": args.instruction is not None,
+        "--max-length": args.max_length is not None,
+        "--device": args.device,
+        "--dtype": args.dtype,
+    }
+    given = [flag for flag, value in reranker_only.items() if value]
+    if given and not args.reranker:  # they would be ignored: plain BM25 negatives
+        raise UserError(
+            f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --reranker (they tune its filter)"
+        )
+    if args.resume and not args.reranker:
+        raise UserError("--resume continues a --reranker run from its scores; BM25 alone keeps none: run it again")
+
+
+def _check_margins(args) -> None:
+    """The reranker filter's margins and cap are probabilities; --margin's default is set here."""
+    from tuner import mining
+
+    for flag, value in (("--margin", args.margin), ("--absolute-margin", args.absolute_margin),
+                        ("--max-score", args.max_score)):  # fmt: skip
+        if value is not None and not 0.0 <= value <= 1.0:  # probabilities and their differences
+            raise UserError(f"{flag} must be in [0, 1] (the probability scale), got {value}")
+    if args.margin is None:
+        args.margin = mining.DEFAULT_MARGIN
+
+
+def _check_ranks(args) -> None:
+    """--range-min, --range-max and --depth must leave BM25 ranks to sample negatives from."""
+    if args.range_min >= args.range_max:
+        raise UserError(f"--range-min {args.range_min} must be below --range-max {args.range_max}")
+    if args.depth <= args.range_min:
+        raise UserError(
+            f"--depth {args.depth} leaves no candidate: it must be above --range-min {args.range_min} (the top "
+            f"{args.range_min} BM25 candidates are skipped)"
+        )
+
+
+def _check_corpus(args) -> None:
+    """--corpus: for --data only, and a corpus file (a folder or a missing file is named, with a likely file)."""
+    if args.corpus and not args.data:
+        raise UserError("--corpus adds documents to a --data file's pool (a BEIR folder has its own corpus)")
+    if args.corpus and Path(args.corpus).expanduser().is_dir():  # not "no such file; did you mean <itself>?"
+        inside = [Path(args.corpus) / n for n in ("corpus.jsonl", "corpus.jsonl.gz")]
+        inside = [p for p in inside if p.expanduser().is_file()]
+        raise UserError(
+            f"--corpus {args.corpus}: a folder; --corpus takes a corpus file (a BEIR corpus.jsonl[.gz])"
+            + (f", e.g. {inside[0]}" if inside else "")
+        )
+    if args.corpus and not Path(args.corpus).expanduser().is_file():
+        from tuner.files import similar_names
+
+        close = similar_names(args.corpus)  # BEIR's corpus.jsonl is often corpus.jsonl.gz
+        hint = f"; did you mean {', '.join(map(str, close))}?" if close else ""
+        raise UserError(f"--corpus {args.corpus}: no such file{hint}")
 
 
 def _query_label(qid: str | None, query: str) -> str:
