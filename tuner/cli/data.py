@@ -276,9 +276,9 @@ def _run_mine(args) -> int:
     import time
 
     from tuner import mining
-    from tuner.data import load_beir, load_groups, write_groups
+    from tuner.data import write_groups
     from tuner.data.check import _n
-    from tuner.mining import MiningStats, mine_for_groups, mine_negatives, negatives_histogram
+    from tuner.mining import MiningStats, negatives_histogram
 
     _check_mine_args(args)
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
@@ -286,61 +286,11 @@ def _run_mine(args) -> int:
     if args.reranker:
         mining.ScoreCache.check_start(scores_path, args.resume)  # before the model loads
     start = time.perf_counter()
-    if args.data:
-        from tuner.data.beir import read_corpus
-
-        labeled = load_groups(args.data, args.split)
-        extra = read_corpus(args.corpus) if args.corpus else None
-    else:
-        beir = load_beir(args.beir, args.split)
-    reranker = None
-    if args.reranker:
-        from tuner.rerank import effective_settings, source_identity
-        from tuner.scoring import Reranker
-
-        loaded = Reranker.from_pretrained(
-            args.reranker, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
-        )
-        settings = {
-            "reranker": source_identity(args.reranker),
-            "adapter": source_identity(args.adapter),
-            **effective_settings(loaded, args.instruction, True, args.reranker, args.adapter),
-        }
-        reranker = mining.ScoreCache(loaded, scores_path, settings, resume=args.resume)
+    source, extra = _mine_source(args)
+    reranker = _score_cache(args, scores_path) if args.reranker else None
     out = Path(args.out)
     stats = MiningStats()
-    options = dict(
-        depth=args.depth,
-        range_min=args.range_min,
-        range_max=args.range_max,
-        num_negatives=args.num_negatives,
-        sampling=args.sampling,
-        seed=args.seed,
-        cache_dir=args.cache_dir or out.parent,
-        reranker=reranker,
-        margin=args.margin,
-        absolute_margin=args.absolute_margin,
-        max_score=args.max_score,
-        teacher_scores=args.teacher_scores,
-        instruction=args.instruction,
-        show_progress=not args.no_progress,
-        stats=stats,
-    )
-    try:
-        if args.data:
-            groups = mine_for_groups(labeled, corpus=extra, name=Path(args.data).name, **options)
-        else:
-            groups = mine_negatives(beir, **options)
-    except BaseException:
-        if reranker is not None:
-            reranker.close()
-            if scores_path.exists():
-                print(
-                    f"tuner mine: {scores_path} keeps the reranker's scores of {_n(len(reranker.scores), 'pair')}; the "
-                    "same command with --resume reads them back instead of scoring them again",
-                    file=sys.stderr,
-                )
-        raise
+    groups = _mine(args, source, extra, _mine_options(args, out, reranker, stats), scores_path)
     ranks = f"{args.range_min}..{min(args.range_max, args.depth)}"
     if not groups:  # an empty training file only fails later, in `tuner train`
         where = args.data if args.data else f"{args.beir} ({args.split})"
@@ -449,6 +399,82 @@ def _check_corpus(args) -> None:
         close = similar_names(args.corpus)  # BEIR's corpus.jsonl is often corpus.jsonl.gz
         hint = f"; did you mean {', '.join(map(str, close))}?" if close else ""
         raise UserError(f"--corpus {args.corpus}: no such file{hint}")
+
+
+def _mine_source(args):
+    """What to mine for: a --data file's groups and --corpus's documents (None without it), or a --beir split (and
+    None)."""
+    from tuner.data import load_beir, load_groups
+
+    if args.data:
+        from tuner.data.beir import read_corpus
+
+        labeled = load_groups(args.data, args.split)
+        extra = read_corpus(args.corpus) if args.corpus else None
+        return labeled, extra
+    return load_beir(args.beir, args.split), None
+
+
+def _score_cache(args, scores_path: Path):
+    """--reranker (and --adapter) loaded, its scores kept in `scores_path` as they come (read back with
+    --resume)."""
+    from tuner import mining
+    from tuner.rerank import effective_settings, source_identity
+    from tuner.scoring import Reranker
+
+    loaded = Reranker.from_pretrained(
+        args.reranker, adapter=args.adapter, device=args.device, dtype=args.dtype, max_length=args.max_length
+    )
+    settings = {
+        "reranker": source_identity(args.reranker),
+        "adapter": source_identity(args.adapter),
+        **effective_settings(loaded, args.instruction, True, args.reranker, args.adapter),
+    }
+    return mining.ScoreCache(loaded, scores_path, settings, resume=args.resume)
+
+
+def _mine_options(args, out: Path, reranker, stats) -> dict:
+    """The mining functions' keyword arguments (the BM25 index is cached next to `out` by default)."""
+    return dict(
+        depth=args.depth,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        num_negatives=args.num_negatives,
+        sampling=args.sampling,
+        seed=args.seed,
+        cache_dir=args.cache_dir or out.parent,
+        reranker=reranker,
+        margin=args.margin,
+        absolute_margin=args.absolute_margin,
+        max_score=args.max_score,
+        teacher_scores=args.teacher_scores,
+        instruction=args.instruction,
+        show_progress=not args.no_progress,
+        stats=stats,
+    )
+
+
+def _mine(args, source, extra, options: dict, scores_path: Path) -> list:
+    """The mined groups of `source` (see _mine_source); an interrupted --reranker run says where its scores are
+    kept for --resume."""
+    from tuner.data.check import _n
+    from tuner.mining import mine_for_groups, mine_negatives
+
+    reranker = options["reranker"]
+    try:
+        if args.data:
+            return mine_for_groups(source, corpus=extra, name=Path(args.data).name, **options)
+        return mine_negatives(source, **options)
+    except BaseException:
+        if reranker is not None:
+            reranker.close()
+            if scores_path.exists():
+                print(
+                    f"tuner mine: {scores_path} keeps the reranker's scores of {_n(len(reranker.scores), 'pair')}; the "
+                    "same command with --resume reads them back instead of scoring them again",
+                    file=sys.stderr,
+                )
+        raise
 
 
 def _query_label(qid: str | None, query: str) -> str:
