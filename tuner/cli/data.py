@@ -277,8 +277,7 @@ def _run_mine(args) -> int:
 
     from tuner import mining
     from tuner.data import write_groups
-    from tuner.data.check import _n
-    from tuner.mining import MiningStats, negatives_histogram
+    from tuner.mining import MiningStats
 
     _check_mine_args(args)
     check_output_file(args.out, "--out")  # before the mining (hours with a reranker), not after it
@@ -291,40 +290,17 @@ def _run_mine(args) -> int:
     out = Path(args.out)
     stats = MiningStats()
     groups = _mine(args, source, extra, _mine_options(args, out, reranker, stats), scores_path)
-    ranks = f"{args.range_min}..{min(args.range_max, args.depth)}"
     if not groups:  # an empty training file only fails later, in `tuner train`
         where = args.data if args.data else f"{args.beir} ({args.split})"
         raise UserError(
             f"{where}: no training group from {stats.queries} judged queries: none has a negative among BM25 ranks "
-            f"{ranks} of --depth {args.depth} (lower --range-min or raise --depth); nothing was written to {out}"
+            f"{_ranks(args)} of --depth {args.depth} (lower --range-min or raise --depth); nothing was written to {out}"
         )
     replaced = out.exists()
     write_groups(groups, out)
     if reranker is not None:
         reranker.close(remove=True)  # the output holds what they were for
-    hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
-    # which queries came short, fewest first: on a small corpus of one's own BM25 may match little past --range-min
-    short = sorted((g for g in groups if len(g.neg) < args.num_negatives), key=lambda g: len(g.neg))
-    kept = "held too few candidates" + (" the reranker kept" if reranker else "")
-    counts = [f"{_query_label(g.qid, g.query)}: {len(g.neg)}" for g in short]
-    fewest = f"\n  fewest negatives: {_first(counts)} (BM25 ranks {ranks} {kept}; lower --range-min or raise --depth)"
-    print(
-        f"wrote {len(groups)} groups for {stats.queries} judged queries to {out} in {time.perf_counter() - start:.1f} s"
-        + (" (replaced the previous file)" if replaced else "")
-        + f"\n  groups with {args.num_negatives} negatives: {stats.full} "
-        f"({100 * stats.full / max(1, stats.queries):.1f}% of queries); negatives per group: {{{hist}}}"
-        + (fewest if short else "")
-        + (
-            f"\n  no group: {_n(len(stats.no_negatives), 'query', 'queries')} kept no negative ("
-            + _first([_query_label(qid, query) for qid, query in stats.no_negatives])
-            + f"; BM25 ranks {ranks} {kept})"
-            if stats.no_negatives
-            else ""
-        )
-        + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
-        + (f" ({reranker.reused} of them read back from {scores_path})" if reranker and reranker.reused else "")
-        + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
-    )
+    _print_mine_summary(args, out, groups, stats, reranker, scores_path, replaced, start)
     return 0
 
 
@@ -475,6 +451,49 @@ def _mine(args, source, extra, options: dict, scores_path: Path) -> list:
                     file=sys.stderr,
                 )
         raise
+
+
+def _ranks(args) -> str:
+    """The BM25 ranks negatives are sampled from, as the messages name them."""
+    return f"{args.range_min}..{min(args.range_max, args.depth)}"
+
+
+def _print_mine_summary(
+    args, out: Path, groups: list, stats, reranker, scores_path: Path, replaced: bool, started: float
+) -> None:
+    """What `tuner mine` wrote: groups per judged query, negatives per group, the queries that came short or kept
+    none, what the reranker scored and dropped, and what was left out (`started`: time.perf_counter() at the start
+    of the work)."""
+    import time
+
+    from tuner.data.check import _n
+    from tuner.mining import negatives_histogram
+
+    ranks = _ranks(args)
+    hist = ", ".join(f"{k}: {v}" for k, v in negatives_histogram(groups).items())
+    # which queries came short, fewest first: on a small corpus of one's own BM25 may match little past --range-min
+    short = sorted((g for g in groups if len(g.neg) < args.num_negatives), key=lambda g: len(g.neg))
+    kept = "held too few candidates" + (" the reranker kept" if reranker else "")
+    counts = [f"{_query_label(g.qid, g.query)}: {len(g.neg)}" for g in short]
+    fewest = f"\n  fewest negatives: {_first(counts)} (BM25 ranks {ranks} {kept}; lower --range-min or raise --depth)"
+    seconds = time.perf_counter() - started
+    print(
+        f"wrote {len(groups)} groups for {stats.queries} judged queries to {out} in {seconds:.1f} s"
+        + (" (replaced the previous file)" if replaced else "")
+        + f"\n  groups with {args.num_negatives} negatives: {stats.full} "
+        f"({100 * stats.full / max(1, stats.queries):.1f}% of queries); negatives per group: {{{hist}}}"
+        + (fewest if short else "")
+        + (
+            f"\n  no group: {_n(len(stats.no_negatives), 'query', 'queries')} kept no negative ("
+            + _first([_query_label(qid, query) for qid, query in stats.no_negatives])
+            + f"; BM25 ranks {ranks} {kept})"
+            if stats.no_negatives
+            else ""
+        )
+        + (f"\n  reranker: {stats.scored_pairs} pairs scored, {stats.filtered} dropped" if reranker else "")
+        + (f" ({reranker.reused} of them read back from {scores_path})" if reranker and reranker.reused else "")
+        + (f"\n  left out: {len(stats.skipped)} ({_first(stats.skipped)})" if stats.skipped else "")
+    )
 
 
 def _query_label(qid: str | None, query: str) -> str:
