@@ -395,7 +395,7 @@ def _resolve_source(source: str | Path, formats: list[str], base_model: str | No
 
 
 def _check_out(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:
-    """Refuse an `out` that would replace an input, or an existing export without `overwrite`."""
+    """Refuse an `out` that would replace an input (always) or a folder that is not empty (without `overwrite`)."""
     _check_out_spares_inputs(out, inputs)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
