@@ -665,3 +665,17 @@ def test_a_scores_file_cut_mid_line_by_a_crash_resumes_with_that_pair_scored_aga
     assert len(third.scores) == 3
     with pytest.raises(ValueError, match=r"another reranker set-up \(m: 1 then, 2 now\)"):
         ScoreCache(Fake(), path, {"m": 2}, resume=True)
+
+
+def test_a_reranker_mine_that_kept_no_group_says_its_scores_are_kept_for_a_resume(tmp_path, tiny_model_dir, capsys):
+    """The filter dropped every candidate: the run failed, its scores stayed in OUT.scores.partial without a word,
+    and the rerun with looser options was refused for it. Both are said now, and --resume reuses the scores."""
+    folder = make_beir(tmp_path / "mini")
+    out = tmp_path / "mined.jsonl"
+    common = ["mine", "--beir", str(folder), "--out", str(out), "--num-negatives", "3", "--range-min", "0"]
+    common += ["--reranker", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--margin", "0.5"]) == 2  # the tiny model's random scores: every candidate dropped
+    err = capsys.readouterr().err
+    assert "no training group" in err and f"{out}.scores.partial" in err and "--resume" in err
+    assert main([*common, "--margin", "0", "--resume"]) == 0
+    assert "of them read back from" in capsys.readouterr().out and out.is_file()

@@ -292,9 +292,17 @@ def _run_mine(args) -> int:
     groups = _mine(args, source, extra, _mine_options(args, out, reranker, stats), scores_path)
     if not groups:  # an empty training file only fails later, in `tuner train`
         where = args.data if args.data else f"{args.beir} ({args.split})"
+        kept = ""
+        if reranker is not None:  # its scores are still good: the rerun with looser options reads them back
+            reranker.close()
+            kept = (
+                f", or the reranker dropped them all ({stats.filtered}: loosen --margin, --absolute-margin or "
+                f"--max-score); its scores are kept in {scores_path}: the rerun with --resume reads them back"
+            )
         raise UserError(
             f"{where}: no training group from {stats.queries} judged queries: none has a negative among BM25 ranks "
-            f"{_ranks(args)} of --depth {args.depth} (lower --range-min or raise --depth); nothing was written to {out}"
+            f"{_ranks(args)} of --depth {args.depth} (lower --range-min or raise --depth){kept}; nothing was written "
+            f"to {out}"
         )
     replaced = out.exists()
     write_groups(groups, out)
