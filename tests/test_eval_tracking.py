@@ -9,23 +9,8 @@ import sys
 import types
 
 import pytest
-import torch
 from mini_beir import DOCS
-
-
-def _random_adapter(base_dir, out_dir, seed: int = 0):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
-    )
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.5)
-    model.save_pretrained(out_dir)
-    return out_dir
+from train_helpers import random_adapter
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +21,7 @@ def tuner_run(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("tracked")
     run = root / "quick"
-    _random_adapter(tiny_model_dir, run / "adapter")
+    random_adapter(tiny_model_dir, run / "adapter")
     title, text = DOCS["d1"]
     train = root / "train.jsonl"
     train.write_text(json.dumps({"query": "q", "pos": [f"{title} {text}"], "neg": ["x"]}) + "\n", encoding="utf-8")

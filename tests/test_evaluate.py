@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from mini_beir import DOCS, QRELS, QUERIES
+from train_helpers import random_adapter
 
 from tuner.evaluate import Evaluator, first_stage_run, sample_queries
 from tuner.metrics import evaluate_run
@@ -323,21 +324,6 @@ def test_p_values_are_printed_to_4_decimals_and_below_that_as_a_bound():
     ]  # fmt: skip
 
 
-def _random_adapter(base_dir, out_dir, seed: int = 0):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
-    )
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.5)
-    model.save_pretrained(out_dir)
-    return out_dir
-
-
 def _table_rows(markdown: str) -> dict[str, list[float]]:
     """The first table of report.md: label → the four metric values (deltas dropped)."""
     rows = {}
@@ -353,7 +339,7 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dir, beir_dir):
     from tuner.metrics import evaluate_per_query, mean
     from tuner.retrieval import read_run
 
-    adapter = _random_adapter(tiny_model_dir, tmp_path / "adapter")
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "out"
     argv = ["eval", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--beir", str(beir_dir)]
     argv += ["--top-k", "5", "--out", str(out), "--instructions", "default", "none", "--no-progress"]
@@ -605,7 +591,7 @@ def test_cli_eval_splits_the_queries_by_the_training_data_of_the_adapters_run(
     from tuner.config import Config
 
     run = tmp_path / "run"
-    adapter = _random_adapter(tiny_model_dir, run / "adapter")
+    adapter = random_adapter(tiny_model_dir, run / "adapter")
     title, text = DOCS["d1"]
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"query": "q", "pos": [f"{title} {text}"], "neg": ["x"]}) + "\n", encoding="utf-8")
@@ -666,12 +652,12 @@ def test_an_eval_reads_the_base_back_from_the_base_cache(tmp_path, tiny_model_di
     cache = tmp_path / "base-cache"
     options = {"top_k": 5, "show_progress": False, "cache_dir": None, "base_cache_dir": cache}
     first = eval_run.run_eval(
-        str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=str(_random_adapter(tiny_model_dir, tmp_path / "x")),
+        str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=str(random_adapter(tiny_model_dir, tmp_path / "x")),
         **options,
     )  # fmt: skip
     assert len(list(cache.glob("base-*.json"))) == 1
     scored = _count_scored(monkeypatch)
-    other = str(_random_adapter(tiny_model_dir, tmp_path / "y", seed=1))
+    other = str(random_adapter(tiny_model_dir, tmp_path / "y", seed=1))
     second = eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "b", adapter=other, **options)
     assert scored == ["tuned"]
     base = next(s for s in second["systems"] if s["label"] == "base")
@@ -721,7 +707,7 @@ def test_the_base_cache_keys_the_prompt_budget_and_the_model_options(tmp_path, t
 
     options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
     options["base_cache_dir"] = tmp_path / "base-cache"
-    adapter = str(_random_adapter(tiny_model_dir, tmp_path / "x"))
+    adapter = str(random_adapter(tiny_model_dir, tmp_path / "x"))
     eval_run.run_eval(str(tiny_model_dir), beir_dir, tmp_path / "a", adapter=adapter, **options)
     scored = _count_scored(monkeypatch)
     (tmp_path / "x" / "tuner.json").write_text(json.dumps({"max_length": 80}), encoding="utf-8")
@@ -738,8 +724,8 @@ def test_an_adapter_given_alone_is_compared_with_another_adapter_on_its_own_base
     """`tuner eval --model ADAPTER_A --compare ADAPTER_B`: B loads on the base it names (as A does), not on A."""
     from tuner import eval_run
 
-    first = str(_random_adapter(tiny_model_dir, tmp_path / "a"))
-    second = str(_random_adapter(tiny_model_dir, tmp_path / "b", seed=1))
+    first = str(random_adapter(tiny_model_dir, tmp_path / "a"))
+    second = str(random_adapter(tiny_model_dir, tmp_path / "b", seed=1))
     options = {"top_k": 3, "max_queries": 2, "show_progress": False, "cache_dir": None}
     summary = eval_run.run_eval(first, beir_dir, tmp_path / "out", compare=[second], **options)
     systems = {s["label"]: s for s in summary["systems"]}
@@ -767,7 +753,7 @@ def test_a_compared_adapter_loads_on_the_model_given(tmp_path, tiny_model_dir, b
     adapter_config.json records (a hub id, a folder since moved)."""
     from tuner import eval_run
 
-    adapter = _random_adapter(tiny_model_dir, tmp_path / "adapter")
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tmp_path / "moved-away")
     (adapter / "adapter_config.json").write_text(json.dumps(config))
@@ -900,7 +886,7 @@ def test_the_evaluated_adapter_of_a_run_is_labeled_by_its_run_as_compared_ones_a
     runs = {}
     for n, name in enumerate(("listwise", "pointwise")):
         runs[name] = tmp_path / "runs" / name
-        _random_adapter(tiny_model_dir, runs[name] / "adapter", seed=n)
+        random_adapter(tiny_model_dir, runs[name] / "adapter", seed=n)
         (runs[name] / "config.yaml").write_text(f"name: {name}\n", encoding="utf-8")
     flags = ["--beir", str(beir_dir), "--top-k", "3", "--max-queries", "2", "--train-data", "none"]
     flags += ["--no-progress", "--cache-dir", ""]
@@ -932,9 +918,9 @@ def test_the_evaluated_adapter_of_a_run_is_labeled_by_its_run_as_compared_ones_a
     # the run's adapter given alone, or its checkpoint, by the run (as system_label names them in --compare)
     assert labels_of(str(runs["listwise"] / "adapter")) == ["base", "listwise/adapter"]
     checkpoint = runs["listwise"] / "checkpoints" / "checkpoint-4"
-    _random_adapter(tiny_model_dir, checkpoint)
+    random_adapter(tiny_model_dir, checkpoint)
     assert labels_of(str(tiny_model_dir), str(checkpoint)) == ["base", "listwise/checkpoint-4"]
     # an adapter from no run: "tuned", as before
-    plain = _random_adapter(tiny_model_dir, tmp_path / "plain" / "adapter")
+    plain = random_adapter(tiny_model_dir, tmp_path / "plain" / "adapter")
     assert labels_of(str(tiny_model_dir), str(plain)) == ["base", "tuned"]
     assert labels_of(str(plain)) == ["base", "tuned"]

@@ -89,3 +89,21 @@ def random_lora(model_dir: Path, seed: int = 0, **load_kwargs):
             if p.requires_grad:
                 p.normal_(0.0, 0.05)
     return model
+
+
+def random_adapter(base_dir, out_dir, seed: int = 0) -> Path:
+    """A saved PEFT adapter (r4, all linear layers) on `base_dir` whose B matrices are random (not zero), so that it
+    scores unlike its base; returns `out_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    model.save_pretrained(out_dir)
+    return out_dir
