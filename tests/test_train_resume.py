@@ -999,3 +999,22 @@ def test_the_comparison_table_has_the_seen_and_unseen_rows():
         ["scifact/test seen (3)", "final"],
     ]
     assert rows[-1][2] == 0.7
+
+
+def test_resume_data_record_of_a_saved_dataset_folder(tmp_path, tiny_model_dir, beir):
+    """data.train_file may be a folder (datasets' save_to_disk, a hub dataset's local copy): the data record hashed
+    it as a file and the run stopped with IsADirectoryError before training."""
+    import datasets
+
+    from tuner.train_setup import DATA_RECORD, check_resume_data, write_data_record
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list([{"query": "q", "pos": ["p"], "neg": ["n"]}]).save_to_disk(str(folder))
+    config = tiny_config(tiny_model_dir, beir, tmp_path / "run", "data.beir=null", f"data.train_file={folder}")
+    write_data_record(tmp_path, config)
+    record = json.loads((tmp_path / DATA_RECORD).read_text())
+    assert record["data.train_file"]["bytes"] > 0 and len(record["data.train_file"]["sha256"]) == 64
+    check_resume_data(tmp_path / DATA_RECORD, config)  # unchanged: resumes
+    datasets.Dataset.from_list([{"query": "q", "pos": ["p"], "neg": ["n2"]}]).save_to_disk(str(folder))
+    with pytest.raises(ConfigError, match=r"data.train_file \(.*saved\) changed since the run"):
+        check_resume_data(tmp_path / DATA_RECORD, config)

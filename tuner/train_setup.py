@@ -150,8 +150,8 @@ DATA_RECORD = "data.json"  # in the run directory: the training data's files as 
 
 def data_fingerprint(config: Config) -> dict[str, dict[str, Any]]:
     """The files the run trains on, each by its size and SHA-256 under the recipe key that names it: each local
-    `data.train_file` (a hub dataset id as its id), or the BEIR folder's corpus, queries and qrels split that
-    `data.beir` mines groups from."""
+    `data.train_file` (a folder by all its files, a hub dataset id as its id), or the BEIR folder's corpus, queries
+    and qrels split that `data.beir` mines groups from."""
     from tuner.data.beir import _find
     from tuner.data.groups import resolve_path
     from tuner.files import sha256_file
@@ -170,9 +170,28 @@ def data_fingerprint(config: Config) -> dict[str, dict[str, Any]]:
     return {
         key: {"hub": path}
         if isinstance(path, str)
+        else _folder_fingerprint(path)
+        if path.is_dir()
         else {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
         for key, path in files.items()
     }
+
+
+def _folder_fingerprint(folder: Path) -> dict[str, Any]:
+    """A folder of training data (a `save_to_disk` folder, a hub dataset's local copy) by its files' total size and
+    one SHA-256 over their relative paths and contents; hidden files and folders (`.git`, `.cache`) are left out."""
+    import hashlib
+
+    from tuner.files import sha256_file
+
+    digest, size = hashlib.sha256(), 0
+    for file in sorted(folder.rglob("*")):
+        relative = file.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not file.is_file():
+            continue
+        size += file.stat().st_size
+        digest.update(f"{relative.as_posix()}\0{sha256_file(file)}\n".encode())
+    return {"file": str(folder), "bytes": size, "sha256": digest.hexdigest()}
 
 
 def check_resume_data(saved: Path, config: Config) -> None:
