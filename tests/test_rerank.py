@@ -409,3 +409,28 @@ def test_a_hub_model_the_first_run_downloaded_still_resumes(tmp_path, monkeypatc
     cached["Org/Model"] = str(snapshot / "config.json")  # the first run's load downloaded it
     assert source_identity("Org/Model") == first
     assert hub_snapshot("Org/Model") == "abc123" and hub_snapshot(None) is None and hub_snapshot(tmp_path) is None
+
+
+def test_a_refused_resume_names_the_missing_partial_and_lets_go_of_the_lock(tmp_path):
+    """The lock taken for --resume (caf6cbe) opened the partial before the record was read: a record without its
+    partial was `[Errno 2] No such file or directory` instead of the record check's message, and a resume refused
+    for other options kept the partial's fd and lock for the rest of a Python caller's process."""
+    import fcntl
+    import os
+
+    from tuner.rerank import Rerank
+
+    data = _write_rows(tmp_path / "queries.jsonl")
+    out = tmp_path / "out.jsonl"
+    Rerank(out, input=data)._write_record(0, 0, 0, {})  # the record of a run killed before its partial was made
+    with pytest.raises(ValueError, match=r"--resume: .*out.jsonl.partial is missing, so .* cannot be continued"):
+        Rerank(out, input=data, resume=True)
+
+    (tmp_path / "out.jsonl.partial").write_bytes(b"")
+    with pytest.raises(ValueError, match="another options"):
+        Rerank(out, input=data, top_k=2, resume=True)
+    fd = os.open(tmp_path / "out.jsonl.partial", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: the refused resume let go of it
+    finally:
+        os.close(fd)

@@ -324,10 +324,15 @@ class Rerank:
         self.record: dict[str, Any] | None = None
         self._lock: int | None = None
         if resume:
-            self._hold(os.open(self.partial, os.O_RDWR))
-            self.record = self._read_record()
-            self._compare("input", _inputs_digest(self.record["key"]), _inputs_digest(self.key))
-            self._compare("options", self.record["key"]["options"], self.key["options"])
+            if self.partial.is_file():  # else _read_record names the missing partial
+                self._hold(os.open(self.partial, os.O_RDWR))
+            try:
+                self.record = self._read_record()
+                self._compare("input", _inputs_digest(self.record["key"]), _inputs_digest(self.key))
+                self._compare("options", self.record["key"]["options"], self.key["options"])
+            except BaseException:
+                self.release()  # a refused resume does not keep the partial's fd and lock
+                raise
         self.done = self.queries_done  # queries in the partial, as `run` writes them
 
     def _hold(self, fd: int) -> None:
