@@ -450,7 +450,8 @@ def test_a_local_copy_of_a_hub_dataset_is_read_at_its_split(tmp_path):
     pq.write_table(pa.Table.from_pylist(test), tmp_path / "repo" / "data" / "test-00000-of-00001.parquet")
     assert [(g.query, g.pos, g.neg) for g in load_groups(tmp_path / "repo")] == [("q", ["p"], ["n"])]
     assert [(g.query, g.pos, g.neg) for g in load_groups(tmp_path / "repo", "test")] == [("r", ["d"], ["e"])]
-    with pytest.raises(DataError, match=r"repo: no dev\.jsonl"):
+    # a split it does not have: its splits are named (it said only "no dev.jsonl, ... in this folder")
+    with pytest.raises(DataError, match=r"repo: no dev\.jsonl.*; its data/ has the splits test, train \(pick one"):
         load_groups(tmp_path / "repo", "dev")
 
 

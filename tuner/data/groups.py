@@ -425,6 +425,9 @@ def resolve_path(path_or_id: str | Path, split: str | None = None) -> Path | Non
             if present
             else ""
         )
+        hub = _hub_splits(path)
+        if hub:  # a hub dataset's copy without this split: its splits, not "no file" alone
+            have = f"; its data/ has the split{'s' if len(hub) > 1 else ''} {', '.join(hub)} (pick one with the split)"
         raise DataError(f"{path}: no {name}.jsonl, .json, .parquet, .csv or .tsv in this folder{have}")
     if path.is_file():
         return path
@@ -470,6 +473,15 @@ def _hub_layout(path: Path, split: str | None) -> Path | None:
     if data.is_dir() and any(_is_split_file(f, split or "train") for f in data.iterdir()):
         return path
     return None
+
+
+def _hub_splits(path: Path) -> list[str]:
+    """The splits of a hub dataset's local copy (`data/<split>-*` or `data/<split>.*` files), [] for none."""
+    data = path / "data"
+    if not data.is_dir():
+        return []
+    names = {f.name.split(".")[0].split("-")[0] for f in data.iterdir() if f.is_file() and not f.name.startswith(".")}
+    return sorted(n for n in names if n and any(_is_split_file(f, n) for f in data.iterdir()))
 
 
 def _is_split_file(file: Path, split: str) -> bool:
