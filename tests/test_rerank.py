@@ -434,3 +434,24 @@ def test_a_refused_resume_names_the_missing_partial_and_lets_go_of_the_lock(tmp_
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: the refused resume let go of it
     finally:
         os.close(fd)
+
+
+def test_a_non_finite_score_is_named_by_its_line_and_document(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Reranker.score_pairs names a NaN by its place in the chunk it was given ("pair 1"): for `tuner rerank` that
+    is no place in the input, so the error named no query."""
+    from tuner.scoring import Reranker
+
+    real, calls = Reranker.logits_for_ids, []
+
+    def logits_for_ids(self, *args, **kwargs):
+        logits = list(real(self, *args, **kwargs))
+        calls.append(1)
+        if len(calls) == 2:  # the second chunk's second pair: ROWS[1]'s second document
+            logits[1] = float("nan")
+        return logits
+
+    monkeypatch.setattr(Reranker, "logits_for_ids", logits_for_ids)
+    data = _write_rows(tmp_path / "queries.jsonl", [{"query": f"q{n}", "documents": ["a", "b"]} for n in range(3)])
+    assert _rerank(tiny_model_dir, "--input", data, "--out", tmp_path / "out.jsonl", "--chunk-pairs", "2") == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2: documents[1] (pair 1 of the chunk scored): 1 of 2 scores are not finite" in err

@@ -426,20 +426,19 @@ class Rerank:
         return int(self.record["queries_done"]) if self.record else 0
 
     # ------------------------------------------------------------------------------------------------- run
-    def _place(self, chunk: Sequence[Query], err: PromptTextError) -> str:
-        """Where the pair of a chunk that `err` refused comes from: `FILE:LINE` and its field (the query, the
-        instruction, or `documents[i]`)."""
-        index = err.index
+    def _place(self, chunk: Sequence[Query], index: int, part: str = "document") -> str:
+        """Where the `index`-th pair of a chunk comes from: `FILE:LINE` and its field (`part`: the query, the
+        instruction, or by default `documents[i]`)."""
         for query in chunk:
             if index < len(query.documents):
                 break
             index -= len(query.documents)
         if query.line is None:  # a run file's query: its line that ranks the document
             line = _first_line(self.source, query.qid, query.doc_ids[index])
-            document = f", document {query.doc_ids[index]!r}" if err.part == "document" else ""
+            document = f", document {query.doc_ids[index]!r}" if part == "document" else ""
             return f"{self.source}:{line}: query {query.qid!r}{document}"
-        field = f"documents[{index}]" if err.part == "document" else f"field {err.part!r}"
-        if err.part == "instruction" and query.instruction is None:
+        field = f"documents[{index}]" if part == "document" else f"field {part!r}"
+        if part == "instruction" and query.instruction is None:
             field = "--instruction"
         return f"{self.source}:{query.line}: {field}"
 
@@ -488,6 +487,8 @@ class Rerank:
         "pairs_scored", "seconds"}` (scored: by this call)."""
         from tqdm.auto import tqdm
 
+        from tuner.scoring import NonFiniteScoresError
+
         self.check(settings)
         done = self.queries_done
         size = int(self.record["bytes"]) if self.record else 0
@@ -512,7 +513,12 @@ class Rerank:
                     try:
                         scores = reranker.score_pairs(triples, instruction=self.instruction, normalize=not self.raw)
                     except PromptTextError as err:  # an over-long query or instruction: named by its line
-                        raise DataError(f"{self._place(chunk, err)}: {err}") from None
+                        raise DataError(f"{self._place(chunk, err.index, err.part)}: {err}") from None
+                    except NonFiniteScoresError as err:  # "pair N" of the chunk: named by its line too
+                        where = self._place(chunk, err.index) if err.index is not None else str(self.source)
+                        raise NonFiniteScoresError(
+                            f"{where} (pair {err.index} of the chunk scored): {err}", err.index
+                        ) from None
                     text, pos = [], 0
                     for q in chunk:
                         text.append(self.lines(q, scores[pos : pos + len(q.documents)]))

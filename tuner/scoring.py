@@ -46,7 +46,12 @@ PACKED_ROW_TOKENS = 2048
 
 
 class NonFiniteScoresError(ValueError):
-    """The model gave NaN or infinite logits: its weights hold them, or its activations overflowed."""
+    """The model gave NaN or infinite logits: its weights hold them, or its activations overflowed. `index`: the
+    first one's place in the scored list (for a caller that names it its own way)."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 def check_finite(logits: Sequence[float], name: Callable[[int], str] = lambda i: f"pair {i}") -> None:
@@ -59,7 +64,8 @@ def check_finite(logits: Sequence[float], name: Callable[[int], str] = lambda i:
         raise NonFiniteScoresError(
             f"{len(bad)} of {len(logits)} scores are not finite ({name(bad[0])}: {logits[bad[0]]}): the model's "
             "weights hold NaN/inf, or its activations overflowed, as float16 can on this model; score in bfloat16 "
-            "or float32 (dtype=..., --dtype)"
+            "or float32 (dtype=..., --dtype)",
+            index=bad[0],
         )
 
 
