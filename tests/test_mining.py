@@ -679,3 +679,20 @@ def test_a_reranker_mine_that_kept_no_group_says_its_scores_are_kept_for_a_resum
     assert "no training group" in err and f"{out}.scores.partial" in err and "--resume" in err
     assert main([*common, "--margin", "0", "--resume"]) == 0
     assert "of them read back from" in capsys.readouterr().out and out.is_file()
+
+
+def test_a_non_finite_reranker_score_is_named_by_its_query_and_document(beir, tmp_path):
+    """The reranker names a NaN by its place in one call ("pair 1"): mining calls it per query and chunk, so the
+    error named neither the query nor the document."""
+    from tuner.scoring import NonFiniteScoresError, check_finite
+
+    class NanReranker(FakeReranker):
+        def score_pairs(self, pairs, instruction=None, normalize=True):
+            logits = super().score_pairs(pairs, instruction, normalize)
+            logits = [float("nan") if "filler0x5" in d["text"] else x for x, (_, d) in zip(logits, pairs, strict=True)]
+            check_finite(logits)
+            return logits
+
+    kwargs = dict(depth=20, range_min=0, range_max=20, sampling="top", cache_dir=tmp_path / "c", show_progress=False)
+    with pytest.raises(NonFiniteScoresError, match=r"^query '.*', document '0-5': 1 of \d+ scores are not finite"):
+        mine_negatives(beir, num_negatives=10, reranker=NanReranker(beir, ()), **kwargs)

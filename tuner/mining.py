@@ -263,6 +263,21 @@ def mine_for_groups(
     return mined
 
 
+def _logits(reranker: Any, query: str, docs: list, names: list[str], instruction: str | None) -> list[float]:
+    """The reranker's logits of `query` with each of `docs`; a NaN/inf one is named by the query and `names[i]`
+    (the reranker names it by its place in this call, "pair 0", which names no query)."""
+    try:
+        return [
+            float(x) for x in reranker.score_pairs([(query, d) for d in docs], instruction=instruction, normalize=False)
+        ]
+    except ValueError as err:
+        from tuner.scoring import NonFiniteScoresError
+
+        if not isinstance(err, NonFiniteScoresError) or err.index is None:
+            raise
+        raise NonFiniteScoresError(f"query {query!r}, {names[err.index]}: {err}", err.index) from None
+
+
 def _filter_with_reranker(
     reranker: Any,
     query: str,
@@ -281,9 +296,7 @@ def _filter_with_reranker(
     Scoring lazily keeps the cost near (positives + 2 x num_negatives) pairs per query instead of the whole
     rank range; the result equals filtering the whole range and then taking the first survivors.
     """
-    pos_logits = [
-        float(x) for x in reranker.score_pairs([(query, d) for d in pos_docs], instruction=instruction, normalize=False)
-    ]
+    pos_logits = _logits(reranker, query, pos_docs, [f"positive {n}" for n in range(len(pos_docs))], instruction)
     stats.scored_pairs += len(pos_docs)
     p_pos = min(_sigmoid(x) for x in pos_logits)
     limit = math.inf
@@ -298,7 +311,7 @@ def _filter_with_reranker(
     chunk = max(2 * num_negatives, 8)
     for start in range(0, len(candidates), chunk):
         ids = candidates[start : start + chunk]
-        logits = reranker.score_pairs([(query, _doc(corpus, d)) for d in ids], instruction=instruction, normalize=False)
+        logits = _logits(reranker, query, [_doc(corpus, d) for d in ids], [f"document {d!r}" for d in ids], instruction)
         stats.scored_pairs += len(ids)
         for d, x in zip(ids, logits, strict=True):
             if _sigmoid(float(x)) > limit:
