@@ -101,3 +101,12 @@ def test_agrees_with_pytrec_eval_on_random_runs():
             checked += 1
     assert checked > 500
     assert worst < 1e-6
+
+
+def test_a_metric_named_twice_is_refused():
+    """`tuner eval --metrics ndcg@10 ndcg@10` (or a recipe's eval.metrics) reported the column twice."""
+    from tuner.metrics import check_metrics
+
+    assert check_metrics(["ndcg@10", "mrr@10"]) == ["ndcg@10", "mrr@10"]
+    with pytest.raises(ValueError, match=r"metric 'NDCG@10' is named twice \(as 'ndcg@10' before\)"):
+        check_metrics(["ndcg@10", "mrr@10", "NDCG@10"])

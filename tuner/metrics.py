@@ -75,11 +75,15 @@ def parse_metric(name: str) -> tuple[str, int | None]:
 
 def check_metrics(names: Sequence[str]) -> list[str]:
     """The metrics of a report (a recipe's `eval.metrics`, `tuner eval --metrics`), checked: at least one, each a
-    name `parse_metric` takes. Raise `ValueError` with the first problem; return the names as given."""
+    name `parse_metric` takes, none twice. Raise `ValueError` with the first problem; return the names as given."""
     if not names:
         raise ValueError("must name at least one metric (the first is the primary one)")
+    seen: dict[tuple[str, int | None], str] = {}
     for name in names:
-        parse_metric(name)
+        parsed = parse_metric(name)
+        if parsed in seen:  # a report and its table had the column twice
+            raise ValueError(f"metric {name!r} is named twice (as {seen[parsed]!r} before)")
+        seen[parsed] = name
     return list(names)
 
 
