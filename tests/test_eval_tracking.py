@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 
 import pytest
@@ -328,3 +329,15 @@ def test_eval_summary_keys_systems_by_role_and_the_readme_names_them():
         assert name in paragraph
     for option in ("--project", "--group", "--run-name", "--report-to tensorboard", "OUT/wandb", "OUT/tensorboard"):
         assert option in paragraph
+
+
+def test_an_eval_again_into_its_out_replaces_its_tensorboard_figures(tmp_path, tiny_model_dir, beir_dir):
+    """A second eval into one OUT replaced report.md and metrics.json but added a second events file to
+    OUT/tensorboard: tensorboard showed both evals' step-0 figures as one run's."""
+    from tuner.cli import main
+
+    out = tmp_path / "tb"
+    for _ in range(2):
+        assert main(_eval_argv(tiny_model_dir, beir_dir, out, "--report-to", "tensorboard")) == 0
+        time.sleep(1.1)  # the events file's name holds the second it was made
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1

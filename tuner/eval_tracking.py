@@ -185,6 +185,7 @@ class EvalTracker:
     log_dir: Path | None = None  # tensorboard's folder
     config: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)  # training runs' model artifacts to use (lineage)
+    replace: bool = False  # tensorboard: log_dir is the eval's own (OUT/tensorboard), replaced as its report is
 
     def report(self, out: Path, summary: Mapping[str, Any] | None = None) -> str:
         """Log the evaluation (`eval_summary` of `summary`, else of `out/metrics.json`; the table; report.png) and
@@ -228,6 +229,9 @@ class EvalTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         assert self.log_dir is not None
+        if self.replace and self.log_dir.is_dir():  # an earlier eval into OUT: its figures are no longer the report's
+            for stale in self.log_dir.glob("events.out.tfevents.*"):
+                stale.unlink()
         cells = [columns, ["---"] * len(columns)]
         cells += [["" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
         with SummaryWriter(str(self.log_dir)) as writer:
@@ -266,7 +270,8 @@ def start_eval_tracking(
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
         except ImportError as err:
             raise ValueError(f"--report-to tensorboard: {err} (pip install tensorboard)") from None
-        return EvalTracker("tensorboard", log_dir=Path(tensorboard_dir or out / "tensorboard"), config=config)
+        log_dir = Path(tensorboard_dir or out / "tensorboard")
+        return EvalTracker("tensorboard", log_dir=log_dir, config=config, replace=tensorboard_dir is None)
     try:
         import wandb
     except ImportError:

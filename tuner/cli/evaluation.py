@@ -216,7 +216,11 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--run-name", help="wandb run name (default: '<training run or model> on <out folder name>')")
     p.add_argument("--group", help="wandb run group (default: the adapter's tuner run's, else $WANDB_RUN_GROUP)")
-    p.add_argument("--tensorboard-dir", metavar="DIR", help="tensorboard's folder (default OUT/tensorboard)")
+    p.add_argument(
+        "--tensorboard-dir",
+        metavar="DIR",
+        help="tensorboard's folder (default OUT/tensorboard, whose events an eval into OUT again replaces)",
+    )
     p.set_defaults(func=_run_eval)
 
 
