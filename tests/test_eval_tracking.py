@@ -341,3 +341,28 @@ def test_an_eval_again_into_its_out_replaces_its_tensorboard_figures(tmp_path, t
         assert main(_eval_argv(tiny_model_dir, beir_dir, out, "--report-to", "tensorboard")) == 0
         time.sleep(1.1)  # the events file's name holds the second it was made
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_the_training_runs_project_from_the_environment_is_found_by_eval(tmp_path, tiny_model_dir, monkeypatch):
+    """tracking.project null (the default) takes $WANDB_PROJECT at training, and config.yaml keeps null: eval
+    --report-to wandb, in a shell without the variable, logged into "tuner", not beside the training run, and
+    looked its model artifact up there. start_tracking records where the run went; training_runs reads it."""
+    pytest.importorskip("wandb")
+    from tuner.config import Config
+    from tuner.eval_tracking import training_runs
+    from tuner.tracking import start_tracking
+
+    run = tmp_path / "envrun"
+    _random_adapter(tiny_model_dir, run / "adapter")
+    config = Config()
+    config.tracking.report_to = "wandb"
+    config.save(run / "config.yaml")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "env-group")
+    start_tracking(config, run, main=True).finish()
+    monkeypatch.delenv("WANDB_PROJECT")
+    monkeypatch.delenv("WANDB_RUN_GROUP")
+    (found,) = training_runs(str(tiny_model_dir), str(run / "adapter"))
+    assert (found.project, found.group) == ("from-env", "env-group")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.tracking import WANDB_RUN_ID
+from tuner.tracking import WANDB_RUN_ID, WANDB_RUN_PLACE
 
 __all__ = ["EvalTracker", "TrainingRun", "eval_summary", "start_eval_tracking", "tracked_eval", "training_runs"]
 
@@ -63,19 +63,30 @@ def training_runs(model: str, adapter: str | None) -> list[TrainingRun]:
             tracking = None
         id_file = folder / "logs" / WANDB_RUN_ID
         wandb_id = (id_file.read_text(encoding="utf-8").strip() or None) if id_file.is_file() else None
+        place = _run_place(folder / "logs" / WANDB_RUN_PLACE)  # what a null tracking.project etc. resolved to
         runs.append(
             TrainingRun(
                 folder=folder,
                 name=(tracking.run_name if tracking else None) or folder.name,
-                project=tracking.project if tracking else None,
-                entity=tracking.entity if tracking else None,
-                group=tracking.group if tracking else None,
+                project=(tracking.project if tracking else None) or place.get("project"),
+                entity=(tracking.entity if tracking else None) or place.get("entity"),
+                group=(tracking.group if tracking else None) or place.get("group"),
                 log_model=bool(tracking and tracking.log_model),
                 report_to=tracking.report_to if tracking else "none",
                 wandb_id=wandb_id,
             )
         )
     return runs
+
+
+def _run_place(file: Path) -> dict[str, str]:
+    """The training run's wandb project, entity and group as wandb resolved them (`tracking.start_tracking` writes
+    them); {} for a run from before that record, or an unreadable one."""
+    try:
+        place = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in place.items() if isinstance(v, str) and v} if isinstance(place, dict) else {}
 
 
 def _agreed(values: list[str | None]) -> str | None:

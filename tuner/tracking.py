@@ -6,6 +6,7 @@ wandb, tensorboard and yaml are imported inside the functions that use them: onl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ log = logging.getLogger("tuner.train")  # the training run's logger: these lines
 
 __all__ = [
     "WANDB_RUN_ID",
+    "WANDB_RUN_PLACE",
     "log_model_artifact",
     "run_summary",
     "start_tracking",
@@ -26,6 +28,7 @@ __all__ = [
 
 
 WANDB_RUN_ID = "wandb-run-id"  # in <out>/logs: the wandb run a --resume continues
+WANDB_RUN_PLACE = "wandb-run.json"  # in <out>/logs: the run's project, entity and group as wandb resolved them
 
 
 def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
@@ -73,6 +76,10 @@ def start_tracking(config: Config, out: Path, main: bool, resume: bool = False):
         ) from err
     if run_id is None:
         id_file.write_text(run.id + "\n", encoding="utf-8")
+    # where the run went, as wandb resolved it ($WANDB_PROJECT, $WANDB_ENTITY, $WANDB_RUN_GROUP are in no recipe):
+    # `tuner eval --report-to wandb` logs the evaluation beside it and finds its model artifact there
+    where = {key: value for key in ("project", "entity", "group") if isinstance(value := getattr(run, key, None), str)}
+    (out / "logs" / WANDB_RUN_PLACE).write_text(json.dumps(where) + "\n", encoding="utf-8")
     return run
 
 
