@@ -450,7 +450,9 @@ def test_a_local_copy_of_a_hub_dataset_is_read_at_its_split(tmp_path):
     pq.write_table(pa.Table.from_pylist(test), tmp_path / "repo" / "data" / "test-00000-of-00001.parquet")
     assert [(g.query, g.pos, g.neg) for g in load_groups(tmp_path / "repo")] == [("q", ["p"], ["n"])]
     assert [(g.query, g.pos, g.neg) for g in load_groups(tmp_path / "repo", "test")] == [("r", ["d"], ["e"])]
-    # a split it does not have: its splits are named (it said only "no dev.jsonl, ... in this folder")
+    # a split it does not have: its splits are named (it said only "no dev.jsonl, ... in this folder"); a file
+    # that holds no rows (a README beside them) is no split
+    (tmp_path / "repo" / "data" / "README.md").write_text("notes", encoding="utf-8")
     with pytest.raises(DataError, match=r"repo: no dev\.jsonl.*; its data/ has the splits test, train \(pick one"):
         load_groups(tmp_path / "repo", "dev")
 

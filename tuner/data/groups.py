@@ -480,7 +480,8 @@ def _hub_splits(path: Path) -> list[str]:
     data = path / "data"
     if not data.is_dir():
         return []
-    names = {f.name.split(".")[0].split("-")[0] for f in data.iterdir() if f.is_file() and not f.name.startswith(".")}
+    suffixes = (*_LOCAL_SUFFIXES, ".arrow")  # data files, not a README.md or LICENSE beside them
+    names = {f.name.split(".")[0].split("-")[0] for f in data.iterdir() if f.name.lower().endswith(suffixes)}
     return sorted(n for n in names if n and any(_is_split_file(f, n) for f in data.iterdir()))
 
 
