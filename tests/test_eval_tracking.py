@@ -353,7 +353,7 @@ def test_the_training_runs_project_from_the_environment_is_found_by_eval(tmp_pat
     from tuner.tracking import start_tracking
 
     run = tmp_path / "envrun"
-    _random_adapter(tiny_model_dir, run / "adapter")
+    random_adapter(tiny_model_dir, run / "adapter")
     config = Config()
     config.tracking.report_to = "wandb"
     config.save(run / "config.yaml")
