@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.tracking import WANDB_RUN_ID, WANDB_RUN_PLACE
+from tuner.tracking import WANDB_RUN_ID, WANDB_RUN_PLACE, artifact_name
 
 __all__ = ["EvalTracker", "TrainingRun", "eval_summary", "start_eval_tracking", "tracked_eval", "training_runs"]
 
@@ -310,9 +310,8 @@ def start_eval_tracking(
     artifacts = []
     for r in runs:
         if r.log_model and r.report_to == "wandb":
-            artifact = re.sub(r"[^A-Za-z0-9_.-]", "-", r.name)[:128]
             owner = "/".join(x for x in (r.entity, r.project or project) if x)
-            artifacts.append(f"{owner}/{artifact}:latest")
+            artifacts.append(f"{owner}/{artifact_name(r.name)}:latest")
     return EvalTracker("wandb", run=run, config=config, artifacts=artifacts)
 
 

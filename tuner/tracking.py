@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -174,23 +175,25 @@ def summarize_to_tensorboard(log_dir: Path, record: dict[str, Any], config: Conf
                 writer.file_writer.add_summary(item)
 
 
+def artifact_name(run_name: str) -> str:
+    """The wandb model artifact name of a run (`log_model_artifact`; `tuner eval --report-to wandb` looks it up):
+    wandb takes ASCII letters and digits, '-', '_' and '.' (not `\\w`'s "é"), up to 128 of them; a name it refuses
+    would fail the run after training, with its tracker left unfinished."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", run_name)[:128]
+
+
 def log_model_artifact(tracker, weights: Path, metrics_file: Path, record: dict[str, Any]) -> None:
     """`tracking.log_model`: the saved adapter (or model) folder and metrics.json as a wandb artifact of type
     "model", named after the run: `wandb artifact get PROJECT/NAME:latest` gives a folder whose `adapter/` (with
     its tokenizer and tuner.json, which names the base) `Reranker.from_pretrained` and `tuner export` take as it
     is. The final dev figures are its metadata. A run name used again (a --resume) adds a version of the same
     artifact; wandb uploads no file it already holds."""
-    import re
-
     import wandb
 
     metadata: dict[str, Any] = {"weights": weights.name}
     for stage in ("base", "final"):
         metadata.update({f"{stage}/{k}": v for k, v in ((record.get("dev") or {}).get(stage) or {}).items()})
-    # wandb artifact names take ASCII letters and digits, '-', '_' and '.' (not `\w`'s "é"), up to 128 of them: a
-    # name it refuses would fail the run after training, with its tracker left unfinished
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", tracker.name)[:128]
-    artifact = wandb.Artifact(name, type="model", metadata=metadata)
+    artifact = wandb.Artifact(artifact_name(tracker.name), type="model", metadata=metadata)
     # immutable: uploaded from where they are, not first copied to a staging folder (a full fine-tune of the 4B is
     # 8 GB); train finishes the wandb run right after, which waits for the upload, before anything rewrites them
     artifact.add_dir(str(weights), name=weights.name, policy="immutable")
