@@ -92,6 +92,39 @@ def _check_safetensors(file: Path) -> None:
         raise ModelNotFoundError(f"{file}: not a readable safetensors file ({err}); is it truncated?") from None
 
 
+def saved_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The `checkpoint-<step>` folders of a run, oldest step first (none if the folder is not there)."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step in a `checkpoint-<step>` folder's name."""
+    return int(checkpoint.name[11:])
+
+
+def trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json ({} when unreadable)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """A save that finished: transformers writes trainer_state.json last, so a save cut off before it lacks the
+    file, and one cut off while writing it (or a full disk) leaves the start of it, which does not parse."""
+    return bool(trainer_state(checkpoint))
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The run's checkpoints whose save finished (`is_complete`), oldest step first."""
+    return [p for p in saved_checkpoints(ckpt_dir) if is_complete(p)]
+
+
 def unfinished_run_hint(path: Path) -> str:
     """ "; it is a training run that has not finished ..." for a run folder (config.yaml, checkpoints/) that holds
     no adapter/ or model/ yet: an interrupted or still running `tuner train`, whose newest complete checkpoint is
@@ -99,17 +132,12 @@ def unfinished_run_hint(path: Path) -> str:
     checkpoints = path / "checkpoints"
     if not (path / "config.yaml").is_file() or not checkpoints.is_dir():
         return ""
-    saved = [
-        d
-        for d in checkpoints.iterdir()
-        if d.name.startswith("checkpoint-") and d.name[11:].isdigit() and (d / "trainer_state.json").is_file()
-    ]
+    saved = complete_checkpoints(checkpoints)
     if not saved:
         return "; it is a training run that has not finished and saved no checkpoint yet (`tuner train ... --resume`)"
-    newest = max(saved, key=lambda d: int(d.name[11:]))
     return (
         "; it is a training run that has not finished (no adapter/ yet): `tuner train RECIPE ... --resume` finishes "
-        f"it, or pass a checkpoint, e.g. {str(newest)!r}"
+        f"it, or pass a checkpoint, e.g. {str(saved[-1])!r}"
     )
 
 

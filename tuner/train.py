@@ -24,6 +24,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
 from tuner.config import Config, ConfigError, atomic_write_json, has_dev_set
 from tuner.files import usual_modes
+from tuner.loading import checkpoint_step, complete_checkpoints, is_complete, saved_checkpoints, trainer_state
 from tuner.score_forward import install_score_forward, remove_score_forward
 from tuner.train_data import GroupCollator, GroupDataset
 from tuner.trainer import (
@@ -182,39 +183,11 @@ def _with_first_round(view, init_adapter: str, main: bool):
     return view
 
 
-def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The `checkpoint-<step>` folders of a run, oldest step first (none if the folder is not there)."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if p.name.startswith("checkpoint-") and p.name[11:].isdigit()]
-    return sorted(found, key=_step_of)
-
-
-def _step_of(checkpoint: Path) -> int:
-    """The step in a `checkpoint-<step>` folder's name."""
-    return int(checkpoint.name[11:])
-
-
-def _is_complete(checkpoint: Path) -> bool:
-    """A save that finished: transformers writes trainer_state.json last, so a save cut off before it lacks the
-    file, and one cut off while writing it (or a full disk) leaves the start of it, which does not parse."""
-    return bool(_trainer_state(checkpoint))
-
-
-def _trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """A checkpoint's trainer_state.json ({} when unreadable)."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
 def _evals_in(checkpoint: Path) -> list[dict[str, Any]]:
     """The dev evaluations a checkpoint's run made up to its step, as `RerankTrainer.eval_history` entries
     (`{"step", metric: value}`), read from its trainer_state.json log (where `evaluate` logged `eval_<metric>`)."""
     history = []
-    for entry in _trainer_state(checkpoint).get("log_history") or []:
+    for entry in trainer_state(checkpoint).get("log_history") or []:
         values = {k[5:]: v for k, v in entry.items() if k.startswith("eval_")}
         if values and "step" in entry:
             history.append({"step": entry["step"], **values})
@@ -226,7 +199,7 @@ def _saved_callback(checkpoint: Path, callback: type) -> dict[str, Any]:
     `stateful_callbacks`), {} for a checkpoint saved without it. Each is read by hand rather than through
     transformers' restore_callback_states_from_checkpoint, which would rebuild every stateful callback from its
     saved state alone (RunClock's totals need the arguments it is made with)."""
-    saved = (_trainer_state(checkpoint).get("stateful_callbacks") or {}).get(callback.__name__)
+    saved = (trainer_state(checkpoint).get("stateful_callbacks") or {}).get(callback.__name__)
     return saved if isinstance(saved, dict) else {}
 
 
@@ -329,7 +302,7 @@ def _log_failure(config: Config, err: BaseException) -> None:
     if not files:  # stopped before the log was opened (a config or --resume error): no file to tell
         return
     message = "run interrupted" if isinstance(err, KeyboardInterrupt) else f"run failed: {type(err).__name__}: {err}"
-    complete = [p for p in _checkpoints(out / CHECKPOINTS_DIR) if _is_complete(p)]
+    complete = complete_checkpoints(out / CHECKPOINTS_DIR)
     if complete:
         message += f"\nlast checkpoint: {complete[-1]} (`tuner train ... --resume` continues)"
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), (type(err), err, err.__traceback__))
@@ -341,10 +314,10 @@ def _log_failure(config: Config, err: BaseException) -> None:
 def _resume_point(ckpt_dir: Path, metrics_file: Path, notes: list[tuple[int, str]]) -> tuple[Path, dict]:
     """--resume: the checkpoint to continue from (the newest complete one; the incomplete ones after it noted in
     `notes`) and the run's metrics.json so far ({} when unreadable)."""
-    saved = _checkpoints(ckpt_dir)
+    saved = saved_checkpoints(ckpt_dir)
     # a save that was cut off (the process died while writing) leaves a folder without a whole trainer_state.json,
     # which transformers would pick as the latest and refuse: continue from the newest complete one instead
-    complete = [p for p in saved if _is_complete(p)]
+    complete = [p for p in saved if is_complete(p)]
     if not complete:
         names = ", ".join(p.name for p in saved) or "none"
         raise ConfigError(
@@ -596,7 +569,7 @@ def _final_dev(dev: dict[str, Any], trainer, rank_eval, model, best: str | None,
     """The trained model's dev figures into `dev` (metrics.json's): the last evaluation's (one more when training
     did not end on one), or the best checkpoint's measured again; and the split by what training covered."""
     last = trainer.eval_history[-1]["step"] if trainer.eval_history else None
-    if best is not None and _step_of(Path(best)) != last:
+    if best is not None and checkpoint_step(Path(best)) != last:
         # transformers loaded the best checkpoint: its figures (and per-query ones, for the seen / unseen split)
         # are measured again on the weights saved below, not copied from the history. Not through
         # trainer.evaluate: that would log a second evaluation at this step, as if training had reached it
@@ -711,7 +684,7 @@ def _train(
     ended_at_checkpoint = resume and _patience_ran_out(latest)
     # a run resumed from the checkpoint where early stopping ran out of patience (cut off before its adapter was
     # saved) ended there: it trains no further step (EarlyStoppingCallback would only stop it at the next evaluation)
-    args = _training_arguments(config, out, precision, _step_of(latest) if ended_at_checkpoint else t.max_steps)
+    args = _training_arguments(config, out, precision, checkpoint_step(latest) if ended_at_checkpoint else t.max_steps)
     main = args.process_index == 0
     setup_logging(out / "logs" / "train.log", main)
     for level, message in resume_notes:
@@ -941,7 +914,7 @@ def _train(
     record["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     record["train"]["global_step"] = trainer.state.global_step
     nothing_left = resume and prior_train.get("global_step") == trainer.state.global_step
-    resumed_at = _step_of(latest) if resume else 0
+    resumed_at = checkpoint_step(latest) if resume else 0
     if resume and not nothing_left:
         _whole_run_figures(record["train"], trainer.state, resumed_at, prior_clock, args)
     if nothing_left:
@@ -950,7 +923,7 @@ def _train(
         log.info("--resume: the run had already finished at step %d; nothing left to train", trainer.state.global_step)
         record["train"] = prior_train
     best = trainer.state.best_model_checkpoint if pick_best else None
-    planned = int(_trainer_state(latest).get("max_steps") or 0) if ended_at_checkpoint else trainer.state.max_steps
+    planned = int(trainer_state(latest).get("max_steps") or 0) if ended_at_checkpoint else trainer.state.max_steps
     if t.early_stopping_patience is not None and trainer.state.global_step < planned:
         record["train"]["stopped_early"] = {"step": trainer.state.global_step, "of": planned}
         log.info(

@@ -27,11 +27,12 @@ def _run_train(args) -> int:
         print(f"tuner train: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        from tuner.train import CHECKPOINTS_DIR, _checkpoints, _is_complete
+        from tuner.loading import complete_checkpoints
+        from tuner.train import CHECKPOINTS_DIR
         from tuner.train_setup import output_dir_for
 
         out = output_dir_for(config, create=False)
-        complete = [p for p in _checkpoints(out / CHECKPOINTS_DIR) if _is_complete(p)]
+        complete = complete_checkpoints(out / CHECKPOINTS_DIR)
         if complete:
             print(f"\nrun stopped: `tuner train ... --resume` continues from {complete[-1]}", file=sys.stderr)
         else:
