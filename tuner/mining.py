@@ -354,6 +354,7 @@ class ScoreCache:
         self.reused = 0  # pairs read back instead of scored
         self.sync_seconds, self._synced = sync_seconds, time.monotonic()
         self.check_start(self.path, resume)
+        self._cut_line = False  # the file read back ends inside a line (a crash mid-write)
         if resume:
             self._read()
         self._file = None
@@ -373,6 +374,7 @@ class ScoreCache:
     def _read(self) -> None:
         with open(self.path, encoding="utf-8") as f:
             lines = f.read().split("\n")
+        self._cut_line = lines[-1] != ""
         try:
             head = json.loads(lines[0])
         except ValueError:
@@ -418,8 +420,9 @@ class ScoreCache:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run; closed by close())
             if new:
                 self._file.write(json.dumps({"format": SCORES_FORMAT, "settings": self.settings}) + "\n")
-            elif self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            elif self._cut_line:
                 self._file.write("\n")  # after a line cut by the crash, not onto it
+                self._cut_line = False
         lines = [json.dumps({"k": k, "x": x}) for k, x in zip(keys, logits, strict=True) if k not in self.scores]
         self._file.write("".join(line + "\n" for line in lines))
         self._file.flush()
