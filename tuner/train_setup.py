@@ -154,7 +154,6 @@ def data_fingerprint(config: Config) -> dict[str, dict[str, Any]]:
     and qrels split that `data.beir` mines groups from."""
     from tuner.data.beir import _find
     from tuner.data.groups import resolve_path
-    from tuner.files import sha256_file
 
     d = config.data
     files: dict[str, Path | str] = {}
@@ -167,14 +166,19 @@ def data_fingerprint(config: Config) -> dict[str, dict[str, Any]]:
         files["data.beir corpus"] = _find(folder, "corpus")
         files["data.beir queries"] = _find(folder, "queries")
         files[f"data.beir qrels/{d.split}.tsv"] = folder / "qrels" / f"{d.split}.tsv"
-    return {
-        key: {"hub": path}
-        if isinstance(path, str)
-        else _folder_fingerprint(path)
-        if path.is_dir()
-        else {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        for key, path in files.items()
-    }
+    return {key: _fingerprint(path) for key, path in files.items()}
+
+
+def _fingerprint(path: Path | str) -> dict[str, Any]:
+    """One training source as `data_fingerprint` records it: a hub id by itself, a folder by its files, a file by
+    its size and SHA-256."""
+    from tuner.files import sha256_file
+
+    if isinstance(path, str):
+        return {"hub": path}
+    if path.is_dir():
+        return _folder_fingerprint(path)
+    return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _folder_fingerprint(folder: Path) -> dict[str, Any]:
