@@ -42,6 +42,22 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def lock_exclusive(fd: int) -> bool:
+    """Take an advisory exclusive `flock` on `fd` without waiting: False when another process holds one (the kernel
+    drops a lock with its process however it ends, so a lock is never stale). An `OSError` other than that (a file
+    system without locks: ENOLCK on some network mounts) is left to the caller, which may go on unguarded. Without
+    `fcntl` (not POSIX) nothing is locked: True."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def decode_utf8(raw: bytes, where: str | Path, error: type[Exception] = ValueError) -> str:
     """`raw` as text, a leading BOM dropped; a byte that is not UTF-8 raises
     `error("<where>:<line>: not UTF-8 text (<reason>)")`."""

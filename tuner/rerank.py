@@ -340,21 +340,19 @@ class Rerank:
         --resume` of the same output while this one runs (a second terminal, a scheduler's retry) appended to the
         same partial, and the file came out with queries twice or cut. The kernel drops the lock with the process
         however it ends. Without `fcntl`, or on a file system without locks, unguarded as before."""
+        from tuner.files import lock_exclusive
+
         self._lock = fd
         try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover (not POSIX)
-            pass
-        except BlockingIOError:
+            taken = lock_exclusive(fd)
+        except OSError:  # a file system without locks: unguarded
+            return
+        if not taken:
             self.release()
             raise ValueError(
                 f"{self.partial} is being written by another tuner rerank now; wait for it to end (then --resume "
                 "continues it if it stopped)"
-            ) from None
-        except OSError:
-            pass
+            )
 
     def release(self) -> None:
         """Let go of the partial's lock (the CLI's process ending does it too)."""

@@ -61,17 +61,21 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
     if not main or fcntl is None:
         yield
         return
-    import json
     import socket
     import time
+
+    from tuner.files import lock_exclusive
 
     lock = out / "logs" / LOCK_FILE
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            taken = lock_exclusive(fd)
+        except OSError as err:  # a file system without locks (some network mounts): train, unguarded, as before
+            log.warning("%s: cannot lock it (%s); a second tuner train into %s would not be stopped", lock, err, out)
+            taken = True  # unguarded
+        if not taken:
             try:
                 holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
             except ValueError:  # taken an instant ago, not written yet
@@ -81,9 +85,7 @@ def run_lock(out: Path, main: bool = True) -> Iterator[None]:
                 f"{out} is being trained by another tuner train (pid {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')}, since {holder.get('started', '?')}): wait for it to end, or train into "
                 "another output.dir"
-            ) from None
-        except OSError as err:  # a file system without locks (some network mounts): train, unguarded, as before
-            log.warning("%s: cannot lock it (%s); a second tuner train into %s would not be stopped", lock, err, out)
+            )
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
