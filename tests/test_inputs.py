@@ -163,7 +163,8 @@ def test_a_run_that_has_not_finished_names_its_newest_checkpoint(tmp_path):
         (run / "checkpoints" / f"checkpoint-{step}").mkdir()
         (run / "checkpoints" / f"checkpoint-{step}" / "adapter_config.json").write_text("{}")
     for step in (2, 10):  # checkpoint-12: a save cut off before its trainer_state.json
-        (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        state = json.dumps({"global_step": step})  # as transformers writes it (an empty state is no finished save)
+        (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     hint = (
         "; it is a training run that has not finished (no adapter/ yet): `tuner train RECIPE ... --resume` finishes "
         f"it, or pass a checkpoint, e.g. {str(run / 'checkpoints' / 'checkpoint-10')!r}"
